@@ -1,0 +1,238 @@
+//! Group commit: many rooms' appends and snapshots, one transaction per commit.
+//!
+//! Callers enqueue writes without waiting (the room's update observer is synchronous) and get
+//! a [`Ticket`]; one writer task drains whatever queued up while the previous commit ran and
+//! writes it as one batch, so the commit window is the length of one commit and batches grow
+//! by themselves under load. Tickets are handed out in queue order and batches commit in that
+//! order, so "committed through ticket N" means every write enqueued up to N is durable.
+//! A failed commit is retried with backoff, keeping the batch in memory: nothing is dropped
+//! while the process lives, and readiness reports the store as unhealthy meanwhile.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::{Snapshot, Store, WriteOp};
+
+/// Position of a write in the journal; committed tickets only ever grow.
+pub type Ticket = u64;
+
+/// Limits for the group-commit writer.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Most writes in one transaction.
+    pub max_batch_ops: usize,
+    /// Most payload bytes in one transaction (a single larger write still goes alone).
+    pub max_batch_bytes: usize,
+    /// Backlog size past which [`Journal::throttle`] makes writers wait.
+    pub max_backlog_bytes: usize,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            max_batch_ops: 4096,
+            max_batch_bytes: 16 << 20,
+            max_backlog_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Handle to the group-commit writer; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: Mutex<Queue>,
+    wake_writer: Notify,
+    committed: watch::Sender<Ticket>,
+    healthy: AtomicBool,
+    config: JournalConfig,
+    backend: &'static str,
+}
+
+#[derive(Default)]
+struct Queue {
+    ops: VecDeque<(Ticket, WriteOp)>,
+    last_ticket: Ticket,
+    backlog_bytes: usize,
+    closed: bool,
+}
+
+impl Journal {
+    /// Starts the writer task for `store`. The task ends after [`Journal::close`] once the
+    /// queue is drained.
+    pub fn start(store: Arc<dyn Store>, config: JournalConfig) -> (Journal, JoinHandle<()>) {
+        let (committed, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(Queue::default()),
+            wake_writer: Notify::new(),
+            committed,
+            healthy: AtomicBool::new(true),
+            config,
+            backend: store.backend(),
+        });
+        let task = tokio::spawn(writer(inner.clone(), store));
+        (Journal { inner }, task)
+    }
+
+    /// Enqueues one update for `room` with its per-room sequence number.
+    pub fn append(&self, room: Arc<str>, seq: i64, data: Bytes) -> Ticket {
+        self.push(WriteOp::Append { room, seq, data })
+    }
+
+    /// Enqueues a snapshot that replaces the log up to `snapshot.up_to_seq`.
+    pub fn snapshot(&self, snapshot: Snapshot) -> Ticket {
+        self.push(WriteOp::Snapshot(snapshot))
+    }
+
+    fn push(&self, op: WriteOp) -> Ticket {
+        let len = op.payload_len();
+        let ticket = {
+            let mut q = self.inner.queue.lock().unwrap();
+            q.last_ticket += 1;
+            let t = q.last_ticket;
+            q.backlog_bytes += len;
+            q.ops.push_back((t, op));
+            t
+        };
+        self.inner.wake_writer.notify_one();
+        ticket
+    }
+
+    /// The newest ticket handed out; waiting for it covers everything enqueued so far.
+    pub fn last_ticket(&self) -> Ticket {
+        self.inner.queue.lock().unwrap().last_ticket
+    }
+
+    /// The newest committed ticket.
+    pub fn committed(&self) -> Ticket {
+        *self.inner.committed.borrow()
+    }
+
+    /// A receiver that changes whenever a batch commits (its value: the last committed ticket).
+    pub fn subscribe(&self) -> watch::Receiver<Ticket> {
+        self.inner.committed.subscribe()
+    }
+
+    /// Waits until `ticket` is committed.
+    pub async fn wait(&self, ticket: Ticket) {
+        let mut rx = self.inner.committed.subscribe();
+        // The sender lives in `inner`, which we hold, so this cannot fail.
+        let _ = rx.wait_for(|c| *c >= ticket).await;
+    }
+
+    /// Waits until everything enqueued before this call is committed.
+    pub async fn flush(&self) {
+        self.wait(self.last_ticket()).await
+    }
+
+    /// Bytes enqueued but not yet committed.
+    pub fn backlog_bytes(&self) -> usize {
+        self.inner.queue.lock().unwrap().backlog_bytes
+    }
+
+    /// Waits while the backlog is over its limit, so a store that falls behind slows writers
+    /// down instead of growing memory without bound.
+    pub async fn throttle(&self) {
+        let mut rx = self.inner.committed.subscribe();
+        while self.backlog_bytes() > self.inner.config.max_backlog_bytes {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Whether the last commit attempt succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Asks the writer to finish once the queue is empty.
+    pub fn close(&self) {
+        self.inner.queue.lock().unwrap().closed = true;
+        self.inner.wake_writer.notify_one();
+    }
+}
+
+async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
+    let commit_seconds = metrics::histogram!("resonant_store_commit_seconds", "backend" => inner.backend);
+    let batch_ops = metrics::histogram!("resonant_store_batch_ops", "backend" => inner.backend);
+    let commit_errors = metrics::counter!("resonant_store_commit_errors_total", "backend" => inner.backend);
+    let backlog_gauge = metrics::gauge!("resonant_store_backlog_bytes");
+    let mut ops: Vec<WriteOp> = Vec::new();
+    loop {
+        let (last, bytes) = match take_batch(&inner, &mut ops) {
+            Batch::Ready { last, bytes } => (last, bytes),
+            Batch::Empty => {
+                inner.wake_writer.notified().await;
+                continue;
+            }
+            Batch::Closed => return,
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let started = Instant::now();
+            match store.write_batch(&ops).await {
+                Ok(()) => {
+                    commit_seconds.record(started.elapsed().as_secs_f64());
+                    batch_ops.record(ops.len() as f64);
+                    inner.healthy.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    commit_errors.increment(1);
+                    inner.healthy.store(false, Ordering::Relaxed);
+                    tracing::error!(error = %e, ops = ops.len(), retry_in = ?backoff, "store commit failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        ops.clear();
+        let backlog = {
+            let mut q = inner.queue.lock().unwrap();
+            q.backlog_bytes -= bytes;
+            q.backlog_bytes
+        };
+        backlog_gauge.set(backlog as f64);
+        inner.committed.send_replace(last);
+    }
+}
+
+enum Batch {
+    Ready { last: Ticket, bytes: usize },
+    Empty,
+    Closed,
+}
+
+/// Moves the next batch from the queue into `ops`.
+fn take_batch(inner: &Inner, ops: &mut Vec<WriteOp>) -> Batch {
+    let mut q = inner.queue.lock().unwrap();
+    if q.ops.is_empty() {
+        return if q.closed { Batch::Closed } else { Batch::Empty };
+    }
+    let mut bytes = 0;
+    let mut last = 0;
+    while let Some((ticket, op)) = q.ops.front() {
+        let len = op.payload_len();
+        if !ops.is_empty()
+            && (ops.len() >= inner.config.max_batch_ops
+                || bytes + len > inner.config.max_batch_bytes)
+        {
+            break;
+        }
+        last = *ticket;
+        bytes += len;
+        let (_, op) = q.ops.pop_front().expect("front exists");
+        ops.push(op);
+    }
+    Batch::Ready { last, bytes }
+}

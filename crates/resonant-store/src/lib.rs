@@ -1,0 +1,143 @@
+//! Durable storage for Resonant.
+//!
+//! The [`Store`] trait hides the backend (SQLite in a data directory by default, Postgres in
+//! production); [`Journal`] sits in front of it and turns many small appends from many rooms
+//! into one transaction per commit (group commit). This crate knows nothing about Yjs: it
+//! stores opaque update and snapshot bytes per room, ordered by a per-room sequence number.
+
+mod journal;
+mod postgres;
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use journal::{Journal, JournalConfig, Ticket};
+pub use postgres::PostgresStore;
+pub use sqlite::{SqliteStore, SqliteSync};
+
+/// Errors from a storage backend.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database rejected a query or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying the schema migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory that could not be created.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database URL names a backend we do not support.
+    #[error("unsupported database URL (expected sqlite:… or postgres://…): {0}")]
+    UnsupportedUrl(String),
+}
+
+/// What the store holds for one room: the latest snapshot and the log written after it.
+#[derive(Debug, Default, Clone)]
+pub struct StoredDoc {
+    /// The compacted state (a Yjs v1 update), if the room was ever compacted.
+    pub snapshot: Option<Vec<u8>>,
+    /// The sequence number of the last update the snapshot includes (0 when there is none).
+    pub snapshot_seq: i64,
+    /// Updates appended after the snapshot, in sequence order.
+    pub updates: Vec<(i64, Vec<u8>)>,
+}
+
+impl StoredDoc {
+    /// The highest sequence number this room has used so far.
+    pub fn last_seq(&self) -> i64 {
+        self.updates
+            .last()
+            .map(|(seq, _)| *seq)
+            .unwrap_or(self.snapshot_seq)
+            .max(self.snapshot_seq)
+    }
+}
+
+/// A snapshot of a room: full state plus state vector, covering updates up to `up_to_seq`.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The room the snapshot belongs to.
+    pub room: Arc<str>,
+    /// The full document state as a Yjs v1 update.
+    pub state: Bytes,
+    /// The document's state vector (v1 encoding).
+    pub state_vector: Bytes,
+    /// Every update with a sequence number up to this one is contained in `state`.
+    pub up_to_seq: i64,
+}
+
+/// One write in a group-commit batch.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Append one update to a room's log.
+    Append {
+        /// The room.
+        room: Arc<str>,
+        /// Its per-room sequence number.
+        seq: i64,
+        /// The update bytes (Yjs v1).
+        data: Bytes,
+    },
+    /// Replace a room's snapshot and drop the log entries it covers.
+    Snapshot(Snapshot),
+}
+
+impl WriteOp {
+    /// Bytes this op carries, for batch sizing and metrics.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            WriteOp::Append { data, .. } => data.len(),
+            WriteOp::Snapshot(s) => s.state.len() + s.state_vector.len(),
+        }
+    }
+}
+
+/// A storage backend for room documents. Implementations must apply a whole batch in one
+/// transaction: either every op of it is durable or none is.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads a room's snapshot and the log tail after it.
+    async fn load(&self, room: &str) -> Result<StoredDoc, StoreError>;
+    /// Applies a batch of writes atomically, in order.
+    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError>;
+    /// Checks that the backend answers (for readiness probes).
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// The backend's name, for logs.
+    fn backend(&self) -> &'static str;
+}
+
+/// Opens the store a server is configured for: Postgres when `database_url` is a
+/// `postgres://` URL, otherwise SQLite (`sqlite:` URL, or `resonant.db` in `data_dir`).
+pub async fn open(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    sqlite_sync: SqliteSync,
+) -> Result<Arc<dyn Store>, StoreError> {
+    match database_url {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(PostgresStore::connect(url).await?))
+        }
+        Some(url) if url.starts_with("sqlite:") => {
+            Ok(Arc::new(SqliteStore::open_url(url, sqlite_sync).await?))
+        }
+        Some(url) => Err(StoreError::UnsupportedUrl(url.to_string())),
+        None => Ok(Arc::new(SqliteStore::open_dir(data_dir, sqlite_sync).await?)),
+    }
+}
+
+pub(crate) fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

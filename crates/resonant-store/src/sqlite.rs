@@ -1,0 +1,151 @@
+//! The embedded default backend: one SQLite file in the data directory, in WAL mode.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::Row;
+
+use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp};
+
+/// How hard SQLite syncs a commit to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSync {
+    /// fsync the WAL on every commit: survives power loss (the default).
+    #[default]
+    Full,
+    /// fsync only at checkpoints: survives a process crash, not a power cut.
+    Normal,
+}
+
+/// SQLite-backed [`Store`].
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `resonant.db` inside `dir` and applies migrations.
+    pub async fn open_dir(dir: &Path, sync: SqliteSync) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let opts = SqliteConnectOptions::new().filename(dir.join("resonant.db"));
+        Self::open_with(opts, sync).await
+    }
+
+    /// Opens a `sqlite:` URL and applies migrations.
+    pub async fn open_url(url: &str, sync: SqliteSync) -> Result<Self, StoreError> {
+        Self::open_with(SqliteConnectOptions::from_str(url)?, sync).await
+    }
+
+    async fn open_with(opts: SqliteConnectOptions, sync: SqliteSync) -> Result<Self, StoreError> {
+        let opts = opts
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match sync {
+                SqliteSync::Full => SqliteSynchronous::Full,
+                SqliteSync::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(Duration::from_secs(10));
+        // Writes are serialised by the journal, so a few connections are enough for
+        // concurrent room loads.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let snap = sqlx::query("SELECT state, up_to_seq FROM doc_snapshots WHERE room = ?")
+            .bind(room)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let (snapshot, snapshot_seq) = match snap {
+            Some(row) => (Some(row.try_get::<Vec<u8>, _>(0)?), row.try_get::<i64, _>(1)?),
+            None => (None, 0),
+        };
+        let rows = sqlx::query(
+            "SELECT seq, data FROM doc_updates WHERE room = ? AND seq > ? ORDER BY seq",
+        )
+        .bind(room)
+        .bind(snapshot_seq)
+        .fetch_all(&mut *conn)
+        .await?;
+        let updates = rows
+            .into_iter()
+            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(StoredDoc {
+            snapshot,
+            snapshot_seq,
+            updates,
+        })
+    }
+
+    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool.begin().await?;
+        for op in ops {
+            match op {
+                WriteOp::Append { room, seq, data } => {
+                    sqlx::query(
+                        "INSERT INTO doc_updates (room, seq, data, created_at) VALUES (?, ?, ?, ?)",
+                    )
+                    .bind(&**room)
+                    .bind(*seq)
+                    .bind(&data[..])
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                WriteOp::Snapshot(s) => {
+                    // Never move a snapshot backwards: an older compaction that lost a race
+                    // must not replace a newer one.
+                    sqlx::query(
+                        "INSERT INTO doc_snapshots (room, state, state_vector, up_to_seq, updated_at)
+                         VALUES (?, ?, ?, ?, ?)
+                         ON CONFLICT (room) DO UPDATE SET state = excluded.state,
+                           state_vector = excluded.state_vector, up_to_seq = excluded.up_to_seq,
+                           updated_at = excluded.updated_at
+                         WHERE excluded.up_to_seq >= doc_snapshots.up_to_seq",
+                    )
+                    .bind(&*s.room)
+                    .bind(&s.state[..])
+                    .bind(&s.state_vector[..])
+                    .bind(s.up_to_seq)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("DELETE FROM doc_updates WHERE room = ? AND seq <= ?")
+                        .bind(&*s.room)
+                        .bind(s.up_to_seq)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

@@ -1,0 +1,52 @@
+//! Realtime sync for Resonant: the y-websocket protocol, rooms, awareness and fan-out.
+//!
+//! This crate holds no HTTP or WebSocket code. A transport (the `resonant` binary) joins a
+//! room through [`Rooms::join`], feeds each binary frame to [`Session::handle`], and writes
+//! whatever the [`Outbox`] yields. Durability comes from `resonant-store`'s journal: every
+//! change a room's update observer sees is appended there before fan-out returns.
+
+mod peer;
+pub mod protocol;
+mod room;
+mod rooms;
+mod session;
+
+use std::time::Duration;
+
+pub use peer::{close_code, Close, Outbox, Outgoing, Peer};
+pub use room::{ApplyError, LoadError, Room};
+pub use rooms::{valid_room_name, JoinError, Rooms};
+pub use session::{error_message, Session, SessionError};
+
+/// Tunables for rooms and connections.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// Most connections one room accepts.
+    pub max_peers_per_room: usize,
+    /// How long a room stays loaded after its last connection leaves.
+    pub unload_grace: Duration,
+    /// Awareness coalescing tick in busy rooms.
+    pub awareness_tick: Duration,
+    /// Awareness entries not renewed for this long are removed.
+    pub awareness_timeout: Duration,
+    /// Outbound bytes queued per connection before it is closed as a slow consumer.
+    pub max_queued_bytes: usize,
+    /// Compact a room's log into a snapshot after this many updates…
+    pub compact_after_updates: u64,
+    /// …or this many bytes.
+    pub compact_after_bytes: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            max_peers_per_room: 1000,
+            unload_grace: Duration::from_secs(30),
+            awareness_tick: Duration::from_millis(16),
+            awareness_timeout: Duration::from_secs(30),
+            max_queued_bytes: 8 << 20,
+            compact_after_updates: 1000,
+            compact_after_bytes: 8 << 20,
+        }
+    }
+}

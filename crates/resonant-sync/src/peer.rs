@@ -1,0 +1,253 @@
+//! One connection's outbound side: a byte-bounded queue and a way to close it from anywhere.
+//!
+//! Fan-out runs inside a room's update observer, which must not block, so each peer has an
+//! unbounded channel whose *bytes* are counted: a peer whose backlog passes the limit is
+//! closed (close code 4000, the client reconnects and resyncs) instead of being skipped or
+//! allowed to grow server memory. A message is never dropped silently.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{LazyLock, OnceLock};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+
+/// A WebSocket close code and reason the transport should send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// The close code (RFC 6455 or our 4000-range codes, see `docs/protocol.md`).
+    pub code: u16,
+    /// Human-readable reason (at most 123 bytes on the wire).
+    pub reason: Cow<'static, str>,
+}
+
+/// Close codes the server uses.
+pub mod close_code {
+    /// The client sent a text frame.
+    pub const UNSUPPORTED_DATA: u16 = 1003;
+    /// A frame could not be decoded, or yrs rejected the update in it.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The request is not allowed (bad room name).
+    pub const POLICY_VIOLATION: u16 = 1008;
+    /// A frame exceeded `--max-message-bytes`.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The room could not be loaded, or the server failed while handling the message.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The server is shutting down; reconnect (to another node).
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The room is full; try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The client did not read fast enough and its outbound queue overflowed; reconnect.
+    pub const SLOW_CONSUMER: u16 = 4000;
+    /// No frame (not even a pong) arrived for too long.
+    pub const TIMEOUT: u16 = 4001;
+}
+
+impl Close {
+    /// Builds a close with the given code and reason.
+    pub fn new(code: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        let mut reason = reason.into();
+        // A close frame's payload is at most 125 bytes, 2 of which are the code.
+        if reason.len() > 123 {
+            let mut cut = 123;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason = Cow::Owned(reason[..cut].to_string());
+        }
+        Close { code, reason }
+    }
+}
+
+static SLOW_CONSUMER_CLOSES: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_slow_consumer_closes_total"));
+
+/// The room's handle on one connection.
+pub struct Peer {
+    id: u64,
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued_bytes: AtomicUsize,
+    max_queued_bytes: usize,
+    close: OnceLock<Close>,
+    close_signal: Notify,
+    can_write: bool,
+    extensions: AtomicBool,
+}
+
+impl Peer {
+    /// Creates a peer and the receiving end its transport drains.
+    pub fn new(id: u64, max_queued_bytes: usize, can_write: bool) -> (Peer, Outbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let peer = Peer {
+            id,
+            tx,
+            queued_bytes: AtomicUsize::new(0),
+            max_queued_bytes,
+            close: OnceLock::new(),
+            close_signal: Notify::new(),
+            can_write,
+            extensions: AtomicBool::new(false),
+        };
+        (peer, Outbox { rx })
+    }
+
+    /// The connection id (unique within this process).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether this connection may change the document.
+    pub fn can_write(&self) -> bool {
+        self.can_write
+    }
+
+    /// Whether the client opted in to extension messages (acks, stateless).
+    pub fn extensions(&self) -> bool {
+        self.extensions.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn enable_extensions(&self) {
+        self.extensions.store(true, Ordering::Relaxed);
+    }
+
+    /// Queues a message. Returns false if the peer is closing (or was just closed for being
+    /// too slow); the message is then not delivered and the client will resync on reconnect.
+    pub fn send(&self, msg: &Bytes) -> bool {
+        if self.close.get().is_some() {
+            return false;
+        }
+        let len = msg.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        // An empty queue always takes one message, however large, so a big document can
+        // still reach a client whose limit is smaller.
+        if before > 0 && before + len > self.max_queued_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            SLOW_CONSUMER_CLOSES.increment(1);
+            self.close(Close::new(
+                close_code::SLOW_CONSUMER,
+                "slow consumer: outbound queue full, reconnect to resync",
+            ));
+            return false;
+        }
+        self.tx.send(msg.clone()).is_ok()
+    }
+
+    /// Asks the transport to close this connection (the first reason wins).
+    pub fn close(&self, close: Close) {
+        if self.close.set(close).is_ok() {
+            self.close_signal.notify_waiters();
+        }
+    }
+
+    /// Resolves once the connection has been asked to close (any number of waiters).
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.close_signal.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a close between the check and the await still
+            // wakes us.
+            notified.as_mut().enable();
+            if self.close.get().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether the connection has been asked to close.
+    pub fn is_closing(&self) -> bool {
+        self.close.get().is_some()
+    }
+
+    /// Marks `len` bytes as written to the socket.
+    fn written(&self, len: usize) {
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// The transport's end of a peer's queue.
+pub struct Outbox {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+}
+
+/// What the transport should do next.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Write this binary frame.
+    Message(Bytes),
+    /// Send this close frame and stop.
+    Close(Close),
+}
+
+impl Outbox {
+    /// Waits for the next message, or for a close request (which takes priority).
+    pub async fn recv(&mut self, peer: &Peer) -> Outgoing {
+        loop {
+            if let Some(close) = peer.close.get() {
+                return Outgoing::Close(close.clone());
+            }
+            tokio::select! {
+                biased;
+                _ = peer.closed() => continue,
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => {
+                        peer.written(msg.len());
+                        return Outgoing::Message(msg);
+                    }
+                    None => return Outgoing::Close(Close::new(1000, "")),
+                },
+            }
+        }
+    }
+
+    /// Takes a message that is already queued, without waiting (to batch writes).
+    pub fn try_recv(&mut self, peer: &Peer) -> Option<Bytes> {
+        if peer.is_closing() {
+            return None;
+        }
+        let msg = self.rx.try_recv().ok()?;
+        peer.written(msg.len());
+        Some(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overflowing_peer_is_closed_not_skipped() {
+        let (peer, mut outbox) = Peer::new(1, 10, true);
+        let msg = Bytes::from_static(&[0u8; 6]);
+        assert!(peer.send(&msg));
+        assert!(!peer.send(&msg), "second message would pass the limit");
+        assert!(peer.is_closing());
+        match outbox.recv(&peer).await {
+            Outgoing::Close(c) => assert_eq!(c.code, close_code::SLOW_CONSUMER),
+            other => panic!("expected close, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_queue_takes_one_large_message() {
+        let (peer, mut outbox) = Peer::new(1, 10, true);
+        let big = Bytes::from(vec![0u8; 100]);
+        assert!(peer.send(&big));
+        match outbox.recv(&peer).await {
+            Outgoing::Message(m) => assert_eq!(m.len(), 100),
+            other => panic!("expected message, got {other:?}"),
+        }
+        assert_eq!(peer.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn close_reason_is_truncated_to_fit_a_frame() {
+        let c = Close::new(1000, "é".repeat(100));
+        assert!(c.reason.len() <= 123);
+    }
+}

@@ -1,0 +1,291 @@
+//! The room registry: single-flight loading, joining, idle unloading and shutdown.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use resonant_store::{Journal, Store};
+use yrs::sync::time::{Clock, SystemClock};
+
+use crate::peer::{close_code, Close, Outbox, Peer};
+use crate::room::{AddPeerError, LoadError, Room};
+use crate::session::Session;
+use crate::SyncConfig;
+
+static ROOMS_GAUGE: LazyLock<metrics::Gauge> =
+    LazyLock::new(|| metrics::gauge!("resonant_rooms"));
+static LOADS: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_room_loads_total"));
+static LOAD_FAILURES: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_room_load_failures_total"));
+
+type LoadFuture = Shared<BoxFuture<'static, Result<Arc<Room>, LoadError>>>;
+
+enum Slot {
+    Loading(LoadFuture),
+    Ready(Arc<Room>),
+}
+
+/// Why a connection could not join a room.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The room name is not 1–128 characters of `[A-Za-z0-9._-]`.
+    #[error("invalid room name (1-128 characters of A-Z a-z 0-9 . _ -)")]
+    InvalidName,
+    /// The room has as many connections as allowed.
+    #[error("room is full")]
+    Full,
+    /// The server is shutting down.
+    #[error("server is shutting down")]
+    ShuttingDown,
+    /// The room's document could not be loaded.
+    #[error("room failed to load: {0}")]
+    Load(#[from] LoadError),
+}
+
+impl JoinError {
+    /// The close frame a transport should answer this error with.
+    pub fn close(&self) -> Close {
+        let code = match self {
+            JoinError::InvalidName => close_code::POLICY_VIOLATION,
+            JoinError::Full => close_code::TRY_AGAIN_LATER,
+            JoinError::ShuttingDown => close_code::SERVICE_RESTART,
+            JoinError::Load(_) => close_code::INTERNAL_ERROR,
+        };
+        let reason = match self {
+            // Store details stay in the logs.
+            JoinError::Load(_) => "room failed to load".to_string(),
+            other => other.to_string(),
+        };
+        Close::new(code, reason)
+    }
+}
+
+/// Checks a room name: 1–128 characters from `[A-Za-z0-9._-]`.
+pub fn valid_room_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Handle to every room of this process; cheap to clone.
+#[derive(Clone)]
+pub struct Rooms {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    slots: DashMap<Arc<str>, Slot>,
+    store: Arc<dyn Store>,
+    journal: Journal,
+    config: Arc<SyncConfig>,
+    next_peer: AtomicU64,
+    shutting_down: AtomicBool,
+}
+
+impl Rooms {
+    /// Creates the registry over a store and its journal, and starts the maintenance task
+    /// (awareness expiry).
+    pub fn new(store: Arc<dyn Store>, journal: Journal, config: SyncConfig) -> Rooms {
+        let rooms = Rooms {
+            inner: Arc::new(Inner {
+                slots: DashMap::new(),
+                store,
+                journal,
+                config: Arc::new(config),
+                next_peer: AtomicU64::new(1),
+                shutting_down: AtomicBool::new(false),
+            }),
+        };
+        let weak = Arc::downgrade(&rooms.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let now = SystemClock.now();
+                for room in (Rooms { inner }).loaded() {
+                    room.expire_awareness(now);
+                }
+            }
+        });
+        rooms
+    }
+
+    /// The journal every room appends to.
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    /// The store behind the journal.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The sync configuration.
+    pub fn config(&self) -> &SyncConfig {
+        &self.inner.config
+    }
+
+    /// Rooms currently loaded.
+    pub fn loaded(&self) -> Vec<Arc<Room>> {
+        self.inner
+            .slots
+            .iter()
+            .filter_map(|e| match e.value() {
+                Slot::Ready(r) => Some(r.clone()),
+                Slot::Loading(_) => None,
+            })
+            .collect()
+    }
+
+    /// Joins `name` (loading it if needed): returns the connection's session and the queue its
+    /// transport writes from. The greeting (step 1, awareness) is already queued.
+    pub async fn join(&self, name: &str, can_write: bool) -> Result<(Session, Outbox), JoinError> {
+        if !valid_room_name(name) {
+            return Err(JoinError::InvalidName);
+        }
+        let id = self.inner.next_peer.fetch_add(1, Ordering::Relaxed);
+        loop {
+            if self.inner.shutting_down.load(Ordering::Relaxed) {
+                return Err(JoinError::ShuttingDown);
+            }
+            let room = self.get_or_load(name).await?;
+            let (peer, outbox) = Peer::new(id, self.inner.config.max_queued_bytes, can_write);
+            let peer = Arc::new(peer);
+            match room.add_peer(peer.clone()) {
+                Ok(()) => return Ok((Session::new(self.clone(), room, peer), outbox)),
+                Err(AddPeerError::Full) => return Err(JoinError::Full),
+                // Unloaded between lookup and join: look again, which loads a fresh instance.
+                Err(AddPeerError::Closed) => continue,
+            }
+        }
+    }
+
+    async fn get_or_load(&self, name: &str) -> Result<Arc<Room>, LoadError> {
+        let fut = match self.inner.slots.entry(Arc::from(name)) {
+            Entry::Occupied(mut e) => match e.get() {
+                Slot::Ready(room) if !room.is_closed() => return Ok(room.clone()),
+                Slot::Ready(_) => {
+                    let fut = self.load_future(e.key().clone());
+                    e.insert(Slot::Loading(fut.clone()));
+                    fut
+                }
+                Slot::Loading(fut) => fut.clone(),
+            },
+            Entry::Vacant(e) => {
+                let fut = self.load_future(e.key().clone());
+                e.insert(Slot::Loading(fut.clone()));
+                fut
+            }
+        };
+        let result = fut.clone().await;
+        if let Entry::Occupied(mut e) = self.inner.slots.entry(Arc::from(name)) {
+            if matches!(e.get(), Slot::Loading(f) if f.ptr_eq(&fut)) {
+                match &result {
+                    Ok(room) => {
+                        e.insert(Slot::Ready(room.clone()));
+                        ROOMS_GAUGE.increment(1.0);
+                    }
+                    // Forget the failure so the next joiner tries again.
+                    Err(_) => {
+                        e.remove();
+                    }
+                }
+            }
+        }
+        result
+    }
+
+    fn load_future(&self, name: Arc<str>) -> LoadFuture {
+        let rooms = self.clone();
+        async move {
+            LOADS.increment(1);
+            // A previous instance of this room may still have writes in the journal.
+            rooms.inner.journal.flush().await;
+            let stored = rooms.inner.store.load(&name).await.map_err(|e| {
+                LOAD_FAILURES.increment(1);
+                tracing::error!(room = %name, error = %e, "room load failed");
+                LoadError::Store(Arc::new(e))
+            })?;
+            let room = Room::from_stored(
+                name.clone(),
+                stored,
+                rooms.inner.journal.clone(),
+                rooms.inner.config.clone(),
+            )
+            .inspect_err(|e| {
+                LOAD_FAILURES.increment(1);
+                tracing::error!(room = %name, error = %e, "room load failed");
+            })?;
+            tracing::debug!(room = %name, "room loaded");
+            // If the joiner that triggered the load never arrives, the room still unloads.
+            rooms.schedule_unload(room.clone(), 0);
+            Ok(room)
+        }
+        .boxed()
+        .shared()
+    }
+
+    /// Called when a session ends.
+    pub(crate) fn leave(&self, room: &Arc<Room>, peer_id: u64, awareness_ids: Vec<yrs::ClientID>) {
+        let idle_generation = room.remove_peer(peer_id);
+        if !awareness_ids.is_empty() {
+            room.remove_awareness(awareness_ids);
+        }
+        if let Some(generation) = idle_generation {
+            self.schedule_unload(room.clone(), generation);
+        }
+    }
+
+    fn schedule_unload(&self, room: Arc<Room>, generation: u64) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let rooms = self.clone();
+        let grace = self.inner.config.unload_grace;
+        handle.spawn(async move {
+            tokio::time::sleep(grace).await;
+            rooms.unload_if_idle(&room, generation).await;
+        });
+    }
+
+    async fn unload_if_idle(&self, room: &Arc<Room>, generation: u64) {
+        if !room.close_if_idle(generation) {
+            return;
+        }
+        let ticket = room.snapshot();
+        self.remove_slot(room);
+        if let Some(ticket) = ticket {
+            self.inner.journal.wait(ticket).await;
+        }
+        tracing::debug!(room = %room.name(), "room unloaded");
+    }
+
+    fn remove_slot(&self, room: &Arc<Room>) {
+        let removed = self
+            .inner
+            .slots
+            .remove_if(room.name(), |_, slot| matches!(slot, Slot::Ready(r) if Arc::ptr_eq(r, room)));
+        if removed.is_some() {
+            ROOMS_GAUGE.decrement(1.0);
+        }
+    }
+
+    /// Refuses new joins, closes every connection with 1012, snapshots every room and waits
+    /// until everything is committed.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::Relaxed);
+        let close = Close::new(close_code::SERVICE_RESTART, "server shutting down");
+        for room in self.loaded() {
+            room.close_all(close.clone());
+            room.snapshot();
+            self.remove_slot(&room);
+        }
+        self.inner.journal.flush().await;
+    }
+}

@@ -1,0 +1,136 @@
+//! One connection's protocol state: decodes its frames and acts on its room.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use resonant_store::Ticket;
+use yrs::ClientID;
+
+use crate::peer::{close_code, Close, Peer};
+use crate::protocol::{self, DecodeError, Incoming};
+use crate::room::{ApplyError, Room};
+use crate::rooms::Rooms;
+
+static READ_ONLY_REFUSALS: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_read_only_updates_refused_total"));
+
+/// Why a session must end.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The frame did not decode.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The update was rejected.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl SessionError {
+    /// The close frame to answer with.
+    pub fn close(&self) -> Close {
+        let code = match self {
+            SessionError::Decode(_) | SessionError::Apply(ApplyError::Invalid(_)) => {
+                close_code::INVALID_PAYLOAD
+            }
+            SessionError::Apply(ApplyError::Internal) => close_code::INTERNAL_ERROR,
+        };
+        Close::new(code, self.to_string())
+    }
+}
+
+/// A connection joined to a room. Dropping it leaves the room (removing the awareness states
+/// this connection introduced).
+pub struct Session {
+    rooms: Rooms,
+    room: Arc<Room>,
+    peer: Arc<Peer>,
+    /// Awareness client ids this connection introduced, removed when it leaves.
+    awareness_ids: HashSet<ClientID>,
+}
+
+impl Session {
+    pub(crate) fn new(rooms: Rooms, room: Arc<Room>, peer: Arc<Peer>) -> Session {
+        Session {
+            rooms,
+            room,
+            peer,
+            awareness_ids: HashSet::new(),
+        }
+    }
+
+    /// This connection's outbound handle.
+    pub fn peer(&self) -> &Arc<Peer> {
+        &self.peer
+    }
+
+    /// The room.
+    pub fn room(&self) -> &Arc<Room> {
+        &self.room
+    }
+
+    /// Handles one binary frame. Returns a ticket when the client asked for save
+    /// acknowledgements and this frame carried a document update: the transport sends
+    /// `[8, 1]` once the journal has committed that ticket.
+    pub fn handle(&mut self, frame: &[u8]) -> Result<Option<Ticket>, SessionError> {
+        match protocol::decode(frame)? {
+            Incoming::SyncStep1(sv) => {
+                self.peer.send(&self.room.step2_for(&sv));
+                Ok(None)
+            }
+            Incoming::SyncStep2(update) | Incoming::Update(update) => {
+                if !self.peer.can_write() {
+                    READ_ONLY_REFUSALS.increment(1);
+                    self.send_error("read-only", "this connection may not edit the document");
+                    return Ok(None);
+                }
+                self.room.apply_update(self.peer.id(), update)?;
+                Ok(self
+                    .peer
+                    .extensions()
+                    .then(|| self.rooms.journal().last_ticket()))
+            }
+            Incoming::Awareness(update) => {
+                if let Some(summary) = self.room.apply_awareness(self.peer.id(), update) {
+                    self.awareness_ids.extend(summary.added.iter().copied());
+                    self.awareness_ids.extend(summary.updated.iter().copied());
+                    for id in &summary.removed {
+                        self.awareness_ids.remove(id);
+                    }
+                }
+                Ok(None)
+            }
+            Incoming::QueryAwareness => {
+                if let Some(msg) = self.room.awareness_message() {
+                    self.peer.send(&msg);
+                }
+                Ok(None)
+            }
+            Incoming::Auth => Ok(None),
+            Incoming::SyncStatus | Incoming::Stateless(_) => {
+                self.peer.enable_extensions();
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sends an error as a stateless JSON message, if the client opted in to extensions.
+    pub fn send_error(&self, code: &str, message: &str) {
+        if self.peer.extensions() {
+            self.peer.send(&error_message(code, message));
+        }
+    }
+}
+
+/// `{"type":"error","code":…,"message":…}` as a stateless message.
+pub fn error_message(code: &str, message: &str) -> Bytes {
+    let json = serde_json::json!({ "type": "error", "code": code, "message": message });
+    protocol::encode_stateless(&json.to_string())
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let ids: Vec<ClientID> = self.awareness_ids.drain().collect();
+        self.rooms.leave(&self.room, self.peer.id(), ids);
+    }
+}

@@ -1,0 +1,135 @@
+//! Command-line and environment configuration for `resonant serve`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use resonant_store::SqliteSync;
+use resonant_sync::SyncConfig;
+
+/// The `resonant` command line.
+#[derive(Debug, Parser)]
+#[command(name = "resonant", version, about = "Realtime collaboration server for Resonant workflows")]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeConfig),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// SQLite durability level (ignored with Postgres).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SqliteSyncArg {
+    /// fsync every commit: survives power loss.
+    Full,
+    /// fsync at checkpoints: survives a process crash, not a power cut.
+    Normal,
+}
+
+/// Options for `resonant serve`; every flag can also be set through the environment.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "RESONANT_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one and prints it).
+    #[arg(long, env = "RESONANT_PORT", default_value_t = 1234)]
+    pub port: u16,
+    /// Directory for the embedded SQLite store (used when no database URL is given).
+    #[arg(long, env = "RESONANT_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Database URL: postgres://… for Postgres, sqlite:… for a specific SQLite file.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// SQLite durability: full fsyncs every commit, normal only at checkpoints.
+    #[arg(long, env = "RESONANT_SQLITE_SYNC", value_enum, default_value = "full")]
+    pub sqlite_sync: SqliteSyncArg,
+    /// Largest WebSocket message accepted, in bytes (bigger ones close with 1009).
+    #[arg(long, env = "RESONANT_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    pub max_message_bytes: usize,
+    /// Most connections per room (more are closed with 1013).
+    #[arg(long, env = "RESONANT_MAX_CONNECTIONS_PER_ROOM", default_value_t = 1000)]
+    pub max_connections_per_room: usize,
+    /// Outbound bytes queued per connection before it is closed as too slow (4000).
+    #[arg(long, env = "RESONANT_MAX_QUEUED_BYTES", default_value_t = 8 << 20)]
+    pub max_queued_bytes: usize,
+    /// Seconds a room stays loaded after its last connection leaves.
+    #[arg(long, env = "RESONANT_ROOM_GRACE_SECS", default_value_t = 30.0)]
+    pub room_grace_secs: f64,
+    /// Awareness coalescing tick in busy rooms, in milliseconds.
+    #[arg(long, env = "RESONANT_AWARENESS_TICK_MS", default_value_t = 16)]
+    pub awareness_tick_ms: u64,
+    /// Seconds after which an awareness state that was not renewed is removed.
+    #[arg(long, env = "RESONANT_AWARENESS_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub awareness_timeout_secs: f64,
+    /// Seconds between WebSocket pings.
+    #[arg(long, env = "RESONANT_PING_INTERVAL_SECS", default_value_t = 20.0)]
+    pub ping_interval_secs: f64,
+    /// Seconds without any frame (pongs included) after which a connection is closed.
+    #[arg(long, env = "RESONANT_IDLE_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub idle_timeout_secs: f64,
+    /// Compact a room's update log into a snapshot after this many updates.
+    #[arg(long, env = "RESONANT_COMPACT_AFTER_UPDATES", default_value_t = 1000)]
+    pub compact_after_updates: u64,
+    /// Compact a room's update log after this many bytes.
+    #[arg(long, env = "RESONANT_COMPACT_AFTER_BYTES", default_value_t = 8 << 20)]
+    pub compact_after_bytes: u64,
+    /// Log format.
+    #[arg(long, env = "RESONANT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `resonant=debug`.
+    #[arg(long, env = "RESONANT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl ServeConfig {
+    /// Defaults for a server on `127.0.0.1:0` with its SQLite store in `data_dir` (tests).
+    pub fn for_tests(data_dir: PathBuf) -> ServeConfig {
+        let cli = Cli::parse_from(["resonant", "serve", "--port", "0"]);
+        let Command::Serve(mut config) = cli.command;
+        config.data_dir = data_dir;
+        config.database_url = None;
+        config
+    }
+
+    /// The room-level part of the configuration.
+    pub fn sync_config(&self) -> SyncConfig {
+        SyncConfig {
+            max_peers_per_room: self.max_connections_per_room,
+            unload_grace: secs(self.room_grace_secs),
+            awareness_tick: Duration::from_millis(self.awareness_tick_ms),
+            awareness_timeout: secs(self.awareness_timeout_secs),
+            max_queued_bytes: self.max_queued_bytes,
+            compact_after_updates: self.compact_after_updates,
+            compact_after_bytes: self.compact_after_bytes,
+        }
+    }
+
+    /// The SQLite durability level.
+    pub fn sqlite_sync(&self) -> SqliteSync {
+        match self.sqlite_sync {
+            SqliteSyncArg::Full => SqliteSync::Full,
+            SqliteSyncArg::Normal => SqliteSync::Normal,
+        }
+    }
+}
+
+/// Converts (possibly fractional) seconds from the command line into a duration.
+pub fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}

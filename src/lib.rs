@@ -1,0 +1,178 @@
+//! The `resonant` server: wires the sync core and the store to HTTP and WebSockets.
+//!
+//! `GET /sync/{room}` speaks y-websocket; `/healthz`, `/readyz` and `/metrics` are for
+//! operators. [`start`] runs a server in the current runtime (the binary and the tests both
+//! use it) and returns a handle whose [`Server::shutdown`] stops it cleanly.
+
+pub mod config;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::Router;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use resonant_store::{Journal, JournalConfig};
+use resonant_sync::Rooms;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::ServeConfig;
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct AppState {
+    rooms: Rooms,
+    config: Arc<ServeConfig>,
+    tracker: TaskTracker,
+    metrics: PrometheusHandle,
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    rooms: Rooms,
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The rooms of this server (for tests and diagnostics).
+    pub fn rooms(&self) -> &Rooms {
+        &self.rooms
+    }
+
+    /// Stops accepting, closes every socket with 1012, commits everything, and returns once
+    /// done (bounded by a 10 s budget).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Resolves when the server stops by itself (it normally does not).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.task).await.context("server task panicked")?
+    }
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .install_recorder()
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+        })
+        .clone()
+}
+
+/// Opens the store, binds the listener and starts serving.
+pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
+    let metrics = metrics_handle();
+    let store = resonant_store::open(
+        config.database_url.as_deref(),
+        &config.data_dir,
+        config.sqlite_sync(),
+    )
+    .await
+    .context("opening the store")?;
+    tracing::info!(backend = store.backend(), "store ready");
+    let (journal, journal_task) = Journal::start(store.clone(), JournalConfig::default());
+    let rooms = Rooms::new(store, journal.clone(), config.sync_config());
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .with_context(|| format!("binding {}:{}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    let tracker = TaskTracker::new();
+    let state = AppState {
+        rooms: rooms.clone(),
+        config: Arc::new(config),
+        tracker: tracker.clone(),
+        metrics,
+    };
+    let app = router(state);
+    let stop = CancellationToken::new();
+    let listener = listener.tap_io(|tcp| {
+        // Without it, small frames wait on Nagle and delayed ACKs (tens of milliseconds).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    let serve_stop = stop.clone();
+    let serve_rooms = rooms.clone();
+    let task = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(serve_stop.cancelled_owned())
+            .await;
+        // Accepting has stopped; close the sockets (1012) and commit everything.
+        let drain = async {
+            serve_rooms.shutdown().await;
+            tracker.close();
+            tracker.wait().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(8), drain).await.is_err() {
+            tracing::warn!("connections did not finish within the shutdown budget");
+        }
+        if tokio::time::timeout(Duration::from_secs(1), serve_rooms.journal().flush())
+            .await
+            .is_err()
+        {
+            tracing::error!("journal not flushed at shutdown; uncommitted updates are lost");
+        }
+        serve_rooms.journal().close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), journal_task).await;
+        result.context("serving HTTP")
+    });
+    tracing::info!(%addr, "listening");
+    Ok(Server {
+        addr,
+        rooms,
+        stop,
+        task,
+    })
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/sync/{room}", get(ws::sync_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+    let ping = tokio::time::timeout(Duration::from_secs(2), app.rooms.store().ping()).await;
+    match ping {
+        Ok(Ok(())) if app.rooms.journal().is_healthy() => (StatusCode::OK, "ready".to_string()),
+        Ok(Ok(())) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store commits are failing".to_string(),
+        ),
+        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store error: {e}")),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store did not answer within 2 s".to_string(),
+        ),
+    }
+}
+
+async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}

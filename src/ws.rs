@@ -1,0 +1,289 @@
+//! The `/sync/{room}` WebSocket endpoint: moves frames between a socket and a sync session.
+//!
+//! The handler's task reads; one spawned task writes. The writer drains the peer's outbox
+//! (feeding everything already queued, then flushing once), sends save acknowledgements as
+//! the journal commits, pings, and sends the close frame the room or the reader asked for.
+
+use std::collections::VecDeque;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use resonant_store::Ticket;
+use resonant_sync::{close_code, protocol, Close, Outbox, Outgoing, Peer, Session};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::AppState;
+
+static CONNECTIONS: LazyLock<metrics::Gauge> =
+    LazyLock::new(|| metrics::gauge!("resonant_connections"));
+static MESSAGES_IN: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_messages_in_total"));
+static BYTES_IN: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_bytes_in_total"));
+static MESSAGES_OUT: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_messages_out_total"));
+static BYTES_OUT: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_bytes_out_total"));
+static CLOSES: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_protocol_error_closes_total"));
+
+/// Most queued messages written before one flush.
+const WRITE_BATCH: usize = 64;
+/// Most save acknowledgements waiting for a commit before the reader waits too.
+const ACK_QUEUE: usize = 1024;
+
+/// `GET /sync/{room}`: upgrades to a y-websocket connection.
+pub async fn sync_handler(
+    ws: WebSocketUpgrade,
+    Path(room): Path<String>,
+    State(app): State<AppState>,
+) -> Response {
+    let max = app.config.max_message_bytes;
+    let tracker = app.tracker.clone();
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        // The default 128 KiB read buffer per socket dominates an idle connection's memory.
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| tracker.track_future(connection(socket, room, app)))
+}
+
+struct ConnectionGuard;
+
+impl ConnectionGuard {
+    fn new() -> Self {
+        CONNECTIONS.increment(1.0);
+        ConnectionGuard
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        CONNECTIONS.decrement(1.0);
+    }
+}
+
+async fn connection(socket: WebSocket, room: String, app: AppState) {
+    let _guard = ConnectionGuard::new();
+    let (mut sink, stream) = socket.split();
+    let (session, outbox) = match app.rooms.join(&room, true).await {
+        Ok(joined) => joined,
+        Err(e) => {
+            let close = e.close();
+            tracing::warn!(room = %room.chars().take(140).collect::<String>(), error = %e, code = close.code, "join refused");
+            let _ = sink.send(close_message(&close)).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("conn", room = %room, conn = session.peer().id());
+    async move {
+        tracing::debug!("connected");
+        let peer = session.peer().clone();
+        let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
+        let writer = tokio::spawn(
+            writer(
+                sink,
+                outbox,
+                peer.clone(),
+                ack_rx,
+                app.rooms.journal().subscribe(),
+                crate::config::secs(app.config.ping_interval_secs),
+            )
+            .in_current_span(),
+        );
+        reader(stream, session, ack_tx, &app).await;
+        // The session is gone (left the room); make sure the writer finishes too.
+        peer.close(Close::new(1000, ""));
+        if tokio::time::timeout(Duration::from_secs(5), writer).await.is_err() {
+            tracing::warn!("writer did not finish in time");
+        }
+        tracing::debug!("disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reader(
+    mut stream: SplitStream<WebSocket>,
+    mut session: Session,
+    acks: mpsc::Sender<Ticket>,
+    app: &AppState,
+) {
+    let idle_timeout = crate::config::secs(app.config.idle_timeout_secs);
+    let peer = session.peer().clone();
+    let journal = app.rooms.journal().clone();
+    let mut deadline = Instant::now() + idle_timeout;
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::info!("no frame for {:?}; closing", idle_timeout);
+                peer.close(Close::new(close_code::TIMEOUT, "idle timeout: no frames or pongs"));
+                return;
+            }
+            // The writer is closing the connection (slow consumer, shutdown, room error).
+            _ = peer.closed() => return,
+        };
+        deadline = Instant::now() + idle_timeout;
+        let msg = match next {
+            None => return,
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                if let Some(close) = classify_read_error(e) {
+                    CLOSES.increment(1);
+                    tracing::warn!(code = close.code, reason = %close.reason, "closing connection");
+                    peer.close(close);
+                }
+                return;
+            }
+        };
+        match msg {
+            Message::Binary(frame) => {
+                MESSAGES_IN.increment(1);
+                BYTES_IN.increment(frame.len() as u64);
+                journal.throttle().await;
+                match session.handle(&frame) {
+                    Ok(Some(ticket)) => {
+                        if acks.send(ticket).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        CLOSES.increment(1);
+                        let close = e.close();
+                        tracing::warn!(code = close.code, error = %e, "bad message; closing connection");
+                        session.send_error("bad-message", &e.to_string());
+                        peer.close(close);
+                        return;
+                    }
+                }
+            }
+            Message::Text(_) => {
+                CLOSES.increment(1);
+                tracing::warn!("text frame; closing connection");
+                peer.close(Close::new(
+                    close_code::UNSUPPORTED_DATA,
+                    "text frames are not supported: send binary y-websocket messages",
+                ));
+                return;
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Close(_) => return,
+        }
+    }
+}
+
+/// Maps a read error to the close frame we should send, if the socket is still usable.
+fn classify_read_error(e: axum::Error) -> Option<Close> {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(c)) => Some(Close::new(
+            close_code::MESSAGE_TOO_BIG,
+            format!("message too big: {c}"),
+        )),
+        Some(tungstenite::Error::Protocol(p)) => {
+            Some(Close::new(1002, format!("protocol error: {p}")))
+        }
+        Some(tungstenite::Error::Utf8(_)) => Some(Close::new(
+            close_code::INVALID_PAYLOAD,
+            "invalid UTF-8 in text frame",
+        )),
+        _ => {
+            tracing::debug!(error = %inner, "read error");
+            None
+        }
+    }
+}
+
+async fn writer(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut outbox: Outbox,
+    peer: std::sync::Arc<Peer>,
+    mut acks: mpsc::Receiver<Ticket>,
+    mut committed: watch::Receiver<Ticket>,
+    ping_interval: Duration,
+) {
+    let mut pending: VecDeque<Ticket> = VecDeque::new();
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    loop {
+        let result = tokio::select! {
+            biased;
+            out = outbox.recv(&peer) => match out {
+                Outgoing::Message(first) => write_batch(&mut sink, &mut outbox, &peer, first).await,
+                Outgoing::Close(close) => {
+                    if close.code != 1000 {
+                        tracing::debug!(code = close.code, reason = %close.reason, "sending close");
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(close_message(&close))).await;
+                    return;
+                }
+            },
+            Some(ticket) = acks.recv() => {
+                pending.push_back(ticket);
+                Ok(())
+            }
+            changed = committed.changed(), if !pending.is_empty() => {
+                if changed.is_err() {
+                    return;
+                }
+                Ok(())
+            }
+            _ = ping.tick() => sink.send(Message::Ping(Default::default())).await,
+        };
+        if result.is_err() {
+            // The socket is gone; make the reader stop too.
+            peer.close(Close::new(1006, "write failed"));
+            return;
+        }
+        let done = *committed.borrow();
+        let mut acked = false;
+        while pending.front().is_some_and(|t| *t <= done) {
+            pending.pop_front();
+            if sink.feed(Message::Binary(protocol::encode_saved())).await.is_err() {
+                peer.close(Close::new(1006, "write failed"));
+                return;
+            }
+            acked = true;
+        }
+        if acked && sink.flush().await.is_err() {
+            peer.close(Close::new(1006, "write failed"));
+            return;
+        }
+    }
+}
+
+async fn write_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    outbox: &mut Outbox,
+    peer: &Peer,
+    first: bytes::Bytes,
+) -> Result<(), axum::Error> {
+    let mut count = 1u64;
+    let mut bytes = first.len() as u64;
+    sink.feed(Message::Binary(first)).await?;
+    while (count as usize) < WRITE_BATCH {
+        let Some(msg) = outbox.try_recv(peer) else { break };
+        count += 1;
+        bytes += msg.len() as u64;
+        sink.feed(Message::Binary(msg)).await?;
+    }
+    sink.flush().await?;
+    MESSAGES_OUT.increment(count);
+    BYTES_OUT.increment(bytes);
+    Ok(())
+}
+
+fn close_message(close: &Close) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: close.code,
+        reason: close.reason.to_string().into(),
+    }))
+}
