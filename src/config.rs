@@ -9,7 +9,11 @@ use resonant_sync::SyncConfig;
 
 /// The `resonant` command line.
 #[derive(Debug, Parser)]
-#[command(name = "resonant", version, about = "Realtime collaboration server for Resonant workflows")]
+#[command(
+    name = "resonant",
+    version,
+    about = "Realtime collaboration server for Resonant workflows"
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -63,7 +67,11 @@ pub struct ServeConfig {
     #[arg(long, env = "RESONANT_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
     pub max_message_bytes: usize,
     /// Most connections per room (more are closed with 1013).
-    #[arg(long, env = "RESONANT_MAX_CONNECTIONS_PER_ROOM", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "RESONANT_MAX_CONNECTIONS_PER_ROOM",
+        default_value_t = 1000
+    )]
     pub max_connections_per_room: usize,
     /// Outbound bytes queued per connection before it is closed as too slow (4000).
     #[arg(long, env = "RESONANT_MAX_QUEUED_BYTES", default_value_t = 8 << 20)]

@@ -4,6 +4,8 @@
 //! operators. [`start`] runs a server in the current runtime (the binary and the tests both
 //! use it) and returns a handle whose [`Server::shutdown`] stops it cleanly.
 
+#![warn(missing_docs)]
+
 pub mod config;
 mod ws;
 
@@ -123,7 +125,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
             tracker.close();
             tracker.wait().await;
         };
-        if tokio::time::timeout(Duration::from_secs(8), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(8), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("connections did not finish within the shutdown budget");
         }
         if tokio::time::timeout(Duration::from_secs(1), serve_rooms.journal().flush())

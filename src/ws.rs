@@ -101,7 +101,10 @@ async fn connection(socket: WebSocket, room: String, app: AppState) {
         reader(stream, session, ack_tx, &app).await;
         // The session is gone (left the room); make sure the writer finishes too.
         peer.close(Close::new(1000, ""));
-        if tokio::time::timeout(Duration::from_secs(5), writer).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .is_err()
+        {
             tracing::warn!("writer did not finish in time");
         }
         tracing::debug!("disconnected");
@@ -247,7 +250,11 @@ async fn writer(
         let mut acked = false;
         while pending.front().is_some_and(|t| *t <= done) {
             pending.pop_front();
-            if sink.feed(Message::Binary(protocol::encode_saved())).await.is_err() {
+            if sink
+                .feed(Message::Binary(protocol::encode_saved()))
+                .await
+                .is_err()
+            {
                 peer.close(Close::new(1006, "write failed"));
                 return;
             }
@@ -270,7 +277,9 @@ async fn write_batch(
     let mut bytes = first.len() as u64;
     sink.feed(Message::Binary(first)).await?;
     while (count as usize) < WRITE_BATCH {
-        let Some(msg) = outbox.try_recv(peer) else { break };
+        let Some(msg) = outbox.try_recv(peer) else {
+            break;
+        };
         count += 1;
         bytes += msg.len() as u64;
         sink.feed(Message::Binary(msg)).await?;

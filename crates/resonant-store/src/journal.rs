@@ -163,9 +163,11 @@ impl Journal {
 }
 
 async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
-    let commit_seconds = metrics::histogram!("resonant_store_commit_seconds", "backend" => inner.backend);
+    let commit_seconds =
+        metrics::histogram!("resonant_store_commit_seconds", "backend" => inner.backend);
     let batch_ops = metrics::histogram!("resonant_store_batch_ops", "backend" => inner.backend);
-    let commit_errors = metrics::counter!("resonant_store_commit_errors_total", "backend" => inner.backend);
+    let commit_errors =
+        metrics::counter!("resonant_store_commit_errors_total", "backend" => inner.backend);
     let backlog_gauge = metrics::gauge!("resonant_store_backlog_bytes");
     let mut ops: Vec<WriteOp> = Vec::new();
     loop {
@@ -217,7 +219,11 @@ enum Batch {
 fn take_batch(inner: &Inner, ops: &mut Vec<WriteOp>) -> Batch {
     let mut q = inner.queue.lock().unwrap();
     if q.ops.is_empty() {
-        return if q.closed { Batch::Closed } else { Batch::Empty };
+        return if q.closed {
+            Batch::Closed
+        } else {
+            Batch::Empty
+        };
     }
     let mut bytes = 0;
     let mut last = 0;

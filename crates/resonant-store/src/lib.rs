@@ -5,6 +5,8 @@
 //! into one transaction per commit (group commit). This crate knows nothing about Yjs: it
 //! stores opaque update and snapshot bytes per room, ordered by a per-room sequence number.
 
+#![warn(missing_docs)]
+
 mod journal;
 mod postgres;
 mod sqlite;
@@ -131,7 +133,9 @@ pub async fn open(
             Ok(Arc::new(SqliteStore::open_url(url, sqlite_sync).await?))
         }
         Some(url) => Err(StoreError::UnsupportedUrl(url.to_string())),
-        None => Ok(Arc::new(SqliteStore::open_dir(data_dir, sqlite_sync).await?)),
+        None => Ok(Arc::new(
+            SqliteStore::open_dir(data_dir, sqlite_sync).await?,
+        )),
     }
 }
 

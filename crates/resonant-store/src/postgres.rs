@@ -42,7 +42,10 @@ impl Store for PostgresStore {
             .fetch_optional(&mut *tx)
             .await?;
         let (snapshot, snapshot_seq) = match snap {
-            Some(row) => (Some(row.try_get::<Vec<u8>, _>(0)?), row.try_get::<i64, _>(1)?),
+            Some(row) => (
+                Some(row.try_get::<Vec<u8>, _>(0)?),
+                row.try_get::<i64, _>(1)?,
+            ),
             None => (None, 0),
         };
         let rows = sqlx::query(

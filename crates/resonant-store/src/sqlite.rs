@@ -73,7 +73,10 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *conn)
             .await?;
         let (snapshot, snapshot_seq) = match snap {
-            Some(row) => (Some(row.try_get::<Vec<u8>, _>(0)?), row.try_get::<i64, _>(1)?),
+            Some(row) => (
+                Some(row.try_get::<Vec<u8>, _>(0)?),
+                row.try_get::<i64, _>(1)?,
+            ),
             None => (None, 0),
         };
         let rows = sqlx::query(

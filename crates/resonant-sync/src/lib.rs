@@ -5,6 +5,8 @@
 //! whatever the [`Outbox`] yields. Durability comes from `resonant-store`'s journal: every
 //! change a room's update observer sees is appended there before fan-out returns.
 
+#![warn(missing_docs)]
+
 mod peer;
 pub mod protocol;
 mod room;

@@ -232,9 +232,15 @@ mod tests {
             decode(&[0, 2, 10, 1]),
             Err(DecodeError::Truncated(_))
         ));
-        assert!(matches!(decode(&[0, 9]), Err(DecodeError::UnknownSyncType(9))));
+        assert!(matches!(
+            decode(&[0, 9]),
+            Err(DecodeError::UnknownSyncType(9))
+        ));
         assert!(matches!(decode(&[42]), Err(DecodeError::UnknownType(42))));
-        assert!(matches!(decode(&[0xff]), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            decode(&[0xff]),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 
     #[test]

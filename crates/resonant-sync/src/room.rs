@@ -108,9 +108,11 @@ impl Room {
         let tail_bytes: u64 = stored.updates.iter().map(|(_, u)| u.len() as u64).sum();
         let applied = catch_unwind(AssertUnwindSafe(|| -> Result<(), LoadError> {
             let mut txn = doc.transact_mut();
-            let parts = stored.snapshot.iter().map(|s| (0, s)).chain(
-                stored.updates.iter().map(|(seq, u)| (*seq, u)),
-            );
+            let parts = stored
+                .snapshot
+                .iter()
+                .map(|s| (0, s))
+                .chain(stored.updates.iter().map(|(seq, u)| (*seq, u)));
             for (seq, bytes) in parts {
                 let update = Update::decode_v1(bytes)
                     .map_err(|e| LoadError::Corrupt(format!("entry {seq}: {e}")))?;
@@ -334,7 +336,9 @@ impl Room {
             let st = self.state.lock().unwrap();
             st.awareness
                 .iter()
-                .filter(|(_, s)| s.data.is_some() && now_ms.saturating_sub(s.last_updated) >= timeout)
+                .filter(|(_, s)| {
+                    s.data.is_some() && now_ms.saturating_sub(s.last_updated) >= timeout
+                })
                 .map(|(id, _)| id)
                 .collect()
         };
@@ -360,11 +364,14 @@ impl Room {
         let now = Instant::now();
         let tick = self.config.awareness_tick;
         let quiet = !st.aw_flush_scheduled
-            && st.aw_last_flush.is_none_or(|t| now.duration_since(t) >= tick);
+            && st
+                .aw_last_flush
+                .is_none_or(|t| now.duration_since(t) >= tick);
         if quiet {
             st.aw_last_flush = Some(now);
             if let Ok(update) = st.awareness.update_with_clients(changed) {
-                self.shared.send_all(&protocol::encode_awareness(&update), exclude);
+                self.shared
+                    .send_all(&protocol::encode_awareness(&update), exclude);
             }
             return;
         }
@@ -391,7 +398,8 @@ impl Room {
         if let Ok(update) = st.awareness.update_with_clients(dirty) {
             // Coalesced changes come from many peers; echoing a peer its own state is
             // harmless (y-protocols ignores an equal clock), so everyone gets the same bytes.
-            self.shared.send_all(&protocol::encode_awareness(&update), None);
+            self.shared
+                .send_all(&protocol::encode_awareness(&update), None);
         }
     }
 
@@ -408,7 +416,8 @@ impl Shared {
         let body = msg.slice(msg.len() - update.len()..);
         let seq = self.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.log_updates.fetch_add(1, Ordering::Relaxed);
-        self.log_bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        self.log_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         self.journal.append(self.name.clone(), seq, body);
         *self.full_state.lock().unwrap() = None;
         let exclude = origin.and_then(origin_peer);

@@ -15,8 +15,7 @@ use crate::room::{AddPeerError, LoadError, Room};
 use crate::session::Session;
 use crate::SyncConfig;
 
-static ROOMS_GAUGE: LazyLock<metrics::Gauge> =
-    LazyLock::new(|| metrics::gauge!("resonant_rooms"));
+static ROOMS_GAUGE: LazyLock<metrics::Gauge> = LazyLock::new(|| metrics::gauge!("resonant_rooms"));
 static LOADS: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_room_loads_total"));
 static LOAD_FAILURES: LazyLock<metrics::Counter> =
@@ -102,8 +101,12 @@ impl Rooms {
             }),
         };
         let weak = Arc::downgrade(&rooms.inner);
+        // y-protocols checks every 3 s against a 30 s timeout; shorter timeouts (tests) check
+        // proportionally more often.
+        let sweep = (rooms.inner.config.awareness_timeout / 3)
+            .clamp(Duration::from_millis(50), Duration::from_secs(3));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(3));
+            let mut tick = tokio::time::interval(sweep);
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
@@ -267,10 +270,10 @@ impl Rooms {
     }
 
     fn remove_slot(&self, room: &Arc<Room>) {
-        let removed = self
-            .inner
-            .slots
-            .remove_if(room.name(), |_, slot| matches!(slot, Slot::Ready(r) if Arc::ptr_eq(r, room)));
+        let removed = self.inner.slots.remove_if(
+            room.name(),
+            |_, slot| matches!(slot, Slot::Ready(r) if Arc::ptr_eq(r, room)),
+        );
         if removed.is_some() {
             ROOMS_GAUGE.decrement(1.0);
         }
