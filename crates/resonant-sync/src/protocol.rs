@@ -194,7 +194,7 @@ pub fn encode_stateless(json: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use yrs::{Doc, GetString, Text, Transact};
+    use yrs::{Doc, GetString, ReadTxn, Text, Transact};
 
     #[test]
     fn round_trips_sync_messages() {
