@@ -68,3 +68,27 @@ test('a 5 MB document reaches a late joiner intact', async (t) => {
   assert.equal(sha(again.doc.getText('big').toString()), wantText)
   assert.equal(sha(canonicalJSON(workflowJSON(again.doc))), wantBlocks)
 })
+
+test('a single 5 MB update is relayed live and served to a late joiner', async (t) => {
+  const h = harness(t)
+  const server = await h.server()
+  const room = uniqueRoom('large-one')
+  const writer = h.provider(server, room)
+  const online = h.provider(server, room)
+  await Promise.all([waitSynced(writer), waitSynced(online)])
+  const rnd = prng(4242)
+  let s = ''
+  const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789'
+  for (let i = 0; i < 5 * 1024 * 1024; i++) s += alphabet[rnd.int(alphabet.length)]
+  // One transaction: one ~5 MB update message (below the default 16 MiB limit).
+  writer.doc.getText('big').insert(0, s)
+  const want = sha(s)
+  await waitFor([[online.doc, 'update']], () => online.doc.getText('big').length === s.length,
+    { timeout: 60000, label: 'the 5 MB update at the online client' })
+  assert.equal(sha(online.doc.getText('big').toString()), want)
+  const late = h.provider(server, room)
+  await waitSynced(late, 60000)
+  await waitFor([[late.doc, 'update']], () => late.doc.getText('big').length === s.length,
+    { timeout: 60000, label: 'the 5 MB state at the late joiner' })
+  assert.equal(sha(late.doc.getText('big').toString()), want)
+})

@@ -55,6 +55,9 @@ export function resonantBin () {
 /** The Postgres URL for the Postgres variants, or undefined when they should be skipped. */
 export const TEST_DATABASE_URL = process.env.TEST_DATABASE_URL || undefined
 
+// Every WebsocketProvider adds a process 'exit' listener; tests open hundreds.
+process.setMaxListeners(0)
+
 const liveChildren = new Set()
 // A test process that dies (or is cut short by the runner) must not leave servers behind.
 process.on('exit', () => {
@@ -232,6 +235,17 @@ export async function pollUntil (predicate, { timeout = 10000, interval = 25, la
     if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${label}`)
     await new Promise((resolve) => setTimeout(resolve, interval))
   }
+}
+
+/** Resolves like `promise`, or rejects after `timeout` ms (the timer never outlives it). */
+export function withTimeout (promise, timeout, label) {
+  let timer
+  return Promise.race([
+    promise,
+    new Promise((_resolve, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${timeout} ms waiting for ${label}`)), timeout)
+    })
+  ]).finally(() => clearTimeout(timer))
 }
 
 /** Waits for one emission of `event` on a Node EventEmitter; resolves with its arguments. */
