@@ -1,0 +1,170 @@
+//! `resonant-loadtest`: drives any y-websocket server (Resonant, y-websocket's server, y-sweet,
+//! Hocuspocus) with real yrs clients and reports latency, delivery and server cost.
+//!
+//! Every scenario is bounded in time and connection count and stops by itself. Targets must
+//! be loopback addresses unless `--allow-remote` is given.
+
+mod client;
+mod proc;
+mod report;
+mod scenario;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, ValueEnum};
+
+use crate::report::ServerUsage;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(name = "resonant-loadtest", version, about)]
+struct Cli {
+    /// Which scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// URL template; `{room}` is replaced by each room's name.
+    #[arg(long, default_value = "ws://127.0.0.1:1234/sync/{room}")]
+    url: String,
+    /// Rooms.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
+    /// Clients per room (for `fanout`: readers per room, besides the writer).
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Edits per second per writer.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Measured window in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Connections opened per second while ramping up (`connections`).
+    #[arg(long, default_value_t = 2000.0)]
+    connect_rate: f64,
+    /// Spread connections over this many source addresses 127.0.0.1, 127.0.0.2, …
+    #[arg(long, default_value_t = 1)]
+    source_addrs: u8,
+    /// Room name prefix (a random one by default, so runs don't share documents).
+    #[arg(long)]
+    room_prefix: Option<String>,
+    /// Sample this server process's CPU time and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Allow non-loopback targets.
+    #[arg(long)]
+    allow_remote: bool,
+    /// Refuse runs that would open more connections than this.
+    #[arg(long, default_value_t = 50_000)]
+    max_connections: usize,
+    /// Refuse runs longer than this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    max_duration: f64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Scenario {
+    /// One writer per room moving a block at `--rate`, `--clients` readers timing each edit.
+    Fanout,
+    /// `--rooms` × `--clients` idle synced connections; server memory per connection.
+    Connections,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let connections = cli.rooms * (cli.clients + 1);
+    if connections > cli.max_connections {
+        bail!(
+            "{connections} connections exceed --max-connections {}",
+            cli.max_connections
+        );
+    }
+    if cli.duration > cli.max_duration || cli.duration <= 0.0 {
+        bail!("--duration must be in (0, {}] seconds", cli.max_duration);
+    }
+    if cli.rate <= 0.0 {
+        bail!("--rate must be positive");
+    }
+    let target = client::Target::parse(&cli.url, cli.allow_remote).await?;
+    let sources: Vec<IpAddr> = if cli.source_addrs > 1 {
+        (1..=cli.source_addrs)
+            .map(|i| IpAddr::from([127, 0, 0, i]))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let common = scenario::Common {
+        target,
+        rooms: cli.rooms,
+        clients: cli.clients,
+        rate: cli.rate,
+        duration: Duration::from_secs_f64(cli.duration),
+        room_prefix: cli
+            .room_prefix
+            .clone()
+            .unwrap_or_else(|| format!("load-{:08x}", rand::random::<u32>())),
+        sources,
+        connect_rate: cli.connect_rate,
+    };
+    let pid = cli.server_pid;
+    let sample = move || pid.and_then(|p| proc::sample(p).ok());
+    let report = match cli.scenario {
+        Scenario::Fanout => scenario::fanout::run(&common, sample).await?,
+        Scenario::Connections => scenario::connections::run(&common, sample).await?,
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print_table();
+    }
+    if !report.passed() {
+        std::process::exit(2);
+    }
+    Ok(())
+}
+
+/// Server usage between two samples.
+fn usage(
+    before: Option<proc::Sample>,
+    after: Option<proc::Sample>,
+    delivered: Option<u64>,
+    connections: Option<usize>,
+) -> Option<ServerUsage> {
+    let (b, a) = (before?, after?);
+    let cpu = (a.cpu_secs - b.cpu_secs).max(0.0);
+    Some(ServerUsage {
+        cpu_secs: cpu,
+        cpu_us_per_delivered: delivered.filter(|d| *d > 0).map(|d| cpu * 1e6 / d as f64),
+        rss_before_bytes: b.rss_bytes,
+        rss_after_bytes: a.rss_bytes,
+        rss_per_connection_bytes: connections
+            .filter(|c| *c > 0)
+            .map(|c| (a.rss_bytes as f64 - b.rss_bytes as f64) / c as f64),
+    })
+}
+
+/// Each connection is a file descriptor; raise the soft limit to the hard one.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
