@@ -89,8 +89,14 @@ test('awareness: a reconnecting client\'s old state is removed and its new one r
   a.ws.terminate()
   await waitFor([[b.awareness, 'change']], () => bEvents.slice(before).some((e) => e.removed.includes(aId)),
     { timeout: 5000, label: 'A\'s state removed at B after its socket died' })
+  const removedClock = b.awareness.meta.get(aId)?.clock
   await waitSynced(a)
+  // y-protocols semantics (as in the reference y-websocket server): removing a remote
+  // client's state keeps its clock, so the client's next change (clock + 1) wins again.
   a.awareness.setLocalStateField('n', 2)
-  await waitFor([[b.awareness, 'change']], () => b.awareness.getStates().get(aId)?.n === 2,
-    { timeout: 5000, label: 'A\'s state at B again after reconnecting' })
+  const back = () => b.awareness.getStates().get(aId)?.n === 2
+  back.describe = () => `A's clock ${a.awareness.meta.get(aId)?.clock}, clock of A's removal as seen by B ` +
+    `${removedClock} (A's clock before it disconnected: ${a.awareness.meta.get(aId)?.clock - 1})`
+  await waitFor([[b.awareness, 'change']], back,
+    { timeout: 5000, label: 'A\'s changed state at B after reconnecting' })
 })

@@ -65,9 +65,8 @@ test('a raw opted-in client gets one ack per update and step 2, duplicates inclu
   const h = harness(t)
   const server = await h.server()
   const room = uniqueRoom('acks-raw')
-  const raw = h.raw(server.roomUrl(room), { speak: true })
+  const raw = h.raw(server.roomUrl(room), { speak: true, optIn: true })
   await raw.opened
-  raw.optIn()
   await waitFor([[raw, 'synced']], () => raw.synced, { label: 'raw client sync' })
   // The raw client answered the server's step 1 with a step 2 (its doc was empty): 1 message.
   assert.equal(raw.docMessagesSent, 1)
@@ -97,6 +96,8 @@ test('a raw opted-in client gets one ack per update and step 2, duplicates inclu
         { label: 'query-awareness answer' })
     }
   })
+  // Alone in the room, the raw client never gets its own updates echoed back.
+  assert.equal(raw.received.filter((f) => f[0] === MSG_SYNC && f[1] === 2).length, 0, 'own updates echoed')
   // Every ack is exactly the two bytes [8, 1].
   for (const frame of raw.received.filter((f) => f[0] === MSG_SYNC_STATUS)) {
     assert.deepEqual([...frame], [MSG_SYNC_STATUS, 1])

@@ -411,9 +411,10 @@ export function messageType (bytes) {
  * A raw `ws` socket (no y-websocket) that records every frame and the close code. Optionally
  * speaks the protocol by hand (`speak: true`): answers the server's step 1 with step 2, applies
  * step 2 / updates to `this.doc`, sends local doc changes as updates, applies awareness.
+ * `optIn: true` sends `[8, 1]` as the very first frame.
  */
 export class RawClient extends EventEmitter {
-  constructor (url, { speak = false } = {}) {
+  constructor (url, { speak = false, optIn = false } = {}) {
     super()
     this.setMaxListeners(0)
     this.url = url
@@ -460,6 +461,9 @@ export class RawClient extends EventEmitter {
       if (speak) this._handle(copy, type)
       this.emit('frame', copy, type)
     })
+    // Opting in must happen in the 'open' handler itself: `ws` may deliver the server's
+    // greeting (and we may answer it with a step 2) before an `await opened` resumes.
+    if (optIn) this.ws.once('open', () => this.optIn())
     if (speak) {
       this.doc.on('update', (update, origin) => {
         if (origin === this) return
