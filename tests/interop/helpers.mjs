@@ -223,20 +223,6 @@ export function waitFor (sources, predicate, { timeout = 10000, label = 'conditi
   })
 }
 
-/**
- * Resolves once `predicate()` holds, checking every `interval` ms. Only for conditions that
- * have no event to listen to (a process' liveness, a file).
- */
-export async function pollUntil (predicate, { timeout = 10000, interval = 25, label = 'condition' } = {}) {
-  const deadline = Date.now() + timeout
-  for (;;) {
-    const v = await predicate()
-    if (v) return v
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${label}`)
-    await new Promise((resolve) => setTimeout(resolve, interval))
-  }
-}
-
 /** Resolves like `promise`, or rejects after `timeout` ms (the timer never outlives it). */
 export function withTimeout (promise, timeout, label) {
   let timer
@@ -246,21 +232,6 @@ export function withTimeout (promise, timeout, label) {
       timer = setTimeout(() => reject(new Error(`timed out after ${timeout} ms waiting for ${label}`)), timeout)
     })
   ]).finally(() => clearTimeout(timer))
-}
-
-/** Waits for one emission of `event` on a Node EventEmitter; resolves with its arguments. */
-export function once (emitter, event, { timeout = 10000, label } = {}) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      emitter.off(event, fn)
-      reject(new Error(`timed out after ${timeout} ms waiting for ${label ?? event}`))
-    }, timeout)
-    const fn = (...args) => {
-      clearTimeout(timer)
-      resolve(args)
-    }
-    emitter.once(event, fn)
-  })
 }
 
 /** Waits until the provider has completed the initial sync with the server. */
