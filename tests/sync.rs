@@ -463,3 +463,45 @@ async fn unresponsive_connection_is_closed_by_keepalive() {
     }
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn acknowledged_update_with_missing_dependencies_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two edits by one author; the second depends on the first.
+    let author = yrs::Doc::new();
+    let text = author.get_or_insert_text("text");
+    let first = {
+        let mut txn = author.transact_mut();
+        text.insert(&mut txn, 0, "a");
+        txn.encode_update_v1()
+    };
+    let second = {
+        let mut txn = author.transact_mut();
+        text.insert(&mut txn, 1, "b");
+        txn.encode_update_v1()
+    };
+    let server = start_server(dir.path(), |_| {}).await;
+    let url = room_url(server.addr(), "pending");
+    let mut a = Client::connect_synced(&url).await;
+    a.opt_in().await;
+    // The second edit arrives first: yrs keeps it pending, yet it is acknowledged…
+    a.send(resonant_sync::protocol::encode_sync_update(&second))
+        .await;
+    a.until("ack", |c| c.acks == 1).await;
+    drop(a);
+    // …so it must outlive a restart (which also compacts the room into a snapshot).
+    server.shutdown().await.unwrap();
+    let server = start_server(dir.path(), |_| {}).await;
+    let url = room_url(server.addr(), "pending");
+    let mut a = Client::connect_synced(&url).await;
+    a.send(resonant_sync::protocol::encode_sync_update(&first))
+        .await;
+    let mut b = Client::connect_synced(&url).await;
+    b.until("both edits integrated", |c| {
+        let txn = c.doc.transact();
+        txn.get_text("text")
+            .is_some_and(|t| t.get_string(&txn) == "ab")
+    })
+    .await;
+    server.shutdown().await.unwrap();
+}

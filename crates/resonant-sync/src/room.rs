@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use resonant_store::{Journal, Snapshot, StoredDoc, Ticket};
-use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateSummary};
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry, AwarenessUpdateSummary};
 use yrs::sync::Awareness;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -245,10 +245,20 @@ impl Room {
         let st = self.state.lock().unwrap();
         let result = catch_unwind(AssertUnwindSafe(|| {
             let mut txn = st.awareness.doc().transact_mut_with(origin);
-            txn.apply_update(update)
+            txn.apply_update(update)?;
+            let store = txn.store();
+            Ok::<_, yrs::error::UpdateError>(
+                store.pending_update().is_some() || store.pending_ds().is_some(),
+            )
         }));
         match result {
-            Ok(Ok(())) => {}
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => {
+                // Part of this update waits for changes we have not seen. The observer only
+                // logs what was integrated, so log the raw update too: it is acknowledged,
+                // and must survive a restart to integrate once its dependencies arrive.
+                self.shared.append(Bytes::copy_from_slice(bytes));
+            }
             Ok(Err(e)) => return Err(ApplyError::Invalid(e.to_string())),
             Err(_) => {
                 drop(st);
@@ -285,17 +295,24 @@ impl Room {
         let txn = st.awareness.doc().transact();
         let state = txn.encode_state_as_update_v1(&StateVector::default());
         let state_vector = txn.state_vector().encode_v1();
+        // Structs still waiting for their dependencies must outlive the log entries this
+        // snapshot replaces; re-logging them is harmless if the state already carries them.
+        let pending = txn.store().pending_update().map(|p| p.update.encode_v1());
         drop(txn);
         let up_to_seq = self.shared.last_seq.load(Ordering::Relaxed);
         self.shared.log_updates.store(0, Ordering::Relaxed);
         self.shared.log_bytes.store(0, Ordering::Relaxed);
         tracing::debug!(room = %self.name, up_to_seq, bytes = state.len(), "snapshot");
-        self.shared.journal.snapshot(Snapshot {
+        let ticket = self.shared.journal.snapshot(Snapshot {
             room: self.name.clone(),
             state: state.into(),
             state_vector: state_vector.into(),
             up_to_seq,
-        })
+        });
+        match pending {
+            Some(p) => self.shared.append(p.into()),
+            None => ticket,
+        }
     }
 
     /// Applies a client's awareness update and relays the change; returns what changed.
@@ -313,19 +330,30 @@ impl Room {
     /// Removes awareness states (a peer left, or its entries expired) and relays the removal.
     pub(crate) fn remove_awareness(self: &Arc<Self>, ids: impl IntoIterator<Item = ClientID>) {
         let mut st = self.state.lock().unwrap();
-        let mut removed = Vec::new();
+        // As y-protocols does for remote clients: a null state at the *current* clock. (yrs's
+        // `remove_state` bumps the clock, which would make the client's next real change,
+        // sent with that same clock after a reconnect, look stale everywhere.)
+        let mut removal = AwarenessUpdate {
+            clients: Default::default(),
+        };
         for id in ids {
-            let present = st
-                .awareness
-                .iter()
-                .any(|(cid, s)| cid == id && s.data.is_some());
-            if present {
-                st.awareness.remove_state(id);
-                removed.push(id);
+            if let Some((clock, _)) = st.awareness.meta(id) {
+                removal.clients.insert(
+                    id,
+                    AwarenessUpdateEntry {
+                        clock,
+                        json: "null".into(),
+                    },
+                );
             }
         }
-        if !removed.is_empty() {
-            self.broadcast_awareness(&mut st, removed, None);
+        if removal.clients.is_empty() {
+            return;
+        }
+        if let Ok(Some(summary)) = st.awareness.apply_update_summary(removal) {
+            if !summary.removed.is_empty() {
+                self.broadcast_awareness(&mut st, summary.removed, None);
+            }
         }
     }
 
@@ -422,6 +450,16 @@ impl Shared {
         *self.full_state.lock().unwrap() = None;
         let exclude = origin.and_then(origin_peer);
         self.send_all(&msg, exclude);
+    }
+
+    /// Appends an update to the room's log. Callers hold the room's state lock (the observer
+    /// runs inside a transaction), so sequence numbers follow the order of application.
+    fn append(&self, update: Bytes) -> Ticket {
+        let seq = self.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.log_updates.fetch_add(1, Ordering::Relaxed);
+        self.log_bytes
+            .fetch_add(update.len() as u64, Ordering::Relaxed);
+        self.journal.append(self.name.clone(), seq, update)
     }
 
     fn send_all(&self, msg: &Bytes, exclude: Option<u64>) {
