@@ -9,7 +9,7 @@
 //! while the process lives, and readiness reports the store as unhealthy meanwhile.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,9 @@ struct Inner {
     wake_writer: Notify,
     committed: watch::Sender<Ticket>,
     healthy: AtomicBool,
+    /// Payload bytes enqueued and not yet committed (read on every incoming message, so
+    /// kept outside the queue's lock).
+    backlog_bytes: AtomicUsize,
     config: JournalConfig,
     backend: &'static str,
 }
@@ -62,7 +65,6 @@ struct Inner {
 struct Queue {
     ops: VecDeque<(Ticket, WriteOp)>,
     last_ticket: Ticket,
-    backlog_bytes: usize,
     closed: bool,
 }
 
@@ -76,6 +78,7 @@ impl Journal {
             wake_writer: Notify::new(),
             committed,
             healthy: AtomicBool::new(true),
+            backlog_bytes: AtomicUsize::new(0),
             config,
             backend: store.backend(),
         });
@@ -99,10 +102,10 @@ impl Journal {
             let mut q = self.inner.queue.lock().unwrap();
             q.last_ticket += 1;
             let t = q.last_ticket;
-            q.backlog_bytes += len;
             q.ops.push_back((t, op));
             t
         };
+        self.inner.backlog_bytes.fetch_add(len, Ordering::Relaxed);
         self.inner.wake_writer.notify_one();
         ticket
     }
@@ -136,12 +139,15 @@ impl Journal {
 
     /// Bytes enqueued but not yet committed.
     pub fn backlog_bytes(&self) -> usize {
-        self.inner.queue.lock().unwrap().backlog_bytes
+        self.inner.backlog_bytes.load(Ordering::Relaxed)
     }
 
     /// Waits while the backlog is over its limit, so a store that falls behind slows writers
     /// down instead of growing memory without bound.
     pub async fn throttle(&self) {
+        if self.backlog_bytes() <= self.inner.config.max_backlog_bytes {
+            return;
+        }
         let mut rx = self.inner.committed.subscribe();
         while self.backlog_bytes() > self.inner.config.max_backlog_bytes {
             if rx.changed().await.is_err() {
@@ -199,11 +205,7 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
             }
         }
         ops.clear();
-        let backlog = {
-            let mut q = inner.queue.lock().unwrap();
-            q.backlog_bytes -= bytes;
-            q.backlog_bytes
-        };
+        let backlog = inner.backlog_bytes.fetch_sub(bytes, Ordering::Relaxed) - bytes;
         backlog_gauge.set(backlog as f64);
         inner.committed.send_replace(last);
     }
