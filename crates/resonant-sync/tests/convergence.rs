@@ -159,7 +159,7 @@ impl SimClient {
     }
 
     /// Delivers up to `count` queued client messages to the server; returns how many.
-    fn to_server(&mut self, count: usize) -> usize {
+    fn deliver_to_server(&mut self, count: usize) -> usize {
         let mut n = 0;
         while n < count {
             let Some(msg) = self.outgoing.lock().unwrap().pop_front() else {
@@ -174,7 +174,7 @@ impl SimClient {
     }
 
     /// Delivers up to `count` server messages to the client; returns how many.
-    fn to_client(&mut self, count: usize) -> usize {
+    fn deliver_to_client(&mut self, count: usize) -> usize {
         let mut n = 0;
         while n < count {
             let Some(msg) = self.outbox.try_recv(self.session.peer()) else {
@@ -253,10 +253,10 @@ fn run(clients: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     val,
                 } => sims[client].edit(kind, pos, val),
                 Op::ToServer { client, count } => {
-                    sims[client].to_server(count);
+                    sims[client].deliver_to_server(count);
                 }
                 Op::ToClient { client, count } => {
-                    sims[client].to_client(count);
+                    sims[client].deliver_to_client(count);
                 }
                 Op::Reconnect { client } => {
                     let old = sims.remove(client);
@@ -270,8 +270,8 @@ fn run(clients: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         loop {
             let mut moved = 0;
             for s in sims.iter_mut() {
-                moved += s.to_server(usize::MAX);
-                moved += s.to_client(usize::MAX);
+                moved += s.deliver_to_server(usize::MAX);
+                moved += s.deliver_to_client(usize::MAX);
             }
             if moved == 0 {
                 break;
