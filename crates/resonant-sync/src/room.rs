@@ -408,10 +408,15 @@ impl Room {
             st.aw_flush_scheduled = true;
             let due = st.aw_last_flush.map_or(now, |t| t + tick);
             let room = Arc::clone(self);
-            tokio::spawn(async move {
+            let flush = async move {
                 tokio::time::sleep_until(due.into()).await;
                 room.flush_awareness();
-            });
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(flush)),
+                // Outside a runtime (a session dropped at teardown) nobody is left to tell.
+                Err(_) => st.aw_flush_scheduled = false,
+            }
         }
     }
 
