@@ -18,6 +18,7 @@ async fn main() -> anyhow::Result<()> {
             .init(),
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
     }
+    raise_fd_limit();
     let server = resonant::start(config).await?;
     // Scripts and tests read the bound address from this line (useful with --port 0).
     println!("resonant listening on {}", server.addr());
@@ -34,5 +35,28 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Every connection is a file descriptor: lift the soft limit as far as allowed (root may
+/// also lift the hard limit), so the connection count is not capped by a default of 1024.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a pointer to a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = libc::rlimit {
+            rlim_cur: 1 << 20,
+            rlim_max: lim.rlim_max.max(1 << 20),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }

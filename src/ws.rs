@@ -50,7 +50,7 @@ pub async fn sync_handler(
     ws.max_message_size(max)
         .max_frame_size(max)
         // The default 128 KiB read buffer per socket dominates an idle connection's memory.
-        .read_buffer_size(4 << 10)
+        .read_buffer_size(1 << 10)
         .write_buffer_size(0)
         .on_upgrade(move |socket| tracker.track_future(connection(socket, room, app)))
 }
@@ -122,11 +122,20 @@ async fn reader(
     let idle_timeout = crate::config::secs(app.config.idle_timeout_secs);
     let peer = session.peer().clone();
     let journal = app.rooms.journal().clone();
-    let mut deadline = Instant::now() + idle_timeout;
+    // One timer for the connection's life, moved forward lazily when it fires: re-arming a
+    // timer on every frame would put timer-wheel work on the hot path.
+    let mut last_frame = Instant::now();
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut idle => {
+                let deadline = last_frame + idle_timeout;
+                if deadline > Instant::now() {
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
                 tracing::info!("no frame for {:?}; closing", idle_timeout);
                 peer.close(Close::new(close_code::TIMEOUT, "idle timeout: no frames or pongs"));
                 return;
@@ -134,7 +143,7 @@ async fn reader(
             // The writer is closing the connection (slow consumer, shutdown, room error).
             _ = peer.closed() => return,
         };
-        deadline = Instant::now() + idle_timeout;
+        last_frame = Instant::now();
         let msg = match next {
             None => return,
             Some(Ok(msg)) => msg,

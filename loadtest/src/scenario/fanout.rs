@@ -139,51 +139,19 @@ pub async fn run(
     let before = sample();
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / c.rate);
-    let mut tasks = Vec::new();
-    for (i, (writer, doc, times)) in writers.iter().enumerate() {
-        let tx = writer.tx.clone();
-        let doc = doc.clone();
-        let times = times.clone();
-        let duration = c.duration;
-        // Spread the rooms' writers over one period so they don't all fire at once.
-        let offset = period.mul_f64(i as f64 / c.rooms as f64);
-        tasks.push(tokio::spawn(async move {
-            let start = tokio::time::Instant::now() + offset;
-            let mut tick = tokio::time::interval_at(start, period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for seq in 1..times.times.len() as u64 {
-                let scheduled = tick.tick().await;
-                if scheduled.duration_since(start) >= duration {
-                    break;
-                }
-                let scheduled_us = (scheduled.into_std() - times.epoch).as_micros() as u64;
-                let update = {
-                    let mut txn = doc.transact_mut();
-                    let blocks = txn.get_or_insert_array("blocks");
-                    let Some(Out::YMap(block)) = blocks.get(&txn, 0) else {
-                        break;
-                    };
-                    let Some(Out::YMap(pos)) = block.get(&txn, "position") else {
-                        break;
-                    };
-                    pos.insert(&mut txn, "x", seq as f64);
-                    pos.insert(&mut txn, "y", (seq % 500) as f64);
-                    txn.encode_update_v1()
-                };
-                times.times[seq as usize].store(scheduled_us.max(1), Ordering::Release);
-                times.sent.store(seq, Ordering::Release);
-                if tx
-                    .send(client::encode(&YMessage::Sync(SyncMessage::Update(update))))
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await?;
-    }
+    // One pacing thread schedules every writer's edits: OS sleeps are precise to tens of µs,
+    // while tokio's timer wheel rounds up to whole milliseconds, which would add up to 1 ms
+    // of phantom latency to every edit (latency is measured from the scheduled time).
+    let plan: Vec<_> = writers
+        .iter()
+        .map(|(w, doc, times)| (w.tx.clone(), doc.clone(), times.clone()))
+        .collect();
+    let rooms = c.rooms;
+    let duration = c.duration;
+    let pacer = std::thread::spawn(move || pace(plan, rooms, period, duration));
+    tokio::task::spawn_blocking(move || pacer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("pacing thread panicked"))?;
     let sent_total: u64 = writers
         .iter()
         .map(|(_, _, t)| t.sent.load(Ordering::Acquire))
@@ -245,4 +213,52 @@ pub async fn run(
         server: crate::usage(before, after, Some(delivered), None),
         extra,
     })
+}
+
+/// Makes every writer's edits on schedule: writer `i` edits at
+/// `start + i/rooms·period + k·period` for k = 1, 2, … until `duration` has passed.
+fn pace(
+    plan: Vec<(
+        tokio::sync::mpsc::UnboundedSender<bytes::Bytes>,
+        Doc,
+        Arc<SendTimes>,
+    )>,
+    rooms: usize,
+    period: Duration,
+    duration: Duration,
+) {
+    let Some(epoch) = plan.first().map(|(_, _, t)| t.epoch) else {
+        return;
+    };
+    let start = Instant::now();
+    for seq in 1u64.. {
+        for (i, (tx, doc, times)) in plan.iter().enumerate() {
+            let offset = period.mul_f64(i as f64 / rooms as f64);
+            let due = start + offset + period * (seq as u32 - 1);
+            if due.duration_since(start) >= duration || seq as usize >= times.times.len() {
+                return;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let update = {
+                let mut txn = doc.transact_mut();
+                let blocks = txn.get_or_insert_array("blocks");
+                let Some(Out::YMap(block)) = blocks.get(&txn, 0) else {
+                    return;
+                };
+                let Some(Out::YMap(pos)) = block.get(&txn, "position") else {
+                    return;
+                };
+                pos.insert(&mut txn, "x", seq as f64);
+                pos.insert(&mut txn, "y", (seq % 500) as f64);
+                txn.encode_update_v1()
+            };
+            let due_us = (due - epoch).as_micros() as u64;
+            times.times[seq as usize].store(due_us.max(1), Ordering::Release);
+            times.sent.store(seq, Ordering::Release);
+            let _ = tx.send(client::encode(&YMessage::Sync(SyncMessage::Update(update))));
+        }
+    }
 }
