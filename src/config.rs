@@ -57,7 +57,7 @@ pub struct ServeConfig {
     /// Directory for the embedded SQLite store (used when no database URL is given).
     #[arg(long, env = "RESONANT_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Database URL: postgres://… for Postgres, sqlite:… for a specific SQLite file.
+    /// Database URL: postgres://… for Postgres, sqlite:… for a specific SQLite file, memory: to persist nothing (benchmarks only).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// SQLite durability: full fsyncs every commit, normal only at checkpoints.

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod journal;
+mod memory;
 mod postgres;
 mod sqlite;
 
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use journal::{Journal, JournalConfig, Ticket};
+pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, SqliteSync};
 
@@ -38,8 +40,16 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// An append reused a sequence number the room's log already holds.
+    #[error("room {room} already has log entry {seq}")]
+    DuplicateSeq {
+        /// The room.
+        room: String,
+        /// The sequence number.
+        seq: i64,
+    },
     /// The database URL names a backend we do not support.
-    #[error("unsupported database URL (expected sqlite:… or postgres://…): {0}")]
+    #[error("unsupported database URL (expected postgres://…, sqlite:… or memory:): {0}")]
     UnsupportedUrl(String),
 }
 
@@ -119,7 +129,8 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the store a server is configured for: Postgres when `database_url` is a
-/// `postgres://` URL, otherwise SQLite (`sqlite:` URL, or `resonant.db` in `data_dir`).
+/// `postgres://` URL, nothing durable for `memory:` (benchmarks only), otherwise SQLite
+/// (`sqlite:` URL, or `resonant.db` in `data_dir`).
 pub async fn open(
     database_url: Option<&str>,
     data_dir: &Path,
@@ -131,6 +142,10 @@ pub async fn open(
         }
         Some(url) if url.starts_with("sqlite:") => {
             Ok(Arc::new(SqliteStore::open_url(url, sqlite_sync).await?))
+        }
+        Some("memory:") => {
+            tracing::warn!("memory: store — nothing is persisted; for benchmarks only");
+            Ok(Arc::new(MemoryStore::default()))
         }
         Some(url) => Err(StoreError::UnsupportedUrl(url.to_string())),
         None => Ok(Arc::new(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use resonant_store::{
-    Journal, JournalConfig, PostgresStore, Snapshot, SqliteStore, SqliteSync, Store, StoreError,
-    StoredDoc, WriteOp,
+    Journal, JournalConfig, MemoryStore, PostgresStore, Snapshot, SqliteStore, SqliteSync, Store,
+    StoreError, StoredDoc, WriteOp,
 };
 
 fn room(prefix: &str) -> Arc<str> {
@@ -33,8 +33,10 @@ async fn stores() -> Vec<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
     let sqlite = SqliteStore::open_dir(dir.path(), SqliteSync::Full)
         .await
         .unwrap();
-    let mut all: Vec<(Arc<dyn Store>, Option<tempfile::TempDir>)> =
-        vec![(Arc::new(sqlite), Some(dir))];
+    let mut all: Vec<(Arc<dyn Store>, Option<tempfile::TempDir>)> = vec![
+        (Arc::new(sqlite), Some(dir)),
+        (Arc::new(MemoryStore::default()), None),
+    ];
     match std::env::var("TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => {
             // Set but unreachable must fail the test, never skip it.

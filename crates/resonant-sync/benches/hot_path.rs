@@ -11,12 +11,11 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use resonant_store::{Journal, JournalConfig, Store, StoreError, StoredDoc, WriteOp};
+use resonant_store::{Journal, JournalConfig, MemoryStore, Store};
 use resonant_sync::protocol::{self, Incoming};
 use resonant_sync::{Outbox, Rooms, Session, SyncConfig};
 use tokio::runtime::Runtime;
@@ -35,48 +34,6 @@ const BLOCKS: u32 = 20;
 const CHUNK: u64 = 256;
 /// Awareness states in the awareness benchmarks.
 const AWARENESS_CLIENTS: u64 = 100;
-
-/// The store's contract without a database (as in `tests/convergence.rs`).
-#[derive(Default)]
-struct MemoryStore(Mutex<HashMap<String, StoredDoc>>);
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .get(room)
-            .cloned()
-            .unwrap_or_default())
-    }
-    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
-        let mut rooms = self.0.lock().unwrap();
-        for op in ops {
-            match op {
-                WriteOp::Append { room, seq, data } => rooms
-                    .entry(room.to_string())
-                    .or_default()
-                    .updates
-                    .push((*seq, data.to_vec())),
-                WriteOp::Snapshot(s) => {
-                    let doc = rooms.entry(s.room.to_string()).or_default();
-                    doc.snapshot = Some(s.state.to_vec());
-                    doc.snapshot_seq = s.up_to_seq;
-                    doc.updates.retain(|(seq, _)| *seq > s.up_to_seq);
-                }
-            }
-        }
-        Ok(())
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-}
 
 /// A client's copy of the workflow, producing one real drag update at a time.
 struct Writer {

@@ -2,60 +2,17 @@
 //! several clients, once every message is delivered all clients and the server hold the same
 //! document. Runs the real rooms and sessions, without a network, over an in-memory store.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use proptest::prelude::*;
-use resonant_store::{Journal, JournalConfig, Store, StoreError, StoredDoc, WriteOp};
+use resonant_store::{Journal, JournalConfig, MemoryStore, Store};
 use resonant_sync::protocol::{self, Incoming};
 use resonant_sync::{Outbox, Rooms, Session, SyncConfig};
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
 use yrs::{Array, Doc, GetString, Map, MapPrelim, ReadTxn, Text, Transact, Update, WriteTxn};
-
-/// The store's contract without a database, so thousands of cases run quickly.
-#[derive(Default)]
-struct MemoryStore(Mutex<HashMap<String, StoredDoc>>);
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .get(room)
-            .cloned()
-            .unwrap_or_default())
-    }
-    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
-        let mut rooms = self.0.lock().unwrap();
-        for op in ops {
-            match op {
-                WriteOp::Append { room, seq, data } => rooms
-                    .entry(room.to_string())
-                    .or_default()
-                    .updates
-                    .push((*seq, data.to_vec())),
-                WriteOp::Snapshot(s) => {
-                    let doc = rooms.entry(s.room.to_string()).or_default();
-                    doc.snapshot = Some(s.state.to_vec());
-                    doc.snapshot_seq = s.up_to_seq;
-                    doc.updates.retain(|(seq, _)| *seq > s.up_to_seq);
-                }
-            }
-        }
-        Ok(())
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn backend(&self) -> &'static str {
-        "memory"
-    }
-}
 
 #[derive(Debug, Clone)]
 enum Op {

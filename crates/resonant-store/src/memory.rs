@@ -1,0 +1,75 @@
+//! A store that keeps everything in process memory: nothing survives a restart. For
+//! benchmarks (isolating the sync path from disk) and tests; never for real data.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::{Store, StoreError, StoredDoc, WriteOp};
+
+/// In-memory [`Store`]; applies batches exactly as the database backends do.
+#[derive(Default)]
+pub struct MemoryStore {
+    rooms: Mutex<HashMap<String, StoredDoc>>,
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
+        Ok(self
+            .rooms
+            .lock()
+            .unwrap()
+            .get(room)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+        let mut rooms = self.rooms.lock().unwrap();
+        // All or nothing, like a transaction: check every append before applying any.
+        let mut fresh = std::collections::HashSet::new();
+        for op in ops {
+            if let WriteOp::Append { room, seq, .. } = op {
+                // Logs grow in sequence order, so only an out-of-order seq needs the scan.
+                let taken = rooms.get(&**room).is_some_and(|d| {
+                    d.updates.last().is_some_and(|(last, _)| last >= seq)
+                        && d.updates.iter().any(|(s, _)| s == seq)
+                });
+                if taken || !fresh.insert((room.clone(), *seq)) {
+                    return Err(StoreError::DuplicateSeq {
+                        room: room.to_string(),
+                        seq: *seq,
+                    });
+                }
+            }
+        }
+        for op in ops {
+            match op {
+                WriteOp::Append { room, seq, data } => rooms
+                    .entry(room.to_string())
+                    .or_default()
+                    .updates
+                    .push((*seq, data.to_vec())),
+                WriteOp::Snapshot(s) => {
+                    let doc = rooms.entry(s.room.to_string()).or_default();
+                    if s.up_to_seq >= doc.snapshot_seq {
+                        doc.snapshot = Some(s.state.to_vec());
+                        doc.snapshot_seq = s.up_to_seq;
+                    }
+                    doc.updates.retain(|(seq, _)| *seq > s.up_to_seq);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+}
