@@ -174,6 +174,8 @@ impl Rooms {
             Entry::Occupied(mut e) => match e.get() {
                 Slot::Ready(room) if !room.is_closed() => return Ok(room.clone()),
                 Slot::Ready(_) => {
+                    // The closed instance is replaced here, so its unloader will not find it.
+                    ROOMS_GAUGE.decrement(1.0);
                     let fut = self.load_future(e.key().clone());
                     e.insert(Slot::Loading(fut.clone()));
                     fut
