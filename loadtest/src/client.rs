@@ -66,6 +66,16 @@ impl Target {
 /// Opens a WebSocket to `room`, from `local` if given (to spread connections over several
 /// source addresses: one destination has only ~28k ephemeral ports per source).
 pub async fn connect(target: &Target, room: &str, local: Option<IpAddr>) -> anyhow::Result<Ws> {
+    connect_with(target, room, local, 8 << 10).await
+}
+
+/// [`connect`] with a chosen read buffer size (large documents read faster with a larger one).
+pub async fn connect_with(
+    target: &Target,
+    room: &str,
+    local: Option<IpAddr>,
+    read_buffer: usize,
+) -> anyhow::Result<Ws> {
     let socket = if target.addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -82,7 +92,7 @@ pub async fn connect(target: &Target, room: &str, local: Option<IpAddr>) -> anyh
     let config = WebSocketConfig::default()
         .max_message_size(Some(512 << 20))
         .max_frame_size(Some(512 << 20))
-        .read_buffer_size(8 << 10)
+        .read_buffer_size(read_buffer)
         .write_buffer_size(0);
     let (ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
@@ -100,7 +110,7 @@ pub fn encode(msg: &YMessage) -> Bytes {
 
 /// What a connection saw, for the scenario to act on.
 pub enum Event<'a> {
-    /// The server's step 2 arrived (the doc now holds the stored state).
+    /// The server's step 2 has been applied (the doc now holds the stored state).
     Synced,
     /// An update was applied to the doc.
     Updated(&'a Doc),

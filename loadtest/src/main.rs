@@ -6,8 +6,10 @@
 
 mod client;
 mod proc;
+mod progress;
 mod report;
 mod scenario;
+mod svg;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -54,6 +56,12 @@ struct Cli {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Also write an SVG report (latency by percentile, per-second timeline) to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    report: Option<std::path::PathBuf>,
+    /// No live progress line on stderr (it is also off when stderr is not a terminal).
+    #[arg(long, short)]
+    quiet: bool,
     /// Allow non-loopback targets.
     #[arg(long)]
     allow_remote: bool,
@@ -117,12 +125,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         sources,
         connect_rate: cli.connect_rate,
     };
+    progress::init(cli.quiet);
     let pid = cli.server_pid;
     let sample = move || pid.and_then(|p| proc::sample(p).ok());
     let report = match cli.scenario {
         Scenario::Fanout => scenario::fanout::run(&common, sample).await?,
         Scenario::Connections => scenario::connections::run(&common, sample).await?,
     };
+    progress::finish();
+    if let Some(path) = &cli.report {
+        std::fs::write(path, svg::render(&report))
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,6 +1,9 @@
 //! The summary every scenario produces: a table for people, JSON for machines.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -8,6 +11,138 @@ use serde::Serialize;
 /// Latency histogram in microseconds (1 µs to 60 s, 3 significant figures).
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Coarser histogram (2 significant figures) for the per-second timeline buckets.
+fn coarse_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds")
+}
+
+/// Per-second latency histograms over a run, shared by every recorder of one series. Seconds
+/// count from [`Timeline::start`] (samples before it land in second 0), by *receive* time.
+pub struct Timeline {
+    epoch: Instant,
+    /// µs after `epoch` where second 0 begins.
+    start_us: AtomicU64,
+    seconds: Mutex<Vec<Histogram<u64>>>,
+}
+
+impl Timeline {
+    /// A timeline whose clock is `epoch` (the scenario's send-time epoch).
+    pub fn new(epoch: Instant) -> Arc<Timeline> {
+        Arc::new(Timeline {
+            epoch,
+            start_us: AtomicU64::new(0),
+            seconds: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Marks now as second 0 (the start of the measured window).
+    pub fn start(&self) {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        self.start_us.store(now, Ordering::Relaxed);
+    }
+
+    /// The second (since `start`) that `now_us` (µs since the epoch) falls in.
+    fn second(&self, now_us: u64) -> usize {
+        (now_us.saturating_sub(self.start_us.load(Ordering::Relaxed)) / 1_000_000) as usize
+    }
+
+    fn merge(&self, second: usize, h: &Histogram<u64>) {
+        let mut secs = self.seconds.lock().unwrap();
+        while secs.len() <= second {
+            secs.push(coarse_histogram());
+        }
+        let _ = secs[second].add(h);
+    }
+
+    /// One point per second: count and percentiles.
+    pub fn points(&self) -> Vec<TimelinePoint> {
+        let secs = self.seconds.lock().unwrap();
+        secs.iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let l = Latency::from_histogram(h);
+                TimelinePoint {
+                    t_s: i as u64,
+                    count: h.len(),
+                    p50_ms: l.p50_ms,
+                    p99_ms: l.p99_ms,
+                    max_ms: l.max_ms,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One second of a timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelinePoint {
+    /// Seconds since the measured window began.
+    pub t_s: u64,
+    /// Samples received during this second.
+    pub count: u64,
+    /// Median latency of those samples, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Maximum, ms.
+    pub max_ms: f64,
+}
+
+/// Records one connection's latencies: a full-precision histogram for the run and the current
+/// second's bucket, handed to the shared [`Timeline`] when the second changes (so each
+/// connection holds one small bucket, not one per second).
+pub struct Recorder {
+    /// Every sample of this connection.
+    pub hist: Histogram<u64>,
+    timeline: Arc<Timeline>,
+    second: usize,
+    bucket: Histogram<u64>,
+}
+
+impl Recorder {
+    /// A recorder feeding `timeline`.
+    pub fn new(timeline: Arc<Timeline>) -> Recorder {
+        Recorder {
+            hist: histogram(),
+            timeline,
+            second: 0,
+            bucket: coarse_histogram(),
+        }
+    }
+
+    /// Records a latency of `latency_us` observed at `now_us` (both in µs; `now_us` since the
+    /// timeline's epoch).
+    pub fn record(&mut self, now_us: u64, latency_us: u64) {
+        let v = latency_us.clamp(1, 60_000_000);
+        let _ = self.hist.record(v);
+        let second = self.timeline.second(now_us);
+        if second != self.second && !self.bucket.is_empty() {
+            self.timeline.merge(self.second, &self.bucket);
+            self.bucket.reset();
+        }
+        self.second = second;
+        let _ = self.bucket.record(v);
+    }
+
+    /// Flushes the last bucket and returns the full histogram.
+    pub fn finish(self) -> Histogram<u64> {
+        if !self.bucket.is_empty() {
+            self.timeline.merge(self.second, &self.bucket);
+        }
+        self.hist
+    }
+}
+
+/// A named latency series, kept for the SVG report.
+pub struct Series {
+    /// Legend name.
+    pub name: String,
+    /// All samples.
+    pub hist: Histogram<u64>,
+    /// Per-second points.
+    pub timeline: Vec<TimelinePoint>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -64,10 +199,12 @@ pub struct ServerUsage {
 }
 
 /// The result of one run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Default, Serialize)]
 pub struct Report {
     /// Scenario name.
     pub scenario: String,
+    /// What the main latency (`p50_ms`, `p99_ms`, `max_ms`, `latency`) measures.
+    pub measures: String,
     /// Rooms used.
     pub rooms: usize,
     /// Clients per room (readers for `fanout`).
@@ -96,8 +233,17 @@ pub struct Report {
     pub close_codes: BTreeMap<u16, u64>,
     /// Server resource use, when `--server-pid` was given.
     pub server: Option<ServerUsage>,
+    /// Secondary latency summaries (`awareness`: `doc` for the document edits; `churn`:
+    /// `churners` for edits seen by the clients that come and go).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub latencies: BTreeMap<String, Latency>,
+    /// Per-second count and percentiles of the main latency, by receive time.
+    pub timeline: Vec<TimelinePoint>,
     /// Scenario-specific numbers.
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// Every latency series with its full histogram, for `--report`.
+    #[serde(skip)]
+    pub series: Vec<Series>,
 }
 
 impl Report {
@@ -110,6 +256,9 @@ impl Report {
     pub fn print_table(&self) {
         let l = &self.latency;
         println!("scenario        {}", self.scenario);
+        if !self.measures.is_empty() {
+            println!("measures        {}", self.measures);
+        }
         println!(
             "shape           {} room(s) x {} client(s), rate {}/s, {:.1} s",
             self.rooms, self.clients, self.rate, self.duration_secs
@@ -147,8 +296,21 @@ impl Report {
                 println!("                rss per connection {:.0} bytes", r);
             }
         }
+        for (name, l) in &self.latencies {
+            println!(
+                "{:<16}p50 {:.3}  p95 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}  ({} samples)",
+                format!("{name} (ms)"),
+                l.p50_ms,
+                l.p95_ms,
+                l.p99_ms,
+                l.p999_ms,
+                l.max_ms,
+                l.count
+            );
+        }
+        let width = self.extra.keys().map(|k| k.len() + 2).max().unwrap_or(0);
         for (k, v) in &self.extra {
-            println!("{k:<16}{v}");
+            println!("{k:<width$}{v}");
         }
     }
 }

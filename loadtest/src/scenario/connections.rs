@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use yrs::Doc;
 
 use crate::client::Ended;
+use crate::progress;
 use crate::report::{Latency, Report};
 use crate::scenario::{connect_synced, Common, Ignore};
 
@@ -27,10 +28,11 @@ pub async fn run(
             Ok(conn) => conns.push(conn),
             Err(e) => {
                 errors += 1;
-                eprintln!("connect failed: {e:#}");
+                crate::note!("connect failed: {e:#}");
             }
         }
     }
+    progress::phase("connecting", None);
     let warm = conns.len();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = sample();
@@ -50,9 +52,6 @@ pub async fn run(
             drop(permit);
             r
         }));
-        if n % 1000 == 0 {
-            eprint!("\rconnected {n}/{total}");
-        }
     }
     for p in pending {
         match p.await? {
@@ -60,17 +59,18 @@ pub async fn run(
             Err(e) => {
                 errors += 1;
                 if errors <= 10 {
-                    eprintln!("connect failed: {e:#}");
+                    crate::note!("connect failed: {e:#}");
                 }
             }
         }
     }
     let ramp = started.elapsed();
-    eprintln!(
-        "\rconnected {}/{total} in {:.1} s",
+    crate::note!(
+        "connected {}/{total} in {:.1} s",
         conns.len(),
         ramp.as_secs_f64()
     );
+    progress::phase("holding", Some(c.duration));
     tokio::time::sleep(c.duration).await;
     let after = sample();
     let opened = conns.len() - warm;
@@ -93,6 +93,7 @@ pub async fn run(
     let delivered = alive;
     Ok(Report {
         scenario: "connections".into(),
+        measures: "nothing (idle connections; see server memory)".into(),
         rooms: c.rooms,
         clients: c.clients,
         rate: c.connect_rate,
@@ -108,5 +109,6 @@ pub async fn run(
         close_codes,
         server: crate::usage(before, after, None, Some(opened)),
         extra,
+        ..Default::default()
     })
 }

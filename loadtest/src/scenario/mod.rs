@@ -3,18 +3,25 @@
 pub mod connections;
 pub mod fanout;
 
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use yrs::Doc;
+use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::{Any, Array, Doc, Map, MapPrelim, Out, ReadTxn, Transact, WriteTxn};
 
 use crate::client::{self, Ended, Event, Target};
+use crate::progress;
+use crate::report::{Recorder, Timeline};
 
 /// Options shared by every scenario.
 #[derive(Debug, Clone)]
@@ -69,6 +76,7 @@ pub async fn connect_synced<H: Handler>(
     mut handler: H,
 ) -> anyhow::Result<Connected<H::Output>> {
     let ws = client::connect(target, room, local).await?;
+    progress::connections(1);
     let (mut sink, stream) = ws.split();
     client::send_step1(&mut sink, &doc).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
@@ -95,6 +103,7 @@ pub async fn connect_synced<H: Handler>(
             handler.on_event(ev);
         })
         .await;
+        progress::connections(-1);
         (ended, handler.finish())
     });
     match tokio::time::timeout(Duration::from_secs(30), synced_rx).await {
@@ -124,4 +133,239 @@ impl Handler for Ignore {
     type Output = ();
     fn on_event(&mut self, _: Event<'_>) {}
     fn finish(self) {}
+}
+
+/// Tallies how connections ended: `Stopped` is ours; anything else is an error.
+#[derive(Default)]
+pub struct Endings {
+    /// Unexpected ends (close frames, socket errors).
+    pub errors: u64,
+    /// Close codes the server sent, with counts.
+    pub close_codes: BTreeMap<u16, u64>,
+}
+
+impl Endings {
+    /// Counts one ending; `what` names the connection for the message.
+    pub fn add(&mut self, ended: &Ended, what: &str) {
+        match ended {
+            Ended::Stopped => {}
+            Ended::Closed(code) => {
+                self.errors += 1;
+                *self.close_codes.entry(*code).or_default() += 1;
+                if self.errors <= 10 {
+                    crate::note!("{what} closed by the server with code {code}");
+                }
+            }
+            Ended::Error(e) => {
+                self.errors += 1;
+                if self.errors <= 10 {
+                    crate::note!("{what} ended: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Send times of one writer's edits, in µs since the run's epoch (0 = not sent).
+pub struct SendTimes {
+    /// The clock every send and receive time is measured on.
+    pub epoch: Instant,
+    /// Scheduled send time of edit `seq` (index), µs since `epoch`.
+    pub times: Vec<AtomicU64>,
+    /// Edits sent so far (the last seq).
+    pub sent: AtomicU64,
+}
+
+impl SendTimes {
+    /// Room for `edits` edits.
+    pub fn new(epoch: Instant, edits: usize) -> Arc<SendTimes> {
+        Arc::new(SendTimes {
+            epoch,
+            times: (0..=edits).map(|_| AtomicU64::new(0)).collect(),
+            sent: AtomicU64::new(0),
+        })
+    }
+}
+
+/// Times one writer's edits as a reader sees them (the block's `position.x` is the edit's
+/// sequence number).
+pub struct EditTracker {
+    times: Arc<SendTimes>,
+    rec: Recorder,
+    last_seq: u64,
+    delivered: u64,
+    seen: Arc<AtomicU64>,
+}
+
+impl EditTracker {
+    /// A tracker of `times`'s edits; `seen` counts deliveries over every reader.
+    pub fn new(times: Arc<SendTimes>, timeline: Arc<Timeline>, seen: Arc<AtomicU64>) -> Self {
+        EditTracker {
+            times,
+            rec: Recorder::new(timeline),
+            last_seq: 0,
+            delivered: 0,
+            seen,
+        }
+    }
+
+    /// Looks at the doc after an update was applied.
+    pub fn on_update(&mut self, doc: &Doc) {
+        let now = self.times.epoch.elapsed().as_micros() as u64;
+        let Some(seq) = position_x(doc) else { return };
+        if seq <= self.last_seq || seq as usize >= self.times.times.len() {
+            return;
+        }
+        self.last_seq = seq;
+        let sent = self.times.times[seq as usize].load(Ordering::Acquire);
+        if sent > 0 {
+            self.delivered += 1;
+            self.seen.fetch_add(1, Ordering::Relaxed);
+            progress::events(1);
+            self.rec.record(now, now.saturating_sub(sent));
+        }
+    }
+
+    /// The latency histogram and the number of edits delivered.
+    pub fn finish(self) -> (Histogram<u64>, u64) {
+        (self.rec.finish(), self.delivered)
+    }
+}
+
+impl Handler for EditTracker {
+    type Output = (Histogram<u64>, u64);
+
+    fn on_event(&mut self, event: Event<'_>) {
+        if let Event::Updated(doc) = event {
+            self.on_update(doc);
+        }
+    }
+
+    fn finish(self) -> Self::Output {
+        EditTracker::finish(self)
+    }
+}
+
+/// The sequence number of the last edit in `doc` (the block's `position.x`).
+pub fn position_x(doc: &Doc) -> Option<u64> {
+    let txn = doc.transact();
+    let blocks = txn.get_array("blocks")?;
+    let Out::YMap(block) = blocks.get(&txn, 0)? else {
+        return None;
+    };
+    let Out::YMap(pos) = block.get(&txn, "position")? else {
+        return None;
+    };
+    match pos.get(&txn, "x")? {
+        Out::Any(Any::Number(yrs::Number::Float(x))) => Some(x as u64),
+        Out::Any(Any::Number(yrs::Number::Int(x))) => Some(x as u64),
+        _ => None,
+    }
+}
+
+/// Replaces the doc's blocks with the one block writers move; returns the update message.
+pub fn init_block(doc: &Doc) -> Bytes {
+    let update = {
+        let mut txn = doc.transact_mut();
+        let blocks = txn.get_or_insert_array("blocks");
+        let len = blocks.len(&txn);
+        blocks.remove_range(&mut txn, 0, len);
+        let block = blocks.insert(&mut txn, 0, MapPrelim::default());
+        block.insert(&mut txn, "id", "load-block");
+        block.insert(&mut txn, "type", "ai");
+        let pos = block.insert(&mut txn, "position", MapPrelim::default());
+        pos.insert(&mut txn, "x", 0.0);
+        pos.insert(&mut txn, "y", 0.0);
+        let data = block.insert(&mut txn, "data", MapPrelim::default());
+        data.insert(&mut txn, "label", "load test");
+        txn.encode_update_v1()
+    };
+    client::encode(&YMessage::Sync(SyncMessage::Update(update)))
+}
+
+/// Moves the block to `x = seq` (as the editor does when a block is dragged); returns the
+/// update message, or `None` if the doc has no block.
+pub fn move_block(doc: &Doc, seq: u64) -> Option<Bytes> {
+    let update = {
+        let mut txn = doc.transact_mut();
+        let blocks = txn.get_or_insert_array("blocks");
+        let Some(Out::YMap(block)) = blocks.get(&txn, 0) else {
+            return None;
+        };
+        let Some(Out::YMap(pos)) = block.get(&txn, "position") else {
+            return None;
+        };
+        pos.insert(&mut txn, "x", seq as f64);
+        pos.insert(&mut txn, "y", (seq % 500) as f64);
+        txn.encode_update_v1()
+    };
+    Some(client::encode(&YMessage::Sync(SyncMessage::Update(update))))
+}
+
+/// One periodic action for [`pace`].
+pub struct Job {
+    /// Time between two firings.
+    pub period: Duration,
+    /// First firing, after the pacer starts.
+    pub offset: Duration,
+    /// Called with the sequence number (1, 2, …) and the scheduled time in µs since the
+    /// epoch; returns false to stop this job.
+    pub fire: Box<dyn FnMut(u64, u64) -> bool + Send>,
+}
+
+/// Fires every job on schedule, open-loop, from one OS thread, until `duration` has passed
+/// since the start: OS sleeps are precise to tens of µs, while tokio's timer wheel rounds up
+/// to whole milliseconds, which would add up to 1 ms of phantom latency to every send
+/// (latency is measured from the *scheduled* time, so a late pacer cannot hide delays).
+pub async fn pace(epoch: Instant, duration: Duration, jobs: Vec<Job>) -> anyhow::Result<()> {
+    let thread = std::thread::spawn(move || pace_blocking(epoch, duration, jobs));
+    tokio::task::spawn_blocking(move || thread.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("pacing thread panicked"))
+}
+
+fn pace_blocking(epoch: Instant, duration: Duration, mut jobs: Vec<Job>) {
+    let start = Instant::now();
+    let mut heap: BinaryHeap<Reverse<(Instant, usize, u64)>> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| Reverse((start + j.offset, i, 1)))
+        .collect();
+    while let Some(Reverse((due, i, seq))) = heap.pop() {
+        if due.duration_since(start) >= duration {
+            continue;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let due_us = (due - epoch).as_micros() as u64;
+        let job = &mut jobs[i];
+        if (job.fire)(seq, due_us.max(1)) {
+            heap.push(Reverse((due + job.period, i, seq + 1)));
+        }
+    }
+}
+
+/// Waits until `done()` or `limit` has passed, checking every 10 ms.
+pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// delivered ÷ expected (0 when nothing was expected).
+pub fn ratio(delivered: u64, expected: u64) -> f64 {
+    if expected == 0 {
+        0.0
+    } else {
+        delivered as f64 / expected as f64
+    }
 }
