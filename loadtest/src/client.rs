@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use yrs::sync::{Message as YMessage, SyncMessage};
+use yrs::sync::{AwarenessUpdate, Message as YMessage, SyncMessage};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{Doc, ReadTxn, Transact, Update};
@@ -114,6 +114,8 @@ pub enum Event<'a> {
     Synced,
     /// An update was applied to the doc.
     Updated(&'a Doc),
+    /// An awareness message arrived.
+    Awareness(&'a AwarenessUpdate),
 }
 
 /// Why a connection ended.
@@ -181,6 +183,7 @@ pub async fn read_loop(
                 apply(doc, &u);
                 on_event(Event::Updated(doc));
             }
+            YMessage::Awareness(update) => on_event(Event::Awareness(&update)),
             _ => {}
         }
     }

@@ -32,12 +32,16 @@ struct Cli {
     /// Rooms.
     #[arg(long, default_value_t = 1)]
     rooms: usize,
-    /// Clients per room (for `fanout`: readers per room, besides the writer).
+    /// Clients per room (`fanout`: readers besides the writer; `awareness`: cursor clients
+    /// besides the writer).
     #[arg(long, default_value_t = 100)]
     clients: usize,
-    /// Edits per second per writer.
+    /// Edits per second per writer (`awareness`: cursor moves per second per client).
     #[arg(long, default_value_t = 20.0)]
     rate: f64,
+    /// Document edits per second by each room's writer (`awareness`).
+    #[arg(long, default_value_t = 20.0)]
+    doc_rate: f64,
     /// Measured window in seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -79,6 +83,9 @@ enum Scenario {
     Fanout,
     /// `--rooms` × `--clients` idle synced connections; server memory per connection.
     Connections,
+    /// `--clients` per room moving cursors at `--rate` Hz plus a writer editing at `--doc-rate`:
+    /// awareness and document latency in the same room.
+    Awareness,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,8 +108,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.duration > cli.max_duration || cli.duration <= 0.0 {
         bail!("--duration must be in (0, {}] seconds", cli.max_duration);
     }
-    if cli.rate <= 0.0 {
-        bail!("--rate must be positive");
+    if cli.rate <= 0.0 || cli.doc_rate <= 0.0 {
+        bail!("--rate and --doc-rate must be positive");
+    }
+    if cli.rooms == 0 {
+        bail!("--rooms must be at least 1");
     }
     let target = client::Target::parse(&cli.url, cli.allow_remote).await?;
     let sources: Vec<IpAddr> = if cli.source_addrs > 1 {
@@ -124,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("load-{:08x}", rand::random::<u32>())),
         sources,
         connect_rate: cli.connect_rate,
+        doc_rate: cli.doc_rate,
     };
     progress::init(cli.quiet);
     let pid = cli.server_pid;
@@ -131,6 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let report = match cli.scenario {
         Scenario::Fanout => scenario::fanout::run(&common, sample).await?,
         Scenario::Connections => scenario::connections::run(&common, sample).await?,
+        Scenario::Awareness => scenario::awareness::run(&common, sample).await?,
     };
     progress::finish();
     if let Some(path) = &cli.report {

@@ -1,5 +1,6 @@
 //! Scenarios and the pieces they share.
 
+pub mod awareness;
 pub mod connections;
 pub mod fanout;
 
@@ -42,6 +43,8 @@ pub struct Common {
     pub sources: Vec<IpAddr>,
     /// Connections opened per second while ramping up.
     pub connect_rate: f64,
+    /// Document edits per second (`awareness`: the room's writer).
+    pub doc_rate: f64,
 }
 
 impl Common {
