@@ -57,6 +57,11 @@ impl Target {
         })
     }
 
+    /// The resolved server address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The URL of one room.
     pub fn url(&self, room: &str) -> String {
         self.template.replace("{room}", room)

@@ -33,7 +33,7 @@ struct Cli {
     #[arg(long, default_value_t = 1)]
     rooms: usize,
     /// Clients per room (`fanout`: readers besides the writer; `awareness`: cursor clients
-    /// besides the writer).
+    /// besides the writer; `coldload`: joiners at once).
     #[arg(long, default_value_t = 100)]
     clients: usize,
     /// Edits per second per writer (`awareness`: cursor moves per second per client).
@@ -42,6 +42,19 @@ struct Cli {
     /// Document edits per second by each room's writer (`awareness`).
     #[arg(long, default_value_t = 20.0)]
     doc_rate: f64,
+    /// Size of the document to build, bytes (`coldload`).
+    #[arg(long, default_value_t = 10_000_000)]
+    doc_bytes: usize,
+    /// Seconds to wait after everyone left before the cold load (`coldload`). The room only
+    /// leaves server memory after the server's own grace period (Resonant:
+    /// `--room-grace-secs`, 30 s by default): wait longer than that to load from the store.
+    #[arg(long, default_value_t = 0.0)]
+    wait_unload: f64,
+    /// Cold-load and joining clients send their sync step 1 only once the server's step 1
+    /// arrived, instead of as soon as the socket opens as y-websocket's provider does
+    /// (`coldload`).
+    #[arg(long)]
+    wait_greeting: bool,
     /// Measured window in seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -86,6 +99,9 @@ enum Scenario {
     /// `--clients` per room moving cursors at `--rate` Hz plus a writer editing at `--doc-rate`:
     /// awareness and document latency in the same room.
     Awareness,
+    /// Build a `--doc-bytes` document, load it into a fresh client, then `--clients` joiners at
+    /// once: time to sync.
+    Coldload,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,7 +114,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let connections = cli.rooms * (cli.clients + 1);
+    let connections = match cli.scenario {
+        // Builder and checker, then the cold client (kept open) and the joiners.
+        Scenario::Coldload => cli.clients + 2,
+        _ => cli.rooms * (cli.clients + 1),
+    };
     if connections > cli.max_connections {
         bail!(
             "{connections} connections exceed --max-connections {}",
@@ -113,6 +133,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if cli.rooms == 0 {
         bail!("--rooms must be at least 1");
+    }
+    if !(0.0..=cli.max_duration).contains(&cli.wait_unload) {
+        bail!("--wait-unload must be in [0, {}] seconds", cli.max_duration);
+    }
+    if cli.doc_bytes > 1 << 30 {
+        bail!("--doc-bytes is limited to 1 GiB");
     }
     let target = client::Target::parse(&cli.url, cli.allow_remote).await?;
     let sources: Vec<IpAddr> = if cli.source_addrs > 1 {
@@ -135,6 +161,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         sources,
         connect_rate: cli.connect_rate,
         doc_rate: cli.doc_rate,
+        doc_bytes: cli.doc_bytes,
+        wait_unload: Duration::from_secs_f64(cli.wait_unload),
+        wait_greeting: cli.wait_greeting,
     };
     progress::init(cli.quiet);
     let pid = cli.server_pid;
@@ -143,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Fanout => scenario::fanout::run(&common, sample).await?,
         Scenario::Connections => scenario::connections::run(&common, sample).await?,
         Scenario::Awareness => scenario::awareness::run(&common, sample).await?,
+        Scenario::Coldload => scenario::coldload::run(&common, sample).await?,
     };
     progress::finish();
     if let Some(path) = &cli.report {

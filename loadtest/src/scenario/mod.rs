@@ -1,6 +1,7 @@
 //! Scenarios and the pieces they share.
 
 pub mod awareness;
+pub mod coldload;
 pub mod connections;
 pub mod fanout;
 
@@ -45,6 +46,12 @@ pub struct Common {
     pub connect_rate: f64,
     /// Document edits per second (`awareness`: the room's writer).
     pub doc_rate: f64,
+    /// Target document size in bytes (`coldload`).
+    pub doc_bytes: usize,
+    /// Seconds to wait after everyone left before the cold load (`coldload`).
+    pub wait_unload: Duration,
+    /// Send our step 1 only after the server's (`coldload`); y-websocket sends it at once.
+    pub wait_greeting: bool,
 }
 
 impl Common {
