@@ -32,8 +32,8 @@ struct Cli {
     /// Rooms.
     #[arg(long, default_value_t = 1)]
     rooms: usize,
-    /// Clients per room (`fanout`: readers besides the writer; `awareness`: cursor clients
-    /// besides the writer; `coldload`: joiners at once).
+    /// Clients per room (`fanout`, `churn`: readers besides the writer; `awareness`: cursor
+    /// clients besides the writer; `coldload`: joiners at once).
     #[arg(long, default_value_t = 100)]
     clients: usize,
     /// Edits per second per writer (`awareness`: cursor moves per second per client).
@@ -55,6 +55,9 @@ struct Cli {
     /// (`coldload`).
     #[arg(long)]
     wait_greeting: bool,
+    /// Joins per second per room; each churner stays 0.5–3 s (`churn`).
+    #[arg(long, default_value_t = 10.0)]
+    churn_rate: f64,
     /// Measured window in seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -102,6 +105,9 @@ enum Scenario {
     /// Build a `--doc-bytes` document, load it into a fresh client, then `--clients` joiners at
     /// once: time to sync.
     Coldload,
+    /// A writer at `--rate`, `--clients` stable readers, and clients joining at `--churn-rate`
+    /// and leaving after 0.5–3 s: delivery and convergence under churn.
+    Churn,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -117,6 +123,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let connections = match cli.scenario {
         // Builder and checker, then the cold client (kept open) and the joiners.
         Scenario::Coldload => cli.clients + 2,
+        // Churners overlap for at most 3 s (plus the convergence check).
+        Scenario::Churn => cli.rooms * (cli.clients + 1) + (cli.churn_rate * 8.0).ceil() as usize,
         _ => cli.rooms * (cli.clients + 1),
     };
     if connections > cli.max_connections {
@@ -128,8 +136,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.duration > cli.max_duration || cli.duration <= 0.0 {
         bail!("--duration must be in (0, {}] seconds", cli.max_duration);
     }
-    if cli.rate <= 0.0 || cli.doc_rate <= 0.0 {
-        bail!("--rate and --doc-rate must be positive");
+    if cli.rate <= 0.0 || cli.doc_rate <= 0.0 || cli.churn_rate <= 0.0 {
+        bail!("--rate, --doc-rate and --churn-rate must be positive");
     }
     if cli.rooms == 0 {
         bail!("--rooms must be at least 1");
@@ -164,6 +172,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         doc_bytes: cli.doc_bytes,
         wait_unload: Duration::from_secs_f64(cli.wait_unload),
         wait_greeting: cli.wait_greeting,
+        churn_rate: cli.churn_rate,
     };
     progress::init(cli.quiet);
     let pid = cli.server_pid;
@@ -173,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Connections => scenario::connections::run(&common, sample).await?,
         Scenario::Awareness => scenario::awareness::run(&common, sample).await?,
         Scenario::Coldload => scenario::coldload::run(&common, sample).await?,
+        Scenario::Churn => scenario::churn::run(&common, sample).await?,
     };
     progress::finish();
     if let Some(path) = &cli.report {

@@ -1,6 +1,7 @@
 //! Scenarios and the pieces they share.
 
 pub mod awareness;
+pub mod churn;
 pub mod coldload;
 pub mod connections;
 pub mod fanout;
@@ -52,6 +53,8 @@ pub struct Common {
     pub wait_unload: Duration,
     /// Send our step 1 only after the server's (`coldload`); y-websocket sends it at once.
     pub wait_greeting: bool,
+    /// Joins per second per room (`churn`).
+    pub churn_rate: f64,
 }
 
 impl Common {
@@ -184,6 +187,8 @@ pub struct SendTimes {
     pub times: Vec<AtomicU64>,
     /// Edits sent so far (the last seq).
     pub sent: AtomicU64,
+    /// The writer's own clock in its state vector after its last edit.
+    pub writer_clock: AtomicU64,
 }
 
 impl SendTimes {
@@ -193,6 +198,7 @@ impl SendTimes {
             epoch,
             times: (0..=edits).map(|_| AtomicU64::new(0)).collect(),
             sent: AtomicU64::new(0),
+            writer_clock: AtomicU64::new(0),
         })
     }
 }
