@@ -203,6 +203,17 @@ fn timeline_panel(s: &mut String, series: &[&Series], top: f64, bottom: f64) {
                 r#"<polyline points="{pts}" fill="none" stroke="{c}" stroke-width="1.5"{dash}/>"#
             );
         }
+        // Markers, so a run of a second or two still shows its points.
+        if ser.timeline.len() <= 120 {
+            for p in ser.timeline.iter().filter(|p| p.count > 0) {
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{c}"/>"#,
+                    xs(p.t_s as f64 + 0.5),
+                    ys(p.p99_ms)
+                );
+            }
+        }
     }
 }
 

@@ -66,7 +66,8 @@ struct Room {
 
 /// What became of one churner.
 struct Churned {
-    joined: Option<Duration>,
+    /// How long the join took, and when it completed (µs since the epoch).
+    joined: Option<(Duration, u64)>,
     converged: bool,
     ended: Option<Ended>,
     edits: Option<Histogram<u64>>,
@@ -119,7 +120,7 @@ async fn churner(
         Err(e) => (Ended::Error(e.to_string()), (report::histogram(), 0)),
     };
     Churned {
-        joined: Some(joined),
+        joined: Some((joined, now)),
         converged,
         ended: Some(ended),
         edits: Some(hist),
@@ -254,10 +255,9 @@ pub async fn run(
     for task in churners {
         let ch = task.await?;
         match ch.joined {
-            Some(d) => {
+            Some((took, at)) => {
                 joined += 1;
-                let now = epoch.elapsed().as_micros() as u64;
-                join.record(now, d.as_micros() as u64);
+                join.record(at, took.as_micros() as u64);
             }
             None => failed_connects += 1,
         }
