@@ -58,16 +58,16 @@ pub fn render(report: &Report) -> String {
     let mut x = LEFT;
     for (i, ser) in series.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
+        let label = format!("{} ({} samples)", ser.name, ser.hist.len());
         let _ = writeln!(
             s,
-            r#"<rect x="{x}" y="{}" width="14" height="4" fill="{c}"/><text x="{}" y="{}">{} ({} samples)</text>"#,
+            r#"<rect x="{x}" y="{}" width="14" height="4" fill="{c}"/><text x="{}" y="{}">{}</text>"#,
             H - 22.0,
             x + 18.0,
             H - 16.0,
-            esc(&ser.name),
-            ser.hist.len()
+            esc(&label)
         );
-        x += 40.0 + 7.0 * (ser.name.len() as f64 + 14.0);
+        x += 40.0 + 7.0 * label.chars().count() as f64;
     }
     s.push_str("</svg>\n");
     s
