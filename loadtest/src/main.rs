@@ -124,7 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         // Builder and checker, then the cold client (kept open) and the joiners.
         Scenario::Coldload => cli.clients + 2,
         // Churners overlap for at most 3 s (plus the convergence check).
-        Scenario::Churn => cli.rooms * (cli.clients + 1) + (cli.churn_rate * 8.0).ceil() as usize,
+        Scenario::Churn => cli.rooms * (cli.clients + 1 + (cli.churn_rate * 8.0).ceil() as usize),
         _ => cli.rooms * (cli.clients + 1),
     };
     if connections > cli.max_connections {
@@ -177,14 +177,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     progress::init(cli.quiet);
     let pid = cli.server_pid;
     let sample = move || pid.and_then(|p| proc::sample(p).ok());
-    let report = match cli.scenario {
-        Scenario::Fanout => scenario::fanout::run(&common, sample).await?,
-        Scenario::Connections => scenario::connections::run(&common, sample).await?,
-        Scenario::Awareness => scenario::awareness::run(&common, sample).await?,
-        Scenario::Coldload => scenario::coldload::run(&common, sample).await?,
-        Scenario::Churn => scenario::churn::run(&common, sample).await?,
+    let result = match cli.scenario {
+        Scenario::Fanout => scenario::fanout::run(&common, sample).await,
+        Scenario::Connections => scenario::connections::run(&common, sample).await,
+        Scenario::Awareness => scenario::awareness::run(&common, sample).await,
+        Scenario::Coldload => scenario::coldload::run(&common, sample).await,
+        Scenario::Churn => scenario::churn::run(&common, sample).await,
     };
     progress::finish();
+    let report = result?;
     if let Some(path) = &cli.report {
         std::fs::write(path, svg::render(&report))
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
