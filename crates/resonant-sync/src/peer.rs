@@ -4,6 +4,12 @@
 //! unbounded channel whose *bytes* are counted: a peer whose backlog passes the limit is
 //! closed (close code 4000, the client reconnects and resyncs) instead of being skipped or
 //! allowed to grow server memory. A message is never dropped silently.
+//!
+//! Replies to the client's own requests (a step 2 holding the whole document) are counted
+//! apart from broadcasts: a 10 MB document must reach a joiner even though the greeting is
+//! still queued, and must not make the next broadcast look like a backlog. Replies have their
+//! own limit (one reply of any size, or several up to the limit), so a client that keeps
+//! asking without reading is still closed.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -65,8 +71,11 @@ static SLOW_CONSUMER_CLOSES: LazyLock<metrics::Counter> =
 /// The room's handle on one connection.
 pub struct Peer {
     id: u64,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: mpsc::UnboundedSender<(Bytes, Kind)>,
+    /// Broadcast bytes queued and not yet written.
     queued_bytes: AtomicUsize,
+    /// Reply bytes queued and not yet written.
+    reply_bytes: AtomicUsize,
     max_queued_bytes: usize,
     close: OnceLock<Close>,
     close_signal: Notify,
@@ -82,6 +91,7 @@ impl Peer {
             id,
             tx,
             queued_bytes: AtomicUsize::new(0),
+            reply_bytes: AtomicUsize::new(0),
             max_queued_bytes,
             close: OnceLock::new(),
             close_signal: Notify::new(),
@@ -110,18 +120,29 @@ impl Peer {
         self.extensions.store(true, Ordering::Relaxed);
     }
 
-    /// Queues a message. Returns false if the peer is closing (or was just closed for being
-    /// too slow); the message is then not delivered and the client will resync on reconnect.
+    /// Queues a broadcast message (an update or awareness from someone else). Returns false
+    /// if the peer is closing (or was just closed for being too slow); the message is then not
+    /// delivered and the client will resync on reconnect.
     pub fn send(&self, msg: &Bytes) -> bool {
+        self.enqueue(msg, Kind::Broadcast)
+    }
+
+    /// Queues the answer to this client's own request (step 2, query awareness).
+    pub fn reply(&self, msg: &Bytes) -> bool {
+        self.enqueue(msg, Kind::Reply)
+    }
+
+    fn enqueue(&self, msg: &Bytes, kind: Kind) -> bool {
         if self.close.get().is_some() {
             return false;
         }
         let len = msg.len();
-        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let counter = self.counter(kind);
+        let before = counter.fetch_add(len, Ordering::Relaxed);
         // An empty queue always takes one message, however large, so a big document can
         // still reach a client whose limit is smaller.
         if before > 0 && before + len > self.max_queued_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            counter.fetch_sub(len, Ordering::Relaxed);
             SLOW_CONSUMER_CLOSES.increment(1);
             self.close(Close::new(
                 close_code::SLOW_CONSUMER,
@@ -129,7 +150,14 @@ impl Peer {
             ));
             return false;
         }
-        self.tx.send(msg.clone()).is_ok()
+        self.tx.send((msg.clone(), kind)).is_ok()
+    }
+
+    fn counter(&self, kind: Kind) -> &AtomicUsize {
+        match kind {
+            Kind::Broadcast => &self.queued_bytes,
+            Kind::Reply => &self.reply_bytes,
+        }
     }
 
     /// Asks the transport to close this connection (the first reason wins).
@@ -159,20 +187,27 @@ impl Peer {
         self.close.get().is_some()
     }
 
-    /// Marks `len` bytes as written to the socket.
-    fn written(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    /// Marks a message as written to the socket.
+    fn written(&self, len: usize, kind: Kind) {
+        self.counter(kind).fetch_sub(len, Ordering::Relaxed);
     }
 
     /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes.load(Ordering::Relaxed)
+        self.queued_bytes.load(Ordering::Relaxed) + self.reply_bytes.load(Ordering::Relaxed)
     }
+}
+
+/// Which limit a queued message counts against.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Broadcast,
+    Reply,
 }
 
 /// The transport's end of a peer's queue.
 pub struct Outbox {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    rx: mpsc::UnboundedReceiver<(Bytes, Kind)>,
 }
 
 /// What the transport should do next.
@@ -195,8 +230,8 @@ impl Outbox {
                 biased;
                 _ = peer.closed() => continue,
                 msg = self.rx.recv() => match msg {
-                    Some(msg) => {
-                        peer.written(msg.len());
+                    Some((msg, kind)) => {
+                        peer.written(msg.len(), kind);
                         return Outgoing::Message(msg);
                     }
                     None => return Outgoing::Close(Close::new(1000, "")),
@@ -210,8 +245,8 @@ impl Outbox {
         if peer.is_closing() {
             return None;
         }
-        let msg = self.rx.try_recv().ok()?;
-        peer.written(msg.len());
+        let (msg, kind) = self.rx.try_recv().ok()?;
+        peer.written(msg.len(), kind);
         Some(msg)
     }
 }
@@ -243,6 +278,26 @@ mod tests {
             other => panic!("expected message, got {other:?}"),
         }
         assert_eq!(peer.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_reply_passes_a_queued_greeting_and_does_not_block_broadcasts() {
+        let (peer, mut outbox) = Peer::new(1, 10, true);
+        let small = Bytes::from_static(&[0u8; 6]);
+        assert!(peer.send(&small), "the greeting");
+        assert!(
+            peer.reply(&Bytes::from(vec![0u8; 100])),
+            "the whole document"
+        );
+        assert!(
+            peer.send(&Bytes::from_static(&[0u8; 3])),
+            "a broadcast after it"
+        );
+        assert!(!peer.is_closing());
+        // A client that keeps asking without reading is still bounded.
+        assert!(!peer.reply(&small));
+        assert!(peer.is_closing());
+        drop(outbox.try_recv(&peer));
     }
 
     #[test]

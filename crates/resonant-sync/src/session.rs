@@ -75,7 +75,7 @@ impl Session {
     pub fn handle(&mut self, frame: &[u8]) -> Result<Option<Ticket>, SessionError> {
         match protocol::decode(frame)? {
             Incoming::SyncStep1(sv) => {
-                self.peer.send(&self.room.step2_for(&sv));
+                self.peer.reply(&self.room.step2_for(&sv));
                 Ok(None)
             }
             Incoming::SyncStep2(update) | Incoming::Update(update) => {
@@ -102,7 +102,7 @@ impl Session {
             }
             Incoming::QueryAwareness => {
                 if let Some(msg) = self.room.awareness_message() {
-                    self.peer.send(&msg);
+                    self.peer.reply(&msg);
                 }
                 Ok(None)
             }
@@ -117,7 +117,7 @@ impl Session {
     /// Sends an error as a stateless JSON message, if the client opted in to extensions.
     pub fn send_error(&self, code: &str, message: &str) {
         if self.peer.extensions() {
-            self.peer.send(&error_message(code, message));
+            self.peer.reply(&error_message(code, message));
         }
     }
 }
