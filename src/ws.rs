@@ -3,20 +3,34 @@
 //! The handler's task reads; one spawned task writes. The writer drains the peer's outbox
 //! (feeding everything already queued, then flushing once), sends save acknowledgements as
 //! the journal commits, pings, and sends the close frame the room or the reader asked for.
+//!
+//! We upgrade by hand (rather than through axum's `WebSocketUpgrade`) to reach tungstenite's
+//! raw frames: large messages go out as 16 KiB fragments, because tungstenite copies each
+//! outgoing frame into a per-socket buffer that never shrinks, so sending a 10 MB document
+//! whole would leave every joiner's connection holding 10 MB for the rest of its life.
 
 use std::collections::VecDeque;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::response::Response;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use resonant_store::Ticket;
 use resonant_sync::{close_code, protocol, Close, Outbox, Outgoing, Peer, Session};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
 use crate::AppState;
@@ -38,21 +52,72 @@ static CLOSES: LazyLock<metrics::Counter> =
 const WRITE_BATCH: usize = 64;
 /// Most save acknowledgements waiting for a commit before the reader waits too.
 const ACK_QUEUE: usize = 1024;
+/// Messages larger than this go out as several frames of this size.
+const FRAGMENT: usize = 16 << 10;
+
+type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// `GET /sync/{room}`: upgrades to a y-websocket connection.
 pub async fn sync_handler(
-    ws: WebSocketUpgrade,
     Path(room): Path<String>,
     State(app): State<AppState>,
+    mut req: Request,
 ) -> Response {
+    let Some(accept) = websocket_accept(req.headers()) else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "this endpoint speaks the y-websocket protocol: connect with a WebSocket",
+        )
+            .into_response();
+    };
     let max = app.config.max_message_bytes;
-    let tracker = app.tracker.clone();
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        // The default 128 KiB read buffer per socket dominates an idle connection's memory.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        // The default 128 KiB read buffer per socket would dominate an idle connection's
+        // memory; larger frames still arrive in one allocation of their announced size.
         .read_buffer_size(1 << 10)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| tracker.track_future(connection(socket, room, app)))
+        .write_buffer_size(0);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let tracker = app.tracker.clone();
+    tokio::spawn(tracker.track_future(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                connection(socket, room, app).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    }));
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("static response parts are valid")
+}
+
+/// The `Sec-WebSocket-Accept` value, if this is a valid WebSocket upgrade request.
+fn websocket_accept(headers: &HeaderMap) -> Option<String> {
+    let has = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|part| part.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    if !has(header::CONNECTION, "upgrade")
+        || !has(header::UPGRADE, "websocket")
+        || !has(header::SEC_WEBSOCKET_VERSION, "13")
+    {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    Some(derive_accept_key(key.as_bytes()))
 }
 
 struct ConnectionGuard;
@@ -187,29 +252,26 @@ async fn reader(
                 ));
                 return;
             }
-            Message::Ping(_) | Message::Pong(_) => {}
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             Message::Close(_) => return,
         }
     }
 }
 
 /// Maps a read error to the close frame we should send, if the socket is still usable.
-fn classify_read_error(e: axum::Error) -> Option<Close> {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(c)) => Some(Close::new(
+fn classify_read_error(e: tungstenite::Error) -> Option<Close> {
+    match e {
+        tungstenite::Error::Capacity(c) => Some(Close::new(
             close_code::MESSAGE_TOO_BIG,
             format!("message too big: {c}"),
         )),
-        Some(tungstenite::Error::Protocol(p)) => {
-            Some(Close::new(1002, format!("protocol error: {p}")))
-        }
-        Some(tungstenite::Error::Utf8(_)) => Some(Close::new(
+        tungstenite::Error::Protocol(p) => Some(Close::new(1002, format!("protocol error: {p}"))),
+        tungstenite::Error::Utf8(_) => Some(Close::new(
             close_code::INVALID_PAYLOAD,
             "invalid UTF-8 in text frame",
         )),
-        _ => {
-            tracing::debug!(error = %inner, "read error");
+        other => {
+            tracing::debug!(error = %other, "read error");
             None
         }
     }
@@ -248,7 +310,7 @@ async fn writer(
                 }
                 Ok(())
             }
-            _ = ping.tick() => sink.send(Message::Ping(Default::default())).await,
+            _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await,
         };
         if result.is_err() {
             // The socket is gone; make the reader stop too.
@@ -280,18 +342,18 @@ async fn write_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     outbox: &mut Outbox,
     peer: &Peer,
-    first: bytes::Bytes,
-) -> Result<(), axum::Error> {
+    first: Bytes,
+) -> Result<(), tungstenite::Error> {
     let mut count = 1u64;
     let mut bytes = first.len() as u64;
-    sink.feed(Message::Binary(first)).await?;
+    feed(sink, first).await?;
     while (count as usize) < WRITE_BATCH {
         let Some(msg) = outbox.try_recv(peer) else {
             break;
         };
         count += 1;
         bytes += msg.len() as u64;
-        sink.feed(Message::Binary(msg)).await?;
+        feed(sink, msg).await?;
     }
     sink.flush().await?;
     MESSAGES_OUT.increment(count);
@@ -299,9 +361,32 @@ async fn write_batch(
     Ok(())
 }
 
+/// Queues one binary message, split into fragments when large (see the module comment).
+async fn feed(
+    sink: &mut SplitSink<WebSocket, Message>,
+    msg: Bytes,
+) -> Result<(), tungstenite::Error> {
+    if msg.len() <= FRAGMENT {
+        return sink.feed(Message::Binary(msg)).await;
+    }
+    let mut start = 0;
+    while start < msg.len() {
+        let end = (start + FRAGMENT).min(msg.len());
+        let opcode = if start == 0 {
+            OpCode::Data(Data::Binary)
+        } else {
+            OpCode::Data(Data::Continue)
+        };
+        let frame = Frame::message(msg.slice(start..end), opcode, end == msg.len());
+        sink.feed(Message::Frame(frame)).await?;
+        start = end;
+    }
+    Ok(())
+}
+
 fn close_message(close: &Close) -> Message {
     Message::Close(Some(CloseFrame {
-        code: close.code,
+        code: close.code.into(),
         reason: close.reason.to_string().into(),
     }))
 }
