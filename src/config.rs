@@ -97,6 +97,10 @@ pub struct ServeConfig {
     /// Compact a room's update log after this many bytes.
     #[arg(long, env = "RESONANT_COMPACT_AFTER_BYTES", default_value_t = 8 << 20)]
     pub compact_after_bytes: u64,
+    /// Shortest time between two store commits, in milliseconds: under load, updates arriving
+    /// meanwhile share one transaction (an idle server commits at once).
+    #[arg(long, env = "RESONANT_COMMIT_INTERVAL_MS", default_value_t = 2.0)]
+    pub commit_interval_ms: f64,
     /// Log format.
     #[arg(long, env = "RESONANT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -92,7 +92,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     .await
     .context("opening the store")?;
     tracing::info!(backend = store.backend(), "store ready");
-    let (journal, journal_task) = Journal::start(store.clone(), JournalConfig::default());
+    let journal_config = JournalConfig {
+        min_commit_interval: config::secs(config.commit_interval_ms / 1000.0),
+        ..JournalConfig::default()
+    };
+    let (journal, journal_task) = Journal::start(store.clone(), journal_config);
     let rooms = Rooms::new(store, journal.clone(), config.sync_config());
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await

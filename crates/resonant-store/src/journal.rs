@@ -2,8 +2,8 @@
 //!
 //! Callers enqueue writes without waiting (the room's update observer is synchronous) and get
 //! a [`Ticket`]; one writer task drains whatever queued up while the previous commit ran and
-//! writes it as one batch, so the commit window is the length of one commit and batches grow
-//! by themselves under load. Tickets are handed out in queue order and batches commit in that
+//! writes it as one batch. Commits start at most once per `min_commit_interval` (2 ms), so
+//! the commit window is that interval plus one commit, and batches grow under load. Tickets are handed out in queue order and batches commit in that
 //! order, so "committed through ticket N" means every write enqueued up to N is durable.
 //! A failed commit is retried with backoff, keeping the batch in memory: nothing is dropped
 //! while the process lives, and readiness reports the store as unhealthy meanwhile.
@@ -31,6 +31,10 @@ pub struct JournalConfig {
     pub max_batch_bytes: usize,
     /// Backlog size past which [`Journal::throttle`] makes writers wait.
     pub max_backlog_bytes: usize,
+    /// Shortest time between the starts of two commits. Under load, writes arriving in the
+    /// meantime share the next commit, which cuts per-update commit cost; when idle, a write
+    /// is committed at once.
+    pub min_commit_interval: Duration,
 }
 
 impl Default for JournalConfig {
@@ -39,6 +43,7 @@ impl Default for JournalConfig {
             max_batch_ops: 4096,
             max_batch_bytes: 16 << 20,
             max_backlog_bytes: 256 << 20,
+            min_commit_interval: Duration::from_millis(2),
         }
     }
 }
@@ -176,7 +181,13 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
         metrics::counter!("resonant_store_commit_errors_total", "backend" => inner.backend);
     let backlog_gauge = metrics::gauge!("resonant_store_backlog_bytes");
     let mut ops: Vec<WriteOp> = Vec::new();
+    let mut last_start: Option<tokio::time::Instant> = None;
     loop {
+        if let Some(due) = last_start.map(|t| t + inner.config.min_commit_interval) {
+            if due > tokio::time::Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+        }
         let (last, bytes) = match take_batch(&inner, &mut ops) {
             Batch::Ready { last, bytes } => (last, bytes),
             Batch::Empty => {
@@ -186,6 +197,7 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
             Batch::Closed => return,
         };
         let mut backoff = Duration::from_millis(50);
+        last_start = Some(tokio::time::Instant::now());
         loop {
             let started = Instant::now();
             match store.write_batch(&ops).await {
