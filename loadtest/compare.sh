@@ -2,7 +2,7 @@
 # Side-by-side benchmark: Resonant against the servers people would pick instead, driven by
 # the same `resonant-loadtest` scenarios over plain y-websocket.
 #
-#   bash loadtest/compare.sh                 # everything, RUNS=3 (20-25 minutes)
+#   bash loadtest/compare.sh                 # everything, RUNS=3 (about 20 minutes)
 #   RUNS=1 SCENARIOS="fanout-1x100" SERVERS="resonant-memory y-sweet" bash loadtest/compare.sh
 #
 # Servers (SERVERS, space separated):
@@ -11,7 +11,8 @@
 #   y-websocket-server   npm @y/websocket-server (node; documents in memory only)
 #   y-sweet              crates.io y-sweet, `y-sweet serve DIR` dev mode (local dir store,
 #                        checkpointed every 10 s)
-#   y-sweet-memory       y-sweet serve without a store (memory only)
+#   y-sweet-memory       y-sweet serve without a store (memory only; not in the default list,
+#                        add it for a like-for-like row against resonant-memory)
 #
 # Scenarios (SCENARIOS): fanout-1x1 (one reader: the server hop alone, without the driver's
 # own fan-in cost), fanout-1x100 fanout-1x1000 fanout-250x2 (many rooms at a load the
@@ -32,7 +33,7 @@ OUT="${OUT:-/tmp/resonant-compare}"
 RUNS="${RUNS:-3}"
 FIRST_RUN="${FIRST_RUN:-1}" # redo runs FIRST_RUN..RUNS only, keeping the others' results
 EXTRA_RUNS="${EXTRA_RUNS:-1}"
-SERVERS="${SERVERS:-resonant-sqlite resonant-memory y-websocket-server y-sweet y-sweet-memory}"
+SERVERS="${SERVERS:-resonant-sqlite resonant-memory y-websocket-server y-sweet}"
 SCENARIOS="${SCENARIOS:-fanout-1x1 fanout-1x100 fanout-1x1000 fanout-250x2 fanout-1000x2 connections-5000 awareness coldload churn}"
 SERVER_CPU="${SERVER_CPU:-0}"
 DRIVER_CPU="${DRIVER_CPU:-1}"
