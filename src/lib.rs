@@ -6,7 +6,9 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod config;
+mod read_ahead;
 mod ws;
 
 use std::net::SocketAddr;
@@ -23,6 +25,7 @@ use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use resonant_store::{Journal, JournalConfig};
 use resonant_sync::Rooms;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -36,6 +39,9 @@ pub struct AppState {
     config: Arc<ServeConfig>,
     tracker: TaskTracker,
     metrics: PrometheusHandle,
+    /// One permit per WebSocket connection (`--max-connections`).
+    connections: Arc<Semaphore>,
+    admission: Arc<admission::Admission>,
 }
 
 /// A running server.
@@ -63,11 +69,6 @@ impl Server {
         self.stop.cancel();
         self.task.await.context("server task panicked")?
     }
-
-    /// Resolves when the server stops by itself (it normally does not).
-    pub async fn wait(&mut self) -> anyhow::Result<()> {
-        (&mut self.task).await.context("server task panicked")?
-    }
 }
 
 fn metrics_handle() -> PrometheusHandle {
@@ -83,6 +84,7 @@ fn metrics_handle() -> PrometheusHandle {
 
 /// Opens the store, binds the listener and starts serving.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
+    config.validate().map_err(anyhow::Error::msg)?;
     let metrics = metrics_handle();
     let store = resonant_store::open(
         config.database_url.as_deref(),
@@ -91,6 +93,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     )
     .await
     .context("opening the store")?;
+    store
+        .lock_exclusive()
+        .await
+        .context("claiming the store for this process")?;
     tracing::info!(backend = store.backend(), "store ready");
     let journal_config = JournalConfig {
         min_commit_interval: config::secs(config.commit_interval_ms / 1000.0),
@@ -103,11 +109,17 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
     let tracker = TaskTracker::new();
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(default_max_connections);
+    tracing::info!(max_connections, "connection limit");
     let state = AppState {
         rooms: rooms.clone(),
-        config: Arc::new(config),
         tracker: tracker.clone(),
         metrics,
+        connections: Arc::new(Semaphore::new(max_connections)),
+        admission: Arc::new(admission::Admission::new(config.max_joins_per_sec)),
+        config: Arc::new(config),
     };
     let app = router(state);
     let stop = CancellationToken::new();
@@ -163,7 +175,25 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The soft file-descriptor limit, less headroom for the store, logs and listeners.
+fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a pointer to a local struct.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    let fds = if ok { lim.rlim_cur } else { 1024 };
+    (fds.min(1 << 20) as usize).saturating_sub(256).max(16)
+}
+
 async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
+    if app.rooms.journal().is_dead() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store writer died: nothing is being committed; restart the process".to_string(),
+        );
+    }
     let ping = tokio::time::timeout(Duration::from_secs(2), app.rooms.store().ping()).await;
     match ping {
         Ok(Ok(())) if app.rooms.journal().is_healthy() => (StatusCode::OK, "ready".to_string()),

@@ -3,6 +3,13 @@
 //! The handler's task reads; one spawned task writes. The writer drains the peer's outbox
 //! (feeding everything already queued, then flushing once), sends save acknowledgements as
 //! the journal commits, pings, and sends the close frame the room or the reader asked for.
+//! Both belong to the server's task tracker and end together: a write that makes no progress
+//! for `--write-timeout-secs` (a client that stopped reading) ends the writer, which ends the
+//! reader; a writer still busy when the reader is done is aborted.
+//!
+//! Admission: past `--max-connections` an upgrade is refused with 503 before any WebSocket
+//! exists; past `--max-joins-per-sec` a new connection is closed at once with 1013 and a
+//! retry hint, so a reconnect storm does not take latency from the clients already here.
 //!
 //! We upgrade by hand (rather than through axum's `WebSocketUpgrade`) to reach tungstenite's
 //! raw frames: large messages go out as 16 KiB fragments, because tungstenite copies each
@@ -10,7 +17,7 @@
 //! whole would leave every joiner's connection holding 10 MB for the rest of its life.
 
 use std::collections::VecDeque;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use resonant_store::Ticket;
 use resonant_sync::{close_code, protocol, Close, Outbox, Outgoing, Peer, Session};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -33,6 +40,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
+use crate::read_ahead::ReadAhead;
 use crate::AppState;
 
 static CONNECTIONS: LazyLock<metrics::Gauge> =
@@ -47,6 +55,14 @@ static BYTES_OUT: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_bytes_out_total"));
 static CLOSES: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_protocol_error_closes_total"));
+static REFUSED_FULL: LazyLock<metrics::Counter> = LazyLock::new(
+    || metrics::counter!("resonant_connections_refused_total", "reason" => "max-connections"),
+);
+static REFUSED_RATE: LazyLock<metrics::Counter> = LazyLock::new(
+    || metrics::counter!("resonant_connections_refused_total", "reason" => "join-rate"),
+);
+static WRITE_TIMEOUTS: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_write_timeouts_total"));
 
 /// Most queued messages written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -55,7 +71,7 @@ const ACK_QUEUE: usize = 1024;
 /// Messages larger than this go out as several frames of this size.
 const FRAGMENT: usize = 16 << 10;
 
-type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type WebSocket = WebSocketStream<ReadAhead<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// `GET /sync/{room}`: upgrades to a y-websocket connection.
 pub async fn sync_handler(
@@ -68,6 +84,17 @@ pub async fn sync_handler(
             StatusCode::UPGRADE_REQUIRED,
             [(header::UPGRADE, "websocket")],
             "this endpoint speaks the y-websocket protocol: connect with a WebSocket",
+        )
+            .into_response();
+    };
+    // Every connection is a file descriptor and some memory: past the cap, refuse before
+    // the upgrade, which costs nothing.
+    let Ok(permit) = app.connections.clone().try_acquire_owned() else {
+        REFUSED_FULL.increment(1);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "too many connections: retry later",
         )
             .into_response();
     };
@@ -84,9 +111,9 @@ pub async fn sync_handler(
     tokio::spawn(tracker.track_future(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let io = TokioIo::new(upgraded);
+                let io = ReadAhead::new(TokioIo::new(upgraded));
                 let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                connection(socket, room, app).await;
+                connection(socket, room, app, permit).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
@@ -135,15 +162,26 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn connection(socket: WebSocket, room: String, app: AppState) {
+async fn connection(socket: WebSocket, room: String, app: AppState, _permit: OwnedSemaphorePermit) {
     let _guard = ConnectionGuard::new();
     let (mut sink, stream) = socket.split();
+    if let Some(retry) = app.admission.check() {
+        REFUSED_RATE.increment(1);
+        let close = Close::new(
+            close_code::TRY_AGAIN_LATER,
+            format!("server busy: retry in {} ms", retry.as_millis().max(1)),
+        );
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&close))).await;
+        return;
+    }
     let (session, outbox) = match app.rooms.join(&room, true).await {
         Ok(joined) => joined,
         Err(e) => {
             let close = e.close();
             tracing::warn!(room = %room.chars().take(140).collect::<String>(), error = %e, code = close.code, "join refused");
-            let _ = sink.send(close_message(&close)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&close)))
+                .await;
             return;
         }
     };
@@ -152,7 +190,8 @@ async fn connection(socket: WebSocket, room: String, app: AppState) {
         tracing::debug!("connected");
         let peer = session.peer().clone();
         let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
-        let writer = tokio::spawn(
+        let write_timeout = crate::config::secs(app.config.write_timeout_secs);
+        let writer = app.tracker.spawn(
             writer(
                 sink,
                 outbox,
@@ -160,17 +199,21 @@ async fn connection(socket: WebSocket, room: String, app: AppState) {
                 ack_rx,
                 app.rooms.journal().subscribe(),
                 crate::config::secs(app.config.ping_interval_secs),
+                write_timeout,
             )
             .in_current_span(),
         );
+        let abort = writer.abort_handle();
         reader(stream, session, ack_tx, &app).await;
-        // The session is gone (left the room); make sure the writer finishes too.
+        // The session is gone (left the room); the writer sends the close frame, bounded by
+        // the write timeout, and is aborted if it cannot.
         peer.close(Close::new(1000, ""));
-        if tokio::time::timeout(Duration::from_secs(5), writer)
+        if tokio::time::timeout(write_timeout + Duration::from_secs(1), writer)
             .await
             .is_err()
         {
-            tracing::warn!("writer did not finish in time");
+            abort.abort();
+            tracing::warn!("writer did not finish in time; aborted");
         }
         tracing::debug!("disconnected");
     }
@@ -225,7 +268,10 @@ async fn reader(
             Message::Binary(frame) => {
                 MESSAGES_IN.increment(1);
                 BYTES_IN.increment(frame.len() as u64);
-                journal.throttle().await;
+                tokio::select! {
+                    _ = journal.throttle() => {}
+                    _ = peer.closed() => return,
+                }
                 match session.handle(&frame) {
                     Ok(Some(ticket)) => {
                         if acks.send(ticket).await.is_err() {
@@ -235,10 +281,8 @@ async fn reader(
                     Ok(None) => {}
                     Err(e) => {
                         CLOSES.increment(1);
-                        let close = e.close();
-                        tracing::warn!(code = close.code, error = %e, "bad message; closing connection");
-                        session.send_error("bad-message", &e.to_string());
-                        peer.close(close);
+                        tracing::warn!(code = e.close().code, error = %e, "bad message; closing connection");
+                        session.fail(&e);
                         return;
                     }
                 }
@@ -280,23 +324,31 @@ fn classify_read_error(e: tungstenite::Error) -> Option<Close> {
 async fn writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut outbox: Outbox,
-    peer: std::sync::Arc<Peer>,
+    peer: Arc<Peer>,
     mut acks: mpsc::Receiver<Ticket>,
     mut committed: watch::Receiver<Ticket>,
     ping_interval: Duration,
+    write_timeout: Duration,
 ) {
     let mut pending: VecDeque<Ticket> = VecDeque::new();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    // Not biased: under sustained fan-out the outbox is always ready, and acknowledgements
+    // and pings must still get their turn.
     loop {
         let result = tokio::select! {
-            biased;
             out = outbox.recv(&peer) => match out {
-                Outgoing::Message(first) => write_batch(&mut sink, &mut outbox, &peer, first).await,
-                Outgoing::Close(close) => {
+                Outgoing::Message(first) => write_batch(&mut sink, &mut outbox, &peer, first, write_timeout).await,
+                Outgoing::Close { close, last } => {
                     if close.code != 1000 {
                         tracing::debug!(code = close.code, reason = %close.reason, "sending close");
                     }
-                    let _ = tokio::time::timeout(Duration::from_secs(2), sink.send(close_message(&close))).await;
+                    let goodbye = async {
+                        if let Some(last) = last {
+                            sink.feed(Message::Binary(last)).await?;
+                        }
+                        sink.send(close_message(&close)).await
+                    };
+                    let _ = tokio::time::timeout(write_timeout.min(Duration::from_secs(2)), goodbye).await;
                     return;
                 }
             },
@@ -310,30 +362,53 @@ async fn writer(
                 }
                 Ok(())
             }
-            _ = ping.tick() => sink.send(Message::Ping(Bytes::new())).await,
+            _ = ping.tick() => timed(write_timeout, sink.send(Message::Ping(Bytes::new()))).await,
         };
-        if result.is_err() {
-            // The socket is gone; make the reader stop too.
+        if let Err(e) = result {
+            // The socket is gone or stuck; make the reader stop too.
+            tracing::debug!(error = %e, "write failed");
             peer.close(Close::new(1006, "write failed"));
             return;
+        }
+        // A room reset after a storage failure closes its peers before the journal reports
+        // the batch committed: a closing peer gets no acknowledgement it might not deserve.
+        if peer.is_closing() {
+            continue;
         }
         let done = *committed.borrow();
         let mut acked = false;
         while pending.front().is_some_and(|t| *t <= done) {
             pending.pop_front();
-            if sink
-                .feed(Message::Binary(protocol::encode_saved()))
-                .await
-                .is_err()
+            if timed(
+                write_timeout,
+                sink.feed(Message::Binary(protocol::encode_saved())),
+            )
+            .await
+            .is_err()
             {
                 peer.close(Close::new(1006, "write failed"));
                 return;
             }
             acked = true;
         }
-        if acked && sink.flush().await.is_err() {
+        if acked && timed(write_timeout, sink.flush()).await.is_err() {
             peer.close(Close::new(1006, "write failed"));
             return;
+        }
+    }
+}
+
+/// Runs one socket write, failing it if it makes no progress for `limit`.
+async fn timed(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
+) -> Result<(), tungstenite::Error> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(r) => r,
+        Err(_) => {
+            WRITE_TIMEOUTS.increment(1);
+            tracing::info!(?limit, "write made no progress; dropping the connection");
+            Err(tungstenite::Error::Io(std::io::ErrorKind::TimedOut.into()))
         }
     }
 }
@@ -343,31 +418,34 @@ async fn write_batch(
     outbox: &mut Outbox,
     peer: &Peer,
     first: Bytes,
+    limit: Duration,
 ) -> Result<(), tungstenite::Error> {
     let mut count = 1u64;
     let mut bytes = first.len() as u64;
-    feed(sink, first).await?;
+    feed(sink, first, limit).await?;
     while (count as usize) < WRITE_BATCH {
         let Some(msg) = outbox.try_recv(peer) else {
             break;
         };
         count += 1;
         bytes += msg.len() as u64;
-        feed(sink, msg).await?;
+        feed(sink, msg, limit).await?;
     }
-    sink.flush().await?;
+    timed(limit, sink.flush()).await?;
     MESSAGES_OUT.increment(count);
     BYTES_OUT.increment(bytes);
     Ok(())
 }
 
 /// Queues one binary message, split into fragments when large (see the module comment).
+/// Each fragment is one write with its own timeout: "no progress for `limit`".
 async fn feed(
     sink: &mut SplitSink<WebSocket, Message>,
     msg: Bytes,
+    limit: Duration,
 ) -> Result<(), tungstenite::Error> {
     if msg.len() <= FRAGMENT {
-        return sink.feed(Message::Binary(msg)).await;
+        return timed(limit, sink.feed(Message::Binary(msg))).await;
     }
     let mut start = 0;
     while start < msg.len() {
@@ -378,7 +456,7 @@ async fn feed(
             OpCode::Data(Data::Continue)
         };
         let frame = Frame::message(msg.slice(start..end), opcode, end == msg.len());
-        sink.feed(Message::Frame(frame)).await?;
+        timed(limit, sink.feed(Message::Frame(frame))).await?;
         start = end;
     }
     Ok(())

@@ -112,7 +112,6 @@ fn bench_snapshot(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let state = payload(SNAPSHOT_BYTES, 7);
-    let state_vector = payload(16, 8);
     let mut g = c.benchmark_group("sqlite_snapshot_1mb");
     g.throughput(Throughput::Bytes(SNAPSHOT_BYTES as u64));
     for (sync, mode) in MODES {
@@ -132,7 +131,6 @@ fn bench_snapshot(c: &mut Criterion) {
                     let op = WriteOp::Snapshot(Snapshot {
                         room: room.clone(),
                         state: state.clone(),
-                        state_vector: state_vector.clone(),
                         up_to_seq: next_seq,
                     });
                     let start = Instant::now();

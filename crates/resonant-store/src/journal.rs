@@ -5,19 +5,32 @@
 //! writes it as one batch. Commits start at most once per `min_commit_interval` (2 ms), so
 //! the commit window is that interval plus one commit, and batches grow under load. Tickets are handed out in queue order and batches commit in that
 //! order, so "committed through ticket N" means every write enqueued up to N is durable.
-//! A failed commit is retried with backoff, keeping the batch in memory: nothing is dropped
-//! while the process lives, and readiness reports the store as unhealthy meanwhile.
+//!
+//! Failures come in two kinds. A transient one (lost connection, timeout, busy database) is
+//! retried with backoff, keeping the batch in memory: nothing is dropped while the process
+//! lives, readiness reports the store as unhealthy meanwhile, and a retry of a batch whose
+//! first attempt did commit is harmless (the store skips identical rows). A permanent one
+//! (a conflicting log entry, data the database refuses) would fail forever and stall every
+//! room behind it, so the batch is split by room: every other room commits, and the rooms
+//! whose writes cannot commit are dropped from the batch and reported to the failure
+//! handler, which closes and reloads them (their clients resync and re-send what was not
+//! acknowledged).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::{Snapshot, Store, WriteOp};
+use crate::{Snapshot, Store, StoreError, WriteOp};
+
+/// Called with each room whose writes failed permanently and were dropped, before the batch
+/// they were part of is reported committed.
+pub type FailureHandler = Box<dyn Fn(&str, &StoreError) + Send + Sync>;
 
 /// Position of a write in the journal; committed tickets only ever grow.
 pub type Ticket = u64;
@@ -59,6 +72,9 @@ struct Inner {
     wake_writer: Notify,
     committed: watch::Sender<Ticket>,
     healthy: AtomicBool,
+    /// The writer task ended without being closed (it panicked): nothing commits any more.
+    dead: AtomicBool,
+    on_failure: OnceLock<FailureHandler>,
     /// Payload bytes enqueued and not yet committed (read on every incoming message, so
     /// kept outside the queue's lock).
     backlog_bytes: AtomicUsize,
@@ -83,12 +99,30 @@ impl Journal {
             wake_writer: Notify::new(),
             committed,
             healthy: AtomicBool::new(true),
+            dead: AtomicBool::new(false),
+            on_failure: OnceLock::new(),
             backlog_bytes: AtomicUsize::new(0),
             config,
             backend: store.backend(),
         });
-        let task = tokio::spawn(writer(inner.clone(), store));
+        let watched = inner.clone();
+        let task = tokio::spawn(async move {
+            let run = std::panic::AssertUnwindSafe(writer(watched.clone(), store));
+            if run.catch_unwind().await.is_err() {
+                watched.dead.store(true, Ordering::Relaxed);
+                watched.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(
+                    "the store writer task panicked: nothing will be committed any more; \
+                     readiness reports 503"
+                );
+            }
+        });
         (Journal { inner }, task)
+    }
+
+    /// Sets what happens to rooms whose writes fail permanently (only the first call counts).
+    pub fn set_failure_handler(&self, handler: FailureHandler) {
+        let _ = self.inner.on_failure.set(handler);
     }
 
     /// Enqueues one update for `room` with its per-room sequence number.
@@ -104,20 +138,25 @@ impl Journal {
     fn push(&self, op: WriteOp) -> Ticket {
         let len = op.payload_len();
         let ticket = {
-            let mut q = self.inner.queue.lock().unwrap();
+            let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.last_ticket += 1;
             let t = q.last_ticket;
             q.ops.push_back((t, op));
+            // Counted under the lock, before the writer can take (and subtract) the op.
+            self.inner.backlog_bytes.fetch_add(len, Ordering::Relaxed);
             t
         };
-        self.inner.backlog_bytes.fetch_add(len, Ordering::Relaxed);
         self.inner.wake_writer.notify_one();
         ticket
     }
 
     /// The newest ticket handed out; waiting for it covers everything enqueued so far.
     pub fn last_ticket(&self) -> Ticket {
-        self.inner.queue.lock().unwrap().last_ticket
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_ticket
     }
 
     /// The newest committed ticket.
@@ -161,14 +200,23 @@ impl Journal {
         }
     }
 
-    /// Whether the last commit attempt succeeded.
+    /// Whether the last commit attempt succeeded and the writer is alive.
     pub fn is_healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Relaxed)
+        self.inner.healthy.load(Ordering::Relaxed) && !self.is_dead()
+    }
+
+    /// Whether the writer task died (panicked); a dead journal never commits again.
+    pub fn is_dead(&self) -> bool {
+        self.inner.dead.load(Ordering::Relaxed)
     }
 
     /// Asks the writer to finish once the queue is empty.
     pub fn close(&self) {
-        self.inner.queue.lock().unwrap().closed = true;
+        self.inner
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
         self.inner.wake_writer.notify_one();
     }
 }
@@ -196,31 +244,86 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
             }
             Batch::Closed => return,
         };
-        let mut backoff = Duration::from_millis(50);
         last_start = Some(tokio::time::Instant::now());
-        loop {
-            let started = Instant::now();
-            match store.write_batch(&ops).await {
-                Ok(()) => {
-                    commit_seconds.record(started.elapsed().as_secs_f64());
-                    batch_ops.record(ops.len() as f64);
-                    inner.healthy.store(true, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => {
-                    commit_errors.increment(1);
-                    inner.healthy.store(false, Ordering::Relaxed);
-                    tracing::error!(error = %e, ops = ops.len(), retry_in = ?backoff, "store commit failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+        let started = Instant::now();
+        let failed = match commit(&inner, &*store, &ops, &commit_errors).await {
+            Ok(()) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, ops = ops.len(), "batch cannot commit; committing room by room");
+                commit_by_room(&inner, &*store, &ops, &commit_errors).await
+            }
+        };
+        commit_seconds.record(started.elapsed().as_secs_f64());
+        batch_ops.record(ops.len() as f64);
+        inner.healthy.store(true, Ordering::Relaxed);
+        // Before `committed` moves: the failed rooms' connections must be closed before any
+        // acknowledgement covering their dropped writes can be sent.
+        for (room, error) in &failed {
+            if let Some(handler) = inner.on_failure.get() {
+                handler(room, error);
             }
         }
         ops.clear();
-        let backlog = inner.backlog_bytes.fetch_sub(bytes, Ordering::Relaxed) - bytes;
+        let backlog = inner
+            .backlog_bytes
+            .fetch_sub(bytes, Ordering::Relaxed)
+            .saturating_sub(bytes);
         backlog_gauge.set(backlog as f64);
         inner.committed.send_replace(last);
     }
+}
+
+/// Writes `ops` in one transaction, retrying transient failures with backoff until it
+/// commits; returns the first permanent failure.
+async fn commit(
+    inner: &Inner,
+    store: &dyn Store,
+    ops: &[WriteOp],
+    errors: &metrics::Counter,
+) -> Result<(), StoreError> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.write_batch(ops).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                errors.increment(1);
+                inner.healthy.store(false, Ordering::Relaxed);
+                if !e.is_transient() {
+                    return Err(e);
+                }
+                tracing::error!(error = %e, ops = ops.len(), retry_in = ?backoff, "store commit failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// After a permanent failure: commits each room's writes on their own (in their order), so
+/// one room's bad write cannot hold back the others. Returns the rooms that failed.
+async fn commit_by_room(
+    inner: &Inner,
+    store: &dyn Store,
+    ops: &[WriteOp],
+    errors: &metrics::Counter,
+) -> Vec<(Arc<str>, StoreError)> {
+    let mut groups: Vec<(Arc<str>, Vec<WriteOp>)> = Vec::new();
+    for op in ops {
+        let room = op.room();
+        match groups.iter_mut().find(|(r, _)| r == room) {
+            Some((_, group)) => group.push(op.clone()),
+            None => groups.push((room.clone(), vec![op.clone()])),
+        }
+    }
+    let mut failed = Vec::new();
+    for (room, group) in groups {
+        if let Err(e) = commit(inner, store, &group, errors).await {
+            tracing::error!(room = %room, error = %e, ops = group.len(), "room's writes cannot commit; dropping them and reloading the room");
+            metrics::counter!("resonant_store_room_failures_total").increment(1);
+            failed.push((room, e));
+        }
+    }
+    failed
 }
 
 enum Batch {
@@ -231,7 +334,7 @@ enum Batch {
 
 /// Moves the next batch from the queue into `ops`.
 fn take_batch(inner: &Inner, ops: &mut Vec<WriteOp>) -> Batch {
-    let mut q = inner.queue.lock().unwrap();
+    let mut q = inner.queue.lock().unwrap_or_else(|e| e.into_inner());
     if q.ops.is_empty() {
         return if q.closed {
             Batch::Closed

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod fault;
 mod journal;
 mod memory;
 mod postgres;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use journal::{Journal, JournalConfig, Ticket};
+pub use journal::{FailureHandler, Journal, JournalConfig, Ticket};
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, SqliteSync};
@@ -40,17 +41,60 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
-    /// An append reused a sequence number the room's log already holds.
-    #[error("room {room} already has log entry {seq}")]
-    DuplicateSeq {
+    /// An append reused a sequence number the room's log already holds with different bytes
+    /// (another writer served the room). Retrying cannot help; the room must be reloaded.
+    #[error("room {room} already has a different log entry {seq}")]
+    Conflict {
         /// The room.
         room: String,
         /// The sequence number.
         seq: i64,
     },
+    /// Another server process holds this database (see [`PostgresStore::lock_exclusive`]).
+    #[error("another resonant process is already serving this database ({0}); two processes must not serve the same rooms until scale-out exists")]
+    Locked(String),
     /// The database URL names a backend we do not support.
     #[error("unsupported database URL (expected postgres://…, sqlite:… or memory:): {0}")]
     UnsupportedUrl(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same write may succeed: lost connections, timeouts, lock and
+    /// serialization failures, a full disk. Everything else (constraint violations, conflicts,
+    /// undecodable data) fails again however often it is retried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Database(e) => match e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                sqlx::Error::Database(db) => db.code().is_some_and(|c| transient_code(&c)),
+                _ => false,
+            },
+            StoreError::DataDir { .. } => true,
+            StoreError::Migrate(_)
+            | StoreError::Conflict { .. }
+            | StoreError::Locked(_)
+            | StoreError::UnsupportedUrl(_) => false,
+        }
+    }
+}
+
+/// Database error codes worth retrying. Postgres SQLSTATE classes: 08 connection, 40
+/// transaction rollback (serialization failure, deadlock), 53 insufficient resources, 57
+/// operator intervention (server shutting down), 58 system error, and 55P03 lock not
+/// available. SQLite (numeric, extended): BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+fn transient_code(code: &str) -> bool {
+    if let Ok(n) = code.parse::<u32>() {
+        return matches!(n & 0xff, 5 | 6 | 10 | 13 | 14);
+    }
+    ["08", "40", "53", "57", "58"]
+        .iter()
+        .any(|c| code.starts_with(c))
+        || code == "55P03"
 }
 
 /// What the store holds for one room: the latest snapshot and the log written after it.
@@ -75,15 +119,13 @@ impl StoredDoc {
     }
 }
 
-/// A snapshot of a room: full state plus state vector, covering updates up to `up_to_seq`.
+/// A snapshot of a room: its full state, covering updates up to `up_to_seq`.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// The room the snapshot belongs to.
     pub room: Arc<str>,
     /// The full document state as a Yjs v1 update.
     pub state: Bytes,
-    /// The document's state vector (v1 encoding).
-    pub state_vector: Bytes,
     /// Every update with a sequence number up to this one is contained in `state`.
     pub up_to_seq: i64,
 }
@@ -91,7 +133,9 @@ pub struct Snapshot {
 /// One write in a group-commit batch.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    /// Append one update to a room's log.
+    /// Append one update to a room's log. Appending the same bytes at the same sequence
+    /// number again is a no-op (a retried commit whose first attempt did succeed); different
+    /// bytes fail with [`StoreError::Conflict`].
     Append {
         /// The room.
         room: Arc<str>,
@@ -105,23 +149,39 @@ pub enum WriteOp {
 }
 
 impl WriteOp {
+    /// The room this op writes to.
+    pub fn room(&self) -> &Arc<str> {
+        match self {
+            WriteOp::Append { room, .. } => room,
+            WriteOp::Snapshot(s) => &s.room,
+        }
+    }
+
     /// Bytes this op carries, for batch sizing and metrics.
     pub fn payload_len(&self) -> usize {
         match self {
             WriteOp::Append { data, .. } => data.len(),
-            WriteOp::Snapshot(s) => s.state.len() + s.state_vector.len(),
+            WriteOp::Snapshot(s) => s.state.len(),
         }
     }
 }
 
 /// A storage backend for room documents. Implementations must apply a whole batch in one
-/// transaction: either every op of it is durable or none is.
+/// transaction: either every op of it is durable or none is; and applying a batch that
+/// already committed again must change nothing.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Reads a room's snapshot and the log tail after it.
+    /// Reads a room's snapshot and the log tail after it, both from one consistent view of the
+    /// database (a snapshot committed between the two reads must not hide the tail).
     async fn load(&self, room: &str) -> Result<StoredDoc, StoreError>;
     /// Applies a batch of writes atomically, in order.
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError>;
+    /// Claims the database for this process until it exits, so that a second server pointed
+    /// at the same data cannot serve (and corrupt) the same rooms. Waits briefly for a
+    /// previous process that is still going away; then fails with [`StoreError::Locked`].
+    async fn lock_exclusive(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Checks that the backend answers (for readiness probes).
     async fn ping(&self) -> Result<(), StoreError>;
     /// The backend's name, for logs.
@@ -153,6 +213,10 @@ pub async fn open(
         )),
     }
 }
+
+/// How long [`Store::lock_exclusive`] waits for a previous holder to let go (a process that
+/// was just killed takes a moment to release its lock).
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub(crate) fn now_millis() -> i64 {
     std::time::SystemTime::now()

@@ -28,25 +28,37 @@ impl Store for MemoryStore {
 
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
         let mut rooms = self.rooms.lock().unwrap();
-        // All or nothing, like a transaction: check every append before applying any.
-        let mut fresh = std::collections::HashSet::new();
-        for op in ops {
-            if let WriteOp::Append { room, seq, .. } = op {
-                // Logs grow in sequence order, so only an out-of-order seq needs the scan.
-                let taken = rooms.get(&**room).is_some_and(|d| {
-                    d.updates.last().is_some_and(|(last, _)| last >= seq)
-                        && d.updates.iter().any(|(s, _)| s == seq)
-                });
-                if taken || !fresh.insert((room.clone(), *seq)) {
-                    return Err(StoreError::DuplicateSeq {
-                        room: room.to_string(),
-                        seq: *seq,
-                    });
+        // All or nothing, like a transaction: check every append before applying any. The
+        // same bytes at a taken sequence number are a retry of a committed batch (skipped);
+        // different bytes are a conflict.
+        let mut fresh = std::collections::HashMap::new();
+        let mut skip = std::collections::HashSet::new();
+        for (i, op) in ops.iter().enumerate() {
+            if let WriteOp::Append { room, seq, data } = op {
+                let existing = rooms
+                    .get(&**room)
+                    .and_then(|d| d.updates.iter().find(|(s, _)| s == seq))
+                    .map(|(_, d)| &d[..])
+                    .or_else(|| fresh.get(&(room.clone(), *seq)).copied());
+                match existing {
+                    Some(old) if old == &data[..] => {
+                        skip.insert(i);
+                    }
+                    Some(_) => {
+                        return Err(StoreError::Conflict {
+                            room: room.to_string(),
+                            seq: *seq,
+                        })
+                    }
+                    None => {
+                        fresh.insert((room.clone(), *seq), &data[..]);
+                    }
                 }
             }
         }
-        for op in ops {
+        for (i, op) in ops.iter().enumerate() {
             match op {
+                WriteOp::Append { .. } if skip.contains(&i) => {}
                 WriteOp::Append { room, seq, data } => rooms
                     .entry(room.to_string())
                     .or_default()

@@ -1,17 +1,21 @@
 //! The production backend: Postgres, shared by every node.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::Row;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Row};
 
-use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp};
+use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp, LOCK_WAIT};
 
 /// Postgres-backed [`Store`].
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The connection holding the process's advisory lock (see `lock_exclusive`); the lock
+    /// lives exactly as long as this session.
+    lock: Arc<tokio::sync::Mutex<Option<PgConnection>>>,
 }
 
 impl PostgresStore {
@@ -24,7 +28,10 @@ impl PostgresStore {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            lock: Arc::default(),
+        })
     }
 }
 
@@ -85,16 +92,15 @@ impl Store for PostgresStore {
                 WriteOp::Snapshot(s) => {
                     insert_appends(&mut tx, &mut rooms, &mut seqs, &mut datas, now).await?;
                     sqlx::query(
-                        "INSERT INTO doc_snapshots (room, state, state_vector, up_to_seq, updated_at)
-                         VALUES ($1, $2, $3, $4, $5)
+                        "INSERT INTO doc_snapshots (room, state, up_to_seq, updated_at)
+                         VALUES ($1, $2, $3, $4)
                          ON CONFLICT (room) DO UPDATE SET state = excluded.state,
-                           state_vector = excluded.state_vector, up_to_seq = excluded.up_to_seq,
+                           up_to_seq = excluded.up_to_seq,
                            updated_at = excluded.updated_at
                          WHERE excluded.up_to_seq >= doc_snapshots.up_to_seq",
                     )
                     .bind(&*s.room)
                     .bind(&s.state[..])
-                    .bind(&s.state_vector[..])
                     .bind(s.up_to_seq)
                     .bind(now)
                     .execute(&mut *tx)
@@ -110,6 +116,33 @@ impl Store for PostgresStore {
         insert_appends(&mut tx, &mut rooms, &mut seqs, &mut datas, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn lock_exclusive(&self) -> Result<(), StoreError> {
+        let mut held = self.lock.lock().await;
+        if held.is_some() {
+            return Ok(());
+        }
+        let mut conn = PgConnection::connect_with(&self.pool.connect_options()).await?;
+        // Keyed by schema, so separate schemas (separate deployments, parallel tests) in one
+        // database do not exclude each other.
+        let started = Instant::now();
+        loop {
+            let (got, schema): (bool, String) = sqlx::query_as(
+                "SELECT pg_try_advisory_lock(hashtextextended('resonant-server:' || current_schema(), 0)),
+                        current_database() || '.' || current_schema()",
+            )
+            .fetch_one(&mut conn)
+            .await?;
+            if got {
+                *held = Some(conn);
+                return Ok(());
+            }
+            if started.elapsed() >= LOCK_WAIT {
+                return Err(StoreError::Locked(format!("Postgres schema {schema}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -132,16 +165,35 @@ async fn insert_appends(
     if rooms.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    // A retried batch that did commit meets its own rows: skip them here and check below
+    // that they hold the same bytes.
+    let inserted = sqlx::query(
         "INSERT INTO doc_updates (room, seq, data, created_at)
-         SELECT r, s, d, $4 FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS t(r, s, d)",
+         SELECT r, s, d, $4 FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS t(r, s, d)
+         ON CONFLICT (room, seq) DO NOTHING",
     )
     .bind(&rooms[..])
     .bind(&seqs[..])
     .bind(&datas[..])
     .bind(now)
     .execute(&mut **tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if inserted < rooms.len() as u64 {
+        let conflict: Option<(String, i64)> = sqlx::query_as(
+            "SELECT t.r, t.s FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS t(r, s, d)
+             JOIN doc_updates u ON u.room = t.r AND u.seq = t.s
+             WHERE u.data <> t.d LIMIT 1",
+        )
+        .bind(&rooms[..])
+        .bind(&seqs[..])
+        .bind(&datas[..])
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some((room, seq)) = conflict {
+            return Err(StoreError::Conflict { room, seq });
+        }
+    }
     rooms.clear();
     seqs.clear();
     datas.clear();

@@ -1,8 +1,9 @@
 //! The embedded default backend: one SQLite file in the data directory, in WAL mode.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
@@ -10,7 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp};
+use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp, LOCK_WAIT};
 
 /// How hard SQLite syncs a commit to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -26,6 +27,10 @@ pub enum SqliteSync {
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The database file (None for in-memory databases).
+    path: Option<PathBuf>,
+    /// The open lock file while this process holds the database (see `lock_exclusive`).
+    lock: Arc<Mutex<Option<std::fs::File>>>,
 }
 
 impl SqliteStore {
@@ -45,6 +50,9 @@ impl SqliteStore {
     }
 
     async fn open_with(opts: SqliteConnectOptions, sync: SqliteSync) -> Result<Self, StoreError> {
+        let path = opts.get_filename();
+        let path = (!path.as_os_str().is_empty() && path != Path::new(":memory:"))
+            .then(|| path.to_path_buf());
         let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -60,14 +68,20 @@ impl SqliteStore {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            path,
+            lock: Arc::default(),
+        })
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
-        let mut conn = self.pool.acquire().await?;
+        // One read transaction: in WAL mode it sees one snapshot of the database from its
+        // first read on, so a compaction committing between the two reads cannot hide updates.
+        let mut conn = self.pool.begin().await?;
         let snap = sqlx::query("SELECT state, up_to_seq FROM doc_snapshots WHERE room = ?")
             .bind(room)
             .fetch_optional(&mut *conn)
@@ -90,6 +104,7 @@ impl Store for SqliteStore {
             .into_iter()
             .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?)))
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        conn.commit().await?;
         Ok(StoredDoc {
             snapshot,
             snapshot_seq,
@@ -116,16 +131,15 @@ impl Store for SqliteStore {
                     // Never move a snapshot backwards: an older compaction that lost a race
                     // must not replace a newer one.
                     sqlx::query(
-                        "INSERT INTO doc_snapshots (room, state, state_vector, up_to_seq, updated_at)
-                         VALUES (?, ?, ?, ?, ?)
+                        "INSERT INTO doc_snapshots (room, state, up_to_seq, updated_at)
+                         VALUES (?, ?, ?, ?)
                          ON CONFLICT (room) DO UPDATE SET state = excluded.state,
-                           state_vector = excluded.state_vector, up_to_seq = excluded.up_to_seq,
+                           up_to_seq = excluded.up_to_seq,
                            updated_at = excluded.updated_at
                          WHERE excluded.up_to_seq >= doc_snapshots.up_to_seq",
                     )
                     .bind(&*s.room)
                     .bind(&s.state[..])
-                    .bind(&s.state_vector[..])
                     .bind(s.up_to_seq)
                     .bind(now)
                     .execute(&mut *tx)
@@ -141,6 +155,53 @@ impl Store for SqliteStore {
         insert_appends(&mut tx, &mut run, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn lock_exclusive(&self) -> Result<(), StoreError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if self.lock.lock().unwrap().is_some() {
+            return Ok(());
+        }
+        // SQLite's own locks are per transaction; an advisory lock on a file beside the
+        // database, held for the process's life, keeps a second server out.
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| StoreError::DataDir {
+                path: lock_path.display().to_string(),
+                source,
+            })?;
+        let started = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => {
+                    *self.lock.lock().unwrap() = Some(file);
+                    return Ok(());
+                }
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError::Locked(format!(
+                        "SQLite database {}",
+                        path.display()
+                    )))
+                }
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(StoreError::DataDir {
+                        path: lock_path.display().to_string(),
+                        source,
+                    })
+                }
+            }
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -164,6 +225,8 @@ async fn insert_appends(
     if run.is_empty() {
         return Ok(());
     }
+    // A retried batch that did commit meets its own rows: skip them here and check below
+    // that they hold the same bytes.
     let mut builder =
         sqlx::QueryBuilder::new("INSERT INTO doc_updates (room, seq, data, created_at) ");
     builder.push_values(run.iter(), |mut row, (room, seq, data)| {
@@ -172,7 +235,24 @@ async fn insert_appends(
             .push_bind(*data)
             .push_bind(now);
     });
-    builder.build().execute(&mut **tx).await?;
+    builder.push(" ON CONFLICT (room, seq) DO NOTHING");
+    let inserted = builder.build().execute(&mut **tx).await?.rows_affected();
+    if inserted < run.len() as u64 {
+        for (room, seq, data) in run.iter() {
+            let stored: Vec<u8> =
+                sqlx::query_scalar("SELECT data FROM doc_updates WHERE room = ? AND seq = ?")
+                    .bind(*room)
+                    .bind(*seq)
+                    .fetch_one(&mut **tx)
+                    .await?;
+            if stored != *data {
+                return Err(StoreError::Conflict {
+                    room: room.to_string(),
+                    seq: *seq,
+                });
+            }
+        }
+    }
     run.clear();
     Ok(())
 }

@@ -79,7 +79,6 @@ async fn log_snapshot_and_tail_round_trip() {
         let snap = WriteOp::Snapshot(Snapshot {
             room: r.clone(),
             state: Bytes::from_static(b"state@2"),
-            state_vector: Bytes::from_static(b"sv"),
             up_to_seq: 2,
         });
         store
@@ -96,7 +95,6 @@ async fn log_snapshot_and_tail_round_trip() {
         let old = WriteOp::Snapshot(Snapshot {
             room: r.clone(),
             state: Bytes::from_static(b"state@1"),
-            state_vector: Bytes::from_static(b"sv"),
             up_to_seq: 1,
         });
         store.write_batch(&[old]).await.unwrap();

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+mod awareness;
 mod peer;
 pub mod protocol;
 mod room;
@@ -15,6 +16,7 @@ mod session;
 
 use std::time::Duration;
 
+pub use awareness::{AwarenessLimits, AwarenessRefusal};
 pub use peer::{close_code, Close, Outbox, Outgoing, Peer};
 pub use room::{ApplyError, LoadError, Room};
 pub use rooms::{valid_room_name, JoinError, Rooms};
@@ -29,8 +31,11 @@ pub struct SyncConfig {
     pub unload_grace: Duration,
     /// Awareness coalescing tick in busy rooms.
     pub awareness_tick: Duration,
-    /// Awareness entries not renewed for this long are removed.
+    /// Awareness entries not renewed for this long are removed (and removed ones forgotten
+    /// after as long again).
     pub awareness_timeout: Duration,
+    /// What one connection may put into a room's presence.
+    pub awareness: AwarenessLimits,
     /// Outbound bytes queued per connection before it is closed as a slow consumer.
     pub max_queued_bytes: usize,
     /// Compact a room's log into a snapshot after this many updates…
@@ -46,6 +51,7 @@ impl Default for SyncConfig {
             unload_grace: Duration::from_secs(30),
             awareness_tick: Duration::from_millis(16),
             awareness_timeout: Duration::from_secs(30),
+            awareness: AwarenessLimits::default(),
             max_queued_bytes: 8 << 20,
             compact_after_updates: 1000,
             compact_after_bytes: 8 << 20,

@@ -78,6 +78,8 @@ pub struct Peer {
     reply_bytes: AtomicUsize,
     max_queued_bytes: usize,
     close: OnceLock<Close>,
+    /// A last message to write before the close frame (the error that explains it).
+    last_words: OnceLock<Bytes>,
     close_signal: Notify,
     can_write: bool,
     extensions: AtomicBool,
@@ -94,6 +96,7 @@ impl Peer {
             reply_bytes: AtomicUsize::new(0),
             max_queued_bytes,
             close: OnceLock::new(),
+            last_words: OnceLock::new(),
             close_signal: Notify::new(),
             can_write,
             extensions: AtomicBool::new(false),
@@ -139,9 +142,12 @@ impl Peer {
         let len = msg.len();
         let counter = self.counter(kind);
         let before = counter.fetch_add(len, Ordering::Relaxed);
-        // An empty queue always takes one message, however large, so a big document can
-        // still reach a client whose limit is smaller.
-        if before > 0 && before + len > self.max_queued_bytes {
+        // The limit applies to what is already waiting: a queue below it takes one more
+        // message of any size the server accepts. So a reader that keeps up always gets a
+        // large paste (a message may be larger than the queue limit), and a reader that does
+        // not is closed once its backlog passes the limit; the queue holds at most the limit
+        // plus one message.
+        if before >= self.max_queued_bytes {
             counter.fetch_sub(len, Ordering::Relaxed);
             SLOW_CONSUMER_CLOSES.increment(1);
             self.close(Close::new(
@@ -165,6 +171,15 @@ impl Peer {
         if self.close.set(close).is_ok() {
             self.close_signal.notify_waiters();
         }
+    }
+
+    /// Asks the transport to write `last` (if any, and if no other close came first) and then
+    /// close with `close`.
+    pub fn close_after(&self, close: Close, last: Option<Bytes>) {
+        if let Some(last) = last {
+            let _ = self.last_words.set(last);
+        }
+        self.close(close);
     }
 
     /// Resolves once the connection has been asked to close (any number of waiters).
@@ -215,8 +230,13 @@ pub struct Outbox {
 pub enum Outgoing {
     /// Write this binary frame.
     Message(Bytes),
-    /// Send this close frame and stop.
-    Close(Close),
+    /// Write `last` (if any), send this close frame and stop.
+    Close {
+        /// The close frame.
+        close: Close,
+        /// A final message explaining it.
+        last: Option<Bytes>,
+    },
 }
 
 impl Outbox {
@@ -224,7 +244,10 @@ impl Outbox {
     pub async fn recv(&mut self, peer: &Peer) -> Outgoing {
         loop {
             if let Some(close) = peer.close.get() {
-                return Outgoing::Close(close.clone());
+                return Outgoing::Close {
+                    close: close.clone(),
+                    last: peer.last_words.get().cloned(),
+                };
             }
             tokio::select! {
                 biased;
@@ -234,7 +257,7 @@ impl Outbox {
                         peer.written(msg.len(), kind);
                         return Outgoing::Message(msg);
                     }
-                    None => return Outgoing::Close(Close::new(1000, "")),
+                    None => return Outgoing::Close { close: Close::new(1000, ""), last: None },
                 },
             }
         }
@@ -260,10 +283,14 @@ mod tests {
         let (peer, mut outbox) = Peer::new(1, 10, true);
         let msg = Bytes::from_static(&[0u8; 6]);
         assert!(peer.send(&msg));
-        assert!(!peer.send(&msg), "second message would pass the limit");
+        assert!(
+            peer.send(&msg),
+            "below the limit: one more message of any size"
+        );
+        assert!(!peer.send(&msg), "the backlog is past the limit");
         assert!(peer.is_closing());
         match outbox.recv(&peer).await {
-            Outgoing::Close(c) => assert_eq!(c.code, close_code::SLOW_CONSUMER),
+            Outgoing::Close { close, .. } => assert_eq!(close.code, close_code::SLOW_CONSUMER),
             other => panic!("expected close, got {other:?}"),
         }
     }
@@ -298,6 +325,33 @@ mod tests {
         assert!(!peer.reply(&small));
         assert!(peer.is_closing());
         drop(outbox.try_recv(&peer));
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_limit_reaches_a_reader_with_a_backlog() {
+        let (peer, mut outbox) = Peer::new(1, 10, true);
+        assert!(
+            peer.send(&Bytes::from_static(&[0u8; 6])),
+            "a presence update"
+        );
+        assert!(peer.send(&Bytes::from(vec![0u8; 100])), "a large paste");
+        assert!(!peer.is_closing());
+        assert!(matches!(outbox.recv(&peer).await, Outgoing::Message(m) if m.len() == 6));
+        assert!(matches!(outbox.recv(&peer).await, Outgoing::Message(m) if m.len() == 100));
+    }
+
+    #[tokio::test]
+    async fn the_error_explaining_a_close_is_written_before_it() {
+        let (peer, mut outbox) = Peer::new(1, 10, true);
+        assert!(peer.send(&Bytes::from_static(&[1])));
+        peer.close_after(Close::new(1007, "bad"), Some(Bytes::from_static(b"why")));
+        match outbox.recv(&peer).await {
+            Outgoing::Close { close, last } => {
+                assert_eq!(close.code, 1007);
+                assert_eq!(last.as_deref(), Some(&b"why"[..]));
+            }
+            other => panic!("expected close, got {other:?}"),
+        }
     }
 
     #[test]

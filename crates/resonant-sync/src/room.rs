@@ -1,25 +1,34 @@
-//! One workflow document held in memory: the yrs doc, its awareness, and its peers.
+//! One workflow document held in memory: the yrs doc, its presence, and its peers.
 //!
-//! Locking: `state` (doc + awareness) is taken first, `peers` second, never the other way
-//! round. Both are `std` mutexes held for short, non-async sections: applying a small update
-//! takes microseconds, and fan-out only pushes `Bytes` clones onto unbounded queues. The doc
-//! has exactly one update observer, which encodes each change once, appends it to the
+//! Locking: `state` (doc + presence) is taken first, `peers` second, never the other way
+//! round. Both are short, non-async critical sections: applying a small update takes
+//! microseconds, and fan-out only pushes `Bytes` clones onto unbounded queues. The locks are
+//! parking_lot's, which do not poison: a panic inside a room (yrs has panicked on hostile
+//! input before) is caught at the room's boundary, closes that room (1011) and nothing else,
+//! and must not turn every later lock of it into a second panic.
+//!
+//! The doc has exactly one update observer, which encodes each change once, appends it to the
 //! journal, and hands the same bytes to every peer but the sender.
+//!
+//! A closed room applies nothing more. Closing takes the state lock, so once a room is marked
+//! closed no update is in flight in it, and every write it made is already in the journal:
+//! the next instance of the room, which flushes the journal before loading, sees all of it.
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use resonant_store::{Journal, Snapshot, StoredDoc, Ticket};
-use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry, AwarenessUpdateSummary};
-use yrs::sync::Awareness;
+use tokio_util::task::TaskTracker;
+use yrs::sync::awareness::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
 use yrs::{ClientID, Doc, Origin, ReadTxn, StateVector, Transact, Update};
 
+use crate::awareness::{AwarenessRefusal, Presence};
 use crate::peer::{close_code, Close, Peer};
 use crate::protocol;
 use crate::SyncConfig;
@@ -28,6 +37,8 @@ static FANOUT_SECONDS: LazyLock<metrics::Histogram> =
     LazyLock::new(|| metrics::histogram!("resonant_fanout_seconds"));
 static UPDATES_APPLIED: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_updates_applied_total"));
+static ROOM_PANICS: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_room_panics_total"));
 
 /// Why a room could not be loaded from the store.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -47,14 +58,25 @@ pub enum ApplyError {
     /// The bytes are not a valid Yjs update.
     #[error("invalid update: {0}")]
     Invalid(String),
-    /// yrs failed internally; the room has been closed for safety.
-    #[error("internal error while applying update")]
+    /// The room failed internally and has been closed; reconnect.
+    #[error("internal error; reconnect")]
     Internal,
+    /// The room was closed (unloaded, reset after a storage error, shutting down).
+    #[error("room closed; reconnect")]
+    Closed,
 }
 
 pub(crate) enum AddPeerError {
     Closed,
     Full,
+}
+
+/// What [`Room::close_if_idle`] did.
+pub(crate) enum Unload {
+    /// Someone joined meanwhile; the room stays.
+    Busy,
+    /// The room is closed; its final snapshot (if it needed one) has this ticket.
+    Closed(Option<Ticket>),
 }
 
 /// A loaded room.
@@ -63,14 +85,17 @@ pub struct Room {
     state: Mutex<RoomState>,
     shared: Arc<Shared>,
     config: Arc<SyncConfig>,
+    tasks: TaskTracker,
+    /// A panic interrupted an operation: the in-memory document may be inconsistent, so it
+    /// is never snapshotted (the store's log stays the truth).
+    poisoned: AtomicBool,
+    #[cfg(feature = "fault-injection")]
+    inject_panic: AtomicBool,
 }
 
 struct RoomState {
-    awareness: Awareness,
-    /// Awareness client ids changed since the last broadcast (coalescing).
-    aw_dirty: HashSet<ClientID>,
-    aw_last_flush: Option<Instant>,
-    aw_flush_scheduled: bool,
+    doc: Doc,
+    presence: Presence,
 }
 
 /// What the update observer needs; shared with the closure registered on the doc.
@@ -101,6 +126,7 @@ impl Room {
         stored: StoredDoc,
         journal: Journal,
         config: Arc<SyncConfig>,
+        tasks: TaskTracker,
     ) -> Result<Arc<Room>, LoadError> {
         let doc = Doc::new();
         let last_seq = stored.last_seq();
@@ -142,13 +168,15 @@ impl Room {
         Ok(Arc::new(Room {
             name,
             state: Mutex::new(RoomState {
-                awareness: Awareness::new(doc),
-                aw_dirty: HashSet::new(),
-                aw_last_flush: None,
-                aw_flush_scheduled: false,
+                doc,
+                presence: Presence::default(),
             }),
             shared,
             config,
+            tasks,
+            poisoned: AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
+            inject_panic: AtomicBool::new(false),
         }))
     }
 
@@ -157,80 +185,139 @@ impl Room {
         &self.name
     }
 
-    /// Number of connected peers.
-    pub fn peer_count(&self) -> usize {
-        self.shared.peers.lock().unwrap().list.len()
-    }
-
     pub(crate) fn is_closed(&self) -> bool {
-        self.shared.peers.lock().unwrap().closed
+        self.shared.peers.lock().closed
     }
 
-    /// Adds a peer and queues the greeting: our step 1 and everyone's awareness.
+    /// Makes the next document operation in this room panic, as a yrs bug would (tests of
+    /// the panic containment only).
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self) {
+        self.inject_panic.store(true, Ordering::Relaxed);
+    }
+
+    fn maybe_injected_panic(&self) {
+        #[cfg(feature = "fault-injection")]
+        if self.inject_panic.swap(false, Ordering::Relaxed) {
+            panic!("injected panic in room {}", self.name);
+        }
+    }
+
+    /// Runs `f` (which takes the room's locks itself); a panic in it closes the room with
+    /// 1011 and is reported as [`ApplyError::Internal`].
+    fn contained<R>(&self, what: &str, f: impl FnOnce() -> R) -> Result<R, ApplyError> {
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                ROOM_PANICS.increment(1);
+                tracing::error!(room = %self.name, "panic in {what}; closing the room");
+                self.poisoned.store(true, Ordering::Relaxed);
+                self.close_all(Close::new(
+                    close_code::INTERNAL_ERROR,
+                    "internal error; reconnect",
+                ));
+                Err(ApplyError::Internal)
+            }
+        }
+    }
+
+    /// Adds a peer and queues the greeting: our step 1 and everyone's presence.
     pub(crate) fn add_peer(&self, peer: Arc<Peer>) -> Result<(), AddPeerError> {
-        let st = self.state.lock().unwrap();
-        {
-            let mut peers = self.shared.peers.lock().unwrap();
-            if peers.closed {
-                return Err(AddPeerError::Closed);
+        let added = self.contained("add_peer", || {
+            let st = self.state.lock();
+            {
+                let mut peers = self.shared.peers.lock();
+                if peers.closed {
+                    return Err(AddPeerError::Closed);
+                }
+                if peers.list.len() >= self.config.max_peers_per_room {
+                    return Err(AddPeerError::Full);
+                }
+                peers.list.push(peer.clone());
+                peers.generation += 1;
             }
-            if peers.list.len() >= self.config.max_peers_per_room {
-                return Err(AddPeerError::Full);
+            self.maybe_injected_panic();
+            let sv = st.doc.transact().state_vector();
+            peer.send(&protocol::encode_sync_step1(&sv));
+            if let Some(msg) = st.presence.encode_all() {
+                peer.send(&msg);
             }
-            peers.list.push(peer.clone());
-            peers.generation += 1;
-        }
-        let sv = st.awareness.doc().transact().state_vector();
-        peer.send(&protocol::encode_sync_step1(&sv));
-        if let Some(msg) = full_awareness(&st.awareness) {
-            peer.send(&msg);
-        }
-        Ok(())
+            Ok(())
+        });
+        added.unwrap_or(Err(AddPeerError::Closed))
     }
 
     /// Removes a peer; returns the peer generation if the room is now empty (for the unload
     /// timer to check that nobody came back).
     pub(crate) fn remove_peer(&self, id: u64) -> Option<u64> {
-        let mut peers = self.shared.peers.lock().unwrap();
+        let mut peers = self.shared.peers.lock();
         peers.list.retain(|p| p.id() != id);
         peers.list.is_empty().then_some(peers.generation)
     }
 
-    /// Marks the room closed if it is still empty at `generation`. A closed room accepts no
-    /// peers; joiners load a fresh instance.
-    pub(crate) fn close_if_idle(&self, generation: u64) -> bool {
-        let mut peers = self.shared.peers.lock().unwrap();
+    /// If the room is still empty at `generation`, queues its final snapshot and marks it
+    /// closed, in one step: a joiner who finds it closed loads a fresh instance, and that
+    /// load (which flushes the journal first) sees the snapshot.
+    pub(crate) fn close_if_idle(&self, generation: u64) -> Unload {
+        let st = self.state.lock();
+        let mut peers = self.shared.peers.lock();
         if peers.closed || !peers.list.is_empty() || peers.generation != generation {
-            return false;
+            return Unload::Busy;
         }
         peers.closed = true;
-        true
+        drop(peers);
+        Unload::Closed(self.final_snapshot(&st))
     }
 
-    /// Closes the room and asks every peer's transport to close with `close`.
-    pub(crate) fn close_all(&self, close: Close) {
-        let mut peers = self.shared.peers.lock().unwrap();
-        peers.closed = true;
-        for p in &peers.list {
-            p.close(close.clone());
+    /// Closes the room, asks every peer's transport to close with `close`, and queues the
+    /// final snapshot; returns its ticket. Nothing is applied in the room after this.
+    pub(crate) fn close_all(&self, close: Close) -> Option<Ticket> {
+        let st = self.state.lock();
+        {
+            let mut peers = self.shared.peers.lock();
+            peers.closed = true;
+            for p in &peers.list {
+                p.close(close.clone());
+            }
+        }
+        self.final_snapshot(&st)
+    }
+
+    fn final_snapshot(&self, st: &RoomState) -> Option<Ticket> {
+        if self.poisoned.load(Ordering::Relaxed)
+            || self.shared.log_updates.load(Ordering::Relaxed) == 0
+        {
+            return None;
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.snapshot_locked(st))) {
+            Ok(ticket) => Some(ticket),
+            Err(_) => {
+                ROOM_PANICS.increment(1);
+                self.poisoned.store(true, Ordering::Relaxed);
+                tracing::error!(room = %self.name, "panic while snapshotting; the log stays the truth");
+                None
+            }
         }
     }
 
     /// The answer to a client's step 1.
-    pub fn step2_for(&self, sv: &StateVector) -> Bytes {
-        let st = self.state.lock().unwrap();
-        if sv.is_empty() {
-            let mut cache = self.shared.full_state.lock().unwrap();
-            if let Some(msg) = cache.as_ref() {
-                return msg.clone();
+    pub fn step2_for(&self, sv: &StateVector) -> Result<Bytes, ApplyError> {
+        self.contained("step2", || {
+            let st = self.state.lock();
+            self.maybe_injected_panic();
+            if sv.is_empty() {
+                let mut cache = self.shared.full_state.lock();
+                if let Some(msg) = cache.as_ref() {
+                    return msg.clone();
+                }
+                let update = st.doc.transact().encode_diff_v1(sv);
+                let msg = protocol::encode_sync_step2(&update);
+                *cache = Some(msg.clone());
+                return msg;
             }
-            let update = st.awareness.doc().transact().encode_diff_v1(sv);
-            let msg = protocol::encode_sync_step2(&update);
-            *cache = Some(msg.clone());
-            return msg;
-        }
-        let update = st.awareness.doc().transact().encode_diff_v1(sv);
-        protocol::encode_sync_step2(&update)
+            let update = st.doc.transact().encode_diff_v1(sv);
+            protocol::encode_sync_step2(&update)
+        })
     }
 
     /// Applies a client's update (step 2 or update) on behalf of peer `origin`. The observer
@@ -242,143 +329,106 @@ impl Room {
             Ok(Err(e)) => return Err(ApplyError::Invalid(e.to_string())),
             Err(_) => return Err(ApplyError::Invalid("undecodable update".into())),
         };
-        let st = self.state.lock().unwrap();
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            let mut txn = st.awareness.doc().transact_mut_with(origin);
-            txn.apply_update(update)?;
-            let store = txn.store();
-            Ok::<_, yrs::error::UpdateError>(
-                store.pending_update().is_some() || store.pending_ds().is_some(),
-            )
-        }));
-        match result {
-            Ok(Ok(false)) => {}
-            Ok(Ok(true)) => {
+        self.contained("apply_update", || {
+            let st = self.state.lock();
+            if self.shared.peers.lock().closed {
+                return Err(ApplyError::Closed);
+            }
+            self.maybe_injected_panic();
+            let pending = {
+                let mut txn = st.doc.transact_mut_with(origin);
+                txn.apply_update(update)
+                    .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                let store = txn.store();
+                store.pending_update().is_some() || store.pending_ds().is_some()
+            };
+            if pending {
                 // Part of this update waits for changes we have not seen. The observer only
                 // logs what was integrated, so log the raw update too: it is acknowledged,
                 // and must survive a restart to integrate once its dependencies arrive.
                 self.shared.append(Bytes::copy_from_slice(bytes));
             }
-            Ok(Err(e)) => return Err(ApplyError::Invalid(e.to_string())),
-            Err(_) => {
-                drop(st);
-                tracing::error!(room = %self.name, "yrs panicked applying an update; closing room");
-                self.close_all(Close::new(
-                    close_code::INTERNAL_ERROR,
-                    "internal error; reconnect",
-                ));
-                return Err(ApplyError::Internal);
+            UPDATES_APPLIED.increment(1);
+            FANOUT_SECONDS.record(started.elapsed().as_secs_f64());
+            if self.shared.log_updates.load(Ordering::Relaxed) >= self.config.compact_after_updates
+                || self.shared.log_bytes.load(Ordering::Relaxed) >= self.config.compact_after_bytes
+            {
+                self.snapshot_locked(&st);
             }
-        }
-        UPDATES_APPLIED.increment(1);
-        FANOUT_SECONDS.record(started.elapsed().as_secs_f64());
-        if self.shared.log_updates.load(Ordering::Relaxed) >= self.config.compact_after_updates
-            || self.shared.log_bytes.load(Ordering::Relaxed) >= self.config.compact_after_bytes
-        {
-            self.snapshot_locked(&st);
-        }
-        Ok(())
-    }
-
-    /// Enqueues a snapshot if anything was logged since the last one; returns its ticket.
-    pub(crate) fn snapshot(&self) -> Option<Ticket> {
-        let st = self.state.lock().unwrap();
-        if self.shared.log_updates.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        Some(self.snapshot_locked(&st))
+            Ok(())
+        })?
     }
 
     fn snapshot_locked(&self, st: &RoomState) -> Ticket {
         // Holding the state lock: no update can be applied (and so none logged) while we
-        // encode, so `last_seq` is exactly what the snapshot contains.
-        let txn = st.awareness.doc().transact();
-        let state = txn.encode_state_as_update_v1(&StateVector::default());
-        let state_vector = txn.state_vector().encode_v1();
-        // Structs still waiting for their dependencies must outlive the log entries this
-        // snapshot replaces; re-logging them is harmless if the state already carries them.
-        let pending = txn.store().pending_update().map(|p| p.update.encode_v1());
-        drop(txn);
+        // encode, so `last_seq` is exactly what the snapshot contains. The encoding includes
+        // structs and deletes still waiting for their dependencies (yrs merges the pending
+        // update and delete set into it), so nothing acknowledged but not yet integrated is
+        // lost with the log entries the snapshot replaces.
+        let state = st
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
         let up_to_seq = self.shared.last_seq.load(Ordering::Relaxed);
         self.shared.log_updates.store(0, Ordering::Relaxed);
         self.shared.log_bytes.store(0, Ordering::Relaxed);
         tracing::debug!(room = %self.name, up_to_seq, bytes = state.len(), "snapshot");
-        let ticket = self.shared.journal.snapshot(Snapshot {
+        self.shared.journal.snapshot(Snapshot {
             room: self.name.clone(),
             state: state.into(),
-            state_vector: state_vector.into(),
             up_to_seq,
-        });
-        match pending {
-            Some(p) => self.shared.append(p.into()),
-            None => ticket,
-        }
+        })
     }
 
-    /// Applies a client's awareness update and relays the change; returns what changed.
+    /// Applies a client's presence update and relays the change. `owned` holds the client
+    /// ids this connection introduced (grown within the limit). Returns the first refusal if
+    /// part of the message was over a limit (the rest is applied).
     pub fn apply_awareness(
         self: &Arc<Self>,
         origin: u64,
         update: AwarenessUpdate,
-    ) -> Option<AwarenessUpdateSummary> {
-        let mut st = self.state.lock().unwrap();
-        let summary = st.awareness.apply_update_summary(update).ok()??;
-        self.broadcast_awareness(&mut st, summary.all_changes(), Some(origin));
-        Some(summary)
+        owned: &mut HashSet<ClientID>,
+    ) -> Option<AwarenessRefusal> {
+        let mut st = self.state.lock();
+        let (changed, refusal) =
+            st.presence
+                .apply(update, owned, &self.config.awareness, Instant::now());
+        if !changed.is_empty() {
+            self.broadcast_awareness(&mut st, changed, Some(origin));
+        }
+        refusal
     }
 
-    /// Removes awareness states (a peer left, or its entries expired) and relays the removal.
+    /// Removes presence states (a peer left) and relays the removal.
     pub(crate) fn remove_awareness(self: &Arc<Self>, ids: impl IntoIterator<Item = ClientID>) {
-        let mut st = self.state.lock().unwrap();
-        // As y-protocols does for remote clients: a null state at the *current* clock. (yrs's
-        // `remove_state` bumps the clock, which would make the client's next real change,
-        // sent with that same clock after a reconnect, look stale everywhere.)
-        let mut removal = AwarenessUpdate {
-            clients: Default::default(),
-        };
-        for id in ids {
-            if let Some((clock, _)) = st.awareness.meta(id) {
-                removal.clients.insert(
-                    id,
-                    AwarenessUpdateEntry {
-                        clock,
-                        json: "null".into(),
-                    },
-                );
-            }
-        }
-        if removal.clients.is_empty() {
-            return;
-        }
-        if let Ok(Some(summary)) = st.awareness.apply_update_summary(removal) {
-            if !summary.removed.is_empty() {
-                self.broadcast_awareness(&mut st, summary.removed, None);
-            }
+        let mut st = self.state.lock();
+        let removed = st.presence.remove(ids, Instant::now());
+        if !removed.is_empty() {
+            self.broadcast_awareness(&mut st, removed, None);
         }
     }
 
-    /// Drops awareness entries not renewed within the timeout, as y-protocols does.
-    pub(crate) fn expire_awareness(self: &Arc<Self>, now_ms: u64) {
-        let timeout = self.config.awareness_timeout.as_millis() as u64;
-        let expired: Vec<ClientID> = {
-            let st = self.state.lock().unwrap();
-            st.awareness
-                .iter()
-                .filter(|(_, s)| {
-                    s.data.is_some() && now_ms.saturating_sub(s.last_updated) >= timeout
-                })
-                .map(|(id, _)| id)
-                .collect()
-        };
+    /// Drops presence not renewed within the timeout (and forgets old removals), as one step
+    /// under the lock, so a renewal cannot land between finding and removing an entry.
+    pub(crate) fn expire_awareness(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        let expired = st
+            .presence
+            .expire(Instant::now(), self.config.awareness_timeout);
         if !expired.is_empty() {
             tracing::debug!(room = %self.name, count = expired.len(), "awareness entries expired");
-            self.remove_awareness(expired);
+            self.broadcast_awareness(&mut st, expired, None);
         }
     }
 
-    /// The full awareness state, for a query-awareness message.
+    /// The number of presence entries held (removed ones included until they are forgotten).
+    pub fn awareness_entries(&self) -> usize {
+        self.state.lock().presence.len()
+    }
+
+    /// Everyone's presence, for a query-awareness message.
     pub fn awareness_message(&self) -> Option<Bytes> {
-        full_awareness(&self.state.lock().unwrap().awareness)
+        self.state.lock().presence.encode_all()
     }
 
     /// Sends a change at once in a quiet room; in a busy one, collects changes and sends them
@@ -391,59 +441,55 @@ impl Room {
     ) {
         let now = Instant::now();
         let tick = self.config.awareness_tick;
-        let quiet = !st.aw_flush_scheduled
-            && st
-                .aw_last_flush
-                .is_none_or(|t| now.duration_since(t) >= tick);
+        let p = &mut st.presence;
+        let quiet =
+            !p.flush_scheduled && p.last_flush.is_none_or(|t| now.duration_since(t) >= tick);
         if quiet {
-            st.aw_last_flush = Some(now);
-            if let Ok(update) = st.awareness.update_with_clients(changed) {
-                self.shared
-                    .send_all(&protocol::encode_awareness(&update), exclude);
+            p.last_flush = Some(now);
+            if let Some(msg) = p.encode(changed) {
+                self.shared.send_all(&msg, exclude);
             }
             return;
         }
-        st.aw_dirty.extend(changed);
-        if !st.aw_flush_scheduled {
-            st.aw_flush_scheduled = true;
-            let due = st.aw_last_flush.map_or(now, |t| t + tick);
+        p.dirty.extend(changed);
+        if !p.flush_scheduled && !self.tasks.is_closed() {
+            p.flush_scheduled = true;
+            let due = p.last_flush.map_or(now, |t| t + tick);
             let room = Arc::clone(self);
             let flush = async move {
                 tokio::time::sleep_until(due.into()).await;
                 room.flush_awareness();
             };
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn(flush)),
+                Ok(rt) => drop(self.tasks.spawn_on(flush, &rt)),
                 // Outside a runtime (a session dropped at teardown) nobody is left to tell.
-                Err(_) => st.aw_flush_scheduled = false,
+                Err(_) => p.flush_scheduled = false,
             }
         }
     }
 
     fn flush_awareness(&self) {
-        let mut st = self.state.lock().unwrap();
-        st.aw_flush_scheduled = false;
-        st.aw_last_flush = Some(Instant::now());
-        let dirty: Vec<ClientID> = st.aw_dirty.drain().collect();
-        if dirty.is_empty() {
-            return;
-        }
-        if let Ok(update) = st.awareness.update_with_clients(dirty) {
-            // Coalesced changes come from many peers; echoing a peer its own state is
-            // harmless (y-protocols ignores an equal clock), so everyone gets the same bytes.
-            self.shared
-                .send_all(&protocol::encode_awareness(&update), None);
+        let mut st = self.state.lock();
+        let p = &mut st.presence;
+        p.flush_scheduled = false;
+        p.last_flush = Some(Instant::now());
+        let dirty: Vec<ClientID> = p.dirty.drain().collect();
+        // Coalesced changes come from many peers; echoing a peer its own state is harmless
+        // (y-protocols ignores an equal clock), so everyone gets the same bytes.
+        if let Some(msg) = p.encode(dirty) {
+            self.shared.send_all(&msg, None);
         }
     }
 
     /// Runs `f` with read access to the document (for tests and, later, executions).
     pub fn with_doc<R>(&self, f: impl FnOnce(&Doc) -> R) -> R {
-        f(self.state.lock().unwrap().awareness.doc())
+        f(&self.state.lock().doc)
     }
 }
 
 impl Shared {
-    /// The room's single update observer: called inside the committing transaction.
+    /// The room's single update observer: called inside the committing transaction, with
+    /// the room's state lock held, so sequence numbers follow the order of application.
     fn on_update(&self, origin: Option<&Origin>, update: &[u8]) {
         let msg = protocol::encode_sync_update(update);
         let body = msg.slice(msg.len() - update.len()..);
@@ -452,13 +498,12 @@ impl Shared {
         self.log_bytes
             .fetch_add(body.len() as u64, Ordering::Relaxed);
         self.journal.append(self.name.clone(), seq, body);
-        *self.full_state.lock().unwrap() = None;
+        *self.full_state.lock() = None;
         let exclude = origin.and_then(origin_peer);
         self.send_all(&msg, exclude);
     }
 
-    /// Appends an update to the room's log. Callers hold the room's state lock (the observer
-    /// runs inside a transaction), so sequence numbers follow the order of application.
+    /// Appends an update to the room's log. Callers hold the room's state lock.
     fn append(&self, update: Bytes) -> Ticket {
         let seq = self.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.log_updates.fetch_add(1, Ordering::Relaxed);
@@ -468,7 +513,7 @@ impl Shared {
     }
 
     fn send_all(&self, msg: &Bytes, exclude: Option<u64>) {
-        let peers = self.peers.lock().unwrap();
+        let peers = self.peers.lock();
         for p in &peers.list {
             if Some(p.id()) != exclude {
                 p.send(msg);
@@ -481,12 +526,4 @@ impl Shared {
 fn origin_peer(origin: &Origin) -> Option<u64> {
     let bytes: [u8; 8] = origin.as_ref().try_into().ok()?;
     Some(u64::from_be_bytes(bytes))
-}
-
-fn full_awareness(awareness: &Awareness) -> Option<Bytes> {
-    let update = awareness.update().ok()?;
-    if update.clients.is_empty() {
-        return None;
-    }
-    Some(protocol::encode_awareness(&update))
 }

@@ -1,4 +1,6 @@
-//! The room registry: single-flight loading, joining, idle unloading and shutdown.
+//! The room registry: single-flight loading, joining, idle unloading, storage failures and
+//! shutdown. Every task it starts (unload timers, presence expiry and flushes) belongs to its
+//! task tracker and ends at shutdown.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -8,10 +10,11 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use resonant_store::{Journal, Store};
-use yrs::sync::time::{Clock, SystemClock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::peer::{close_code, Close, Outbox, Peer};
-use crate::room::{AddPeerError, LoadError, Room};
+use crate::room::{AddPeerError, LoadError, Room, Unload};
 use crate::session::Session;
 use crate::SyncConfig;
 
@@ -84,11 +87,14 @@ struct Inner {
     config: Arc<SyncConfig>,
     next_peer: AtomicU64,
     shutting_down: AtomicBool,
+    tasks: TaskTracker,
+    stop: CancellationToken,
 }
 
 impl Rooms {
     /// Creates the registry over a store and its journal, and starts the maintenance task
-    /// (awareness expiry).
+    /// (presence expiry). Rooms whose writes the journal cannot commit are closed (1011) and
+    /// reloaded from the store by their next joiner.
     pub fn new(store: Arc<dyn Store>, journal: Journal, config: SyncConfig) -> Rooms {
         let rooms = Rooms {
             inner: Arc::new(Inner {
@@ -98,25 +104,70 @@ impl Rooms {
                 config: Arc::new(config),
                 next_peer: AtomicU64::new(1),
                 shutting_down: AtomicBool::new(false),
+                tasks: TaskTracker::new(),
+                stop: CancellationToken::new(),
             }),
         };
+        let weak = Arc::downgrade(&rooms.inner);
+        rooms
+            .inner
+            .journal
+            .set_failure_handler(Box::new(move |room, error| {
+                if let Some(inner) = weak.upgrade() {
+                    (Rooms { inner }).storage_failed(room, error);
+                }
+            }));
         let weak = Arc::downgrade(&rooms.inner);
         // y-protocols checks every 3 s against a 30 s timeout; shorter timeouts (tests) check
         // proportionally more often.
         let sweep = (rooms.inner.config.awareness_timeout / 3)
             .clamp(Duration::from_millis(50), Duration::from_secs(3));
-        tokio::spawn(async move {
+        rooms.spawn(async move {
             let mut tick = tokio::time::interval(sweep);
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let now = SystemClock.now();
                 for room in (Rooms { inner }).loaded() {
-                    room.expire_awareness(now);
+                    room.expire_awareness();
                 }
             }
         });
         rooms
+    }
+
+    /// Runs `task` on the registry's tracker until it ends or the registry shuts down.
+    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let stop = self.inner.stop.clone();
+        self.inner.tasks.spawn_on(
+            async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = task => {}
+                }
+            },
+            &handle,
+        );
+    }
+
+    /// A room's writes failed permanently and were dropped: close the instance that made
+    /// them, so its clients reconnect, resync against what the store holds, and re-send what
+    /// was never acknowledged.
+    fn storage_failed(&self, name: &str, error: &resonant_store::StoreError) {
+        // The instance that wrote is the one in the slot: a newer instance only loads after
+        // the journal has settled every write of the older one.
+        let room = match self.inner.slots.get(name).as_deref() {
+            Some(Slot::Ready(room)) => room.clone(),
+            _ => return,
+        };
+        tracing::error!(room = %name, error = %error, "closing room after a storage failure; it reloads on the next join");
+        room.close_all(Close::new(
+            close_code::INTERNAL_ERROR,
+            "storage error: room reset, reconnect to resync",
+        ));
+        self.remove_slot(&room);
     }
 
     /// The journal every room appends to.
@@ -127,11 +178,6 @@ impl Rooms {
     /// The store behind the journal.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
-    }
-
-    /// The sync configuration.
-    pub fn config(&self) -> &SyncConfig {
-        &self.inner.config
     }
 
     /// Rooms currently loaded.
@@ -161,7 +207,14 @@ impl Rooms {
             let (peer, outbox) = Peer::new(id, self.inner.config.max_queued_bytes, can_write);
             let peer = Arc::new(peer);
             match room.add_peer(peer.clone()) {
-                Ok(()) => return Ok((Session::new(self.clone(), room, peer), outbox)),
+                Ok(()) => {
+                    let session = Session::new(self.clone(), room, peer);
+                    // A shutdown that started while this room was loading did not see it.
+                    if self.inner.shutting_down.load(Ordering::Relaxed) {
+                        session.room().close_all(shutdown_close());
+                    }
+                    return Ok((session, outbox));
+                }
                 Err(AddPeerError::Full) => return Err(JoinError::Full),
                 // Unloaded between lookup and join: look again, which loads a fresh instance.
                 Err(AddPeerError::Closed) => continue,
@@ -222,6 +275,7 @@ impl Rooms {
                 stored,
                 rooms.inner.journal.clone(),
                 rooms.inner.config.clone(),
+                rooms.inner.tasks.clone(),
             )
             .inspect_err(|e| {
                 LOAD_FAILURES.increment(1);
@@ -248,22 +302,18 @@ impl Rooms {
     }
 
     fn schedule_unload(&self, room: Arc<Room>, generation: u64) {
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let rooms = self.clone();
         let grace = self.inner.config.unload_grace;
-        handle.spawn(async move {
+        self.spawn(async move {
             tokio::time::sleep(grace).await;
             rooms.unload_if_idle(&room, generation).await;
         });
     }
 
     async fn unload_if_idle(&self, room: &Arc<Room>, generation: u64) {
-        if !room.close_if_idle(generation) {
+        let Unload::Closed(ticket) = room.close_if_idle(generation) else {
             return;
-        }
-        let ticket = room.snapshot();
+        };
         self.remove_slot(room);
         if let Some(ticket) = ticket {
             self.inner.journal.wait(ticket).await;
@@ -281,16 +331,21 @@ impl Rooms {
         }
     }
 
-    /// Refuses new joins, closes every connection with 1012, snapshots every room and waits
-    /// until everything is committed.
+    /// Refuses new joins, closes every connection with 1012, snapshots every room, stops the
+    /// registry's tasks and waits until everything is committed.
     pub async fn shutdown(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
-        let close = Close::new(close_code::SERVICE_RESTART, "server shutting down");
         for room in self.loaded() {
-            room.close_all(close.clone());
-            room.snapshot();
+            room.close_all(shutdown_close());
             self.remove_slot(&room);
         }
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
         self.inner.journal.flush().await;
     }
+}
+
+fn shutdown_close() -> Close {
+    Close::new(close_code::SERVICE_RESTART, "server shutting down")
 }

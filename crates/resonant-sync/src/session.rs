@@ -14,6 +14,8 @@ use crate::rooms::Rooms;
 
 static READ_ONLY_REFUSALS: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_read_only_updates_refused_total"));
+static AWARENESS_REFUSALS: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_awareness_refusals_total"));
 
 /// Why a session must end.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,16 @@ pub enum SessionError {
     /// The update was rejected.
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// A message is larger than its type allows.
+    #[error("{what} message of {got} bytes is larger than the {max}-byte limit")]
+    TooLarge {
+        /// The message type.
+        what: &'static str,
+        /// Its size.
+        got: usize,
+        /// The limit for that type.
+        max: usize,
+    },
 }
 
 impl SessionError {
@@ -34,6 +46,8 @@ impl SessionError {
                 close_code::INVALID_PAYLOAD
             }
             SessionError::Apply(ApplyError::Internal) => close_code::INTERNAL_ERROR,
+            SessionError::Apply(ApplyError::Closed) => close_code::SERVICE_RESTART,
+            SessionError::TooLarge { .. } => close_code::MESSAGE_TOO_BIG,
         };
         Close::new(code, self.to_string())
     }
@@ -73,9 +87,11 @@ impl Session {
     /// acknowledgements and this frame carried a document update: the transport sends
     /// `[8, 1]` once the journal has committed that ticket.
     pub fn handle(&mut self, frame: &[u8]) -> Result<Option<Ticket>, SessionError> {
-        match protocol::decode(frame)? {
+        let message = protocol::decode(frame)?;
+        check_size(&message, frame.len())?;
+        match message {
             Incoming::SyncStep1(sv) => {
-                self.peer.reply(&self.room.step2_for(&sv));
+                self.peer.reply(&self.room.step2_for(&sv)?);
                 Ok(None)
             }
             Incoming::SyncStep2(update) | Incoming::Update(update) => {
@@ -91,12 +107,13 @@ impl Session {
                     .then(|| self.rooms.journal().last_ticket()))
             }
             Incoming::Awareness(update) => {
-                if let Some(summary) = self.room.apply_awareness(self.peer.id(), update) {
-                    self.awareness_ids.extend(summary.added.iter().copied());
-                    self.awareness_ids.extend(summary.updated.iter().copied());
-                    for id in &summary.removed {
-                        self.awareness_ids.remove(id);
-                    }
+                let refusal =
+                    self.room
+                        .apply_awareness(self.peer.id(), update, &mut self.awareness_ids);
+                if let Some(refusal) = refusal {
+                    AWARENESS_REFUSALS.increment(1);
+                    tracing::debug!(error = %refusal, "awareness refused");
+                    self.send_error("awareness-limit", &refusal.to_string());
                 }
                 Ok(None)
             }
@@ -120,6 +137,40 @@ impl Session {
             self.peer.reply(&error_message(code, message));
         }
     }
+
+    /// Ends the session because of `error`: a client that opted in to extensions first gets
+    /// a `bad-message` error saying why, then the close frame.
+    pub fn fail(&self, error: &SessionError) {
+        let close = error.close();
+        let last = self
+            .peer
+            .extensions()
+            .then(|| error_message("bad-message", &error.to_string()));
+        self.peer.close_after(close, last);
+    }
+}
+
+/// Per-type sanity limits, far above what real clients send: a state vector or a presence
+/// message of megabytes is an attack, not a document.
+const MAX_STEP1_BYTES: usize = 1 << 20;
+const MAX_AWARENESS_BYTES: usize = 1 << 20;
+const MAX_STATELESS_BYTES: usize = 64 << 10;
+
+fn check_size(message: &Incoming<'_>, len: usize) -> Result<(), SessionError> {
+    let (what, max) = match message {
+        Incoming::SyncStep1(_) => ("sync step 1", MAX_STEP1_BYTES),
+        Incoming::Awareness(_) => ("awareness", MAX_AWARENESS_BYTES),
+        Incoming::Stateless(_) => ("stateless", MAX_STATELESS_BYTES),
+        _ => return Ok(()),
+    };
+    if len > max {
+        return Err(SessionError::TooLarge {
+            what,
+            got: len,
+            max,
+        });
+    }
+    Ok(())
 }
 
 /// `{"type":"error","code":…,"message":…}` as a stateless message.
