@@ -82,10 +82,13 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// How long a starting server waits for the previous holder of its store to let go (a
+/// process that was just killed takes a moment to release its lock).
+const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Opens the store, binds the listener and starts serving.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let metrics = metrics_handle();
     let store = resonant_store::open(
         config.database_url.as_deref(),
         &config.data_dir,
@@ -93,8 +96,18 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     )
     .await
     .context("opening the store")?;
+    start_with_store(config, store).await
+}
+
+/// Starts serving over a store that is already open (tests wrap stores to inject faults).
+pub async fn start_with_store(
+    config: ServeConfig,
+    store: Arc<dyn resonant_store::Store>,
+) -> anyhow::Result<Server> {
+    config.validate().map_err(anyhow::Error::msg)?;
+    let metrics = metrics_handle();
     store
-        .lock_exclusive()
+        .lock_exclusive(STORE_LOCK_WAIT)
         .await
         .context("claiming the store for this process")?;
     tracing::info!(backend = store.backend(), "store ready");

@@ -116,6 +116,10 @@ impl Store for FaultStore {
         }
     }
 
+    async fn lock_exclusive(&self, wait: Duration) -> Result<(), StoreError> {
+        self.inner.lock_exclusive(wait).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
-use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp, LOCK_WAIT};
+use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp};
 
 /// Postgres-backed [`Store`].
 #[derive(Clone)]
@@ -118,7 +118,7 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn lock_exclusive(&self) -> Result<(), StoreError> {
+    async fn lock_exclusive(&self, wait: Duration) -> Result<(), StoreError> {
         let mut held = self.lock.lock().await;
         if held.is_some() {
             return Ok(());
@@ -138,7 +138,7 @@ impl Store for PostgresStore {
                 *held = Some(conn);
                 return Ok(());
             }
-            if started.elapsed() >= LOCK_WAIT {
+            if started.elapsed() >= wait {
                 return Err(StoreError::Locked(format!("Postgres schema {schema}")));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -11,7 +11,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp, LOCK_WAIT};
+use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp};
 
 /// How hard SQLite syncs a commit to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -157,7 +157,7 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn lock_exclusive(&self) -> Result<(), StoreError> {
+    async fn lock_exclusive(&self, wait: Duration) -> Result<(), StoreError> {
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -185,7 +185,7 @@ impl Store for SqliteStore {
                     *self.lock.lock().unwrap() = Some(file);
                     return Ok(());
                 }
-                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < LOCK_WAIT => {
+                Err(std::fs::TryLockError::WouldBlock) if started.elapsed() < wait => {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(std::fs::TryLockError::WouldBlock) => {

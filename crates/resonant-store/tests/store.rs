@@ -1,15 +1,14 @@
 //! The store contract, run against SQLite and (when `TEST_DATABASE_URL` is set) the real
 //! Postgres server; plus the journal's behaviour when commits fail.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
+use resonant_store::fault::{Fault, FaultStore};
 use resonant_store::{
     Journal, JournalConfig, MemoryStore, PostgresStore, Snapshot, SqliteStore, SqliteSync, Store,
-    StoreError, StoredDoc, WriteOp,
+    StoreError, WriteOp,
 };
 
 fn room(prefix: &str) -> Arc<str> {
@@ -118,60 +117,188 @@ async fn a_failed_batch_leaves_nothing_behind() {
     }
 }
 
-/// Fails its first `failures` commits, then stores in memory.
-struct Flaky {
-    failures: AtomicUsize,
-    written: Mutex<Vec<i64>>,
-}
-
-#[async_trait]
-impl Store for Flaky {
-    async fn load(&self, _: &str) -> Result<StoredDoc, StoreError> {
-        Ok(StoredDoc::default())
-    }
-    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
-        if self
-            .failures
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |f| f.checked_sub(1))
-            .is_ok()
-        {
-            return Err(StoreError::Database(sqlx::Error::PoolTimedOut));
-        }
-        let mut w = self.written.lock().unwrap();
-        for op in ops {
-            if let WriteOp::Append { seq, .. } = op {
-                w.push(*seq);
-            }
-        }
-        Ok(())
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn backend(&self) -> &'static str {
-        "flaky"
+#[tokio::test]
+async fn a_retried_batch_is_a_no_op_and_different_bytes_conflict() {
+    for (store, _dir) in stores().await {
+        let r = room("retry");
+        let batch = [append(&r, 1, b"one"), append(&r, 2, b"two")];
+        store.write_batch(&batch).await.unwrap();
+        // The same batch again, as a retry after a lost COMMIT reply would send it.
+        store
+            .write_batch(&batch)
+            .await
+            .expect("identical retry is harmless");
+        let loaded = store.load(&r).await.unwrap();
+        assert_eq!(
+            loaded.updates,
+            vec![(1, b"one".to_vec()), (2, b"two".to_vec())]
+        );
+        let err = store
+            .write_batch(&[append(&r, 3, b"three"), append(&r, 2, b"other")])
+            .await
+            .expect_err("different bytes at a taken seq");
+        assert!(
+            matches!(err, StoreError::Conflict { seq: 2, .. }),
+            "{}: {err}",
+            store.backend()
+        );
+        assert!(!err.is_transient());
+        assert_eq!(
+            store.load(&r).await.unwrap().last_seq(),
+            2,
+            "all or nothing"
+        );
     }
 }
 
 #[tokio::test]
-async fn journal_retries_failed_commits_without_losing_or_reordering() {
-    let flaky = Arc::new(Flaky {
-        failures: AtomicUsize::new(3),
-        written: Mutex::new(Vec::new()),
-    });
-    let (journal, task) = Journal::start(flaky.clone(), JournalConfig::default());
-    let r: Arc<str> = "r".into();
-    let mut last = 0;
-    for seq in 1..=50 {
-        last = journal.append(r.clone(), seq, Bytes::from_static(b"x"));
-    }
-    assert!(journal.committed() < last);
-    tokio::time::timeout(Duration::from_secs(60), journal.wait(last))
+async fn a_second_server_cannot_claim_the_same_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SqliteStore::open_dir(dir.path(), SqliteSync::Full)
         .await
-        .expect("commits eventually succeed");
-    assert!(journal.is_healthy());
-    assert_eq!(*flaky.written.lock().unwrap(), (1..=50).collect::<Vec<_>>());
-    assert_eq!(journal.backlog_bytes(), 0);
-    journal.close();
-    task.await.unwrap();
+        .unwrap();
+    first.lock_exclusive(Duration::ZERO).await.unwrap();
+    let second = SqliteStore::open_dir(dir.path(), SqliteSync::Full)
+        .await
+        .unwrap();
+    let err = second
+        .lock_exclusive(Duration::from_millis(200))
+        .await
+        .expect_err("held by the first");
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    drop(first);
+    second
+        .lock_exclusive(Duration::from_secs(5))
+        .await
+        .expect("free once the first is gone");
+
+    if let Some(url) = std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        // Its own schema, so this test does not exclude servers that other tests run.
+        let schema = format!("lock_{}", std::process::id());
+        let admin = PostgresStore::connect(&url)
+            .await
+            .expect("Postgres reachable");
+        drop(admin);
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let scoped = format!(
+            "{url}{}options=-c%20search_path%3D{schema}",
+            if url.contains('?') { '&' } else { '?' }
+        );
+        let first = PostgresStore::connect(&scoped).await.unwrap();
+        first.lock_exclusive(Duration::ZERO).await.unwrap();
+        let second = PostgresStore::connect(&scoped).await.unwrap();
+        let err = second
+            .lock_exclusive(Duration::from_millis(300))
+            .await
+            .expect_err("held by the first");
+        assert!(matches!(err, StoreError::Locked(_)), "{err}");
+        drop(first);
+        second
+            .lock_exclusive(Duration::from_secs(10))
+            .await
+            .expect("free once the first is gone");
+        drop(second);
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+}
+
+fn journal_on(store: Arc<dyn Store>) -> (Arc<FaultStore>, Journal, tokio::task::JoinHandle<()>) {
+    let faulty = FaultStore::new(store);
+    let (journal, task) = Journal::start(faulty.clone(), JournalConfig::default());
+    (faulty, journal, task)
+}
+
+#[tokio::test]
+async fn transient_failures_and_lost_commit_replies_lose_and_duplicate_nothing() {
+    for (store, _dir) in stores().await {
+        let (faulty, journal, task) = journal_on(store);
+        faulty.push([
+            Fault::Transient,
+            Fault::CommitThenFail,
+            Fault::Slow(Duration::from_millis(30)),
+            Fault::Transient,
+            Fault::CommitThenFail,
+        ]);
+        let r = room("transient");
+        let mut last = 0;
+        for seq in 1..=50i64 {
+            last = journal.append(r.clone(), seq, Bytes::from(seq.to_string()));
+        }
+        tokio::time::timeout(Duration::from_secs(60), journal.wait(last))
+            .await
+            .expect("commits eventually succeed");
+        assert!(journal.is_healthy());
+        let loaded = faulty.inner().load(&r).await.unwrap();
+        let want: Vec<(i64, Vec<u8>)> = (1..=50).map(|s| (s, s.to_string().into_bytes())).collect();
+        assert_eq!(loaded.updates, want, "{}", faulty.backend());
+        assert_eq!(journal.backlog_bytes(), 0);
+        journal.close();
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_room_that_cannot_commit_does_not_stall_the_others() {
+    for (store, _dir) in stores().await {
+        let (faulty, journal, task) = journal_on(store);
+        let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = failed.clone();
+        let committed_at_failure = Arc::new(Mutex::new(None));
+        let at_failure = committed_at_failure.clone();
+        let probe = journal.clone();
+        journal.set_failure_handler(Box::new(move |room, err| {
+            assert!(!err.is_transient());
+            seen.lock().unwrap().push(room.to_string());
+            *at_failure.lock().unwrap() = Some(probe.committed());
+        }));
+        let (bad, good) = (room("bad"), room("good"));
+        faulty.poison_room(&bad);
+        // One batch holding both rooms' writes.
+        faulty.push([Fault::Slow(Duration::from_millis(50))]);
+        journal.append(good.clone(), 1, Bytes::from_static(b"warm-up"));
+        let mut last = 0;
+        for seq in 2..=20 {
+            journal.append(bad.clone(), seq, Bytes::from_static(b"b"));
+            last = journal.append(good.clone(), seq, Bytes::from_static(b"g"));
+        }
+        tokio::time::timeout(Duration::from_secs(30), journal.wait(last))
+            .await
+            .expect("the good room commits");
+        assert_eq!(*failed.lock().unwrap(), vec![bad.to_string()]);
+        assert!(
+            committed_at_failure.lock().unwrap().unwrap() < last,
+            "the failure is reported before the batch counts as committed"
+        );
+        assert_eq!(faulty.inner().load(&good).await.unwrap().last_seq(), 20);
+        assert!(faulty.inner().load(&bad).await.unwrap().updates.is_empty());
+        // The healed room commits again.
+        faulty.heal(&bad);
+        let t = journal.append(bad.clone(), 1, Bytes::from_static(b"again"));
+        journal.wait(t).await;
+        assert_eq!(faulty.inner().load(&bad).await.unwrap().last_seq(), 1);
+        assert!(journal.is_healthy());
+        journal.close();
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_dead_writer_is_reported() {
+    let (faulty, journal, task) = journal_on(Arc::new(MemoryStore::default()));
+    faulty.push([Fault::Panic]);
+    journal.append(room("dead"), 1, Bytes::from_static(b"x"));
+    task.await
+        .expect("the panic is caught and reported, not propagated");
+    assert!(journal.is_dead());
+    assert!(!journal.is_healthy());
 }
