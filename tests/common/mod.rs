@@ -312,6 +312,11 @@ impl ServerProcess {
         ServerProcess { child, addr }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(mut self) {
         self.child.kill().expect("kill -9");

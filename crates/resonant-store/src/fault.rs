@@ -31,6 +31,7 @@ pub struct FaultStore {
     script: Mutex<VecDeque<Fault>>,
     poisoned_rooms: Mutex<HashSet<String>>,
     writes: AtomicUsize,
+    load_delay: Mutex<Duration>,
 }
 
 impl FaultStore {
@@ -41,6 +42,7 @@ impl FaultStore {
             script: Mutex::new(VecDeque::new()),
             poisoned_rooms: Mutex::new(HashSet::new()),
             writes: AtomicUsize::new(0),
+            load_delay: Mutex::new(Duration::ZERO),
         })
     }
 
@@ -64,6 +66,11 @@ impl FaultStore {
         self.poisoned_rooms.lock().unwrap().remove(room);
     }
 
+    /// Makes every room load take at least `delay` (to catch events during a load).
+    pub fn slow_loads(&self, delay: Duration) {
+        *self.load_delay.lock().unwrap() = delay;
+    }
+
     /// How many `write_batch` calls were made so far.
     pub fn writes(&self) -> usize {
         self.writes.load(Ordering::Relaxed)
@@ -80,6 +87,10 @@ fn lost_connection() -> StoreError {
 #[async_trait]
 impl Store for FaultStore {
     async fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
+        let delay = *self.load_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.inner.load(room).await
     }
 

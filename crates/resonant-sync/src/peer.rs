@@ -139,16 +139,16 @@ impl Peer {
         if self.close.get().is_some() {
             return false;
         }
-        let len = msg.len();
+        let cost = self.cost(msg.len());
         let counter = self.counter(kind);
-        let before = counter.fetch_add(len, Ordering::Relaxed);
-        // The limit applies to what is already waiting: a queue below it takes one more
-        // message of any size the server accepts. So a reader that keeps up always gets a
-        // large paste (a message may be larger than the queue limit), and a reader that does
-        // not is closed once its backlog passes the limit; the queue holds at most the limit
-        // plus one message.
+        let before = counter.fetch_add(cost, Ordering::Relaxed);
+        // The limit applies to what is already waiting, and one message counts for at most
+        // half the limit: a reader that keeps up (its writer may not have picked up the
+        // last large message yet) always gets a paste larger than the whole limit, while a
+        // reader that does not read is closed once its backlog passes the limit. The queue
+        // so holds at most the limit plus two messages of the largest size the server takes.
         if before >= self.max_queued_bytes {
-            counter.fetch_sub(len, Ordering::Relaxed);
+            counter.fetch_sub(cost, Ordering::Relaxed);
             SLOW_CONSUMER_CLOSES.increment(1);
             self.close(Close::new(
                 close_code::SLOW_CONSUMER,
@@ -157,6 +157,10 @@ impl Peer {
             return false;
         }
         self.tx.send((msg.clone(), kind)).is_ok()
+    }
+
+    fn cost(&self, len: usize) -> usize {
+        len.min(self.max_queued_bytes / 2).max(1)
     }
 
     fn counter(&self, kind: Kind) -> &AtomicUsize {
@@ -204,7 +208,8 @@ impl Peer {
 
     /// Marks a message as written to the socket.
     fn written(&self, len: usize, kind: Kind) {
-        self.counter(kind).fetch_sub(len, Ordering::Relaxed);
+        self.counter(kind)
+            .fetch_sub(self.cost(len), Ordering::Relaxed);
     }
 
     /// Bytes queued and not yet written.
@@ -322,6 +327,7 @@ mod tests {
         );
         assert!(!peer.is_closing());
         // A client that keeps asking without reading is still bounded.
+        assert!(peer.reply(&small));
         assert!(!peer.reply(&small));
         assert!(peer.is_closing());
         drop(outbox.try_recv(&peer));
@@ -330,14 +336,15 @@ mod tests {
     #[tokio::test]
     async fn a_message_larger_than_the_limit_reaches_a_reader_with_a_backlog() {
         let (peer, mut outbox) = Peer::new(1, 10, true);
-        assert!(
-            peer.send(&Bytes::from_static(&[0u8; 6])),
-            "a presence update"
-        );
-        assert!(peer.send(&Bytes::from(vec![0u8; 100])), "a large paste");
+        let large = Bytes::from(vec![0u8; 100]);
+        assert!(peer.send(&large), "a large update, not yet written");
+        assert!(peer.send(&Bytes::from_static(&[0u8; 3])), "presence");
+        assert!(peer.send(&large), "a large paste");
         assert!(!peer.is_closing());
-        assert!(matches!(outbox.recv(&peer).await, Outgoing::Message(m) if m.len() == 6));
-        assert!(matches!(outbox.recv(&peer).await, Outgoing::Message(m) if m.len() == 100));
+        for len in [100, 3, 100] {
+            assert!(matches!(outbox.recv(&peer).await, Outgoing::Message(m) if m.len() == len));
+        }
+        assert_eq!(peer.queued_bytes(), 0);
     }
 
     #[tokio::test]

@@ -283,6 +283,12 @@ impl Room {
         self.final_snapshot(&st)
     }
 
+    /// Closes the room like [`Room::close_all`], without a final snapshot.
+    pub(crate) fn abandon(&self, close: Close) {
+        self.poisoned.store(true, Ordering::Relaxed);
+        self.close_all(close);
+    }
+
     fn final_snapshot(&self, st: &RoomState) -> Option<Ticket> {
         if self.poisoned.load(Ordering::Relaxed)
             || self.shared.log_updates.load(Ordering::Relaxed) == 0

@@ -163,7 +163,9 @@ impl Rooms {
             _ => return,
         };
         tracing::error!(room = %name, error = %error, "closing room after a storage failure; it reloads on the next join");
-        room.close_all(Close::new(
+        // No final snapshot: the store's log is the truth, and a snapshot of this instance
+        // would stand in for log entries it does not hold.
+        room.abandon(Close::new(
             close_code::INTERNAL_ERROR,
             "storage error: room reset, reconnect to resync",
         ));

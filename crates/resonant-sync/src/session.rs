@@ -87,9 +87,8 @@ impl Session {
     /// acknowledgements and this frame carried a document update: the transport sends
     /// `[8, 1]` once the journal has committed that ticket.
     pub fn handle(&mut self, frame: &[u8]) -> Result<Option<Ticket>, SessionError> {
-        let message = protocol::decode(frame)?;
-        check_size(&message, frame.len())?;
-        match message {
+        check_size(frame)?;
+        match protocol::decode(frame)? {
             Incoming::SyncStep1(sv) => {
                 self.peer.reply(&self.room.step2_for(&sv)?);
                 Ok(None)
@@ -156,21 +155,23 @@ const MAX_STEP1_BYTES: usize = 1 << 20;
 const MAX_AWARENESS_BYTES: usize = 1 << 20;
 const MAX_STATELESS_BYTES: usize = 64 << 10;
 
-fn check_size(message: &Incoming<'_>, len: usize) -> Result<(), SessionError> {
-    let (what, max) = match message {
-        Incoming::SyncStep1(_) => ("sync step 1", MAX_STEP1_BYTES),
-        Incoming::Awareness(_) => ("awareness", MAX_AWARENESS_BYTES),
-        Incoming::Stateless(_) => ("stateless", MAX_STATELESS_BYTES),
-        _ => return Ok(()),
+/// Checked on the raw frame, before anything is decoded (and allocated) from it. Message
+/// and sub-types below 128 are one-byte varints, which is all the types limited here.
+fn check_size(frame: &[u8]) -> Result<(), SessionError> {
+    let limit = match (frame.first(), frame.get(1)) {
+        (Some(&0), Some(&0)) => Some(("sync step 1", MAX_STEP1_BYTES)),
+        (Some(&1), _) => Some(("awareness", MAX_AWARENESS_BYTES)),
+        (Some(&5), _) => Some(("stateless", MAX_STATELESS_BYTES)),
+        _ => None,
     };
-    if len > max {
-        return Err(SessionError::TooLarge {
+    match limit {
+        Some((what, max)) if frame.len() > max => Err(SessionError::TooLarge {
             what,
-            got: len,
+            got: frame.len(),
             max,
-        });
+        }),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// `{"type":"error","code":…,"message":…}` as a stateless message.
