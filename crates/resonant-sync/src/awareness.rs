@@ -114,6 +114,20 @@ impl Presence {
                 });
                 continue;
             }
+            let newer = match self.entries.get(&id) {
+                None => true,
+                Some(e) => e.clock < clock || (e.clock == clock && removal && e.state.is_some()),
+            };
+            // Stale entries change nothing and make no one their owner: y-websocket clients
+            // echo every state they receive back to the server, others' included.
+            if !newer {
+                continue;
+            }
+            let state = (!removal).then_some(json);
+            // A removal of an id we never saw changes nothing anyone could observe.
+            if state.is_none() && !self.entries.contains_key(&id) {
+                continue;
+            }
             if !owned.contains(&id) {
                 if owned.len() >= limits.max_ids_per_connection {
                     refusal.get_or_insert(AwarenessRefusal::TooManyIds {
@@ -122,18 +136,6 @@ impl Presence {
                     continue;
                 }
                 owned.insert(id);
-            }
-            let newer = match self.entries.get(&id) {
-                None => true,
-                Some(e) => e.clock < clock || (e.clock == clock && removal && e.state.is_some()),
-            };
-            if !newer {
-                continue;
-            }
-            let state = (!removal).then_some(json);
-            // A removal of an id we never saw changes nothing anyone could observe.
-            if state.is_none() && !self.entries.contains_key(&id) {
-                continue;
             }
             self.entries.insert(
                 id,
@@ -258,6 +260,19 @@ mod tests {
         assert!(p.encode_all().is_none());
         let (changed, _) = p.apply(update(&[(1, 2, "{\"a\":3}")]), &mut owned, &limits, now);
         assert_eq!(changed.len(), 1, "back after a removal with a newer clock");
+    }
+
+    #[test]
+    fn echoed_states_of_others_are_not_owned() {
+        let mut p = Presence::default();
+        let (mut a, mut b) = (HashSet::new(), HashSet::new());
+        let limits = AwarenessLimits::default();
+        let now = Instant::now();
+        p.apply(update(&[(1, 3, "{\"me\":\"a\"}")]), &mut a, &limits, now);
+        // b's client relays what it received, as y-websocket providers do.
+        let (changed, _) = p.apply(update(&[(1, 3, "{\"me\":\"a\"}")]), &mut b, &limits, now);
+        assert!(changed.is_empty());
+        assert!(b.is_empty(), "b must not remove a's state when it leaves");
     }
 
     #[test]
