@@ -44,7 +44,7 @@ fn add_block(txn: &mut yrs::TransactionMut, id: &str) {
     block.insert(txn, "id", id);
 }
 
-fn block_ids(c: &Client) -> Vec<String> {
+fn block_ids(c: &ClientState) -> Vec<String> {
     let txn = c.doc.transact();
     let Some(blocks) = txn.get_array("blocks") else {
         return Vec::new();

@@ -18,7 +18,7 @@ fn add_block(txn: &mut yrs::TransactionMut, id: &str, x: f64) {
     block.insert(txn, "x", x);
 }
 
-fn block_count(c: &Client) -> u32 {
+fn block_count(c: &ClientState) -> u32 {
     let txn = c.doc.transact();
     txn.get_array("blocks").map_or(0, |a| a.len(&txn))
 }
@@ -94,7 +94,7 @@ async fn awareness_is_relayed_and_removed_when_its_connection_leaves() {
     let url = room_url(server.addr(), "presence");
     let mut a = Client::connect_synced(&url).await;
     let mut b = Client::connect_synced(&url).await;
-    let a_id = a.awareness.client_id().get();
+    let a_id = a.awareness_id();
     a.set_awareness(r#"{"user":"ada","cursor":{"x":1,"y":2}}"#)
         .await;
     b.until("a's cursor", |c| {
@@ -119,7 +119,7 @@ async fn silent_awareness_expires() {
     let url = room_url(server.addr(), "expiry");
     let mut a = Client::connect_synced(&url).await;
     let mut b = Client::connect_synced(&url).await;
-    let a_id = a.awareness.client_id().get();
+    let a_id = a.awareness_id();
     a.set_awareness(r#"{"user":"ada"}"#).await;
     b.until("a's state", |c| {
         c.peers.get(&a_id).is_some_and(|s| s.is_some())
@@ -149,10 +149,7 @@ async fn awareness_bursts_are_coalesced() {
         }
     }
     let last = format!(r#"{{"cursor":{}}}"#, rounds - 1);
-    let ids: Vec<u64> = movers
-        .iter()
-        .map(|m| m.awareness.client_id().get())
-        .collect();
+    let ids: Vec<u64> = movers.iter().map(|m| m.awareness_id()).collect();
     observer
         .until("every mover's last cursor", |c| {
             ids.iter()
@@ -397,7 +394,10 @@ async fn concurrent_joiners_share_one_load() {
     let url = room_url(server.addr(), "crowd");
     let joins = (0..20).map(|_| {
         let url = url.clone();
-        tokio::spawn(async move { block_count(&Client::connect_synced(&url).await) })
+        tokio::spawn(async move {
+            let joiner = Client::connect_synced(&url).await;
+            block_count(&joiner)
+        })
     });
     for j in joins {
         assert_eq!(
@@ -453,11 +453,11 @@ async fn unresponsive_connection_is_closed_by_keepalive() {
     let started = tokio::time::Instant::now();
     let _ = tokio::time::timeout(Duration::from_millis(1500), live.until("never", |_| false)).await;
     assert!(started.elapsed() >= Duration::from_millis(1400));
-    assert!(!live.ended, "a client that answers pings stays connected");
+    assert!(!live.ended(), "a client that answers pings stays connected");
     // `dead` read nothing all this time, so it never sent a pong. Reading now, it may hit the
     // closed socket while answering the queued pings before it sees the close frame.
     let close = dead.until_closed().await;
-    assert!(dead.ended);
+    assert!(dead.ended());
     if let Some((code, _)) = close {
         assert_eq!(code, 4001);
     }

@@ -1,24 +1,20 @@
-//! Shared helpers for the integration tests: a y-websocket client built on yrs and
-//! tokio-tungstenite, and ways to run the server in-process or as the real binary.
+//! Shared helpers for the integration tests: the shared y-websocket client (`resonant-client`)
+//! set up for tests, and ways to run the server in-process or as the real binary.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use resonant::ServeConfig;
-use resonant_sync::protocol::{self, Incoming};
-use tokio::net::TcpStream;
+use resonant_client::ws::{ConnectOptions, WsClient};
+pub use resonant_client::ClientState;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
-use yrs::sync::Awareness;
-use yrs::updates::decoder::Decode;
-use yrs::{Doc, ReadTxn, StateVector, Transact, TransactionMut, Update};
+use yrs::{Doc, ReadTxn, Transact, TransactionMut};
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -40,58 +36,33 @@ pub fn unique_room(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), rand::random::<u32>())
 }
 
-/// A y-websocket client: a yrs doc kept in sync over a real WebSocket.
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    /// The client's copy of the document.
-    pub doc: Doc,
-    /// Awareness states seen from the server (client id → JSON, `None` once removed).
-    pub peers: HashMap<u64, Option<String>>,
-    /// The client's own awareness (its own client id).
-    pub awareness: Awareness,
-    /// Whether the server's step 2 has arrived.
-    pub synced: bool,
-    /// Save acknowledgements received.
-    pub acks: usize,
-    /// Extension (type 5 or 8) messages received.
-    pub extension_msgs: usize,
-    /// Stateless JSON messages received.
-    pub stateless: Vec<String>,
-    /// Document updates (step 2 or update) received.
-    pub updates_received: usize,
-    /// Awareness messages received.
-    pub awareness_msgs: usize,
-    /// The close frame the server sent, once it did.
-    pub closed: Option<(u16, String)>,
-    /// Whether the stream has ended.
-    pub ended: bool,
+/// The shared y-websocket client ([`resonant_client::ws::WsClient`]) with the tests' habits:
+/// 256 MiB messages, [`WAIT`] for every wait, and a panic instead of an error. Dereferences to
+/// the client's [`ClientState`] (`doc`, `peers`, `acks`, …).
+pub struct Client(WsClient);
+
+impl Deref for Client {
+    type Target = WsClient;
+    fn deref(&self) -> &WsClient {
+        &self.0
+    }
+}
+
+impl DerefMut for Client {
+    fn deref_mut(&mut self) -> &mut WsClient {
+        &mut self.0
+    }
 }
 
 impl Client {
     /// Connects without waiting for anything.
     pub async fn connect(url: &str) -> Client {
-        let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(256 << 20))
-            .max_frame_size(Some(256 << 20));
-        let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), true);
-        let (ws, _) = tokio::time::timeout(WAIT, connect)
-            .await
-            .expect("connect in time")
-            .expect("websocket handshake");
-        Client {
-            ws,
-            doc: Doc::new(),
-            peers: HashMap::new(),
-            awareness: Awareness::new(Doc::new()),
-            synced: false,
-            acks: 0,
-            extension_msgs: 0,
-            stateless: Vec::new(),
-            updates_received: 0,
-            awareness_msgs: 0,
-            closed: None,
-            ended: false,
-        }
+        let options = ConnectOptions {
+            max_message_size: 256 << 20,
+            timeout: WAIT,
+            ..ConnectOptions::default()
+        };
+        Client(WsClient::connect(url, &options).await.expect("connect"))
     }
 
     /// Connects, sends our step 1 and waits for the server's step 2.
@@ -103,146 +74,53 @@ impl Client {
 
     /// Sends step 1 and waits until the server's answer is applied.
     pub async fn sync(&mut self) {
-        let sv = self.doc.transact().state_vector();
-        self.send(protocol::encode_sync_step1(&sv)).await;
-        self.synced = false;
-        self.until("synced", |c| c.synced).await;
+        self.0.sync().await.unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Sends one raw binary frame.
-    pub async fn send(&mut self, bytes: Bytes) {
-        self.ws.send(Message::Binary(bytes)).await.expect("send");
+    pub async fn send(&mut self, frame: Bytes) {
+        self.0.send(frame).await.expect("send");
     }
 
-    /// Sends any message (text frames, oversized frames, …).
+    /// Sends any message (text frames, oversized frames, …); the server may already be gone.
     pub async fn send_message(&mut self, msg: Message) {
-        let _ = self.ws.send(msg).await;
+        let _ = self.0.send_message(msg).await;
     }
 
     /// Opts in to save acknowledgements.
     pub async fn opt_in(&mut self) {
-        self.send(Bytes::from_static(&[8, 1])).await;
+        self.0.opt_in().await.expect("send");
     }
 
     /// Edits the local doc and sends the resulting update.
     pub async fn edit(&mut self, f: impl FnOnce(&Doc, &mut TransactionMut)) {
-        let update = {
-            let before = self.doc.transact().state_vector();
-            let mut txn = self.doc.transact_mut();
-            f(&self.doc, &mut txn);
-            drop(txn);
-            self.doc.transact().encode_diff_v1(&before)
-        };
-        self.send(protocol::encode_sync_update(&update)).await;
+        self.0.edit(f).await.expect("send");
     }
 
     /// Sets this client's awareness state and sends it.
     pub async fn set_awareness(&mut self, json: &str) {
-        self.awareness.set_local_state_raw(json);
-        let id = self.awareness.client_id();
-        let update = self.awareness.update_with_clients([id]).unwrap();
-        self.send(protocol::encode_awareness(&update)).await;
+        self.0.set_awareness(json).await.expect("send");
     }
 
     /// Processes incoming messages until `pred` holds; panics after [`WAIT`].
-    pub async fn until(&mut self, what: &str, pred: impl Fn(&Client) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !pred(self) {
-            assert!(
-                !self.ended,
-                "connection ended while waiting for {what} (close: {:?})",
-                self.closed
-            );
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("timed out waiting for {what}"),
-                Ok(next) => self.handle(next).await,
-            }
-        }
+    pub async fn until(&mut self, what: &str, pred: impl FnMut(&ClientState) -> bool) {
+        self.0
+            .until(what, pred)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Processes incoming messages until the server closes the connection; returns the close.
+    /// Processes incoming messages until the connection ends; returns the server's close.
     pub async fn until_closed(&mut self) -> Option<(u16, String)> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !self.ended {
-            match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => panic!("timed out waiting for the server to close"),
-                Ok(next) => self.handle(next).await,
-            }
-        }
-        self.closed.clone()
-    }
-
-    async fn handle(
-        &mut self,
-        next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    ) {
-        let msg = match next {
-            None | Some(Err(_)) => {
-                if let Some(Err(e)) = &next {
-                    eprintln!("client stream error: {e}");
-                }
-                self.ended = true;
-                return;
-            }
-            Some(Ok(m)) => m,
-        };
-        match msg {
-            Message::Binary(b) => self.handle_binary(&b).await,
-            Message::Close(frame) => {
-                self.closed = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
-                self.ended = true;
-            }
-            _ => {}
-        }
-    }
-
-    async fn handle_binary(&mut self, b: &[u8]) {
-        match protocol::decode(b).expect("server sends valid messages") {
-            Incoming::SyncStep1(sv) => {
-                let update = self.doc.transact().encode_diff_v1(&sv);
-                self.send(protocol::encode_sync_step2(&update)).await;
-            }
-            Incoming::SyncStep2(u) => {
-                self.apply(u);
-                self.synced = true;
-            }
-            Incoming::Update(u) => self.apply(u),
-            Incoming::Awareness(update) => {
-                self.awareness_msgs += 1;
-                for (id, entry) in update.clients {
-                    let json = entry.json.to_string();
-                    self.peers
-                        .insert(id.get(), (json != "null").then_some(json));
-                }
-            }
-            Incoming::SyncStatus => {
-                self.extension_msgs += 1;
-                self.acks += 1;
-            }
-            Incoming::Stateless(s) => {
-                self.extension_msgs += 1;
-                self.stateless.push(s.to_string());
-            }
-            Incoming::Auth | Incoming::QueryAwareness => {}
-        }
-    }
-
-    fn apply(&mut self, update: &[u8]) {
-        self.updates_received += 1;
-        let update = Update::decode_v1(update).expect("valid update from server");
-        self.doc.transact_mut().apply_update(update).expect("apply");
-    }
-
-    /// The whole document as a v1 update (for comparing two docs' content).
-    pub fn state(&self) -> Vec<u8> {
-        self.doc
-            .transact()
-            .encode_state_as_update_v1(&StateVector::default())
+        self.0
+            .until_closed()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Closes the connection politely.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        let _ = self.0.close().await;
     }
 }
 

@@ -3,16 +3,15 @@
 //! document. Runs the real rooms and sessions, without a network, over an in-memory store.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use proptest::prelude::*;
+use resonant_client::ClientState;
 use resonant_store::{Journal, JournalConfig, MemoryStore, Store};
-use resonant_sync::protocol::{self, Incoming};
 use resonant_sync::{Outbox, Rooms, Session, SyncConfig};
 use yrs::types::ToJson;
-use yrs::updates::decoder::Decode;
-use yrs::{Array, Doc, GetString, Map, MapPrelim, ReadTxn, Text, Transact, Update, WriteTxn};
+use yrs::{Array, Doc, GetString, Map, MapPrelim, ReadTxn, Text, Transact, WriteTxn};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -45,81 +44,63 @@ fn op(clients: usize) -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A client without a socket: the shared sans-IO client core, with queues standing in for the
+/// network in both directions.
 struct SimClient {
-    doc: Doc,
-    outgoing: Arc<Mutex<VecDeque<Bytes>>>,
+    client: ClientState,
+    /// Frames on their way to the server, in order.
+    outgoing: VecDeque<Bytes>,
     session: Session,
     outbox: Outbox,
 }
 
 impl SimClient {
-    async fn join(rooms: &Rooms, doc: Doc, outgoing: Arc<Mutex<VecDeque<Bytes>>>) -> SimClient {
+    async fn join(rooms: &Rooms, mut client: ClientState) -> SimClient {
         let (session, outbox) = rooms.join("prop", true).await.expect("join");
-        let sv = doc.transact().state_vector();
-        // Whatever was in flight on the old connection is lost; sync repairs it.
-        outgoing.lock().unwrap().clear();
-        outgoing
-            .lock()
-            .unwrap()
-            .push_back(protocol::encode_sync_step1(&sv));
+        // A new connection starts with an empty queue (whatever was in flight on the old one
+        // is lost; sync repairs it) and our step 1.
+        let outgoing = VecDeque::from([client.start_sync()]);
         SimClient {
-            doc,
+            client,
             outgoing,
             session,
             outbox,
         }
     }
 
-    fn new_doc() -> (Doc, Arc<Mutex<VecDeque<Bytes>>>) {
-        let doc = Doc::new();
-        let outgoing = Arc::new(Mutex::new(VecDeque::new()));
-        let queue = outgoing.clone();
-        doc.observe_update_v1("sim", move |txn, e| {
-            // Updates that came from the server are not sent back.
-            if txn.origin().is_none() {
-                queue
-                    .lock()
-                    .unwrap()
-                    .push_back(protocol::encode_sync_update(&e.update));
-            }
-        })
-        .unwrap();
-        (doc, outgoing)
-    }
-
-    fn edit(&self, kind: u8, pos: u32, val: u32) {
-        let mut txn = self.doc.transact_mut();
-        match kind {
+    fn edit(&mut self, kind: u8, pos: u32, val: u32) {
+        let frame = self.client.edit(|_, txn| match kind {
             0 => {
                 let text = txn.get_or_insert_text("text");
-                let len = text.len(&txn);
-                text.insert(&mut txn, pos % (len + 1), &format!("{}", val % 10));
+                let len = text.len(txn);
+                text.insert(txn, pos % (len + 1), &format!("{}", val % 10));
             }
             1 => {
                 let text = txn.get_or_insert_text("text");
-                let len = text.len(&txn);
+                let len = text.len(txn);
                 if len > 0 {
-                    text.remove_range(&mut txn, pos % len, 1);
+                    text.remove_range(txn, pos % len, 1);
                 }
             }
             2 => {
                 let blocks = txn.get_or_insert_array("blocks");
-                let len = blocks.len(&txn);
-                let block = blocks.insert(&mut txn, pos % (len + 1), MapPrelim::default());
-                block.insert(&mut txn, "id", format!("b{val}"));
+                let len = blocks.len(txn);
+                let block = blocks.insert(txn, pos % (len + 1), MapPrelim::default());
+                block.insert(txn, "id", format!("b{val}"));
             }
             _ => {
                 let meta = txn.get_or_insert_map("meta");
-                meta.insert(&mut txn, format!("k{}", pos % 5), val as f64);
+                meta.insert(txn, format!("k{}", pos % 5), val as f64);
             }
-        }
+        });
+        self.outgoing.extend(frame);
     }
 
     /// Delivers up to `count` queued client messages to the server; returns how many.
     fn deliver_to_server(&mut self, count: usize) -> usize {
         let mut n = 0;
         while n < count {
-            let Some(msg) = self.outgoing.lock().unwrap().pop_front() else {
+            let Some(msg) = self.outgoing.pop_front() else {
                 break;
             };
             self.session
@@ -137,20 +118,11 @@ impl SimClient {
             let Some(msg) = self.outbox.try_recv(self.session.peer()) else {
                 break;
             };
-            match protocol::decode(&msg).unwrap() {
-                Incoming::SyncStep1(sv) => {
-                    let update = self.doc.transact().encode_diff_v1(&sv);
-                    self.outgoing
-                        .lock()
-                        .unwrap()
-                        .push_back(protocol::encode_sync_step2(&update));
-                }
-                Incoming::SyncStep2(u) | Incoming::Update(u) => {
-                    let mut txn = self.doc.transact_mut_with("server");
-                    txn.apply_update(Update::decode_v1(u).unwrap()).unwrap();
-                }
-                _ => {}
-            }
+            let handled = self
+                .client
+                .handle(&msg)
+                .expect("client accepts server messages");
+            self.outgoing.extend(handled.reply);
             n += 1;
         }
         n
@@ -198,8 +170,7 @@ fn run(clients: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let rooms = Rooms::new(store, journal, config);
         let mut sims = Vec::new();
         for _ in 0..clients {
-            let (doc, outgoing) = SimClient::new_doc();
-            sims.push(SimClient::join(&rooms, doc, outgoing).await);
+            sims.push(SimClient::join(&rooms, ClientState::new()).await);
         }
         for op in ops {
             match op {
@@ -216,10 +187,9 @@ fn run(clients: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     sims[client].deliver_to_client(count);
                 }
                 Op::Reconnect { client } => {
-                    let old = sims.remove(client);
-                    let (doc, outgoing) = (old.doc.clone(), old.outgoing.clone());
-                    drop(old);
-                    sims.insert(client, SimClient::join(&rooms, doc, outgoing).await);
+                    // Dropping the session leaves the room; the client state lives on.
+                    let SimClient { client: state, .. } = sims.remove(client);
+                    sims.insert(client, SimClient::join(&rooms, state).await);
                 }
             }
         }
@@ -238,7 +208,7 @@ fn run(clients: usize, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let server = room.with_doc(content);
         for (i, s) in sims.iter().enumerate() {
             prop_assert_eq!(
-                &content(&s.doc),
+                &content(&s.client.doc),
                 &server,
                 "client {} differs from the server",
                 i

@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use resonant_client::protocol::encode_awareness;
 use yrs::sync::awareness::AwarenessUpdateEntry;
-use yrs::sync::{AwarenessUpdate, Message as YMessage};
+use yrs::sync::AwarenessUpdate;
 use yrs::{ClientID, Doc};
 
-use crate::client::{self, Event};
+use crate::client::Event;
 use crate::progress;
 use crate::report::{self, Latency, Recorder, Report, Series, Timeline};
 use crate::scenario::{
@@ -132,7 +133,7 @@ pub fn awareness_message(id: u64, index: usize, seq: u64, t_us: u64) -> bytes::B
             json: json.into(),
         },
     );
-    client::encode(&YMessage::Awareness(AwarenessUpdate { clients }))
+    encode_awareness(&AwarenessUpdate { clients })
 }
 
 struct Room {
@@ -381,6 +382,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use yrs::sync::Message as YMessage;
     use yrs::updates::decoder::Decode;
 
     #[test]

@@ -27,9 +27,11 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use resonant_client::protocol::{encode_sync_step1, encode_sync_step2, encode_sync_update};
+use resonant_client::ws::binary_frame;
+use resonant_client::ServerMessage;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
-use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::types::ToJson;
 use yrs::updates::decoder::Decode;
 use yrs::{
@@ -37,7 +39,7 @@ use yrs::{
     TextRef, Transact, Update, WriteTxn,
 };
 
-use crate::client::{self, Target};
+use crate::client::{self, Ended, Target};
 use crate::progress;
 use crate::report::{Latency, Recorder, Report, Series, Timeline};
 use crate::scenario::{connect_synced, ratio, Common, Endings, Ignore};
@@ -236,6 +238,22 @@ impl std::fmt::Display for SyncFailed {
     }
 }
 
+impl From<Ended> for SyncFailed {
+    fn from(ended: Ended) -> SyncFailed {
+        match ended {
+            Ended::Closed(frame) => {
+                let (code, reason) = frame.unwrap_or((1005, String::new()));
+                SyncFailed {
+                    code: Some(code),
+                    reason,
+                }
+            }
+            Ended::Error(e) => failed(e),
+            Ended::Stopped => failed("stopped"),
+        }
+    }
+}
+
 fn failed(reason: impl std::fmt::Display) -> SyncFailed {
     SyncFailed {
         code: None,
@@ -260,35 +278,28 @@ async fn fetch_state(
     progress::connections(1);
     let (mut sink, mut stream) = ws.split();
     let result = tokio::time::timeout(SYNC_TIMEOUT, async {
-        let step1 = client::encode(&YMessage::Sync(SyncMessage::SyncStep1(
-            StateVector::default(),
-        )));
-        let mut step1 = Some(Message::Binary(step1));
+        let mut step1 = Some(Message::Binary(encode_sync_step1(&StateVector::default())));
         if !wait_greeting {
             sink.send(step1.take().unwrap()).await.map_err(failed)?;
         }
-        while let Some(msg) = stream.next().await {
-            let data = match msg.map_err(failed)? {
-                Message::Binary(b) => b,
-                Message::Close(f) => {
-                    return Err(SyncFailed {
-                        code: Some(f.as_ref().map_or(1005, |f| u16::from(f.code))),
-                        reason: f.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    })
-                }
-                _ => continue,
+        loop {
+            let frame = match binary_frame(stream.next().await) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => continue,
+                Err(ended) => return Err(SyncFailed::from(ended)),
             };
-            match YMessage::decode_v1(&data) {
-                Ok(YMessage::Sync(SyncMessage::SyncStep2(update))) => {
-                    return Ok((Instant::now(), Bytes::from(update)));
+            match ServerMessage::decode(&frame) {
+                Ok(ServerMessage::SyncStep2(update)) => {
+                    // A view into the frame, not a copy.
+                    return Ok((Instant::now(), frame.slice_ref(update)));
                 }
-                Ok(YMessage::Sync(SyncMessage::SyncStep1(_))) => {
+                Ok(ServerMessage::SyncStep1(_)) => {
                     // We hold nothing: an empty update.
                     let none = Doc::new()
                         .transact()
                         .encode_diff_v1(&StateVector::default());
-                    let step2 = client::encode(&YMessage::Sync(SyncMessage::SyncStep2(none)));
-                    sink.send(Message::Binary(step2)).await.map_err(failed)?;
+                    let step2 = Message::Binary(encode_sync_step2(&none));
+                    sink.send(step2).await.map_err(failed)?;
                     if let Some(step1) = step1.take() {
                         sink.send(step1).await.map_err(failed)?;
                     }
@@ -296,7 +307,6 @@ async fn fetch_state(
                 _ => {}
             }
         }
-        Err(failed("stream ended before sync"))
     })
     .await
     .unwrap_or_else(|_| Err(failed(format!("no sync within {SYNC_TIMEOUT:?}"))));
@@ -365,9 +375,7 @@ pub async fn run(
         sent += update.len();
         updates += 1;
         progress::events(1);
-        builder
-            .tx
-            .send(client::encode(&YMessage::Sync(SyncMessage::Update(update))))?;
+        builder.tx.send(encode_sync_update(&update))?;
         // Let the socket drain now and then rather than queueing the whole document.
         if updates.is_multiple_of(16) {
             tokio::task::yield_now().await;

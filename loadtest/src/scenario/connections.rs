@@ -79,9 +79,9 @@ pub async fn run(
         conn.stop.notify_one();
         match conn.task.await?.0 {
             Ended::Stopped => alive += 1,
-            Ended::Closed(code) => {
+            Ended::Closed(frame) => {
                 errors += 1;
-                *close_codes.entry(code).or_default() += 1;
+                *close_codes.entry(frame.map_or(1005, |f| f.0)).or_default() += 1;
             }
             Ended::Error(_) => errors += 1,
         }

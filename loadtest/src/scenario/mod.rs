@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use resonant_client::protocol::encode_sync_update;
+use resonant_client::ClientState;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use yrs::sync::{Message as YMessage, SyncMessage};
 use yrs::{Any, Array, Doc, Map, MapPrelim, Out, ReadTxn, Transact, WriteTxn};
 
 use crate::client::{self, Ended, Event, Target};
@@ -91,7 +92,10 @@ pub async fn connect_synced<H: Handler>(
     let ws = client::connect(target, room, local).await?;
     progress::connections(1);
     let (mut sink, stream) = ws.split();
-    client::send_step1(&mut sink, &doc).await?;
+    // Peers' states are read from each message by the handlers that care; keeping a map of
+    // them would only add work to the measured receive path.
+    let mut state = ClientState::with_doc(doc).record_peers(false);
+    sink.send(Message::Binary(state.start_sync())).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
@@ -107,7 +111,7 @@ pub async fn connect_synced<H: Handler>(
     let replies = tx.clone();
     let task = tokio::spawn(async move {
         let mut synced = Some(synced_tx);
-        let ended = client::read_loop(stream, &doc, replies, reader_stop, |ev| {
+        let ended = client::read_loop(stream, state, replies, reader_stop, |ev| {
             if matches!(ev, Event::Synced) {
                 if let Some(s) = synced.take() {
                     let _ = s.send(());
@@ -162,9 +166,10 @@ impl Endings {
     pub fn add(&mut self, ended: &Ended, what: &str) {
         match ended {
             Ended::Stopped => {}
-            Ended::Closed(code) => {
+            Ended::Closed(frame) => {
+                let code = frame.as_ref().map_or(1005, |f| f.0);
                 self.errors += 1;
-                *self.close_codes.entry(*code).or_default() += 1;
+                *self.close_codes.entry(code).or_default() += 1;
                 if self.errors <= 10 {
                     crate::note!("{what} closed by the server with code {code}");
                 }
@@ -296,7 +301,7 @@ pub fn init_block(doc: &Doc) -> Bytes {
         data.insert(&mut txn, "label", "load test");
         txn.encode_update_v1()
     };
-    client::encode(&YMessage::Sync(SyncMessage::Update(update)))
+    encode_sync_update(&update)
 }
 
 /// Moves the block to `x = seq` (as the editor does when a block is dragged); returns the
@@ -315,7 +320,7 @@ pub fn move_block(doc: &Doc, seq: u64) -> Option<Bytes> {
         pos.insert(&mut txn, "y", (seq % 500) as f64);
         txn.encode_update_v1()
     };
-    Some(client::encode(&YMessage::Sync(SyncMessage::Update(update))))
+    Some(encode_sync_update(&update))
 }
 
 /// One periodic action for [`pace`].
