@@ -75,8 +75,9 @@ pub struct ServeConfig {
     pub max_connections: Option<usize>,
     /// New connections accepted per second, server-wide; more are closed at once with 1013
     /// and a retry hint, so a reconnect storm cannot take latency from connected clients
-    /// (0: no limit).
-    #[arg(long, env = "RESONANT_MAX_JOINS_PER_SEC", default_value_t = 500)]
+    /// (0: no limit). The default is what one core sustained with p99 delivery under 10 ms
+    /// in `resonant-loadtest churn` (see docs/benchmarks.md).
+    #[arg(long, env = "RESONANT_MAX_JOINS_PER_SEC", default_value_t = 400)]
     pub max_joins_per_sec: u32,
     /// Outbound bytes queued per connection before it is closed as too slow (4000).
     #[arg(long, env = "RESONANT_MAX_QUEUED_BYTES", default_value_t = 8 << 20, value_parser = at_least::<usize, 1024>)]
