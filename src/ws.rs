@@ -8,8 +8,9 @@
 //! reader; a writer still busy when the reader is done is aborted.
 //!
 //! Admission: past `--max-connections` an upgrade is refused with 503 before any WebSocket
-//! exists; past `--max-joins-per-sec` a new connection is closed at once with 1013 and a
-//! retry hint, so a reconnect storm does not take latency from the clients already here.
+//! exists; past `--max-joins-per-sec` a new connection waits its turn, and once about two
+//! seconds' worth of joins are waiting it is closed with 1013 and a retry hint (see
+//! `admission.rs`), so a reconnect storm does not take latency from the clients already here.
 //!
 //! We upgrade by hand (rather than through axum's `WebSocketUpgrade`) to reach tungstenite's
 //! raw frames: large messages go out as 16 KiB fragments, because tungstenite copies each
@@ -165,7 +166,7 @@ impl Drop for ConnectionGuard {
 async fn connection(socket: WebSocket, room: String, app: AppState, _permit: OwnedSemaphorePermit) {
     let _guard = ConnectionGuard::new();
     let (mut sink, stream) = socket.split();
-    if let Some(retry) = app.admission.check() {
+    if let Err(retry) = app.admission.admit().await {
         REFUSED_RATE.increment(1);
         let close = Close::new(
             close_code::TRY_AGAIN_LATER,

@@ -185,6 +185,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Churn => scenario::churn::run(&common, sample).await,
     };
     progress::finish();
+    let retries = scenario::JOIN_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+    if retries > 0 {
+        eprintln!("the server asked {retries} joins to retry later (1013); they did");
+    }
     let report = result?;
     if let Some(path) = &cli.report {
         std::fs::write(path, svg::render(&report))

@@ -89,13 +89,40 @@ pub async fn connect_synced<H: Handler>(
     doc: Doc,
     mut handler: H,
 ) -> anyhow::Result<Connected<H::Output>> {
-    let ws = client::connect(target, room, local).await?;
-    progress::connections(1);
-    let (mut sink, stream) = ws.split();
     // Peers' states are read from each message by the handlers that care; keeping a map of
     // them would only add work to the measured receive path.
     let mut state = ClientState::with_doc(doc).record_peers(false);
-    sink.send(Message::Binary(state.start_sync())).await?;
+    let started = Instant::now();
+    let (mut sink, stream, first) = loop {
+        let ws = client::connect(target, room, local).await?;
+        let (mut sink, mut stream) = ws.split();
+        sink.send(Message::Binary(state.start_sync())).await?;
+        // An admitted connection is greeted with the server's step 1; one the server is too
+        // busy to admit gets 1013 and a hint, and comes back after it, as clients should.
+        let first = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+        match first {
+            Ok(Some(Ok(Message::Close(Some(frame))))) if u16::from(frame.code) == 1013 => {
+                let wait = retry_hint(&frame.reason).unwrap_or(Duration::from_millis(100));
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "server still busy after 60 s: {}",
+                    frame.reason
+                );
+                JOIN_RETRIES.fetch_add(1, Ordering::Relaxed);
+                let jitter = Duration::from_micros(rand::random::<u64>() % 20_000);
+                tokio::time::sleep(wait + jitter).await;
+            }
+            Ok(Some(Ok(Message::Binary(frame)))) => break (sink, stream, frame),
+            Ok(other) => anyhow::bail!("connection ended before sync: {other:?}"),
+            Err(_) => anyhow::bail!("no greeting within 30 s"),
+        }
+    };
+    if let Ok(handled) = state.handle(&first) {
+        if let Some(reply) = handled.reply {
+            sink.send(Message::Binary(reply)).await?;
+        }
+    }
+    progress::connections(1);
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
     tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
@@ -131,6 +158,15 @@ pub async fn connect_synced<H: Handler>(
         }
         Err(_) => Err(anyhow::anyhow!("no sync within 30 s")),
     }
+}
+
+/// Joins the server asked to retry later (1013), over the whole run.
+pub static JOIN_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// The delay in a `server busy: retry in N ms` close reason.
+fn retry_hint(reason: &str) -> Option<Duration> {
+    let ms = reason.split("retry in ").nth(1)?.split(' ').next()?;
+    Some(Duration::from_millis(ms.parse().ok()?))
 }
 
 /// What a scenario does with one connection's events.
