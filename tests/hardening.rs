@@ -486,37 +486,55 @@ async fn shutdown_during_a_room_load_closes_its_joiners() {
     shutdown.await.unwrap().unwrap();
 }
 
-/// Item 11: joins past the admission rate are told to retry (1013 with a hint) while a
-/// connected client keeps syncing.
+/// Item 11: a burst of joins past the admission rate queues for its turn; past the queue
+/// (about 2 s of joins) the rest are told to retry (1013 with a hint), while a connected
+/// client keeps syncing.
 #[tokio::test]
-async fn joins_past_the_admission_rate_are_told_to_retry() {
+async fn joins_past_the_admission_rate_queue_then_are_told_to_retry() {
     let dir = tempfile::tempdir().unwrap();
     // A burst of 2 (a quarter second at 8/s): `a` and `b` get in, then the storm begins.
     let server = start_server(dir.path(), |c| c.max_joins_per_sec = 8).await;
     let url = room_url(server.addr(), "storm");
     let mut a = Client::connect_synced(&url).await;
     let mut b = Client::connect_synced(&url).await;
-    let mut refused = 0;
-    let mut admitted = Vec::new();
-    for _ in 0..20 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-        // An admitted connection is greeted with the server's sync step 1; a refused one
-        // only gets the close frame.
-        match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
-            Some(Ok(Message::Close(Some(frame)))) => {
-                assert_eq!(u16::from(frame.code), 1013);
-                assert!(frame.reason.contains("retry in"), "{}", frame.reason);
-                refused += 1;
-            }
-            Some(Ok(Message::Binary(_))) => admitted.push(ws),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert!(refused >= 10, "{refused} of 20 refused");
+    let storm: Vec<_> = (0..40)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+                // An admitted connection is greeted with the server's sync step 1; a refused
+                // one only gets the close frame.
+                match tokio::time::timeout(WAIT, ws.next()).await.unwrap() {
+                    Some(Ok(Message::Close(Some(frame)))) => {
+                        assert_eq!(u16::from(frame.code), 1013);
+                        let hint: u64 = frame
+                            .reason
+                            .split("retry in ")
+                            .nth(1)
+                            .and_then(|r| r.trim_end_matches(" ms").parse().ok())
+                            .unwrap_or_else(|| panic!("no hint in {}", frame.reason));
+                        assert!(hint >= 1000, "a hint as long as the queue: {hint} ms");
+                        None
+                    }
+                    Some(Ok(Message::Binary(_))) => Some(ws),
+                    other => panic!("unexpected {other:?}"),
+                }
+            })
+        })
+        .collect();
     a.edit(push_text("x")).await;
     b.until("connected clients keep syncing", |c| text_of(&c.doc) == "x")
         .await;
-    drop(admitted);
+    let mut admitted = Vec::new();
+    for s in storm {
+        admitted.extend(s.await.unwrap());
+    }
+    let refused = 40 - admitted.len();
+    assert!(
+        (10..=20).contains(&admitted.len()),
+        "about 2 s of joins queue and get in: {} admitted, {refused} refused",
+        admitted.len()
+    );
     server.shutdown().await.unwrap();
 }
 
