@@ -12,6 +12,7 @@ pub mod protocol;
 mod room;
 mod rooms;
 mod session;
+pub mod validate;
 
 use std::time::Duration;
 
