@@ -15,8 +15,9 @@
 //! hold before moving on. They then walk every element the count announced, so a payload
 //! that passes has every reservation yrs will make backed by elements actually present in
 //! the input. Nothing here allocates in proportion to the input. The checks are stricter
-//! than yrs in a few places where yrs would panic in a debug build or silently wrap (clock
-//! overflow, over-long signed varints); no encoder produces those.
+//! than yrs where yrs would panic in a debug build or silently wrap or truncate (clock
+//! overflow, client ids over 53 bits, over-long signed varints), none of which an encoder
+//! produces, and they refuse legacy JSON content, which yrs cannot round-trip.
 
 use crate::protocol::DecodeError;
 
@@ -51,7 +52,7 @@ pub fn validate_state_vector_v1(bytes: &[u8]) -> Result<(), DecodeError> {
     // Each entry is a client varint and a clock varint: at least two bytes.
     let count = r.count(count, 2, "entries")?;
     for _ in 0..count {
-        r.var_u64()?;
+        r.client()?;
         r.var_u32()?;
     }
     Ok(())
@@ -64,7 +65,7 @@ pub fn validate_awareness_v1(bytes: &[u8]) -> Result<(), DecodeError> {
     // Client varint, clock varint and the JSON string's length prefix: at least three bytes.
     let count = r.count(count, 3, "clients")?;
     for _ in 0..count {
-        r.var_u64()?;
+        r.client()?;
         r.var_u32()?;
         r.string()?;
     }
@@ -80,7 +81,7 @@ pub fn validate_update_v1(bytes: &[u8]) -> Result<(), DecodeError> {
     let clients = r.count(clients, 3, "clients")?;
     for _ in 0..clients {
         let structs = r.var_u32()? as u64;
-        r.var_u64()?; // client id
+        r.client()?;
         let mut clock = r.var_u32()?;
         // Every struct starts with its info byte and holds at least one more.
         let structs = r.count(structs, 2, "structs")?;
@@ -200,6 +201,18 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// A client id: yrs's `ClientID::new` keeps 53 bits (JavaScript's safe integers), asserting
+    /// the rest are zero in debug builds and silently dropping them in release, where a larger
+    /// id would alias a smaller one. Yjs ids are 32-bit and yrs's 53-bit, so refuse the rest.
+    fn client(&mut self) -> Result<u64, DecodeError> {
+        let at = self.pos;
+        let id = self.var_u64()?;
+        if id >> 53 != 0 {
+            return Err(self.invalid(format!("client id {id} at offset {at} exceeds 53 bits")));
+        }
+        Ok(id)
+    }
+
     /// `read_buf`: a u32 length and that many bytes.
     fn buf(&mut self) -> Result<&'a [u8], DecodeError> {
         let len = self.var_u32()? as usize;
@@ -216,7 +229,7 @@ impl<'a> Reader<'a> {
 
     /// `read_left_id` / `read_right_id`: client and clock.
     fn id(&mut self) -> Result<(), DecodeError> {
-        self.var_u64()?;
+        self.client()?;
         self.var_u32()?;
         Ok(())
     }
@@ -377,7 +390,7 @@ impl<'a> Reader<'a> {
         // A client id and a range count.
         let clients = self.count(clients, 2, "delete set clients")?;
         for _ in 0..clients {
-            self.var_u64()?;
+            self.client()?;
             let ranges = self.var_u32()? as u64;
             let ranges = self.count(ranges, 2, "delete set ranges")?;
             for _ in 0..ranges {
@@ -776,6 +789,21 @@ mod tests {
         reason(validate_update_v1(&one_client(1, &any_struct(1, &int))).unwrap_err());
         // Not UTF-8.
         reason(validate_update_v1(&one_client(1, &[4, 1, 1, b'a', 1, 0xff])).unwrap_err());
+    }
+
+    #[test]
+    fn rejects_client_ids_over_53_bits() {
+        let big = var(1 << 53);
+        let sv = cat(&[&[1], &big, &[0]]);
+        let err = reason(validate_state_vector_v1(&sv).unwrap_err());
+        assert!(err.contains("exceeds 53 bits"), "{err}");
+        validate_state_vector_v1(&cat(&[&[1], &var((1 << 53) - 1), &[0]])).unwrap();
+        reason(validate_awareness_v1(&cat(&[&[1], &big, &[0, 2, b'{', b'}']])).unwrap_err());
+        reason(validate_update_v1(&cat(&[&[1, 1], &big, &[0, 10, 1, 0]])).unwrap_err());
+        // As an origin, and in the delete set.
+        let origin = cat(&[&[0x84], &big, &[0, 1, b'x']]);
+        reason(validate_update_v1(&one_client(1, &origin)).unwrap_err());
+        reason(validate_update_v1(&cat(&[&[0, 1], &big, &[1, 0, 1]])).unwrap_err());
     }
 
     #[test]
