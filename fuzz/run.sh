@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for SECONDS seconds each (default 60), starting from the
 # committed seed corpus, and exits non-zero if any target finds a crash, a timeout or a
-# huge allocation. Usage: bash fuzz/run.sh [SECONDS]. Needs the nightly toolchain; installs
-# cargo-fuzz from crates.io if it is missing. New inputs found are kept in a scratch
-# directory (printed), not in fuzz/corpus/; crashes are written to fuzz/artifacts/<target>/.
+# huge allocation. Usage: bash fuzz/run.sh [SECONDS]. Installs cargo-fuzz from crates.io if
+# it is missing. New inputs found are kept in a scratch directory (printed), not in
+# fuzz/corpus/; crashes are written to fuzz/artifacts/<target>/.
 set -euo pipefail
 secs="${1:-60}"
 cd "$(dirname "$0")/.."
@@ -11,9 +11,14 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/resonant-fuzz-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-if ! rustup run nightly rustc --version >/dev/null 2>&1; then
-  echo "fuzz/run.sh: the nightly toolchain is required (rustup toolchain install nightly)" >&2
-  exit 1
+# cargo-fuzz passes nightly-only flags (-Zsanitizer=address). Use the nightly toolchain when
+# there is one; otherwise unlock them on stable, which ships the sanitizer runtimes too.
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  toolchain=(+nightly)
+else
+  echo "no nightly toolchain: using stable with RUSTC_BOOTSTRAP=1"
+  toolchain=()
+  export RUSTC_BOOTSTRAP=1
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "installing cargo-fuzz"
@@ -32,7 +37,7 @@ fuzz_opts=(
 )
 
 build_start=$SECONDS
-cargo +nightly fuzz build
+cargo "${toolchain[@]}" fuzz build
 echo "fuzz build: $((SECONDS - build_start)) s"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/resonant-fuzz.XXXXXX")
@@ -43,16 +48,22 @@ for t in "${targets[@]}"; do
   echo "--- $t: ${secs} s"
   # The first corpus directory receives new inputs; the committed seeds are only read.
   extra=()
-  # yrs never frees a document that holds a subdocument (see fuzz/findings/README.md), so
-  # leak checking would stop the session target at the first subdocument it builds.
-  [[ $t == session ]] && extra=(-detect_leaks=0)
-  if cargo +nightly fuzz run "$t" "$work/$t" "fuzz/corpus/$t" -- "${fuzz_opts[@]}" "${extra[@]}" >"$log" 2>&1; then
+  asan_options=${ASAN_OPTIONS:-}
+  if [[ $t == session ]]; then
+    # yrs never frees a document that holds a subdocument (fuzz/findings/README.md): leak
+    # checks, per input and at exit, would flag every subdocument the fuzzer builds.
+    extra=(-detect_leaks=0)
+    asan_options="detect_leaks=0${asan_options:+:$asan_options}"
+  fi
+  if ASAN_OPTIONS="$asan_options" cargo "${toolchain[@]}" fuzz run "$t" "$work/$t" "fuzz/corpus/$t" \
+    -- "${fuzz_opts[@]}" "${extra[@]}" >"$log" 2>&1; then
     grep -E '^Done [0-9]+ runs' "$log" || true
     grep -E '^stat::(number_of_executed_units|peak_rss_mb):' "$log" || true
   else
     failed+=("$t")
-    echo "$t FAILED; last lines of $log:"
-    tail -n 80 "$log"
+    echo "$t FAILED ($log):"
+    grep -E 'ERROR|panicked|escaped|SUMMARY|Test unit written|^Done [0-9]+ runs' "$log" | head -n 20 || true
+    tail -n 40 "$log"
   fi
 done
 echo "new corpus entries and logs: $work"
