@@ -13,6 +13,7 @@ pub mod protocol;
 mod room;
 mod rooms;
 mod session;
+pub mod validate;
 
 use std::time::Duration;
 

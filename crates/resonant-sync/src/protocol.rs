@@ -12,6 +12,8 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
+use crate::validate;
+
 /// y-websocket: document sync (step 1, step 2, update).
 pub const MSG_SYNC: u32 = 0;
 /// y-websocket: awareness update.
@@ -32,8 +34,9 @@ pub const SYNC_STEP2: u32 = 1;
 /// Sync sub-type: an incremental update.
 pub const SYNC_UPDATE: u32 = 2;
 
-/// A decoded client-to-server message. Document updates stay as bytes here; they are decoded
-/// by the room, where a failure can be contained.
+/// A decoded client-to-server message. Document updates stay as bytes here; they are
+/// validated ([`validate::validate_update_v1`]) and decoded by the room, where a failure can be
+/// contained.
 #[derive(Debug)]
 pub enum Incoming<'a> {
     /// The client's state vector; answered with step 2.
@@ -80,6 +83,15 @@ pub enum DecodeError {
     /// A sync sub-type we do not know.
     #[error("unknown sync message type {0}")]
     UnknownSyncType(u32),
+    /// The payload failed [`crate::validate`]'s checks, made before any yrs decoder runs: a
+    /// count the remaining bytes cannot hold, a truncated structure, or nesting too deep.
+    #[error("{what} {reason}")]
+    Invalid {
+        /// Which payload was being checked.
+        what: &'static str,
+        /// What is wrong with it, e.g. "claims 268435456 entries in 5 bytes".
+        reason: String,
+    },
 }
 
 /// Decodes one client frame.
@@ -95,6 +107,7 @@ pub fn decode(frame: &[u8]) -> Result<Incoming<'_>, DecodeError> {
             match sub {
                 SYNC_STEP1 => {
                     let buf = c.read_buf().map_err(malformed("sync step 1"))?;
+                    validate::validate_state_vector_v1(buf)?;
                     let sv = StateVector::decode_v1(buf).map_err(malformed("sync step 1"))?;
                     Ok(Incoming::SyncStep1(sv))
                 }
@@ -105,6 +118,7 @@ pub fn decode(frame: &[u8]) -> Result<Incoming<'_>, DecodeError> {
         }
         MSG_AWARENESS => {
             let buf = c.read_buf().map_err(malformed("awareness"))?;
+            validate::validate_awareness_v1(buf)?;
             let update = AwarenessUpdate::decode_v1(buf).map_err(malformed("awareness"))?;
             Ok(Incoming::Awareness(update))
         }

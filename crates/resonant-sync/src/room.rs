@@ -330,6 +330,8 @@ impl Room {
     /// logs it and fans it out to every other peer.
     pub fn apply_update(&self, origin: u64, bytes: &[u8]) -> Result<(), ApplyError> {
         let started = Instant::now();
+        crate::validate::validate_update_v1(bytes)
+            .map_err(|e| ApplyError::Invalid(e.to_string()))?;
         let update = match catch_unwind(|| Update::decode_v1(bytes)) {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => return Err(ApplyError::Invalid(e.to_string())),
