@@ -14,8 +14,23 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Stack size of the runtime's threads. yrs integrates and deletes nested types recursively,
+/// so a document nested 20,000 levels deep (160 kB of updates) overflowed tokio's default
+/// 2 MiB stack and aborted the whole process (found by `cargo fuzz`, see
+/// fuzz/findings/deep_types.rs). Only the pages a thread touches are committed, so a large
+/// reservation costs nothing until a deep document needs it. This raises the depth an
+/// attacker needs about a hundredfold; a per-room depth limit is the complete fix.
+const WORKER_STACK: usize = 256 << 20;
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(WORKER_STACK)
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let Command::Serve(config) = cli.command;
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));

@@ -209,9 +209,14 @@ async fn joins_racing_the_unload_deadline_lose_nothing() {
 /// queue are freed, and another room keeps syncing.
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_and_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    // jemalloc returns freed pages at once instead of after its 10 s decay, so RSS tells
+    // what is still held.
+    // SAFETY: set before the child is spawned; no other thread reads this variable.
+    unsafe { std::env::set_var("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0") };
     let server = ServerProcess::start(&[
         "--data-dir",
-        tempfile::tempdir().unwrap().path().to_str().unwrap(),
+        dir.path().to_str().unwrap(),
         "--write-timeout-secs",
         "1",
         "--idle-timeout-secs",
@@ -253,12 +258,13 @@ async fn a_client_that_stops_reading_is_dropped_and_freed() {
     other_peer
         .until("the other room syncs", |c| text_of(&c.doc) == "alive")
         .await;
-    // 10 MB went to the room; the stuck connection held at most its queue while it lived.
-    let rss_after = rss_kib(pid);
-    assert!(
-        rss_after < rss_before + 64 * 1024,
-        "RSS {rss_before} KiB -> {rss_after} KiB"
-    );
+    // 10 MB went to the room. Once the stuck connection is gone, what it held (up to its
+    // 32 MiB queue) is freed: RSS settles at the document's size plus caches.
+    eventually(
+        "RSS to settle once the stuck connection is gone",
+        || async { rss_kib(pid) < rss_before + 48 * 1024 },
+    )
+    .await;
     drop(stuck);
     drop(server);
 }
@@ -542,10 +548,8 @@ async fn joins_past_the_admission_rate_queue_then_are_told_to_retry() {
 /// and oversized presence is refused before it is decoded.
 #[tokio::test]
 async fn frames_claiming_huge_counts_are_refused_without_allocating() {
-    let server = ServerProcess::start(&[
-        "--data-dir",
-        tempfile::tempdir().unwrap().path().to_str().unwrap(),
-    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&["--data-dir", dir.path().to_str().unwrap()]);
     let pid = server.pid();
     let url = room_url(server.addr, "bombs");
     let peak_before = peak_rss_kib(pid);

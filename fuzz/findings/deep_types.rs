@@ -48,8 +48,11 @@ fn main() {
         create.len(),
         delete.len()
     );
+    // STACK_MB: the worker stack size (the server's binary uses 256 MiB; tokio's default is 2).
+    let stack_mb: usize = std::env::var("STACK_MB").map_or(2, |s| s.parse().expect("STACK_MB"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(stack_mb << 20)
         .build()
         .unwrap();
     rt.block_on(async move {
