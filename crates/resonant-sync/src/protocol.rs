@@ -6,33 +6,19 @@
 
 use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
-use yrs::encoding::write::Write;
 use yrs::sync::awareness::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
-use yrs::updates::encoder::Encode;
 use yrs::StateVector;
 
 use crate::validate;
 
-/// y-websocket: document sync (step 1, step 2, update).
-pub const MSG_SYNC: u32 = 0;
-/// y-websocket: awareness update.
-pub const MSG_AWARENESS: u32 = 1;
-/// y-websocket: authentication result (server to client only).
-pub const MSG_AUTH: u32 = 2;
-/// y-websocket: ask the other side for its full awareness state.
-pub const MSG_QUERY_AWARENESS: u32 = 3;
-/// Extension: a JSON text message (errors now, execution progress later).
-pub const MSG_STATELESS: u32 = 5;
-/// Extension: sync status; from the server, "one more of your updates is durable".
-pub const MSG_SYNC_STATUS: u32 = 8;
-
-/// Sync sub-type: the sender's state vector.
-pub const SYNC_STEP1: u32 = 0;
-/// Sync sub-type: the updates the receiver lacks.
-pub const SYNC_STEP2: u32 = 1;
-/// Sync sub-type: an incremental update.
-pub const SYNC_UPDATE: u32 = 2;
+// The message numbers and the encoders are the client crate's: one definition of the bytes
+// for both ends of the wire.
+pub use resonant_client::protocol::{
+    encode_awareness, encode_stateless, encode_sync_step1, encode_sync_step2, encode_sync_update,
+    MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_STATELESS, MSG_SYNC, MSG_SYNC_STATUS,
+    SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE,
+};
 
 /// A decoded client-to-server message. Document updates stay as bytes here; they are
 /// validated ([`validate::validate_update_v1`]) and decoded by the room, where a failure can be
@@ -154,55 +140,9 @@ fn malformed(what: &'static str) -> impl Fn(yrs::encoding::read::Error) -> Decod
     move |source| DecodeError::Malformed { what, source }
 }
 
-fn with_header(tag: u32, sub: Option<u32>, body_len: usize) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(body_len + 8);
-    buf.write_var(tag);
-    if let Some(sub) = sub {
-        buf.write_var(sub);
-    }
-    buf
-}
-
-/// `[0, 0, sv]`: our state vector, sent on connect.
-pub fn encode_sync_step1(sv: &StateVector) -> Bytes {
-    let sv = sv.encode_v1();
-    let mut buf = with_header(MSG_SYNC, Some(SYNC_STEP1), sv.len());
-    buf.write_buf(&sv);
-    buf.into()
-}
-
-/// `[0, 1, update]`: the answer to a step 1.
-pub fn encode_sync_step2(update: &[u8]) -> Bytes {
-    let mut buf = with_header(MSG_SYNC, Some(SYNC_STEP2), update.len());
-    buf.write_buf(update);
-    buf.into()
-}
-
-/// `[0, 2, update]`: an incremental update, fanned out to peers.
-pub fn encode_sync_update(update: &[u8]) -> Bytes {
-    let mut buf = with_header(MSG_SYNC, Some(SYNC_UPDATE), update.len());
-    buf.write_buf(update);
-    buf.into()
-}
-
-/// `[1, update]`: an awareness update.
-pub fn encode_awareness(update: &AwarenessUpdate) -> Bytes {
-    let body = update.encode_v1();
-    let mut buf = with_header(MSG_AWARENESS, None, body.len());
-    buf.write_buf(&body);
-    buf.into()
-}
-
 /// `[8, 1]`: one more update from this client is committed to the store.
 pub fn encode_saved() -> Bytes {
     Bytes::from_static(&[MSG_SYNC_STATUS as u8, 1])
-}
-
-/// `[5, json]`: a JSON extension message.
-pub fn encode_stateless(json: &str) -> Bytes {
-    let mut buf = with_header(MSG_STATELESS, None, json.len());
-    buf.write_string(json);
-    buf.into()
 }
 
 #[cfg(test)]
