@@ -426,14 +426,10 @@ mod tests {
     use super::*;
     use crate::protocol::{self, Incoming};
 
-    /// lib0 varuint.
-    fn var(mut n: u64) -> Vec<u8> {
+    /// lib0 varuint (yrs's own encoder).
+    fn var(n: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        while n >= 0x80 {
-            out.push((n as u8) | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
+        yrs::encoding::write::Write::write_var(&mut out, n);
         out
     }
 

@@ -39,13 +39,10 @@ fn peak_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
     (r, PEAK.load(Ordering::Relaxed) - base)
 }
 
-fn var(mut n: u64) -> Vec<u8> {
+/// lib0 varuint (yrs's own encoder).
+fn var(n: u64) -> Vec<u8> {
     let mut out = Vec::new();
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
+    yrs::encoding::write::Write::write_var(&mut out, n);
     out
 }
 
