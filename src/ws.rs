@@ -269,9 +269,13 @@ async fn reader(
             Message::Binary(frame) => {
                 MESSAGES_IN.increment(1);
                 BYTES_IN.increment(frame.len() as u64);
-                tokio::select! {
-                    _ = journal.throttle() => {}
-                    _ = peer.closed() => return,
+                // Checked first: building the close waiter for every frame would put a lock
+                // on the per-message path for the rare case of a store that falls behind.
+                if journal.is_throttling() {
+                    tokio::select! {
+                        _ = journal.throttle() => {}
+                        _ = peer.closed() => return,
+                    }
                 }
                 match session.handle(&frame) {
                     Ok(Some(ticket)) => {

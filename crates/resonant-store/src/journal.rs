@@ -186,10 +186,15 @@ impl Journal {
         self.inner.backlog_bytes.load(Ordering::Relaxed)
     }
 
+    /// Whether the backlog is over its limit (writers should wait in [`Journal::throttle`]).
+    pub fn is_throttling(&self) -> bool {
+        self.backlog_bytes() > self.inner.config.max_backlog_bytes
+    }
+
     /// Waits while the backlog is over its limit, so a store that falls behind slows writers
     /// down instead of growing memory without bound.
     pub async fn throttle(&self) {
-        if self.backlog_bytes() <= self.inner.config.max_backlog_bytes {
+        if !self.is_throttling() {
             return;
         }
         let mut rx = self.inner.committed.subscribe();
