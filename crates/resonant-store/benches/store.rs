@@ -163,6 +163,9 @@ impl Store for NullStore {
     fn backend(&self) -> &'static str {
         "null"
     }
+    async fn delete_room(&self, _room: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 fn bench_journal(c: &mut Criterion) {

@@ -138,4 +138,12 @@ impl Store for FaultStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+
+    fn db(&self) -> Option<crate::Db> {
+        self.inner.db()
+    }
+
+    async fn delete_room(&self, room: &str) -> Result<(), StoreError> {
+        self.inner.delete_room(room).await
+    }
 }

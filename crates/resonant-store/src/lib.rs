@@ -187,6 +187,50 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
     /// The backend's name, for logs.
     fn backend(&self) -> &'static str;
+    /// The relational database behind this store (users, workspaces, workflows…), if any.
+    fn db(&self) -> Option<Db> {
+        None
+    }
+    /// Removes every update and snapshot of `room` (its workflow was deleted). The caller
+    /// has closed the room and flushed the journal first, so nothing re-creates the rows.
+    async fn delete_room(&self, room: &str) -> Result<(), StoreError>;
+}
+
+/// A handle on the relational tables, on either backend: the same SQL (written to run on
+/// both, with `$n` placeholders) is sent through whichever pool this is.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// The embedded SQLite database.
+    Sqlite(sqlx::SqlitePool),
+    /// A Postgres database.
+    Postgres(sqlx::PgPool),
+}
+
+impl Db {
+    /// A private in-memory SQLite database with every migration applied (for the `memory:`
+    /// store, whose documents are not durable either).
+    pub async fn memory() -> Result<Db, StoreError> {
+        use std::str::FromStr;
+        let opts = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // One connection that never closes: each in-memory connection is its own database.
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    /// The backend's name.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
 }
 
 /// Opens the store a server is configured for: Postgres when `database_url` is a

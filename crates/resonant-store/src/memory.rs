@@ -84,4 +84,9 @@ impl Store for MemoryStore {
     fn backend(&self) -> &'static str {
         "memory"
     }
+
+    async fn delete_room(&self, room: &str) -> Result<(), StoreError> {
+        self.rooms.lock().unwrap().remove(room);
+        Ok(())
+    }
 }

@@ -153,6 +153,24 @@ impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
     }
+
+    fn db(&self) -> Option<crate::Db> {
+        Some(crate::Db::Postgres(self.pool.clone()))
+    }
+
+    async fn delete_room(&self, room: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM doc_updates WHERE room = $1")
+            .bind(room)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM doc_snapshots WHERE room = $1")
+            .bind(room)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 async fn insert_appends(

@@ -64,7 +64,7 @@ impl SqliteStore {
         // Writes are serialised by the journal, so a few connections are enough for
         // concurrent room loads.
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(8)
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -211,6 +211,24 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn db(&self) -> Option<crate::Db> {
+        Some(crate::Db::Sqlite(self.pool.clone()))
+    }
+
+    async fn delete_room(&self, room: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM doc_updates WHERE room = ?")
+            .bind(room)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM doc_snapshots WHERE room = ?")
+            .bind(room)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use awareness::{AwarenessLimits, AwarenessRefusal};
 pub use peer::{close_code, Close, Outbox, Outgoing, Peer};
 pub use room::{ApplyError, LoadError, Room};
-pub use rooms::{valid_room_name, JoinError, Rooms};
+pub use rooms::{valid_room_name, JoinError, Rooms, ServerUpdateError};
 pub use session::{error_message, Session, SessionError};
 
 /// Tunables for rooms and connections.

@@ -47,6 +47,14 @@ pub mod close_code {
     pub const SLOW_CONSUMER: u16 = 4000;
     /// No frame (not even a pong) arrived for too long.
     pub const TIMEOUT: u16 = 4001;
+    /// The token is missing, invalid or expired (like HTTP 401).
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// The caller may not open this room, or lost access to it (like HTTP 403).
+    pub const FORBIDDEN: u16 = 4403;
+    /// The workflow was deleted while the connection was open.
+    pub const GONE: u16 = 4410;
+    /// Too many connection attempts or messages; the reason says when to retry.
+    pub const RATE_LIMITED: u16 = 4429;
 }
 
 impl Close {
@@ -81,7 +89,8 @@ pub struct Peer {
     /// A last message to write before the close frame (the error that explains it).
     last_words: OnceLock<Bytes>,
     close_signal: Notify,
-    can_write: bool,
+    /// Changes while connected: a member demoted to viewer turns read-only at once.
+    can_write: AtomicBool,
     extensions: AtomicBool,
 }
 
@@ -98,7 +107,7 @@ impl Peer {
             close: OnceLock::new(),
             last_words: OnceLock::new(),
             close_signal: Notify::new(),
-            can_write,
+            can_write: AtomicBool::new(can_write),
             extensions: AtomicBool::new(false),
         };
         (peer, Outbox { rx })
@@ -111,7 +120,12 @@ impl Peer {
 
     /// Whether this connection may change the document.
     pub fn can_write(&self) -> bool {
-        self.can_write
+        self.can_write.load(Ordering::Relaxed)
+    }
+
+    /// Grants or withdraws the right to change the document (a role change).
+    pub fn set_can_write(&self, can_write: bool) {
+        self.can_write.store(can_write, Ordering::Relaxed);
     }
 
     /// Whether the client opted in to extension messages (acks, stateless).

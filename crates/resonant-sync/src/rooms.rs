@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::peer::{close_code, Close, Outbox, Peer};
-use crate::room::{AddPeerError, LoadError, Room, Unload};
+use crate::room::{AddPeerError, ApplyError, LoadError, Room, Unload};
 use crate::session::Session;
 use crate::SyncConfig;
 
@@ -63,6 +63,23 @@ impl JoinError {
             other => other.to_string(),
         };
         Close::new(code, reason)
+    }
+}
+
+/// Why a server-side update was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerUpdateError {
+    /// The room could not be joined (loaded).
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// The room refused the update.
+    #[error(transparent)]
+    Apply(ApplyError),
+}
+
+impl From<LoadError> for ServerUpdateError {
+    fn from(e: LoadError) -> Self {
+        ServerUpdateError::Join(JoinError::Load(e))
     }
 }
 
@@ -222,6 +239,58 @@ impl Rooms {
                 Err(AddPeerError::Closed) => continue,
             }
         }
+    }
+
+    /// The room's whole document as a Yjs v1 update, read from the live instance (loading
+    /// it if needed: the room unloads again after its grace period when nobody joins).
+    pub async fn document_state(&self, name: &str) -> Result<Vec<u8>, JoinError> {
+        if !valid_room_name(name) {
+            return Err(JoinError::InvalidName);
+        }
+        let room = self.get_or_load(name).await?;
+        Ok(room.with_doc(|doc| {
+            use yrs::{ReadTxn, Transact};
+            doc.transact()
+                .encode_state_as_update_v1(&yrs::StateVector::default())
+        }))
+    }
+
+    /// Applies an update on the server's behalf (a version restore): every connected peer
+    /// receives it and the journal logs it like any client's change.
+    pub async fn apply_server_update(
+        &self,
+        name: &str,
+        update: &[u8],
+    ) -> Result<(), ServerUpdateError> {
+        if !valid_room_name(name) {
+            return Err(JoinError::InvalidName.into());
+        }
+        loop {
+            if self.inner.shutting_down.load(Ordering::Relaxed) {
+                return Err(JoinError::ShuttingDown.into());
+            }
+            let room = self.get_or_load(name).await?;
+            match room.apply_update(0, update) {
+                // Unloaded between lookup and apply: the next lookup loads a fresh instance.
+                Err(ApplyError::Closed) => continue,
+                other => return other.map_err(ServerUpdateError::Apply),
+            }
+        }
+    }
+
+    /// Closes a room whose workflow was deleted: every connection gets `close`, nothing more
+    /// is written for it, and once the journal has settled its writes the store forgets it.
+    pub async fn delete(&self, name: &str, close: Close) -> Result<(), resonant_store::StoreError> {
+        let room = match self.inner.slots.get(name).as_deref() {
+            Some(Slot::Ready(room)) => Some(room.clone()),
+            _ => None,
+        };
+        if let Some(room) = room {
+            room.abandon(close);
+            self.remove_slot(&room);
+        }
+        self.inner.journal.flush().await;
+        self.inner.store.delete_room(name).await
     }
 
     async fn get_or_load(&self, name: &str) -> Result<Arc<Room>, LoadError> {

@@ -95,6 +95,11 @@ impl Session {
             }
             Incoming::SyncStep2(update) | Incoming::Update(update) => {
                 if !self.peer.can_write() {
+                    // Every client answers the greeting with a step 2; from a read-only client
+                    // with nothing new it is the empty update, which is not an edit.
+                    if update == [0, 0] {
+                        return Ok(None);
+                    }
                     READ_ONLY_REFUSALS.increment(1);
                     self.send_error("read-only", "this connection may not edit the document");
                     return Ok(None);

@@ -1,0 +1,2 @@
+//! Token verification.
+pub mod jwt;

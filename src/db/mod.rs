@@ -1,0 +1,65 @@
+//! The relational side of the store: users, workspaces, members, workflows and the rest of
+//! the seed's data model, on SQLite or Postgres with the same SQL.
+//!
+//! Queries are written once, in the dialect both backends accept (`$n` placeholders,
+//! `ON CONFLICT`, `RETURNING`), and [`with_pool!`] runs the same code through whichever pool
+//! the store has: the driver types differ, the text does not.
+
+pub mod models;
+mod queries;
+
+pub use models::*;
+pub use queries::*;
+pub use resonant_store::Db;
+
+/// Runs `$body` with `$p` bound to the concrete pool of `$db` (SQLite or Postgres).
+#[macro_export]
+macro_rules! with_pool {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            resonant_store::Db::Sqlite($p) => $body,
+            resonant_store::Db::Postgres($p) => $body,
+        }
+    };
+}
+
+/// Errors from the relational layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database failed or refused the query.
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A unique constraint refused the write (a slug or provider already taken).
+    #[error("{0} already exists")]
+    Duplicate(&'static str),
+}
+
+impl DbError {
+    /// Maps a unique-constraint violation to [`DbError::Duplicate`].
+    pub fn unique(e: sqlx::Error, what: &'static str) -> DbError {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => DbError::Duplicate(what),
+            _ => DbError::Sqlx(e),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: every timestamp column uses them.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A new row id: a UUIDv7, time-ordered so that ordering by id is ordering by creation
+/// (cursor pagination relies on it).
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Whether `s` has the shape of an id we issue (so a malformed id is a 404, never a query
+/// error, and never reveals anything).
+pub fn valid_id(s: &str) -> bool {
+    uuid::Uuid::try_parse(s).is_ok()
+}
