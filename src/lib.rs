@@ -10,6 +10,7 @@ mod admission;
 pub mod config;
 pub mod crypto;
 mod read_ahead;
+pub mod webhook_sig;
 mod ws;
 
 use std::net::SocketAddr;
