@@ -12,10 +12,12 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod content;
+pub mod crypto;
 pub mod db;
 pub mod email;
 pub mod identity;
 mod read_ahead;
+pub mod webhook_sig;
 mod ws;
 
 use std::net::SocketAddr;
