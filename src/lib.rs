@@ -8,6 +8,7 @@
 
 mod admission;
 pub mod config;
+pub mod ratelimit;
 mod read_ahead;
 mod ws;
 
