@@ -14,7 +14,14 @@
 //! worse than one that is briefly N times as generous.
 //!
 //! Callers answer a [`Decision::Deny`] with `429 Too Many Requests` and a `Retry-After` of
-//! [`Decision::retry_after_secs`] over REST, and close sockets with [`SOCKET_CLOSE_CODE`].
+//! [`Decision::retry_after_secs`] over REST, and close sockets with [`SOCKET_CLOSE_CODE`]:
+//!
+//! ```text
+//! let limiter = Limiter::new(redis_url.as_deref(), Quotas::default()).await?; // at start
+//! limiter.check(Bucket::ConnectIp, &ip_key(peer.ip())).await    // before the upgrade
+//! limiter.check(Bucket::ApiUser, &user_id).await                // per REST call
+//! limiter.check(Bucket::SocketUser, &user_id).await             // per socket message
+//! ```
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -562,7 +569,9 @@ impl Table {
 ///
 /// Times are integer microseconds (exact in Lua's doubles for centuries). The key holds the
 /// TAT and expires when the TAT passes, since a key with its whole burst available is the
-/// same as no key. A denied event writes nothing.
+/// same as no key. A denied event writes nothing. Needs Redis 5 or later (scripts replicate
+/// their effects, so reading TIME before a write is allowed). One key per call, so it also
+/// works on Redis Cluster.
 const GCRA_LUA: &str = r#"
 -- KEYS[1]: the key; its value is the TAT in microseconds on this server's clock.
 -- ARGV[1]: emission interval in microseconds (1 / rate); ARGV[2]: burst (>= 1).
