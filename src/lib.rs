@@ -16,6 +16,7 @@ pub mod crypto;
 pub mod db;
 pub mod email;
 pub mod identity;
+pub mod ratelimit;
 mod read_ahead;
 pub mod webhook_sig;
 mod ws;
