@@ -173,6 +173,26 @@ pub struct ServeConfig {
     /// server's API apply at once; this bounds how late other changes arrive).
     #[arg(long, env = "RESONANT_ACCESS_RECHECK_SECS", default_value_t = 5.0, value_parser = positive_secs)]
     pub access_recheck_secs: f64,
+    /// Connection attempts per second per client IP (0: unlimited); over it a socket is
+    /// closed with 4429. Rate limits apply only with authentication configured.
+    #[arg(long, env = "RESONANT_RATE_CONNECT_PER_SEC", default_value_t = 10.0)]
+    pub rate_connect_per_sec: f64,
+    /// Burst of connection attempts per client IP.
+    #[arg(long, env = "RESONANT_RATE_CONNECT_BURST", default_value_t = 60)]
+    pub rate_connect_burst: u32,
+    /// REST calls per second per user (0: unlimited); over it 429 with Retry-After.
+    #[arg(long, env = "RESONANT_RATE_API_PER_SEC", default_value_t = 20.0)]
+    pub rate_api_per_sec: f64,
+    /// Burst of REST calls per user.
+    #[arg(long, env = "RESONANT_RATE_API_BURST", default_value_t = 60)]
+    pub rate_api_burst: u32,
+    /// Socket messages per second per user, over all the user's sockets (0: unlimited);
+    /// over it the socket is closed with 4429.
+    #[arg(long, env = "RESONANT_RATE_SOCKET_PER_SEC", default_value_t = 200.0)]
+    pub rate_socket_per_sec: f64,
+    /// Burst of socket messages per user.
+    #[arg(long, env = "RESONANT_RATE_SOCKET_BURST", default_value_t = 1000)]
+    pub rate_socket_burst: u32,
     /// Log format.
     #[arg(long, env = "RESONANT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -236,6 +256,16 @@ impl ServeConfig {
             leeway: crate::identity::LEEWAY,
             min_refetch_interval: Duration::from_secs(10),
         })
+    }
+
+    /// The rate-limit quotas.
+    pub fn quotas(&self) -> crate::ratelimit::Quotas {
+        use crate::ratelimit::Quota;
+        crate::ratelimit::Quotas {
+            connect_ip: Quota::new(self.rate_connect_per_sec, self.rate_connect_burst),
+            api_user: Quota::new(self.rate_api_per_sec, self.rate_api_burst),
+            socket_user: Quota::new(self.rate_socket_per_sec, self.rate_socket_burst),
+        }
     }
 
     /// The room-level part of the configuration.

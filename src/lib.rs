@@ -60,13 +60,25 @@ pub struct AppState {
     access: access::Access,
     /// Invitation emails.
     mailer: email::Mailer,
+    /// Rate limits (off in development mode: one user and one IP would share every budget).
+    limiter: Option<ratelimit::Limiter>,
 }
 
 impl AppState {
     /// Charges one API call to `user`'s budget: 429 when it is spent.
-    async fn limit_api(&self, user: &str) -> Result<(), api::ApiError> {
-        let _ = user;
-        Ok(())
+    pub(crate) async fn limit_api(&self, user: &str) -> Result<(), api::ApiError> {
+        match self.limit(ratelimit::Bucket::ApiUser, user).await {
+            None => Ok(()),
+            Some(retry) => Err(api::ApiError::TooManyRequests(retry)),
+        }
+    }
+
+    /// Charges one unit of `bucket` to `key`: the wait before retrying when over budget.
+    pub(crate) async fn limit(&self, bucket: ratelimit::Bucket, key: &str) -> Option<Duration> {
+        match self.limiter.as_ref()?.check(bucket, key).await {
+            ratelimit::Decision::Allow => None,
+            ratelimit::Decision::Deny { retry_after } => Some(retry_after),
+        }
     }
 }
 
@@ -160,6 +172,15 @@ pub async fn start_with_store(
              the default workspace and may open any room (allowed on loopback only)"
         );
     }
+    let limiter = if auth.is_dev() {
+        None
+    } else {
+        let limiter = ratelimit::Limiter::new(config.redis_url.as_deref(), config.quotas())
+            .await
+            .context("connecting to Redis for rate limits (REDIS_URL)")?;
+        tracing::info!(backend = limiter.backend(), "rate limits");
+        Some(limiter)
+    };
     let (journal, journal_task) = Journal::start(store.clone(), journal_config);
     let rooms = Rooms::new(store, journal.clone(), config.sync_config());
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
@@ -187,6 +208,7 @@ pub async fn start_with_store(
         auth,
         access,
         mailer,
+        limiter,
         rooms: rooms.clone(),
         tracker: tracker.clone(),
         metrics,
@@ -204,9 +226,12 @@ pub async fn start_with_store(
     let serve_stop = stop.clone();
     let serve_rooms = rooms.clone();
     let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(serve_stop.cancelled_owned())
-            .await;
+        let result = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(serve_stop.cancelled_owned())
+        .await;
         // Accepting has stopped; close the sockets (1012) and commit everything.
         let drain = async {
             serve_rooms.shutdown().await;

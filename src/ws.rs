@@ -43,6 +43,7 @@ use tracing::Instrument;
 
 use crate::db::{self, Action, Role};
 use crate::identity::Principal;
+use crate::ratelimit::{self, Bucket};
 use crate::read_ahead::ReadAhead;
 use crate::AppState;
 
@@ -87,6 +88,10 @@ pub async fn sync_handler(
     mut req: Request,
 ) -> Response {
     let (token, subprotocol) = token_of(&req);
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let Some(accept) = websocket_accept(req.headers()) else {
         return (
             StatusCode::UPGRADE_REQUIRED,
@@ -122,7 +127,7 @@ pub async fn sync_handler(
                 let io = ReadAhead::new(TokioIo::new(upgraded));
                 let socket =
                     WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
-                connection(socket, room, token, app, permit).await;
+                connection(socket, room, token, ip, app, permit).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
@@ -267,11 +272,22 @@ async fn connection(
     socket: WebSocket,
     room: String,
     token: Option<String>,
+    ip: Option<std::net::IpAddr>,
     app: AppState,
     _permit: OwnedSemaphorePermit,
 ) {
     let _guard = ConnectionGuard::new();
     let (mut sink, stream) = socket.split();
+    if let Some(ip) = ip {
+        if let Some(retry) = app.limit(Bucket::ConnectIp, &ratelimit::ip_key(ip)).await {
+            let reason = format!(
+                "too many connection attempts: retry in {} ms",
+                retry.as_millis().max(1)
+            );
+            refuse(&mut sink, Close::new(close_code::RATE_LIMITED, reason)).await;
+            return;
+        }
+    }
     if let Err(retry) = app.admission.admit().await {
         REFUSED_RATE.increment(1);
         let close = Close::new(
@@ -335,6 +351,7 @@ async fn connection(
         let abort = writer.abort_handle();
         let auth = SocketAuth {
             user: principal.user.id.clone(),
+            external_id: principal.user.external_id.clone(),
             expires_at: principal.expires_at,
             watch: grant.watch,
         };
@@ -358,6 +375,8 @@ async fn connection(
 /// A connection's identity while it lives: whose token, until when, and its role's updates.
 struct SocketAuth {
     user: String,
+    /// The rate-limit key (the same on every node).
+    external_id: String,
     /// Unix seconds; `None` when the token does not expire (development mode).
     expires_at: Option<i64>,
     watch: Option<watch::Receiver<Option<Role>>>,
@@ -496,6 +515,15 @@ async fn reader(
             Message::Binary(frame) => {
                 MESSAGES_IN.increment(1);
                 BYTES_IN.increment(frame.len() as u64);
+                if let Some(retry) = app.limit(Bucket::SocketUser, &auth.external_id).await {
+                    let reason = format!(
+                        "rate limited: too many messages, retry in {} ms",
+                        retry.as_millis().max(1)
+                    );
+                    tracing::info!("socket message budget spent; closing");
+                    peer.close(Close::new(close_code::RATE_LIMITED, reason));
+                    return;
+                }
                 // Checked first: building the close waiter for every frame would put a lock
                 // on the per-message path for the rare case of a store that falls behind.
                 if journal.is_throttling() {

@@ -123,7 +123,8 @@ impl FromRequestParts<AppState> for Caller {
                 scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
             });
         let principal = app.auth.authenticate(token).await.map_err(ApiError::auth)?;
-        app.limit_api(&principal.user.id).await?;
+        // Keyed by the identity provider's id: the same on every node, whatever its database.
+        app.limit_api(&principal.user.external_id).await?;
         Ok(Caller(principal))
     }
 }

@@ -21,6 +21,7 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(change_member, remove_member))
         .routes(routes!(accept_invitation))
         .routes(routes!(me))
+        .routes(routes!(billing))
 }
 
 /// `POST /workspaces` body.
@@ -40,6 +41,46 @@ pub struct CreateWorkspace {
 pub struct RenameWorkspace {
     /// New display name.
     pub name: String,
+}
+
+/// A workspace's plan and its owner's subscription.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Billing {
+    /// The workspace's plan.
+    pub plan: String,
+    /// The paying owner's subscription status.
+    pub subscription_status: Option<String>,
+    /// The owner's subscription plan.
+    pub subscription_plan: Option<String>,
+    /// Tokens used this period.
+    pub tokens_used: i64,
+    /// Tokens the plan allows.
+    pub tokens_limit: i64,
+}
+
+/// The workspace's billing (owner only).
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/billing", tag = "workspaces",
+    params(("id" = String, Path, description = "Workspace id")),
+    responses((status = 200, body = Billing)))]
+async fn billing(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Billing>, ApiError> {
+    let role = role_in(&app, &caller, &id).await?;
+    require(role, Action::Billing)?;
+    let ws = db::workspace_for_user(&app.db, &id, caller.id())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let owner = db::user_by_id(&app.db, &ws.owner_id).await?;
+    Ok(axum::Json(Billing {
+        plan: ws.plan,
+        subscription_status: owner.as_ref().and_then(|o| o.subscription_status.clone()),
+        subscription_plan: owner.as_ref().and_then(|o| o.subscription_plan.clone()),
+        tokens_used: owner.as_ref().map_or(0, |o| o.tokens_used),
+        tokens_limit: owner.as_ref().map_or(0, |o| o.tokens_limit),
+    }))
 }
 
 /// The caller.

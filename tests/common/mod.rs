@@ -65,6 +65,11 @@ impl Client {
         Client(WsClient::connect(url, &options).await.expect("connect"))
     }
 
+    /// Wraps a connection made by hand (custom handshake headers).
+    pub fn from_stream(ws: resonant_client::ws::WsStream) -> Client {
+        Client(WsClient::new(ws, ClientState::default(), WAIT))
+    }
+
     /// Connects, sends our step 1 and waits for the server's step 2.
     pub async fn connect_synced(url: &str) -> Client {
         let mut c = Client::connect(url).await;
