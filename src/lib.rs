@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod admission;
+pub mod auth;
 pub mod config;
 mod read_ahead;
 mod ws;

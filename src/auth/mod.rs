@@ -1,0 +1,2 @@
+//! Authentication of clients: verification of the JWTs they present.
+pub mod jwt;
