@@ -688,3 +688,978 @@ impl Key {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use axum::extract::State;
+    use axum::http::{header::CONTENT_TYPE, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use axum::Router;
+    use futures_util::future::join_all;
+    use jsonwebtoken::{EncodingKey, Header as JwtHeader};
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey};
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+    use rsa::traits::PublicKeyParts;
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &str = "a-test-secret-of-at-least-thirty-two-bytes";
+    const ISSUER: &str = "https://issuer.test";
+    const AUDIENCE: &str = "resonant";
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn b64(bytes: impl AsRef<[u8]>) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// Valid claims for the test issuer and audience, expiring in 5 minutes.
+    fn claims() -> Value {
+        json!({"sub": "user_1", "iss": ISSUER, "aud": AUDIENCE, "iat": now(), "exp": now() + 300})
+    }
+
+    /// `claims()` with `changes` merged in; a `null` removes the claim.
+    fn claims_with(changes: Value) -> Value {
+        let mut claims = claims();
+        let map = claims.as_object_mut().unwrap();
+        for (name, value) in changes.as_object().unwrap() {
+            if value.is_null() {
+                map.remove(name);
+            } else {
+                map.insert(name.clone(), value.clone());
+            }
+        }
+        claims
+    }
+
+    fn sign(alg: Algorithm, kid: Option<&str>, claims: &Value, key: &EncodingKey) -> String {
+        let mut header = JwtHeader::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn hs(claims: &Value) -> String {
+        sign(
+            Algorithm::HS256,
+            None,
+            claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+    }
+
+    /// A token with a hand-made header and payload, HMAC-signed with `SECRET` (jsonwebtoken
+    /// writes neither `alg: none` nor payloads that are not JSON objects).
+    fn hand_made(header: &str, payload: &str) -> String {
+        let message = format!("{}.{}", b64(header), b64(payload));
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+        let tag = ring::hmac::sign(&key, message.as_bytes());
+        format!("{message}.{}", b64(tag.as_ref()))
+    }
+
+    fn hs_config() -> JwtConfig {
+        JwtConfig {
+            secret: Some(SECRET.into()),
+            issuer: Some(ISSUER.into()),
+            audience: Some(AUDIENCE.into()),
+            ..JwtConfig::default()
+        }
+    }
+
+    fn hs_verifier() -> Verifier {
+        Verifier::new(hs_config()).unwrap()
+    }
+
+    struct RsaKey {
+        kid: String,
+        encoding: EncodingKey,
+        n: String,
+        e: String,
+        public_pem_spki: String,
+        public_pem_pkcs1: String,
+        public_der_spki: Vec<u8>,
+        public_der_pkcs1: Vec<u8>,
+    }
+
+    impl RsaKey {
+        fn jwk(&self) -> Value {
+            json!({"kty": "RSA", "kid": self.kid, "use": "sig", "alg": "RS256", "n": self.n, "e": self.e})
+        }
+
+        fn token(&self, claims: &Value) -> String {
+            sign(Algorithm::RS256, Some(&self.kid), claims, &self.encoding)
+        }
+    }
+
+    /// Two RSA keys, generated once per test run (2048-bit generation is slow).
+    fn rsa_keys() -> &'static [RsaKey; 2] {
+        static KEYS: OnceLock<[RsaKey; 2]> = OnceLock::new();
+        KEYS.get_or_init(|| [rsa_key("rsa-1"), rsa_key("rsa-2")])
+    }
+
+    fn rsa_key(kid: &str) -> RsaKey {
+        let private = rsa::RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap();
+        let public = private.to_public_key();
+        RsaKey {
+            kid: kid.into(),
+            encoding: EncodingKey::from_rsa_der(private.to_pkcs1_der().unwrap().as_bytes()),
+            n: b64(public.n().to_bytes_be()),
+            e: b64(public.e().to_bytes_be()),
+            public_pem_spki: public.to_public_key_pem(LineEnding::LF).unwrap(),
+            public_pem_pkcs1: public.to_pkcs1_pem(LineEnding::LF).unwrap(),
+            public_der_spki: public.to_public_key_der().unwrap().as_bytes().to_vec(),
+            public_der_pkcs1: public.to_pkcs1_der().unwrap().as_bytes().to_vec(),
+        }
+    }
+
+    struct EcKey {
+        kid: String,
+        encoding: EncodingKey,
+        x: String,
+        y: String,
+    }
+
+    impl EcKey {
+        fn jwk(&self) -> Value {
+            json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "use": "sig", "alg": "ES256", "x": self.x, "y": self.y})
+        }
+
+        fn token(&self, claims: &Value) -> String {
+            sign(Algorithm::ES256, Some(&self.kid), claims, &self.encoding)
+        }
+    }
+
+    fn ec_key(kid: &str) -> EcKey {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        // Uncompressed point: 0x04, then x and y, 32 bytes each.
+        let point = pair.public_key().as_ref();
+        EcKey {
+            kid: kid.into(),
+            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
+            x: b64(&point[1..33]),
+            y: b64(&point[33..65]),
+        }
+    }
+
+    /// What the test JWKS server answers, changeable while it runs, and how often it was asked.
+    struct Served {
+        status: Mutex<StatusCode>,
+        body: Mutex<String>,
+        fetches: AtomicUsize,
+    }
+
+    struct JwksServer {
+        url: String,
+        served: Arc<Served>,
+    }
+
+    async fn serve_jwks(State(served): State<Arc<Served>>) -> impl IntoResponse {
+        served.fetches.fetch_add(1, Ordering::SeqCst);
+        let status = *served.status.lock().unwrap();
+        let body = served.body.lock().unwrap().clone();
+        (status, [(CONTENT_TYPE, "application/json")], body)
+    }
+
+    impl JwksServer {
+        async fn start(keys: Vec<Value>) -> JwksServer {
+            let served = Arc::new(Served {
+                status: Mutex::new(StatusCode::OK),
+                body: Mutex::new(json!({ "keys": keys }).to_string()),
+                fetches: AtomicUsize::new(0),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+            let app = Router::new()
+                .route("/jwks", get(serve_jwks))
+                .with_state(served.clone());
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            JwksServer { url, served }
+        }
+
+        fn set_keys(&self, keys: Vec<Value>) {
+            self.set_body(&json!({ "keys": keys }).to_string());
+        }
+
+        fn set_body(&self, body: &str) {
+            *self.served.body.lock().unwrap() = body.to_owned();
+        }
+
+        fn set_status(&self, status: StatusCode) {
+            *self.served.status.lock().unwrap() = status;
+        }
+
+        fn fetches(&self) -> usize {
+            self.served.fetches.load(Ordering::SeqCst)
+        }
+
+        fn config(&self, min_refetch_interval: Duration) -> JwtConfig {
+            JwtConfig {
+                jwks_url: Some(self.url.clone()),
+                issuer: Some(ISSUER.into()),
+                audience: Some(AUDIENCE.into()),
+                min_refetch_interval,
+                ..JwtConfig::default()
+            }
+        }
+
+        fn verifier(&self, min_refetch_interval: Duration) -> Verifier {
+            Verifier::new(self.config(min_refetch_interval)).unwrap()
+        }
+    }
+
+    /// Makes the next JWKS fetch due at once, as if the refetch interval had passed.
+    fn refetch_interval_elapses(verifier: &Verifier) {
+        verifier.inner.jwks.as_ref().unwrap().state().last_attempt = None;
+    }
+
+    // ---- HS256 ----
+
+    #[tokio::test]
+    async fn hs256_valid_token_verifies() {
+        let exp = now() + 300;
+        let token = hs(&claims_with(json!({
+            "exp": exp,
+            "email": "ada@example.com",
+            "name": "Ada",
+            "picture": "https://img.test/ada.png",
+        })));
+        let verified = hs_verifier().verify(&token).await.unwrap();
+        assert_eq!(
+            verified,
+            Claims {
+                sub: "user_1".into(),
+                exp,
+                email: Some("ada@example.com".into()),
+                name: Some("Ada".into()),
+                image_url: Some("https://img.test/ada.png".into()),
+            }
+        );
+
+        // Optional claims absent (as in a plain Clerk session token), or `image_url` preferred.
+        let bare = hs_verifier().verify(&hs(&claims())).await.unwrap();
+        assert_eq!((bare.email, bare.name, bare.image_url), (None, None, None));
+        let token = hs(&claims_with(
+            json!({"image_url": "https://a.test/1", "picture": "https://b.test/2"}),
+        ));
+        let verified = hs_verifier().verify(&token).await.unwrap();
+        assert_eq!(verified.image_url.as_deref(), Some("https://a.test/1"));
+    }
+
+    #[tokio::test]
+    async fn hs256_expired_token_is_refused_beyond_the_leeway() {
+        let verifier = hs_verifier();
+        let expired = hs(&claims_with(json!({"exp": now() - 60})));
+        assert_eq!(verifier.verify(&expired).await, Err(AuthError::Expired));
+        // Within the 10 s leeway: accepted, unless the leeway is zero.
+        let just_expired = hs(&claims_with(json!({"exp": now() - 3})));
+        assert!(verifier.verify(&just_expired).await.is_ok());
+        let strict = Verifier::new(JwtConfig {
+            leeway: Duration::ZERO,
+            ..hs_config()
+        })
+        .unwrap();
+        assert_eq!(strict.verify(&just_expired).await, Err(AuthError::Expired));
+    }
+
+    #[tokio::test]
+    async fn hs256_token_not_yet_valid_is_refused() {
+        let verifier = hs_verifier();
+        let future = hs(&claims_with(json!({"nbf": now() + 120})));
+        assert_eq!(verifier.verify(&future).await, Err(AuthError::NotYetValid));
+        let skewed = hs(&claims_with(json!({"nbf": now() + 3})));
+        assert!(verifier.verify(&skewed).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn hs256_wrong_or_missing_issuer_is_refused() {
+        let verifier = hs_verifier();
+        let wrong = hs(&claims_with(json!({"iss": "https://evil.test"})));
+        assert_eq!(verifier.verify(&wrong).await, Err(AuthError::WrongIssuer));
+        let missing = hs(&claims_with(json!({"iss": null})));
+        assert_eq!(
+            verifier.verify(&missing).await,
+            Err(AuthError::MissingClaim("iss"))
+        );
+    }
+
+    #[tokio::test]
+    async fn hs256_wrong_or_missing_audience_is_refused() {
+        let verifier = hs_verifier();
+        let wrong = hs(&claims_with(json!({"aud": "other-service"})));
+        assert_eq!(verifier.verify(&wrong).await, Err(AuthError::WrongAudience));
+        let missing = hs(&claims_with(json!({"aud": null})));
+        assert_eq!(
+            verifier.verify(&missing).await,
+            Err(AuthError::MissingClaim("aud"))
+        );
+        let listed = hs(&claims_with(json!({"aud": ["other-service", AUDIENCE]})));
+        assert!(verifier.verify(&listed).await.is_ok());
+
+        // No audience configured: tokens without `aud` pass, tokens meant for someone do not.
+        let any = Verifier::new(JwtConfig {
+            audience: None,
+            ..hs_config()
+        })
+        .unwrap();
+        assert!(any.verify(&missing).await.is_ok());
+        assert_eq!(any.verify(&wrong).await, Err(AuthError::WrongAudience));
+    }
+
+    #[tokio::test]
+    async fn hs256_wrong_signature_is_refused() {
+        let verifier = hs_verifier();
+        let other = EncodingKey::from_secret(b"another-secret-of-at-least-thirty-two-bytes");
+        let forged = sign(Algorithm::HS256, None, &claims(), &other);
+        assert_eq!(verifier.verify(&forged).await, Err(AuthError::BadSignature));
+
+        // A genuine signature over other claims.
+        let genuine = hs(&claims());
+        let (_, signature) = genuine.rsplit_once('.').unwrap();
+        let header = genuine.split('.').next().unwrap();
+        let payload = b64(claims_with(json!({"sub": "admin"})).to_string());
+        let spliced = format!("{header}.{payload}.{signature}");
+        assert_eq!(
+            verifier.verify(&spliced).await,
+            Err(AuthError::BadSignature)
+        );
+        let unsigned = format!("{header}.{payload}.");
+        assert_eq!(
+            verifier.verify(&unsigned).await,
+            Err(AuthError::BadSignature)
+        );
+    }
+
+    #[tokio::test]
+    async fn alg_none_is_refused() {
+        let verifier = hs_verifier();
+        let payload = b64(claims().to_string());
+        for alg in ["none", "None", "NONE", "nOnE"] {
+            let header = b64(json!({"alg": alg, "typ": "JWT"}).to_string());
+            let token = format!("{header}.{payload}.");
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::UnsupportedAlgorithm),
+                "{alg}"
+            );
+            // Even carrying a valid HMAC of the message.
+            let token = hand_made(&json!({"alg": alg}).to_string(), &claims().to_string());
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::UnsupportedAlgorithm),
+                "{alg}"
+            );
+        }
+        // Control: the same hand-made token with HS256 is accepted.
+        let token = hand_made(r#"{"alg":"HS256"}"#, &claims().to_string());
+        assert!(verifier.verify(&token).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn other_hmac_algorithms_are_refused() {
+        let verifier = hs_verifier();
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        for alg in [Algorithm::HS384, Algorithm::HS512] {
+            let token = sign(alg, None, &claims(), &key);
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::UnsupportedAlgorithm)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_or_invalid_sub_is_refused() {
+        let verifier = hs_verifier();
+        for sub in [Value::Null, json!(""), json!(42), json!(true)] {
+            let token = hs(&claims_with(json!({ "sub": sub })));
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::MissingClaim("sub")),
+                "{sub}"
+            );
+        }
+        // jsonwebtoken's claim parser fails outright on an array or object where it expects
+        // a string, before the presence check: still refused, as malformed.
+        for sub in [json!(["user_1"]), json!({"id": "user_1"})] {
+            let token = hs(&claims_with(json!({ "sub": sub })));
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::Malformed),
+                "{sub}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn missing_or_invalid_exp_is_refused() {
+        let verifier = hs_verifier();
+        for exp in [Value::Null, json!("tomorrow"), json!(-5), json!(true)] {
+            let token = hs(&claims_with(json!({ "exp": exp })));
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::MissingClaim("exp")),
+                "{exp}"
+            );
+        }
+        // A fractional `exp` is a valid NumericDate.
+        let base = now();
+        let token = hs(&claims_with(json!({"exp": base as f64 + 300.4})));
+        assert_eq!(verifier.verify(&token).await.unwrap().exp, base + 300);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_refused_as_malformed() {
+        let verifier = hs_verifier();
+        let valid = hs(&claims());
+        let huge = format!("{valid}{}", "A".repeat(MAX_TOKEN_BYTES));
+        let cases = [
+            String::new(),
+            "garbage".into(),
+            "a.b".into(),
+            "a.b.c".into(),
+            "...".into(),
+            "a.b.c.d".into(),
+            "!!!.@@@.###".into(),
+            format!("{valid}."),
+            format!("Bearer {valid}"),
+            format!("{}.{}.", b64("[]"), b64("{}")),
+            format!("{}.{}.", b64(r#"{"alg":5}"#), b64("{}")),
+            format!("{}.{}.", b64(r#"{"typ":"JWT"}"#), b64("{}")),
+            format!("{}.{}.", b64(r#"{"alg":"HS256","kid":7}"#), b64("{}")),
+            format!("{}.{}.", b64("\u{0}\u{1}"), b64("{}")),
+            // Correctly signed, but the payload is not a JSON object.
+            hand_made(r#"{"alg":"HS256"}"#, "not json"),
+            hand_made(r#"{"alg":"HS256"}"#, "[1,2]"),
+            // Correctly signed, but with a critical extension we do not understand.
+            hand_made(
+                r#"{"alg":"HS256","crit":["exp-ext"],"exp-ext":1}"#,
+                &claims().to_string(),
+            ),
+            huge,
+        ];
+        for token in cases {
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::Malformed),
+                "{token:.80}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_are_short_enough_for_a_close_reason() {
+        let errors = [
+            AuthError::Malformed,
+            AuthError::Expired,
+            AuthError::NotYetValid,
+            AuthError::BadSignature,
+            AuthError::WrongIssuer,
+            AuthError::WrongAudience,
+            AuthError::UnsupportedAlgorithm,
+            AuthError::KeyMismatch,
+            AuthError::UnknownKey,
+            AuthError::MissingClaim("unknown"),
+            AuthError::KeysUnavailable("JWKS has no usable RS256/ES256 key".into()),
+            AuthError::KeysUnavailable("JWKS server answered HTTP 503".into()),
+        ];
+        for error in errors {
+            let message = error.to_string();
+            // WebSocket close reasons are limited to 123 bytes.
+            assert!(message.len() <= 123, "{message}");
+            assert!(!message.is_empty());
+        }
+    }
+
+    // ---- configuration ----
+
+    #[test]
+    fn configuration_is_checked() {
+        let with = |config: JwtConfig| Verifier::new(config).map(|_| ());
+        assert!(with(JwtConfig::default()).is_err());
+        assert!(with(JwtConfig {
+            secret: Some("short".into()),
+            ..JwtConfig::default()
+        })
+        .is_err());
+        for bad in [
+            "not a url",
+            "ftp://keys.test/jwks",
+            "http://keys.test/jwks",
+            "http://10.0.0.1/jwks",
+        ] {
+            let config = JwtConfig {
+                jwks_url: Some(bad.into()),
+                ..JwtConfig::default()
+            };
+            assert!(with(config).is_err(), "{bad}");
+        }
+        for good in [
+            "https://clerk.example.com/.well-known/jwks.json",
+            "http://127.0.0.1:9/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9/jwks",
+        ] {
+            let config = JwtConfig {
+                jwks_url: Some(good.into()),
+                ..JwtConfig::default()
+            };
+            assert!(with(config).is_ok(), "{good}");
+        }
+        assert!(with(JwtConfig {
+            issuer: Some(String::new()),
+            ..hs_config()
+        })
+        .is_err());
+        assert!(with(JwtConfig {
+            audience: Some(String::new()),
+            ..hs_config()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let config = hs_config();
+        assert!(!format!("{config:?}").contains(SECRET));
+        let verifier = Verifier::new(config).unwrap();
+        assert!(!format!("{verifier:?}").contains(SECRET));
+    }
+
+    // ---- algorithm confusion ----
+
+    #[tokio::test]
+    async fn hs256_signed_with_the_rsa_public_key_is_refused() {
+        let key = &rsa_keys()[0];
+        let server = JwksServer::start(vec![key.jwk()]).await;
+        let jwks_only = server.verifier(HOUR);
+        let both = Verifier::new(JwtConfig {
+            secret: Some(SECRET.into()),
+            ..server.config(HOUR)
+        })
+        .unwrap();
+        // Control: the genuine RS256 token verifies with either, so the refusals below are
+        // about the algorithm, not a broken setup.
+        assert!(jwks_only.verify(&key.token(&claims())).await.is_ok());
+        assert!(both.verify(&key.token(&claims())).await.is_ok());
+
+        let n = URL_SAFE_NO_PAD.decode(&key.n).unwrap();
+        let materials: [&[u8]; 5] = [
+            key.public_pem_spki.as_bytes(),
+            key.public_pem_pkcs1.as_bytes(),
+            &key.public_der_spki,
+            &key.public_der_pkcs1,
+            &n,
+        ];
+        for material in materials {
+            let forged = sign(
+                Algorithm::HS256,
+                Some(&key.kid),
+                &claims(),
+                &EncodingKey::from_secret(material),
+            );
+            // JWKS only: HS256 is not accepted at all.
+            assert_eq!(
+                jwks_only.verify(&forged).await,
+                Err(AuthError::UnsupportedAlgorithm)
+            );
+            // Secret and JWKS: HS256 goes to the secret, which the forger does not have.
+            assert_eq!(both.verify(&forged).await, Err(AuthError::BadSignature));
+        }
+    }
+
+    #[tokio::test]
+    async fn asymmetric_tokens_are_refused_when_only_a_secret_is_configured() {
+        let verifier = hs_verifier();
+        let rsa = &rsa_keys()[0];
+        let ec = ec_key("ec-1");
+        assert_eq!(
+            verifier.verify(&rsa.token(&claims())).await,
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+        assert_eq!(
+            verifier.verify(&ec.token(&claims())).await,
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+        // An "RS256" header over a valid HMAC with the secret is refused too.
+        let token = hand_made(r#"{"alg":"RS256"}"#, &claims().to_string());
+        assert_eq!(
+            verifier.verify(&token).await,
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+    }
+
+    #[tokio::test]
+    async fn header_alg_must_match_the_jwk_type() {
+        let rsa = &rsa_keys()[0];
+        let ec = ec_key("ec-1");
+        let server = JwksServer::start(vec![rsa.jwk(), ec.jwk()]).await;
+        let verifier = server.verifier(HOUR);
+        assert!(verifier.verify(&rsa.token(&claims())).await.is_ok());
+        assert!(verifier.verify(&ec.token(&claims())).await.is_ok());
+        // ES256 naming the RSA key, RS256 naming the EC key.
+        let es_on_rsa = sign(Algorithm::ES256, Some(&rsa.kid), &claims(), &ec.encoding);
+        assert_eq!(
+            verifier.verify(&es_on_rsa).await,
+            Err(AuthError::KeyMismatch)
+        );
+        let rs_on_ec = sign(Algorithm::RS256, Some(&ec.kid), &claims(), &rsa.encoding);
+        assert_eq!(
+            verifier.verify(&rs_on_ec).await,
+            Err(AuthError::KeyMismatch)
+        );
+        // RS384 is not accepted even with a matching RSA key.
+        let rs384 = sign(Algorithm::RS384, Some(&rsa.kid), &claims(), &rsa.encoding);
+        assert_eq!(
+            verifier.verify(&rs384).await,
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+        assert_eq!(server.fetches(), 1);
+    }
+
+    // ---- JWKS ----
+
+    #[tokio::test]
+    async fn rs256_and_es256_tokens_verify_against_the_jwks() {
+        let rsa = &rsa_keys()[0];
+        let ec = ec_key("ec-1");
+        let server = JwksServer::start(vec![rsa.jwk(), ec.jwk()]).await;
+        let verifier = server.verifier(HOUR);
+        assert_eq!(
+            server.fetches(),
+            0,
+            "nothing is fetched before a token needs it"
+        );
+
+        let claims_in = claims_with(json!({"email": "ada@example.com"}));
+        let verified = verifier.verify(&rsa.token(&claims_in)).await.unwrap();
+        assert_eq!(verified.sub, "user_1");
+        assert_eq!(verified.email.as_deref(), Some("ada@example.com"));
+        assert!(verifier.verify(&ec.token(&claims_in)).await.is_ok());
+        // A clone shares the cache.
+        assert!(verifier
+            .clone()
+            .verify(&rsa.token(&claims_in))
+            .await
+            .is_ok());
+        assert_eq!(server.fetches(), 1, "the cache serves later tokens");
+
+        // The claim checks apply to JWKS tokens too.
+        let expired = rsa.token(&claims_with(json!({"exp": now() - 60})));
+        assert_eq!(verifier.verify(&expired).await, Err(AuthError::Expired));
+        let wrong_iss = ec.token(&claims_with(json!({"iss": "https://evil.test"})));
+        assert_eq!(
+            verifier.verify(&wrong_iss).await,
+            Err(AuthError::WrongIssuer)
+        );
+        // Signed by another key under the same kid.
+        let other = &rsa_keys()[1];
+        let forged = sign(Algorithm::RS256, Some(&rsa.kid), &claims(), &other.encoding);
+        assert_eq!(verifier.verify(&forged).await, Err(AuthError::BadSignature));
+        let other_ec = ec_key("other");
+        let forged = sign(
+            Algorithm::ES256,
+            Some(&ec.kid),
+            &claims(),
+            &other_ec.encoding,
+        );
+        assert_eq!(verifier.verify(&forged).await, Err(AuthError::BadSignature));
+    }
+
+    #[tokio::test]
+    async fn a_token_without_kid_uses_the_only_matching_key() {
+        let [first, second] = rsa_keys();
+        let server = JwksServer::start(vec![first.jwk()]).await;
+        let verifier = server.verifier(HOUR);
+        let no_kid = sign(Algorithm::RS256, None, &claims(), &first.encoding);
+        assert!(verifier.verify(&no_kid).await.is_ok());
+
+        // With two RSA keys, a token without kid is ambiguous.
+        server.set_keys(vec![first.jwk(), second.jwk()]);
+        let verifier = server.verifier(HOUR);
+        assert_eq!(verifier.verify(&no_kid).await, Err(AuthError::UnknownKey));
+    }
+
+    #[tokio::test]
+    async fn rotation_to_a_new_kid_costs_exactly_one_refetch() {
+        let [old, new] = rsa_keys();
+        let server = JwksServer::start(vec![old.jwk()]).await;
+        let verifier = server.verifier(HOUR);
+        assert!(verifier.verify(&old.token(&claims())).await.is_ok());
+        assert_eq!(server.fetches(), 1);
+
+        server.set_keys(vec![new.jwk()]);
+        refetch_interval_elapses(&verifier);
+        assert!(verifier.verify(&new.token(&claims())).await.is_ok());
+        assert_eq!(server.fetches(), 2, "one refetch for the new kid");
+        assert!(verifier.verify(&new.token(&claims())).await.is_ok());
+        assert_eq!(server.fetches(), 2);
+
+        // The old key left the set: its tokens are refused, without another fetch inside
+        // the interval.
+        assert_eq!(
+            verifier.verify(&old.token(&claims())).await,
+            Err(AuthError::UnknownKey)
+        );
+        assert_eq!(server.fetches(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_verifications_of_a_new_kid_share_one_fetch() {
+        let [old, new] = rsa_keys();
+        let server = JwksServer::start(vec![old.jwk()]).await;
+        // No rate limit, so only the sharing keeps the count down.
+        let verifier = server.verifier(Duration::ZERO);
+        assert!(verifier.verify(&old.token(&claims())).await.is_ok());
+        assert_eq!(server.fetches(), 1);
+
+        server.set_keys(vec![old.jwk(), new.jwk()]);
+        let token = new.token(&claims());
+        let results = join_all((0..50).map(|_| verifier.verify(&token))).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(server.fetches(), 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_refetch_at_most_once_per_interval() {
+        let [known, signer] = rsa_keys();
+        let server = JwksServer::start(vec![known.jwk()]).await;
+        let verifier = server.verifier(HOUR);
+        let forged = |i: usize| {
+            let kid = format!("made-up-{i}");
+            sign(Algorithm::RS256, Some(&kid), &claims(), &signer.encoding)
+        };
+
+        // The first fetch happens for the first token, whatever its kid.
+        assert_eq!(
+            verifier.verify(&forged(0)).await,
+            Err(AuthError::UnknownKey)
+        );
+        assert_eq!(server.fetches(), 1);
+        for i in 1..100 {
+            assert_eq!(
+                verifier.verify(&forged(i)).await,
+                Err(AuthError::UnknownKey)
+            );
+        }
+        let tokens: Vec<String> = (100..150).map(forged).collect();
+        let results = join_all(tokens.iter().map(|t| verifier.verify(t))).await;
+        assert!(results.iter().all(|r| r == &Err(AuthError::UnknownKey)));
+        assert_eq!(server.fetches(), 1, "no refetch within the interval");
+        assert!(verifier.verify(&known.token(&claims())).await.is_ok());
+
+        // Once the interval has passed, one more refetch, then quiet again.
+        refetch_interval_elapses(&verifier);
+        for i in 150..200 {
+            assert_eq!(
+                verifier.verify(&forged(i)).await,
+                Err(AuthError::UnknownKey)
+            );
+        }
+        assert_eq!(server.fetches(), 2);
+    }
+
+    #[tokio::test]
+    async fn unreachable_jwks_means_keys_unavailable() {
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let verifier = Verifier::new(JwtConfig {
+            jwks_url: Some(format!("http://127.0.0.1:{port}/jwks")),
+            ..JwtConfig::default()
+        })
+        .unwrap();
+        let token = rsa_keys()[0].token(&claims());
+        let error = verifier.verify(&token).await.unwrap_err();
+        assert!(matches!(error, AuthError::KeysUnavailable(_)), "{error:?}");
+        assert!(error.to_string().len() <= 123);
+    }
+
+    #[tokio::test]
+    async fn failing_jwks_means_keys_unavailable_and_is_not_hammered() {
+        let key = &rsa_keys()[0];
+        let server = JwksServer::start(vec![key.jwk()]).await;
+        server.set_status(StatusCode::INTERNAL_SERVER_ERROR);
+        let verifier = server.verifier(HOUR);
+        let token = key.token(&claims());
+        for _ in 0..10 {
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::KeysUnavailable(
+                    "JWKS server answered HTTP 500".into()
+                ))
+            );
+        }
+        assert_eq!(server.fetches(), 1);
+
+        // Back up, and the interval passed: the next token fetches and verifies.
+        server.set_status(StatusCode::OK);
+        refetch_interval_elapses(&verifier);
+        assert!(verifier.verify(&token).await.is_ok());
+        assert_eq!(server.fetches(), 2);
+    }
+
+    #[tokio::test]
+    async fn cached_keys_keep_working_while_the_jwks_is_down() {
+        let [cached, rotated] = rsa_keys();
+        let server = JwksServer::start(vec![cached.jwk()]).await;
+        let verifier = server.verifier(Duration::ZERO);
+        assert!(verifier.verify(&cached.token(&claims())).await.is_ok());
+
+        server.set_status(StatusCode::SERVICE_UNAVAILABLE);
+        // A kid the cache lacks needs the JWKS: unavailable, not "unknown".
+        let error = verifier
+            .verify(&rotated.token(&claims()))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, AuthError::KeysUnavailable(_)), "{error:?}");
+        assert_eq!(server.fetches(), 2);
+        // The failed fetch did not throw the cached key away.
+        assert!(verifier.verify(&cached.token(&claims())).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn stale_cache_is_refreshed_and_survives_a_failed_refresh() {
+        let [old, new] = rsa_keys();
+        let server = JwksServer::start(vec![old.jwk()]).await;
+        let verifier = Verifier::new(JwtConfig {
+            cache_ttl: Duration::ZERO,
+            ..server.config(Duration::ZERO)
+        })
+        .unwrap();
+        let token = old.token(&claims());
+        assert!(verifier.verify(&token).await.is_ok());
+        assert_eq!(server.fetches(), 1);
+        // Past the TTL at once: every verification refreshes.
+        assert!(verifier.verify(&token).await.is_ok());
+        assert_eq!(server.fetches(), 2);
+
+        // A failed refresh keeps the stale keys.
+        server.set_status(StatusCode::BAD_GATEWAY);
+        assert!(verifier.verify(&token).await.is_ok());
+        assert_eq!(server.fetches(), 3);
+
+        // A successful refresh drops a key the issuer withdrew.
+        server.set_status(StatusCode::OK);
+        server.set_keys(vec![new.jwk()]);
+        assert_eq!(verifier.verify(&token).await, Err(AuthError::UnknownKey));
+        assert_eq!(server.fetches(), 4);
+        assert!(verifier.verify(&new.token(&claims())).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn stale_cache_refresh_is_rate_limited_too() {
+        let key = &rsa_keys()[0];
+        let server = JwksServer::start(vec![key.jwk()]).await;
+        let verifier = Verifier::new(JwtConfig {
+            cache_ttl: Duration::ZERO,
+            ..server.config(HOUR)
+        })
+        .unwrap();
+        for _ in 0..5 {
+            assert!(verifier.verify(&key.token(&claims())).await.is_ok());
+        }
+        assert_eq!(server.fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn unusable_jwks_responses_mean_keys_unavailable() {
+        let key = &rsa_keys()[0];
+        let server = JwksServer::start(vec![]).await;
+        let verifier = server.verifier(Duration::ZERO);
+        let token = key.token(&claims());
+        let too_large = json!({"keys": [], "padding": "x".repeat(MAX_JWKS_BYTES)}).to_string();
+        let bodies = [
+            "not json".to_string(),
+            r#"{"keys": "none"}"#.into(),
+            r#"{"keys": []}"#.into(),
+            json!({"keys": [{"kty": "oct", "kid": key.kid, "k": b64(SECRET)}]}).to_string(),
+            too_large,
+        ];
+        for body in bodies {
+            server.set_body(&body);
+            let error = verifier.verify(&token).await.unwrap_err();
+            assert!(
+                matches!(error, AuthError::KeysUnavailable(_)),
+                "{error:?} for {body:.60}"
+            );
+        }
+        server.set_keys(vec![key.jwk()]);
+        assert!(verifier.verify(&token).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unusable_keys_in_a_jwks_are_skipped() {
+        let [good, other] = rsa_keys();
+        let ec = ec_key("ec-1");
+        let rsa_with = |kid: &str, extra: Value| {
+            let mut jwk = json!({"kty": "RSA", "kid": kid, "n": other.n, "e": other.e});
+            jwk.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            jwk
+        };
+        let server = JwksServer::start(vec![
+            json!({"kty": "oct", "kid": "oct", "k": b64(SECRET)}),
+            rsa_with("enc", json!({"use": "enc"})),
+            rsa_with("rs512", json!({"alg": "RS512"})),
+            json!({"kty": "EC", "crv": "P-384", "kid": "p384", "x": ec.x, "y": ec.y}),
+            json!({"kty": "EC", "crv": "P-256", "kid": "short", "x": "AAAA", "y": ec.y}),
+            json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": ec.x}),
+            json!({"kty": "RSA", "kid": 5, "n": other.n, "e": other.e}),
+            json!({"kty": "RSA", "kid": "no-n", "e": other.e}),
+            json!("not an object"),
+            good.jwk(),
+            // Clerk omits nothing, but `alg` and `use` are optional in a JWK.
+            json!({"kty": "RSA", "kid": "plain", "n": other.n, "e": other.e}),
+        ])
+        .await;
+        let verifier = server.verifier(HOUR);
+        assert!(verifier.verify(&good.token(&claims())).await.is_ok());
+        let plain = sign(Algorithm::RS256, Some("plain"), &claims(), &other.encoding);
+        assert!(verifier.verify(&plain).await.is_ok());
+        for kid in ["enc", "rs512", "no-n"] {
+            let token = sign(Algorithm::RS256, Some(kid), &claims(), &other.encoding);
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::UnknownKey),
+                "{kid}"
+            );
+        }
+        for kid in ["p384", "short"] {
+            let token = sign(Algorithm::ES256, Some(kid), &claims(), &ec.encoding);
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(AuthError::UnknownKey),
+                "{kid}"
+            );
+        }
+        let oct = sign(
+            Algorithm::HS256,
+            Some("oct"),
+            &claims(),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        );
+        assert_eq!(
+            verifier.verify(&oct).await,
+            Err(AuthError::UnsupportedAlgorithm)
+        );
+        assert_eq!(server.fetches(), 1);
+    }
+}
