@@ -253,8 +253,7 @@ impl ServeConfig {
             jwks_url: self.jwks_url.clone(),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
-            leeway: crate::identity::LEEWAY,
-            min_refetch_interval: Duration::from_secs(10),
+            ..crate::auth::jwt::JwtConfig::default()
         })
     }
 

@@ -6,7 +6,6 @@
 //! server listens on loopback (see [`crate::config::ServeConfig::validate`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dashmap::DashMap;
 
@@ -173,6 +172,3 @@ impl Authenticator {
         self.inner.users.remove(external_id);
     }
 }
-
-/// How long clock skew we accept on `exp` and `nbf`.
-pub const LEEWAY: Duration = Duration::from_secs(30);

@@ -1,2 +1,2 @@
-//! Token verification.
+//! Authentication of clients: verification of the JWTs they present.
 pub mod jwt;
