@@ -476,7 +476,18 @@ async fn reader(
                     Some(role) => {
                         let can_write = role.allows(Action::Edit);
                         tracing::info!(role = role.as_str(), can_write, "role changed");
+                        let was_writer = peer.can_write();
                         peer.set_can_write(can_write);
+                        if can_write && !was_writer {
+                            // Edits refused while read-only are still in the client's
+                            // document, and its next edits depend on them: a step 1 makes
+                            // it send what we lack, as a reconnect would.
+                            let sv = session.room().with_doc(|doc| {
+                                use yrs::{ReadTxn, Transact};
+                                doc.transact().state_vector()
+                            });
+                            peer.reply(&protocol::encode_sync_step1(&sv));
+                        }
                         if peer.extensions() {
                             let notice = serde_json::json!({ "type": "access", "role": role.as_str(), "readOnly": !can_write });
                             peer.reply(&protocol::encode_stateless(&notice.to_string()));

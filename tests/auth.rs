@@ -13,7 +13,7 @@ use common::{room_url, Client, WAIT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use yrs::{Map, Transact};
+use yrs::{Map, Transact, WriteTxn};
 
 /// One server with JWT auth, and an HTTP client for it.
 struct Env {
@@ -254,8 +254,8 @@ async fn refused(url: &str) -> (u16, String) {
 /// Sets `key` in the `meta` map.
 async fn set_meta(c: &mut Client, key: &str, value: &str) {
     let (key, value) = (key.to_string(), value.to_string());
-    c.edit(move |doc, txn| {
-        doc.get_or_insert_map("meta").insert(txn, key, value);
+    c.edit(move |_, txn| {
+        txn.get_or_insert_map("meta").insert(txn, key, value);
     })
     .await;
 }
@@ -864,7 +864,11 @@ async fn demotion_turns_a_socket_read_only_and_removal_closes_it() {
             .await;
         set_meta(&mut member, "promoted", "1").await;
         owner
-            .until("edit after promotion", |s| has_meta(s, "promoted"))
+            // The server asks a promoted client to resync, so the edit refused while it was
+            // a viewer arrives too (as it would on reconnect), and nothing waits on it.
+            .until("edits after promotion", |s| {
+                has_meta(s, "promoted") && has_meta(s, "after-demotion")
+            })
             .await;
 
         // Removed: closed with 4403, and cannot come back.
