@@ -3,6 +3,7 @@
 
 mod comments;
 mod error;
+mod templates;
 mod workflows;
 mod workspaces;
 
@@ -26,6 +27,7 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(workspaces::router())
         .merge(workflows::router())
         .merge(comments::router())
+        .merge(templates::router())
         .split_for_parts();
     (router, api)
 }
