@@ -56,6 +56,8 @@ pub struct AppState {
     db: db::Db,
     /// Turns tokens into users.
     auth: identity::Authenticator,
+    /// Seals provider API keys; `None` without `--encryption-key` (storing keys is refused).
+    cipher: Option<crypto::KeyCipher>,
     /// Live sockets' roles.
     access: access::Access,
     /// Invitation emails.
@@ -131,6 +133,12 @@ pub async fn start_with_store(
     store: Arc<dyn resonant_store::Store>,
 ) -> anyhow::Result<Server> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let cipher = config
+        .encryption_key
+        .as_deref()
+        .map(crypto::KeyCipher::from_config)
+        .transpose()
+        .context("invalid --encryption-key (RESONANT_ENCRYPTION_KEY)")?;
     let metrics = metrics_handle();
     store
         .lock_exclusive(STORE_LOCK_WAIT)
@@ -184,6 +192,7 @@ pub async fn start_with_store(
     );
     let state = AppState {
         db,
+        cipher,
         auth,
         access,
         mailer,

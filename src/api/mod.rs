@@ -3,6 +3,7 @@
 
 mod comments;
 mod error;
+pub mod providers;
 mod templates;
 mod workflows;
 mod workspaces;
@@ -28,6 +29,7 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(workflows::router())
         .merge(comments::router())
         .merge(templates::router())
+        .merge(providers::router())
         .split_for_parts();
     (router, api)
 }
