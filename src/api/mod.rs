@@ -5,6 +5,7 @@ mod comments;
 mod error;
 pub mod providers;
 mod templates;
+pub mod usage;
 mod workflows;
 mod workspaces;
 
@@ -30,6 +31,7 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(comments::router())
         .merge(templates::router())
         .merge(providers::router())
+        .merge(usage::router())
         .split_for_parts();
     (router, api)
 }
