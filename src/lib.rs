@@ -19,6 +19,7 @@ pub mod identity;
 pub mod ratelimit;
 mod read_ahead;
 pub mod webhook_sig;
+mod webhooks;
 mod ws;
 
 use std::net::SocketAddr;
@@ -261,6 +262,7 @@ fn router(state: AppState) -> Router {
         )
         .fallback(|| async { api::ApiError::NotFound })
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .merge(webhooks::router())
         .route("/sync/{room}", get(ws::sync_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
