@@ -19,6 +19,7 @@ pub mod identity;
 pub mod ratelimit;
 mod read_ahead;
 pub mod webhook_sig;
+mod webhooks;
 mod ws;
 
 use std::net::SocketAddr;
@@ -56,6 +57,8 @@ pub struct AppState {
     db: db::Db,
     /// Turns tokens into users.
     auth: identity::Authenticator,
+    /// Seals provider API keys; `None` without `--encryption-key` (storing keys is refused).
+    cipher: Option<crypto::KeyCipher>,
     /// Live sockets' roles.
     access: access::Access,
     /// Invitation emails.
@@ -143,6 +146,12 @@ pub async fn start_with_store(
     store: Arc<dyn resonant_store::Store>,
 ) -> anyhow::Result<Server> {
     config.validate().map_err(anyhow::Error::msg)?;
+    let cipher = config
+        .encryption_key
+        .as_deref()
+        .map(crypto::KeyCipher::from_config)
+        .transpose()
+        .context("invalid --encryption-key (RESONANT_ENCRYPTION_KEY)")?;
     let metrics = metrics_handle();
     store
         .lock_exclusive(STORE_LOCK_WAIT)
@@ -205,6 +214,7 @@ pub async fn start_with_store(
     );
     let state = AppState {
         db,
+        cipher,
         auth,
         access,
         mailer,
@@ -277,6 +287,7 @@ fn router(state: AppState) -> Router {
         )
         .fallback(|| async { api::ApiError::NotFound })
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .merge(webhooks::router())
         .route("/sync/{room}", get(ws::sync_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -3,6 +3,9 @@
 
 mod comments;
 mod error;
+pub mod providers;
+mod templates;
+pub mod usage;
 mod workflows;
 mod workspaces;
 
@@ -26,6 +29,9 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(workspaces::router())
         .merge(workflows::router())
         .merge(comments::router())
+        .merge(templates::router())
+        .merge(providers::router())
+        .merge(usage::router())
         .split_for_parts();
     (router, api)
 }

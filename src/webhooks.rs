@@ -1,0 +1,478 @@
+//! Incoming webhooks: Clerk (users, delivered through Svix) at `POST /webhooks/clerk` and
+//! Stripe (subscriptions) at `POST /webhooks/stripe`.
+//!
+//! Neither takes a bearer token: the signature over the raw body ([`crate::webhook_sig`]) is
+//! the authentication, and a request whose signature or timestamp does not check out is a
+//! 400 that changes nothing. An endpoint whose secret is not configured does not exist (404).
+//!
+//! Senders retry, and a captured request could be replayed within the signature's window, so
+//! every event id is recorded in `webhook_events` in the same transaction as the change it
+//! makes: an id seen before is answered `{"status":"duplicate"}` and changes nothing, and a
+//! change that fails leaves the id unrecorded so the retry can apply it.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::ApiError;
+use crate::db::{new_id, now_ms, DbError};
+use crate::webhook_sig::{self, SignatureError};
+use crate::{with_pool, AppState};
+
+/// Largest accepted webhook body (Clerk and Stripe events are a few KiB).
+const MAX_BODY: usize = 256 * 1024;
+
+/// Longest accepted event or object id.
+const MAX_ID: usize = 255;
+
+/// The webhook routes, with their own body limit.
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks/clerk", post(clerk))
+        .route("/webhooks/stripe", post(stripe))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// What a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The change was applied.
+    Processed,
+    /// The event id was seen before: nothing changed.
+    Duplicate,
+    /// Not an event we act on (recorded as seen), or about nobody we know.
+    Ignored,
+}
+
+type Reply = Result<axum::Json<Value>, ApiError>;
+
+fn reply(outcome: Outcome) -> Reply {
+    let status = match outcome {
+        Outcome::Processed => "processed",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Ignored => "ignored",
+    };
+    Ok(axum::Json(json!({ "status": status })))
+}
+
+fn now_unix() -> i64 {
+    now_ms().div_euclid(1000)
+}
+
+fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("webhook body larger than {MAX_BODY} bytes"))
+        } else {
+            ApiError::bad_request(None, e.body_text())
+        }
+    })
+}
+
+fn signature_error(sender: &str, e: SignatureError) -> ApiError {
+    match e {
+        SignatureError::BadSecret => {
+            tracing::error!(
+                sender,
+                "webhook signing secret is invalid: fix the configuration"
+            );
+            ApiError::Unavailable("webhook signing secret is misconfigured".into())
+        }
+        e => {
+            tracing::warn!(sender, error = %e, "webhook refused");
+            ApiError::bad_request(None, format!("webhook refused: {e}"))
+        }
+    }
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A non-empty id of at most [`MAX_ID`] bytes, or a 400 naming `field`.
+fn id_field<'a>(field: &str, value: Option<&'a str>) -> Result<&'a str, ApiError> {
+    match value {
+        Some(v) if !v.is_empty() && v.len() <= MAX_ID => Ok(v),
+        _ => Err(ApiError::field(
+            field,
+            format!("must be a non-empty id of at most {MAX_ID} bytes"),
+        )),
+    }
+}
+
+/// Records `(sender, event)` as seen inside `tx`: false if it was seen before.
+macro_rules! first_delivery {
+    ($tx:expr, $sender:expr, $event:expr) => {
+        sqlx::query(
+            "INSERT INTO webhook_events (provider, event_id, received_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (provider, event_id) DO NOTHING",
+        )
+        .bind($sender)
+        .bind($event)
+        .bind(now_ms())
+        .execute(&mut *$tx)
+        .await?
+        .rows_affected()
+            == 1
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Clerk
+
+#[derive(Debug, Deserialize)]
+struct ClerkEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct ClerkUser {
+    id: String,
+    #[serde(default)]
+    email_addresses: Vec<ClerkEmail>,
+    primary_email_address_id: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    image_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ClerkEmail {
+    id: String,
+    email_address: String,
+}
+
+/// What a Clerk event asks of the users table.
+enum ClerkChange {
+    /// Create or update the user; `restore` undoes a deletion (a user created again).
+    Upsert {
+        external_id: String,
+        email: Option<String>,
+        name: Option<String>,
+        image_url: Option<String>,
+        restore: bool,
+    },
+    /// Mark the user deleted.
+    Delete { external_id: String },
+    /// An event type we do not act on.
+    Ignore,
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+impl ClerkChange {
+    fn of(event: ClerkEvent) -> Result<ClerkChange, ApiError> {
+        let bad =
+            |e: serde_json::Error| ApiError::bad_request(Some("data".into()), format!("data: {e}"));
+        Ok(match event.kind.as_str() {
+            "user.created" | "user.updated" => {
+                let user: ClerkUser = serde_json::from_value(event.data).map_err(bad)?;
+                id_field("data.id", Some(&user.id))?;
+                let email = user
+                    .primary_email_address_id
+                    .as_deref()
+                    .and_then(|primary| {
+                        user.email_addresses
+                            .iter()
+                            .find(|e| e.id == primary)
+                            .map(|e| e.email_address.clone())
+                    });
+                let name = [user.first_name, user.last_name]
+                    .into_iter()
+                    .filter_map(non_empty)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                ClerkChange::Upsert {
+                    restore: event.kind == "user.created",
+                    external_id: user.id,
+                    email: non_empty(email),
+                    name: Some(name).filter(|n| !n.is_empty()),
+                    image_url: non_empty(user.image_url),
+                }
+            }
+            "user.deleted" => {
+                let id = event.data.get("id").and_then(Value::as_str);
+                ClerkChange::Delete {
+                    external_id: id_field("data.id", id)?.to_string(),
+                }
+            }
+            _ => ClerkChange::Ignore,
+        })
+    }
+}
+
+/// `POST /webhooks/clerk`: keeps users in step with Clerk.
+async fn clerk(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let secret = app
+        .config
+        .clerk_webhook_secret
+        .as_deref()
+        .ok_or(ApiError::NotFound)?;
+    let body = body_of(body)?;
+    let event_id = header(&headers, "svix-id");
+    webhook_sig::verify_svix(
+        secret,
+        event_id,
+        header(&headers, "svix-timestamp"),
+        header(&headers, "svix-signature"),
+        &body,
+        now_unix(),
+    )
+    .map_err(|e| signature_error("clerk", e))?;
+    let event_id = id_field("svix-id", Some(event_id))?;
+    let event: ClerkEvent = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(None, format!("not a Clerk event: {e}")))?;
+    let kind = event.kind.clone();
+    let change = ClerkChange::of(event)?;
+    let free_tokens = app.config.plan_tokens.tokens("free");
+    let (outcome, changed) = apply_clerk(&app, event_id, &change, free_tokens).await?;
+    if let Some(external_id) = changed {
+        app.auth.forget(&external_id);
+    }
+    tracing::info!(event = event_id, kind, ?outcome, "clerk webhook");
+    reply(outcome)
+}
+
+/// Applies a Clerk change and records the event, in one transaction. Returns the outcome
+/// and the external id of the user that changed.
+async fn apply_clerk(
+    app: &AppState,
+    event_id: &str,
+    change: &ClerkChange,
+    free_tokens: i64,
+) -> Result<(Outcome, Option<String>), DbError> {
+    let now = now_ms();
+    with_pool!(&app.db, p => {
+        let mut tx = p.begin().await?;
+        if !first_delivery!(tx, "clerk", event_id) {
+            return Ok((Outcome::Duplicate, None));
+        }
+        let result = match change {
+            ClerkChange::Upsert { external_id, email, name, image_url, restore } => {
+                // Clerk is the source of truth for the profile: its values replace ours.
+                sqlx::query(
+                    "INSERT INTO users (id, external_id, email, name, image_url, tokens_used, tokens_limit, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $7) \
+                     ON CONFLICT (external_id) DO UPDATE SET email = excluded.email, name = excluded.name, \
+                       image_url = excluded.image_url, \
+                       deleted_at = CASE WHEN $8 THEN NULL ELSE users.deleted_at END, \
+                       updated_at = excluded.updated_at")
+                    .bind(new_id()).bind(external_id).bind(email).bind(name).bind(image_url)
+                    .bind(free_tokens).bind(now).bind(*restore)
+                    .execute(&mut *tx).await?;
+                (Outcome::Processed, Some(external_id.clone()))
+            }
+            ClerkChange::Delete { external_id } => {
+                let n = sqlx::query("UPDATE users SET deleted_at = $2, updated_at = $2 WHERE external_id = $1")
+                    .bind(external_id).bind(now)
+                    .execute(&mut *tx).await?.rows_affected();
+                if n == 0 {
+                    (Outcome::Ignored, None)
+                } else {
+                    (Outcome::Processed, Some(external_id.clone()))
+                }
+            }
+            ClerkChange::Ignore => (Outcome::Ignored, None),
+        };
+        tx.commit().await?;
+        Ok(result)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Stripe
+
+#[derive(Debug, Deserialize)]
+struct StripeEvent {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Value,
+}
+
+/// What a subscription event says about a customer's subscription.
+#[derive(Debug)]
+struct Subscription {
+    id: String,
+    customer: Option<String>,
+    /// Our user id, from `metadata.userId`.
+    user_id: Option<String>,
+    /// The Clerk user id, from `metadata.clerkId`.
+    clerk_id: Option<String>,
+    status: Option<String>,
+    /// The plan (a name in the plan table), with its token allowance.
+    plan: Option<(String, i64)>,
+    deleted: bool,
+}
+
+fn text_at(v: &Value, pointer: &str) -> Option<String> {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_ID)
+        .map(str::to_string)
+}
+
+impl Subscription {
+    fn of(app: &AppState, kind: &str, data: &Value) -> Result<Option<Subscription>, ApiError> {
+        let deleted = match kind {
+            "customer.subscription.created" | "customer.subscription.updated" => false,
+            "customer.subscription.deleted" => true,
+            _ => return Ok(None),
+        };
+        let object = data
+            .get("object")
+            .filter(|o| o.is_object())
+            .ok_or_else(|| ApiError::field("data.object", "must be a subscription object"))?;
+        let id = id_field("data.object.id", object.get("id").and_then(Value::as_str))?;
+        // `customer` is an id, or the customer object when the event was expanded.
+        let customer = text_at(object, "/customer").or_else(|| text_at(object, "/customer/id"));
+        let plans = &app.config.plan_tokens;
+        let plan = if deleted {
+            Some(("free".to_string(), plans.tokens("free")))
+        } else {
+            let candidates = [
+                text_at(object, "/items/data/0/price/lookup_key"),
+                text_at(object, "/items/data/0/price/metadata/plan"),
+                text_at(object, "/metadata/plan"),
+            ];
+            let known = candidates
+                .iter()
+                .flatten()
+                .find(|c| plans.0.iter().any(|(name, _)| name == *c));
+            if known.is_none() && candidates.iter().any(Option::is_some) {
+                tracing::warn!(
+                    subscription = id,
+                    ?candidates,
+                    "subscription names no plan of the plan table; plan left unchanged"
+                );
+            }
+            known.map(|p| (p.clone(), plans.tokens(p)))
+        };
+        Ok(Some(Subscription {
+            id: id.to_string(),
+            customer,
+            user_id: text_at(object, "/metadata/userId"),
+            clerk_id: text_at(object, "/metadata/clerkId"),
+            status: if deleted {
+                Some("canceled".into())
+            } else {
+                text_at(object, "/status")
+            },
+            plan,
+            deleted,
+        }))
+    }
+}
+
+/// `POST /webhooks/stripe`: keeps subscriptions, plans and token allowances in step with
+/// Stripe.
+async fn stripe(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let secret = app
+        .config
+        .stripe_webhook_secret
+        .as_deref()
+        .ok_or(ApiError::NotFound)?;
+    let body = body_of(body)?;
+    webhook_sig::verify_stripe(
+        secret,
+        header(&headers, "stripe-signature"),
+        &body,
+        now_unix(),
+        webhook_sig::STRIPE_DEFAULT_TOLERANCE_SECS,
+    )
+    .map_err(|e| signature_error("stripe", e))?;
+    let event: StripeEvent = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(None, format!("not a Stripe event: {e}")))?;
+    let event_id = id_field("id", event.id.as_deref())?;
+    let subscription = Subscription::of(&app, &event.kind, &event.data)?;
+    let (outcome, changed) = apply_stripe(&app, event_id, subscription.as_ref()).await?;
+    if let Some(external_id) = changed {
+        app.auth.forget(&external_id);
+    }
+    tracing::info!(
+        event = event_id,
+        kind = event.kind,
+        ?outcome,
+        "stripe webhook"
+    );
+    reply(outcome)
+}
+
+/// Applies a subscription change and records the event, in one transaction. Returns the
+/// outcome and the external id of the user that changed.
+async fn apply_stripe(
+    app: &AppState,
+    event_id: &str,
+    sub: Option<&Subscription>,
+) -> Result<(Outcome, Option<String>), DbError> {
+    let now = now_ms();
+    with_pool!(&app.db, p => {
+        let mut tx = p.begin().await?;
+        if !first_delivery!(tx, "stripe", event_id) {
+            return Ok((Outcome::Duplicate, None));
+        }
+        let Some(sub) = sub else {
+            tx.commit().await?;
+            return Ok((Outcome::Ignored, None));
+        };
+        // The customer id once we know it; the metadata the checkout put on the subscription
+        // before that (and then we remember the customer id).
+        let mut user: Option<(String, String)> = None;
+        if let Some(customer) = &sub.customer {
+            user = sqlx::query_as("SELECT id, external_id FROM users WHERE stripe_customer_id = $1 ORDER BY id LIMIT 1")
+                .bind(customer).fetch_optional(&mut *tx).await?;
+        }
+        if let (None, Some(id)) = (&user, &sub.user_id) {
+            user = sqlx::query_as("SELECT id, external_id FROM users WHERE id = $1")
+                .bind(id).fetch_optional(&mut *tx).await?;
+        }
+        if let (None, Some(clerk)) = (&user, &sub.clerk_id) {
+            user = sqlx::query_as("SELECT id, external_id FROM users WHERE external_id = $1")
+                .bind(clerk).fetch_optional(&mut *tx).await?;
+        }
+        let Some((user_id, external_id)) = user else {
+            // Not recorded as seen: redelivering it once the user exists will apply it.
+            tracing::warn!(event = event_id, subscription = sub.id, customer = ?sub.customer,
+                "stripe webhook about a customer we do not know; ignored");
+            return Ok((Outcome::Ignored, None));
+        };
+        let (plan, limit) = sub.plan.clone().unzip();
+        // A deletion applies only to the user's current subscription: the end of an old one,
+        // delivered late, must not cancel a newer one.
+        let n = sqlx::query(
+            "UPDATE users SET subscription_id = $2, subscription_status = COALESCE($3, subscription_status), \
+             subscription_plan = COALESCE($4, subscription_plan), tokens_limit = COALESCE($5, tokens_limit), \
+             stripe_customer_id = COALESCE($6, stripe_customer_id), updated_at = $7 \
+             WHERE id = $1 AND (NOT $8 OR subscription_id IS NULL OR subscription_id = $2)")
+            .bind(&user_id).bind(&sub.id).bind(&sub.status).bind(plan).bind(limit)
+            .bind(&sub.customer).bind(now).bind(sub.deleted)
+            .execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        if n == 0 {
+            return Ok((Outcome::Ignored, None));
+        }
+        Ok((Outcome::Processed, Some(external_id)))
+    })
+}
