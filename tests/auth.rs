@@ -1042,9 +1042,12 @@ async fn restoring_a_version_reaches_live_editors_and_keeps_the_state_before() {
 // ---------------------------------------------------------------------------------------
 // Invitations through a mock Resend.
 
+/// A request the mock received: its Authorization header and JSON body.
+type SentEmail = (Option<String>, Value);
+
 #[derive(Clone, Default)]
 struct MockResend {
-    requests: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    requests: Arc<Mutex<Vec<SentEmail>>>,
     fail: Arc<Mutex<Option<u16>>>,
 }
 

@@ -26,6 +26,7 @@ pub struct ListComments {
     /// Only comments on this block.
     pub block_id: Option<String>,
     /// Items per page, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// The `nextCursor` of the previous page.
     pub cursor: Option<String>,
@@ -63,8 +64,10 @@ async fn list_comments(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateComment {
     /// Text (1–10000 characters).
+    #[schema(min_length = 1, max_length = 10000, pattern = r"\S")]
     pub content: String,
     /// The block the comment is about.
+    #[schema(min_length = 1, max_length = 200)]
     pub block_id: Option<String>,
     /// The comment this one replies to (same workflow).
     pub parent_id: Option<String>,

@@ -33,13 +33,16 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(providers::router())
         .merge(usage::router())
         .split_for_parts();
+    let mut api = api;
+    // After the merge: the modifiers of `ApiDoc` run before any path is registered.
+    CommonErrors.modify(&mut api);
     (router, api)
 }
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Resonant API", version = "1", description = "Workspaces, members, workflows, versions, comments and more. Errors always have the shape of `ErrorBody`."),
-    modifiers(&Security, &CommonErrors),
+    modifiers(&Security),
     components(schemas(ErrorBody)),
     security(("bearer" = [])),
 )]
@@ -202,6 +205,7 @@ where
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// The `nextCursor` of the previous page.
     pub cursor: Option<String>,

@@ -48,8 +48,10 @@ pub(super) async fn visible(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateWorkflow {
     /// Display name (1–200 characters).
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
     /// Description (up to 2000 characters).
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
 }
 
@@ -60,6 +62,7 @@ pub struct ListWorkflows {
     /// Only workflows with this status.
     pub status: Option<Status>,
     /// Items per page, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// The `nextCursor` of the previous page.
     pub cursor: Option<String>,
@@ -159,6 +162,7 @@ async fn get_workflow(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateWorkflow {
     /// New name.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
     /// New description (null clears it).
     #[serde(default, deserialize_with = "double_option")]
@@ -261,8 +265,10 @@ async fn get_content(
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateVersion {
     /// A short name ("Before the big refactor").
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: Option<String>,
     /// A longer message.
+    #[schema(max_length = 2000)]
     pub message: Option<String>,
 }
 
@@ -336,6 +342,7 @@ async fn create_version(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct VersionPage {
+    #[param(minimum = 1, maximum = 100)]
     /// Items per page, 1–100 (default 50).
     pub limit: Option<i64>,
     /// The `nextCursor` of the previous page.

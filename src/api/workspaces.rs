@@ -29,9 +29,11 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateWorkspace {
     /// Display name (1–100 characters).
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     /// Unique URL name (lowercase letters, digits, dashes; 3–48 characters). Generated from
     /// the name when absent.
+    #[schema(pattern = r"^[a-z0-9][a-z0-9-]{1,46}[a-z0-9]$")]
     pub slug: Option<String>,
 }
 
@@ -40,6 +42,7 @@ pub struct CreateWorkspace {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RenameWorkspace {
     /// New display name.
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
 }
 
@@ -220,6 +223,7 @@ pub struct AddMember {
     /// An existing user's id.
     pub user_id: Option<String>,
     /// An email address: an existing user with it is added, anyone else is invited.
+    #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
     /// The role to grant.
     pub role: Role,
