@@ -40,6 +40,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 pub use config::ServeConfig;
 
@@ -276,8 +278,7 @@ pub async fn start_with_store(
 fn router(state: AppState) -> Router {
     let (api, openapi) = api::router();
     let openapi = Arc::new(openapi);
-    Router::new()
-        .merge(api)
+    let api = api
         .route(
             "/api/v1/openapi.json",
             get(move || {
@@ -285,13 +286,33 @@ fn router(state: AppState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
-        .fallback(|| async { api::ApiError::NotFound })
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20));
+    // Every request gets an `x-request-id` (the caller's, or a new UUID), echoed in the
+    // response and carried by the request's log span, so a client's report can be matched to
+    // the server's logs. The layers wrap everything, fallbacks included, so they come last;
+    // the last added runs first.
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .merge(api)
         .merge(webhooks::router())
         .route("/sync/{room}", get(ws::sync_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async { api::ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { api::ApiError::MethodNotAllowed })
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
 }
 

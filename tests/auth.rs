@@ -1349,3 +1349,100 @@ async fn connection_attempts_are_limited_per_ip() {
     assert_eq!(code, 4429, "{reason}");
     env.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The API's error shape and request ids.
+
+#[tokio::test]
+async fn every_error_has_one_shape_and_every_response_a_request_id() {
+    let env = Env::start(Backend::Sqlite, |_| {}).await;
+    let t = team(&env).await;
+    let base = format!("http://{}", env.addr());
+    let checks: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+        (
+            env.http
+                .get(format!("{base}/api/v1/nowhere"))
+                .bearer_auth(&t.owner.token),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            env.http
+                .put(format!("{base}/api/v1/workspaces"))
+                .bearer_auth(&t.owner.token),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+        (
+            env.http
+                .post(format!("{base}/api/v1/workspaces"))
+                .bearer_auth(&t.owner.token)
+                .body("{\"name\":\"x\"}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+        (
+            env.http
+                .post(format!("{base}/api/v1/workspaces"))
+                .bearer_auth(&t.owner.token)
+                .header("content-type", "application/json")
+                .body("{\"name\": 7}"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            env.http
+                .get(format!("{base}/api/v1/workspaces?limit=0"))
+                .bearer_auth(&t.owner.token),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            env.http
+                .post(format!("{base}/api/v1/workspaces"))
+                .bearer_auth(&t.owner.token)
+                .header("content-type", "application/json")
+                .body(vec![b'x'; 2 << 20]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+    ];
+    for (req, status, code) in checks {
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), status, "{code}");
+        assert!(
+            res.headers().contains_key("x-request-id"),
+            "{code}: no request id"
+        );
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+    // A caller's request id is kept, so its logs and ours line up.
+    let res = env
+        .http
+        .get(format!("{base}/api/v1/me"))
+        .bearer_auth(&t.owner.token)
+        .header("x-request-id", "client-chosen-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "client-chosen-42");
+    // A field error names the field.
+    let (s, body) = env
+        .call(
+            Some(&t.owner.token),
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({ "name": "  " })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["field"], "name");
+    env.stop().await;
+}

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// Not found, or not visible to the caller (the two are indistinguishable on purpose).
     #[error("not found")]
     NotFound,
+    /// The path exists, the method does not.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
     /// Conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
@@ -147,6 +150,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")

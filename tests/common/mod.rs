@@ -180,9 +180,13 @@ impl ServerProcess {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // Logs (the development-mode warning) may come before the address line.
             let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
+            for line in lines.by_ref().map_while(Result::ok) {
+                if line.starts_with("resonant listening on ") {
+                    let _ = tx.send(line);
+                    break;
+                }
             }
             for _ in lines {}
         });
