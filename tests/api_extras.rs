@@ -6,6 +6,8 @@
 //! what REST cannot show: that provider keys are stored sealed, and what webhooks changed
 //! before anyone signs in.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -22,55 +24,12 @@ use resonant::with_pool;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// SQLite always; Postgres too when `TEST_DATABASE_URL` is set (and then it must work).
-fn backends() -> Vec<Backend> {
-    match std::env::var("TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => vec![Backend::Sqlite, Backend::Postgres],
-        _ => {
-            eprintln!("TEST_DATABASE_URL is not set: SQLite only");
-            vec![Backend::Sqlite]
-        }
-    }
-}
-
-fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
-}
+use common::api::{
+    backends, call, fresh_schema, now_secs, send, sign_in, token_with, Backend, User,
+};
 
 fn random_text(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::thread_rng(), len)
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// A Postgres URL whose connections use a fresh schema (each server locks its schema), the
-/// admin pool and the schema's name.
-async fn fresh_schema() -> (String, sqlx::PgPool, String) {
-    let base = std::env::var("TEST_DATABASE_URL").expect("TEST_DATABASE_URL");
-    let schema = format!("s_{}", random_hex(8));
-    let pool = sqlx::PgPool::connect(&base)
-        .await
-        .expect("TEST_DATABASE_URL is set, so Postgres must be reachable");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    (url, pool, schema)
 }
 
 /// What a test configures on top of the defaults.
@@ -171,12 +130,6 @@ struct Env {
     setup: Setup,
 }
 
-struct User {
-    token: String,
-    sub: String,
-    id: String,
-}
-
 impl Env {
     async fn start(backend: Backend) -> Env {
         Setup::new(backend).await.start().await
@@ -187,26 +140,11 @@ impl Env {
     }
 
     fn token(&self, sub: &str) -> String {
-        let claims = json!({ "sub": sub, "exp": now_secs() + 3600, "iat": now_secs(),
-            "email": format!("{sub}@example.com"), "name": sub });
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &jsonwebtoken::EncodingKey::from_secret(self.setup.jwt_secret.as_bytes()),
-        )
-        .unwrap()
+        token_with(&self.setup.jwt_secret, sub, 3600)
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
-        let res = req.send().await.expect("request");
-        let status = res.status();
-        let text = res.text().await.unwrap();
-        let value = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
-        };
-        (status, value)
+        send(req).await
     }
 
     async fn call(
@@ -216,16 +154,7 @@ impl Env {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("http://{}{path}", self.addr()));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        self.send(req).await
+        call(&self.http, self.addr(), token, method, path, body).await
     }
 
     async fn get(&self, user: &User, path: &str) -> (StatusCode, Value) {
@@ -234,17 +163,7 @@ impl Env {
 
     /// A user who has signed in once (so it has a row).
     async fn user(&self, name: &str) -> User {
-        let sub = format!("{name}-{}", random_hex(4));
-        let token = self.token(&sub);
-        let (status, me) = self
-            .call(Some(&token), Method::GET, "/api/v1/me", None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{me}");
-        User {
-            token,
-            sub,
-            id: me["id"].as_str().unwrap().to_string(),
-        }
+        sign_in(&self.http, self.addr(), &self.setup.jwt_secret, name).await
     }
 
     async fn workspace(&self, owner: &User) -> String {

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::api::{backends, call, fresh_schema, random_hex, sign_in, token_with, Backend, User};
 use common::{room_url, Client, WAIT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -22,42 +23,6 @@ struct Env {
     http: reqwest::Client,
     _dir: TempDir,
     schema: Option<(sqlx::PgPool, String)>,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-fn backends() -> Vec<Backend> {
-    let mut all = vec![Backend::Sqlite];
-    if common::postgres_url().is_some() {
-        all.push(Backend::Postgres);
-    }
-    all
-}
-
-fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
-}
-
-/// A Postgres URL whose connections use a fresh schema (servers lock their schema).
-async fn fresh_schema() -> (String, sqlx::PgPool, String) {
-    let base = common::postgres_url().expect("TEST_DATABASE_URL");
-    let schema = format!("auth_{}", random_hex(6));
-    let pool = sqlx::PgPool::connect(&base)
-        .await
-        .expect("Postgres reachable");
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&pool)
-        .await
-        .expect("create schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-    (url, pool, schema)
 }
 
 impl Env {
@@ -106,17 +71,7 @@ impl Env {
 
     /// A user who has signed in once (so it has a row), with its token and id.
     async fn user(&self, name: &str) -> User {
-        let sub = format!("{name}-{}", random_hex(4));
-        let token = self.token(&sub, 3600);
-        let (status, me) = self
-            .call(Some(&token), Method::GET, "/api/v1/me", None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{me}");
-        User {
-            token,
-            sub,
-            id: me["id"].as_str().unwrap().to_string(),
-        }
+        sign_in(&self.http, self.addr(), &self.secret, name).await
     }
 
     async fn stop(self) {
@@ -127,52 +82,6 @@ impl Env {
                 .await;
         }
     }
-}
-
-fn token_with(secret: &str, sub: &str, ttl_secs: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let claims = json!({ "sub": sub, "exp": now + ttl_secs, "iat": now, "email": format!("{sub}@example.com") });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
-}
-
-async fn call(
-    http: &reqwest::Client,
-    addr: SocketAddr,
-    token: Option<&str>,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = http.request(method, format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let res = req.send().await.expect("request");
-    let status = res.status();
-    let text = res.text().await.unwrap();
-    let value = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
-    };
-    (status, value)
-}
-
-struct User {
-    token: String,
-    sub: String,
-    id: String,
 }
 
 /// A workspace with one user per role, and a workflow in it.

@@ -2,6 +2,8 @@
 //! set up for tests, and ways to run the server in-process or as the real binary.
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
