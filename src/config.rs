@@ -370,3 +370,49 @@ fn parse_plans(s: &str) -> Result<PlanTokens, String> {
     }
     Ok(PlanTokens(plans))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> ServeConfig {
+        let cli = Cli::parse_from(["resonant", "serve"].iter().chain(args));
+        let Command::Serve(config) = cli.command;
+        config
+    }
+
+    #[test]
+    fn development_mode_is_allowed_on_loopback_only() {
+        for host in ["127.0.0.1", "::1", "localhost"] {
+            assert!(config(&["--host", host]).validate().is_ok(), "{host}");
+        }
+        for host in ["0.0.0.0", "::", "10.1.2.3"] {
+            let err = config(&["--host", host]).validate().unwrap_err();
+            assert!(err.contains("--jwt-secret"), "{host}: {err}");
+        }
+        let secret = "s".repeat(32);
+        assert!(config(&["--host", "0.0.0.0", "--jwt-secret", &secret])
+            .validate()
+            .is_ok());
+        assert!(config(&[
+            "--host",
+            "0.0.0.0",
+            "--jwks-url",
+            "https://example.com/jwks"
+        ])
+        .validate()
+        .is_ok());
+        let err = config(&["--jwt-secret", "short"]).validate().unwrap_err();
+        assert!(err.contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn plan_table_parses_and_falls_back_to_free() {
+        let plans = parse_plans("free=10, pro=500").unwrap();
+        assert_eq!(plans.tokens("pro"), 500);
+        assert_eq!(plans.tokens("unknown"), 10);
+        assert!(parse_plans("pro=500").unwrap_err().contains("free"));
+        assert!(parse_plans("free=-1").is_err());
+        assert!(parse_plans("free").is_err());
+    }
+}
