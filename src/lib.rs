@@ -15,6 +15,7 @@ pub mod content;
 pub mod crypto;
 pub mod db;
 pub mod email;
+pub mod engine;
 pub mod identity;
 pub mod ratelimit;
 mod read_ahead;

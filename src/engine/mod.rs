@@ -1,0 +1,4 @@
+//! Server-side executions (issue 8). So far: the workflow graph and its validation, which
+//! run before anything executes.
+
+pub mod graph;
