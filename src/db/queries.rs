@@ -27,14 +27,20 @@ pub struct UserProfile {
     pub image_url: Option<String>,
 }
 
+/// A user row with its deletion mark (a deleted user keeps its row for history).
+#[derive(sqlx::FromRow)]
+struct UserWithDeletion {
+    #[sqlx(flatten)]
+    user: User,
+    deleted_at: Option<i64>,
+}
+
 /// A user looked up by the identity provider's id, with whether it was deleted there.
 pub async fn user_by_external(db: &Db, external_id: &str) -> Result<Option<(User, bool)>> {
     let sql = format!("SELECT {USER_COLS}, deleted_at FROM users WHERE external_id = $1");
     with_pool!(db, p => {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT COALESCE(deleted_at, 0) FROM users WHERE external_id = $1")
-            .bind(external_id).fetch_optional(p).await?;
-        let user: Option<User> = sqlx::query_as(&sql).bind(external_id).fetch_optional(p).await?;
-        Ok(user.map(|u| (u, row.is_some_and(|(d,)| d != 0))))
+        let row: Option<UserWithDeletion> = sqlx::query_as(&sql).bind(external_id).fetch_optional(p).await?;
+        Ok(row.map(|r| (r.user, r.deleted_at.is_some())))
     })
 }
 
