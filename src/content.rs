@@ -47,6 +47,16 @@ pub fn to_json(state: &[u8]) -> Result<Value, ContentError> {
     Ok(Value::Object(out))
 }
 
+/// The content as JSON and the document's state vector (v1-encoded), read from one decode:
+/// what an execution pins when it starts.
+pub fn snapshot(state: &[u8]) -> Result<(Value, Vec<u8>), ContentError> {
+    use yrs::updates::encoder::Encode;
+    let json = to_json(state)?;
+    let doc = doc_from(state)?;
+    let sv = doc.transact().state_vector().encode_v1();
+    Ok((json, sv))
+}
+
 fn any_to_json(any: &Any) -> Value {
     serde_json::to_value(any).unwrap_or(json!(null))
 }

@@ -22,6 +22,7 @@ mod read_ahead;
 pub mod webhook_sig;
 mod webhooks;
 mod ws;
+mod ws_exec;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -68,6 +69,8 @@ pub struct AppState {
     mailer: email::Mailer,
     /// Rate limits (off in development mode: one user and one IP would share every budget).
     limiter: Option<ratelimit::Limiter>,
+    /// Runs workflows.
+    engine: engine::Engine,
 }
 
 impl AppState {
@@ -215,7 +218,22 @@ pub async fn start_with_store(
         &config.resend_api_url,
         &config.email_from,
     );
+    let engine = engine::Engine::new(
+        db.clone(),
+        rooms.clone(),
+        engine::EngineConfig {
+            public_url: config.public_url.clone(),
+            ..engine::EngineConfig::default()
+        },
+        engine::Io::default(),
+        &tracker,
+    );
+    let resumed = engine.recover().await.context("resuming executions")?;
+    if resumed > 0 {
+        tracing::info!(resumed, "executions resumed");
+    }
     let state = AppState {
+        engine: engine.clone(),
         db,
         cipher,
         auth,
@@ -245,7 +263,9 @@ pub async fn start_with_store(
         )
         .with_graceful_shutdown(serve_stop.cancelled_owned())
         .await;
-        // Accepting has stopped; close the sockets (1012) and commit everything.
+        // Accepting has stopped; close the sockets (1012) and commit everything. Executions
+        // stop without an end recorded: the next start resumes them.
+        engine.shutdown().await;
         let drain = async {
             serve_rooms.shutdown().await;
             tracker.close();

@@ -349,7 +349,17 @@ async fn connection(
             .in_current_span(),
         );
         let abort = writer.abort_handle();
+        // Editors of a workflow get its execution events (once they opt in to extensions).
+        let workflow = room
+            .strip_prefix("workflow-")
+            .filter(|id| db::valid_id(id))
+            .map(str::to_owned);
+        let _events = workflow
+            .as_deref()
+            .map(|wf| app.engine.events().subscribe(wf, peer.clone()));
         let auth = SocketAuth {
+            role: grant.role,
+            workflow,
             user: principal.user.id.clone(),
             external_id: principal.user.external_id.clone(),
             expires_at: principal.expires_at,
@@ -374,6 +384,10 @@ async fn connection(
 
 /// A connection's identity while it lives: whose token, until when, and its role's updates.
 struct SocketAuth {
+    /// The current role (kept up to date from `watch`).
+    role: Role,
+    /// The workflow id, for `workflow-<id>` rooms.
+    workflow: Option<String>,
     user: String,
     /// The rate-limit key (the same on every node).
     external_id: String,
@@ -383,6 +397,15 @@ struct SocketAuth {
 }
 
 impl SocketAuth {
+    /// What execution messages need to know about the connection.
+    fn exec(&self) -> crate::ws_exec::Who<'_> {
+        crate::ws_exec::Who {
+            user: &self.user,
+            role: self.role,
+            workflow: self.workflow.as_deref(),
+        }
+    }
+
     /// When the token expires, as a timer deadline (far away when it never does).
     fn deadline(&self) -> Instant {
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
@@ -474,6 +497,7 @@ async fn reader(
                         return;
                     }
                     Some(role) => {
+                        auth.role = role;
                         let can_write = role.allows(Action::Edit);
                         tracing::info!(role = role.as_str(), can_write, "role changed");
                         let was_writer = peer.can_write();
@@ -546,6 +570,11 @@ async fn reader(
                 let result = session.handle(&frame);
                 if result.is_ok() && refresh_token(app, &session, &mut auth, &frame).await {
                     expiry.as_mut().reset(auth.deadline());
+                    continue;
+                }
+                if result.is_ok()
+                    && crate::ws_exec::handle(app, &session, &auth.exec(), &frame).await
+                {
                     continue;
                 }
                 match result {

@@ -52,6 +52,12 @@ pub enum ApiError {
     /// A dependency is unavailable.
     #[error("{0}")]
     Unavailable(String),
+    /// A workflow did not validate: every problem names its block or connection.
+    #[error("the workflow is not valid: {} problem(s)", .0.len())]
+    InvalidWorkflow(Vec<crate::engine::graph::Problem>),
+    /// The caller has used their plan's tokens.
+    #[error("{0}")]
+    TokenLimit(String),
     /// A failure on our side; the details are in the log, not the response.
     #[error("internal error")]
     Internal,
@@ -69,13 +75,18 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found,
     /// conflict, unsupported_media_type, payload_too_large, rate_limited, unavailable,
-    /// internal.
+    /// invalid_workflow, token_limit, internal.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
     /// The request field at fault, for validation errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For `invalid_workflow`: every problem found, each naming its block or connection
+    /// (see docs/workflow-schema.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub problems: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -159,6 +170,8 @@ impl ApiError {
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::InvalidWorkflow(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow"),
+            ApiError::TokenLimit(_) => (StatusCode::PAYMENT_REQUIRED, "token_limit"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -204,6 +217,10 @@ impl IntoResponse for ApiError {
                 code: code.to_string(),
                 message: self.to_string(),
                 field,
+                problems: match &self {
+                    ApiError::InvalidWorkflow(p) => serde_json::to_value(p).ok(),
+                    _ => None,
+                },
             },
         };
         let mut response = (status, axum::Json(body)).into_response();

@@ -3,10 +3,11 @@
 
 mod comments;
 mod error;
+mod executions;
 pub mod providers;
 mod templates;
 pub mod usage;
-mod workflows;
+pub(crate) mod workflows;
 mod workspaces;
 
 use axum::extract::{FromRequest, FromRequestParts};
@@ -32,6 +33,7 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(templates::router())
         .merge(providers::router())
         .merge(usage::router())
+        .merge(executions::router())
         .split_for_parts();
     let mut api = api;
     // After the merge: the modifiers of `ApiDoc` run before any path is registered.

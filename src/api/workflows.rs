@@ -29,7 +29,7 @@ pub fn room_of(workflow: &str) -> String {
 
 /// A workflow the caller can see, with its role; 404 otherwise (including for a workflow
 /// that does not exist: the two look the same).
-pub(super) async fn visible(
+pub(crate) async fn visible(
     app: &AppState,
     caller: &Caller,
     id: &str,

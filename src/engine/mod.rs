@@ -1,5 +1,586 @@
-//! Server-side executions (issue 8): the workflow graph and its validation, the retry policy
-//! every block shares, and (as they land) the runner, the AI router and the webhook client.
+//! Server-side executions (issue 8): a run pins the workflow as it stands in the shared
+//! document, validates it, and runs its blocks as their inputs become ready, streaming
+//! events to the workflow's editors over their sockets. Executions, block states and events
+//! are stored as they advance, so a restart resumes them where they were.
 
+pub mod events;
 pub mod graph;
+mod io;
+pub use io::Io;
+mod plan;
 pub mod retry;
+mod run;
+pub mod store;
+pub mod template;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use resonant_sync::Rooms;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::db::{new_id, now_ms, Db, DbError};
+use events::Events;
+use graph::{Problem, Workflow};
+pub use run::Decision;
+use run::{Control, Run};
+use store::{BlockRow, ExecutionRow, NewExecution, Write};
+
+/// How executions run on this server.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Blocks doing work at once across all executions.
+    pub max_concurrent_blocks: usize,
+    /// Blocks doing work at once in one execution, unless it asks for fewer.
+    pub max_concurrency_per_execution: usize,
+    /// The public base URL (links in approval emails).
+    pub public_url: String,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_concurrent_blocks: 64,
+            max_concurrency_per_execution: 8,
+            public_url: "http://127.0.0.1:1234".into(),
+        }
+    }
+}
+
+/// An execution's start options, stored with it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Options {
+    /// The router's ranking: `speed`, `quality` (default) or `cost`.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// Blocks doing work at once in this execution.
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// The execution this one re-runs, reusing its results.
+    #[serde(default)]
+    pub rerun_of: Option<String>,
+}
+
+/// A request to start an execution.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StartRequest {
+    /// The input object, given to `input` blocks and templates as `input`.
+    #[serde(default)]
+    pub input: Option<Value>,
+    /// `speed`, `quality` or `cost`.
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// A retried request with the same key starts nothing and returns the first execution.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Blocks doing work at once in this execution (1–64).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+}
+
+/// Why an execution could not start (or be controlled).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The workflow did not validate; every problem names its block.
+    #[error("the workflow is not valid")]
+    Invalid(Vec<Problem>),
+    /// A request field is wrong.
+    #[error("{field}: {message}")]
+    BadRequest {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The user has used their tokens.
+    #[error("token limit reached: {used} of {limit} tokens used this period")]
+    TokenLimit {
+        /// Used.
+        used: i64,
+        /// Allowed.
+        limit: i64,
+    },
+    /// Not in a state that allows it (not running, not waiting, already decided).
+    #[error("{0}")]
+    Conflict(String),
+    /// This user may not do it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The document could not be read.
+    #[error("reading the workflow's document: {0}")]
+    Document(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Runs executions; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    db: Db,
+    rooms: Rooms,
+    pub(crate) events: Events,
+    pub(crate) global: Arc<Semaphore>,
+    running: Mutex<HashMap<String, (Arc<Control>, tokio::task::AbortHandle)>>,
+    config: EngineConfig,
+    pub(crate) io: io::Io,
+}
+
+impl Engine {
+    /// Starts the engine (its event writer) over `db`.
+    pub fn new(
+        db: Db,
+        rooms: Rooms,
+        config: EngineConfig,
+        io: io::Io,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Engine {
+        let events = Events::start(db.clone(), tracker);
+        Engine {
+            inner: Arc::new(Inner {
+                db,
+                rooms,
+                events,
+                global: Arc::new(Semaphore::new(config.max_concurrent_blocks.max(1))),
+                running: Mutex::new(HashMap::new()),
+                config,
+                io,
+            }),
+        }
+    }
+
+    /// The event log (socket subscriptions and replays).
+    pub fn events(&self) -> &Events {
+        &self.inner.events
+    }
+
+    /// Starts an execution of `workflow` for `user` from the document as it stands now.
+    /// Returns its id, and false when an earlier request with the same idempotency key
+    /// already started it.
+    pub async fn start(
+        &self,
+        workflow: &crate::db::Workflow,
+        user: &str,
+        req: StartRequest,
+    ) -> Result<(String, bool), EngineError> {
+        let input = match req.input {
+            None | Some(Value::Null) => json!({}),
+            Some(v @ Value::Object(_)) => v,
+            Some(_) => {
+                return Err(EngineError::BadRequest {
+                    field: "input",
+                    message: "must be an object".into(),
+                })
+            }
+        };
+        if let Some(p) = &req.priority {
+            if !matches!(p.as_str(), "speed" | "quality" | "cost") {
+                return Err(EngineError::BadRequest {
+                    field: "priority",
+                    message: "must be speed, quality or cost".into(),
+                });
+            }
+        }
+        if let Some(c) = req.max_concurrency {
+            if !(1..=64).contains(&c) {
+                return Err(EngineError::BadRequest {
+                    field: "maxConcurrency",
+                    message: "must be between 1 and 64".into(),
+                });
+            }
+        }
+        if let Some(k) = &req.idempotency_key {
+            if k.is_empty() || k.len() > 200 {
+                return Err(EngineError::BadRequest {
+                    field: "idempotencyKey",
+                    message: "must be 1 to 200 characters".into(),
+                });
+            }
+        }
+        self.check_tokens(user).await?;
+        let room = crate::api::workflows::room_of(&workflow.id);
+        let state = self
+            .inner
+            .rooms
+            .document_state(&room)
+            .await
+            .map_err(|e| EngineError::Document(e.to_string()))?;
+        let (content, sv) =
+            crate::content::snapshot(&state).map_err(|e| EngineError::Document(e.to_string()))?;
+        let graph = json!({"blocks": content["blocks"], "connections": content["connections"]});
+        let parsed = Workflow::parse(&graph).map_err(EngineError::Invalid)?;
+        let options = Options {
+            priority: req.priority,
+            max_concurrency: req.max_concurrency,
+            rerun_of: None,
+        };
+        let id = new_id();
+        let inserted = store::insert(
+            &self.inner.db,
+            &NewExecution {
+                id: &id,
+                workflow_id: &workflow.id,
+                workspace_id: &workflow.workspace_id,
+                user_id: user,
+                input: &input.to_string(),
+                options: &serde_json::to_string(&options).unwrap_or_default(),
+                graph: &graph.to_string(),
+                state_vector: &sv,
+                idempotency_key: req.idempotency_key.as_deref(),
+                rerun_of: None,
+            },
+        )
+        .await?;
+        if let Err(existing) = inserted {
+            return Ok((existing, false));
+        }
+        self.launch(
+            id.clone(),
+            workflow.id.clone(),
+            workflow.workspace_id.clone(),
+            user.to_owned(),
+            parsed,
+            input,
+            options,
+            HashMap::new(),
+            0,
+        )
+        .await;
+        Ok((id, true))
+    }
+
+    async fn check_tokens(&self, user: &str) -> Result<(), EngineError> {
+        let (used, limit) = store::user_tokens(&self.inner.db, user).await?;
+        if used >= limit {
+            return Err(EngineError::TokenLimit { used, limit });
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn launch(
+        &self,
+        id: String,
+        workflow: String,
+        workspace: String,
+        user: String,
+        parsed: Workflow,
+        input: Value,
+        options: Options,
+        prior: HashMap<String, BlockRow>,
+        seq: i64,
+    ) {
+        let keys = self.inner.io.keys(&self.inner.db, &workspace).await;
+        let concurrency = options
+            .max_concurrency
+            .unwrap_or(self.inner.config.max_concurrency_per_execution)
+            .clamp(1, 64);
+        let control = Arc::new(Control {
+            cancel: CancellationToken::new(),
+            waiting: Mutex::new(HashMap::new()),
+        });
+        let run = Arc::new(Run {
+            engine: self.inner.clone(),
+            id: id.clone(),
+            workflow: workflow.as_str().into(),
+            workspace,
+            user,
+            plan: plan::Plan::new(parsed),
+            input,
+            options,
+            control: control.clone(),
+            prior,
+            seq: Mutex::new(seq),
+            outputs: Mutex::new(HashMap::new()),
+            totals: Mutex::new((0, 0.0)),
+            slots: Arc::new(Semaphore::new(concurrency)),
+            started_at: now_ms(),
+            started: Instant::now(),
+            abort: Mutex::new(None),
+            keys,
+        });
+        // Registered before the task starts, so a cancel right after the start finds it.
+        let mut running = self.inner.running.lock();
+        let inner = self.inner.clone();
+        let exec_id = id.clone();
+        let task = tokio::spawn(async move {
+            run.execute().await;
+            inner.running.lock().remove(&exec_id);
+        });
+        running.insert(id, (control, task.abort_handle()));
+    }
+
+    /// Cancels a running execution; false when it is not running here.
+    pub fn cancel(&self, execution: &str) -> bool {
+        match self.inner.running.lock().get(execution) {
+            Some((control, _)) => {
+                control.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether an execution is running on this server.
+    pub fn is_running(&self, execution: &str) -> bool {
+        self.inner.running.lock().contains_key(execution)
+    }
+
+    /// Records `user`'s decision on a waiting human block (its key: the block id, prefixed
+    /// inside a loop) and wakes it. The decision is stored before the block learns of it, so
+    /// a crash in between still applies it on resume.
+    pub async fn decide(
+        &self,
+        execution: &ExecutionRow,
+        block: &str,
+        user: &crate::db::User,
+        approved: bool,
+        comment: Option<String>,
+    ) -> Result<(), EngineError> {
+        let control = self
+            .inner
+            .running
+            .lock()
+            .get(&execution.id)
+            .map(|(c, _)| c.clone())
+            .ok_or_else(|| EngineError::Conflict("the execution is not running".into()))?;
+        if !control.waiting.lock().contains_key(block) {
+            return Err(EngineError::Conflict(format!(
+                "block {block} is not waiting for a decision"
+            )));
+        }
+        let graph: Value = serde_json::from_str(&execution.graph).unwrap_or(Value::Null);
+        let top = block.rsplit('/').next().unwrap_or(block);
+        let approvers = graph["blocks"]
+            .as_array()
+            .and_then(|bs| bs.iter().find(|b| b["id"] == top))
+            .and_then(|b| b["config"]["approvers"].as_array().cloned());
+        if let Some(list) = approvers {
+            let allowed = list.iter().filter_map(|v| v.as_str()).any(|a| {
+                a == user.id
+                    || user
+                        .email
+                        .as_deref()
+                        .is_some_and(|e| e.eq_ignore_ascii_case(a))
+            });
+            if !allowed {
+                return Err(EngineError::Forbidden(
+                    "you are not one of this block's approvers".into(),
+                ));
+            }
+        }
+        let decision = Decision {
+            approved,
+            by: Some(user.id.clone()),
+            comment,
+            timed_out: false,
+            at: now_ms(),
+        };
+        self.inner.events.flush().await;
+        let stored = store::set_decision(
+            &self.inner.db,
+            &execution.id,
+            block,
+            &serde_json::to_string(&decision).unwrap_or_default(),
+        )
+        .await?;
+        if !stored {
+            return Err(EngineError::Conflict(
+                "the block was already decided".into(),
+            ));
+        }
+        if let Some(tx) = control.waiting.lock().remove(block) {
+            let _ = tx.send(decision);
+        }
+        Ok(())
+    }
+
+    /// Starts a new execution that re-runs `old` from `from` (default: the block that
+    /// failed), reusing the stored results of every block that does not depend on it.
+    pub async fn rerun(
+        &self,
+        old: &ExecutionRow,
+        from: Option<&str>,
+        user: &str,
+    ) -> Result<String, EngineError> {
+        if matches!(old.status.as_str(), "pending" | "running") {
+            return Err(EngineError::Conflict(
+                "the execution is still running".into(),
+            ));
+        }
+        self.check_tokens(user).await?;
+        let graph: Value = serde_json::from_str(&old.graph).unwrap_or(Value::Null);
+        let parsed = Workflow::parse(&graph).map_err(EngineError::Invalid)?;
+        let blocks = store::blocks(&self.inner.db, &old.id).await?;
+        let from = match from {
+            Some(f) => {
+                if !parsed.blocks.iter().any(|b| b.id == f) {
+                    return Err(EngineError::BadRequest {
+                        field: "fromBlock",
+                        message: format!("no block {f} in that execution"),
+                    });
+                }
+                f.to_owned()
+            }
+            None => blocks
+                .iter()
+                .find(|b| b.status == "failed" && !b.block_id.contains('/'))
+                .map(|b| b.block_id.clone())
+                .or_else(|| {
+                    blocks
+                        .iter()
+                        .find(|b| b.status != "completed" && b.status != "skipped")
+                        .map(|b| top_block(&b.block_id).to_owned())
+                })
+                .ok_or_else(|| {
+                    EngineError::Conflict("nothing failed: give fromBlock to re-run from".into())
+                })?,
+        };
+        // Everything downstream of `from` runs again; everything else is reused.
+        let mut downstream: HashSet<String> = HashSet::new();
+        let mut queue = vec![from.clone()];
+        while let Some(b) = queue.pop() {
+            for c in &parsed.connections {
+                if c.source == b && !parsed.is_back_edge(c) && downstream.insert(c.target.clone()) {
+                    queue.push(c.target.clone());
+                }
+            }
+        }
+        let input: Value = serde_json::from_str(&old.input).unwrap_or_else(|_| json!({}));
+        let mut options: Options = serde_json::from_str(&old.options).unwrap_or_default();
+        options.rerun_of = Some(old.id.clone());
+        let id = new_id();
+        let mut prior = HashMap::new();
+        for b in blocks {
+            let top = top_block(&b.block_id);
+            let nested = b.block_id.contains('/');
+            let rerun = downstream.contains(top) || (!nested && top == from);
+            if rerun || !matches!(b.status.as_str(), "completed" | "skipped") {
+                continue;
+            }
+            let row = BlockRow {
+                execution_id: id.clone(),
+                tokens_used: 0,
+                cost_usd: 0.0,
+                ..b
+            };
+            prior.insert(row.block_id.clone(), row);
+        }
+        let inserted = store::insert(
+            &self.inner.db,
+            &NewExecution {
+                id: &id,
+                workflow_id: &old.workflow_id,
+                workspace_id: &old.workspace_id,
+                user_id: user,
+                input: &old.input,
+                options: &serde_json::to_string(&options).unwrap_or_default(),
+                graph: &old.graph,
+                state_vector: &old.state_vector,
+                idempotency_key: None,
+                rerun_of: Some(&old.id),
+            },
+        )
+        .await?;
+        if inserted.is_err() {
+            return Err(EngineError::Conflict("could not create the re-run".into()));
+        }
+        for row in prior.values() {
+            self.inner.events.write(Write::Block(row.clone()));
+        }
+        self.launch(
+            id.clone(),
+            old.workflow_id.clone(),
+            old.workspace_id.clone(),
+            user.to_owned(),
+            parsed,
+            input,
+            options,
+            prior,
+            0,
+        )
+        .await;
+        Ok(id)
+    }
+
+    /// Resumes the executions that were running when the server stopped: finished blocks
+    /// are not run again, waiting ones keep their deadlines, seqs continue.
+    pub async fn recover(&self) -> Result<usize, DbError> {
+        let rows = store::unfinished(&self.inner.db).await?;
+        let n = rows.len();
+        for row in rows {
+            let graph: Value = serde_json::from_str(&row.graph).unwrap_or(Value::Null);
+            let parsed = match Workflow::parse(&graph) {
+                Ok(p) => p,
+                Err(problems) => {
+                    tracing::error!(
+                        execution = row.id,
+                        ?problems,
+                        "stored graph no longer parses"
+                    );
+                    continue;
+                }
+            };
+            let prior: HashMap<String, BlockRow> = store::blocks(&self.inner.db, &row.id)
+                .await?
+                .into_iter()
+                .map(|b| (b.block_id.clone(), b))
+                .collect();
+            let seq = store::last_seq(&self.inner.db, &row.id).await?;
+            let input: Value = serde_json::from_str(&row.input).unwrap_or_else(|_| json!({}));
+            let options: Options = serde_json::from_str(&row.options).unwrap_or_default();
+            tracing::info!(
+                execution = row.id,
+                seq,
+                blocks = prior.len(),
+                "resuming execution"
+            );
+            self.launch(
+                row.id.clone(),
+                row.workflow_id.clone(),
+                row.workspace_id.clone(),
+                row.user_id.clone(),
+                parsed,
+                input,
+                options,
+                prior,
+                seq,
+            )
+            .await;
+        }
+        Ok(n)
+    }
+
+    /// Stops every execution without recording an end (they resume at the next start),
+    /// then waits for the log to be written.
+    pub async fn shutdown(&self) {
+        let tasks: Vec<_> = self
+            .inner
+            .running
+            .lock()
+            .drain()
+            .map(|(_, (_, task))| task)
+            .collect();
+        for t in tasks {
+            t.abort();
+        }
+        self.inner.events.flush().await;
+    }
+}
+
+fn top_block(key: &str) -> &str {
+    let end = key.find('[').unwrap_or(key.len());
+    &key[..end]
+}

@@ -1,0 +1,406 @@
+//! Executions over REST: start (idempotent), list, get with block results and events,
+//! cancel, approve/reject a human block, re-run from a failed block.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::workflows::visible;
+use super::{require, ApiError, Caller, Json, Page, PageQuery, Path, Query};
+use crate::db::{self, Action};
+use crate::engine::store::{self, BlockRow, ExecutionRow};
+use crate::engine::{EngineError, StartRequest};
+use crate::AppState;
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_executions, start_execution))
+        .routes(routes!(get_execution))
+        .routes(routes!(get_events))
+        .routes(routes!(get_block))
+        .routes(routes!(cancel_execution))
+        .routes(routes!(decide))
+        .routes(routes!(rerun))
+}
+
+/// An execution.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    /// Id.
+    pub id: String,
+    /// The workflow.
+    pub workflow_id: String,
+    /// Its workspace.
+    pub workspace_id: String,
+    /// Who started it.
+    pub user_id: String,
+    /// pending, running, completed, failed or cancelled.
+    pub status: String,
+    /// The input object.
+    #[schema(value_type = Object)]
+    pub input: Value,
+    /// Output block id → its output, once completed.
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+    /// The start options.
+    #[schema(value_type = Object)]
+    pub options: Value,
+    /// The block that last started.
+    pub current_block_id: Option<String>,
+    /// Tokens its AI calls used.
+    pub tokens_used: i64,
+    /// Their cost in US dollars.
+    pub cost_usd: f64,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms.
+    pub completed_at: Option<i64>,
+    /// Run time.
+    pub duration_ms: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The execution it re-runs.
+    pub rerun_of: Option<String>,
+    /// The blocks and connections that ran (pinned at the start).
+    #[schema(value_type = Object)]
+    pub graph: Value,
+    /// The document's state vector when it started (base64 of the Yjs v1 encoding).
+    pub state_vector: String,
+    /// Per-block results (in `GET /executions/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_results: Option<Vec<BlockResult>>,
+}
+
+/// One block's result in an execution.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockResult {
+    /// The block's state.
+    #[serde(flatten)]
+    pub row: BlockRow,
+    /// Its output.
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<Value>,
+}
+
+fn json_of(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or(Value::Null)
+}
+
+impl Execution {
+    fn from_row(r: ExecutionRow, blocks: Option<Vec<BlockRow>>) -> Execution {
+        use base64::Engine as _;
+        Execution {
+            input: json_of(&r.input),
+            output: r.output.as_deref().map(json_of),
+            options: json_of(&r.options),
+            graph: json_of(&r.graph),
+            state_vector: base64::engine::general_purpose::STANDARD.encode(&r.state_vector),
+            id: r.id,
+            workflow_id: r.workflow_id,
+            workspace_id: r.workspace_id,
+            user_id: r.user_id,
+            status: r.status,
+            current_block_id: r.current_block_id,
+            tokens_used: r.tokens_used,
+            cost_usd: r.cost_usd,
+            started_at: r.started_at,
+            completed_at: r.completed_at,
+            duration_ms: r.duration_ms,
+            error: r.error,
+            rerun_of: r.rerun_of,
+            block_results: blocks.map(|bs| bs.into_iter().map(BlockResult::from).collect()),
+        }
+    }
+}
+
+impl From<BlockRow> for BlockResult {
+    fn from(row: BlockRow) -> Self {
+        BlockResult {
+            output: row.output.as_deref().map(json_of),
+            row,
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Invalid(problems) => ApiError::InvalidWorkflow(problems),
+            EngineError::BadRequest { field, message } => ApiError::field(field, message),
+            EngineError::TokenLimit { .. } => ApiError::TokenLimit(e.to_string()),
+            EngineError::Conflict(m) => ApiError::Conflict(m),
+            EngineError::Forbidden(m) => ApiError::Forbidden(m),
+            EngineError::Document(m) => {
+                tracing::error!(error = m, "reading a workflow document for an execution");
+                ApiError::Unavailable("the workflow's document could not be read".into())
+            }
+            EngineError::Db(e) => e.into(),
+        }
+    }
+}
+
+/// An execution the caller can see (through its workflow), with the caller's role.
+async fn visible_execution(
+    app: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(ExecutionRow, db::Role), ApiError> {
+    if !db::valid_id(id) {
+        return Err(ApiError::NotFound);
+    }
+    let row = store::execution(&app.db, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let (_, role) = visible(app, caller, &row.workflow_id).await?;
+    Ok((row, role))
+}
+
+#[utoipa::path(post, path = "/api/v1/workflows/{id}/executions", tag = "executions",
+    params(("id" = String, Path, description = "Workflow id")), request_body = StartRequest,
+    responses((status = 201, description = "Started", body = Execution),
+              (status = 200, description = "An earlier request with this idempotency key started it", body = Execution),
+              (status = 402, description = "The caller's token allowance is used up", body = super::ErrorBody),
+              (status = 422, description = "The workflow is not valid; `problems` names each block at fault", body = super::ErrorBody)))]
+async fn start_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<StartRequest>,
+) -> Result<(StatusCode, axum::Json<Execution>), ApiError> {
+    let (wf, role) = visible(&app, &caller, &id).await?;
+    require(role, Action::Execute)?;
+    let (exec, created) = app.engine.start(&wf, caller.id(), body).await?;
+    let row = store::execution(&app.db, &exec)
+        .await?
+        .ok_or(ApiError::Internal)?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(Execution::from_row(row, None))))
+}
+
+/// `GET /workflows/{id}/executions` filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListExecutions {
+    /// Only executions with this status.
+    pub status: Option<String>,
+    /// Items per page, 1–100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/workflows/{id}/executions", tag = "executions",
+    params(("id" = String, Path, description = "Workflow id"), ListExecutions),
+    responses((status = 200, body = Page<Execution>)))]
+async fn list_executions(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<ListExecutions>,
+) -> Result<axum::Json<Page<Execution>>, ApiError> {
+    visible(&app, &caller, &id).await?;
+    if let Some(s) = &q.status {
+        if !matches!(
+            s.as_str(),
+            "pending" | "running" | "completed" | "failed" | "cancelled"
+        ) {
+            return Err(ApiError::field(
+                "status",
+                "must be pending, running, completed, failed or cancelled",
+            ));
+        }
+    }
+    let page = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    let limit = page.limit()?;
+    let rows =
+        store::executions(&app.db, &id, q.status.as_deref(), page.id_cursor()?, limit).await?;
+    let items: Vec<Execution> = rows
+        .into_iter()
+        .map(|r| Execution::from_row(r, None))
+        .collect();
+    Ok(axum::Json(Page::new(items, limit, |e| e.id.clone())))
+}
+
+#[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses((status = 200, body = Execution)))]
+async fn get_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Execution>, ApiError> {
+    let (row, _) = visible_execution(&app, &caller, &id).await?;
+    let blocks = store::blocks(&app.db, &row.id).await?;
+    Ok(axum::Json(Execution::from_row(row, Some(blocks))))
+}
+
+/// `GET /executions/{id}/events` range.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Events after this seq (default 0: from the start).
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+    /// At most this many, 1–1000 (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<i64>,
+}
+
+/// A page of an execution's events.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Events {
+    /// The events, in seq order, as sent over the socket.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+    /// The last seq in this page (pass as `after` for the next); absent when empty.
+    pub last_seq: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/executions/{id}/events", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"), EventsQuery),
+    responses((status = 200, body = Events)))]
+async fn get_events(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<axum::Json<Events>, ApiError> {
+    let (row, _) = visible_execution(&app, &caller, &id).await?;
+    let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::field("after", "must not be negative"));
+    }
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("limit", "must be from 1 to 1000"));
+    }
+    let rows = store::events(&app.db, &row.workflow_id, &row.id, after, limit).await?;
+    let last_seq = rows.last().map(|(s, _)| *s);
+    Ok(axum::Json(Events {
+        events: rows.into_iter().map(|(_, e)| json_of(&e)).collect(),
+        last_seq,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/executions/{id}/blocks/{block}", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"),
+           ("block" = String, Path, description = "Block key: its id, or `<loop>[<i>]/<id>` inside a loop iteration (percent-encoded)")),
+    responses((status = 200, body = BlockResult)))]
+async fn get_block(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((id, block)): Path<(String, String)>,
+) -> Result<axum::Json<BlockResult>, ApiError> {
+    let (row, _) = visible_execution(&app, &caller, &id).await?;
+    let found = store::blocks(&app.db, &row.id)
+        .await?
+        .into_iter()
+        .find(|b| b.block_id == block)
+        .ok_or(ApiError::NotFound)?;
+    Ok(axum::Json(found.into()))
+}
+
+#[utoipa::path(post, path = "/api/v1/executions/{id}/cancel", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")),
+    responses((status = 202, description = "Cancelling: `execution.cancelled` follows")))]
+async fn cancel_execution(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (row, role) = visible_execution(&app, &caller, &id).await?;
+    require(role, Action::Execute)?;
+    if app.engine.cancel(&row.id) {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::Conflict(format!(
+            "the execution is {}",
+            row.status
+        )))
+    }
+}
+
+/// A decision on a waiting human block.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DecisionBody {
+    /// Approve (true) or reject (false).
+    pub approved: bool,
+    /// A comment kept with the decision (up to 2000 characters).
+    #[schema(max_length = 2000)]
+    pub comment: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/executions/{id}/blocks/{block}/decision", tag = "executions",
+    params(("id" = String, Path, description = "Execution id"),
+           ("block" = String, Path, description = "The waiting human block's key")),
+    request_body = DecisionBody,
+    responses((status = 204, description = "Decided")))]
+async fn decide(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((id, block)): Path<(String, String)>,
+    Json(body): Json<DecisionBody>,
+) -> Result<StatusCode, ApiError> {
+    let (row, role) = visible_execution(&app, &caller, &id).await?;
+    require(role, Action::Execute)?;
+    if body
+        .comment
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > 2000)
+    {
+        return Err(ApiError::field("comment", "at most 2000 characters"));
+    }
+    app.engine
+        .decide(&row, &block, &caller.0.user, body.approved, body.comment)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Where a re-run starts.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RerunBody {
+    /// The block to re-run from (default: the one that failed). Blocks that do not depend on
+    /// it keep their stored results, and their tokens are not paid again.
+    pub from_block: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/executions/{id}/rerun", tag = "executions",
+    params(("id" = String, Path, description = "Execution id")), request_body = RerunBody,
+    responses((status = 201, description = "The new execution", body = Execution)))]
+async fn rerun(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<RerunBody>,
+) -> Result<(StatusCode, axum::Json<Execution>), ApiError> {
+    let (row, role) = visible_execution(&app, &caller, &id).await?;
+    require(role, Action::Execute)?;
+    let new = app
+        .engine
+        .rerun(&row, body.from_block.as_deref(), caller.id())
+        .await?;
+    let row = store::execution(&app.db, &new)
+        .await?
+        .ok_or(ApiError::Internal)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(Execution::from_row(row, None)),
+    ))
+}

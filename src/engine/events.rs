@@ -1,0 +1,315 @@
+//! The execution event log: one writer task persists events and block states in batches
+//! (one transaction each) and only then fans the events out to the editors of the workflow,
+//! each event encoded once. Because the same task answers replay requests, a reconnecting
+//! editor's replay and the live events that follow it can never interleave: it gets exactly
+//! the events it missed, then the live ones, with no duplicate and no gap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use resonant_sync::{protocol, Peer};
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::{self, Write};
+use crate::db::Db;
+
+/// Most writes in one transaction.
+const MAX_BATCH: usize = 1024;
+
+enum Msg {
+    Write {
+        write: Write,
+        /// For events: the workflow whose editors get it.
+        workflow: Option<Arc<str>>,
+    },
+    Flush(oneshot::Sender<()>),
+    Replay(Replay),
+}
+
+/// A reconnecting editor's request: the last seq it saw per execution.
+struct Replay {
+    workflow: Arc<str>,
+    peer: Arc<Peer>,
+    after: HashMap<String, i64>,
+    running: bool,
+}
+
+/// One editor's delivery state per execution: the first and last seq sent to it.
+#[derive(Default)]
+struct Sub {
+    sent: HashMap<String, (i64, i64)>,
+}
+
+#[derive(Default)]
+struct Hub {
+    /// workflow id → its connected editors.
+    workflows: Mutex<HashMap<Arc<str>, Vec<(Arc<Peer>, Sub)>>>,
+}
+
+/// The handle runners and sockets use; cheap to clone.
+#[derive(Clone)]
+pub struct Events {
+    tx: mpsc::UnboundedSender<Msg>,
+    hub: Arc<Hub>,
+}
+
+/// Keeps a socket registered for its workflow's events; unregisters on drop.
+pub struct Subscription {
+    hub: Arc<Hub>,
+    workflow: Arc<str>,
+    peer: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut map = self.hub.workflows.lock();
+        if let Some(list) = map.get_mut(&self.workflow) {
+            list.retain(|(p, _)| p.id() != self.peer);
+            if list.is_empty() {
+                map.remove(&self.workflow);
+            }
+        }
+    }
+}
+
+impl Events {
+    /// Starts the writer task on `db`.
+    pub fn start(db: Db, tracker: &tokio_util::task::TaskTracker) -> Events {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Arc::new(Hub::default());
+        tracker.spawn(writer(db, rx, hub.clone()));
+        Events { tx, hub }
+    }
+
+    /// Queues a block or status write (persisted in order with the events).
+    pub fn write(&self, write: Write) {
+        let _ = self.tx.send(Msg::Write {
+            write,
+            workflow: None,
+        });
+    }
+
+    /// Queues an event: persisted, then sent to every opted-in editor of `workflow`.
+    pub fn event(&self, workflow: &Arc<str>, execution: &str, seq: i64, json: String) {
+        let _ = self.tx.send(Msg::Write {
+            write: Write::Event {
+                execution: execution.to_owned(),
+                seq,
+                json,
+            },
+            workflow: Some(workflow.clone()),
+        });
+    }
+
+    /// Waits until everything queued before the call is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Registers an editor's socket for `workflow`'s events (delivered once it opts in to
+    /// extension messages).
+    pub fn subscribe(&self, workflow: &str, peer: Arc<Peer>) -> Subscription {
+        let workflow: Arc<str> = workflow.into();
+        let id = peer.id();
+        self.hub
+            .workflows
+            .lock()
+            .entry(workflow.clone())
+            .or_default()
+            .push((peer, Sub::default()));
+        Subscription {
+            hub: self.hub.clone(),
+            workflow,
+            peer: id,
+        }
+    }
+
+    /// Sends `peer` the events it missed: those after `after[execution]` for each listed
+    /// execution and, with `running`, every event of the workflow's unfinished executions
+    /// it did not list.
+    pub fn replay(
+        &self,
+        workflow: &str,
+        peer: Arc<Peer>,
+        after: HashMap<String, i64>,
+        running: bool,
+    ) {
+        let _ = self.tx.send(Msg::Replay(Replay {
+            workflow: workflow.into(),
+            peer,
+            after,
+            running,
+        }));
+    }
+}
+
+async fn writer(db: Db, mut rx: mpsc::UnboundedReceiver<Msg>, hub: Arc<Hub>) {
+    let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        process_in_order(&db, &hub, std::mem::take(&mut batch)).await;
+    }
+}
+
+/// Handles messages strictly in order, committing the writes before each replay or flush.
+async fn process_in_order(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
+    let mut pending: Vec<Msg> = Vec::new();
+    for m in msgs {
+        match m {
+            Msg::Replay(r) => {
+                settle(db, hub, std::mem::take(&mut pending)).await;
+                replay(db, hub, r).await;
+            }
+            other => pending.push(other),
+        }
+    }
+    settle(db, hub, pending).await;
+}
+
+/// Commits the writes among `msgs`, then fans out their events and answers their flushes.
+async fn settle(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
+    let writes: Vec<Write> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Msg::Write { write, .. } => Some(write.clone()),
+            _ => None,
+        })
+        .collect();
+    if !writes.is_empty() {
+        commit(db, &writes).await;
+        metrics::counter!("resonant_execution_writes_total").increment(writes.len() as u64);
+    }
+    for m in msgs {
+        match m {
+            Msg::Write {
+                write:
+                    Write::Event {
+                        execution,
+                        seq,
+                        json,
+                    },
+                workflow: Some(workflow),
+            } => fan_out(hub, &workflow, &execution, seq, &json),
+            Msg::Flush(done) => {
+                let _ = done.send(());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Commits, retrying until the database takes it: an event is never sent before it is
+/// stored (so a crash cannot make a sent seq mean something else) and never dropped.
+async fn commit(db: &Db, writes: &[Write]) {
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match store::apply(db, writes).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(error = %e, writes = writes.len(), "execution log write failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn fan_out(hub: &Hub, workflow: &str, execution: &str, seq: i64, json: &str) {
+    let mut map = hub.workflows.lock();
+    let Some(list) = map.get_mut(workflow) else {
+        return;
+    };
+    let mut msg: Option<Bytes> = None;
+    for (peer, sub) in list.iter_mut() {
+        if !peer.extensions() {
+            continue;
+        }
+        let entry = sub
+            .sent
+            .entry(execution.to_owned())
+            .or_insert((seq, seq - 1));
+        if seq <= entry.1 {
+            continue;
+        }
+        entry.1 = seq;
+        let bytes = msg.get_or_insert_with(|| protocol::encode_stateless(json));
+        peer.send(bytes);
+    }
+}
+
+async fn replay(db: &Db, hub: &Hub, r: Replay) {
+    let mut wanted = r.after;
+    if r.running {
+        match store::running_in(db, &r.workflow).await {
+            Ok(ids) => {
+                for id in ids {
+                    wanted.entry(id).or_insert(0);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing running executions for a replay failed"),
+        }
+    }
+    for (execution, after) in wanted {
+        // What this editor already got live, if anything: the replay fills the gap before it.
+        let live = {
+            let map = hub.workflows.lock();
+            map.get(&*r.workflow).and_then(|list| {
+                list.iter()
+                    .find(|(p, _)| p.id() == r.peer.id())
+                    .and_then(|(_, s)| s.sent.get(&execution).copied())
+            })
+        };
+        let (upto, already) = match live {
+            Some((first, last)) => (first - 1, Some(last)),
+            None => (i64::MAX, None),
+        };
+        let mut from = after;
+        let mut last_sent = after;
+        loop {
+            let rows = match store::events(db, &r.workflow, &execution, from, 1000).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, execution, "replay read failed");
+                    r.peer.reply(&resonant_sync::error_message(
+                        "replay-failed",
+                        "could not read the execution's events",
+                    ));
+                    break;
+                }
+            };
+            let done = rows.len() < 1000;
+            for (seq, json) in rows {
+                from = seq;
+                if seq > upto {
+                    break;
+                }
+                r.peer.send(&protocol::encode_stateless(&json));
+                last_sent = seq;
+            }
+            if done || from > upto {
+                break;
+            }
+        }
+        let mut map = hub.workflows.lock();
+        if let Some(list) = map.get_mut(&*r.workflow) {
+            if let Some((_, sub)) = list.iter_mut().find(|(p, _)| p.id() == r.peer.id()) {
+                let e = sub.sent.entry(execution).or_insert((after + 1, last_sent));
+                e.0 = e.0.min(after + 1);
+                e.1 = e.1.max(already.unwrap_or(last_sent)).max(last_sent);
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The scheduling view of a validated workflow: blocks by index, connections by index, and
+//! the scopes a run is made of: the top level, and each loop's body (run once per item).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use super::graph::{BlockKind, Workflow};
+
+/// One scope: the blocks it runs and the connections between them.
+#[derive(Debug, Default)]
+pub struct Scope {
+    /// Its blocks, in document order.
+    pub blocks: Vec<usize>,
+    /// Connections between its blocks (back edges excluded).
+    pub edges: Vec<usize>,
+    /// For a body: connections from the loop's `body` handle into it (they carry the item).
+    pub entries: Vec<usize>,
+    /// For a body: the blocks returning into the loop's `next` handle (the iteration's result).
+    pub returns: Vec<usize>,
+}
+
+/// The workflow prepared for running.
+pub struct Plan {
+    /// The validated workflow.
+    pub workflow: Workflow,
+    /// Block id → index.
+    pub index: HashMap<String, usize>,
+    /// Scope 0 is the top level; loop `l`'s body is `body_of[l]`.
+    pub scopes: Vec<Scope>,
+    /// Loop block index → its body's scope index.
+    pub body_of: HashMap<usize, usize>,
+}
+
+impl Plan {
+    /// Splits a validated workflow into scopes.
+    pub fn new(workflow: Workflow) -> Plan {
+        let index: HashMap<String, usize> = workflow
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id.clone(), i))
+            .collect();
+        let n = workflow.blocks.len();
+        let mut out: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (ci, c) in workflow.connections.iter().enumerate() {
+            if !workflow.is_back_edge(c) {
+                out[index[&c.source]].push(ci);
+            }
+        }
+        // Each loop's body: what its `body` handle reaches without passing through the loop.
+        let mut bodies: Vec<(usize, HashSet<usize>)> = Vec::new();
+        for (l, b) in workflow.blocks.iter().enumerate() {
+            if b.kind != BlockKind::Loop {
+                continue;
+            }
+            let mut seen = HashSet::new();
+            let mut queue: VecDeque<usize> = out[l]
+                .iter()
+                .filter(|&&ci| workflow.connections[ci].source_handle.as_deref() == Some("body"))
+                .map(|&ci| index[&workflow.connections[ci].target])
+                .collect();
+            while let Some(b) = queue.pop_front() {
+                if b == l || !seen.insert(b) {
+                    continue;
+                }
+                for &ci in &out[b] {
+                    queue.push_back(index[&workflow.connections[ci].target]);
+                }
+            }
+            bodies.push((l, seen));
+        }
+        // A block belongs to the smallest body holding it (nested loops), else the top.
+        let mut scope_of = vec![0usize; n];
+        let mut scopes = vec![Scope::default()];
+        let mut body_of = HashMap::new();
+        let mut order: Vec<usize> = (0..bodies.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(bodies[i].1.len()));
+        for &i in &order {
+            let (l, ref set) = bodies[i];
+            let s = scopes.len();
+            scopes.push(Scope::default());
+            body_of.insert(l, s);
+            for &b in set {
+                scope_of[b] = s;
+            }
+        }
+        for (b, &s) in scope_of.iter().enumerate() {
+            scopes[s].blocks.push(b);
+        }
+        for (ci, c) in workflow.connections.iter().enumerate() {
+            let (src, dst) = (index[&c.source], index[&c.target]);
+            if workflow.is_back_edge(c) {
+                if let Some(&s) = body_of.get(&dst) {
+                    if scope_of[src] == s {
+                        scopes[s].returns.push(src);
+                    }
+                }
+                continue;
+            }
+            if let Some(&s) = body_of.get(&src) {
+                if c.source_handle.as_deref() == Some("body") && scope_of[dst] == s {
+                    scopes[s].entries.push(ci);
+                    continue;
+                }
+            }
+            // Connections crossing a scope boundary other than through a loop are not
+            // dependencies: the value is still readable as `blocks.<id>.output`.
+            if scope_of[src] == scope_of[dst] {
+                scopes[scope_of[src]].edges.push(ci);
+            }
+        }
+        Plan {
+            workflow,
+            index,
+            scopes,
+            body_of,
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Executions in the database: the `executions` row, one `execution_blocks` row per block
+//! state (the resume point after a restart), and the `execution_events` log editors replay.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::{now_ms, Db, DbError};
+use crate::with_pool;
+
+type Result<T> = std::result::Result<T, DbError>;
+
+const EXEC_COLS: &str = "id, workflow_id, workspace_id, user_id, status, input, options, output, graph, \
+    state_vector, current_block_id, tokens_used, cost_usd, started_at, completed_at, duration_ms, error, \
+    idempotency_key, rerun_of, created_at";
+
+const BLOCK_COLS: &str =
+    "execution_id, block_id, status, attempt, output, error, provider, model, \
+    tokens_used, cost_usd, wake_at, decision, started_at, completed_at";
+
+/// An `executions` row as stored (JSON columns as text).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ExecutionRow {
+    /// Id (UUIDv7).
+    pub id: String,
+    /// The workflow that ran.
+    pub workflow_id: String,
+    /// Its workspace.
+    pub workspace_id: String,
+    /// Who started it.
+    pub user_id: String,
+    /// pending, running, completed, failed or cancelled.
+    pub status: String,
+    /// The input object, as JSON.
+    pub input: String,
+    /// The start options, as JSON.
+    pub options: String,
+    /// The outputs (output block id → value), as JSON.
+    pub output: Option<String>,
+    /// The blocks and connections that ran, as JSON.
+    pub graph: String,
+    /// The document's state vector when it started.
+    pub state_vector: Vec<u8>,
+    /// The block that last started.
+    pub current_block_id: Option<String>,
+    /// Tokens used by its AI calls.
+    pub tokens_used: i64,
+    /// Their cost in US dollars.
+    pub cost_usd: f64,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms, once finished.
+    pub completed_at: Option<i64>,
+    /// Run time, once finished.
+    pub duration_ms: Option<i64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The execution this one re-runs.
+    pub rerun_of: Option<String>,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// An `execution_blocks` row: one block's (or one loop iteration's block's) state.
+#[derive(Clone, Debug, sqlx::FromRow, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockRow {
+    /// The execution.
+    #[serde(skip)]
+    pub execution_id: String,
+    /// The block's key: its id, prefixed by `<loop>[<i>]/` inside a loop iteration.
+    pub block_id: String,
+    /// running, waiting, completed, failed or skipped.
+    pub status: String,
+    /// The attempt (1-based).
+    pub attempt: i64,
+    /// Its output, as JSON text.
+    #[serde(skip)]
+    pub output: Option<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The AI provider that answered.
+    pub provider: Option<String>,
+    /// The model.
+    pub model: Option<String>,
+    /// Tokens used.
+    pub tokens_used: i64,
+    /// Cost in US dollars.
+    pub cost_usd: f64,
+    /// A delay's or human block's deadline (Unix ms).
+    pub wake_at: Option<i64>,
+    /// A human decision or a condition's branch.
+    pub decision: Option<String>,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms.
+    pub completed_at: Option<i64>,
+}
+
+/// A change to persist, in order, through the event log's writer.
+#[derive(Clone, Debug)]
+pub enum Write {
+    /// An event with its seq.
+    Event {
+        /// The execution.
+        execution: String,
+        /// Its per-execution sequence number.
+        seq: i64,
+        /// The event as JSON.
+        json: String,
+    },
+    /// A block's new state (insert or replace).
+    Block(BlockRow),
+    /// The execution's new status and totals.
+    Status(StatusUpdate),
+}
+
+/// The mutable part of an `executions` row.
+#[derive(Clone, Debug)]
+pub struct StatusUpdate {
+    /// The execution.
+    pub execution: String,
+    /// The new status.
+    pub status: &'static str,
+    /// The block that last started.
+    pub current_block: Option<String>,
+    /// Total tokens.
+    pub tokens: i64,
+    /// Total cost.
+    pub cost: f64,
+    /// Outputs, when finished.
+    pub output: Option<String>,
+    /// The error, when failed.
+    pub error: Option<String>,
+    /// Unix ms, when finished.
+    pub completed_at: Option<i64>,
+    /// Run time, when finished.
+    pub duration_ms: Option<i64>,
+}
+
+/// Applies `writes` in one transaction, in order.
+pub async fn apply(db: &Db, writes: &[Write]) -> Result<()> {
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        for w in writes {
+            match w {
+                Write::Event { execution, seq, json } => {
+                    // A retried batch after a lost commit reply re-inserts the same rows.
+                    sqlx::query("INSERT INTO execution_events (execution_id, seq, event) VALUES ($1, $2, $3) \
+                                 ON CONFLICT (execution_id, seq) DO NOTHING")
+                        .bind(execution).bind(seq).bind(json).execute(&mut *tx).await?;
+                }
+                Write::Block(b) => {
+                    sqlx::query(&format!("INSERT INTO execution_blocks ({BLOCK_COLS}) \
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                        ON CONFLICT (execution_id, block_id) DO UPDATE SET status = excluded.status, \
+                        attempt = excluded.attempt, output = excluded.output, error = excluded.error, \
+                        provider = excluded.provider, model = excluded.model, tokens_used = excluded.tokens_used, \
+                        cost_usd = excluded.cost_usd, wake_at = excluded.wake_at, decision = excluded.decision, \
+                        started_at = excluded.started_at, completed_at = excluded.completed_at"))
+                        .bind(&b.execution_id).bind(&b.block_id).bind(&b.status).bind(b.attempt)
+                        .bind(&b.output).bind(&b.error).bind(&b.provider).bind(&b.model)
+                        .bind(b.tokens_used).bind(b.cost_usd).bind(b.wake_at).bind(&b.decision)
+                        .bind(b.started_at).bind(b.completed_at)
+                        .execute(&mut *tx).await?;
+                }
+                Write::Status(s) => {
+                    sqlx::query("UPDATE executions SET status = $2, current_block_id = COALESCE($3, current_block_id), \
+                                 tokens_used = $4, cost_usd = $5, output = COALESCE($6, output), error = $7, \
+                                 completed_at = $8, duration_ms = $9 WHERE id = $1")
+                        .bind(&s.execution).bind(s.status).bind(&s.current_block).bind(s.tokens)
+                        .bind(s.cost).bind(&s.output).bind(&s.error).bind(s.completed_at).bind(s.duration_ms)
+                        .execute(&mut *tx).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+/// A new execution to insert.
+pub struct NewExecution<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// The workflow.
+    pub workflow_id: &'a str,
+    /// Its workspace.
+    pub workspace_id: &'a str,
+    /// Who starts it.
+    pub user_id: &'a str,
+    /// Input JSON.
+    pub input: &'a str,
+    /// Options JSON.
+    pub options: &'a str,
+    /// Graph JSON.
+    pub graph: &'a str,
+    /// The document's state vector.
+    pub state_vector: &'a [u8],
+    /// Idempotency key.
+    pub idempotency_key: Option<&'a str>,
+    /// The execution re-run.
+    pub rerun_of: Option<&'a str>,
+}
+
+/// Inserts a pending execution and counts it on the workflow. With an idempotency key that
+/// this user already used on this workflow, inserts nothing and returns the earlier one's id
+/// (`Err`), so a retried request starts one execution.
+pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result<(), String>> {
+    let now = now_ms();
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        if let Some(key) = e.idempotency_key {
+            let existing: Option<(String,)> = sqlx::query_as(
+                "SELECT id FROM executions WHERE workflow_id = $1 AND user_id = $2 AND idempotency_key = $3")
+                .bind(e.workflow_id).bind(e.user_id).bind(key).fetch_optional(&mut *tx).await?;
+            if let Some((id,)) = existing {
+                return Ok(Err(id));
+            }
+        }
+        let inserted = sqlx::query(&format!("INSERT INTO executions ({EXEC_COLS}) VALUES \
+            ($1, $2, $3, $4, 'pending', $5, $6, NULL, $7, $8, NULL, 0, 0, $9, NULL, NULL, NULL, $10, $11, $9)"))
+            .bind(e.id).bind(e.workflow_id).bind(e.workspace_id).bind(e.user_id).bind(e.input)
+            .bind(e.options).bind(e.graph).bind(e.state_vector).bind(now).bind(e.idempotency_key)
+            .bind(e.rerun_of)
+            .execute(&mut *tx).await;
+        if let Err(err) = inserted {
+            // Two requests with the same key raced: the other one's row is the answer.
+            if let (Some(key), sqlx::Error::Database(d)) = (e.idempotency_key, &err) {
+                if d.is_unique_violation() {
+                    drop(tx);
+                    let (id,): (String,) = sqlx::query_as(
+                        "SELECT id FROM executions WHERE workflow_id = $1 AND user_id = $2 AND idempotency_key = $3")
+                        .bind(e.workflow_id).bind(e.user_id).bind(key).fetch_one(p).await?;
+                    return Ok(Err(id));
+                }
+            }
+            return Err(err.into());
+        }
+        sqlx::query("UPDATE workflows SET execution_count = execution_count + 1, last_executed_at = $2 WHERE id = $1")
+            .bind(e.workflow_id).bind(now).execute(&mut *tx).await?;
+        tx.commit().await?;
+    });
+    Ok(Ok(()))
+}
+
+/// One execution.
+pub async fn execution(db: &Db, id: &str) -> Result<Option<ExecutionRow>> {
+    let sql = format!("SELECT {EXEC_COLS} FROM executions WHERE id = $1");
+    with_pool!(db, p => Ok(sqlx::query_as(&sql).bind(id).fetch_optional(p).await?))
+}
+
+/// A workflow's executions, newest first, after the cursor (an execution id).
+pub async fn executions(
+    db: &Db,
+    workflow: &str,
+    status: Option<&str>,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ExecutionRow>> {
+    let sql = format!(
+        "SELECT {EXEC_COLS} FROM executions WHERE workflow_id = $1 AND ($2 IS NULL OR status = $2) \
+         AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+    );
+    with_pool!(db, p => Ok(sqlx::query_as(&sql)
+        .bind(workflow).bind(status).bind(before).bind(limit)
+        .fetch_all(p).await?))
+}
+
+/// Executions that were pending or running, oldest first: resumed at start.
+pub async fn unfinished(db: &Db) -> Result<Vec<ExecutionRow>> {
+    let sql = format!(
+        "SELECT {EXEC_COLS} FROM executions WHERE status IN ('pending', 'running') ORDER BY id"
+    );
+    with_pool!(db, p => Ok(sqlx::query_as(&sql).fetch_all(p).await?))
+}
+
+/// An execution's block states.
+pub async fn blocks(db: &Db, execution: &str) -> Result<Vec<BlockRow>> {
+    let sql = format!(
+        "SELECT {BLOCK_COLS} FROM execution_blocks WHERE execution_id = $1 ORDER BY started_at, block_id"
+    );
+    with_pool!(db, p => Ok(sqlx::query_as(&sql).bind(execution).fetch_all(p).await?))
+}
+
+/// An execution of `workflow`: its events after `after`, in order, at most `limit`.
+pub async fn events(
+    db: &Db,
+    workflow: &str,
+    execution: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, String)>> {
+    // The workflow check keeps a client from replaying another workflow's execution.
+    with_pool!(db, p => Ok(sqlx::query_as(
+        "SELECT e.seq, e.event FROM execution_events e JOIN executions x ON x.id = e.execution_id \
+         WHERE e.execution_id = $1 AND x.workflow_id = $2 AND e.seq > $3 ORDER BY e.seq LIMIT $4")
+        .bind(execution).bind(workflow).bind(after).bind(limit).fetch_all(p).await?))
+}
+
+/// The last seq stored for an execution (0 before any).
+pub async fn last_seq(db: &Db, execution: &str) -> Result<i64> {
+    let row: (Option<i64>,) = with_pool!(db, p => sqlx::query_as(
+        "SELECT MAX(seq) FROM execution_events WHERE execution_id = $1")
+        .bind(execution).fetch_one(p).await?);
+    Ok(row.0.unwrap_or(0))
+}
+
+/// Ids of a workflow's unfinished executions.
+pub async fn running_in(db: &Db, workflow: &str) -> Result<Vec<String>> {
+    let rows: Vec<(String,)> = with_pool!(db, p => sqlx::query_as(
+        "SELECT id FROM executions WHERE workflow_id = $1 AND status IN ('pending', 'running') ORDER BY id")
+        .bind(workflow).fetch_all(p).await?);
+    Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// Adds `tokens` to the user's monthly count; returns `(used, limit)` after it.
+pub async fn add_user_tokens(db: &Db, user: &str, tokens: i64) -> Result<(i64, i64)> {
+    with_pool!(db, p => Ok(sqlx::query_as(
+        "UPDATE users SET tokens_used = tokens_used + $2 WHERE id = $1 RETURNING tokens_used, tokens_limit")
+        .bind(user).bind(tokens).fetch_one(p).await?))
+}
+
+/// The user's `(tokens_used, tokens_limit)`.
+pub async fn user_tokens(db: &Db, user: &str) -> Result<(i64, i64)> {
+    with_pool!(db, p => Ok(sqlx::query_as(
+        "SELECT tokens_used, tokens_limit FROM users WHERE id = $1")
+        .bind(user).fetch_one(p).await?))
+}
+
+/// Stores a human decision on a waiting block that has none yet; false when there is no
+/// such block (already decided, or not waiting).
+pub async fn set_decision(db: &Db, execution: &str, block: &str, decision: &str) -> Result<bool> {
+    let done = with_pool!(db, p => sqlx::query(
+        "UPDATE execution_blocks SET decision = $3 WHERE execution_id = $1 AND block_id = $2 \
+         AND status = 'waiting' AND decision IS NULL")
+        .bind(execution).bind(block).bind(decision).execute(p).await?.rows_affected());
+    Ok(done == 1)
+}
