@@ -2,4 +2,5 @@
 //! every block shares, and (as they land) the runner, the AI router and the webhook client.
 
 pub mod graph;
+pub mod http;
 pub mod retry;
