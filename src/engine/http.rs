@@ -820,3 +820,737 @@ pub async fn send_with_retry(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use axum::body::Body;
+    use axum::extract::State;
+    use axum::http::{HeaderMap as AxHeaders, Method as AxMethod, Uri};
+    use axum::response::Response;
+    use serde_json::json;
+
+    /// A loopback mock server counting hits per path.
+    struct Mock {
+        addr: SocketAddr,
+        hits: Arc<Mutex<HashMap<String, usize>>>,
+    }
+
+    impl Mock {
+        fn hits(&self, path: &str) -> usize {
+            self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        }
+        fn url(&self, path: &str) -> String {
+            format!("http://{}{path}", self.addr)
+        }
+        fn port(&self) -> u16 {
+            self.addr.port()
+        }
+    }
+
+    type Hits = Arc<Mutex<HashMap<String, usize>>>;
+
+    async fn handle(
+        State(hits): State<Hits>,
+        method: AxMethod,
+        uri: Uri,
+        headers: AxHeaders,
+        body: String,
+    ) -> Response {
+        let path = uri.path().to_owned();
+        let n = {
+            let mut h = hits.lock().unwrap();
+            let n = h.entry(path.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let query = uri.query().unwrap_or_default().to_owned();
+        let reply = |status: u16, headers: &[(&str, &str)], body: Body| {
+            let mut b = Response::builder().status(status);
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(body).unwrap()
+        };
+        let json_ct = [("content-type", "application/json")];
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        match path.as_str() {
+            "/echo" | "/closing" => {
+                let echoed = json!({
+                    "method": method.as_str(),
+                    "body": body,
+                    "userAgent": header("user-agent"),
+                    "xTest": header("x-test"),
+                    "authorization": header("authorization"),
+                    "contentType": header("content-type"),
+                });
+                let mut hs = vec![("content-type", "application/json")];
+                if path == "/closing" {
+                    hs.push(("connection", "close"));
+                }
+                reply(200, &hs, Body::from(echoed.to_string()))
+            }
+            "/json" => reply(200, &json_ct, Body::from(r#"{"ok":true,"n":1}"#)),
+            "/bad-json" => reply(200, &json_ct, Body::from("{not json")),
+            "/text" => reply(200, &[("x-long", &"v".repeat(20_000))], Body::from("hello")),
+            "/big" => reply(200, &[], Body::from(vec![b'a'; 2 * MAX_RESPONSE_BYTES])),
+            "/slow" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                reply(200, &[], Body::from("late"))
+            }
+            "/flaky429" if n == 1 => reply(429, &[("retry-after", "1")], Body::from("slow down")),
+            "/flaky429" => reply(200, &json_ct, Body::from(r#"{"ok":true}"#)),
+            "/loop" => reply(302, &[("location", "/loop")], Body::empty()),
+            p if p.starts_with("/status/") => {
+                let code: u16 = p["/status/".len()..].parse().unwrap();
+                reply(
+                    code,
+                    &[],
+                    Body::from(format!("nope {code} {}", "x".repeat(2_000))),
+                )
+            }
+            p if p.starts_with("/redirect/") => {
+                let code: u16 = p["/redirect/".len()..].parse().unwrap();
+                let to = query.strip_prefix("to=").unwrap_or("/echo");
+                reply(code, &[("location", to)], Body::empty())
+            }
+            _ => reply(404, &[], Body::from("no such path")),
+        }
+    }
+
+    async fn mock() -> Mock {
+        let hits: Hits = Arc::default();
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(hits.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Mock { addr, hits }
+    }
+
+    fn policy(entries: &[&str]) -> EgressPolicy {
+        EgressPolicy::parse(&entries.iter().map(|e| e.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn loopback_allowed() -> WebhookClient {
+        WebhookClient::new(policy(&["127.0.0.1/32"]))
+    }
+
+    /// Names resolved from a fixed table; anything else does not resolve.
+    fn table(entries: &[(&str, &str)]) -> LookupFn {
+        let map: HashMap<String, Vec<IpAddr>> = entries
+            .iter()
+            .map(|(name, ips)| {
+                (
+                    name.to_string(),
+                    ips.split(',').map(|ip| ip.parse().unwrap()).collect(),
+                )
+            })
+            .collect();
+        Arc::new(move |name| map.get(name).cloned().unwrap_or_default())
+    }
+
+    fn get(url: impl Into<String>) -> WebhookRequest {
+        WebhookRequest {
+            method: Method::GET,
+            url: url.into(),
+            headers: vec![],
+            body: None,
+        }
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    async fn refused(client: &WebhookClient, url: &str, naming: &str) {
+        let err = client.send(&get(url), T).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Refused, "{url}: {err:?}");
+        assert!(err.message.contains(naming), "{url}: {}", err.message);
+    }
+
+    fn quick(attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            initial_interval_ms: 10,
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        }
+    }
+
+    #[test]
+    fn addresses_are_classified() {
+        for blocked in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "127.9.9.9",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "100.64.0.1",
+            "100.127.255.255",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.18.0.1",
+            "224.0.0.1",
+            "239.255.255.250",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::127.0.0.1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+            "2001:db8::1",
+            "2001::1",
+            "64:ff9b::7f00:1",
+            "2002:a00:1::1",
+            "100::1",
+        ] {
+            let ip: IpAddr = blocked.parse().unwrap();
+            assert!(
+                forbidden_reason(ip).is_some(),
+                "{blocked} should be refused"
+            );
+        }
+        for public in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "93.184.216.34",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700:4700::1111",
+            "2a00:1450::1",
+            "64:ff9b::808:808",
+        ] {
+            let ip: IpAddr = public.parse().unwrap();
+            assert_eq!(forbidden_reason(ip), None, "{public} is public");
+        }
+        let p = EgressPolicy::default();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let err = p.check(None, mapped).unwrap_err();
+        assert!(
+            err.contains("::ffff:127.0.0.1") && err.contains("loopback"),
+            "{err}"
+        );
+        let err = p
+            .check(None, "169.254.169.254".parse().unwrap())
+            .unwrap_err();
+        assert!(err.contains("cloud metadata"), "{err}");
+    }
+
+    #[test]
+    fn allow_lists_parse_and_match() {
+        let p = policy(&[
+            "127.0.0.1/32",
+            "10.0.0.0/8",
+            "fd00::/8",
+            "Hooks.Internal.",
+            "192.168.1.5",
+        ]);
+        assert!(p.check(None, "127.0.0.1".parse().unwrap()).is_ok());
+        assert!(p.check(None, "::ffff:127.0.0.1".parse().unwrap()).is_ok());
+        assert!(p.check(None, "127.0.0.2".parse().unwrap()).is_err());
+        assert!(p.check(None, "10.200.0.1".parse().unwrap()).is_ok());
+        assert!(p.check(None, "fd00::5".parse().unwrap()).is_ok());
+        assert!(p.check(None, "192.168.1.5".parse().unwrap()).is_ok());
+        assert!(p.check(None, "192.168.1.6".parse().unwrap()).is_err());
+        assert!(p
+            .check(Some("hooks.internal"), "172.16.0.1".parse().unwrap())
+            .is_ok());
+        assert!(p
+            .check(Some("HOOKS.internal."), "172.16.0.1".parse().unwrap())
+            .is_ok());
+        assert!(p
+            .check(Some("other.internal"), "172.16.0.1".parse().unwrap())
+            .is_err());
+        assert!(p.check(None, "8.8.8.8".parse().unwrap()).is_ok());
+        for bad in ["10.0.0.0/33", "::/129", "x/8", "", "a b", "http://x/"] {
+            let err = EgressPolicy::parse(&[bad.to_string()]).unwrap_err();
+            assert!(err.contains("egress allow-list entry"), "{bad}: {err}");
+        }
+        assert_eq!(
+            AllowRule::parse("10.1.2.3/8").unwrap(),
+            AllowRule::Network {
+                addr: "10.0.0.0".parse().unwrap(),
+                prefix: 8
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("-1", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[tokio::test]
+    async fn loopback_is_refused() {
+        let m = mock().await;
+        let client = WebhookClient::new(EgressPolicy::default());
+        refused(&client, &m.url("/echo"), "127.0.0.1").await;
+        refused(
+            &client,
+            &format!("http://localhost:{}/echo", m.port()),
+            "localhost",
+        )
+        .await;
+        refused(&client, &format!("http://[::1]:{}/echo", m.port()), "::1").await;
+        refused(
+            &client,
+            &format!("http://0x7f000001:{}/echo", m.port()),
+            "127.0.0.1",
+        )
+        .await;
+        refused(
+            &client,
+            &format!("http://2130706433:{}/echo", m.port()),
+            "127.0.0.1",
+        )
+        .await;
+        refused(
+            &client,
+            &format!("http://[::ffff:127.0.0.1]:{}/echo", m.port()),
+            "127.0.0.1",
+        )
+        .await;
+        assert_eq!(m.hits("/echo"), 0);
+    }
+
+    #[tokio::test]
+    async fn private_link_local_and_mapped_names_are_refused() {
+        let client = WebhookClient::with_resolver(
+            EgressPolicy::default(),
+            table(&[
+                ("ten.test", "10.0.0.5"),
+                ("home.test", "192.168.0.10"),
+                ("metadata.test", "169.254.169.254"),
+                ("mapped.test", "::ffff:10.0.0.1"),
+                ("ula.test", "fd00::1"),
+                ("mixed.test", "8.8.8.8,10.0.0.9"),
+                ("cgnat.test", "100.64.1.1"),
+            ]),
+        );
+        refused(&client, "http://ten.test/", "10.0.0.5").await;
+        refused(&client, "https://home.test/x", "192.168.0.10").await;
+        refused(
+            &client,
+            "http://metadata.test/latest/meta-data/",
+            "169.254.169.254",
+        )
+        .await;
+        refused(&client, "http://mapped.test/", "10.0.0.1").await;
+        refused(&client, "http://ula.test/", "fd00::1").await;
+        refused(&client, "http://mixed.test/", "10.0.0.9").await;
+        refused(&client, "http://cgnat.test/", "100.64.1.1").await;
+        refused(
+            &client,
+            "http://169.254.169.254/latest/meta-data/",
+            "cloud metadata",
+        )
+        .await;
+        refused(&client, "http://[fe80::1]/", "link-local").await;
+        refused(&client, "http://10.1.1.1/", "private").await;
+        refused(&client, "http://0.0.0.0/", "unspecified").await;
+        refused(&client, "ftp://example.com/", "only http and https").await;
+        refused(&client, "file:///etc/passwd", "only http and https").await;
+        let err = client
+            .send(&get("http://nowhere.test/"), T)
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Network, "{err:?}");
+        assert!(
+            err.message.contains("could not resolve nowhere.test"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[tokio::test]
+    async fn dns_rebinding_cannot_swap_the_checked_address() {
+        let m = mock().await;
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let counter = lookups.clone();
+        // The first answer is allowed (the mock); every later one is private.
+        let lookup: LookupFn = Arc::new(move |_: &str| {
+            if counter.fetch_add(1, Ordering::SeqCst) == 0 {
+                vec!["127.0.0.1".parse().unwrap()]
+            } else {
+                vec!["10.0.0.7".parse().unwrap()]
+            }
+        });
+        let client = WebhookClient::with_resolver(policy(&["127.0.0.1/32"]), lookup);
+        let url = format!("http://rebind.test:{}/closing", m.port());
+        let resp = client.send(&get(&url), T).await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(
+            lookups.load(Ordering::SeqCst),
+            1,
+            "the checked resolution is the one connected to: no second lookup"
+        );
+        // A new connection resolves again, and the new answer is checked again.
+        refused(&client, &url, "10.0.0.7").await;
+        assert_eq!(m.hits("/closing"), 1);
+    }
+
+    #[tokio::test]
+    async fn redirects_to_refused_addresses_are_refused() {
+        let m = mock().await;
+        let client = WebhookClient::with_resolver(
+            policy(&["allowed.test"]),
+            table(&[("allowed.test", "127.0.0.1"), ("internal.test", "10.1.2.3")]),
+        );
+        let base = format!("http://allowed.test:{}", m.port());
+        // The allowed name itself works…
+        let ok = client.send(&get(format!("{base}/json")), T).await.unwrap();
+        assert_eq!(ok.body, json!({"ok": true, "n": 1}));
+        // …but not a redirect to the same server by address, nor to a private name.
+        let to_ip = format!("{base}/redirect/302?to=http://127.0.0.1:{}/echo", m.port());
+        refused(&client, &to_ip, "127.0.0.1").await;
+        let to_private = format!(
+            "{base}/redirect/307?to=http://internal.test:{}/echo",
+            m.port()
+        );
+        refused(&client, &to_private, "10.1.2.3").await;
+        let to_metadata = format!("{base}/redirect/301?to=http://169.254.169.254/");
+        refused(&client, &to_metadata, "169.254.169.254").await;
+        refused(
+            &client,
+            &format!("{base}/redirect/308?to=file:///etc/passwd"),
+            "only http",
+        )
+        .await;
+        assert_eq!(m.hits("/echo"), 0);
+    }
+
+    #[tokio::test]
+    async fn allowed_redirects_are_followed() {
+        let m = mock().await;
+        let client = loopback_allowed();
+        let post = |url: String| WebhookRequest {
+            method: Method::POST,
+            url,
+            headers: vec![
+                ("X-Test".into(), "kept".into()),
+                ("Authorization".into(), "Bearer secret".into()),
+                ("Content-Type".into(), "text/plain".into()),
+            ],
+            body: Some("payload".into()),
+        };
+        // 303 (relative Location): a GET without the body.
+        let resp = client
+            .send(&post(m.url("/redirect/303?to=/echo")), T)
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body["method"], "GET");
+        assert_eq!(resp.body["body"], "");
+        assert_eq!(resp.body["contentType"], Value::Null);
+        assert_eq!(resp.body["xTest"], "kept");
+        assert_eq!(
+            resp.body["authorization"], "Bearer secret",
+            "same origin keeps it"
+        );
+        // 302 after a POST: a GET as well.
+        let resp = client
+            .send(&post(m.url("/redirect/302?to=/echo")), T)
+            .await
+            .unwrap();
+        assert_eq!(resp.body["method"], "GET");
+        // 307: method and body kept.
+        let resp = client
+            .send(&post(m.url("/redirect/307?to=/echo")), T)
+            .await
+            .unwrap();
+        assert_eq!(resp.body["method"], "POST");
+        assert_eq!(resp.body["body"], "payload");
+        // Another origin (localhost vs 127.0.0.1 is another origin) loses the credentials.
+        let cross = WebhookClient::with_resolver(
+            policy(&["127.0.0.1/32"]),
+            table(&[("other.test", "127.0.0.1")]),
+        );
+        let to = format!("http://other.test:{}/echo", m.port());
+        let resp = cross
+            .send(&post(m.url(&format!("/redirect/307?to={to}"))), T)
+            .await
+            .unwrap();
+        assert_eq!(resp.body["authorization"], Value::Null);
+        assert_eq!(resp.body["xTest"], "kept");
+        assert_eq!(m.hits("/echo"), 4);
+        // A redirect loop stops after five hops.
+        let err = client.send(&get(m.url("/loop")), T).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Client, "{err:?}");
+        assert!(err.message.contains("redirects"), "{}", err.message);
+        assert_eq!(m.hits("/loop"), MAX_REDIRECTS + 1);
+    }
+
+    #[tokio::test]
+    async fn responses_are_parsed_and_limited() {
+        let m = mock().await;
+        let client = loopback_allowed();
+        let resp = client.send(&get(m.url("/json")), T).await.unwrap();
+        assert_eq!(resp.body, json!({"ok": true, "n": 1}));
+        assert_eq!(resp.headers["content-type"], "application/json");
+        let resp = client.send(&get(m.url("/bad-json")), T).await.unwrap();
+        assert_eq!(resp.body, json!("{not json"));
+        let resp = client.send(&get(m.url("/text")), T).await.unwrap();
+        assert_eq!(resp.body, json!("hello"));
+        assert_eq!(
+            resp.headers["x-long"].as_str().unwrap().len(),
+            MAX_HEADER_VALUE_BYTES
+        );
+        let err = client.send(&get(m.url("/big")), T).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Invalid, "{err:?}");
+        assert!(
+            err.message.contains("larger than 1024 KiB"),
+            "{}",
+            err.message
+        );
+        // The default user agent, and a block's own.
+        let resp = client.send(&get(m.url("/echo")), T).await.unwrap();
+        assert_eq!(resp.body["userAgent"], DEFAULT_USER_AGENT);
+        let mut own = get(m.url("/echo"));
+        own.headers.push(("User-Agent".into(), "mine/1".into()));
+        let resp = client.send(&own, T).await.unwrap();
+        assert_eq!(resp.body["userAgent"], "mine/1");
+    }
+
+    #[tokio::test]
+    async fn connection_headers_are_refused() {
+        let m = mock().await;
+        let client = loopback_allowed();
+        for name in ["Host", "content-length", "Transfer-Encoding", "Connection"] {
+            let mut req = get(m.url("/echo"));
+            req.headers.push((name.into(), "x".into()));
+            let err = client.send(&req, T).await.unwrap_err();
+            assert_eq!(err.class, ErrorClass::Invalid, "{name}: {err:?}");
+            assert!(
+                err.message.contains(&name.to_ascii_lowercase()),
+                "{}",
+                err.message
+            );
+        }
+        let mut req = get(m.url("/echo"));
+        req.headers.push(("x-secret".into(), "line\nbreak".into()));
+        let err = client.send(&req, T).await.unwrap_err();
+        assert!(
+            !err.message.contains("line"),
+            "values are not echoed: {}",
+            err.message
+        );
+        assert_eq!(m.hits("/echo"), 0);
+    }
+
+    #[tokio::test]
+    async fn statuses_map_to_error_classes() {
+        let m = mock().await;
+        let client = loopback_allowed();
+        let err = client
+            .send(&get(m.url("/status/404")), T)
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Client);
+        assert!(
+            err.message.contains("404") && err.message.contains("nope 404"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.len() < 700,
+            "the body is cut: {}",
+            err.message.len()
+        );
+        let err = client
+            .send(&get(m.url("/status/503")), T)
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Server);
+        let err = client.send(&get(m.url("/flaky429")), T).await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::RateLimited);
+        assert_eq!(err.retry_after, Some(Duration::from_secs(1)));
+        // Nobody listening: a network failure.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let err = client
+            .send(&get(format!("http://127.0.0.1:{port}/")), T)
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Network, "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn rate_limits_are_waited_out_then_succeed() {
+        let m = mock().await;
+        let client = loopback_allowed();
+        let mut waits = vec![];
+        let started = Instant::now();
+        let (resp, attempts) = send_with_retry(
+            &client,
+            &get(m.url("/flaky429")),
+            &quick(3),
+            &CancellationToken::new(),
+            &mut |attempt, err: &BlockError, wait| waits.push((attempt, err.class, wait)),
+        )
+        .await
+        .unwrap();
+        assert_eq!((resp.status, attempts), (200, 2));
+        assert_eq!(m.hits("/flaky429"), 2);
+        assert_eq!(
+            waits,
+            vec![(1, ErrorClass::RateLimited, Duration::from_secs(1))]
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "Retry-After honoured"
+        );
+    }
+
+    #[tokio::test]
+    async fn server_errors_retry_until_the_attempts_run_out() {
+        let m = mock().await;
+        let client = loopback_allowed();
+        let mut retries = vec![];
+        let err = send_with_retry(
+            &client,
+            &get(m.url("/status/500")),
+            &quick(3),
+            &CancellationToken::new(),
+            &mut |attempt, _: &BlockError, _| retries.push(attempt),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Server);
+        assert!(err.message.contains("500"), "{}", err.message);
+        assert_eq!(retries, vec![1, 2]);
+        assert_eq!(m.hits("/status/500"), 3);
+
+        // A client error is not retried.
+        let mut retried = false;
+        let err = send_with_retry(
+            &client,
+            &get(m.url("/status/400")),
+            &quick(3),
+            &CancellationToken::new(),
+            &mut |_, _: &BlockError, _| retried = true,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Client);
+        assert!(!retried);
+        assert_eq!(m.hits("/status/400"), 1);
+    }
+
+    #[tokio::test]
+    async fn timeouts_per_attempt_and_in_total() {
+        let m = mock().await;
+        let client = loopback_allowed();
+        let started = Instant::now();
+        let err = client
+            .send(&get(m.url("/slow")), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Timeout);
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        let per_attempt = RetryPolicy {
+            attempt_timeout_ms: Some(150),
+            ..quick(2)
+        };
+        let err = send_with_retry(
+            &client,
+            &get(m.url("/slow")),
+            &per_attempt,
+            &CancellationToken::new(),
+            &mut |_, _: &BlockError, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Timeout);
+        assert_eq!(m.hits("/slow"), 3);
+
+        let total = RetryPolicy {
+            total_timeout_ms: Some(300),
+            ..quick(5)
+        };
+        let started = Instant::now();
+        let err = send_with_retry(
+            &client,
+            &get(m.url("/slow")),
+            &total,
+            &CancellationToken::new(),
+            &mut |_, _: &BlockError, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Timeout);
+        assert!(err.message.contains("total timeout"), "{}", err.message);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn cancelling_during_a_wait_returns_promptly() {
+        let m = mock().await;
+        let client = loopback_allowed();
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            trigger.cancel();
+        });
+        let policy = RetryPolicy {
+            initial_interval_ms: 60_000,
+            max_interval_ms: 60_000,
+            ..quick(3)
+        };
+        let mut waited = None;
+        let started = Instant::now();
+        let err = send_with_retry(
+            &client,
+            &get(m.url("/status/502")),
+            &policy,
+            &cancel,
+            &mut |_, _: &BlockError, wait| waited = Some(wait),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.class, ErrorClass::Refused);
+        assert_eq!(err.message, "cancelled");
+        assert_eq!(waited, Some(Duration::from_secs(60)));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(m.hits("/status/502"), 1);
+    }
+}
