@@ -1,7 +1,7 @@
 //! The `webhook` block's HTTP client, guarded against server-side request forgery.
 //!
 //! Every destination is checked *after* DNS resolution, and the connection goes only to the
-//! addresses that were checked: the client's DNS resolver ([`GuardedResolver`]) is the one
+//! addresses that were checked: the client's own DNS resolver (`GuardedResolver`) is the one
 //! that refuses, so there is no second lookup an attacker's name server could answer
 //! differently (DNS rebinding). IP-literal URLs never reach a resolver, so they are checked
 //! before each request. Redirects are followed here, not by reqwest, so every hop goes
@@ -304,7 +304,7 @@ impl StdError for LookupFailure {}
 
 /// The webhook client's DNS resolver: resolves, checks every address against the policy,
 /// and hands reqwest only checked addresses (all of a name's addresses, or none).
-pub struct GuardedResolver {
+struct GuardedResolver {
     policy: Arc<EgressPolicy>,
     lookup: Lookup,
 }
@@ -1111,6 +1111,18 @@ mod tests {
         assert_eq!(parse_retry_after("-1", now), None);
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn the_block_future_can_be_spawned() {
+        fn assert_send<T: Send>(_: &T) {}
+        let client = WebhookClient::new(EgressPolicy::default());
+        let req = get("http://example.com/");
+        let policy = RetryPolicy::once();
+        let cancel = CancellationToken::new();
+        let mut on_retry = |_: u32, _: &BlockError, _: Duration| {};
+        let fut = send_with_retry(&client, &req, &policy, &cancel, &mut on_retry);
+        assert_send(&fut);
     }
 
     #[tokio::test]
