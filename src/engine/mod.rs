@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod graph;
+pub mod http;
 mod io;
 pub use io::Io;
 mod plan;
