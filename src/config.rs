@@ -193,6 +193,44 @@ pub struct ServeConfig {
     /// Burst of socket messages per user.
     #[arg(long, env = "RESONANT_RATE_SOCKET_BURST", default_value_t = 1000)]
     pub rate_socket_burst: u32,
+    /// Destinations webhook blocks may reach although they are private, loopback or
+    /// link-local: IP networks (`10.0.0.0/8`, `127.0.0.1`) or host names, comma-separated.
+    #[arg(long, env = "RESONANT_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Vec<String>,
+    /// A JSON file with the AI router's provider table and fallback chains (the seed's
+    /// table and chains when absent); see docs/workflow-schema.md.
+    #[arg(long, env = "RESONANT_AI_CONFIG")]
+    pub ai_config: Option<PathBuf>,
+    /// Server-wide Anthropic key, used when a workspace has none of its own.
+    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
+    pub anthropic_api_key: Option<String>,
+    /// Anthropic API base URL.
+    #[arg(long, env = "ANTHROPIC_BASE_URL")]
+    pub anthropic_base_url: Option<String>,
+    /// Server-wide OpenAI key.
+    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+    /// OpenAI API base URL.
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+    /// Server-wide Google Gemini key.
+    #[arg(long, env = "GEMINI_API_KEY", hide_env_values = true)]
+    pub gemini_api_key: Option<String>,
+    /// Gemini API base URL.
+    #[arg(long, env = "GEMINI_BASE_URL")]
+    pub gemini_base_url: Option<String>,
+    /// Server-wide key of the OpenAI-compatible endpoint serving Llama-class models.
+    #[arg(long, env = "LLAMA_API_KEY", hide_env_values = true)]
+    pub llama_api_key: Option<String>,
+    /// Base URL of the OpenAI-compatible endpoint serving Llama-class models.
+    #[arg(long, env = "LLAMA_BASE_URL")]
+    pub llama_base_url: Option<String>,
+    /// Milliseconds between the words the keyless `demo` AI provider streams.
+    #[arg(long, env = "RESONANT_DEMO_DELAY_MS", default_value_t = 15)]
+    pub demo_delay_ms: u64,
+    /// Blocks doing work at once across all executions on this server.
+    #[arg(long, env = "RESONANT_MAX_CONCURRENT_BLOCKS", default_value_t = 64)]
+    pub max_concurrent_blocks: usize,
     /// Log format.
     #[arg(long, env = "RESONANT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -69,7 +69,9 @@ impl Mailer {
         inviter: Option<&str>,
         link: &str,
     ) -> Result<(), MailError> {
-        let key = self.api_key.as_deref().ok_or(MailError::NotConfigured)?;
+        if self.api_key.is_none() {
+            return Err(MailError::NotConfigured);
+        }
         let who = inviter.unwrap_or("A teammate");
         let subject = format!("{who} invited you to {workspace} on Resonant");
         let text = format!(
@@ -81,11 +83,48 @@ impl Mailer {
             escape(workspace),
             escape(link)
         );
+        self.send(&format!("invitation-{id}"), to, &subject, &text, &html)
+            .await
+    }
+
+    /// Asks `to` to approve or reject a waiting human block; `key` makes a retried send
+    /// (after a restart) one email.
+    pub async fn send_approval_request(
+        &self,
+        key: &str,
+        to: &str,
+        workflow: &str,
+        message: &str,
+        link: &str,
+    ) -> Result<(), MailError> {
+        let subject = format!("Approval needed: {workflow}");
+        let text = format!(
+            "A run of \"{workflow}\" on Resonant is waiting for your decision.\n\n{message}\n\nDecide: {link}"
+        );
+        let html = format!(
+            "<p>A run of <strong>{}</strong> on Resonant is waiting for your decision.</p><p>{}</p><p><a href=\"{}\">Approve or reject</a></p>",
+            escape(workflow),
+            escape(message),
+            escape(link)
+        );
+        self.send(key, to, &subject, &text, &html).await
+    }
+
+    /// Sends one email through Resend with an idempotency key.
+    async fn send(
+        &self,
+        key: &str,
+        to: &str,
+        subject: &str,
+        text: &str,
+        html: &str,
+    ) -> Result<(), MailError> {
+        let api_key = self.api_key.as_deref().ok_or(MailError::NotConfigured)?;
         let response = self
             .http
             .post(format!("{}/emails", self.base_url))
-            .bearer_auth(key)
-            .header("Idempotency-Key", format!("invitation-{id}"))
+            .bearer_auth(api_key)
+            .header("Idempotency-Key", key)
             .json(&json!({ "from": self.from, "to": [to], "subject": subject, "text": text, "html": html }))
             .send()
             .await
@@ -106,6 +145,11 @@ impl Mailer {
             status: status.as_u16(),
             message,
         })
+    }
+
+    /// Whether a Resend key is configured.
+    pub fn is_configured(&self) -> bool {
+        self.api_key.is_some()
     }
 }
 

@@ -223,9 +223,18 @@ pub async fn start_with_store(
         rooms.clone(),
         engine::EngineConfig {
             public_url: config.public_url.clone(),
+            max_concurrent_blocks: config.max_concurrent_blocks,
             ..engine::EngineConfig::default()
         },
-        engine::Io::default(),
+        engine::Io {
+            webhooks: engine::http::WebhookClient::new(
+                engine::http::EgressPolicy::parse(&config.webhook_allow)
+                    .map_err(anyhow::Error::msg)
+                    .context("invalid --webhook-allow")?,
+            ),
+            mailer: Some(mailer.clone()),
+            public_url: config.public_url.clone(),
+        },
         &tracker,
     );
     let resumed = engine.recover().await.context("resuming executions")?;

@@ -567,6 +567,7 @@ async fn reader(
                         _ = peer.closed() => return,
                     }
                 }
+                crate::ws_exec::before_handle(app, &session, &auth.exec(), &frame);
                 let result = session.handle(&frame);
                 if result.is_ok() && refresh_token(app, &session, &mut auth, &frame).await {
                     expiry.as_mut().reset(auth.deadline());

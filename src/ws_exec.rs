@@ -105,6 +105,25 @@ fn refuse_engine(session: &Session, request_id: &Option<Value>, e: EngineError) 
     refuse(session, request_id, code, &e.to_string(), extra);
 }
 
+/// Called before the session handles a frame: a replay request pauses live events for this
+/// socket before the request opts it in to extensions, so no live event overtakes the replay.
+pub(crate) fn before_handle(app: &AppState, session: &Session, who: &Who<'_>, frame: &[u8]) {
+    let (Some(workflow), Some(&first)) = (who.workflow, frame.first()) else {
+        return;
+    };
+    if first != protocol::MSG_STATELESS as u8 {
+        return;
+    }
+    if let Ok(protocol::Incoming::Stateless(text)) = protocol::decode(frame) {
+        if text.contains("executions.resume")
+            && serde_json::from_str::<Value>(text)
+                .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("executions.resume"))
+        {
+            app.engine.events().pause(workflow, session.peer().id());
+        }
+    }
+}
+
 /// Handles an execution message; false when `frame` is not one (so others may handle it).
 pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, frame: &[u8]) -> bool {
     if frame.first() != Some(&(protocol::MSG_STATELESS as u8)) {

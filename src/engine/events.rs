@@ -37,10 +37,13 @@ struct Replay {
     running: bool,
 }
 
-/// One editor's delivery state per execution: the first and last seq sent to it.
+/// One editor's delivery state per execution: the range of seqs sent to it.
 #[derive(Default)]
 struct Sub {
     sent: HashMap<String, (i64, i64)>,
+    /// A replay is on its way: live events wait for it (the replay reads them from the log),
+    /// so the editor gets them in order.
+    paused: bool,
 }
 
 #[derive(Default)]
@@ -127,6 +130,16 @@ impl Events {
             hub: self.hub.clone(),
             workflow,
             peer: id,
+        }
+    }
+
+    /// Holds live events back from `peer` until its replay is answered; called before the
+    /// replay request opts the socket in, so no live event can overtake the replay.
+    pub fn pause(&self, workflow: &str, peer: u64) {
+        if let Some(list) = self.hub.workflows.lock().get_mut(workflow) {
+            if let Some((_, sub)) = list.iter_mut().find(|(p, _)| p.id() == peer) {
+                sub.paused = true;
+            }
         }
     }
 
@@ -234,7 +247,7 @@ fn fan_out(hub: &Hub, workflow: &str, execution: &str, seq: i64, json: &str) {
     };
     let mut msg: Option<Bytes> = None;
     for (peer, sub) in list.iter_mut() {
-        if !peer.extensions() {
+        if !peer.extensions() || sub.paused {
             continue;
         }
         let entry = sub
@@ -262,20 +275,18 @@ async fn replay(db: &Db, hub: &Hub, r: Replay) {
             Err(e) => tracing::warn!(error = %e, "listing running executions for a replay failed"),
         }
     }
+    let sent_of = |execution: &str| {
+        let map = hub.workflows.lock();
+        map.get(&*r.workflow).and_then(|list| {
+            list.iter()
+                .find(|(p, _)| p.id() == r.peer.id())
+                .and_then(|(_, s)| s.sent.get(execution).copied())
+        })
+    };
     for (execution, after) in wanted {
-        // What this editor already got live, if anything: the replay fills the gap before it.
-        let live = {
-            let map = hub.workflows.lock();
-            map.get(&*r.workflow).and_then(|list| {
-                list.iter()
-                    .find(|(p, _)| p.id() == r.peer.id())
-                    .and_then(|(_, s)| s.sent.get(&execution).copied())
-            })
-        };
-        let (upto, already) = match live {
-            Some((first, last)) => (first - 1, Some(last)),
-            None => (i64::MAX, None),
-        };
+        let after = after.max(0);
+        // What this editor already got live is not sent twice.
+        let already = sent_of(&execution);
         let mut from = after;
         let mut last_sent = after;
         loop {
@@ -293,13 +304,13 @@ async fn replay(db: &Db, hub: &Hub, r: Replay) {
             let done = rows.len() < 1000;
             for (seq, json) in rows {
                 from = seq;
-                if seq > upto {
-                    break;
+                last_sent = seq;
+                if already.is_some_and(|(first, last)| (first..=last).contains(&seq)) {
+                    continue;
                 }
                 r.peer.send(&protocol::encode_stateless(&json));
-                last_sent = seq;
             }
-            if done || from > upto {
+            if done {
                 break;
             }
         }
@@ -308,8 +319,14 @@ async fn replay(db: &Db, hub: &Hub, r: Replay) {
             if let Some((_, sub)) = list.iter_mut().find(|(p, _)| p.id() == r.peer.id()) {
                 let e = sub.sent.entry(execution).or_insert((after + 1, last_sent));
                 e.0 = e.0.min(after + 1);
-                e.1 = e.1.max(already.unwrap_or(last_sent)).max(last_sent);
+                e.1 = e.1.max(last_sent);
             }
+        }
+    }
+    let mut map = hub.workflows.lock();
+    if let Some(list) = map.get_mut(&*r.workflow) {
+        if let Some((_, sub)) = list.iter_mut().find(|(p, _)| p.id() == r.peer.id()) {
+            sub.paused = false;
         }
     }
 }

@@ -539,7 +539,7 @@ async fn run_block(
         run.emit(
             "block.started",
             scoped(
-                json!({"blockId": block.id, "attempt": attempt, "type": block.kind}),
+                json!({"blockId": block.id, "attempt": attempt, "blockType": block.kind}),
                 prefix,
             ),
         );

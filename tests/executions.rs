@@ -1,0 +1,774 @@
+//! Executions end to end: workflows written into the shared document by a real sync client,
+//! started over REST or the socket, watched over sockets, controlled, re-run, resumed.
+//! Every test runs on SQLite, and on Postgres when `TEST_DATABASE_URL` is set.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use common::api::{backends, call, fresh_schema, sign_in, token_with, Backend, User};
+use common::{room_url, Client, WAIT};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use yrs::{Any, Array, In, Map, MapPrelim, WriteTxn};
+
+const SECRET: &str = "executions-test-secret-executions-test-secret";
+
+struct Env {
+    server: resonant::Server,
+    http: reqwest::Client,
+    owner: User,
+    ws: String,
+    _dir: TempDir,
+    schema: Option<(String, sqlx::PgPool, String)>,
+}
+
+impl Env {
+    async fn new(backend: Backend) -> Env {
+        Env::with(backend, |_| {}).await
+    }
+
+    async fn with(backend: Backend, tweak: impl FnOnce(&mut resonant::ServeConfig)) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = resonant::ServeConfig::for_tests(dir.path().into());
+        config.jwt_secret = Some(SECRET.into());
+        config.rate_api_per_sec = 0.0;
+        config.rate_socket_per_sec = 0.0;
+        config.rate_connect_per_sec = 0.0;
+        config.demo_delay_ms = 0;
+        let schema = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let s = fresh_schema().await;
+                config.database_url = Some(s.0.clone());
+                Some(s)
+            }
+        };
+        tweak(&mut config);
+        let server = resonant::start(config).await.expect("server starts");
+        let http = reqwest::Client::new();
+        let owner = sign_in(&http, server.addr(), SECRET, "owner").await;
+        let (s, ws) = call(
+            &http,
+            server.addr(),
+            Some(&owner.token),
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({"name": "Runs"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{ws}");
+        let ws = ws["id"].as_str().unwrap().to_string();
+        Env {
+            server,
+            http,
+            owner,
+            ws,
+            _dir: dir,
+            schema,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    async fn call(&self, user: &User, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        call(&self.http, self.addr(), Some(&user.token), method, path, body).await
+    }
+
+    /// A new workflow whose document holds `graph` (blocks and connections).
+    async fn workflow(&self, graph: Value) -> String {
+        let (s, wf) = self
+            .call(
+                &self.owner,
+                Method::POST,
+                &format!("/api/v1/workspaces/{}/workflows", self.ws),
+                Some(json!({"name": "flow"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{wf}");
+        let id = wf["id"].as_str().unwrap().to_string();
+        let mut c = self.editor(&id, &self.owner).await;
+        c.opt_in().await;
+        c.edit(|_doc, txn| {
+            for name in ["blocks", "connections"] {
+                let array = txn.get_or_insert_array(name);
+                for item in graph[name].as_array().cloned().unwrap_or_default() {
+                    let fields: Vec<(String, In)> = item
+                        .as_object()
+                        .unwrap()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), In::Any(serde_json::from_value::<Any>(v.clone()).unwrap())))
+                        .collect();
+                    array.push_back(txn, MapPrelim::from_iter(fields));
+                }
+            }
+        })
+        .await;
+        c.until("the graph is stored", |s| s.acks >= 1).await;
+        c.close().await;
+        id
+    }
+
+    /// A synced editor of a workflow's room that has not opted in to extensions.
+    async fn editor(&self, workflow: &str, user: &User) -> Client {
+        let url = format!("{}?token={}", room_url(self.addr(), &format!("workflow-{workflow}")), user.token);
+        Client::connect_synced(&url).await
+    }
+
+    /// An editor that opted in (gets execution events).
+    async fn watcher(&self, workflow: &str) -> Client {
+        let mut c = self.editor(workflow, &self.owner).await;
+        c.opt_in().await;
+        c
+    }
+
+    async fn start(&self, workflow: &str, body: Value) -> (StatusCode, Value) {
+        self.call(&self.owner, Method::POST, &format!("/api/v1/workflows/{workflow}/executions"), Some(body))
+            .await
+    }
+
+    async fn run(&self, workflow: &str, input: Value) -> String {
+        let (s, e) = self.start(workflow, json!({"input": input})).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        e["id"].as_str().unwrap().to_string()
+    }
+
+    async fn execution(&self, id: &str) -> Value {
+        let (s, e) = self.call(&self.owner, Method::GET, &format!("/api/v1/executions/{id}"), None).await;
+        assert_eq!(s, StatusCode::OK, "{e}");
+        e
+    }
+
+    async fn cleanup(self) {
+        if let Some((_, pool, schema)) = &self.schema {
+            let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(pool).await;
+        }
+    }
+}
+
+/// The execution events a client received for `execution`, parsed, in arrival order.
+fn events_of(c: &Client, execution: &str) -> Vec<Value> {
+    c.stateless
+        .iter()
+        .filter_map(|m| serde_json::from_str::<Value>(m).ok())
+        .filter(|v| v["executionId"] == execution && v.get("seq").is_some())
+        .collect()
+}
+
+fn finished(c: &common::ClientState, execution: &str) -> bool {
+    c.stateless.iter().any(|m| {
+        m.contains(execution)
+            && (m.contains("\"execution.completed\"")
+                || m.contains("\"execution.failed\"")
+                || m.contains("\"execution.cancelled\""))
+    })
+}
+
+async fn until_finished(c: &mut Client, execution: &str) -> Vec<Value> {
+    let id = execution.to_string();
+    c.until("the execution ends", move |s| finished(s, &id)).await;
+    events_of(c, execution)
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| match e["blockId"].as_str() {
+            Some(b) => format!("{}:{b}", e["type"].as_str().unwrap()),
+            None => e["type"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+fn assert_gapless(events: &[Value]) {
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "seqs must be 1..n with no gap or duplicate");
+}
+
+fn block(id: &str, kind: &str, config: Value) -> Value {
+    json!({"id": id, "type": kind, "position": {"x": 0, "y": 0}, "data": {"label": id}, "config": config})
+}
+
+fn edge(source: &str, target: &str) -> Value {
+    json!({"id": format!("{source}-{target}"), "source": source, "target": target})
+}
+
+fn edge_h(source: &str, handle: &str, target: &str) -> Value {
+    json!({"id": format!("{source}-{handle}-{target}"), "source": source, "sourceHandle": handle, "target": target})
+}
+
+#[tokio::test]
+async fn a_run_streams_ordered_events_to_every_editor_and_none_to_stock_clients() {
+    for backend in backends() {
+        let env = Env::new(backend).await;
+        let wf = env
+            .workflow(json!({
+                "blocks": [
+                    block("in", "input", json!({})),
+                    block("shout", "transform", json!({"template": "{{ input.name | upper }}!"})),
+                    block("out", "output", json!({})),
+                ],
+                "connections": [edge("in", "shout"), edge("shout", "out")],
+            }))
+            .await;
+        let mut a = env.watcher(&wf).await;
+        let mut b = env.watcher(&wf).await;
+        let mut stock = env.editor(&wf, &env.owner).await;
+        let id = env.run(&wf, json!({"name": "ada"})).await;
+        let ea = until_finished(&mut a, &id).await;
+        let eb = until_finished(&mut b, &id).await;
+        assert_gapless(&ea);
+        assert_eq!(ea, eb, "both editors get the same events in the same order");
+        assert_eq!(
+            kinds(&ea),
+            [
+                "execution.started",
+                "block.started:in",
+                "block.completed:in",
+                "block.started:shout",
+                "block.completed:shout",
+                "block.started:out",
+                "block.completed:out",
+                "execution.completed"
+            ]
+        );
+        let done = ea.last().unwrap();
+        assert_eq!(done["outputs"], json!({"out": "ADA!"}));
+        assert!(done["ts"].as_i64().unwrap() > 0);
+        // The stock client saw none of it, and still syncs.
+        stock
+            .edit(|_doc, txn| {
+                txn.get_or_insert_map("meta").insert(txn, "touched", true);
+            })
+            .await;
+        a.until("the stock client's edit arrives", |s| {
+            use yrs::{ReadTxn, Transact};
+            let txn = s.doc.transact();
+            txn.get_map("meta").and_then(|m| m.get(&txn, "touched")).is_some()
+        })
+        .await;
+        assert!(stock.stateless.is_empty(), "stock client got {:?}", stock.stateless);
+        // REST has the same story, and the workflow counts the run.
+        let e = env.execution(&id).await;
+        assert_eq!(e["status"], "completed");
+        assert_eq!(e["output"], json!({"out": "ADA!"}));
+        assert_eq!(e["blockResults"].as_array().unwrap().len(), 3);
+        assert_eq!(e["graph"]["blocks"].as_array().unwrap().len(), 3);
+        assert!(!e["stateVector"].as_str().unwrap().is_empty());
+        let (_, events) = env
+            .call(&env.owner, Method::GET, &format!("/api/v1/executions/{id}/events?after=2"), None)
+            .await;
+        assert_eq!(events["events"].as_array().unwrap().as_slice(), &ea[2..]);
+        let (_, w) = env.call(&env.owner, Method::GET, &format!("/api/v1/workflows/{wf}"), None).await;
+        assert_eq!(w["executionCount"], 1);
+        assert!(w["lastExecutedAt"].as_i64().is_some());
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn conditions_route_and_skips_propagate_through_every_join_mode() {
+    for backend in backends() {
+        let env = Env::new(backend).await;
+        let wf = env
+            .workflow(json!({
+                "blocks": [
+                    block("in", "input", json!({})),
+                    block("big", "condition", json!({"expression": "input.n > 10"})),
+                    block("yes", "transform", json!({"template": "big {{ upstream.n }}"})),
+                    block("no", "transform", json!({"template": "small {{ upstream.n }}"})),
+                    block("after_no", "transform", json!({"template": "still small"})),
+                    block("all", "merge", json!({"join": "all"})),
+                    block("any", "merge", json!({"join": "any"})),
+                    block("some", "merge", json!({"join": "all-non-skipped"})),
+                    block("o_all", "output", json!({})),
+                    block("o_any", "output", json!({})),
+                    block("o_some", "output", json!({})),
+                ],
+                "connections": [
+                    edge("in", "big"),
+                    edge_h("big", "true", "yes"),
+                    edge_h("big", "false", "no"),
+                    edge("no", "after_no"),
+                    edge("yes", "all"), edge("after_no", "all"),
+                    edge("yes", "any"), edge("after_no", "any"),
+                    edge("yes", "some"), edge("after_no", "some"),
+                    edge("all", "o_all"), edge("any", "o_any"), edge("some", "o_some"),
+                ],
+            }))
+            .await;
+        let mut w = env.watcher(&wf).await;
+        let id = env.run(&wf, json!({"n": 42})).await;
+        let events = until_finished(&mut w, &id).await;
+        assert_gapless(&events);
+        let k = kinds(&events);
+        for skipped in ["no", "after_no", "all", "o_all"] {
+            assert!(k.contains(&format!("block.skipped:{skipped}")), "{skipped} skipped: {k:?}");
+        }
+        assert!(!k.iter().any(|x| x == "block.started:no"));
+        let done = events.last().unwrap();
+        assert_eq!(done["type"], "execution.completed", "{done}");
+        assert_eq!(done["outputs"]["o_any"], "big 42");
+        assert_eq!(done["outputs"]["o_some"], json!({"yes": "big 42"}));
+        assert!(done["outputs"].get("o_all").is_none(), "a skipped output has no value");
+        // The other branch.
+        let id = env.run(&wf, json!({"n": 1})).await;
+        let events = until_finished(&mut w, &id).await;
+        let done = events.last().unwrap();
+        assert_eq!(done["outputs"]["o_any"], "still small");
+        assert!(kinds(&events).contains(&"block.skipped:yes".to_string()));
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn loops_split_and_delays_run_with_their_semantics() {
+    for backend in backends() {
+        let env = Env::new(backend).await;
+        let wf = env
+            .workflow(json!({
+                "blocks": [
+                    block("in", "input", json!({})),
+                    block("fan", "split", json!({})),
+                    block("each", "loop", json!({"items": "input.words", "maxIterations": 10, "concurrency": 2})),
+                    block("up", "transform", json!({"template": "{{ loop.index }}:{{ loop.item | upper }}"})),
+                    block("wait", "delay", json!({"seconds": 0.2})),
+                    block("count", "transform", json!({"template": "{{ upstream.words | length }}"})),
+                    block("o_loop", "output", json!({})),
+                    block("o_count", "output", json!({})),
+                ],
+                "connections": [
+                    edge("in", "fan"),
+                    edge("fan", "each"),
+                    edge_h("each", "body", "up"),
+                    json!({"id": "back", "source": "up", "target": "each", "targetHandle": "next"}),
+                    edge_h("each", "done", "o_loop"),
+                    edge("fan", "wait"),
+                    edge("wait", "count"),
+                    edge("count", "o_count"),
+                ],
+            }))
+            .await;
+        let mut w = env.watcher(&wf).await;
+        let id = env.run(&wf, json!({"words": ["a", "b", "c"]})).await;
+        let events = until_finished(&mut w, &id).await;
+        assert_gapless(&events);
+        let done = events.last().unwrap();
+        assert_eq!(done["type"], "execution.completed", "{done}");
+        assert_eq!(done["outputs"]["o_loop"], json!(["0:A", "1:B", "2:C"]));
+        assert_eq!(done["outputs"]["o_count"], "3");
+        let waiting = events.iter().find(|e| e["type"] == "block.waiting").unwrap();
+        assert_eq!(waiting["blockId"], "wait");
+        assert_eq!(waiting["reason"], "timer");
+        let iterations: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "block.completed" && e["blockId"] == "up")
+            .collect();
+        assert_eq!(iterations.len(), 3);
+        assert!(iterations.iter().all(|e| e["scope"].as_str().unwrap().starts_with("each[")));
+        // Too many items is a clear failure naming the loop.
+        let id = env
+            .run(&wf, json!({"words": (0..11).map(|i| i.to_string()).collect::<Vec<_>>()}))
+            .await;
+        let events = until_finished(&mut w, &id).await;
+        let failed = events.last().unwrap();
+        assert_eq!(failed["type"], "execution.failed");
+        assert!(failed["error"].as_str().unwrap().contains("maxIterations"), "{failed}");
+        assert!(failed["error"].as_str().unwrap().contains("each"), "{failed}");
+        env.cleanup().await;
+    }
+}
+
+fn approval_flow(on_timeout: &str, timeout: f64, branches: bool) -> Value {
+    let mut connections = vec![edge("in", "ok?")];
+    if branches {
+        connections.push(edge_h("ok?", "approved", "yes"));
+        connections.push(edge_h("ok?", "rejected", "no"));
+    } else {
+        connections.push(edge("ok?", "yes"));
+    }
+    let mut blocks = vec![
+        block("in", "input", json!({})),
+        block("ok?", "human", json!({"onTimeout": on_timeout, "timeoutSeconds": timeout, "message": "Ship {{ input.what }}?"})),
+        block("yes", "output", json!({"template": "shipped"})),
+    ];
+    if branches {
+        blocks.push(block("no", "output", json!({"template": "held"})));
+    }
+    json!({ "blocks": blocks, "connections": connections })
+}
+
+#[tokio::test]
+async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
+    for backend in backends() {
+        let env = Env::new(backend).await;
+        let wf = env.workflow(approval_flow("reject", 3600.0, true)).await;
+        let mut w = env.watcher(&wf).await;
+        // Approve over REST.
+        let id = env.run(&wf, json!({"what": "v2"})).await;
+        let exec = id.clone();
+        w.until("waiting", move |s| s.stateless.iter().any(|m| m.contains(&exec) && m.contains("block.waiting"))).await;
+        let waiting = events_of(&w, &id).into_iter().find(|e| e["type"] == "block.waiting").unwrap();
+        assert_eq!(waiting["reason"], "approval");
+        assert_eq!(waiting["message"], "Ship v2?");
+        let path = format!("/api/v1/executions/{id}/blocks/ok%3F/decision");
+        let (s, body) = env.call(&env.owner, Method::POST, &path, Some(json!({"approved": true, "comment": "go"}))).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
+        let (s, _) = env.call(&env.owner, Method::POST, &path, Some(json!({"approved": false}))).await;
+        assert_eq!(s, StatusCode::CONFLICT, "a second decision is refused");
+        let events = until_finished(&mut w, &id).await;
+        let done = events.last().unwrap();
+        assert_eq!(done["outputs"], json!({"yes": "shipped"}), "{done}");
+        let decided = events.iter().find(|e| e["type"] == "block.completed" && e["blockId"] == "ok?").unwrap();
+        assert_eq!(decided["output"]["approved"], true);
+        assert_eq!(decided["output"]["by"], env.owner.id);
+        assert_eq!(decided["output"]["comment"], "go");
+        // Reject over the socket: the rejected branch runs.
+        let id = env.run(&wf, json!({"what": "v3"})).await;
+        let exec = id.clone();
+        w.until("waiting", move |s| s.stateless.iter().any(|m| m.contains(&exec) && m.contains("block.waiting"))).await;
+        w.send(resonant_client::protocol::encode_stateless(
+            &json!({"type": "execution.decide", "executionId": id, "blockId": "ok?", "approved": false, "requestId": 7}).to_string(),
+        ))
+        .await;
+        let events = until_finished(&mut w, &id).await;
+        assert_eq!(events.last().unwrap()["outputs"], json!({"no": "held"}));
+        assert!(w.stateless.iter().any(|m| m.contains("execution.decided") && m.contains("\"requestId\":7")));
+        // Without branches, a timeout with onTimeout=reject fails the run; approve passes.
+        let wf = env.workflow(approval_flow("reject", 0.2, false)).await;
+        let mut w = env.watcher(&wf).await;
+        let id = env.run(&wf, json!({})).await;
+        let events = until_finished(&mut w, &id).await;
+        let failed = events.last().unwrap();
+        assert_eq!(failed["type"], "execution.failed");
+        assert!(failed["error"].as_str().unwrap().contains("timeout"), "{failed}");
+        let wf = env.workflow(approval_flow("approve", 0.2, false)).await;
+        let mut w = env.watcher(&wf).await;
+        let id = env.run(&wf, json!({})).await;
+        let events = until_finished(&mut w, &id).await;
+        let done = events.last().unwrap();
+        assert_eq!(done["type"], "execution.completed", "{done}");
+        let decided = events.iter().find(|e| e["type"] == "block.completed" && e["blockId"] == "ok?").unwrap();
+        assert_eq!(decided["output"]["timedOut"], true);
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
+    for backend in backends() {
+        let env = Env::new(backend).await;
+        let wf = env
+            .workflow(json!({
+                "blocks": [block("in", "input", json!({})), block("nap", "delay", json!({"seconds": 600})), block("out", "output", json!({}))],
+                "connections": [edge("in", "nap"), edge("nap", "out")],
+            }))
+            .await;
+        let viewer = sign_in(&env.http, env.addr(), SECRET, "viewer").await;
+        let (s, b) = env
+            .call(&env.owner, Method::POST, &format!("/api/v1/workspaces/{}/members", env.ws), Some(json!({"userId": viewer.id, "role": "viewer"})))
+            .await;
+        assert!(s.is_success(), "{b}");
+        let (s, b) = env
+            .call(&viewer, Method::POST, &format!("/api/v1/workflows/{wf}/executions"), Some(json!({})))
+            .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+        let mut vw = env.editor(&wf, &viewer).await;
+        vw.opt_in().await;
+        vw.send(resonant_client::protocol::encode_stateless(&json!({"type": "execution.start", "requestId": 1}).to_string()))
+            .await;
+        vw.until("refused", |s| s.stateless.iter().any(|m| m.contains("forbidden"))).await;
+
+        let mut w = env.watcher(&wf).await;
+        w.send(resonant_client::protocol::encode_stateless(&json!({"type": "execution.start", "input": {}, "requestId": "r1"}).to_string()))
+            .await;
+        w.until("accepted", |s| s.stateless.iter().any(|m| m.contains("execution.accepted"))).await;
+        let accepted: Value = w
+            .stateless
+            .iter()
+            .filter_map(|m| serde_json::from_str::<Value>(m).ok())
+            .find(|v| v["type"] == "execution.accepted")
+            .unwrap();
+        assert_eq!(accepted["requestId"], "r1");
+        let id = accepted["executionId"].as_str().unwrap().to_string();
+        let exec = id.clone();
+        w.until("waiting", move |s| s.stateless.iter().any(|m| m.contains(&exec) && m.contains("block.waiting"))).await;
+        let (s, _) = env.call(&viewer, Method::POST, &format!("/api/v1/executions/{id}/cancel"), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        // The viewer still watches it (view is enough).
+        let (s, _) = env.call(&viewer, Method::GET, &format!("/api/v1/executions/{id}"), None).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = env.call(&env.owner, Method::POST, &format!("/api/v1/executions/{id}/cancel"), None).await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+        let events = until_finished(&mut w, &id).await;
+        assert_eq!(events.last().unwrap()["type"], "execution.cancelled");
+        let seen = until_finished(&mut vw, &id).await;
+        assert_eq!(seen, events, "viewers watch runs too");
+        let e = env.execution(&id).await;
+        assert_eq!(e["status"], "cancelled");
+        let (s, _) = env.call(&env.owner, Method::POST, &format!("/api/v1/executions/{id}/cancel"), None).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_workflows_and_requests_are_refused_with_named_problems() {
+    let env = Env::new(Backend::Sqlite).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("bad", "teleport", json!({})),
+                block("gen", "ai", json!({"temperature": 9})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("in", "gen"), edge("gen", "out"), edge("gen", "ghost")],
+        }))
+        .await;
+    let (s, body) = env.start(&wf, json!({})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_workflow");
+    let problems = body["error"]["problems"].as_array().unwrap();
+    let text = serde_json::to_string(problems).unwrap();
+    for needle in ["unknown-type", "\"bad\"", "bad-config", "\"gen\"", "dangling-connection"] {
+        assert!(text.contains(needle), "{needle} in {text}");
+    }
+    let (s, body) = env.start(&wf, json!({"input": [1, 2]})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["field"], "input");
+    let (s, body) = env.start(&wf, json!({"priority": "fastest"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    let (s, _) = env.start(&wf, json!({"surprise": 1})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = env.call(&env.owner, Method::GET, "/api/v1/executions/not-an-id", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // Over the socket: the same problems, and junk gets a clear error, not a close.
+    let mut w = env.watcher(&wf).await;
+    w.send(resonant_client::protocol::encode_stateless(&json!({"type": "execution.start", "requestId": 3}).to_string()))
+        .await;
+    w.until("refused", |s| s.stateless.iter().any(|m| m.contains("invalid-workflow"))).await;
+    w.send(resonant_client::protocol::encode_stateless(&json!({"type": "execution.cancel"}).to_string()))
+        .await;
+    w.until("bad request", |s| s.stateless.iter().any(|m| m.contains("bad-request"))).await;
+    w.sync().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_starts_one_execution_and_limits_are_enforced() {
+    let env = Env::with(Backend::Sqlite, |c| {
+        c.plan_tokens = resonant::config::PlanTokens(vec![("free".into(), 0)]);
+    })
+    .await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [block("in", "input", json!({})), block("out", "output", json!({}))],
+            "connections": [edge("in", "out")],
+        }))
+        .await;
+    let (s, body) = env.start(&wf, json!({})).await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "a user with no allowance cannot start: {body}");
+    assert_eq!(body["error"]["code"], "token_limit");
+    env.cleanup().await;
+
+    let env = Env::new(Backend::Sqlite).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [block("in", "input", json!({})), block("out", "output", json!({}))],
+            "connections": [edge("in", "out")],
+        }))
+        .await;
+    let (s1, a) = env.start(&wf, json!({"idempotencyKey": "k1", "input": {"x": 1}})).await;
+    let (s2, b) = env.start(&wf, json!({"idempotencyKey": "k1", "input": {"x": 1}})).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(a["id"], b["id"]);
+    let (_, list) = env.call(&env.owner, Method::GET, &format!("/api/v1/workflows/{wf}/executions"), None).await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    env.cleanup().await;
+}
+
+/// A loopback HTTP server answering with scripted statuses; counts requests.
+async fn scripted_http(statuses: Vec<u16>) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let h = h.clone();
+        let statuses = statuses.clone();
+        async move {
+            let n = h.fetch_add(1, Ordering::SeqCst);
+            let status = statuses.get(n).copied().unwrap_or(200);
+            (
+                axum::http::StatusCode::from_u16(status).unwrap(),
+                [("content-type", "application/json")],
+                json!({"n": n, "echo": body}).to_string(),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn webhooks_retry_refuse_private_targets_and_rerun_reuses_earlier_results() {
+    use std::sync::atomic::Ordering;
+    for backend in backends() {
+        let (mock, hits) = scripted_http(vec![500, 200]).await;
+        let env = Env::with(backend, |c| c.webhook_allow = vec![format!("127.0.0.1/32")]).await;
+        let wf = env
+            .workflow(json!({
+                "blocks": [
+                    block("in", "input", json!({})),
+                    block("prep", "transform", json!({"template": "{{ input.msg }}"})),
+                    block("hook", "webhook", json!({"url": format!("http://{mock}/hook"), "method": "POST",
+                        "body": "{\"msg\": \"{{ upstream }}\"}", "headers": {"content-type": "application/json"},
+                        "retry": {"attempts": 1}})),
+                    block("out", "output", json!({"template": "{{ upstream.body.echo }}"})),
+                ],
+                "connections": [edge("in", "prep"), edge("prep", "hook"), edge("hook", "out")],
+            }))
+            .await;
+        let mut w = env.watcher(&wf).await;
+        let id = env.run(&wf, json!({"msg": "hi"})).await;
+        let events = until_finished(&mut w, &id).await;
+        let failed = events.last().unwrap();
+        assert_eq!(failed["type"], "execution.failed", "{failed}");
+        assert!(failed["error"].as_str().unwrap().contains("hook"), "{failed}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        // Re-run from the failed block: in and prep are reused, not run again.
+        let (s, re) = env.call(&env.owner, Method::POST, &format!("/api/v1/executions/{id}/rerun"), Some(json!({}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{re}");
+        let re_id = re["id"].as_str().unwrap().to_string();
+        assert_eq!(re["rerunOf"], id);
+        let events = until_finished(&mut w, &re_id).await;
+        assert_gapless(&events);
+        let k = kinds(&events);
+        assert!(!k.contains(&"block.started:in".to_string()) && !k.contains(&"block.started:prep".to_string()), "{k:?}");
+        assert!(k.contains(&"block.completed:prep".to_string()), "reused results are shown: {k:?}");
+        let done = events.last().unwrap();
+        assert_eq!(done["type"], "execution.completed", "{done}");
+        assert_eq!(done["outputs"]["out"], "{\"msg\": \"hi\"}");
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        env.cleanup().await;
+    }
+    // Without an allow-list, loopback is refused before any request is made.
+    let (mock, hits) = scripted_http(vec![]).await;
+    let env = Env::new(Backend::Sqlite).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [block("in", "input", json!({})), block("hook", "webhook", json!({"url": format!("http://{mock}/"), "method": "GET"})), block("out", "output", json!({}))],
+            "connections": [edge("in", "hook"), edge("hook", "out")],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    let failed = events.last().unwrap();
+    assert_eq!(failed["type"], "execution.failed");
+    assert!(failed["error"].as_str().unwrap().contains("127.0.0.1"), "{failed}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_reconnecting_editor_replays_exactly_what_it_missed() {
+    for backend in backends() {
+        let env = Env::new(backend).await;
+        let wf = env
+            .workflow(json!({
+                "blocks": [
+                    block("in", "input", json!({})),
+                    block("a", "transform", json!({"template": "a"})),
+                    block("gate", "human", json!({"onTimeout": "approve"})),
+                    block("b", "transform", json!({"template": "b"})),
+                    block("out", "output", json!({})),
+                ],
+                "connections": [edge("in", "a"), edge("a", "gate"), edge("gate", "b"), edge("b", "out")],
+            }))
+            .await;
+        let mut first = env.watcher(&wf).await;
+        let id = env.run(&wf, json!({})).await;
+        let exec = id.clone();
+        first.until("waiting", move |s| s.stateless.iter().any(|m| m.contains(&exec) && m.contains("block.waiting"))).await;
+        let seen = events_of(&first, &id);
+        first.close().await;
+        // Progress made while it is away.
+        let (s, _) = env
+            .call(&env.owner, Method::POST, &format!("/api/v1/executions/{id}/blocks/gate/decision"), Some(json!({"approved": true})))
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        // It comes back, asks for what follows the last seq it saw, and gets exactly that.
+        let mut back = env.editor(&wf, &env.owner).await;
+        let last = seen.last().unwrap()["seq"].as_i64().unwrap();
+        let resume = json!({"type": "executions.resume", "after": {id.clone(): last}});
+        back.send(resonant_client::protocol::encode_stateless(&resume.to_string())).await;
+        let rest = until_finished(&mut back, &id).await;
+        let mut all = seen.clone();
+        all.extend(rest.clone());
+        assert_gapless(&all);
+        assert_eq!(rest.first().unwrap()["seq"].as_i64().unwrap(), last + 1);
+        // A newcomer asking for running executions gets them from the start; finished ones
+        // are not pushed.
+        let mut newcomer = env.editor(&wf, &env.owner).await;
+        newcomer.send(resonant_client::protocol::encode_stateless(&json!({"type": "executions.resume"}).to_string())).await;
+        newcomer.sync().await;
+        assert!(events_of(&newcomer, &id).is_empty());
+        // Replaying another workflow's execution gives nothing.
+        let other = env
+            .workflow(json!({"blocks": [block("in", "input", json!({})), block("out", "output", json!({}))], "connections": [edge("in", "out")]}))
+            .await;
+        let mut stranger = env.editor(&other, &env.owner).await;
+        stranger
+            .send(resonant_client::protocol::encode_stateless(&json!({"type": "executions.resume", "after": {id.clone(): 0}}).to_string()))
+            .await;
+        stranger.sync().await;
+        assert!(events_of(&stranger, &id).is_empty(), "events of another workflow leaked");
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_block_workflow_runs_every_block_once() {
+    let env = Env::new(Backend::Sqlite).await;
+    let mut blocks = vec![block("in", "input", json!({}))];
+    let mut connections = Vec::new();
+    // Ten chains of ten, fanned out from the input and merged at the end.
+    for chain in 0..10 {
+        let mut prev = "in".to_string();
+        for step in 0..10 {
+            let id = format!("c{chain}s{step}");
+            blocks.push(block(&id, "transform", json!({"template": format!("{{{{ upstream }}}}.{step}")})));
+            connections.push(edge(&prev, &id));
+            prev = id;
+        }
+        connections.push(edge(&prev, "join"));
+    }
+    blocks.push(block("join", "merge", json!({"join": "all"})));
+    blocks.push(block("out", "output", json!({})));
+    connections.push(edge("join", "out"));
+    let wf = env.workflow(json!({"blocks": blocks, "connections": connections})).await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    assert_gapless(&events);
+    let completed: HashMap<String, usize> = events
+        .iter()
+        .filter(|e| e["type"] == "block.completed")
+        .fold(HashMap::new(), |mut m, e| {
+            *m.entry(e["blockId"].as_str().unwrap().to_string()).or_default() += 1;
+            m
+        });
+    assert_eq!(completed.len(), 103);
+    assert!(completed.values().all(|&n| n == 1));
+    let done = events.last().unwrap();
+    assert_eq!(done["outputs"]["out"]["c3s9"], "{}.0.1.2.3.4.5.6.7.8.9");
+    let _ = WAIT;
+    let _ = token_with;
+}
