@@ -75,8 +75,22 @@ impl Env {
         self.server.addr()
     }
 
-    async fn call(&self, user: &User, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        call(&self.http, self.addr(), Some(&user.token), method, path, body).await
+    async fn call(
+        &self,
+        user: &User,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        call(
+            &self.http,
+            self.addr(),
+            Some(&user.token),
+            method,
+            path,
+            body,
+        )
+        .await
     }
 
     /// A new workflow whose document holds `graph` (blocks and connections).
@@ -101,7 +115,12 @@ impl Env {
                         .as_object()
                         .unwrap()
                         .iter()
-                        .map(|(k, v)| (k.clone(), In::Any(serde_json::from_value::<Any>(v.clone()).unwrap())))
+                        .map(|(k, v)| {
+                            (
+                                k.clone(),
+                                In::Any(serde_json::from_value::<Any>(v.clone()).unwrap()),
+                            )
+                        })
                         .collect();
                     array.push_back(txn, MapPrelim::from_iter(fields));
                 }
@@ -115,7 +134,11 @@ impl Env {
 
     /// A synced editor of a workflow's room that has not opted in to extensions.
     async fn editor(&self, workflow: &str, user: &User) -> Client {
-        let url = format!("{}?token={}", room_url(self.addr(), &format!("workflow-{workflow}")), user.token);
+        let url = format!(
+            "{}?token={}",
+            room_url(self.addr(), &format!("workflow-{workflow}")),
+            user.token
+        );
         Client::connect_synced(&url).await
     }
 
@@ -127,8 +150,13 @@ impl Env {
     }
 
     async fn start(&self, workflow: &str, body: Value) -> (StatusCode, Value) {
-        self.call(&self.owner, Method::POST, &format!("/api/v1/workflows/{workflow}/executions"), Some(body))
-            .await
+        self.call(
+            &self.owner,
+            Method::POST,
+            &format!("/api/v1/workflows/{workflow}/executions"),
+            Some(body),
+        )
+        .await
     }
 
     async fn run(&self, workflow: &str, input: Value) -> String {
@@ -138,14 +166,23 @@ impl Env {
     }
 
     async fn execution(&self, id: &str) -> Value {
-        let (s, e) = self.call(&self.owner, Method::GET, &format!("/api/v1/executions/{id}"), None).await;
+        let (s, e) = self
+            .call(
+                &self.owner,
+                Method::GET,
+                &format!("/api/v1/executions/{id}"),
+                None,
+            )
+            .await;
         assert_eq!(s, StatusCode::OK, "{e}");
         e
     }
 
     async fn cleanup(self) {
         if let Some((_, pool, schema)) = &self.schema {
-            let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(pool).await;
+            let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(pool)
+                .await;
         }
     }
 }
@@ -170,7 +207,8 @@ fn finished(c: &common::ClientState, execution: &str) -> bool {
 
 async fn until_finished(c: &mut Client, execution: &str) -> Vec<Value> {
     let id = execution.to_string();
-    c.until("the execution ends", move |s| finished(s, &id)).await;
+    c.until("the execution ends", move |s| finished(s, &id))
+        .await;
     events_of(c, execution)
 }
 
@@ -249,10 +287,16 @@ async fn a_run_streams_ordered_events_to_every_editor_and_none_to_stock_clients(
         a.until("the stock client's edit arrives", |s| {
             use yrs::{ReadTxn, Transact};
             let txn = s.doc.transact();
-            txn.get_map("meta").and_then(|m| m.get(&txn, "touched")).is_some()
+            txn.get_map("meta")
+                .and_then(|m| m.get(&txn, "touched"))
+                .is_some()
         })
         .await;
-        assert!(stock.stateless.is_empty(), "stock client got {:?}", stock.stateless);
+        assert!(
+            stock.stateless.is_empty(),
+            "stock client got {:?}",
+            stock.stateless
+        );
         // REST has the same story, and the workflow counts the run.
         let e = env.execution(&id).await;
         assert_eq!(e["status"], "completed");
@@ -261,10 +305,22 @@ async fn a_run_streams_ordered_events_to_every_editor_and_none_to_stock_clients(
         assert_eq!(e["graph"]["blocks"].as_array().unwrap().len(), 3);
         assert!(!e["stateVector"].as_str().unwrap().is_empty());
         let (_, events) = env
-            .call(&env.owner, Method::GET, &format!("/api/v1/executions/{id}/events?after=2"), None)
+            .call(
+                &env.owner,
+                Method::GET,
+                &format!("/api/v1/executions/{id}/events?after=2"),
+                None,
+            )
             .await;
         assert_eq!(events["events"].as_array().unwrap().as_slice(), &ea[2..]);
-        let (_, w) = env.call(&env.owner, Method::GET, &format!("/api/v1/workflows/{wf}"), None).await;
+        let (_, w) = env
+            .call(
+                &env.owner,
+                Method::GET,
+                &format!("/api/v1/workflows/{wf}"),
+                None,
+            )
+            .await;
         assert_eq!(w["executionCount"], 1);
         assert!(w["lastExecutedAt"].as_i64().is_some());
         env.cleanup().await;
@@ -308,14 +364,20 @@ async fn conditions_route_and_skips_propagate_through_every_join_mode() {
         assert_gapless(&events);
         let k = kinds(&events);
         for skipped in ["no", "after_no", "all", "o_all"] {
-            assert!(k.contains(&format!("block.skipped:{skipped}")), "{skipped} skipped: {k:?}");
+            assert!(
+                k.contains(&format!("block.skipped:{skipped}")),
+                "{skipped} skipped: {k:?}"
+            );
         }
         assert!(!k.iter().any(|x| x == "block.started:no"));
         let done = events.last().unwrap();
         assert_eq!(done["type"], "execution.completed", "{done}");
         assert_eq!(done["outputs"]["o_any"], "big 42");
         assert_eq!(done["outputs"]["o_some"], json!({"yes": "big 42"}));
-        assert!(done["outputs"].get("o_all").is_none(), "a skipped output has no value");
+        assert!(
+            done["outputs"].get("o_all").is_none(),
+            "a skipped output has no value"
+        );
         // The other branch.
         let id = env.run(&wf, json!({"n": 1})).await;
         let events = until_finished(&mut w, &id).await;
@@ -362,7 +424,10 @@ async fn loops_split_and_delays_run_with_their_semantics() {
         assert_eq!(done["type"], "execution.completed", "{done}");
         assert_eq!(done["outputs"]["o_loop"], json!(["0:A", "1:B", "2:C"]));
         assert_eq!(done["outputs"]["o_count"], "3");
-        let waiting = events.iter().find(|e| e["type"] == "block.waiting").unwrap();
+        let waiting = events
+            .iter()
+            .find(|e| e["type"] == "block.waiting")
+            .unwrap();
         assert_eq!(waiting["blockId"], "wait");
         assert_eq!(waiting["reason"], "timer");
         let iterations: Vec<&Value> = events
@@ -370,16 +435,27 @@ async fn loops_split_and_delays_run_with_their_semantics() {
             .filter(|e| e["type"] == "block.completed" && e["blockId"] == "up")
             .collect();
         assert_eq!(iterations.len(), 3);
-        assert!(iterations.iter().all(|e| e["scope"].as_str().unwrap().starts_with("each[")));
+        assert!(iterations
+            .iter()
+            .all(|e| e["scope"].as_str().unwrap().starts_with("each[")));
         // Too many items is a clear failure naming the loop.
         let id = env
-            .run(&wf, json!({"words": (0..11).map(|i| i.to_string()).collect::<Vec<_>>()}))
+            .run(
+                &wf,
+                json!({"words": (0..11).map(|i| i.to_string()).collect::<Vec<_>>()}),
+            )
             .await;
         let events = until_finished(&mut w, &id).await;
         let failed = events.last().unwrap();
         assert_eq!(failed["type"], "execution.failed");
-        assert!(failed["error"].as_str().unwrap().contains("maxIterations"), "{failed}");
-        assert!(failed["error"].as_str().unwrap().contains("each"), "{failed}");
+        assert!(
+            failed["error"].as_str().unwrap().contains("maxIterations"),
+            "{failed}"
+        );
+        assert!(
+            failed["error"].as_str().unwrap().contains("each"),
+            "{failed}"
+        );
         env.cleanup().await;
     }
 }
@@ -394,7 +470,11 @@ fn approval_flow(on_timeout: &str, timeout: f64, branches: bool) -> Value {
     }
     let mut blocks = vec![
         block("in", "input", json!({})),
-        block("ok?", "human", json!({"onTimeout": on_timeout, "timeoutSeconds": timeout, "message": "Ship {{ input.what }}?"})),
+        block(
+            "ok?",
+            "human",
+            json!({"onTimeout": on_timeout, "timeoutSeconds": timeout, "message": "Ship {{ input.what }}?"}),
+        ),
         block("yes", "output", json!({"template": "shipped"})),
     ];
     if branches {
@@ -412,33 +492,66 @@ async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
         // Approve over REST.
         let id = env.run(&wf, json!({"what": "v2"})).await;
         let exec = id.clone();
-        w.until("waiting", move |s| s.stateless.iter().any(|m| m.contains(&exec) && m.contains("block.waiting"))).await;
-        let waiting = events_of(&w, &id).into_iter().find(|e| e["type"] == "block.waiting").unwrap();
+        w.until("waiting", move |s| {
+            s.stateless
+                .iter()
+                .any(|m| m.contains(&exec) && m.contains("block.waiting"))
+        })
+        .await;
+        let waiting = events_of(&w, &id)
+            .into_iter()
+            .find(|e| e["type"] == "block.waiting")
+            .unwrap();
         assert_eq!(waiting["reason"], "approval");
         assert_eq!(waiting["message"], "Ship v2?");
         let path = format!("/api/v1/executions/{id}/blocks/ok%3F/decision");
-        let (s, body) = env.call(&env.owner, Method::POST, &path, Some(json!({"approved": true, "comment": "go"}))).await;
+        let (s, body) = env
+            .call(
+                &env.owner,
+                Method::POST,
+                &path,
+                Some(json!({"approved": true, "comment": "go"})),
+            )
+            .await;
         assert_eq!(s, StatusCode::NO_CONTENT, "{body}");
-        let (s, _) = env.call(&env.owner, Method::POST, &path, Some(json!({"approved": false}))).await;
+        let (s, _) = env
+            .call(
+                &env.owner,
+                Method::POST,
+                &path,
+                Some(json!({"approved": false})),
+            )
+            .await;
         assert_eq!(s, StatusCode::CONFLICT, "a second decision is refused");
         let events = until_finished(&mut w, &id).await;
         let done = events.last().unwrap();
         assert_eq!(done["outputs"], json!({"yes": "shipped"}), "{done}");
-        let decided = events.iter().find(|e| e["type"] == "block.completed" && e["blockId"] == "ok?").unwrap();
+        let decided = events
+            .iter()
+            .find(|e| e["type"] == "block.completed" && e["blockId"] == "ok?")
+            .unwrap();
         assert_eq!(decided["output"]["approved"], true);
         assert_eq!(decided["output"]["by"], env.owner.id);
         assert_eq!(decided["output"]["comment"], "go");
         // Reject over the socket: the rejected branch runs.
         let id = env.run(&wf, json!({"what": "v3"})).await;
         let exec = id.clone();
-        w.until("waiting", move |s| s.stateless.iter().any(|m| m.contains(&exec) && m.contains("block.waiting"))).await;
+        w.until("waiting", move |s| {
+            s.stateless
+                .iter()
+                .any(|m| m.contains(&exec) && m.contains("block.waiting"))
+        })
+        .await;
         w.send(resonant_client::protocol::encode_stateless(
             &json!({"type": "execution.decide", "executionId": id, "blockId": "ok?", "approved": false, "requestId": 7}).to_string(),
         ))
         .await;
         let events = until_finished(&mut w, &id).await;
         assert_eq!(events.last().unwrap()["outputs"], json!({"no": "held"}));
-        assert!(w.stateless.iter().any(|m| m.contains("execution.decided") && m.contains("\"requestId\":7")));
+        assert!(w
+            .stateless
+            .iter()
+            .any(|m| m.contains("execution.decided") && m.contains("\"requestId\":7")));
         // Without branches, a timeout with onTimeout=reject fails the run; approve passes.
         let wf = env.workflow(approval_flow("reject", 0.2, false)).await;
         let mut w = env.watcher(&wf).await;
@@ -446,14 +559,20 @@ async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
         let events = until_finished(&mut w, &id).await;
         let failed = events.last().unwrap();
         assert_eq!(failed["type"], "execution.failed");
-        assert!(failed["error"].as_str().unwrap().contains("timeout"), "{failed}");
+        assert!(
+            failed["error"].as_str().unwrap().contains("timeout"),
+            "{failed}"
+        );
         let wf = env.workflow(approval_flow("approve", 0.2, false)).await;
         let mut w = env.watcher(&wf).await;
         let id = env.run(&wf, json!({})).await;
         let events = until_finished(&mut w, &id).await;
         let done = events.last().unwrap();
         assert_eq!(done["type"], "execution.completed", "{done}");
-        let decided = events.iter().find(|e| e["type"] == "block.completed" && e["blockId"] == "ok?").unwrap();
+        let decided = events
+            .iter()
+            .find(|e| e["type"] == "block.completed" && e["blockId"] == "ok?")
+            .unwrap();
         assert_eq!(decided["output"]["timedOut"], true);
         env.cleanup().await;
     }
@@ -471,23 +590,43 @@ async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
             .await;
         let viewer = sign_in(&env.http, env.addr(), SECRET, "viewer").await;
         let (s, b) = env
-            .call(&env.owner, Method::POST, &format!("/api/v1/workspaces/{}/members", env.ws), Some(json!({"userId": viewer.id, "role": "viewer"})))
+            .call(
+                &env.owner,
+                Method::POST,
+                &format!("/api/v1/workspaces/{}/members", env.ws),
+                Some(json!({"userId": viewer.id, "role": "viewer"})),
+            )
             .await;
         assert!(s.is_success(), "{b}");
         let (s, b) = env
-            .call(&viewer, Method::POST, &format!("/api/v1/workflows/{wf}/executions"), Some(json!({})))
+            .call(
+                &viewer,
+                Method::POST,
+                &format!("/api/v1/workflows/{wf}/executions"),
+                Some(json!({})),
+            )
             .await;
         assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
         let mut vw = env.editor(&wf, &viewer).await;
         vw.opt_in().await;
-        vw.send(resonant_client::protocol::encode_stateless(&json!({"type": "execution.start", "requestId": 1}).to_string()))
-            .await;
-        vw.until("refused", |s| s.stateless.iter().any(|m| m.contains("forbidden"))).await;
+        vw.send(resonant_client::protocol::encode_stateless(
+            &json!({"type": "execution.start", "requestId": 1}).to_string(),
+        ))
+        .await;
+        vw.until("refused", |s| {
+            s.stateless.iter().any(|m| m.contains("forbidden"))
+        })
+        .await;
 
         let mut w = env.watcher(&wf).await;
-        w.send(resonant_client::protocol::encode_stateless(&json!({"type": "execution.start", "input": {}, "requestId": "r1"}).to_string()))
-            .await;
-        w.until("accepted", |s| s.stateless.iter().any(|m| m.contains("execution.accepted"))).await;
+        w.send(resonant_client::protocol::encode_stateless(
+            &json!({"type": "execution.start", "input": {}, "requestId": "r1"}).to_string(),
+        ))
+        .await;
+        w.until("accepted", |s| {
+            s.stateless.iter().any(|m| m.contains("execution.accepted"))
+        })
+        .await;
         let accepted: Value = w
             .stateless
             .iter()
@@ -497,13 +636,39 @@ async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
         assert_eq!(accepted["requestId"], "r1");
         let id = accepted["executionId"].as_str().unwrap().to_string();
         let exec = id.clone();
-        w.until("waiting", move |s| s.stateless.iter().any(|m| m.contains(&exec) && m.contains("block.waiting"))).await;
-        let (s, _) = env.call(&viewer, Method::POST, &format!("/api/v1/executions/{id}/cancel"), None).await;
+        w.until("waiting", move |s| {
+            s.stateless
+                .iter()
+                .any(|m| m.contains(&exec) && m.contains("block.waiting"))
+        })
+        .await;
+        let (s, _) = env
+            .call(
+                &viewer,
+                Method::POST,
+                &format!("/api/v1/executions/{id}/cancel"),
+                None,
+            )
+            .await;
         assert_eq!(s, StatusCode::FORBIDDEN);
         // The viewer still watches it (view is enough).
-        let (s, _) = env.call(&viewer, Method::GET, &format!("/api/v1/executions/{id}"), None).await;
+        let (s, _) = env
+            .call(
+                &viewer,
+                Method::GET,
+                &format!("/api/v1/executions/{id}"),
+                None,
+            )
+            .await;
         assert_eq!(s, StatusCode::OK);
-        let (s, _) = env.call(&env.owner, Method::POST, &format!("/api/v1/executions/{id}/cancel"), None).await;
+        let (s, _) = env
+            .call(
+                &env.owner,
+                Method::POST,
+                &format!("/api/v1/executions/{id}/cancel"),
+                None,
+            )
+            .await;
         assert_eq!(s, StatusCode::ACCEPTED);
         let events = until_finished(&mut w, &id).await;
         assert_eq!(events.last().unwrap()["type"], "execution.cancelled");
@@ -511,7 +676,14 @@ async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
         assert_eq!(seen, events, "viewers watch runs too");
         let e = env.execution(&id).await;
         assert_eq!(e["status"], "cancelled");
-        let (s, _) = env.call(&env.owner, Method::POST, &format!("/api/v1/executions/{id}/cancel"), None).await;
+        let (s, _) = env
+            .call(
+                &env.owner,
+                Method::POST,
+                &format!("/api/v1/executions/{id}/cancel"),
+                None,
+            )
+            .await;
         assert_eq!(s, StatusCode::CONFLICT);
         env.cleanup().await;
     }
@@ -536,7 +708,13 @@ async fn invalid_workflows_and_requests_are_refused_with_named_problems() {
     assert_eq!(body["error"]["code"], "invalid_workflow");
     let problems = body["error"]["problems"].as_array().unwrap();
     let text = serde_json::to_string(problems).unwrap();
-    for needle in ["unknown-type", "\"bad\"", "bad-config", "\"gen\"", "dangling-connection"] {
+    for needle in [
+        "unknown-type",
+        "\"bad\"",
+        "bad-config",
+        "\"gen\"",
+        "dangling-connection",
+    ] {
         assert!(text.contains(needle), "{needle} in {text}");
     }
     let (s, body) = env.start(&wf, json!({"input": [1, 2]})).await;
@@ -546,16 +724,33 @@ async fn invalid_workflows_and_requests_are_refused_with_named_problems() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     let (s, _) = env.start(&wf, json!({"surprise": 1})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = env.call(&env.owner, Method::GET, "/api/v1/executions/not-an-id", None).await;
+    let (s, _) = env
+        .call(
+            &env.owner,
+            Method::GET,
+            "/api/v1/executions/not-an-id",
+            None,
+        )
+        .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Over the socket: the same problems, and junk gets a clear error, not a close.
     let mut w = env.watcher(&wf).await;
-    w.send(resonant_client::protocol::encode_stateless(&json!({"type": "execution.start", "requestId": 3}).to_string()))
-        .await;
-    w.until("refused", |s| s.stateless.iter().any(|m| m.contains("invalid-workflow"))).await;
-    w.send(resonant_client::protocol::encode_stateless(&json!({"type": "execution.cancel"}).to_string()))
-        .await;
-    w.until("bad request", |s| s.stateless.iter().any(|m| m.contains("bad-request"))).await;
+    w.send(resonant_client::protocol::encode_stateless(
+        &json!({"type": "execution.start", "requestId": 3}).to_string(),
+    ))
+    .await;
+    w.until("refused", |s| {
+        s.stateless.iter().any(|m| m.contains("invalid-workflow"))
+    })
+    .await;
+    w.send(resonant_client::protocol::encode_stateless(
+        &json!({"type": "execution.cancel"}).to_string(),
+    ))
+    .await;
+    w.until("bad request", |s| {
+        s.stateless.iter().any(|m| m.contains("bad-request"))
+    })
+    .await;
     w.sync().await;
 }
 
@@ -572,7 +767,11 @@ async fn an_idempotency_key_starts_one_execution_and_limits_are_enforced() {
         }))
         .await;
     let (s, body) = env.start(&wf, json!({})).await;
-    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "a user with no allowance cannot start: {body}");
+    assert_eq!(
+        s,
+        StatusCode::PAYMENT_REQUIRED,
+        "a user with no allowance cannot start: {body}"
+    );
     assert_eq!(body["error"]["code"], "token_limit");
     env.cleanup().await;
 
@@ -583,17 +782,30 @@ async fn an_idempotency_key_starts_one_execution_and_limits_are_enforced() {
             "connections": [edge("in", "out")],
         }))
         .await;
-    let (s1, a) = env.start(&wf, json!({"idempotencyKey": "k1", "input": {"x": 1}})).await;
-    let (s2, b) = env.start(&wf, json!({"idempotencyKey": "k1", "input": {"x": 1}})).await;
+    let (s1, a) = env
+        .start(&wf, json!({"idempotencyKey": "k1", "input": {"x": 1}}))
+        .await;
+    let (s2, b) = env
+        .start(&wf, json!({"idempotencyKey": "k1", "input": {"x": 1}}))
+        .await;
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
     assert_eq!(a["id"], b["id"]);
-    let (_, list) = env.call(&env.owner, Method::GET, &format!("/api/v1/workflows/{wf}/executions"), None).await;
+    let (_, list) = env
+        .call(
+            &env.owner,
+            Method::GET,
+            &format!("/api/v1/workflows/{wf}/executions"),
+            None,
+        )
+        .await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     env.cleanup().await;
 }
 
 /// A loopback HTTP server answering with scripted statuses; counts requests.
-async fn scripted_http(statuses: Vec<u16>) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+async fn scripted_http(
+    statuses: Vec<u16>,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let hits = Arc::new(AtomicUsize::new(0));
@@ -641,18 +853,35 @@ async fn webhooks_retry_refuse_private_targets_and_rerun_reuses_earlier_results(
         let events = until_finished(&mut w, &id).await;
         let failed = events.last().unwrap();
         assert_eq!(failed["type"], "execution.failed", "{failed}");
-        assert!(failed["error"].as_str().unwrap().contains("hook"), "{failed}");
+        assert!(
+            failed["error"].as_str().unwrap().contains("hook"),
+            "{failed}"
+        );
         assert_eq!(hits.load(Ordering::SeqCst), 1);
         // Re-run from the failed block: in and prep are reused, not run again.
-        let (s, re) = env.call(&env.owner, Method::POST, &format!("/api/v1/executions/{id}/rerun"), Some(json!({}))).await;
+        let (s, re) = env
+            .call(
+                &env.owner,
+                Method::POST,
+                &format!("/api/v1/executions/{id}/rerun"),
+                Some(json!({})),
+            )
+            .await;
         assert_eq!(s, StatusCode::CREATED, "{re}");
         let re_id = re["id"].as_str().unwrap().to_string();
         assert_eq!(re["rerunOf"], id);
         let events = until_finished(&mut w, &re_id).await;
         assert_gapless(&events);
         let k = kinds(&events);
-        assert!(!k.contains(&"block.started:in".to_string()) && !k.contains(&"block.started:prep".to_string()), "{k:?}");
-        assert!(k.contains(&"block.completed:prep".to_string()), "reused results are shown: {k:?}");
+        assert!(
+            !k.contains(&"block.started:in".to_string())
+                && !k.contains(&"block.started:prep".to_string()),
+            "{k:?}"
+        );
+        assert!(
+            k.contains(&"block.completed:prep".to_string()),
+            "reused results are shown: {k:?}"
+        );
         let done = events.last().unwrap();
         assert_eq!(done["type"], "execution.completed", "{done}");
         assert_eq!(done["outputs"]["out"], "{\"msg\": \"hi\"}");
@@ -673,7 +902,10 @@ async fn webhooks_retry_refuse_private_targets_and_rerun_reuses_earlier_results(
     let events = until_finished(&mut w, &id).await;
     let failed = events.last().unwrap();
     assert_eq!(failed["type"], "execution.failed");
-    assert!(failed["error"].as_str().unwrap().contains("127.0.0.1"), "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("127.0.0.1"),
+        "{failed}"
+    );
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
@@ -696,19 +928,33 @@ async fn a_reconnecting_editor_replays_exactly_what_it_missed() {
         let mut first = env.watcher(&wf).await;
         let id = env.run(&wf, json!({})).await;
         let exec = id.clone();
-        first.until("waiting", move |s| s.stateless.iter().any(|m| m.contains(&exec) && m.contains("block.waiting"))).await;
+        first
+            .until("waiting", move |s| {
+                s.stateless
+                    .iter()
+                    .any(|m| m.contains(&exec) && m.contains("block.waiting"))
+            })
+            .await;
         let seen = events_of(&first, &id);
         first.close().await;
         // Progress made while it is away.
         let (s, _) = env
-            .call(&env.owner, Method::POST, &format!("/api/v1/executions/{id}/blocks/gate/decision"), Some(json!({"approved": true})))
+            .call(
+                &env.owner,
+                Method::POST,
+                &format!("/api/v1/executions/{id}/blocks/gate/decision"),
+                Some(json!({"approved": true})),
+            )
             .await;
         assert_eq!(s, StatusCode::NO_CONTENT);
         // It comes back, asks for what follows the last seq it saw, and gets exactly that.
         let mut back = env.editor(&wf, &env.owner).await;
         let last = seen.last().unwrap()["seq"].as_i64().unwrap();
         let resume = json!({"type": "executions.resume", "after": {id.clone(): last}});
-        back.send(resonant_client::protocol::encode_stateless(&resume.to_string())).await;
+        back.send(resonant_client::protocol::encode_stateless(
+            &resume.to_string(),
+        ))
+        .await;
         let rest = until_finished(&mut back, &id).await;
         let mut all = seen.clone();
         all.extend(rest.clone());
@@ -717,7 +963,11 @@ async fn a_reconnecting_editor_replays_exactly_what_it_missed() {
         // A newcomer asking for running executions gets them from the start; finished ones
         // are not pushed.
         let mut newcomer = env.editor(&wf, &env.owner).await;
-        newcomer.send(resonant_client::protocol::encode_stateless(&json!({"type": "executions.resume"}).to_string())).await;
+        newcomer
+            .send(resonant_client::protocol::encode_stateless(
+                &json!({"type": "executions.resume"}).to_string(),
+            ))
+            .await;
         newcomer.sync().await;
         assert!(events_of(&newcomer, &id).is_empty());
         // Replaying another workflow's execution gives nothing.
@@ -726,10 +976,15 @@ async fn a_reconnecting_editor_replays_exactly_what_it_missed() {
             .await;
         let mut stranger = env.editor(&other, &env.owner).await;
         stranger
-            .send(resonant_client::protocol::encode_stateless(&json!({"type": "executions.resume", "after": {id.clone(): 0}}).to_string()))
+            .send(resonant_client::protocol::encode_stateless(
+                &json!({"type": "executions.resume", "after": {id.clone(): 0}}).to_string(),
+            ))
             .await;
         stranger.sync().await;
-        assert!(events_of(&stranger, &id).is_empty(), "events of another workflow leaked");
+        assert!(
+            events_of(&stranger, &id).is_empty(),
+            "events of another workflow leaked"
+        );
         env.cleanup().await;
     }
 }
@@ -744,7 +999,11 @@ async fn a_hundred_block_workflow_runs_every_block_once() {
         let mut prev = "in".to_string();
         for step in 0..10 {
             let id = format!("c{chain}s{step}");
-            blocks.push(block(&id, "transform", json!({"template": format!("{{{{ upstream }}}}.{step}")})));
+            blocks.push(block(
+                &id,
+                "transform",
+                json!({"template": format!("{{{{ upstream }}}}.{step}")}),
+            ));
             connections.push(edge(&prev, &id));
             prev = id;
         }
@@ -753,7 +1012,9 @@ async fn a_hundred_block_workflow_runs_every_block_once() {
     blocks.push(block("join", "merge", json!({"join": "all"})));
     blocks.push(block("out", "output", json!({})));
     connections.push(edge("join", "out"));
-    let wf = env.workflow(json!({"blocks": blocks, "connections": connections})).await;
+    let wf = env
+        .workflow(json!({"blocks": blocks, "connections": connections}))
+        .await;
     let mut w = env.watcher(&wf).await;
     let id = env.run(&wf, json!({})).await;
     let events = until_finished(&mut w, &id).await;
@@ -762,7 +1023,8 @@ async fn a_hundred_block_workflow_runs_every_block_once() {
         .iter()
         .filter(|e| e["type"] == "block.completed")
         .fold(HashMap::new(), |mut m, e| {
-            *m.entry(e["blockId"].as_str().unwrap().to_string()).or_default() += 1;
+            *m.entry(e["blockId"].as_str().unwrap().to_string())
+                .or_default() += 1;
             m
         });
     assert_eq!(completed.len(), 103);

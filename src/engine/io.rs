@@ -60,8 +60,9 @@ pub(super) async fn webhook_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, Strin
         let tctx = ctx.context();
         for (name, value) in h {
             let value = match value {
-                Value::String(t) => super::template::render(t, &tctx)
-                    .map_err(|e| format!("headers.{name}: {e}"))?,
+                Value::String(t) => {
+                    super::template::render(t, &tctx).map_err(|e| format!("headers.{name}: {e}"))?
+                }
                 other => other.to_string(),
             };
             headers.push((name.clone(), value));
@@ -71,7 +72,10 @@ pub(super) async fn webhook_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, Strin
         Some(b) => Some(b),
         // Without a body template, a request that has a body sends the upstream value.
         None if method != reqwest::Method::GET && method != reqwest::Method::HEAD => {
-            if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+            if !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+            {
                 headers.push(("content-type".into(), "application/json".into()));
             }
             Some(ctx.upstream.to_string())
@@ -129,7 +133,11 @@ pub(super) async fn ask_for_approval(ctx: &BlockCtx<'_>, _wake_at: i64) {
         .config
         .get("notify")
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     let message = ctx
         .render("message")
