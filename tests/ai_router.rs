@@ -420,6 +420,28 @@ async fn a_stream_ending_without_its_terminal_event_is_a_network_error() {
 }
 
 #[tokio::test]
+async fn a_200_that_is_not_an_event_stream_is_a_server_error() {
+    // A 200 HTML page (a captive proxy, say) instead of the provider's stream.
+    let app = axum::Router::new()
+        .fallback(|| async { ([("content-type", "text/html")], "<html>proxy login</html>") });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let router = Router::new(RouterConfig {
+        retry: RetryPolicy::once(),
+        ..RouterConfig::default()
+    });
+    let k = ProviderKey {
+        base_url: Some(format!("http://{addr}")),
+        ..key("openai")
+    };
+    let (out, _) = run(&router, &req(GPT), &[k]).await;
+    let err = out.unwrap_err();
+    assert_eq!(err.class, ErrorClass::Server);
+    assert!(err.message.contains("proxy login"), "{}", err.message);
+}
+
+#[tokio::test]
 async fn a_slow_first_token_times_out_and_falls_back() {
     let (_, mock) = MockAi::start(vec![(
         "claude",

@@ -460,7 +460,7 @@ impl RouterConfig {
             }
             if let Some(bad) = chain.iter().find(|id| !known.contains(id.as_str())) {
                 // A seed chain naming a provider the file removed is trimmed, not an error.
-                if !default_fallback().get(from).is_some_and(|c| c == chain) {
+                if default_fallback().get(from).is_none_or(|c| c != chain) {
                     return Err(format!("fallback of {from}: unknown provider {bad}"));
                 }
             }

@@ -264,7 +264,7 @@ pub(crate) async fn stream_call(
             biased;
             _ = cancel.cancelled() => return Err(cancelled()),
             _ = tokio::time::sleep_until(deadlines.end) => String::new(),
-            b = response.text() => b.unwrap_or_default(),
+            b = read_limited(response, ERROR_BODY_LIMIT) => b,
         };
         let detail = error_message(&body).unwrap_or_else(|| truncate(body.trim(), 300).into());
         let mut message = format!("{who}: HTTP {}", status.as_u16());
@@ -275,6 +275,28 @@ pub(crate) async fn stream_call(
         return Err(BlockError::new(class, message).with_retry_after(after));
     }
 
+    let content_type = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/event-stream")
+        .to_ascii_lowercase();
+    if !content_type.starts_with("text/event-stream") {
+        // A proxy's error page, or a provider ignoring `stream: true`.
+        let body = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(cancelled()),
+            _ = tokio::time::sleep_until(deadlines.end) => String::new(),
+            b = read_limited(response, ERROR_BODY_LIMIT) => b,
+        };
+        return Err(BlockError::new(
+            ErrorClass::Server,
+            format!(
+                "{who}: expected an event stream, got {content_type}: {}",
+                truncate(body.trim(), 300)
+            ),
+        ));
+    }
     let mut events = response.bytes_stream().eventsource();
     loop {
         let wait_until = if progress.text.is_empty() {
@@ -322,6 +344,22 @@ pub(crate) async fn stream_call(
         ErrorClass::Network,
         format!("{who}: the stream ended before the response was complete"),
     ))
+}
+
+/// Error bodies are read up to this size (the message is all that is wanted).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+async fn read_limited(response: reqwest::Response, limit: usize) -> String {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(Ok(chunk)) = chunks.next().await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= limit {
+            body.truncate(limit);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 fn send_error(who: &str, e: &reqwest::Error) -> BlockError {
