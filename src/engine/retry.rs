@@ -152,9 +152,7 @@ impl RetryPolicy {
     /// The wait after failed attempt `attempt` (1-based): exponential, capped, jittered, and
     /// never shorter than the other side's `Retry-After`.
     pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .multiplier
-            .powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = self.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
         let base = (self.initial_interval_ms as f64 * exp).min(self.max_interval_ms as f64);
         let factor = if self.jitter > 0.0 {
             1.0 + self.jitter * (rand::random::<f64>() * 2.0 - 1.0)
@@ -220,25 +218,16 @@ mod tests {
         assert!(!p.should_retry(&BlockError::new(ErrorClass::Refused, "no"), 1));
         let far = BlockError::new(ErrorClass::RateLimited, "429")
             .with_retry_after(Some(Duration::from_secs(3600)));
-        assert!(
-            !p.should_retry(&far, 1),
-            "an hour's Retry-After is not waited out"
-        );
+        assert!(!p.should_retry(&far, 1), "an hour's Retry-After is not waited out");
     }
 
     #[test]
     fn config_is_read_and_checked() {
-        let p = RetryPolicy::from_config(
-            &json!({"retry": {"attempts": 5, "retryOn": ["timeout"]}, "timeoutMs": 250}),
-        )
-        .unwrap();
+        let p = RetryPolicy::from_config(&json!({"retry": {"attempts": 5, "retryOn": ["timeout"]}, "timeoutMs": 250})).unwrap();
         assert_eq!(p.attempts, 5);
         assert_eq!(p.retry_on, vec![ErrorClass::Timeout]);
         assert_eq!(p.attempt_timeout(), Some(Duration::from_millis(250)));
-        assert_eq!(
-            RetryPolicy::from_config(&json!({})).unwrap(),
-            RetryPolicy::default()
-        );
+        assert_eq!(RetryPolicy::from_config(&json!({})).unwrap(), RetryPolicy::default());
         assert!(RetryPolicy::from_config(&json!({"retry": {"attempts": 0}})).is_err());
         assert!(RetryPolicy::from_config(&json!({"retry": {"tries": 2}})).is_err());
         assert!(RetryPolicy::from_config(&json!({"retry": {"jitter": 2}})).is_err());
