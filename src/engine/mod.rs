@@ -3,6 +3,7 @@
 //! events to the workflow's editors over their sockets. Executions, block states and events
 //! are stored as they advance, so a restart resumes them where they were.
 
+pub mod ai;
 pub mod events;
 pub mod graph;
 pub mod http;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod mock_ai;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

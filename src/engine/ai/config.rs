@@ -1,0 +1,477 @@
+//! The provider table and the router's settings, as data: the seed's table and fallback chains
+//! are the defaults, and a config file (`RouterConfig::from_json`) can change any field of a
+//! provider, add providers, remove them and replace chains.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::engine::retry::RetryPolicy;
+
+/// Which wire format a provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ProviderKind {
+    /// Anthropic Messages API (`POST {base}/v1/messages`).
+    #[serde(rename = "anthropic")]
+    Anthropic,
+    /// OpenAI Chat Completions (`POST {base}/v1/chat/completions`).
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Google Gemini (`POST {base}/v1beta/models/{model}:streamGenerateContent?alt=sse`).
+    #[serde(rename = "gemini")]
+    Gemini,
+    /// Any server speaking the OpenAI Chat Completions wire format (Groq, Together, vLLM, …).
+    #[serde(rename = "openai-compatible")]
+    OpenAiCompatible,
+    /// The built-in demo provider: no network, no key, deterministic text.
+    #[serde(rename = "demo")]
+    Demo,
+}
+
+/// One row of the provider table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// Stable id, used in block overrides, fallback chains and usage records.
+    pub id: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: String,
+    /// The key family this provider uses ("claude", "openai", "gemini", "llama", "demo");
+    /// a `ProviderKey` of that family unlocks it. Defaults from `kind` when omitted.
+    #[serde(default)]
+    pub family: String,
+    /// The wire format.
+    pub kind: ProviderKind,
+    /// The model name sent on the wire.
+    pub model: String,
+    /// USD per million input tokens.
+    pub input_price_per_m: f64,
+    /// USD per million output tokens.
+    pub output_price_per_m: f64,
+    /// Context window, prompt and output together.
+    pub max_context_tokens: u64,
+    /// What the provider is good at; matched against a block's required strengths.
+    #[serde(default)]
+    pub strengths: Vec<String>,
+    /// Typical latency, for the "speed" priority.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// 0–1, for the "quality" priority.
+    #[serde(default = "one")]
+    pub reliability: f64,
+    /// Where requests go unless the key names its own base URL. Defaults from `kind`.
+    #[serde(default)]
+    pub base_url: String,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl ProviderSpec {
+    /// Price used to rank by cost: input and output per million together. With the default
+    /// table it orders providers exactly as the seed's single `costPer1MTokens` did.
+    pub fn blended_price(&self) -> f64 {
+        self.input_price_per_m + self.output_price_per_m
+    }
+
+    /// Cost in USD of a call with these token counts.
+    pub fn cost(&self, input_tokens: u64, output_tokens: u64) -> f64 {
+        input_tokens as f64 * self.input_price_per_m / 1e6
+            + output_tokens as f64 * self.output_price_per_m / 1e6
+    }
+
+    fn fill_defaults(&mut self) -> Result<(), String> {
+        if self.id.trim().is_empty() {
+            return Err("a provider needs an id".into());
+        }
+        if self.name.is_empty() {
+            self.name = self.id.clone();
+        }
+        if self.family.is_empty() {
+            self.family = match self.kind {
+                ProviderKind::Anthropic => "claude",
+                ProviderKind::OpenAi => "openai",
+                ProviderKind::Gemini => "gemini",
+                ProviderKind::OpenAiCompatible => "llama",
+                ProviderKind::Demo => "demo",
+            }
+            .into();
+        }
+        if self.base_url.is_empty() {
+            self.base_url = match self.kind {
+                ProviderKind::Anthropic => "https://api.anthropic.com",
+                ProviderKind::OpenAi => "https://api.openai.com",
+                ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
+                ProviderKind::OpenAiCompatible => {
+                    return Err(format!("provider {}: baseUrl is required", self.id))
+                }
+                ProviderKind::Demo => "",
+            }
+            .into();
+        }
+        let prices = [self.input_price_per_m, self.output_price_per_m];
+        if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
+            return Err(format!("provider {}: prices must be ≥ 0", self.id));
+        }
+        if !(0.0..=1.0).contains(&self.reliability) {
+            return Err(format!(
+                "provider {}: reliability must be between 0 and 1",
+                self.id
+            ));
+        }
+        if self.max_context_tokens == 0 {
+            return Err(format!(
+                "provider {}: maxContextTokens must be positive",
+                self.id
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The circuit breaker's settings (one breaker per provider and key).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failed calls that open the breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker skips the provider before one trial call is let through.
+    #[serde(with = "millis", rename = "cooldownMs")]
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+/// A key usable for a provider family ("claude","openai","gemini","llama"), from the workspace
+/// BYOK config or server config.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderKey {
+    /// "claude", "openai", "gemini", "llama" (a provider's `family`).
+    pub family: String,
+    /// The secret.
+    pub api_key: String,
+    /// Replaces the provider's base URL (a proxy, a self-hosted OpenAI-compatible server).
+    #[serde(default)]
+    pub base_url: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderKey")
+            .field("family", &self.family)
+            .field("api_key", &"<redacted>")
+            .field("base_url", &self.base_url)
+            .finish()
+    }
+}
+
+/// The router's settings.
+#[derive(Clone, Debug)]
+pub struct RouterConfig {
+    /// The provider table (the demo provider included).
+    pub providers: Vec<ProviderSpec>,
+    /// Provider id → the ids tried after it, in order.
+    pub fallback: HashMap<String, Vec<String>>,
+    /// Keys used when the workspace has none of a family.
+    pub server_keys: Vec<ProviderKey>,
+    /// Wait between two demo tokens (0 for benchmarks).
+    pub demo_delay: Duration,
+    /// Circuit breaker settings.
+    pub breaker: BreakerConfig,
+    /// Attempts per provider, backoff, and the block's total timeout.
+    pub retry: RetryPolicy,
+    /// One provider call's limit, from sending the request to the last event.
+    pub request_timeout: Duration,
+    /// From sending the request to the first streamed text.
+    pub first_token_timeout: Duration,
+}
+
+/// The seed's table (docs: architecture.md, "AI Router Architecture") plus the demo provider.
+///
+/// The seed has one `costPer1MTokens` per provider; real providers bill input and output
+/// separately, so the defaults are each model's published list prices per million tokens
+/// (input / output): Claude 3.5 Sonnet 3 / 15, GPT-4 Turbo 10 / 30, Gemini 1.5 Pro 1.25 / 5
+/// (prompts up to 128k), Llama 3 70B as served by Groq 0.59 / 0.79. The seed's number is
+/// close to the output price for most of them, and ranking by cost uses input + output, which
+/// orders the providers exactly as the seed did (llama < gemini < claude < gpt-4-turbo).
+pub fn default_providers() -> Vec<ProviderSpec> {
+    #[allow(clippy::too_many_arguments)]
+    fn spec(
+        id: &str,
+        name: &str,
+        kind: ProviderKind,
+        model: &str,
+        prices: (f64, f64),
+        ctx: u64,
+        strengths: &[&str],
+        latency_ms: u64,
+        reliability: f64,
+    ) -> ProviderSpec {
+        let mut s = ProviderSpec {
+            id: id.into(),
+            name: name.into(),
+            family: String::new(),
+            kind,
+            model: model.into(),
+            input_price_per_m: prices.0,
+            output_price_per_m: prices.1,
+            max_context_tokens: ctx,
+            strengths: strengths.iter().map(|s| s.to_string()).collect(),
+            latency_ms,
+            reliability,
+            base_url: String::new(),
+        };
+        if kind == ProviderKind::OpenAiCompatible {
+            s.base_url = "https://api.groq.com/openai".into();
+        }
+        s.fill_defaults().expect("default table is valid");
+        s
+    }
+    vec![
+        spec(
+            "claude-3-5-sonnet",
+            "Claude 3.5 Sonnet",
+            ProviderKind::Anthropic,
+            "claude-3-5-sonnet-20241022",
+            (3.0, 15.0),
+            200_000,
+            &["nuance", "long-form", "analysis", "coding"],
+            800,
+            0.99,
+        ),
+        spec(
+            "gpt-4-turbo",
+            "GPT-4 Turbo",
+            ProviderKind::OpenAi,
+            "gpt-4-turbo",
+            (10.0, 30.0),
+            128_000,
+            &["creative", "brainstorm", "general"],
+            1200,
+            0.98,
+        ),
+        spec(
+            "gemini-1.5-pro",
+            "Gemini 1.5 Pro",
+            ProviderKind::Gemini,
+            "gemini-1.5-pro",
+            (1.25, 5.0),
+            1_000_000,
+            &["long-context", "research", "multimodal"],
+            600,
+            0.97,
+        ),
+        spec(
+            "llama-3-70b",
+            "Llama 3 70B",
+            ProviderKind::OpenAiCompatible,
+            "llama3-70b-8192",
+            (0.59, 0.79),
+            8192,
+            &["bulk", "simple", "cost-effective"],
+            400,
+            0.95,
+        ),
+        spec(
+            DEMO_ID,
+            "Demo (offline, no key)",
+            ProviderKind::Demo,
+            "demo",
+            (0.0, 0.0),
+            u32::MAX as u64,
+            &[],
+            0,
+            1.0,
+        ),
+    ]
+}
+
+/// The demo provider's id and family.
+pub const DEMO_ID: &str = "demo";
+
+/// The seed's fallback chains.
+pub fn default_fallback() -> HashMap<String, Vec<String>> {
+    let chain = |id: &str, rest: &[&str]| {
+        (
+            id.to_string(),
+            rest.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    HashMap::from([
+        chain(
+            "claude-3-5-sonnet",
+            &["gpt-4-turbo", "gemini-1.5-pro", "llama-3-70b"],
+        ),
+        chain(
+            "gpt-4-turbo",
+            &["claude-3-5-sonnet", "gemini-1.5-pro", "llama-3-70b"],
+        ),
+        chain(
+            "gemini-1.5-pro",
+            &["claude-3-5-sonnet", "gpt-4-turbo", "llama-3-70b"],
+        ),
+        chain(
+            "llama-3-70b",
+            &["gemini-1.5-pro", "claude-3-5-sonnet", "gpt-4-turbo"],
+        ),
+    ])
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            providers: default_providers(),
+            fallback: default_fallback(),
+            server_keys: Vec::new(),
+            demo_delay: Duration::from_millis(15),
+            breaker: BreakerConfig::default(),
+            retry: RetryPolicy::default(),
+            request_timeout: Duration::from_secs(300),
+            first_token_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    providers: Vec<Value>,
+    #[serde(default)]
+    fallback: HashMap<String, Vec<String>>,
+    #[serde(default)]
+    server_keys: Vec<ProviderKey>,
+    demo_delay_ms: Option<u64>,
+    breaker: Option<BreakerConfig>,
+    retry: Option<RetryPolicy>,
+    request_timeout_ms: Option<u64>,
+    first_token_timeout_ms: Option<u64>,
+}
+
+impl RouterConfig {
+    /// Reads the router's config file, the seed's values being the defaults:
+    ///
+    /// ```json
+    /// { "providers": [
+    ///     { "id": "claude-3-5-sonnet", "model": "claude-3-5-sonnet-latest" },   // changes fields
+    ///     { "id": "llama-3-70b", "disabled": true },                             // removes it
+    ///     { "id": "mixtral", "kind": "openai-compatible", "family": "llama",     // adds one
+    ///       "model": "mixtral-8x7b", "inputPricePerM": 0.24, "outputPricePerM": 0.24,
+    ///       "maxContextTokens": 32768, "baseUrl": "https://api.groq.com/openai" } ],
+    ///   "fallback": { "claude-3-5-sonnet": ["gpt-4-turbo", "mixtral"] },         // replaces a chain
+    ///   "serverKeys": [ { "family": "claude", "apiKey": "…" } ],
+    ///   "demoDelayMs": 15, "breaker": { "failureThreshold": 5, "cooldownMs": 30000 },
+    ///   "retry": { "attempts": 2 }, "requestTimeoutMs": 300000, "firstTokenTimeoutMs": 60000 }
+    /// ```
+    pub fn from_json(v: &Value) -> Result<Self, String> {
+        let file: FileConfig = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+        let mut config = RouterConfig::default();
+        for entry in file.providers {
+            let Value::Object(mut fields) = entry else {
+                return Err("each provider must be an object".into());
+            };
+            let id = fields
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or("each provider needs an \"id\"")?
+                .to_string();
+            let existing = config.providers.iter().position(|p| p.id == id);
+            if let Some(Value::Bool(disabled)) = fields.remove("disabled") {
+                if disabled {
+                    if let Some(i) = existing {
+                        config.providers.remove(i);
+                    }
+                    config.fallback.remove(&id);
+                    continue;
+                }
+            }
+            let merged = match existing {
+                Some(i) => {
+                    let mut base = match serde_json::to_value(&config.providers[i]) {
+                        Ok(Value::Object(m)) => m,
+                        _ => unreachable!("a spec serialises to an object"),
+                    };
+                    base.extend(fields);
+                    Value::Object(base)
+                }
+                None => Value::Object(fields),
+            };
+            let mut spec: ProviderSpec =
+                serde_json::from_value(merged).map_err(|e| format!("provider {id}: {e}"))?;
+            spec.fill_defaults()?;
+            match existing {
+                Some(i) => config.providers[i] = spec,
+                None => config.providers.push(spec),
+            }
+        }
+        config.fallback.extend(file.fallback);
+        config.server_keys = file.server_keys;
+        if let Some(ms) = file.demo_delay_ms {
+            config.demo_delay = Duration::from_millis(ms);
+        }
+        if let Some(b) = file.breaker {
+            if b.failure_threshold == 0 {
+                return Err("breaker.failureThreshold must be positive".into());
+            }
+            config.breaker = b;
+        }
+        if let Some(r) = file.retry {
+            r.check()?;
+            config.retry = r;
+        }
+        if let Some(ms) = file.request_timeout_ms {
+            config.request_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(ms) = file.first_token_timeout_ms {
+            config.first_token_timeout = Duration::from_millis(ms.max(1));
+        }
+        // Chains may only name known providers (removing a provider drops it from chains).
+        let known: std::collections::HashSet<&str> =
+            config.providers.iter().map(|p| p.id.as_str()).collect();
+        for (from, chain) in &config.fallback {
+            if !known.contains(from.as_str()) {
+                return Err(format!("fallback: unknown provider {from}"));
+            }
+            if let Some(bad) = chain.iter().find(|id| !known.contains(id.as_str())) {
+                // A seed chain naming a provider the file removed is trimmed, not an error.
+                if default_fallback().get(from).is_none_or(|c| c != chain) {
+                    return Err(format!("fallback of {from}: unknown provider {bad}"));
+                }
+            }
+        }
+        for chain in config.fallback.values_mut() {
+            chain.retain(|id| known.contains(id.as_str()));
+        }
+        let mut ids = std::collections::HashSet::new();
+        if let Some(dup) = config.providers.iter().find(|p| !ids.insert(&p.id)) {
+            return Err(format!("provider {} appears twice", dup.id));
+        }
+        Ok(config)
+    }
+}
