@@ -227,6 +227,8 @@ pub async fn start_with_store(
             ..engine::EngineConfig::default()
         },
         engine::Io {
+            router: Arc::new(engine::ai::Router::new(router_config(&config)?)),
+            cipher: cipher.clone(),
             webhooks: engine::http::WebhookClient::new(
                 engine::http::EgressPolicy::parse(&config.webhook_allow)
                     .map_err(anyhow::Error::msg)
@@ -303,6 +305,44 @@ pub async fn start_with_store(
         stop,
         task,
     })
+}
+
+/// The AI router's configuration: the provider table (the seed's, or `--ai-config`'s), the
+/// server's own keys and base URLs, and the demo provider's pace.
+fn router_config(config: &ServeConfig) -> anyhow::Result<engine::ai::RouterConfig> {
+    let mut rc = match &config.ai_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --ai-config {}", path.display()))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("--ai-config {} is not JSON", path.display()))?;
+            engine::ai::RouterConfig::from_json(&json)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("invalid --ai-config {}", path.display()))?
+        }
+        None => engine::ai::RouterConfig::default(),
+    };
+    let families = [
+        (
+            "claude",
+            &config.anthropic_api_key,
+            &config.anthropic_base_url,
+        ),
+        ("openai", &config.openai_api_key, &config.openai_base_url),
+        ("gemini", &config.gemini_api_key, &config.gemini_base_url),
+        ("llama", &config.llama_api_key, &config.llama_base_url),
+    ];
+    for (family, key, base_url) in families {
+        if let Some(key) = key {
+            rc.server_keys.push(engine::ai::ProviderKey {
+                family: family.into(),
+                api_key: key.clone(),
+                base_url: base_url.clone(),
+            });
+        }
+    }
+    rc.demo_delay = Duration::from_millis(config.demo_delay_ms);
+    Ok(rc)
 }
 
 fn router(state: AppState) -> Router {

@@ -6,28 +6,10 @@
 mod common;
 
 use common::api::{call, fresh_schema, sign_in};
+use common::exec::{block, edge, events_of, put_graph, SECRET};
 use common::{room_url, Client, ServerProcess};
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
-use yrs::{Any, Array, In, MapPrelim, WriteTxn};
-
-const SECRET: &str = "restart-test-secret-restart-test-secret-000";
-
-fn block(id: &str, kind: &str, config: Value) -> Value {
-    json!({"id": id, "type": kind, "config": config})
-}
-
-fn edge(source: &str, target: &str) -> Value {
-    json!({"id": format!("{source}-{target}"), "source": source, "target": target})
-}
-
-fn events_of(c: &Client, execution: &str) -> Vec<Value> {
-    c.stateless
-        .iter()
-        .filter_map(|m| serde_json::from_str::<Value>(m).ok())
-        .filter(|v| v["executionId"] == execution && v.get("seq").is_some())
-        .collect()
-}
+use serde_json::json;
 
 fn start(store: &[String]) -> ServerProcess {
     let mut args: Vec<&str> = vec![
@@ -89,27 +71,7 @@ async fn restart_resumes(store: Vec<String>) {
     };
     let mut w = Client::connect_synced(&url(addr)).await;
     w.opt_in().await;
-    w.edit(|_doc, txn| {
-        for name in ["blocks", "connections"] {
-            let array = txn.get_or_insert_array(name);
-            for item in graph[name].as_array().unwrap() {
-                let fields: Vec<(String, In)> = item
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            In::Any(serde_json::from_value::<Any>(v.clone()).unwrap()),
-                        )
-                    })
-                    .collect();
-                array.push_back(txn, MapPrelim::from_iter(fields));
-            }
-        }
-    })
-    .await;
-    w.until("stored", |s| s.acks >= 1).await;
+    put_graph(&mut w, &graph).await;
     let (s, e) = call(
         &http,
         addr,

@@ -45,7 +45,8 @@ pub struct NewUsage<'a> {
 }
 
 /// Records one provider call and adds its tokens to the user's `tokens_used`, in one
-/// transaction. Returns the new row's id.
+/// transaction (the keyless `demo` provider is recorded but free: its tokens do not count
+/// against the plan). Returns the new row's id.
 pub async fn record_usage(db: &Db, usage: &NewUsage<'_>) -> Result<String, DbError> {
     let id = new_id();
     let total = usage.input_tokens.saturating_add(usage.output_tokens);
@@ -70,7 +71,7 @@ pub async fn record_usage(db: &Db, usage: &NewUsage<'_>) -> Result<String, DbErr
             .await?;
         sqlx::query("UPDATE users SET tokens_used = tokens_used + $2, updated_at = $3 WHERE id = $1")
             .bind(usage.user_id)
-            .bind(total)
+            .bind(if usage.provider == "demo" { 0 } else { total })
             .bind(now_ms())
             .execute(&mut *tx)
             .await?;

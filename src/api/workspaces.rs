@@ -88,8 +88,10 @@ async fn billing(
 
 /// The caller.
 #[utoipa::path(get, path = "/api/v1/me", tag = "users", responses((status = 200, body = db::User)))]
-async fn me(caller: Caller) -> axum::Json<db::User> {
-    axum::Json(caller.0.user)
+async fn me(State(app): State<AppState>, caller: Caller) -> Result<axum::Json<db::User>, ApiError> {
+    // Read fresh: the sign-in cache does not follow token counts as executions use them.
+    let user = db::user_by_id(&app.db, caller.id()).await?;
+    Ok(axum::Json(user.unwrap_or(caller.0.user)))
 }
 
 /// Workspaces the caller belongs to, newest first.

@@ -46,10 +46,13 @@ struct Sub {
     paused: bool,
 }
 
+/// A workflow's connected editors and what each has been sent.
+type Editors = Vec<(Arc<Peer>, Sub)>;
+
 #[derive(Default)]
 struct Hub {
     /// workflow id → its connected editors.
-    workflows: Mutex<HashMap<Arc<str>, Vec<(Arc<Peer>, Sub)>>>,
+    workflows: Mutex<HashMap<Arc<str>, Editors>>,
 }
 
 /// The handle runners and sockets use; cheap to clone.

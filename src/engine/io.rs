@@ -3,7 +3,17 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use serde_json::{json, Value};
+
+use super::ai::{
+    AiEvents, AiRequest, CallRecord, OutputFormat, Priority, ProviderKey, Router, RouterConfig,
+};
+use super::run::Usage;
+use crate::crypto::KeyCipher;
+use crate::with_pool;
 
 use super::http::{send_with_retry, WebhookClient, WebhookRequest};
 use super::retry::{BlockError, RetryPolicy};
@@ -11,11 +21,18 @@ use super::run::{BlockCtx, BlockDone};
 use crate::db::Db;
 use crate::email::Mailer;
 
-/// Provider keys usable by one execution.
-pub type Keys = ();
+/// Provider keys usable by one execution (the workspace's own, decrypted).
+pub type Keys = Vec<ProviderKey>;
+
+/// Text deltas are batched into `block.delta` events no more often than this per block.
+const DELTA_INTERVAL: Duration = Duration::from_millis(50);
 
 /// The outside world, as the engine reaches it.
 pub struct Io {
+    /// The AI router (with the server's own keys).
+    pub router: Arc<Router>,
+    /// Decrypts workspaces' provider keys (`None`: no BYOK keys are stored).
+    pub cipher: Option<KeyCipher>,
     /// Webhook blocks' HTTP client (SSRF-guarded).
     pub webhooks: WebhookClient,
     /// Approval emails (when Resend is configured).
@@ -27,6 +44,8 @@ pub struct Io {
 impl Default for Io {
     fn default() -> Self {
         Io {
+            router: Arc::new(Router::new(RouterConfig::default())),
+            cipher: None,
             webhooks: WebhookClient::new(Default::default()),
             mailer: None,
             public_url: "http://127.0.0.1:1234".into(),
@@ -35,13 +54,246 @@ impl Default for Io {
 }
 
 impl Io {
-    /// Loads a workspace's usable provider keys.
-    pub async fn keys(&self, _db: &Db, _workspace: &str) -> Keys {}
+    /// Loads a workspace's usable provider keys, lowest priority number first. A key that
+    /// does not decrypt is left out (and logged), never used.
+    pub async fn keys(&self, db: &Db, workspace: &str) -> Keys {
+        let Some(cipher) = &self.cipher else {
+            return Vec::new();
+        };
+        type Row = (String, String, String, Option<String>);
+        let rows: Result<Vec<Row>, sqlx::Error> = with_pool!(db, p => sqlx::query_as(
+            "SELECT id, provider, api_key, base_url FROM ai_provider_configs \
+             WHERE workspace_id = $1 AND is_enabled = TRUE AND api_key IS NOT NULL \
+             ORDER BY priority, provider")
+            .bind(workspace)
+            .fetch_all(p)
+            .await);
+        match rows {
+            Ok(rows) => rows
+                .into_iter()
+                .filter_map(
+                    |(id, family, sealed, base_url)| match cipher.decrypt(&id, &sealed) {
+                        Ok(api_key) => Some(ProviderKey {
+                            family,
+                            api_key,
+                            base_url,
+                        }),
+                        Err(e) => {
+                            tracing::error!(workspace, error = %e, "stored provider key unusable");
+                            None
+                        }
+                    },
+                )
+                .collect(),
+            Err(e) => {
+                tracing::error!(workspace, error = %e, "reading provider keys failed");
+                Vec::new()
+            }
+        }
+    }
 }
 
-/// Runs an AI block.
-pub(super) async fn ai_block(_ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
-    Err("AI blocks are not wired yet".into())
+/// The AI router's callbacks for one block: deltas batched into events, restarts announced,
+/// every call kept for the usage records.
+struct Stream<'a> {
+    ctx: &'a BlockCtx<'a>,
+    attempt: i64,
+    buf: String,
+    last_flush: Instant,
+    calls: Vec<CallRecord>,
+}
+
+impl Stream<'_> {
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let text = std::mem::take(&mut self.buf);
+        self.ctx.run.emit(
+            "block.delta",
+            scoped(
+                json!({"blockId": self.ctx.block.id, "attempt": self.attempt, "text": text}),
+                self.ctx.prefix,
+            ),
+        );
+        self.last_flush = Instant::now();
+    }
+}
+
+impl AiEvents for Stream<'_> {
+    fn delta(&mut self, text: &str) {
+        self.buf.push_str(text);
+        if self.last_flush.elapsed() >= DELTA_INTERVAL {
+            self.flush();
+        }
+    }
+
+    fn restarted(&mut self, reason: &str, next_provider: &str) {
+        // What was streamed belongs to the failed attempt: the editor discards it.
+        self.buf.clear();
+        self.attempt += 1;
+        self.last_flush = Instant::now() - DELTA_INTERVAL;
+        self.ctx.run.emit(
+            "block.retrying",
+            scoped(
+                json!({"blockId": self.ctx.block.id, "attempt": self.attempt, "reason": reason,
+                       "provider": next_provider}),
+                self.ctx.prefix,
+            ),
+        );
+    }
+
+    fn call_finished(&mut self, call: &CallRecord) {
+        self.calls.push(call.clone());
+    }
+}
+
+fn scoped(mut v: Value, prefix: &str) -> Value {
+    if !prefix.is_empty() {
+        v["scope"] = prefix.trim_end_matches('/').into();
+    }
+    v
+}
+
+/// Runs an AI block through the router: prompts are templates; the output is the text (or
+/// the parsed JSON for `outputFormat: json`). Every provider call is a usage record; the
+/// user's token count grows by the non-demo tokens, and crossing the limit stops the run.
+pub(super) async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
+    let config = &ctx.block.config;
+    let prompt = ctx.render("userPromptTemplate")?.unwrap_or_default();
+    let system = ctx.render("systemPrompt")?;
+    let output_format: OutputFormat = config
+        .get("outputFormat")
+        .cloned()
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| format!("outputFormat: {e}"))?
+        .unwrap_or_default();
+    let priority: Priority = ctx
+        .run
+        .options
+        .priority
+        .as_deref()
+        .map(|p| serde_json::from_value(Value::String(p.into())))
+        .transpose()
+        .map_err(|e| format!("priority: {e}"))?
+        .unwrap_or_default();
+    let strings = |field: &str| -> Vec<String> {
+        config
+            .get(field)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let req = AiRequest {
+        system,
+        prompt,
+        temperature: config.get("temperature").and_then(|v| v.as_f64()),
+        max_tokens: config
+            .get("maxTokens")
+            .and_then(|v| v.as_u64())
+            .map(|n| n.min(u32::MAX as u64) as u32),
+        output_format,
+        provider: config
+            .get("provider")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        model: config
+            .get("model")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        priority,
+        required_strengths: strings("strengths"),
+    };
+    let mut stream = Stream {
+        ctx,
+        attempt: ctx.attempt,
+        buf: String::new(),
+        // The first token goes out at once (time to first token is what people notice);
+        // the rest are batched.
+        last_flush: Instant::now() - DELTA_INTERVAL,
+        calls: Vec::new(),
+    };
+    let router = ctx.run.engine.io.router.clone();
+    let result = router
+        .complete(&req, &ctx.run.keys, &mut stream, ctx.cancel)
+        .await;
+    stream.flush();
+    let calls = std::mem::take(&mut stream.calls);
+    let (tokens, cost) = record_calls(ctx, &calls).await;
+    ctx.run.add_usage(tokens, cost);
+    if calls
+        .iter()
+        .any(|c| c.provider != super::ai::DEMO_ID && billed(c).0 > 0)
+    {
+        match super::store::user_tokens(&ctx.run.engine.db, &ctx.run.user).await {
+            Ok((used, limit)) if used >= limit => ctx.run.abort(format!(
+                "token limit reached: {used} of {limit} tokens used this period"
+            )),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "reading the user's tokens failed"),
+        }
+    }
+    let out = result.map_err(|e| e.message)?;
+    let output = match (&out.json, output_format) {
+        (Some(v), OutputFormat::Json) => v.clone(),
+        _ => Value::String(out.text.clone()),
+    };
+    Ok(BlockDone {
+        output: Some(output),
+        route: None,
+        usage: Some(Usage {
+            provider: out.provider,
+            model: out.model,
+            tokens: (out.input_tokens + out.output_tokens) as i64,
+            cost: out.cost_usd,
+            estimated: out.estimated,
+        }),
+    })
+}
+
+/// Tokens and cost a call is charged: a call refused before producing anything (a 429, a
+/// 401) is recorded with none.
+fn billed(c: &CallRecord) -> (i64, f64) {
+    if c.error.is_some() && c.output_tokens == 0 {
+        (0, 0.0)
+    } else {
+        ((c.input_tokens + c.output_tokens) as i64, c.cost_usd)
+    }
+}
+
+/// One usage record per call; returns the totals charged.
+async fn record_calls(ctx: &BlockCtx<'_>, calls: &[CallRecord]) -> (i64, f64) {
+    let mut total = (0i64, 0.0f64);
+    for c in calls {
+        let (tokens, cost) = billed(c);
+        total.0 += tokens;
+        total.1 += cost;
+        let (input, output) = if tokens == 0 {
+            (0, 0)
+        } else {
+            (c.input_tokens as i64, c.output_tokens as i64)
+        };
+        let usage = crate::api::usage::NewUsage {
+            workspace_id: &ctx.run.workspace,
+            user_id: &ctx.run.user,
+            execution_id: Some(&ctx.run.id),
+            provider: &c.provider,
+            model: &c.model,
+            input_tokens: input,
+            output_tokens: output,
+            cost_usd: cost,
+            created_at: crate::db::now_ms(),
+        };
+        if let Err(e) = crate::api::usage::record_usage(&ctx.run.engine.db, &usage).await {
+            tracing::error!(error = %e, "recording usage failed");
+        }
+    }
+    total
 }
 
 /// Runs a webhook block: method, URL, headers and body are templates; the response

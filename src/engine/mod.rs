@@ -131,7 +131,7 @@ pub struct Engine {
 }
 
 pub(crate) struct Inner {
-    db: Db,
+    pub(crate) db: Db,
     rooms: Rooms,
     pub(crate) events: Events,
     pub(crate) global: Arc<Semaphore>,

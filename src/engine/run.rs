@@ -246,7 +246,7 @@ impl Run {
         ctx
     }
 
-    fn add_usage(&self, tokens: i64, cost: f64) {
+    pub(super) fn add_usage(&self, tokens: i64, cost: f64) {
         let mut t = self.totals.lock();
         t.0 += tokens;
         t.1 += cost;
@@ -335,9 +335,7 @@ fn run_scope(
                     .filter(|e| matches!(edges[e], Edge::Dead))
                     .count();
                 let pending = ins.len() - active.len() - dead;
-                let decision = if ins.is_empty() {
-                    Some(true)
-                } else if join == "any" && !active.is_empty() {
+                let decision = if ins.is_empty() || (join == "any" && !active.is_empty()) {
                     Some(true)
                 } else if pending > 0 {
                     None

@@ -315,13 +315,6 @@ pub async fn running_in(db: &Db, workflow: &str) -> Result<Vec<String>> {
     Ok(rows.into_iter().map(|(id,)| id).collect())
 }
 
-/// Adds `tokens` to the user's monthly count; returns `(used, limit)` after it.
-pub async fn add_user_tokens(db: &Db, user: &str, tokens: i64) -> Result<(i64, i64)> {
-    with_pool!(db, p => Ok(sqlx::query_as(
-        "UPDATE users SET tokens_used = tokens_used + $2 WHERE id = $1 RETURNING tokens_used, tokens_limit")
-        .bind(user).bind(tokens).fetch_one(p).await?))
-}
-
 /// The user's `(tokens_used, tokens_limit)`.
 pub async fn user_tokens(db: &Db, user: &str) -> Result<(i64, i64)> {
     with_pool!(db, p => Ok(sqlx::query_as(

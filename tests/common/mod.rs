@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod exec;
 pub mod mock_ai;
 
 use std::io::{BufRead, BufReader};

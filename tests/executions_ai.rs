@@ -1,0 +1,240 @@
+//! AI blocks in real executions: the keyless demo provider, streaming failover between
+//! providers served by the mock (their real wire formats), usage records and totals, the
+//! token limit crossed mid-run, and cancel mid-stream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::Backend;
+use common::exec::*;
+use common::mock_ai::{MockAi, MockReply};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn ai_flow(config: Value) -> Value {
+    json!({
+        "blocks": [
+            block("in", "input", json!({})),
+            block("gen", "ai", config),
+            block("out", "output", json!({})),
+        ],
+        "connections": [edge("in", "gen"), edge("gen", "out")],
+    })
+}
+
+#[tokio::test]
+async fn the_demo_provider_streams_labelled_text_and_records_usage() {
+    let env = Env::with(Backend::Sqlite, |c| c.demo_delay_ms = 2).await;
+    let wf = env
+        .workflow(ai_flow(
+            json!({"userPromptTemplate": "Write about {{ input.topic }}"}),
+        ))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({"topic": "rivers"})).await;
+    let events = until_finished(&mut w, &id).await;
+    assert_gapless(&events);
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "block.delta")
+        .map(|e| e["text"].as_str().unwrap())
+        .collect();
+    let done = events
+        .iter()
+        .find(|e| e["type"] == "block.completed" && e["blockId"] == "gen")
+        .unwrap();
+    let text = done["output"].as_str().unwrap();
+    assert!(
+        text.starts_with("[demo]"),
+        "demo output is labelled: {text}"
+    );
+    assert_eq!(deltas, text, "the deltas add up to the output");
+    assert!(
+        events.iter().filter(|e| e["type"] == "block.delta").count() >= 2,
+        "streamed in pieces"
+    );
+    assert_eq!(done["provider"], "demo");
+    assert!(done["tokens"].as_i64().unwrap() > 0);
+    assert_eq!(done["costUsd"], 0.0);
+    // The same prompt gives the same text (deterministic).
+    let again = env.run(&wf, json!({"topic": "rivers"})).await;
+    let events2 = until_finished(&mut w, &again).await;
+    let done2 = events2
+        .iter()
+        .find(|e| e["type"] == "block.completed" && e["blockId"] == "gen")
+        .unwrap();
+    assert_eq!(done2["output"], done["output"]);
+    let (_, usage) = env
+        .call(
+            &env.owner,
+            Method::GET,
+            &format!("/api/v1/workspaces/{}/usage", env.ws),
+            None,
+        )
+        .await;
+    assert!(usage.to_string().contains("demo"), "{usage}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_way_fails_over_visibly_and_every_call_is_paid_for() {
+    for backend in common::api::backends() {
+        let (_, mock) = MockAi::start(vec![]).await;
+        mock.push(
+            "claude",
+            MockReply::text("one two three four five six").cut_after(3),
+        );
+        mock.push("claude", MockReply::status(500, "down"));
+        mock.push("claude", MockReply::status(500, "down"));
+        mock.push("openai", MockReply::text("fresh answer here").usage(20, 3));
+        let claude = mock.base_url("claude");
+        let openai = mock.base_url("openai");
+        let env = Env::with(backend, move |c| {
+            c.anthropic_api_key = Some("test-key-a".into());
+            c.anthropic_base_url = Some(claude);
+            c.openai_api_key = Some("test-key-o".into());
+            c.openai_base_url = Some(openai);
+        })
+        .await;
+        let wf = env
+            .workflow(ai_flow(
+                json!({"userPromptTemplate": "hello", "provider": "claude-3-5-sonnet"}),
+            ))
+            .await;
+        let mut w = env.watcher(&wf).await;
+        let id = env.run(&wf, json!({})).await;
+        let events = until_finished(&mut w, &id).await;
+        assert_gapless(&events);
+        let k = kinds(&events);
+        let retry_at = k
+            .iter()
+            .position(|x| x == "block.retrying:gen")
+            .expect("a visible restart");
+        assert!(
+            k[..retry_at].contains(&"block.delta:gen".to_string()),
+            "text came before the restart: {k:?}"
+        );
+        let done = events
+            .iter()
+            .find(|e| e["type"] == "block.completed" && e["blockId"] == "gen")
+            .unwrap();
+        assert_eq!(done["output"], "fresh answer here");
+        assert_eq!(done["provider"], "gpt-4-turbo");
+        let after: String = events[retry_at..]
+            .iter()
+            .filter(|e| e["type"] == "block.delta")
+            .map(|e| e["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            after, "fresh answer here",
+            "after the restart only the new text streams"
+        );
+        // Every call is a usage record; the refused ones cost nothing.
+        let e = env.execution(&id).await;
+        let (_, usage) = env
+            .call(
+                &env.owner,
+                Method::GET,
+                &format!("/api/v1/workspaces/{}/usage", env.ws),
+                None,
+            )
+            .await;
+        let text = usage.to_string();
+        assert!(
+            text.contains("gpt-4-turbo") && text.contains("claude"),
+            "{text}"
+        );
+        let gpt_cost = 20.0 * 10.0 / 1e6 + 3.0 * 30.0 / 1e6;
+        assert!(e["costUsd"].as_f64().unwrap() >= gpt_cost - 1e-12, "{e}");
+        assert!(e["tokensUsed"].as_i64().unwrap() >= 23, "{e}");
+        let (_, me) = env.call(&env.owner, Method::GET, "/api/v1/me", None).await;
+        assert_eq!(me["tokensUsed"].as_i64(), e["tokensUsed"].as_i64(), "{me}");
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn crossing_the_token_limit_stops_the_run_and_the_next_start() {
+    let (_, mock) = MockAi::start(vec![]).await;
+    mock.push("openai", MockReply::text("expensive words").usage(400, 200));
+    let openai = mock.base_url("openai");
+    let env = Env::with(Backend::Sqlite, move |c| {
+        c.plan_tokens = resonant::config::PlanTokens(vec![("free".into(), 500)]);
+        c.openai_api_key = Some("test-key".into());
+        c.openai_base_url = Some(openai);
+    })
+    .await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("gen", "ai", json!({"userPromptTemplate": "hi", "provider": "gpt-4-turbo"})),
+                block("more", "ai", json!({"userPromptTemplate": "again", "provider": "gpt-4-turbo"})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("in", "gen"), edge("gen", "more"), edge("more", "out")],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    let failed = events.last().unwrap();
+    assert_eq!(failed["type"], "execution.failed", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("token limit"),
+        "{failed}"
+    );
+    assert!(!kinds(&events).contains(&"block.started:more".to_string()));
+    let (s, body) = env.start(&wf, json!({})).await;
+    assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{body}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn cancel_mid_stream_stops_the_call() {
+    let (_, mock) = MockAi::start(vec![]).await;
+    mock.push(
+        "openai",
+        MockReply::text(&"word ".repeat(200)).token_delay(Duration::from_millis(50)),
+    );
+    let openai = mock.base_url("openai");
+    let env = Env::with(Backend::Sqlite, move |c| {
+        c.openai_api_key = Some("test-key".into());
+        c.openai_base_url = Some(openai);
+    })
+    .await;
+    let wf = env
+        .workflow(ai_flow(
+            json!({"userPromptTemplate": "long", "provider": "gpt-4-turbo"}),
+        ))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({})).await;
+    let exec = id.clone();
+    w.until("streaming", move |s| {
+        s.stateless
+            .iter()
+            .any(|m| m.contains(&exec) && m.contains("block.delta"))
+    })
+    .await;
+    let (s, _) = env
+        .call(
+            &env.owner,
+            Method::POST,
+            &format!("/api/v1/executions/{id}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let started = std::time::Instant::now();
+    let events = until_finished(&mut w, &id).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(events.last().unwrap()["type"], "execution.cancelled");
+    assert!(!kinds(&events).contains(&"block.completed:gen".to_string()));
+    env.cleanup().await;
+}
