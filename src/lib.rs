@@ -237,7 +237,6 @@ pub async fn start_with_store(
             mailer: Some(mailer.clone()),
             public_url: config.public_url.clone(),
         },
-        &tracker,
     );
     let resumed = engine.recover().await.context("resuming executions")?;
     if resumed > 0 {

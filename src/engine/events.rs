@@ -82,11 +82,12 @@ impl Drop for Subscription {
 }
 
 impl Events {
-    /// Starts the writer task on `db`.
-    pub fn start(db: Db, tracker: &tokio_util::task::TaskTracker) -> Events {
+    /// Starts the writer task on `db`. It lives as long as a handle does; shutdown waits for
+    /// it with [`Events::flush`], not by joining it.
+    pub fn start(db: Db) -> Events {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::default());
-        tracker.spawn(writer(db, rx, hub.clone()));
+        tokio::spawn(writer(db, rx, hub.clone()));
         Events { tx, hub }
     }
 

@@ -299,16 +299,86 @@ fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Pr
             if string("url") != Some(true) {
                 bad("url", "required: a string");
             }
-            if one_of("method", &["GET", "POST", "PUT", "PATCH", "DELETE"]) == Some(false) {
-                bad("method", "must be GET, POST, PUT, PATCH or DELETE");
+            let templated = c
+                .get("method")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.contains("{{"));
+            if !templated
+                && one_of("method", &["GET", "POST", "PUT", "PATCH", "DELETE"]) == Some(false)
+            {
+                bad(
+                    "method",
+                    "must be GET, POST, PUT, PATCH or DELETE (or a template)",
+                );
+            }
+            if c.get("headers").is_some_and(|h| {
+                !h.as_object()
+                    .is_some_and(|m| m.values().all(|v| v.is_string()))
+            }) {
+                bad("headers", "must be an object of strings");
             }
         }
         BlockKind::Human => {
             if one_of("onTimeout", &["approve", "reject"]) == Some(false) {
                 bad("onTimeout", "must be approve or reject");
             }
+            match number("timeoutSeconds") {
+                Some(Some(s)) if s > 0.0 && s.is_finite() => {}
+                None => {}
+                _ => bad("timeoutSeconds", "must be a positive number of seconds"),
+            }
+            for list in ["approvers", "notify"] {
+                if c.get(list).is_some_and(|v| {
+                    !v.as_array()
+                        .is_some_and(|a| a.iter().all(|x| x.is_string()))
+                }) {
+                    bad(list, "must be an array of strings");
+                }
+            }
         }
         BlockKind::Input | BlockKind::Output | BlockKind::Split => {}
+    }
+    if kind == BlockKind::Loop {
+        match c.get("concurrency").map(Value::as_u64) {
+            Some(Some(n)) if (1..=16).contains(&n) => {}
+            None => {}
+            _ => bad("concurrency", "must be an integer from 1 to 16"),
+        }
+    }
+    // Templates and expressions are compiled now, so a syntax error is reported before
+    // anything runs rather than halfway through.
+    let templates: &[&str] = match kind {
+        BlockKind::Ai => &["userPromptTemplate", "systemPrompt"],
+        BlockKind::Transform | BlockKind::Output => &["template"],
+        BlockKind::Webhook => &["url", "method", "body"],
+        BlockKind::Human => &["message"],
+        _ => &[],
+    };
+    for field in templates {
+        if let Some(Value::String(t)) = c.get(*field) {
+            if let Err(e) = super::template::check_template(t) {
+                bad(field, &e.to_string());
+            }
+        }
+    }
+    let expressions: &[&str] = match kind {
+        BlockKind::Condition => &["expression"],
+        BlockKind::Loop => &["items"],
+        _ => &[],
+    };
+    for field in expressions {
+        match c.get(*field) {
+            Some(Value::String(e)) => {
+                if let Err(err) = super::template::check_expression(e) {
+                    bad(field, &err.to_string());
+                }
+            }
+            Some(_) => bad(field, "must be a string (an expression)"),
+            None => {}
+        }
+    }
+    if let Err(e) = super::retry::RetryPolicy::from_config(config) {
+        bad("retry", &e);
     }
 }
 
@@ -533,6 +603,39 @@ mod tests {
             .iter()
             .any(|p| matches!(p, Problem::BadId { block, .. } if block == "in")));
         assert!(problems.iter().any(|p| matches!(p, Problem::DanglingConnection { connection, message } if connection == "e2" && message.contains("ghost"))));
+    }
+
+    #[test]
+    fn template_syntax_retry_policies_and_lists_are_checked_before_running() {
+        let content = json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("t", "transform", json!({ "template": "{% for x in %}" })),
+                block("c", "condition", json!({ "expression": "a >" })),
+                block("l", "loop", json!({ "items": 3, "concurrency": 99 })),
+                block("w", "webhook", json!({ "url": "https://x/{{ y", "retry": { "attempts": 0 }, "headers": { "a": 1 } })),
+                block("h", "human", json!({ "approvers": "me", "timeoutSeconds": -1 })),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("e1", "in", "out")],
+        });
+        let problems = Workflow::parse(&content).unwrap_err();
+        for (b, f) in [
+            ("t", "template"),
+            ("c", "expression"),
+            ("l", "items"),
+            ("l", "concurrency"),
+            ("w", "url"),
+            ("w", "retry"),
+            ("w", "headers"),
+            ("h", "approvers"),
+            ("h", "timeoutSeconds"),
+        ] {
+            assert!(
+                problems.iter().any(|p| matches!(p, Problem::BadConfig { block, field, .. } if block == b && field == f)),
+                "{b}.{f} in {problems:?}"
+            );
+        }
     }
 
     #[test]

@@ -142,14 +142,8 @@ pub(crate) struct Inner {
 
 impl Engine {
     /// Starts the engine (its event writer) over `db`.
-    pub fn new(
-        db: Db,
-        rooms: Rooms,
-        config: EngineConfig,
-        io: io::Io,
-        tracker: &tokio_util::task::TaskTracker,
-    ) -> Engine {
-        let events = Events::start(db.clone(), tracker);
+    pub fn new(db: Db, rooms: Rooms, config: EngineConfig, io: io::Io) -> Engine {
+        let events = Events::start(db.clone());
         Engine {
             inner: Arc::new(Inner {
                 db,
@@ -258,6 +252,7 @@ impl Engine {
             options,
             HashMap::new(),
             0,
+            now_ms(),
         )
         .await;
         Ok((id, true))
@@ -283,6 +278,7 @@ impl Engine {
         options: Options,
         prior: HashMap<String, BlockRow>,
         seq: i64,
+        started_at: i64,
     ) {
         let keys = self.inner.io.keys(&self.inner.db, &workspace).await;
         let concurrency = options
@@ -308,7 +304,7 @@ impl Engine {
             outputs: Mutex::new(HashMap::new()),
             totals: Mutex::new((0, 0.0)),
             slots: Arc::new(Semaphore::new(concurrency)),
-            started_at: now_ms(),
+            started_at,
             started: Instant::now(),
             abort: Mutex::new(None),
             keys,
@@ -512,6 +508,7 @@ impl Engine {
             options,
             prior,
             0,
+            now_ms(),
         )
         .await;
         Ok(id)
@@ -559,6 +556,7 @@ impl Engine {
                 options,
                 prior,
                 seq,
+                row.started_at,
             )
             .await;
         }

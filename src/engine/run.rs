@@ -181,8 +181,8 @@ impl Run {
         self.status("running", None);
         let result = run_scope(self.clone(), 0, String::new(), None).await;
         let (tokens, cost) = *self.totals.lock();
-        let duration = self.started.elapsed().as_millis() as i64
-            + (now_ms() - self.started_at - self.started.elapsed().as_millis() as i64).max(0);
+        // From the first start, across restarts.
+        let duration = (now_ms() - self.started_at).max(self.started.elapsed().as_millis() as i64);
         let abort = self.abort.lock().clone();
         let (status, error, output) = match (result, abort) {
             (_, Some(reason)) => ("failed", Some(reason), None),
@@ -200,6 +200,8 @@ impl Run {
             (Err(_), None) if self.control.cancel.is_cancelled() => ("cancelled", None, None),
             (Err(e), None) => ("failed", Some(e), None),
         };
+        metrics::counter!("resonant_executions_total", "status" => status).increment(1);
+        metrics::histogram!("resonant_execution_duration_seconds").record(duration as f64 / 1000.0);
         match status {
             "completed" => self.emit(
                 "execution.completed",
