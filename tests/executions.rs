@@ -162,6 +162,55 @@ async fn conditions_route_and_skips_propagate_through_every_join_mode() {
 }
 
 #[tokio::test]
+async fn a_switch_routes_to_the_first_matching_case_or_default() {
+    let env = Env::new(Backend::Sqlite).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("kind", "condition", json!({"cases": [
+                    {"handle": "small", "expression": "input.n < 10"},
+                    {"handle": "medium", "expression": "input.n < 100"},
+                ]})),
+                block("s", "output", json!({"template": "small"})),
+                block("m", "output", json!({"template": "medium"})),
+                block("l", "output", json!({"template": "large"})),
+            ],
+            "connections": [
+                edge("in", "kind"),
+                edge_h("kind", "small", "s"),
+                edge_h("kind", "medium", "m"),
+                edge_h("kind", "default", "l"),
+            ],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    for (n, expected) in [
+        (3, json!({"s": "small"})),
+        (50, json!({"m": "medium"})),
+        (500, json!({"l": "large"})),
+    ] {
+        let id = env.run(&wf, json!({"n": n})).await;
+        let events = until_finished(&mut w, &id).await;
+        assert_eq!(events.last().unwrap()["outputs"], expected, "n = {n}");
+    }
+    // A connection from a switch must use one of its handles.
+    let (s, body) = env
+        .start(
+            &env.workflow(json!({
+                "blocks": [block("in", "input", json!({})), block("k", "condition", json!({"cases": [{"handle": "a", "expression": "true"}]})), block("o", "output", json!({}))],
+                "connections": [edge("in", "k"), edge_h("k", "true", "o")],
+            }))
+            .await,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body.to_string().contains("a, default"), "{body}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn loops_split_and_delays_run_with_their_semantics() {
     for backend in backends() {
         let env = Env::new(backend).await;

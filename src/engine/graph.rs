@@ -152,7 +152,13 @@ impl Workflow {
         let blocks = parse_blocks(content.get("blocks"), &mut problems);
         let ids: HashMap<&str, BlockKind> =
             blocks.iter().map(|b| (b.id.as_str(), b.kind)).collect();
-        let connections = parse_connections(content.get("connections"), &ids, &mut problems);
+        let handles: HashMap<&str, Vec<String>> = blocks
+            .iter()
+            .filter(|b| b.kind == BlockKind::Condition)
+            .map(|b| (b.id.as_str(), condition_handles(&b.config)))
+            .collect();
+        let connections =
+            parse_connections(content.get("connections"), &ids, &handles, &mut problems);
         if problems.is_empty() {
             check_graph(&blocks, &connections, &mut problems);
         }
@@ -271,11 +277,35 @@ fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Pr
                 bad("outputFormat", "must be text, json or markdown");
             }
         }
-        BlockKind::Condition => {
-            if string("expression") != Some(true) {
-                bad("expression", "required: a string");
+        BlockKind::Condition => match c.get("cases") {
+            None => {
+                if string("expression") != Some(true) {
+                    bad("expression", "required: a string (or `cases` for a switch)");
+                }
             }
-        }
+            Some(Value::Array(cases)) if !cases.is_empty() => {
+                let mut seen = HashSet::new();
+                for case in cases {
+                    let handle = case.get("handle").and_then(Value::as_str);
+                    let expr = case.get("expression").and_then(Value::as_str);
+                    match (handle, expr) {
+                        (Some(h), Some(e)) if !h.is_empty() && h != "default" => {
+                            if !seen.insert(h) {
+                                bad("cases", &format!("handle `{h}` is used twice"));
+                            }
+                            if let Err(err) = super::template::check_expression(e) {
+                                bad("cases", &format!("case `{h}`: {err}"));
+                            }
+                        }
+                        _ => bad(
+                            "cases",
+                            "each case needs a `handle` (not `default`) and an `expression`",
+                        ),
+                    }
+                }
+            }
+            Some(_) => bad("cases", "must be a non-empty array of {handle, expression}"),
+        },
         BlockKind::Transform => {
             if string("template") != Some(true) {
                 bad("template", "required: a string");
@@ -362,7 +392,7 @@ fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Pr
         }
     }
     let expressions: &[&str] = match kind {
-        BlockKind::Condition => &["expression"],
+        BlockKind::Condition if c.get("cases").is_none() => &["expression"],
         BlockKind::Loop => &["items"],
         _ => &[],
     };
@@ -382,9 +412,22 @@ fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Pr
     }
 }
 
+/// The handles a condition leaves through: `true`/`false`, or its switch cases' and `default`.
+pub fn condition_handles(config: &Value) -> Vec<String> {
+    match config.get("cases").and_then(Value::as_array) {
+        Some(cases) => cases
+            .iter()
+            .filter_map(|c| c.get("handle").and_then(Value::as_str).map(str::to_owned))
+            .chain(std::iter::once("default".to_owned()))
+            .collect(),
+        None => vec!["true".into(), "false".into()],
+    }
+}
+
 fn parse_connections(
     value: Option<&Value>,
     blocks: &HashMap<&str, BlockKind>,
+    handles: &HashMap<&str, Vec<String>>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Connection> {
     let Some(items) = value.and_then(Value::as_array) else {
@@ -414,13 +457,15 @@ fn parse_connections(
             continue;
         }
         let source_handle = text("sourceHandle");
-        if source_kind == BlockKind::Condition
-            && !matches!(source_handle.as_deref(), Some("true" | "false"))
-        {
-            dangling(format!(
-                "leaves condition `{source}` without a `true` or `false` handle"
-            ));
-            continue;
+        if source_kind == BlockKind::Condition {
+            let allowed = &handles[source.as_str()];
+            if !source_handle.as_ref().is_some_and(|h| allowed.contains(h)) {
+                dangling(format!(
+                    "leaves condition `{source}` without one of its handles ({})",
+                    allowed.join(", ")
+                ));
+                continue;
+            }
         }
         out.push(Connection {
             id,

@@ -739,12 +739,36 @@ impl BlockCtx<'_> {
                 Ok(BlockDone::value(output))
             }
             BlockKind::Condition => {
-                let expr = self.config_str("expression").unwrap_or("false");
-                let taken = template::truthy(expr, &self.context())
-                    .map_err(|e| format!("expression: {e}"))?;
+                let ctx = self.context();
+                let route = match self.block.config.get("cases").and_then(|v| v.as_array()) {
+                    // A switch: the first case whose expression holds, else `default`.
+                    Some(cases) => {
+                        let mut route = "default".to_owned();
+                        for case in cases {
+                            let handle = case.get("handle").and_then(|v| v.as_str()).unwrap_or("");
+                            let expr = case
+                                .get("expression")
+                                .and_then(|v| v.as_str())
+                                .unwrap_or("false");
+                            if template::truthy(expr, &ctx)
+                                .map_err(|e| format!("case {handle}: {e}"))?
+                            {
+                                route = handle.to_owned();
+                                break;
+                            }
+                        }
+                        route
+                    }
+                    None => {
+                        let expr = self.config_str("expression").unwrap_or("false");
+                        let taken =
+                            template::truthy(expr, &ctx).map_err(|e| format!("expression: {e}"))?;
+                        if taken { "true" } else { "false" }.to_owned()
+                    }
+                };
                 Ok(BlockDone {
                     output: Some(self.upstream.clone()),
-                    route: Some(if taken { "true" } else { "false" }.into()),
+                    route: Some(route),
                     usage: None,
                 })
             }
