@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::api::{backends, call, fresh_schema, random_hex, sign_in, token_with, Backend, User};
@@ -951,40 +950,7 @@ async fn restoring_a_version_reaches_live_editors_and_keeps_the_state_before() {
 // ---------------------------------------------------------------------------------------
 // Invitations through a mock Resend.
 
-/// A request the mock received: its Authorization header and JSON body.
-type SentEmail = (Option<String>, Value);
-
-#[derive(Clone, Default)]
-struct MockResend {
-    requests: Arc<Mutex<Vec<SentEmail>>>,
-    fail: Arc<Mutex<Option<u16>>>,
-}
-
-async fn mock_resend() -> (SocketAddr, MockResend) {
-    use axum::extract::State;
-    use axum::http::HeaderMap;
-    let mock = MockResend::default();
-    let app = axum::Router::new()
-        .route(
-            "/emails",
-            axum::routing::post(|State(m): State<MockResend>, headers: HeaderMap, body: axum::Json<Value>| async move {
-                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
-                m.requests.lock().unwrap().push((auth, body.0));
-                match *m.fail.lock().unwrap() {
-                    Some(code) => (
-                        axum::http::StatusCode::from_u16(code).unwrap(),
-                        axum::Json(json!({ "statusCode": code, "message": "domain not verified", "name": "validation_error" })),
-                    ),
-                    None => (axum::http::StatusCode::OK, axum::Json(json!({ "id": "email_123" }))),
-                }
-            }),
-        )
-        .with_state(mock.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, mock)
-}
+use common::resend::mock_resend;
 
 #[tokio::test]
 async fn invitations_are_emailed_through_resend_and_accepted_by_link() {

@@ -308,8 +308,15 @@ fn approval_flow(on_timeout: &str, timeout: f64, branches: bool) -> Value {
 #[tokio::test]
 async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
     for backend in backends() {
-        let env = Env::new(backend).await;
-        let wf = env.workflow(approval_flow("reject", 3600.0, true)).await;
+        let (resend, mail) = common::resend::mock_resend().await;
+        let env = Env::with(backend, |c| {
+            c.resend_api_key = Some("re_test".into());
+            c.resend_api_url = format!("http://{resend}");
+        })
+        .await;
+        let mut flow = approval_flow("reject", 3600.0, true);
+        flow["blocks"][1]["config"]["notify"] = json!(["boss@example.com"]);
+        let wf = env.workflow(flow).await;
         let mut w = env.watcher(&wf).await;
         // Approve over REST.
         let id = env.run(&wf, json!({"what": "v2"})).await;
@@ -326,6 +333,18 @@ async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
             .unwrap();
         assert_eq!(waiting["reason"], "approval");
         assert_eq!(waiting["message"], "Ship v2?");
+        // The approver was asked by email, with a link to the decision.
+        let sent = mail.wait_for(1).await;
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].1["to"], json!(["boss@example.com"]));
+        assert!(
+            sent[0].1["text"].as_str().unwrap().contains("Ship v2?"),
+            "{sent:?}"
+        );
+        assert!(
+            sent[0].1["text"].as_str().unwrap().contains(&id),
+            "{sent:?}"
+        );
         let path = format!("/api/v1/executions/{id}/blocks/ok%3F/decision");
         let (s, body) = env
             .call(

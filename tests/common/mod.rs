@@ -5,6 +5,7 @@
 pub mod api;
 pub mod exec;
 pub mod mock_ai;
+pub mod resend;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
