@@ -86,6 +86,15 @@ async fn a_run_streams_ordered_events_to_every_editor_and_none_to_stock_clients(
             )
             .await;
         assert_eq!(events["events"].as_array().unwrap().as_slice(), &ea[2..]);
+        let (_, full) = env
+            .call(
+                &env.owner,
+                Method::GET,
+                &format!("/api/v1/executions/{id}?events=true"),
+                None,
+            )
+            .await;
+        assert_eq!(full["events"].as_array().unwrap().as_slice(), ea.as_slice());
         let (_, w) = env
             .call(
                 &env.owner,

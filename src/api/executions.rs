@@ -74,6 +74,10 @@ pub struct Execution {
     /// Per-block results (in `GET /executions/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_results: Option<Vec<BlockResult>>,
+    /// Its first 1000 events, with `?events=true` (more: `GET /executions/{id}/events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub events: Option<Vec<Value>>,
 }
 
 /// One block's result in an execution.
@@ -115,6 +119,7 @@ impl Execution {
             error: r.error,
             rerun_of: r.rerun_of,
             block_results: blocks.map(|bs| bs.into_iter().map(BlockResult::from).collect()),
+            events: None,
         }
     }
 }
@@ -235,17 +240,34 @@ async fn list_executions(
     Ok(axum::Json(Page::new(items, limit, |e| e.id.clone())))
 }
 
+/// `GET /executions/{id}` options.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetExecution {
+    /// Include the first 1000 events.
+    pub events: Option<bool>,
+}
+
 #[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions",
-    params(("id" = String, Path, description = "Execution id")),
+    params(("id" = String, Path, description = "Execution id"), GetExecution),
     responses((status = 200, body = Execution)))]
 async fn get_execution(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    Query(q): Query<GetExecution>,
 ) -> Result<axum::Json<Execution>, ApiError> {
     let (row, _) = visible_execution(&app, &caller, &id).await?;
     let blocks = store::blocks(&app.db, &row.id).await?;
-    Ok(axum::Json(Execution::from_row(row, Some(blocks))))
+    let events = if q.events == Some(true) {
+        let rows = store::events(&app.db, &row.workflow_id, &row.id, 0, 1000).await?;
+        Some(rows.into_iter().map(|(_, e)| json_of(&e)).collect())
+    } else {
+        None
+    };
+    let mut e = Execution::from_row(row, Some(blocks));
+    e.events = events;
+    Ok(axum::Json(e))
 }
 
 /// `GET /executions/{id}/events` range.
