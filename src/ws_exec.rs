@@ -214,10 +214,15 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             execution_id,
             request_id,
         } => {
-            if !may_execute {
-                return forbid(session, &request_id);
-            }
-            let Some(_) = execution_in(app, session, workflow, &execution_id, &request_id).await
+            let Some(_) = controlled(
+                app,
+                session,
+                may_execute,
+                workflow,
+                &execution_id,
+                &request_id,
+            )
+            .await
             else {
                 return true;
             };
@@ -238,10 +243,15 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             comment,
             request_id,
         } => {
-            if !may_execute {
-                return forbid(session, &request_id);
-            }
-            let Some(row) = execution_in(app, session, workflow, &execution_id, &request_id).await
+            let Some(row) = controlled(
+                app,
+                session,
+                may_execute,
+                workflow,
+                &execution_id,
+                &request_id,
+            )
+            .await
             else {
                 return true;
             };
@@ -275,10 +285,15 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             from_block,
             request_id,
         } => {
-            if !may_execute {
-                return forbid(session, &request_id);
-            }
-            let Some(row) = execution_in(app, session, workflow, &execution_id, &request_id).await
+            let Some(row) = controlled(
+                app,
+                session,
+                may_execute,
+                workflow,
+                &execution_id,
+                &request_id,
+            )
+            .await
             else {
                 return true;
             };
@@ -309,14 +324,20 @@ fn forbid(session: &Session, request_id: &Option<Value>) -> bool {
     true
 }
 
-/// The execution, if it belongs to this socket's workflow (else an error reply).
-async fn execution_in(
+/// The execution, if this connection may control executions and it belongs to this socket's
+/// workflow (else an error reply).
+async fn controlled(
     app: &AppState,
     session: &Session,
+    may_execute: bool,
     workflow: &str,
     id: &str,
     request_id: &Option<Value>,
 ) -> Option<store::ExecutionRow> {
+    if !may_execute {
+        forbid(session, request_id);
+        return None;
+    }
     let row = if db::valid_id(id) {
         store::execution(&app.db, id).await.ok().flatten()
     } else {

@@ -731,7 +731,7 @@ async fn read_response(resp: reqwest::Response, host: &str) -> Result<WebhookRes
 }
 
 /// `s` cut to at most `max` bytes, on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

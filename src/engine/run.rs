@@ -781,10 +781,14 @@ impl BlockCtx<'_> {
         }
     }
 
-    fn wait_row(&self, wake_at: i64) -> BlockRow {
+    /// Stores the waiting state with its deadline, then tells the editors.
+    fn start_waiting(&self, wake_at: i64, mut fields: Value) {
         let mut row = self.run.block_row(self.key, "waiting", self.attempt);
         row.wake_at = Some(wake_at);
-        row
+        self.run.engine.events.write(Write::Block(row));
+        fields["blockId"] = self.block.id.clone().into();
+        fields["until"] = wake_at.into();
+        self.run.emit("block.waiting", scoped(fields, self.prefix));
     }
 
     async fn delay(&self) -> Result<BlockDone, String> {
@@ -798,17 +802,7 @@ impl BlockCtx<'_> {
                     .and_then(|v| v.as_f64())
                     .unwrap_or(0.0);
                 let wake_at = now_ms() + (secs * 1000.0) as i64;
-                self.run
-                    .engine
-                    .events
-                    .write(Write::Block(self.wait_row(wake_at)));
-                self.run.emit(
-                    "block.waiting",
-                    scoped(
-                        json!({"blockId": self.block.id, "reason": "timer", "until": wake_at}),
-                        self.prefix,
-                    ),
-                );
+                self.start_waiting(wake_at, json!({"reason": "timer"}));
                 wake_at
             }
         };
@@ -839,18 +833,8 @@ impl BlockCtx<'_> {
             ),
             None => {
                 let wake_at = now_ms() + (timeout_secs * 1000.0) as i64;
-                self.run
-                    .engine
-                    .events
-                    .write(Write::Block(self.wait_row(wake_at)));
-                self.run.emit(
-                    "block.waiting",
-                    scoped(
-                        json!({"blockId": self.block.id, "reason": "approval", "until": wake_at,
-                               "message": self.render("message").ok().flatten()}),
-                        self.prefix,
-                    ),
-                );
+                let message = self.render("message").ok().flatten();
+                self.start_waiting(wake_at, json!({"reason": "approval", "message": message}));
                 super::io::ask_for_approval(self, wake_at).await;
                 (wake_at, None)
             }

@@ -1,6 +1,7 @@
 //! The provider adapters: one streamed HTTP call in each provider's wire format (requests,
 //! SSE events, usage, errors), with the first-token and whole-call timeouts and cancellation.
 
+use crate::engine::http::truncate;
 use std::time::{Duration, SystemTime};
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
@@ -211,17 +212,6 @@ fn error_message(body: &str) -> Option<String> {
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| e.as_str().map(str::to_string))
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Makes one streamed call, calling `on_delta` for each piece of text. `progress` holds what
