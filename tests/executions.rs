@@ -882,3 +882,67 @@ async fn a_hundred_block_workflow_runs_every_block_once() {
     let done = events.last().unwrap();
     assert_eq!(done["outputs"]["out"]["c3s9"], "{}.0.1.2.3.4.5.6.7.8.9");
 }
+
+#[tokio::test]
+async fn independent_branches_run_concurrently_within_the_execution_limit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (i2, m2) = (inflight.clone(), most.clone());
+    // Each request is held open a while, so overlapping blocks are in flight together.
+    let app = axum::Router::new().fallback(move || {
+        let (i, m) = (i2.clone(), m2.clone());
+        async move {
+            let now = i.fetch_add(1, Ordering::SeqCst) + 1;
+            m.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            i.fetch_sub(1, Ordering::SeqCst);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let env = Env::with(Backend::Sqlite, |c| {
+        c.webhook_allow = vec!["127.0.0.1".into()]
+    })
+    .await;
+    let mut blocks = vec![
+        block("in", "input", json!({})),
+        block("join", "merge", json!({})),
+        block("out", "output", json!({})),
+    ];
+    let mut connections = vec![edge("join", "out")];
+    for i in 0..6 {
+        let id = format!("hook{i}");
+        blocks.push(block(
+            &id,
+            "webhook",
+            json!({"url": format!("http://{mock}/{i}"), "method": "GET"}),
+        ));
+        connections.push(edge("in", &id));
+        connections.push(edge(&id, "join"));
+    }
+    let wf = env
+        .workflow(json!({"blocks": blocks, "connections": connections}))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    for limit in [2, 6] {
+        most.store(0, Ordering::SeqCst);
+        let (s, e) = env.start(&wf, json!({"maxConcurrency": limit})).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        let events = until_finished(&mut w, e["id"].as_str().unwrap()).await;
+        assert_eq!(events.last().unwrap()["type"], "execution.completed");
+        let most = most.load(Ordering::SeqCst);
+        if limit == 2 {
+            assert_eq!(most, 2, "two branches at once, never more");
+        } else {
+            assert!(
+                most > 2,
+                "with room for six, more than two ran at once ({most})"
+            );
+        }
+    }
+    env.cleanup().await;
+}
