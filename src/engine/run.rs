@@ -533,7 +533,6 @@ async fn run_block(
     if let Some(w) = waiting {
         row.started_at = w.started_at;
     }
-    let slow = matches!(block.kind, BlockKind::Ai | BlockKind::Webhook);
     if waiting.is_none() {
         run.engine.events.write(Write::Block(row.clone()));
         run.emit(
@@ -608,8 +607,10 @@ async fn run_block(
                 json!({"blockId": block.id, "attempt": attempt, "durationMs": duration_ms});
             if text.len() > INLINE_OUTPUT_BYTES {
                 fields["output"] = Value::Null;
+                let segment =
+                    percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC);
                 fields["outputRef"] =
-                    format!("/api/v1/executions/{}/blocks/{}", run.id, key).into();
+                    format!("/api/v1/executions/{}/blocks/{segment}", run.id).into();
                 fields["outputBytes"] = text.len().into();
             } else {
                 fields["output"] = output.clone();
@@ -617,6 +618,13 @@ async fn run_block(
             if let Some(r) = &route {
                 fields["route"] = r.clone().into();
             }
+            // A paid call's (or a webhook's) result is stored before anything depends on
+            // it, so a crash never pays for it, or sends it, twice. The free demo provider
+            // is not worth a commit per block.
+            let durable = block.kind == BlockKind::Webhook
+                || usage
+                    .as_ref()
+                    .is_some_and(|u| u.provider != super::ai::DEMO_ID);
             if let Some(u) = usage {
                 row.provider = Some(u.provider.clone());
                 row.model = Some(u.model.clone());
@@ -630,9 +638,7 @@ async fn run_block(
             }
             run.engine.events.write(Write::Block(row));
             run.emit("block.completed", scoped(fields, prefix));
-            if slow {
-                // A paid call's result is stored before anything depends on it, so a crash
-                // never pays for it twice.
+            if durable {
                 run.engine.events.flush().await;
             }
             Outcome::Done { output, route }
