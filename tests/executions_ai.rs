@@ -185,7 +185,7 @@ async fn crossing_the_token_limit_stops_the_run_and_the_next_start() {
         failed["error"].as_str().unwrap().contains("token limit"),
         "{failed}"
     );
-    assert!(!kinds(&events).contains(&"block.started:more".to_string()));
+    assert!(!kinds(&events).contains(&"block.started:more".to_string()), "{:?}", kinds(&events));
     let (s, body) = env.start(&wf, json!({})).await;
     assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{body}");
     env.cleanup().await;

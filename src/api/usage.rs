@@ -44,37 +44,51 @@ pub struct NewUsage<'a> {
     pub created_at: i64,
 }
 
-/// Records one provider call and adds its tokens to the user's `tokens_used`, in one
-/// transaction (the keyless `demo` provider is recorded but free: its tokens do not count
-/// against the plan). Returns the new row's id.
-pub async fn record_usage(db: &Db, usage: &NewUsage<'_>) -> Result<String, DbError> {
-    let id = new_id();
-    let total = usage.input_tokens.saturating_add(usage.output_tokens);
-    with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+/// Inserts one usage record (`$id`, `$u`: a [`NewUsage`]) and adds its tokens to the user's
+/// `tokens_used` on `$tx`, a transaction of either backend: shared by [`record_usage`] and the
+/// executions' batched writer. The keyless `demo` provider is recorded but free: its tokens
+/// do not count against the plan.
+#[macro_export]
+macro_rules! write_usage {
+    ($tx:ident, $id:expr, $u:expr) => {{
+        let u: &$crate::api::usage::NewUsage<'_> = $u;
+        let total = u.input_tokens.saturating_add(u.output_tokens);
         sqlx::query(
             "INSERT INTO usage_records (id, workspace_id, user_id, execution_id, provider, model, \
              input_tokens, output_tokens, total_tokens, cost_usd, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
-            .bind(&id)
-            .bind(usage.workspace_id)
-            .bind(usage.user_id)
-            .bind(usage.execution_id)
-            .bind(usage.provider)
-            .bind(usage.model)
-            .bind(usage.input_tokens)
-            .bind(usage.output_tokens)
-            .bind(total)
-            .bind(usage.cost_usd)
-            .bind(usage.created_at)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE users SET tokens_used = tokens_used + $2, updated_at = $3 WHERE id = $1")
-            .bind(usage.user_id)
-            .bind(if usage.provider == "demo" { 0 } else { total })
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind($id)
+        .bind(u.workspace_id)
+        .bind(u.user_id)
+        .bind(u.execution_id)
+        .bind(u.provider)
+        .bind(u.model)
+        .bind(u.input_tokens)
+        .bind(u.output_tokens)
+        .bind(total)
+        .bind(u.cost_usd)
+        .bind(u.created_at)
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query(
+            "UPDATE users SET tokens_used = tokens_used + $2, updated_at = $3 WHERE id = $1",
+        )
+        .bind(u.user_id)
+        .bind(if u.provider == "demo" { 0 } else { total })
+        .bind($crate::db::now_ms())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
+/// Records one provider call and adds its tokens to the user's `tokens_used`, in one
+/// transaction. Returns the new row's id.
+pub async fn record_usage(db: &Db, usage: &NewUsage<'_>) -> Result<String, DbError> {
+    let id = new_id();
+    with_pool!(db, p => {
+        let mut tx = p.begin().await?;
+        crate::write_usage!(tx, &id, usage);
         tx.commit().await?;
     });
     Ok(id)

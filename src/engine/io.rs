@@ -12,6 +12,7 @@ use super::ai::{
     AiEvents, AiRequest, CallRecord, OutputFormat, Priority, ProviderKey, Router, RouterConfig,
 };
 use super::run::Usage;
+use super::store::{UsageRow, Write};
 use crate::crypto::KeyCipher;
 use crate::with_pool;
 
@@ -224,12 +225,14 @@ pub(super) async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
         .await;
     stream.flush();
     let calls = std::mem::take(&mut stream.calls);
-    let (tokens, cost) = record_calls(ctx, &calls).await;
+    let (tokens, cost) = record_calls(ctx, &calls);
     ctx.run.add_usage(tokens, cost);
     if calls
         .iter()
         .any(|c| c.provider != super::ai::DEMO_ID && billed(c).0 > 0)
     {
+        // The count the limit is checked against includes these calls.
+        ctx.run.engine.events.flush().await;
         match super::store::user_tokens(&ctx.run.engine.db, &ctx.run.user).await {
             Ok((used, limit)) if used >= limit => ctx.run.abort(format!(
                 "token limit reached: {used} of {limit} tokens used this period"
@@ -266,8 +269,9 @@ fn billed(c: &CallRecord) -> (i64, f64) {
     }
 }
 
-/// One usage record per call; returns the totals charged.
-async fn record_calls(ctx: &BlockCtx<'_>, calls: &[CallRecord]) -> (i64, f64) {
+/// One usage record per call, written with the execution's other state; returns the totals
+/// charged.
+fn record_calls(ctx: &BlockCtx<'_>, calls: &[CallRecord]) -> (i64, f64) {
     let mut total = (0i64, 0.0f64);
     for c in calls {
         let (tokens, cost) = billed(c);
@@ -278,20 +282,18 @@ async fn record_calls(ctx: &BlockCtx<'_>, calls: &[CallRecord]) -> (i64, f64) {
         } else {
             (c.input_tokens as i64, c.output_tokens as i64)
         };
-        let usage = crate::api::usage::NewUsage {
-            workspace_id: &ctx.run.workspace,
-            user_id: &ctx.run.user,
-            execution_id: Some(&ctx.run.id),
-            provider: &c.provider,
-            model: &c.model,
+        ctx.run.engine.events.write(Write::Usage(UsageRow {
+            id: crate::db::new_id(),
+            workspace_id: ctx.run.workspace.clone(),
+            user_id: ctx.run.user.clone(),
+            execution_id: ctx.run.id.clone(),
+            provider: c.provider.clone(),
+            model: c.model.clone(),
             input_tokens: input,
             output_tokens: output,
             cost_usd: cost,
             created_at: crate::db::now_ms(),
-        };
-        if let Err(e) = crate::api::usage::record_usage(&ctx.run.engine.db, &usage).await {
-            tracing::error!(error = %e, "recording usage failed");
-        }
+        }));
     }
     total
 }

@@ -296,6 +296,7 @@ impl Engine {
             workspace,
             user,
             plan: plan::Plan::new(parsed),
+            input_value: minijinja::Value::from_serialize(&input),
             input,
             options,
             control: control.clone(),

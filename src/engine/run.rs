@@ -55,6 +55,8 @@ pub struct Run {
     pub(super) user: String,
     pub(super) plan: Plan,
     pub(super) input: Value,
+    /// `input` for templates, converted once.
+    pub(super) input_value: minijinja::Value,
     pub(super) options: Options,
     pub(super) control: Arc<Control>,
     /// Block states from before (a restart or the execution re-run), by block key.
@@ -68,6 +70,29 @@ pub struct Run {
     /// Set when the run must stop for a reason other than a block's failure (token limit).
     pub(super) abort: Mutex<Option<String>>,
     pub(super) keys: super::io::Keys,
+}
+
+/// `blocks.<id>.output` for templates, read on demand.
+struct BlocksView {
+    run: Arc<Run>,
+    prefix: String,
+}
+
+impl std::fmt::Debug for BlocksView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("blocks")
+    }
+}
+
+impl minijinja::value::Object for BlocksView {
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        let id = key.as_str()?;
+        let outputs = self.run.outputs.lock();
+        let v = outputs
+            .get(&format!("{}{id}", self.prefix))
+            .or_else(|| outputs.get(id))?;
+        Some(minijinja::context! { output => minijinja::Value::from_serialize(v) })
+    }
 }
 
 /// How a block ended.
@@ -232,20 +257,35 @@ impl Run {
 
     /// The template context of a block: the execution input, every finished block's output
     /// (this iteration's first, inside a loop), the block's upstream value and the loop item.
-    fn context(&self, prefix: &str, upstream: &Value, lp: Option<&LoopCtx>) -> Value {
-        let outputs = self.outputs.lock();
-        let mut blocks = Map::new();
-        for b in &self.plan.workflow.blocks {
-            let scoped = format!("{prefix}{}", b.id);
-            if let Some(v) = outputs.get(&scoped).or_else(|| outputs.get(&b.id)) {
-                blocks.insert(b.id.clone(), json!({ "output": v }));
-            }
+    /// Block outputs are looked up only when a template reads them, so a block's cost does
+    /// not grow with the size of the workflow.
+    fn context(
+        self: &Arc<Self>,
+        prefix: &str,
+        upstream: &Value,
+        lp: Option<&LoopCtx>,
+    ) -> minijinja::Value {
+        let blocks = minijinja::Value::from_object(BlocksView {
+            run: self.clone(),
+            prefix: prefix.to_owned(),
+        });
+        let upstream = minijinja::Value::from_serialize(upstream);
+        match lp {
+            Some(lp) => minijinja::context! {
+                input => self.input_value.clone(),
+                blocks => blocks,
+                upstream => upstream,
+                loop => minijinja::context! {
+                    item => minijinja::Value::from_serialize(&lp.item),
+                    index => lp.index,
+                },
+            },
+            None => minijinja::context! {
+                input => self.input_value.clone(),
+                blocks => blocks,
+                upstream => upstream,
+            },
         }
-        let mut ctx = json!({ "input": self.input, "blocks": blocks, "upstream": upstream });
-        if let Some(lp) = lp {
-            ctx["loop"] = json!({ "item": lp.item, "index": lp.index });
-        }
-        ctx
     }
 
     pub(super) fn add_usage(&self, tokens: i64, cost: f64) {
@@ -712,7 +752,7 @@ impl BlockCtx<'_> {
         self.block.config.get(field).and_then(|v| v.as_str())
     }
 
-    pub(super) fn context(&self) -> Value {
+    pub(super) fn context(&self) -> minijinja::Value {
         self.run.context(self.prefix, &self.upstream, self.lp)
     }
 

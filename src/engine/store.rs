@@ -114,6 +114,33 @@ pub enum Write {
     Block(BlockRow),
     /// The execution's new status and totals.
     Status(StatusUpdate),
+    /// One provider call's usage record (and the user's token count).
+    Usage(UsageRow),
+}
+
+/// A usage record to write (owned [`crate::api::usage::NewUsage`]).
+#[derive(Clone, Debug)]
+pub struct UsageRow {
+    /// Its id.
+    pub id: String,
+    /// The workspace that pays.
+    pub workspace_id: String,
+    /// The user who ran it.
+    pub user_id: String,
+    /// The execution.
+    pub execution_id: String,
+    /// Provider id.
+    pub provider: String,
+    /// Model.
+    pub model: String,
+    /// Prompt tokens.
+    pub input_tokens: i64,
+    /// Completion tokens.
+    pub output_tokens: i64,
+    /// US dollars.
+    pub cost_usd: f64,
+    /// Unix ms.
+    pub created_at: i64,
 }
 
 /// The mutable part of an `executions` row.
@@ -164,6 +191,20 @@ pub async fn apply(db: &Db, writes: &[Write]) -> Result<()> {
                         .bind(b.tokens_used).bind(b.cost_usd).bind(b.wake_at).bind(&b.decision)
                         .bind(b.started_at).bind(b.completed_at)
                         .execute(&mut *tx).await?;
+                }
+                Write::Usage(r) => {
+                    let u = crate::api::usage::NewUsage {
+                        workspace_id: &r.workspace_id,
+                        user_id: &r.user_id,
+                        execution_id: Some(&r.execution_id),
+                        provider: &r.provider,
+                        model: &r.model,
+                        input_tokens: r.input_tokens,
+                        output_tokens: r.output_tokens,
+                        cost_usd: r.cost_usd,
+                        created_at: r.created_at,
+                    };
+                    crate::write_usage!(tx, &r.id, &u);
                 }
                 Write::Status(s) => {
                     sqlx::query("UPDATE executions SET status = $2, current_block_id = COALESCE($3, current_block_id), \

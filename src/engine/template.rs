@@ -59,8 +59,13 @@ fn describe(e: minijinja::Error) -> TemplateError {
     TemplateError(msg)
 }
 
-/// Renders `source` against `ctx` (a JSON object).
-pub fn render(source: &str, ctx: &Value) -> Result<String, TemplateError> {
+/// A template context from JSON (tests, and callers without lazy values).
+pub fn context_of(json: &Value) -> minijinja::Value {
+    minijinja::Value::from_serialize(json)
+}
+
+/// Renders `source` against `ctx` (a map; see [`context_of`]).
+pub fn render(source: &str, ctx: &minijinja::Value) -> Result<String, TemplateError> {
     check_source(source)?;
     let out = env().render_str(source, ctx).map_err(describe)?;
     if out.len() > MAX_OUTPUT_BYTES {
@@ -73,7 +78,7 @@ pub fn render(source: &str, ctx: &Value) -> Result<String, TemplateError> {
 }
 
 /// Evaluates an expression (`input.score > 3 and upstream.ok`) against `ctx` to a JSON value.
-pub fn eval(expr: &str, ctx: &Value) -> Result<Value, TemplateError> {
+pub fn eval(expr: &str, ctx: &minijinja::Value) -> Result<Value, TemplateError> {
     check_source(expr)?;
     let compiled = env().compile_expression(expr).map_err(describe)?;
     let v = compiled.eval(ctx).map_err(describe)?;
@@ -84,7 +89,7 @@ pub fn eval(expr: &str, ctx: &Value) -> Result<Value, TemplateError> {
 }
 
 /// Evaluates an expression to a truth value, with Jinja's truthiness.
-pub fn truthy(expr: &str, ctx: &Value) -> Result<bool, TemplateError> {
+pub fn truthy(expr: &str, ctx: &minijinja::Value) -> Result<bool, TemplateError> {
     check_source(expr)?;
     let compiled = env().compile_expression(expr).map_err(describe)?;
     Ok(compiled.eval(ctx).map_err(describe)?.is_true())
@@ -112,7 +117,9 @@ mod tests {
 
     #[test]
     fn renders_and_evaluates_over_the_context() {
-        let ctx = json!({"input": {"name": "Ada", "n": 4}, "blocks": {"a": {"output": [1, 2]}}, "loop": {"item": "x"}});
+        let ctx = context_of(
+            &json!({"input": {"name": "Ada", "n": 4}, "blocks": {"a": {"output": [1, 2]}}, "loop": {"item": "x"}}),
+        );
         assert_eq!(
             render(
                 "Hi {{ input.name }} {{ blocks.a.output | length }} {{ loop.item }}",
@@ -132,7 +139,7 @@ mod tests {
 
     #[test]
     fn endless_or_huge_templates_stop_with_an_error() {
-        let ctx = json!({});
+        let ctx = context_of(&json!({}));
         let e = render(
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
             &ctx,
@@ -153,7 +160,7 @@ mod tests {
 
     #[test]
     fn templates_cannot_reach_the_host() {
-        let ctx = json!({});
+        let ctx = context_of(&json!({}));
         assert!(render("{% include 'x' %}", &ctx).is_err());
         assert!(render("{% import '/etc/passwd' as p %}", &ctx).is_err());
     }
