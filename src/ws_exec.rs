@@ -71,6 +71,9 @@ fn yes() -> bool {
     true
 }
 
+/// Most executions one replay request may name (each costs a read of the log).
+const MAX_RESUME: usize = 100;
+
 fn reply(session: &Session, msg: Value) {
     session
         .peer()
@@ -115,9 +118,10 @@ pub(crate) fn before_handle(app: &AppState, session: &Session, who: &Who<'_>, fr
         return;
     }
     if let Ok(protocol::Incoming::Stateless(text)) = protocol::decode(frame) {
+        // Only a request that will be answered pauses: a malformed one is refused, and must
+        // not leave the connection without events.
         if text.contains("executions.resume")
-            && serde_json::from_str::<Value>(text)
-                .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("executions.resume"))
+            && matches!(serde_json::from_str::<Request>(text), Ok(Request::Resume { after, .. }) if after.len() <= MAX_RESUME)
         {
             app.engine.events().pause(workflow, session.peer().id());
         }
@@ -165,6 +169,16 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
     let may_execute = who.role.allows(Action::Execute);
     match request {
         Request::Resume { after, running } => {
+            if after.len() > MAX_RESUME {
+                refuse(
+                    session,
+                    &None,
+                    "bad-request",
+                    &format!("executions.resume: at most {MAX_RESUME} executions"),
+                    json!({}),
+                );
+                return true;
+            }
             app.engine
                 .events()
                 .replay(workflow, session.peer().clone(), after, running);

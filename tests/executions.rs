@@ -946,3 +946,211 @@ async fn independent_branches_run_concurrently_within_the_execution_limit() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn deleting_a_running_workflow_stops_its_run_and_nothing_else() {
+    for backend in backends() {
+        let env = Env::new(backend).await;
+        let sleepy = env
+            .workflow(json!({
+                "blocks": [block("in", "input", json!({})), block("nap", "delay", json!({"seconds": 600})), block("out", "output", json!({}))],
+                "connections": [edge("in", "nap"), edge("nap", "out")],
+            }))
+            .await;
+        let quick = env
+            .workflow(json!({
+                "blocks": [block("in", "input", json!({})), block("t", "transform", json!({"template": "ok"})), block("out", "output", json!({}))],
+                "connections": [edge("in", "t"), edge("t", "out")],
+            }))
+            .await;
+        let mut w = env.watcher(&sleepy).await;
+        let id = env.run(&sleepy, json!({})).await;
+        let exec = id.clone();
+        w.until("waiting", move |s| {
+            s.stateless
+                .iter()
+                .any(|m| m.contains(&exec) && m.contains("block.waiting"))
+        })
+        .await;
+        let (s, _) = env
+            .call(
+                &env.owner,
+                Method::DELETE,
+                &format!("/api/v1/workflows/{sleepy}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        // Its rows are gone with it; the other workflow's runs are not held up by that.
+        let mut q = env.watcher(&quick).await;
+        for _ in 0..3 {
+            let id = env.run(&quick, json!({})).await;
+            let events = until_finished(&mut q, &id).await;
+            assert_eq!(events.last().unwrap()["type"], "execution.completed");
+        }
+        let (s, _) = env
+            .call(
+                &env.owner,
+                Method::GET,
+                &format!("/api/v1/executions/{id}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        env.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_replay_request_is_refused_without_muting_the_socket() {
+    let env = Env::new(Backend::Sqlite).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [block("in", "input", json!({})), block("out", "output", json!({}))],
+            "connections": [edge("in", "out")],
+        }))
+        .await;
+    let mut c = env.editor(&wf, &env.owner).await;
+    c.send(resonant_client::protocol::encode_stateless(
+        &json!({"type": "executions.resume", "after": null}).to_string(),
+    ))
+    .await;
+    c.until("refused", |s| {
+        s.stateless.iter().any(|m| m.contains("bad-request"))
+    })
+    .await;
+    let too_many: serde_json::Map<String, Value> =
+        (0..101).map(|i| (format!("e{i}"), json!(0))).collect();
+    c.send(resonant_client::protocol::encode_stateless(
+        &json!({"type": "executions.resume", "after": too_many}).to_string(),
+    ))
+    .await;
+    c.until("refused again", |s| {
+        s.stateless
+            .iter()
+            .filter(|m| m.contains("bad-request"))
+            .count()
+            == 2
+    })
+    .await;
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut c, &id).await;
+    assert_gapless(&events);
+}
+
+#[tokio::test]
+async fn loop_bodies_are_entered_only_through_their_loop_and_drafts_do_not_run() {
+    let env = Env::new(Backend::Sqlite).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("ctx", "transform", json!({"template": "c"})),
+                block("each", "loop", json!({"items": "input.xs"})),
+                block("up", "transform", json!({"template": "{{ loop.item }}"})),
+                block("inner_out", "output", json!({})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [
+                edge("in", "ctx"), edge("in", "each"),
+                edge_h("each", "body", "up"),
+                edge("ctx", "up"),
+                edge("up", "inner_out"),
+                json!({"id": "back", "source": "up", "target": "each", "targetHandle": "next"}),
+                edge_h("each", "done", "out"),
+            ],
+        }))
+        .await;
+    let (s, body) = env.start(&wf, json!({})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("crosses-loop") && text.contains("ctx-up"),
+        "{text}"
+    );
+    assert!(
+        text.contains("output-in-loop") && text.contains("inner_out"),
+        "{text}"
+    );
+
+    // A block left unconnected on the canvas is not part of the run.
+    let (mock, hits) = scripted_http(vec![]).await;
+    let env2 = Env::with(Backend::Sqlite, |c| {
+        c.webhook_allow = vec!["127.0.0.1".into()]
+    })
+    .await;
+    let wf = env2
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("draft", "webhook", json!({"url": format!("http://{mock}/"), "method": "POST"})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("in", "out")],
+        }))
+        .await;
+    let mut w = env2.watcher(&wf).await;
+    let id = env2.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    assert_eq!(events.last().unwrap()["type"], "execution.completed");
+    assert!(
+        !kinds(&events).iter().any(|k| k.ends_with(":draft")),
+        "{:?}",
+        kinds(&events)
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_rerun_from_inside_a_loop_reuses_the_iterations_that_finished() {
+    use std::sync::atomic::Ordering;
+    let (mock, hits) = scripted_http(vec![200, 500, 200, 200]).await;
+    let env = Env::with(Backend::Sqlite, |c| {
+        c.webhook_allow = vec!["127.0.0.1".into()]
+    })
+    .await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("each", "loop", json!({"items": "input.xs"})),
+                block("call", "webhook", json!({"url": format!("http://{mock}/{{{{ loop.item }}}}"), "method": "GET", "retry": {"attempts": 1}})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [
+                edge("in", "each"),
+                edge_h("each", "body", "call"),
+                json!({"id": "back", "source": "call", "target": "each", "targetHandle": "next"}),
+                edge_h("each", "done", "out"),
+            ],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({"xs": ["a", "b", "c"]})).await;
+    let events = until_finished(&mut w, &id).await;
+    assert_eq!(events.last().unwrap()["type"], "execution.failed");
+    let before = hits.load(Ordering::SeqCst);
+    assert_eq!(
+        before, 2,
+        "one at a time: the failure stops the loop before the third"
+    );
+    let (s, re) = env
+        .call(
+            &env.owner,
+            Method::POST,
+            &format!("/api/v1/executions/{id}/rerun"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{re}");
+    let re = re["id"].as_str().unwrap().to_string();
+    let events = until_finished(&mut w, &re).await;
+    let done = events.last().unwrap();
+    assert_eq!(done["type"], "execution.completed", "{done}");
+    assert_eq!(done["outputs"]["out"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        before + 2,
+        "the first iteration is reused; the failed one and the one never run are called"
+    );
+}

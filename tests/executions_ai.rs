@@ -185,7 +185,11 @@ async fn crossing_the_token_limit_stops_the_run_and_the_next_start() {
         failed["error"].as_str().unwrap().contains("token limit"),
         "{failed}"
     );
-    assert!(!kinds(&events).contains(&"block.started:more".to_string()), "{:?}", kinds(&events));
+    assert!(
+        !kinds(&events).contains(&"block.started:more".to_string()),
+        "{:?}",
+        kinds(&events)
+    );
     let (s, body) = env.start(&wf, json!({})).await;
     assert_eq!(s, StatusCode::PAYMENT_REQUIRED, "{body}");
     env.cleanup().await;
@@ -236,5 +240,20 @@ async fn cancel_mid_stream_stops_the_call() {
     );
     assert_eq!(events.last().unwrap()["type"], "execution.cancelled");
     assert!(!kinds(&events).contains(&"block.completed:gen".to_string()));
+    // What streamed before the cancel is paid for, and accounted.
+    assert!(
+        events.last().unwrap()["tokens"].as_i64().unwrap() > 0,
+        "{:?}",
+        events.last()
+    );
+    let (_, usage) = env
+        .call(
+            &env.owner,
+            Method::GET,
+            &format!("/api/v1/workspaces/{}/usage", env.ws),
+            None,
+        )
+        .await;
+    assert!(usage.to_string().contains("gpt-4-turbo"), "{usage}");
     env.cleanup().await;
 }

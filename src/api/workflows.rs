@@ -219,6 +219,8 @@ async fn delete_workflow(
 ) -> Result<StatusCode, ApiError> {
     let (_, role) = visible(&app, &caller, &id).await?;
     require(role, Action::Delete)?;
+    // Its executions stop first (their rows go with the workflow's).
+    app.engine.cancel_workflow(&id);
     // The row first: from here on nobody can join the room again.
     db::delete_workflow(&app.db, &id).await?;
     app.rooms

@@ -44,6 +44,8 @@ struct Sub {
     /// A replay is on its way: live events wait for it (the replay reads them from the log),
     /// so the editor gets them in order.
     paused: bool,
+    /// Executions whose events were held back while paused: the replay covers them too.
+    held: std::collections::HashSet<String>,
 }
 
 /// A workflow's connected editors and what each has been sent.
@@ -205,43 +207,93 @@ async fn settle(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
             _ => None,
         })
         .collect();
-    if !writes.is_empty() {
-        commit(db, &writes).await;
+    let kept = if writes.is_empty() {
+        Vec::new()
+    } else {
         metrics::counter!("resonant_execution_writes_total").increment(writes.len() as u64);
-    }
+        commit(db, &writes).await
+    };
+    let mut kept = kept.into_iter();
     for m in msgs {
         match m {
-            Msg::Write {
-                write:
+            Msg::Write { write, workflow } => {
+                // An event is sent only if it was stored.
+                let stored = kept.next().unwrap_or(false);
+                if let (
                     Write::Event {
                         execution,
                         seq,
                         json,
                     },
-                workflow: Some(workflow),
-            } => fan_out(hub, &workflow, &execution, seq, &json),
+                    Some(workflow),
+                    true,
+                ) = (write, workflow, stored)
+                {
+                    fan_out(hub, &workflow, &execution, seq, &json);
+                }
+            }
             Msg::Flush(done) => {
                 let _ = done.send(());
             }
-            _ => {}
+            Msg::Replay(_) => {}
         }
     }
 }
 
-/// Commits, retrying until the database takes it: an event is never sent before it is
-/// stored (so a crash cannot make a sent seq mean something else) and never dropped.
-async fn commit(db: &Db, writes: &[Write]) {
+/// Whether a failed write can succeed when tried again (the database was unreachable or
+/// busy) rather than never (a constraint or a value it refuses).
+fn transient(e: &crate::db::DbError) -> bool {
+    match e {
+        crate::db::DbError::Sqlx(sqlx::Error::Database(_))
+        | crate::db::DbError::Sqlx(sqlx::Error::Encode(_))
+        | crate::db::DbError::Duplicate(_) => false,
+        crate::db::DbError::Sqlx(_) => true,
+    }
+}
+
+/// Commits, retrying while the database is unavailable: an event is never sent before it is
+/// stored (so a crash cannot make a sent seq mean something else). A write the database
+/// refuses for good (its execution was deleted with its workflow, say) is dropped alone,
+/// logged, so it cannot stall every other execution. Returns which writes were kept.
+async fn commit(db: &Db, writes: &[Write]) -> Vec<bool> {
     let mut wait = Duration::from_millis(50);
     loop {
         match store::apply(db, writes).await {
-            Ok(()) => return,
-            Err(e) => {
+            Ok(()) => return vec![true; writes.len()],
+            Err(e) if transient(&e) => {
                 tracing::error!(error = %e, writes = writes.len(), "execution log write failed; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
+            Err(e) => {
+                tracing::warn!(error = %e, "execution log batch refused; writing one by one");
+                break;
+            }
         }
     }
+    let mut kept = Vec::with_capacity(writes.len());
+    for w in writes {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match store::apply(db, std::slice::from_ref(w)).await {
+                Ok(()) => {
+                    kept.push(true);
+                    break;
+                }
+                Err(e) if transient(&e) => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, write = ?w, "execution log write refused; dropped");
+                    metrics::counter!("resonant_execution_writes_dropped_total").increment(1);
+                    kept.push(false);
+                    break;
+                }
+            }
+        }
+    }
+    kept
 }
 
 fn fan_out(hub: &Hub, workflow: &str, execution: &str, seq: i64, json: &str) {
@@ -251,7 +303,11 @@ fn fan_out(hub: &Hub, workflow: &str, execution: &str, seq: i64, json: &str) {
     };
     let mut msg: Option<Bytes> = None;
     for (peer, sub) in list.iter_mut() {
-        if !peer.extensions() || sub.paused {
+        if !peer.extensions() {
+            continue;
+        }
+        if sub.paused {
+            sub.held.insert(execution.to_owned());
             continue;
         }
         let entry = sub
@@ -269,6 +325,25 @@ fn fan_out(hub: &Hub, workflow: &str, execution: &str, seq: i64, json: &str) {
 
 async fn replay(db: &Db, hub: &Hub, r: Replay) {
     let mut wanted = r.after;
+    // Executions whose live events were held back while this replay waited its turn.
+    let held: Vec<(String, i64)> = {
+        let mut map = hub.workflows.lock();
+        map.get_mut(&*r.workflow)
+            .and_then(|list| list.iter_mut().find(|(p, _)| p.id() == r.peer.id()))
+            .map(|(_, sub)| {
+                sub.held
+                    .drain()
+                    .map(|e| {
+                        let last = sub.sent.get(&e).map_or(0, |(_, last)| *last);
+                        (e, last)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for (execution, last) in held {
+        wanted.entry(execution).or_insert(last);
+    }
     if r.running {
         match store::running_in(db, &r.workflow).await {
             Ok(ids) => {
@@ -305,7 +380,7 @@ async fn replay(db: &Db, hub: &Hub, r: Replay) {
                     break;
                 }
             };
-            let done = rows.len() < 1000;
+            let done = rows.len() < 1000 || r.peer.is_closing();
             for (seq, json) in rows {
                 from = seq;
                 last_sent = seq;

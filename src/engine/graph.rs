@@ -134,6 +134,20 @@ pub enum Problem {
     },
     /// A workflow without any output block.
     NoOutput,
+    /// A connection enters or leaves a loop's body other than through the loop (its `body`
+    /// handle in, its `next` handle back).
+    CrossesLoop {
+        /// The connection.
+        connection: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An output block inside a loop's body (it would run once per item): connect it after
+    /// the loop instead.
+    OutputInLoop {
+        /// The block.
+        block: String,
+    },
 }
 
 /// A validated workflow: blocks, connections and an order in which to start them.
@@ -214,6 +228,14 @@ fn parse_blocks(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<Block
             });
             continue;
         }
+        // `/`, `[` and `]` name loop iterations in block keys (`loop[2]/block`).
+        if id.contains(['/', '[', ']']) || id.len() > 200 {
+            problems.push(Problem::BadId {
+                block: id.into(),
+                message: "ids may not contain `/`, `[` or `]`, nor be longer than 200 bytes".into(),
+            });
+            continue;
+        }
         let type_name = obj.get("type").and_then(Value::as_str).unwrap_or("");
         let Some(kind) = BlockKind::parse(type_name) else {
             problems.push(Problem::UnknownType {
@@ -237,6 +259,11 @@ fn parse_blocks(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<Block
 }
 
 /// The configuration each type needs; optional fields are checked when present.
+/// The longest delay or approval timeout (ten years): deadlines stay far from overflow.
+const MAX_WAIT_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
+/// The most items one loop runs.
+pub const MAX_ITERATIONS: u64 = 10_000;
+
 fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Problem>) {
     let mut bad = |field: &str, message: &str| {
         problems.push(Problem::BadConfig {
@@ -312,9 +339,12 @@ fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Pr
             }
         }
         BlockKind::Loop => match c.get("maxIterations").map(Value::as_u64) {
-            Some(Some(n)) if n > 0 => {}
+            Some(Some(n)) if n > 0 && n <= MAX_ITERATIONS => {}
             None => {}
-            _ => bad("maxIterations", "must be a positive integer"),
+            _ => bad(
+                "maxIterations",
+                &format!("must be an integer from 1 to {MAX_ITERATIONS}"),
+            ),
         },
         BlockKind::Merge => {
             if one_of("join", &["all", "any", "all-non-skipped"]) == Some(false) {
@@ -322,8 +352,8 @@ fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Pr
             }
         }
         BlockKind::Delay => match number("seconds") {
-            Some(Some(s)) if s >= 0.0 && s.is_finite() => {}
-            _ => bad("seconds", "required: a number of seconds, 0 or more"),
+            Some(Some(s)) if (0.0..=MAX_WAIT_SECS).contains(&s) => {}
+            _ => bad("seconds", "required: a number of seconds, 0 to 10 years"),
         },
         BlockKind::Webhook => {
             if string("url") != Some(true) {
@@ -353,9 +383,12 @@ fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Pr
                 bad("onTimeout", "must be approve or reject");
             }
             match number("timeoutSeconds") {
-                Some(Some(s)) if s > 0.0 && s.is_finite() => {}
+                Some(Some(s)) if s > 0.0 && s <= MAX_WAIT_SECS => {}
                 None => {}
-                _ => bad("timeoutSeconds", "must be a positive number of seconds"),
+                _ => bad(
+                    "timeoutSeconds",
+                    "must be a positive number of seconds, up to 10 years",
+                ),
             }
             for list in ["approvers", "notify"] {
                 if c.get(list).is_some_and(|v| {

@@ -145,6 +145,9 @@ impl AiEvents for Stream<'_> {
     }
 
     fn call_finished(&mut self, call: &CallRecord) {
+        // Recorded as each call ends, so a run cancelled mid-block still accounts for it.
+        let (tokens, cost) = record_call(self.ctx, call);
+        self.ctx.run.add_usage(tokens, cost);
         self.calls.push(call.clone());
     }
 }
@@ -161,8 +164,8 @@ fn scoped(mut v: Value, prefix: &str) -> Value {
 /// user's token count grows by the non-demo tokens, and crossing the limit stops the run.
 pub(super) async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
     let config = &ctx.block.config;
-    let prompt = ctx.render("userPromptTemplate")?.unwrap_or_default();
-    let system = ctx.render("systemPrompt")?;
+    let prompt = ctx.render("userPromptTemplate").await?.unwrap_or_default();
+    let system = ctx.render("systemPrompt").await?;
     let output_format: OutputFormat = config
         .get("outputFormat")
         .cloned()
@@ -225,8 +228,6 @@ pub(super) async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
         .await;
     stream.flush();
     let calls = std::mem::take(&mut stream.calls);
-    let (tokens, cost) = record_calls(ctx, &calls);
-    ctx.run.add_usage(tokens, cost);
     if calls
         .iter()
         .any(|c| c.provider != super::ai::DEMO_ID && billed(c).0 > 0)
@@ -269,41 +270,36 @@ fn billed(c: &CallRecord) -> (i64, f64) {
     }
 }
 
-/// One usage record per call, written with the execution's other state; returns the totals
+/// A call's usage record, written with the execution's other state; returns what it is
 /// charged.
-fn record_calls(ctx: &BlockCtx<'_>, calls: &[CallRecord]) -> (i64, f64) {
-    let mut total = (0i64, 0.0f64);
-    for c in calls {
-        let (tokens, cost) = billed(c);
-        total.0 += tokens;
-        total.1 += cost;
-        let (input, output) = if tokens == 0 {
-            (0, 0)
-        } else {
-            (c.input_tokens as i64, c.output_tokens as i64)
-        };
-        ctx.run.engine.events.write(Write::Usage(UsageRow {
-            id: crate::db::new_id(),
-            workspace_id: ctx.run.workspace.clone(),
-            user_id: ctx.run.user.clone(),
-            execution_id: ctx.run.id.clone(),
-            provider: c.provider.clone(),
-            model: c.model.clone(),
-            input_tokens: input,
-            output_tokens: output,
-            cost_usd: cost,
-            created_at: crate::db::now_ms(),
-        }));
-    }
-    total
+fn record_call(ctx: &BlockCtx<'_>, c: &CallRecord) -> (i64, f64) {
+    let (tokens, cost) = billed(c);
+    let (input, output) = if tokens == 0 {
+        (0, 0)
+    } else {
+        (c.input_tokens as i64, c.output_tokens as i64)
+    };
+    ctx.run.engine.events.write(Write::Usage(UsageRow {
+        id: crate::db::new_id(),
+        workspace_id: ctx.run.workspace.clone(),
+        user_id: ctx.run.user.clone(),
+        execution_id: ctx.run.id.clone(),
+        provider: c.provider.clone(),
+        model: c.model.clone(),
+        input_tokens: input,
+        output_tokens: output,
+        cost_usd: cost,
+        created_at: crate::db::now_ms(),
+    }));
+    (tokens, cost)
 }
 
 /// Runs a webhook block: method, URL, headers and body are templates; the response
 /// (status, headers, parsed body) is the output.
 pub(super) async fn webhook_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
     let config = &ctx.block.config;
-    let url = ctx.render("url")?.unwrap_or_default();
-    let method = match ctx.render("method")? {
+    let url = ctx.render("url").await?.unwrap_or_default();
+    let method = match ctx.render("method").await? {
         Some(m) => m.trim().to_ascii_uppercase(),
         None => "POST".into(),
     };
@@ -314,15 +310,15 @@ pub(super) async fn webhook_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, Strin
         let tctx = ctx.context();
         for (name, value) in h {
             let value = match value {
-                Value::String(t) => {
-                    super::template::render(t, &tctx).map_err(|e| format!("headers.{name}: {e}"))?
-                }
+                Value::String(t) => super::template::render_async(t, &tctx)
+                    .await
+                    .map_err(|e| format!("headers.{name}: {e}"))?,
                 other => other.to_string(),
             };
             headers.push((name.clone(), value));
         }
     }
-    let body = match ctx.render("body")? {
+    let body = match ctx.render("body").await? {
         Some(b) => Some(b),
         // Without a body template, a request that has a body sends the upstream value.
         None if method != reqwest::Method::GET && method != reqwest::Method::HEAD => {
@@ -395,6 +391,7 @@ pub(super) async fn ask_for_approval(ctx: &BlockCtx<'_>, _wake_at: i64) {
         .unwrap_or_default();
     let message = ctx
         .render("message")
+        .await
         .ok()
         .flatten()
         .unwrap_or_else(|| format!("Block {} asks for approval.", ctx.block.id));

@@ -216,7 +216,7 @@ impl Engine {
         let (content, sv) =
             crate::content::snapshot(&state).map_err(|e| EngineError::Document(e.to_string()))?;
         let graph = json!({"blocks": content["blocks"], "connections": content["connections"]});
-        let parsed = Workflow::parse(&graph).map_err(EngineError::Invalid)?;
+        let parsed = prepare(&graph).map_err(EngineError::Invalid)?;
         let options = Options {
             priority: req.priority,
             max_concurrency: req.max_concurrency,
@@ -253,6 +253,7 @@ impl Engine {
             HashMap::new(),
             0,
             now_ms(),
+            (0, 0.0),
         )
         .await;
         Ok((id, true))
@@ -273,12 +274,13 @@ impl Engine {
         workflow: String,
         workspace: String,
         user: String,
-        parsed: Workflow,
+        plan: plan::Plan,
         input: Value,
         options: Options,
         prior: HashMap<String, BlockRow>,
         seq: i64,
         started_at: i64,
+        totals: (i64, f64),
     ) {
         let keys = self.inner.io.keys(&self.inner.db, &workspace).await;
         let concurrency = options
@@ -288,6 +290,7 @@ impl Engine {
         let control = Arc::new(Control {
             cancel: CancellationToken::new(),
             waiting: Mutex::new(HashMap::new()),
+            workflow: workflow.clone(),
         });
         let run = Arc::new(Run {
             engine: self.inner.clone(),
@@ -295,7 +298,7 @@ impl Engine {
             workflow: workflow.as_str().into(),
             workspace,
             user,
-            plan: plan::Plan::new(parsed),
+            plan,
             input_value: minijinja::Value::from_serialize(&input),
             input,
             options,
@@ -303,7 +306,7 @@ impl Engine {
             prior,
             seq: Mutex::new(seq),
             outputs: Mutex::new(HashMap::new()),
-            totals: Mutex::new((0, 0.0)),
+            totals: Mutex::new(totals),
             slots: Arc::new(Semaphore::new(concurrency)),
             started_at,
             started: Instant::now(),
@@ -421,11 +424,15 @@ impl Engine {
         }
         self.check_tokens(user).await?;
         let graph: Value = serde_json::from_str(&old.graph).unwrap_or(Value::Null);
-        let parsed = Workflow::parse(&graph).map_err(EngineError::Invalid)?;
+        let parsed = prepare(&graph).map_err(EngineError::Invalid)?;
         let blocks = store::blocks(&self.inner.db, &old.id).await?;
+        let wf = &parsed.workflow;
+        // Re-running from a failure keeps every iteration that finished; re-running from a
+        // chosen block runs it (and what follows) again in every iteration.
+        let explicit = from.is_some();
         let from = match from {
             Some(f) => {
-                if !parsed.blocks.iter().any(|b| b.id == f) {
+                if !parsed.index.contains_key(f) {
                     return Err(EngineError::BadRequest {
                         field: "fromBlock",
                         message: format!("no block {f} in that execution"),
@@ -433,27 +440,40 @@ impl Engine {
                 }
                 f.to_owned()
             }
+            // The innermost block that failed (inside a loop, the body block, not the loop).
             None => blocks
                 .iter()
-                .find(|b| b.status == "failed" && !b.block_id.contains('/'))
-                .map(|b| b.block_id.clone())
+                .filter(|b| b.status == "failed")
+                .max_by_key(|b| b.block_id.matches('/').count())
                 .or_else(|| {
                     blocks
                         .iter()
                         .find(|b| b.status != "completed" && b.status != "skipped")
-                        .map(|b| top_block(&b.block_id).to_owned())
                 })
+                .map(|b| last_block(&b.block_id).to_owned())
                 .ok_or_else(|| {
                     EngineError::Conflict("nothing failed: give fromBlock to re-run from".into())
                 })?,
         };
-        // Everything downstream of `from` runs again; everything else is reused.
-        let mut downstream: HashSet<String> = HashSet::new();
-        let mut queue = vec![from.clone()];
-        while let Some(b) = queue.pop() {
-            for c in &parsed.connections {
-                if c.source == b && !parsed.is_back_edge(c) && downstream.insert(c.target.clone()) {
-                    queue.push(c.target.clone());
+        // Runs again: `from`, every loop around it (their finished iterations are reused
+        // where they do not depend on `from`), and everything downstream of those.
+        let mut rerun: HashSet<String> = HashSet::from([from.clone()]);
+        let mut queue = vec![(from.clone(), true)];
+        let mut scope = parsed.scope_of[parsed.index[&from]];
+        while let Some(l) = parsed.scopes[scope].owner {
+            rerun.insert(wf.blocks[l].id.clone());
+            queue.push((wf.blocks[l].id.clone(), false));
+            scope = parsed.scope_of[l];
+        }
+        while let Some((b, into_body)) = queue.pop() {
+            for c in &wf.connections {
+                let body = c.source_handle.as_deref() == Some("body");
+                if c.source == b
+                    && !wf.is_back_edge(c)
+                    && (into_body || !body)
+                    && rerun.insert(c.target.clone())
+                {
+                    queue.push((c.target.clone(), true));
                 }
             }
         }
@@ -463,10 +483,9 @@ impl Engine {
         let id = new_id();
         let mut prior = HashMap::new();
         for b in blocks {
-            let top = top_block(&b.block_id);
             let nested = b.block_id.contains('/');
-            let rerun = downstream.contains(top) || (!nested && top == from);
-            if rerun || !matches!(b.status.as_str(), "completed" | "skipped") {
+            let again = rerun.contains(last_block(&b.block_id)) && (explicit || !nested);
+            if again || !matches!(b.status.as_str(), "completed" | "skipped") {
                 continue;
             }
             let row = BlockRow {
@@ -510,6 +529,7 @@ impl Engine {
             prior,
             0,
             now_ms(),
+            (0, 0.0),
         )
         .await;
         Ok(id)
@@ -522,7 +542,7 @@ impl Engine {
         let n = rows.len();
         for row in rows {
             let graph: Value = serde_json::from_str(&row.graph).unwrap_or(Value::Null);
-            let parsed = match Workflow::parse(&graph) {
+            let parsed = match prepare(&graph) {
                 Ok(p) => p,
                 Err(problems) => {
                     tracing::error!(
@@ -530,15 +550,39 @@ impl Engine {
                         ?problems,
                         "stored graph no longer parses"
                     );
+                    store::finish(
+                        &self.inner.db,
+                        &row.id,
+                        "failed",
+                        Some("the stored workflow no longer validates"),
+                    )
+                    .await?;
                     continue;
                 }
             };
+            let seq = store::last_seq(&self.inner.db, &row.id).await?;
+            // The end was sent but its status not stored before the crash: store it, and
+            // do not run again what already ended.
+            let last = store::events(&self.inner.db, &row.workflow_id, &row.id, seq - 1, 1).await?;
+            if let Some((_, event)) = last.first() {
+                let event: Value = serde_json::from_str(event).unwrap_or(Value::Null);
+                let end = match event["type"].as_str() {
+                    Some("execution.completed") => Some("completed"),
+                    Some("execution.failed") => Some("failed"),
+                    Some("execution.cancelled") => Some("cancelled"),
+                    _ => None,
+                };
+                if let Some(status) = end {
+                    store::finish(&self.inner.db, &row.id, status, event["error"].as_str()).await?;
+                    continue;
+                }
+            }
             let prior: HashMap<String, BlockRow> = store::blocks(&self.inner.db, &row.id)
                 .await?
                 .into_iter()
                 .map(|b| (b.block_id.clone(), b))
                 .collect();
-            let seq = store::last_seq(&self.inner.db, &row.id).await?;
+            let totals = store::execution_usage(&self.inner.db, &row.id).await?;
             let input: Value = serde_json::from_str(&row.input).unwrap_or_else(|_| json!({}));
             let options: Options = serde_json::from_str(&row.options).unwrap_or_default();
             tracing::info!(
@@ -558,6 +602,7 @@ impl Engine {
                 prior,
                 seq,
                 row.started_at,
+                totals,
             )
             .await;
         }
@@ -577,11 +622,32 @@ impl Engine {
         for t in tasks {
             t.abort();
         }
-        self.inner.events.flush().await;
+        if tokio::time::timeout(std::time::Duration::from_secs(3), self.inner.events.flush())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "execution log not flushed at shutdown; the restart replays from what is stored"
+            );
+        }
+    }
+
+    /// Cancels every running execution of `workflow` (it is being deleted).
+    pub fn cancel_workflow(&self, workflow: &str) {
+        for (control, _) in self.inner.running.lock().values() {
+            if control.workflow == workflow {
+                control.cancel.cancel();
+            }
+        }
     }
 }
 
-fn top_block(key: &str) -> &str {
-    let end = key.find('[').unwrap_or(key.len());
-    &key[..end]
+/// Validates a graph and plans its run.
+fn prepare(graph: &Value) -> Result<plan::Plan, Vec<Problem>> {
+    plan::Plan::new(Workflow::parse(graph)?)
+}
+
+/// The block id of a block key (`loop[2]/inner[0]/x` → `x`).
+fn last_block(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
 }

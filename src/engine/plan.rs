@@ -3,11 +3,13 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::graph::{BlockKind, Workflow};
+use super::graph::{BlockKind, Problem, Workflow};
 
 /// One scope: the blocks it runs and the connections between them.
 #[derive(Debug, Default)]
 pub struct Scope {
+    /// The loop whose body this is (`None` at the top level).
+    pub owner: Option<usize>,
     /// Its blocks, in document order.
     pub blocks: Vec<usize>,
     /// Connections between its blocks (back edges excluded).
@@ -28,11 +30,15 @@ pub struct Plan {
     pub scopes: Vec<Scope>,
     /// Loop block index → its body's scope index.
     pub body_of: HashMap<usize, usize>,
+    /// Block index → the scope it runs in.
+    pub scope_of: Vec<usize>,
 }
 
 impl Plan {
-    /// Splits a validated workflow into scopes.
-    pub fn new(workflow: Workflow) -> Plan {
+    /// Splits a validated workflow into scopes. Refuses connections that cross a loop's body
+    /// other than through the loop, and outputs inside a body. With `input` blocks, blocks
+    /// no input reaches (drafts left on the canvas) are not part of the run.
+    pub fn new(workflow: Workflow) -> Result<Plan, Vec<Problem>> {
         let index: HashMap<String, usize> = workflow
             .blocks
             .iter()
@@ -77,14 +83,48 @@ impl Plan {
         for &i in &order {
             let (l, ref set) = bodies[i];
             let s = scopes.len();
-            scopes.push(Scope::default());
+            scopes.push(Scope {
+                owner: Some(l),
+                ..Scope::default()
+            });
             body_of.insert(l, s);
             for &b in set {
                 scope_of[b] = s;
             }
         }
+        let mut problems = Vec::new();
+        // What the run covers: everything an input reaches (through loops into their
+        // bodies), or everything when there is no input block.
+        let has_input = workflow.blocks.iter().any(|b| b.kind == BlockKind::Input);
+        let mut reached = vec![!has_input; n];
+        let mut queue: VecDeque<usize> = workflow
+            .blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.kind == BlockKind::Input)
+            .map(|(i, _)| i)
+            .collect();
+        for &b in &queue {
+            reached[b] = true;
+        }
+        while let Some(b) = queue.pop_front() {
+            for &ci in &out[b] {
+                let t = index[&workflow.connections[ci].target];
+                if !reached[t] {
+                    reached[t] = true;
+                    queue.push_back(t);
+                }
+            }
+        }
         for (b, &s) in scope_of.iter().enumerate() {
-            scopes[s].blocks.push(b);
+            if reached[b] {
+                scopes[s].blocks.push(b);
+            }
+            if s != 0 && workflow.blocks[b].kind == BlockKind::Output {
+                problems.push(Problem::OutputInLoop {
+                    block: workflow.blocks[b].id.clone(),
+                });
+            }
         }
         for (ci, c) in workflow.connections.iter().enumerate() {
             let (src, dst) = (index[&c.source], index[&c.target]);
@@ -102,17 +142,29 @@ impl Plan {
                     continue;
                 }
             }
-            // Connections crossing a scope boundary other than through a loop are not
-            // dependencies: the value is still readable as `blocks.<id>.output`.
             if scope_of[src] == scope_of[dst] {
-                scopes[scope_of[src]].edges.push(ci);
+                if reached[src] && reached[dst] {
+                    scopes[scope_of[src]].edges.push(ci);
+                }
+            } else {
+                problems.push(Problem::CrossesLoop {
+                    connection: c.id.clone(),
+                    message: format!(
+                        "`{}` and `{}` are in different loop bodies: a body is entered through its loop's `body` handle and left through the loop",
+                        c.source, c.target
+                    ),
+                });
             }
         }
-        Plan {
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Plan {
             workflow,
             index,
             scopes,
             body_of,
-        }
+            scope_of,
+        })
     }
 }

@@ -44,6 +44,8 @@ pub struct Control {
     pub cancel: CancellationToken,
     /// Human blocks waiting for a decision, by block key.
     pub waiting: Mutex<HashMap<String, oneshot::Sender<Decision>>>,
+    /// Its workflow.
+    pub workflow: String,
 }
 
 /// An execution's shared state while it runs.
@@ -88,9 +90,21 @@ impl minijinja::value::Object for BlocksView {
     fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
         let id = key.as_str()?;
         let outputs = self.run.outputs.lock();
-        let v = outputs
-            .get(&format!("{}{id}", self.prefix))
-            .or_else(|| outputs.get(id))?;
+        // This iteration's block first, then the enclosing iterations', then the top level.
+        let mut prefix = self.prefix.as_str();
+        let v = loop {
+            if let Some(v) = outputs.get(&format!("{prefix}{id}")) {
+                break v;
+            }
+            if prefix.is_empty() {
+                return None;
+            }
+            let trimmed = prefix.trim_end_matches('/');
+            prefix = match trimmed.rfind('/') {
+                Some(i) => &trimmed[..=i],
+                None => "",
+            };
+        };
         Some(minijinja::context! { output => minijinja::Value::from_serialize(v) })
     }
 }
@@ -204,7 +218,14 @@ impl Run {
             }
         }
         self.status("running", None);
-        let result = run_scope(self.clone(), 0, String::new(), None).await;
+        let result = run_scope(
+            self.clone(),
+            0,
+            String::new(),
+            None,
+            self.control.cancel.clone(),
+        )
+        .await;
         let (tokens, cost) = *self.totals.lock();
         // From the first start, across restarts.
         let duration = (now_ms() - self.started_at).max(self.started.elapsed().as_millis() as i64);
@@ -223,7 +244,7 @@ impl Run {
                 ("completed", None, Some(Value::Object(collected)))
             }
             (Err(_), None) if self.control.cancel.is_cancelled() => ("cancelled", None, None),
-            (Err(e), None) => ("failed", Some(e), None),
+            (Err(e), None) => ("failed", Some(e.replace('\0', "\u{FFFD}")), None),
         };
         metrics::counter!("resonant_executions_total", "status" => status).increment(1);
         metrics::histogram!("resonant_execution_duration_seconds").record(duration as f64 / 1000.0);
@@ -312,6 +333,7 @@ fn run_scope(
     scope: usize,
     prefix: String,
     lp: Option<LoopCtx>,
+    parent: CancellationToken,
 ) -> futures_util::future::BoxFuture<'static, Result<HashMap<usize, Value>, String>> {
     Box::pin(async move {
         let sc = &run.plan.scopes[scope];
@@ -347,10 +369,14 @@ fn run_scope(
         }
         let mut state: HashMap<usize, St> = sc.blocks.iter().map(|&b| (b, St::Waiting)).collect();
         let mut outputs: HashMap<usize, Value> = HashMap::new();
-        let cancel = run.control.cancel.child_token();
+        let cancel = parent.child_token();
         let mut tasks: JoinSet<(usize, Outcome)> = JoinSet::new();
         let mut worklist: Vec<usize> = sc.blocks.clone();
         loop {
+            if cancel.is_cancelled() {
+                wind_down(&mut tasks).await;
+                return Err("cancelled".into());
+            }
             // Decide what became ready or skipped; skipping propagates through the worklist.
             while let Some(b) = worklist.pop() {
                 if state[&b] != St::Waiting {
@@ -416,18 +442,19 @@ fn run_scope(
                 break;
             }
             let joined = tokio::select! {
-                j = tasks.join_next() => j,
+                biased;
                 _ = cancel.cancelled() => {
-                    tasks.shutdown().await;
+                    wind_down(&mut tasks).await;
                     return Err("cancelled".into());
                 }
+                j = tasks.join_next() => j,
             };
             let Some(joined) = joined else { break };
             let (b, outcome) = match joined {
                 Ok(x) => x,
                 Err(e) => {
                     cancel.cancel();
-                    tasks.shutdown().await;
+                    wind_down(&mut tasks).await;
                     return Err(format!("a block task failed: {e}"));
                 }
             };
@@ -471,13 +498,25 @@ fn run_scope(
                 }
                 Outcome::Failed(err) => {
                     cancel.cancel();
-                    tasks.shutdown().await;
+                    wind_down(&mut tasks).await;
                     return Err(format!("block {}: {err}", wf.blocks[b].id));
                 }
             }
         }
         Ok(outputs)
     })
+}
+
+/// Lets cancelled blocks finish on their own for a moment (an AI call records what it used,
+/// a waiting block notices), then aborts what is left.
+async fn wind_down(tasks: &mut JoinSet<(usize, Outcome)>) {
+    let drained = tokio::time::timeout(Duration::from_secs(2), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.shutdown().await;
+    }
 }
 
 /// The value a block receives: its one input's, or an object of them keyed by target handle
@@ -558,6 +597,8 @@ async fn run_block(
                 return Outcome::Done { output, route };
             }
             "skipped" => return Outcome::Skipped,
+            // Its failure ended the run before the crash: it is not tried again.
+            "failed" => return Outcome::Failed(p.error.clone().unwrap_or_default()),
             _ => {}
         }
     }
@@ -685,7 +726,8 @@ async fn run_block(
         }
         Err(err) => {
             row.status = "failed".into();
-            row.error = Some(err.clone());
+            // Postgres text cannot hold NUL (a webhook's body excerpt may).
+            row.error = Some(err.replace('\0', "\u{FFFD}"));
             row.completed_at = Some(now_ms());
             run.engine.events.write(Write::Block(row));
             run.emit(
@@ -756,10 +798,11 @@ impl BlockCtx<'_> {
         self.run.context(self.prefix, &self.upstream, self.lp)
     }
 
-    pub(super) fn render(&self, field: &str) -> Result<Option<String>, String> {
+    pub(super) async fn render(&self, field: &str) -> Result<Option<String>, String> {
         match self.config_str(field) {
             None => Ok(None),
-            Some(t) => template::render(t, &self.context())
+            Some(t) => template::render_async(t, &self.context())
+                .await
                 .map(Some)
                 .map_err(|e| format!("{field}: {e}")),
         }
@@ -771,12 +814,12 @@ impl BlockCtx<'_> {
                 Some(f) => self.run.input.get(f).cloned().unwrap_or(Value::Null),
                 None => self.run.input.clone(),
             })),
-            BlockKind::Output => Ok(BlockDone::value(match self.render("template")? {
+            BlockKind::Output => Ok(BlockDone::value(match self.render("template").await? {
                 Some(text) => Value::String(text),
                 None => self.upstream.clone(),
             })),
             BlockKind::Transform => {
-                let text = self.render("template")?.unwrap_or_default();
+                let text = self.render("template").await?.unwrap_or_default();
                 let output = match self.config_str("outputFormat") {
                     Some("json") => serde_json::from_str(text.trim())
                         .map_err(|e| format!("template output is not JSON: {e}"))?,
@@ -796,7 +839,8 @@ impl BlockCtx<'_> {
                                 .get("expression")
                                 .and_then(|v| v.as_str())
                                 .unwrap_or("false");
-                            if template::truthy(expr, &ctx)
+                            if template::truthy_async(expr, &ctx)
+                                .await
                                 .map_err(|e| format!("case {handle}: {e}"))?
                             {
                                 route = handle.to_owned();
@@ -807,8 +851,9 @@ impl BlockCtx<'_> {
                     }
                     None => {
                         let expr = self.config_str("expression").unwrap_or("false");
-                        let taken =
-                            template::truthy(expr, &ctx).map_err(|e| format!("expression: {e}"))?;
+                        let taken = template::truthy_async(expr, &ctx)
+                            .await
+                            .map_err(|e| format!("expression: {e}"))?;
                         if taken { "true" } else { "false" }.to_owned()
                     }
                 };
@@ -879,7 +924,7 @@ impl BlockCtx<'_> {
             ),
             None => {
                 let wake_at = now_ms() + (timeout_secs * 1000.0) as i64;
-                let message = self.render("message").ok().flatten();
+                let message = self.render("message").await.ok().flatten();
                 self.start_waiting(wake_at, json!({"reason": "approval", "message": message}));
                 super::io::ask_for_approval(self, wake_at).await;
                 (wake_at, None)
@@ -934,9 +979,9 @@ impl BlockCtx<'_> {
 
     async fn looped(&self) -> Result<BlockDone, String> {
         let items = match self.config_str("items") {
-            Some(expr) => {
-                template::eval(expr, &self.context()).map_err(|e| format!("items: {e}"))?
-            }
+            Some(expr) => template::eval_async(expr, &self.context())
+                .await
+                .map_err(|e| format!("items: {e}"))?,
             None => self.upstream.clone(),
         };
         let Value::Array(items) = items else {
@@ -975,9 +1020,11 @@ impl BlockCtx<'_> {
             let run = self.run.clone();
             let gate = gate.clone();
             let prefix = format!("{}{}[{i}]/", self.prefix, self.block.id);
+            let parent = self.cancel.clone();
             iterations.spawn(async move {
                 let _slot = gate.acquire_owned().await;
-                let r = run_scope(run, scope, prefix, Some(LoopCtx { item, index: i })).await;
+                let r =
+                    run_scope(run, scope, prefix, Some(LoopCtx { item, index: i }), parent).await;
                 (i, r)
             });
         }

@@ -209,7 +209,8 @@ pub async fn apply(db: &Db, writes: &[Write]) -> Result<()> {
                 Write::Status(s) => {
                     sqlx::query("UPDATE executions SET status = $2, current_block_id = COALESCE($3, current_block_id), \
                                  tokens_used = $4, cost_usd = $5, output = COALESCE($6, output), error = $7, \
-                                 completed_at = $8, duration_ms = $9 WHERE id = $1")
+                                 completed_at = $8, duration_ms = $9 \
+                                 WHERE id = $1 AND status IN ('pending', 'running')")
                         .bind(&s.execution).bind(s.status).bind(&s.current_block).bind(s.tokens)
                         .bind(s.cost).bind(&s.output).bind(&s.error).bind(s.completed_at).bind(s.duration_ms)
                         .execute(&mut *tx).await?;
@@ -354,6 +355,23 @@ pub async fn running_in(db: &Db, workflow: &str) -> Result<Vec<String>> {
         "SELECT id FROM executions WHERE workflow_id = $1 AND status IN ('pending', 'running') ORDER BY id")
         .bind(workflow).fetch_all(p).await?);
     Ok(rows.into_iter().map(|(id,)| id).collect())
+}
+
+/// An execution's usage so far: `(tokens, cost)` over its usage records.
+pub async fn execution_usage(db: &Db, execution: &str) -> Result<(i64, f64)> {
+    let row: (Option<i64>, Option<f64>) = with_pool!(db, p => sqlx::query_as(
+        "SELECT CAST(SUM(total_tokens) AS BIGINT), CAST(SUM(cost_usd) AS DOUBLE PRECISION) FROM usage_records WHERE execution_id = $1")
+        .bind(execution).fetch_one(p).await?);
+    Ok((row.0.unwrap_or(0), row.1.unwrap_or(0.0)))
+}
+
+/// Ends an execution that cannot run on: `status` with `error`, unless it already ended.
+pub async fn finish(db: &Db, execution: &str, status: &str, error: Option<&str>) -> Result<()> {
+    with_pool!(db, p => sqlx::query(
+        "UPDATE executions SET status = $2, error = $3, completed_at = $4, \
+         duration_ms = $4 - started_at WHERE id = $1 AND status IN ('pending', 'running')")
+        .bind(execution).bind(status).bind(error).bind(now_ms()).execute(p).await.map(|_| ())?);
+    Ok(())
 }
 
 /// The user's `(tokens_used, tokens_limit)`.

@@ -95,6 +95,49 @@ pub fn truthy(expr: &str, ctx: &minijinja::Value) -> Result<bool, TemplateError>
     Ok(compiled.eval(ctx).map_err(describe)?.is_true())
 }
 
+/// Templates that may run long or allocate much (loops, string repetition or concatenation,
+/// large sources) render on the blocking pool, at most this many at once, so they never hold
+/// up the async workers that serve every socket.
+const HEAVY_AT_ONCE: usize = 2;
+
+fn heavy(source: &str) -> bool {
+    source.len() > 4096 || source.contains("{%") || source.contains('*') || source.contains('~')
+}
+
+async fn offload<T: Send + 'static>(
+    source: &str,
+    ctx: &minijinja::Value,
+    f: fn(&str, &minijinja::Value) -> Result<T, TemplateError>,
+) -> Result<T, TemplateError> {
+    if !heavy(source) {
+        return f(source, ctx);
+    }
+    static GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(HEAVY_AT_ONCE);
+    let _permit = GATE
+        .acquire()
+        .await
+        .map_err(|_| TemplateError("template worker closed".into()))?;
+    let (source, ctx) = (source.to_owned(), ctx.clone());
+    tokio::task::spawn_blocking(move || f(&source, &ctx))
+        .await
+        .map_err(|e| TemplateError(format!("template failed: {e}")))?
+}
+
+/// [`render`], off the async workers when the template is heavy.
+pub async fn render_async(source: &str, ctx: &minijinja::Value) -> Result<String, TemplateError> {
+    offload(source, ctx, render).await
+}
+
+/// [`eval`], off the async workers when the expression is heavy.
+pub async fn eval_async(expr: &str, ctx: &minijinja::Value) -> Result<Value, TemplateError> {
+    offload(expr, ctx, eval).await
+}
+
+/// [`truthy`], off the async workers when the expression is heavy.
+pub async fn truthy_async(expr: &str, ctx: &minijinja::Value) -> Result<bool, TemplateError> {
+    offload(expr, ctx, truthy).await
+}
+
 /// Checks that `source` compiles, for validation before a run.
 pub fn check_template(source: &str) -> Result<(), TemplateError> {
     check_source(source)?;
