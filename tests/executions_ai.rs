@@ -257,3 +257,48 @@ async fn cancel_mid_stream_stops_the_call() {
     assert!(usage.to_string().contains("gpt-4-turbo"), "{usage}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_blocks_own_retry_policy_governs_its_provider_calls() {
+    let (_, mock) = MockAi::start(vec![]).await;
+    let claude = mock.base_url("claude");
+    let openai = mock.base_url("openai");
+    let env = Env::with(Backend::Sqlite, move |c| {
+        c.anthropic_api_key = Some("test-key-a".into());
+        c.anthropic_base_url = Some(claude);
+        c.openai_api_key = Some("test-key-o".into());
+        c.openai_base_url = Some(openai);
+    })
+    .await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("patient", "ai", json!({"userPromptTemplate": "a", "provider": "claude-3-5-sonnet"})),
+                block("hasty", "ai", json!({"userPromptTemplate": "b", "provider": "claude-3-5-sonnet",
+                                             "retry": {"attempts": 1}})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("in", "patient"), edge("patient", "hasty"), edge("hasty", "out")],
+        }))
+        .await;
+    // The default policy retries the same provider; one attempt moves on to the next.
+    mock.push("claude", MockReply::status(500, "busy"));
+    mock.push("claude", MockReply::text("claude again"));
+    mock.push("claude", MockReply::status(500, "busy"));
+    mock.push("openai", MockReply::text("from openai"));
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    let done = |b: &str| {
+        events
+            .iter()
+            .find(|e| e["type"] == "block.completed" && e["blockId"] == b)
+            .cloned()
+            .unwrap_or_else(|| panic!("{b} completed: {:?}", kinds(&events)))
+    };
+    assert_eq!(done("patient")["provider"], "claude-3-5-sonnet");
+    assert_eq!(done("patient")["output"], "claude again");
+    assert_eq!(done("hasty")["provider"], "gpt-4-turbo");
+    assert_eq!(mock.pending("claude"), 0);
+}

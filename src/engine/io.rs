@@ -212,6 +212,12 @@ pub(super) async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
             .map(str::to_owned),
         priority,
         required_strengths: strings("strengths"),
+        // The block's own policy only when it sets one: the router's default otherwise.
+        retry: if config.get("retry").is_some() || config.get("timeoutMs").is_some() {
+            Some(RetryPolicy::from_config(config).map_err(|e| format!("retry: {e}"))?)
+        } else {
+            None
+        },
     };
     let mut stream = Stream {
         ctx,

@@ -42,7 +42,7 @@ pub use config::{
 };
 pub use wire::parse_retry_after;
 
-use crate::engine::retry::{BlockError, ErrorClass};
+use crate::engine::retry::{BlockError, ErrorClass, RetryPolicy};
 use breaker::Breakers;
 use wire::{Deadlines, Endpoint, Progress, WireRequest, DEFAULT_MAX_TOKENS};
 
@@ -98,6 +98,8 @@ pub struct AiRequest {
     pub priority: Priority,
     /// Strengths of the table (e.g. "coding"); providers with at least one are preferred.
     pub required_strengths: Vec<String>,
+    /// The block's own retry policy (its `retry` and `timeoutMs`); the router's when absent.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// Callbacks during a call.
@@ -434,7 +436,7 @@ impl Router {
         cancel: &CancellationToken,
     ) -> Result<AiOutput, BlockError> {
         let chain = self.plan(req, keys)?;
-        let policy = &self.config.retry;
+        let policy = req.retry.as_ref().unwrap_or(&self.config.retry);
         let total_deadline = policy.total_timeout().map(|d| Instant::now() + d);
         let json = req.output_format == OutputFormat::Json;
         let mut emitted = false;
@@ -486,6 +488,7 @@ impl Router {
                         Some(&mut emitted),
                         cancel,
                         total_deadline,
+                        policy.attempt_timeout(),
                     )
                     .await;
                 match result {
@@ -557,6 +560,7 @@ impl Router {
 
     /// One provider call; reports it through `call_finished`. Text is streamed to `events`
     /// only when `emitted` is given (set once some text was).
+    #[allow(clippy::too_many_arguments)]
     async fn call_once(
         &self,
         call: &PlannedCall,
@@ -565,6 +569,7 @@ impl Router {
         emitted: Option<&mut bool>,
         cancel: &CancellationToken,
         total_deadline: Option<Instant>,
+        attempt_timeout: Option<std::time::Duration>,
     ) -> Result<Done, BlockError> {
         let spec = &call.spec;
         if spec.kind == ProviderKind::Demo {
@@ -572,7 +577,7 @@ impl Router {
         }
         let now = Instant::now();
         let mut end = now + self.config.request_timeout;
-        if let Some(t) = self.config.retry.attempt_timeout() {
+        if let Some(t) = attempt_timeout {
             end = end.min(now + t);
         }
         if let Some(t) = total_deadline {
@@ -686,7 +691,18 @@ impl Router {
             model: &call.model,
         };
         let repaired = self
-            .call_once(call, &wreq, events, None, cancel, total_deadline)
+            .call_once(
+                call,
+                &wreq,
+                events,
+                None,
+                cancel,
+                total_deadline,
+                req.retry
+                    .as_ref()
+                    .unwrap_or(&self.config.retry)
+                    .attempt_timeout(),
+            )
             .await;
         let repaired = match repaired {
             Ok(r) => r,
