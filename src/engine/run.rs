@@ -892,7 +892,7 @@ impl BlockCtx<'_> {
                     .get("seconds")
                     .and_then(|v| v.as_f64())
                     .unwrap_or(0.0);
-                let wake_at = now_ms() + (secs * 1000.0) as i64;
+                let wake_at = now_ms().saturating_add((secs * 1000.0) as i64);
                 self.start_waiting(wake_at, json!({"reason": "timer"}));
                 wake_at
             }
@@ -908,41 +908,69 @@ impl BlockCtx<'_> {
             .get("timeoutSeconds")
             .and_then(|v| v.as_f64())
             .unwrap_or(7.0 * 24.0 * 3600.0);
-        let (tx, rx) = oneshot::channel();
-        // Registered before the waiting state is visible, so no decision can come too early.
-        self.run
-            .control
-            .waiting
-            .lock()
-            .insert(self.key.to_owned(), tx);
+        let (tx, mut rx) = oneshot::channel();
+        let register = || {
+            self.run
+                .control
+                .waiting
+                .lock()
+                .insert(self.key.to_owned(), tx);
+        };
         let (wake_at, earlier) = match &self.waiting {
-            Some(w) => (
-                w.wake_at.unwrap_or_else(now_ms),
-                w.decision
-                    .as_deref()
-                    .and_then(|d| serde_json::from_str::<Decision>(d).ok()),
-            ),
+            Some(w) => {
+                register();
+                (
+                    w.wake_at.unwrap_or_else(now_ms),
+                    w.decision
+                        .as_deref()
+                        .and_then(|d| serde_json::from_str::<Decision>(d).ok()),
+                )
+            }
             None => {
-                let wake_at = now_ms() + (timeout_secs * 1000.0) as i64;
+                let wake_at = now_ms().saturating_add((timeout_secs * 1000.0) as i64);
                 let message = self.render("message").await.ok().flatten();
-                self.start_waiting(wake_at, json!({"reason": "approval", "message": message}));
+                // Stored, then open to decisions, then announced: a decision can neither come
+                // before the waiting state it is stored against, nor be missed.
+                let mut row = self.run.block_row(self.key, "waiting", self.attempt);
+                row.wake_at = Some(wake_at);
+                self.run.engine.events.write(Write::Block(row));
+                register();
+                self.run.emit(
+                    "block.waiting",
+                    scoped(
+                        json!({"blockId": self.block.id, "reason": "approval", "until": wake_at, "message": message}),
+                        self.prefix,
+                    ),
+                );
                 super::io::ask_for_approval(self, wake_at).await;
                 (wake_at, None)
             }
+        };
+        let timed_out = || Decision {
+            approved: self.config_str("onTimeout") == Some("approve"),
+            by: None,
+            comment: None,
+            timed_out: true,
+            at: now_ms(),
         };
         let decision = match earlier {
             Some(d) => d,
             None => {
                 let timer = sleep_until_ms(wake_at, self.cancel);
                 tokio::select! {
-                    d = rx => match d {
+                    d = &mut rx => match d {
                         Ok(d) => d,
                         Err(_) => return Err("cancelled".into()),
                     },
                     r = timer => {
                         r?;
-                        let approved = self.config_str("onTimeout") == Some("approve");
-                        Decision { approved, by: None, comment: None, timed_out: true, at: now_ms() }
+                        // A decision that took our place just before the deadline wins: its
+                        // maker was told it was recorded.
+                        if self.run.control.waiting.lock().remove(self.key).is_some() {
+                            timed_out()
+                        } else {
+                            rx.await.unwrap_or_else(|_| timed_out())
+                        }
                     }
                 }
             }
