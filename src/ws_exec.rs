@@ -169,6 +169,21 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
     let may_execute = who.role.allows(Action::Execute);
     match request {
         Request::Resume { after, running } => {
+            if after.len() <= MAX_RESUME
+                && app
+                    .engine
+                    .events()
+                    .replay_busy(workflow, session.peer().id())
+            {
+                refuse(
+                    session,
+                    &None,
+                    "replay-busy",
+                    "a replay for this connection is still being sent",
+                    json!({}),
+                );
+                return true;
+            }
             if after.len() > MAX_RESUME {
                 refuse(
                     session,

@@ -44,6 +44,9 @@ struct Sub {
     /// A replay is on its way: live events wait for it (the replay reads them from the log),
     /// so the editor gets them in order.
     paused: bool,
+    /// Replay requests of this socket not answered yet (one is served at a time; the writer
+    /// serves replays, so a socket may not queue more).
+    replays: u32,
     /// Executions whose events were held back while paused: the replay covers them too.
     held: std::collections::HashSet<String>,
 }
@@ -145,8 +148,27 @@ impl Events {
         if let Some(list) = self.hub.workflows.lock().get_mut(workflow) {
             if let Some((_, sub)) = list.iter_mut().find(|(p, _)| p.id() == peer) {
                 sub.paused = true;
+                sub.replays += 1;
             }
         }
+    }
+
+    /// Whether `peer` already has a replay in progress besides the one just paused for; if so
+    /// the new request is withdrawn (the caller refuses it).
+    pub fn replay_busy(&self, workflow: &str, peer: u64) -> bool {
+        let mut map = self.hub.workflows.lock();
+        let Some(sub) = map
+            .get_mut(workflow)
+            .and_then(|list| list.iter_mut().find(|(p, _)| p.id() == peer))
+            .map(|(_, sub)| sub)
+        else {
+            return false;
+        };
+        if sub.replays > 1 {
+            sub.replays -= 1;
+            return true;
+        }
+        false
     }
 
     /// Sends `peer` the events it missed: those after `after[execution]` for each listed
@@ -405,7 +427,8 @@ async fn replay(db: &Db, hub: &Hub, r: Replay) {
     let mut map = hub.workflows.lock();
     if let Some(list) = map.get_mut(&*r.workflow) {
         if let Some((_, sub)) = list.iter_mut().find(|(p, _)| p.id() == r.peer.id()) {
-            sub.paused = false;
+            sub.replays = sub.replays.saturating_sub(1);
+            sub.paused = sub.replays > 0;
         }
     }
 }
