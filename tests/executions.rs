@@ -78,31 +78,14 @@ async fn a_run_streams_ordered_events_to_every_editor_and_none_to_stock_clients(
         assert_eq!(e["graph"]["blocks"].as_array().unwrap().len(), 3);
         assert!(!e["stateVector"].as_str().unwrap().is_empty());
         let (_, events) = env
-            .call(
-                &env.owner,
-                Method::GET,
-                &format!("/api/v1/executions/{id}/events?after=2"),
-                None,
-            )
+            .get(&format!("/api/v1/executions/{id}/events?after=2"))
             .await;
         assert_eq!(events["events"].as_array().unwrap().as_slice(), &ea[2..]);
         let (_, full) = env
-            .call(
-                &env.owner,
-                Method::GET,
-                &format!("/api/v1/executions/{id}?events=true"),
-                None,
-            )
+            .get(&format!("/api/v1/executions/{id}?events=true"))
             .await;
         assert_eq!(full["events"].as_array().unwrap().as_slice(), ea.as_slice());
-        let (_, w) = env
-            .call(
-                &env.owner,
-                Method::GET,
-                &format!("/api/v1/workflows/{wf}"),
-                None,
-            )
-            .await;
+        let (_, w) = env.get(&format!("/api/v1/workflows/{wf}")).await;
         assert_eq!(w["executionCount"], 1);
         assert!(w["lastExecutedAt"].as_i64().is_some());
         env.cleanup().await;
@@ -376,10 +359,7 @@ async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
         let events = until_finished(&mut w, &id).await;
         let done = events.last().unwrap();
         assert_eq!(done["outputs"], json!({"yes": "shipped"}), "{done}");
-        let decided = events
-            .iter()
-            .find(|e| e["type"] == "block.completed" && e["blockId"] == "ok?")
-            .unwrap();
+        let decided = completed(&events, "ok?");
         assert_eq!(decided["output"]["approved"], true);
         assert_eq!(decided["output"]["by"], env.owner.id);
         assert_eq!(decided["output"]["comment"], "go");
@@ -419,10 +399,7 @@ async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
         let events = until_finished(&mut w, &id).await;
         let done = events.last().unwrap();
         assert_eq!(done["type"], "execution.completed", "{done}");
-        let decided = events
-            .iter()
-            .find(|e| e["type"] == "block.completed" && e["blockId"] == "ok?")
-            .unwrap();
+        let decided = completed(&events, "ok?");
         assert_eq!(decided["output"]["timedOut"], true);
         env.cleanup().await;
     }
@@ -440,9 +417,7 @@ async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
             .await;
         let viewer = sign_in(&env.http, env.addr(), SECRET, "viewer").await;
         let (s, b) = env
-            .call(
-                &env.owner,
-                Method::POST,
+            .post(
                 &format!("/api/v1/workspaces/{}/members", env.ws),
                 Some(json!({"userId": viewer.id, "role": "viewer"})),
             )
@@ -512,12 +487,7 @@ async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
             .await;
         assert_eq!(s, StatusCode::OK);
         let (s, _) = env
-            .call(
-                &env.owner,
-                Method::POST,
-                &format!("/api/v1/executions/{id}/cancel"),
-                None,
-            )
+            .post(&format!("/api/v1/executions/{id}/cancel"), None)
             .await;
         assert_eq!(s, StatusCode::ACCEPTED);
         let events = until_finished(&mut w, &id).await;
@@ -527,12 +497,7 @@ async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
         let e = env.execution(&id).await;
         assert_eq!(e["status"], "cancelled");
         let (s, _) = env
-            .call(
-                &env.owner,
-                Method::POST,
-                &format!("/api/v1/executions/{id}/cancel"),
-                None,
-            )
+            .post(&format!("/api/v1/executions/{id}/cancel"), None)
             .await;
         assert_eq!(s, StatusCode::CONFLICT);
         env.cleanup().await;
@@ -574,14 +539,7 @@ async fn invalid_workflows_and_requests_are_refused_with_named_problems() {
     assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
     let (s, _) = env.start(&wf, json!({"surprise": 1})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
-    let (s, _) = env
-        .call(
-            &env.owner,
-            Method::GET,
-            "/api/v1/executions/not-an-id",
-            None,
-        )
-        .await;
+    let (s, _) = env.get("/api/v1/executions/not-an-id").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Over the socket: the same problems, and junk gets a clear error, not a close.
     let mut w = env.watcher(&wf).await;
@@ -640,14 +598,7 @@ async fn an_idempotency_key_starts_one_execution_and_limits_are_enforced() {
         .await;
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
     assert_eq!(a["id"], b["id"]);
-    let (_, list) = env
-        .call(
-            &env.owner,
-            Method::GET,
-            &format!("/api/v1/workflows/{wf}/executions"),
-            None,
-        )
-        .await;
+    let (_, list) = env.get(&format!("/api/v1/workflows/{wf}/executions")).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     env.cleanup().await;
 }
@@ -710,12 +661,7 @@ async fn webhooks_retry_refuse_private_targets_and_rerun_reuses_earlier_results(
         assert_eq!(hits.load(Ordering::SeqCst), 1);
         // Re-run from the failed block: in and prep are reused, not run again.
         let (s, re) = env
-            .call(
-                &env.owner,
-                Method::POST,
-                &format!("/api/v1/executions/{id}/rerun"),
-                Some(json!({})),
-            )
+            .post(&format!("/api/v1/executions/{id}/rerun"), Some(json!({})))
             .await;
         assert_eq!(s, StatusCode::CREATED, "{re}");
         let re_id = re["id"].as_str().unwrap().to_string();
@@ -789,9 +735,7 @@ async fn a_reconnecting_editor_replays_exactly_what_it_missed() {
         first.close().await;
         // Progress made while it is away.
         let (s, _) = env
-            .call(
-                &env.owner,
-                Method::POST,
+            .post(
                 &format!("/api/v1/executions/{id}/blocks/gate/decision"),
                 Some(json!({"approved": true})),
             )
@@ -972,14 +916,7 @@ async fn deleting_a_running_workflow_stops_its_run_and_nothing_else() {
                 .any(|m| m.contains(&exec) && m.contains("block.waiting"))
         })
         .await;
-        let (s, _) = env
-            .call(
-                &env.owner,
-                Method::DELETE,
-                &format!("/api/v1/workflows/{sleepy}"),
-                None,
-            )
-            .await;
+        let (s, _) = env.delete(&format!("/api/v1/workflows/{sleepy}")).await;
         assert_eq!(s, StatusCode::NO_CONTENT);
         // Its rows are gone with it; the other workflow's runs are not held up by that.
         let mut q = env.watcher(&quick).await;
@@ -988,14 +925,7 @@ async fn deleting_a_running_workflow_stops_its_run_and_nothing_else() {
             let events = until_finished(&mut q, &id).await;
             assert_eq!(events.last().unwrap()["type"], "execution.completed");
         }
-        let (s, _) = env
-            .call(
-                &env.owner,
-                Method::GET,
-                &format!("/api/v1/executions/{id}"),
-                None,
-            )
-            .await;
+        let (s, _) = env.get(&format!("/api/v1/executions/{id}")).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         env.cleanup().await;
     }
@@ -1135,12 +1065,7 @@ async fn a_rerun_from_inside_a_loop_reuses_the_iterations_that_finished() {
         "one at a time: the failure stops the loop before the third"
     );
     let (s, re) = env
-        .call(
-            &env.owner,
-            Method::POST,
-            &format!("/api/v1/executions/{id}/rerun"),
-            Some(json!({})),
-        )
+        .post(&format!("/api/v1/executions/{id}/rerun"), Some(json!({})))
         .await;
     assert_eq!(s, StatusCode::CREATED, "{re}");
     let re = re["id"].as_str().unwrap().to_string();

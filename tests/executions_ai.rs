@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::api::Backend;
 use common::exec::*;
 use common::mock_ai::{MockAi, MockReply};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 fn ai_flow(config: Value) -> Value {
@@ -40,10 +40,7 @@ async fn the_demo_provider_streams_labelled_text_and_records_usage() {
         .filter(|e| e["type"] == "block.delta")
         .map(|e| e["text"].as_str().unwrap())
         .collect();
-    let done = events
-        .iter()
-        .find(|e| e["type"] == "block.completed" && e["blockId"] == "gen")
-        .unwrap();
+    let done = completed(&events, "gen");
     let text = done["output"].as_str().unwrap();
     assert!(
         text.starts_with("[demo]"),
@@ -60,18 +57,10 @@ async fn the_demo_provider_streams_labelled_text_and_records_usage() {
     // The same prompt gives the same text (deterministic).
     let again = env.run(&wf, json!({"topic": "rivers"})).await;
     let events2 = until_finished(&mut w, &again).await;
-    let done2 = events2
-        .iter()
-        .find(|e| e["type"] == "block.completed" && e["blockId"] == "gen")
-        .unwrap();
+    let done2 = completed(&events2, "gen");
     assert_eq!(done2["output"], done["output"]);
     let (_, usage) = env
-        .call(
-            &env.owner,
-            Method::GET,
-            &format!("/api/v1/workspaces/{}/usage", env.ws),
-            None,
-        )
+        .get(&format!("/api/v1/workspaces/{}/usage", env.ws))
         .await;
     assert!(usage.to_string().contains("demo"), "{usage}");
     env.cleanup().await;
@@ -115,10 +104,7 @@ async fn a_stream_cut_mid_way_fails_over_visibly_and_every_call_is_paid_for() {
             k[..retry_at].contains(&"block.delta:gen".to_string()),
             "text came before the restart: {k:?}"
         );
-        let done = events
-            .iter()
-            .find(|e| e["type"] == "block.completed" && e["blockId"] == "gen")
-            .unwrap();
+        let done = completed(&events, "gen");
         assert_eq!(done["output"], "fresh answer here");
         assert_eq!(done["provider"], "gpt-4-turbo");
         let after: String = events[retry_at..]
@@ -133,12 +119,7 @@ async fn a_stream_cut_mid_way_fails_over_visibly_and_every_call_is_paid_for() {
         // Every call is a usage record; the refused ones cost nothing.
         let e = env.execution(&id).await;
         let (_, usage) = env
-            .call(
-                &env.owner,
-                Method::GET,
-                &format!("/api/v1/workspaces/{}/usage", env.ws),
-                None,
-            )
+            .get(&format!("/api/v1/workspaces/{}/usage", env.ws))
             .await;
         let text = usage.to_string();
         assert!(
@@ -148,7 +129,7 @@ async fn a_stream_cut_mid_way_fails_over_visibly_and_every_call_is_paid_for() {
         let gpt_cost = 20.0 * 10.0 / 1e6 + 3.0 * 30.0 / 1e6;
         assert!(e["costUsd"].as_f64().unwrap() >= gpt_cost - 1e-12, "{e}");
         assert!(e["tokensUsed"].as_i64().unwrap() >= 23, "{e}");
-        let (_, me) = env.call(&env.owner, Method::GET, "/api/v1/me", None).await;
+        let (_, me) = env.get("/api/v1/me").await;
         assert_eq!(me["tokensUsed"].as_i64(), e["tokensUsed"].as_i64(), "{me}");
         env.cleanup().await;
     }
@@ -223,12 +204,7 @@ async fn cancel_mid_stream_stops_the_call() {
     })
     .await;
     let (s, _) = env
-        .call(
-            &env.owner,
-            Method::POST,
-            &format!("/api/v1/executions/{id}/cancel"),
-            None,
-        )
+        .post(&format!("/api/v1/executions/{id}/cancel"), None)
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let started = std::time::Instant::now();
@@ -247,12 +223,7 @@ async fn cancel_mid_stream_stops_the_call() {
         events.last()
     );
     let (_, usage) = env
-        .call(
-            &env.owner,
-            Method::GET,
-            &format!("/api/v1/workspaces/{}/usage", env.ws),
-            None,
-        )
+        .get(&format!("/api/v1/workspaces/{}/usage", env.ws))
         .await;
     assert!(usage.to_string().contains("gpt-4-turbo"), "{usage}");
     env.cleanup().await;

@@ -29,10 +29,12 @@ pub struct Env {
 }
 
 impl Env {
+    /// A server with default settings (demo provider at full speed, no rate limits).
     pub async fn new(backend: Backend) -> Env {
         Env::with(backend, |_| {}).await
     }
 
+    /// A server with `tweak` applied to its configuration.
     pub async fn with(backend: Backend, tweak: impl FnOnce(&mut resonant::ServeConfig)) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let mut config = resonant::ServeConfig::for_tests(dir.path().into());
@@ -74,10 +76,12 @@ impl Env {
         }
     }
 
+    /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
 
+    /// A JSON call as `user`.
     pub async fn call(
         &self,
         user: &User,
@@ -94,6 +98,21 @@ impl Env {
             body,
         )
         .await
+    }
+
+    /// `GET path` as the owner.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(&self.owner, Method::GET, path, None).await
+    }
+
+    /// `POST path` with an optional JSON body, as the owner.
+    pub async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(&self.owner, Method::POST, path, body).await
+    }
+
+    /// `DELETE path` as the owner.
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(&self.owner, Method::DELETE, path, None).await
     }
 
     /// A new workflow whose document holds `graph` (blocks and connections).
@@ -132,6 +151,7 @@ impl Env {
         c
     }
 
+    /// `POST /workflows/{id}/executions` as the owner.
     pub async fn start(&self, workflow: &str, body: Value) -> (StatusCode, Value) {
         self.call(
             &self.owner,
@@ -142,12 +162,14 @@ impl Env {
         .await
     }
 
+    /// Starts an execution with `input`; returns its id.
     pub async fn run(&self, workflow: &str, input: Value) -> String {
         let (s, e) = self.start(workflow, json!({"input": input})).await;
         assert_eq!(s, StatusCode::CREATED, "{e}");
         e["id"].as_str().unwrap().to_string()
     }
 
+    /// `GET /executions/{id}`.
     pub async fn execution(&self, id: &str) -> Value {
         let (s, e) = self
             .call(
@@ -161,6 +183,7 @@ impl Env {
         e
     }
 
+    /// Drops the Postgres schema, if any.
     pub async fn cleanup(self) {
         if let Some((_, pool, schema)) = &self.schema {
             let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
@@ -179,6 +202,7 @@ pub fn events_of(c: &Client, execution: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Whether the client has received the end of `execution`.
 pub fn finished(c: &super::ClientState, execution: &str) -> bool {
     c.stateless.iter().any(|m| {
         m.contains(execution)
@@ -188,6 +212,7 @@ pub fn finished(c: &super::ClientState, execution: &str) -> bool {
     })
 }
 
+/// Waits for the end of `execution`; returns its events as received.
 pub async fn until_finished(c: &mut Client, execution: &str) -> Vec<Value> {
     let id = execution.to_string();
     c.until("the execution ends", move |s| finished(s, &id))
@@ -195,6 +220,16 @@ pub async fn until_finished(c: &mut Client, execution: &str) -> Vec<Value> {
     events_of(c, execution)
 }
 
+/// The `block.completed` event of `block` (panics, listing the events, if there is none).
+pub fn completed(events: &[Value], block: &str) -> Value {
+    events
+        .iter()
+        .find(|e| e["type"] == "block.completed" && e["blockId"] == block)
+        .cloned()
+        .unwrap_or_else(|| panic!("{block} did not complete: {:?}", kinds(events)))
+}
+
+/// Each event as `type` or `type:block`, for compact assertions.
 pub fn kinds(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -205,20 +240,24 @@ pub fn kinds(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Asserts the seqs are exactly 1..=n, in order.
 pub fn assert_gapless(events: &[Value]) {
     let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
     assert_eq!(seqs, expected, "seqs must be 1..n with no gap or duplicate");
 }
 
+/// A block as an editor stores it.
 pub fn block(id: &str, kind: &str, config: Value) -> Value {
     json!({"id": id, "type": kind, "position": {"x": 0, "y": 0}, "data": {"label": id}, "config": config})
 }
 
+/// A connection.
 pub fn edge(source: &str, target: &str) -> Value {
     json!({"id": format!("{source}-{target}"), "source": source, "target": target})
 }
 
+/// A connection leaving through a source handle.
 pub fn edge_h(source: &str, handle: &str, target: &str) -> Value {
     json!({"id": format!("{source}-{handle}-{target}"), "source": source, "sourceHandle": handle, "target": target})
 }
