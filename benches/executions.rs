@@ -179,29 +179,28 @@ struct Api {
     ws: String,
 }
 
+/// Sends a request and reads its JSON body, failing the bench on an unexpected status.
+async fn json_of(req: reqwest::RequestBuilder, expected: u16) -> Value {
+    let res = req.send().await.expect("request");
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.expect("JSON body");
+    assert_eq!(status, expected, "{body}");
+    body
+}
+
 impl Api {
     async fn new(addr: SocketAddr) -> Api {
         let http = reqwest::Client::new();
-        let list: Value = http
-            .get(format!("http://{addr}/api/v1/workspaces"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = json_of(http.get(format!("http://{addr}/api/v1/workspaces")), 200).await;
         let ws = match list["items"][0]["id"].as_str() {
             Some(id) => id.to_string(),
             None => {
-                let created: Value = http
-                    .post(format!("http://{addr}/api/v1/workspaces"))
-                    .json(&json!({"name": "bench"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let created = json_of(
+                    http.post(format!("http://{addr}/api/v1/workspaces"))
+                        .json(&json!({"name": "bench"})),
+                    201,
+                )
+                .await;
                 created["id"].as_str().expect("workspace id").to_string()
             }
         };
@@ -210,19 +209,11 @@ impl Api {
 
     /// A new workflow whose document holds `graph`; returns its id.
     async fn workflow(&self, graph: &Value) -> String {
-        let wf: Value = self
-            .http
-            .post(format!(
-                "http://{}/api/v1/workspaces/{}/workflows",
-                self.addr, self.ws
-            ))
-            .json(&json!({"name": "bench"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!(
+            "http://{}/api/v1/workspaces/{}/workflows",
+            self.addr, self.ws
+        );
+        let wf = json_of(self.http.post(url).json(&json!({"name": "bench"})), 201).await;
         let id = wf["id"].as_str().expect("workflow id").to_string();
         let mut c = editor(self.addr, &id, true).await;
         put_graph(&mut c, graph).await;
@@ -232,19 +223,11 @@ impl Api {
 
     /// Starts an execution through REST; returns its id.
     async fn start(&self, workflow: &str) -> String {
-        let res = self
-            .http
-            .post(format!(
-                "http://{}/api/v1/workflows/{workflow}/executions",
-                self.addr
-            ))
-            .json(&json!({"input": {}}))
-            .send()
-            .await
-            .unwrap();
-        let status = res.status();
-        let body: Value = res.json().await.unwrap();
-        assert_eq!(status.as_u16(), 201, "start: {body}");
+        let url = format!(
+            "http://{}/api/v1/workflows/{workflow}/executions",
+            self.addr
+        );
+        let body = json_of(self.http.post(url).json(&json!({"input": {}})), 201).await;
         body["id"].as_str().unwrap().to_string()
     }
 }

@@ -405,16 +405,19 @@ async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
     }
 }
 
+/// input → a ten-minute delay → output: a run that stays running until it is stopped.
+fn napping() -> Value {
+    json!({
+        "blocks": [block("in", "input", json!({})), block("nap", "delay", json!({"seconds": 600})), block("out", "output", json!({}))],
+        "connections": [edge("in", "nap"), edge("nap", "out")],
+    })
+}
+
 #[tokio::test]
 async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
     for backend in backends() {
         let env = Env::new(backend).await;
-        let wf = env
-            .workflow(json!({
-                "blocks": [block("in", "input", json!({})), block("nap", "delay", json!({"seconds": 600})), block("out", "output", json!({}))],
-                "connections": [edge("in", "nap"), edge("nap", "out")],
-            }))
-            .await;
+        let wf = env.workflow(napping()).await;
         let viewer = sign_in(&env.http, env.addr(), SECRET, "viewer").await;
         let (s, b) = env
             .post(
@@ -895,12 +898,7 @@ async fn independent_branches_run_concurrently_within_the_execution_limit() {
 async fn deleting_a_running_workflow_stops_its_run_and_nothing_else() {
     for backend in backends() {
         let env = Env::new(backend).await;
-        let sleepy = env
-            .workflow(json!({
-                "blocks": [block("in", "input", json!({})), block("nap", "delay", json!({"seconds": 600})), block("out", "output", json!({}))],
-                "connections": [edge("in", "nap"), edge("nap", "out")],
-            }))
-            .await;
+        let sleepy = env.workflow(napping()).await;
         let quick = env
             .workflow(json!({
                 "blocks": [block("in", "input", json!({})), block("t", "transform", json!({"template": "ok"})), block("out", "output", json!({}))],

@@ -12,6 +12,19 @@ use common::mock_ai::{MockAi, MockReply};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+/// Server keys for `families` ("claude", "openai"), their base URLs on the mock's lanes.
+fn keyed(c: &mut resonant::ServeConfig, mock: &MockAi, families: &[&str]) {
+    for family in families {
+        let (key, url) = match *family {
+            "claude" => (&mut c.anthropic_api_key, &mut c.anthropic_base_url),
+            "openai" => (&mut c.openai_api_key, &mut c.openai_base_url),
+            other => panic!("no mock lane for {other}"),
+        };
+        *key = Some(format!("test-key-{family}"));
+        *url = Some(mock.base_url(family));
+    }
+}
+
 fn ai_flow(config: Value) -> Value {
     json!({
         "blocks": [
@@ -77,15 +90,7 @@ async fn a_stream_cut_mid_way_fails_over_visibly_and_every_call_is_paid_for() {
         mock.push("claude", MockReply::status(500, "down"));
         mock.push("claude", MockReply::status(500, "down"));
         mock.push("openai", MockReply::text("fresh answer here").usage(20, 3));
-        let claude = mock.base_url("claude");
-        let openai = mock.base_url("openai");
-        let env = Env::with(backend, move |c| {
-            c.anthropic_api_key = Some("test-key-a".into());
-            c.anthropic_base_url = Some(claude);
-            c.openai_api_key = Some("test-key-o".into());
-            c.openai_base_url = Some(openai);
-        })
-        .await;
+        let env = Env::with(backend, |c| keyed(c, &mock, &["claude", "openai"])).await;
         let wf = env
             .workflow(ai_flow(
                 json!({"userPromptTemplate": "hello", "provider": "claude-3-5-sonnet"}),
@@ -139,11 +144,9 @@ async fn a_stream_cut_mid_way_fails_over_visibly_and_every_call_is_paid_for() {
 async fn crossing_the_token_limit_stops_the_run_and_the_next_start() {
     let (_, mock) = MockAi::start(vec![]).await;
     mock.push("openai", MockReply::text("expensive words").usage(400, 200));
-    let openai = mock.base_url("openai");
-    let env = Env::with(Backend::Sqlite, move |c| {
+    let env = Env::with(Backend::Sqlite, |c| {
         c.plan_tokens = resonant::config::PlanTokens(vec![("free".into(), 500)]);
-        c.openai_api_key = Some("test-key".into());
-        c.openai_base_url = Some(openai);
+        keyed(c, &mock, &["openai"]);
     })
     .await;
     let wf = env
@@ -183,12 +186,7 @@ async fn cancel_mid_stream_stops_the_call() {
         "openai",
         MockReply::text(&"word ".repeat(200)).token_delay(Duration::from_millis(50)),
     );
-    let openai = mock.base_url("openai");
-    let env = Env::with(Backend::Sqlite, move |c| {
-        c.openai_api_key = Some("test-key".into());
-        c.openai_base_url = Some(openai);
-    })
-    .await;
+    let env = Env::with(Backend::Sqlite, |c| keyed(c, &mock, &["openai"])).await;
     let wf = env
         .workflow(ai_flow(
             json!({"userPromptTemplate": "long", "provider": "gpt-4-turbo"}),
@@ -232,15 +230,7 @@ async fn cancel_mid_stream_stops_the_call() {
 #[tokio::test]
 async fn a_blocks_own_retry_policy_governs_its_provider_calls() {
     let (_, mock) = MockAi::start(vec![]).await;
-    let claude = mock.base_url("claude");
-    let openai = mock.base_url("openai");
-    let env = Env::with(Backend::Sqlite, move |c| {
-        c.anthropic_api_key = Some("test-key-a".into());
-        c.anthropic_base_url = Some(claude);
-        c.openai_api_key = Some("test-key-o".into());
-        c.openai_base_url = Some(openai);
-    })
-    .await;
+    let env = Env::with(Backend::Sqlite, |c| keyed(c, &mock, &["claude", "openai"])).await;
     let wf = env
         .workflow(json!({
             "blocks": [
