@@ -1,8 +1,9 @@
 //! The `resonant` server: wires the sync core and the store to HTTP and WebSockets.
 //!
 //! `GET /sync/{room}` speaks y-websocket; `/healthz`, `/readyz` and `/metrics` are for
-//! operators. [`start`] runs a server in the current runtime (the binary and the tests both
-//! use it) and returns a handle whose [`Server::shutdown`] stops it cleanly.
+//! operators; `/` serves the demo editor. [`start`] runs a server in the current runtime (the
+//! binary and the tests both use it) and returns a handle whose [`Server::shutdown`] stops it
+//! cleanly.
 
 #![warn(missing_docs)]
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod content;
 pub mod crypto;
 pub mod db;
+mod demo;
 pub mod email;
 pub mod engine;
 pub mod identity;
@@ -368,7 +370,9 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { api::ApiError::NotFound })
+        // The demo editor answers the GETs no route took (outside the prefixes above); it is
+        // not an API route, so it stays out of the OpenAPI document.
+        .fallback(demo::fallback)
         .method_not_allowed_fallback(|| async { api::ApiError::MethodNotAllowed })
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
