@@ -39,21 +39,42 @@ pub enum BlockKind {
 }
 
 impl BlockKind {
-    fn parse(s: &str) -> Option<BlockKind> {
-        Some(match s {
-            "input" => BlockKind::Input,
-            "ai" => BlockKind::Ai,
-            "output" => BlockKind::Output,
-            "condition" => BlockKind::Condition,
-            "transform" => BlockKind::Transform,
-            "loop" => BlockKind::Loop,
-            "merge" => BlockKind::Merge,
-            "split" => BlockKind::Split,
-            "human" => BlockKind::Human,
-            "webhook" => BlockKind::Webhook,
-            "delay" => BlockKind::Delay,
-            _ => return None,
-        })
+    /// Every type, in the docs' order. `parse` reads this list, so a type missing here is
+    /// refused everywhere rather than half-supported.
+    pub const ALL: [BlockKind; 11] = [
+        BlockKind::Input,
+        BlockKind::Ai,
+        BlockKind::Output,
+        BlockKind::Condition,
+        BlockKind::Transform,
+        BlockKind::Loop,
+        BlockKind::Merge,
+        BlockKind::Split,
+        BlockKind::Human,
+        BlockKind::Webhook,
+        BlockKind::Delay,
+    ];
+
+    /// The name a document uses (`"ai"`, `"loop"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockKind::Input => "input",
+            BlockKind::Ai => "ai",
+            BlockKind::Output => "output",
+            BlockKind::Condition => "condition",
+            BlockKind::Transform => "transform",
+            BlockKind::Loop => "loop",
+            BlockKind::Merge => "merge",
+            BlockKind::Split => "split",
+            BlockKind::Human => "human",
+            BlockKind::Webhook => "webhook",
+            BlockKind::Delay => "delay",
+        }
+    }
+
+    /// The type a document names, if the engine knows it.
+    pub fn parse(s: &str) -> Option<BlockKind> {
+        BlockKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -337,6 +358,9 @@ fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Pr
             if string("template") != Some(true) {
                 bad("template", "required: a string");
             }
+            if one_of("outputFormat", &["text", "json"]) == Some(false) {
+                bad("outputFormat", "must be text or json");
+            }
         }
         BlockKind::Loop => match c.get("maxIterations").map(Value::as_u64) {
             Some(Some(n)) if n > 0 && n <= MAX_ITERATIONS => {}
@@ -440,7 +464,22 @@ fn check_config(id: &str, kind: BlockKind, config: &Value, problems: &mut Vec<Pr
             None => {}
         }
     }
-    if let Err(e) = super::retry::RetryPolicy::from_config(config) {
+    // `timeoutMs` is the retry policy's attempt timeout, but an editor shows it as a field
+    // of its own, so its problem names it; the policy is then checked without it.
+    let retry = match c
+        .get("timeoutMs")
+        .filter(|v| !v.is_null())
+        .map(Value::as_u64)
+    {
+        Some(Some(ms)) if ms > 0 => super::retry::RetryPolicy::from_config(config),
+        None => super::retry::RetryPolicy::from_config(config),
+        Some(_) => {
+            bad("timeoutMs", "must be a positive integer (milliseconds)");
+            let retry = c.get("retry").cloned().unwrap_or(Value::Null);
+            super::retry::RetryPolicy::from_config(&serde_json::json!({ "retry": retry }))
+        }
+    };
+    if let Err(e) = retry {
         bad("retry", &e);
     }
 }

@@ -642,6 +642,12 @@ impl Engine {
     }
 }
 
+/// Validates a workflow's content (`{blocks, connections}`) exactly as an execution start
+/// does, returning every problem.
+pub fn validate(graph: &Value) -> Result<(), Vec<Problem>> {
+    prepare(graph).map(|_| ())
+}
+
 /// Validates a graph and plans its run.
 fn prepare(graph: &Value) -> Result<plan::Plan, Vec<Problem>> {
     plan::Plan::new(Workflow::parse(graph)?)
