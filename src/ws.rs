@@ -277,14 +277,19 @@ async fn connection(
     _permit: OwnedSemaphorePermit,
 ) {
     let _guard = ConnectionGuard::new();
-    let (mut sink, stream) = socket.split();
+    let (mut sink, mut stream) = socket.split();
     if let Some(ip) = ip {
         if let Some(retry) = app.limit(Bucket::ConnectIp, &ratelimit::ip_key(ip)).await {
             let reason = format!(
                 "too many connection attempts: retry in {} ms",
                 retry.as_millis().max(1)
             );
-            refuse(&mut sink, Close::new(close_code::RATE_LIMITED, reason)).await;
+            refuse(
+                &mut sink,
+                &mut stream,
+                Close::new(close_code::RATE_LIMITED, reason),
+            )
+            .await;
             return;
         }
     }
@@ -294,8 +299,7 @@ async fn connection(
             close_code::TRY_AGAIN_LATER,
             format!("server busy: retry in {} ms", retry.as_millis().max(1)),
         );
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&close))).await;
+        refuse(&mut sink, &mut stream, close).await;
         return;
     }
     let principal = match app.auth.authenticate(token.as_deref()).await {
@@ -310,14 +314,14 @@ async fn connection(
             } else {
                 Close::new(close_code::UNAUTHORIZED, e.to_string())
             };
-            refuse(&mut sink, close).await;
+            refuse(&mut sink, &mut stream, close).await;
             return;
         }
     };
     let grant = match authorize(&app, &principal, &room).await {
         Ok(grant) => grant,
         Err(close) => {
-            refuse(&mut sink, close).await;
+            refuse(&mut sink, &mut stream, close).await;
             return;
         }
     };
@@ -326,7 +330,7 @@ async fn connection(
         Err(e) => {
             let close = e.close();
             tracing::warn!(room = %room.chars().take(140).collect::<String>(), error = %e, code = close.code, "join refused");
-            refuse(&mut sink, close).await;
+            refuse(&mut sink, &mut stream, close).await;
             return;
         }
     };
@@ -417,45 +421,75 @@ impl SocketAuth {
     }
 }
 
-/// Handles `{"type":"auth","token":…}` (a fresh token before the current one expires):
-/// returns true when the frame was such a message.
-async fn refresh_token(
+/// A stateless message about the connection itself, answered here rather than by the
+/// execution handlers.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ConnectionMessage {
+    /// A fresh token before the current one expires.
+    Auth { token: Option<String> },
+    /// A liveness probe: a browser cannot send a WebSocket ping, and after a laptop sleeps
+    /// it needs an answer within a moment to know whether its socket is still alive.
+    Ping {
+        #[serde(default)]
+        id: serde_json::Value,
+    },
+}
+
+/// What [`connection_message`] did with a frame.
+enum Handled {
+    /// Not a connection message: someone else may handle it.
+    No,
+    /// Answered.
+    Yes,
+    /// A token refresh was accepted: the expiry timer must move.
+    Refreshed,
+}
+
+/// Handles `{"type":"auth","token":…}` and `{"type":"ping","id":…}`.
+async fn connection_message(
     app: &AppState,
     session: &Session,
     auth: &mut SocketAuth,
     frame: &[u8],
-) -> bool {
+) -> Handled {
     if frame.first() != Some(&(protocol::MSG_STATELESS as u8)) {
-        return false;
+        return Handled::No;
     }
     let Ok(resonant_sync::protocol::Incoming::Stateless(text)) = protocol::decode(frame) else {
-        return false;
+        return Handled::No;
     };
-    #[derive(serde::Deserialize)]
-    struct AuthMessage {
-        #[serde(rename = "type")]
-        kind: String,
-        token: Option<String>,
-    }
-    let Ok(msg) = serde_json::from_str::<AuthMessage>(text) else {
-        return false;
+    let Ok(msg) = serde_json::from_str::<ConnectionMessage>(text) else {
+        return Handled::No;
     };
-    if msg.kind != "auth" {
-        return false;
-    }
-    match app.auth.authenticate(msg.token.as_deref()).await {
-        Ok(p) if p.user.id == auth.user => {
-            auth.expires_at = p.expires_at;
-            let reply =
-                serde_json::json!({ "type": "auth", "status": "ok", "expiresAt": p.expires_at });
-            session
-                .peer()
-                .reply(&protocol::encode_stateless(&reply.to_string()));
+    let reply = |msg: serde_json::Value| {
+        session
+            .peer()
+            .reply(&protocol::encode_stateless(&msg.to_string()));
+    };
+    match msg {
+        ConnectionMessage::Ping { id } => {
+            reply(serde_json::json!({ "type": "pong", "id": id }));
+            Handled::Yes
         }
-        Ok(_) => session.send_error("bad-token", "the new token is for another user"),
-        Err(e) => session.send_error("bad-token", &e.to_string()),
+        ConnectionMessage::Auth { token } => match app.auth.authenticate(token.as_deref()).await {
+            Ok(p) if p.user.id == auth.user => {
+                auth.expires_at = p.expires_at;
+                reply(
+                    serde_json::json!({ "type": "auth", "status": "ok", "expiresAt": p.expires_at }),
+                );
+                Handled::Refreshed
+            }
+            Ok(_) => {
+                session.send_error("bad-token", "the new token is for another user");
+                Handled::Yes
+            }
+            Err(e) => {
+                session.send_error("bad-token", &e.to_string());
+                Handled::Yes
+            }
+        },
     }
-    true
 }
 
 async fn reader(
@@ -569,9 +603,15 @@ async fn reader(
                 }
                 crate::ws_exec::before_handle(app, &session, &auth.exec(), &frame);
                 let result = session.handle(&frame);
-                if result.is_ok() && refresh_token(app, &session, &mut auth, &frame).await {
-                    expiry.as_mut().reset(auth.deadline());
-                    continue;
+                if result.is_ok() {
+                    match connection_message(app, &session, &mut auth, &frame).await {
+                        Handled::No => {}
+                        Handled::Yes => continue,
+                        Handled::Refreshed => {
+                            expiry.as_mut().reset(auth.deadline());
+                            continue;
+                        }
+                    }
                 }
                 if result.is_ok()
                     && crate::ws_exec::handle(app, &session, &auth.exec(), &frame).await
@@ -768,9 +808,24 @@ async fn feed(
     Ok(())
 }
 
-/// Sends `close` on a connection that never joined, giving up after a second.
-async fn refuse(sink: &mut SplitSink<WebSocket, Message>, close: Close) {
+/// Sends `close` on a connection that never joined, giving up after a second, then waits
+/// (briefly) for the client's close frame. Dropping the socket with the client's first frames
+/// unread makes the kernel reset the connection, and the client then sees 1006 instead of our
+/// code: a browser would not learn that its token expired (4401) or access is gone (4403).
+async fn refuse(
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut SplitStream<WebSocket>,
+    close: Close,
+) {
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(close_message(&close))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn close_message(close: &Close) -> Message {

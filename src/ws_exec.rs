@@ -255,7 +255,14 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             else {
                 return true;
             };
-            if !app.engine.cancel(&execution_id) {
+            if app.engine.cancel(&execution_id) {
+                // Acknowledged at once, so a client can tell "asked" from "lost"; the
+                // `execution.cancelled` event follows once the blocks have wound down.
+                reply(
+                    session,
+                    json!({"type": "execution.cancelling", "executionId": execution_id, "requestId": request_id}),
+                );
+            } else {
                 refuse(
                     session,
                     &request_id,

@@ -87,6 +87,56 @@ async fn sender_does_not_get_its_own_update_back_and_acks_follow_commit() {
     server.shutdown().await.unwrap();
 }
 
+/// The pongs a client has received, by id.
+fn pongs(c: &ClientState) -> Vec<serde_json::Value> {
+    c.stateless
+        .iter()
+        .filter_map(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .filter(|m| m["type"] == "pong")
+        .map(|m| m["id"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_its_id_and_leaves_sync_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), |_| {}).await;
+    let url = room_url(server.addr(), "ping");
+    let mut a = Client::connect_synced(&url).await;
+    let mut b = Client::connect_synced(&url).await;
+    a.edit(|_, txn| add_block(txn, "before", 0.0)).await;
+    b.until("a's first block", |c| block_count(c) == 1).await;
+    // The id is echoed whatever it is, so a client can match a pong to its probe.
+    let id = serde_json::json!({ "probe": 7, "at": "visibilitychange" });
+    let ping = serde_json::json!({ "type": "ping", "id": id }).to_string();
+    a.send(resonant_client::protocol::encode_stateless(&ping))
+        .await;
+    a.until("the pong", |c| !pongs(c).is_empty()).await;
+    assert_eq!(pongs(&a), [id]);
+    // Pinging opted `a` in: its next edit is acknowledged, reaches `b`, and is not echoed.
+    let received = a.updates_received;
+    a.edit(|_, txn| add_block(txn, "after", 1.0)).await;
+    a.until("the edit's ack", |c| c.acks == 1).await;
+    b.until("a's second block", |c| block_count(c) == 2).await;
+    assert_eq!(a.updates_received, received, "no update echoed");
+    let ping = serde_json::json!({ "type": "ping", "id": "second" }).to_string();
+    a.send(resonant_client::protocol::encode_stateless(&ping))
+        .await;
+    a.until("the second pong", |c| pongs(c).len() == 2).await;
+    assert_eq!(pongs(&a)[1], "second");
+    assert!(
+        a.stateless.iter().all(|m| !m.contains("error")),
+        "{:?}",
+        a.stateless
+    );
+    // Both documents agree, and the stock client never heard of the pings.
+    b.edit(|_, txn| add_block(txn, "from-b", 2.0)).await;
+    a.until("b's block", |c| block_count(c) == 3).await;
+    assert_eq!(doc_json(&a.doc), doc_json(&b.doc));
+    assert_eq!(b.extension_msgs, 0, "stock clients get no pongs");
+    server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn awareness_is_relayed_and_removed_when_its_connection_leaves() {
     let dir = tempfile::tempdir().unwrap();
