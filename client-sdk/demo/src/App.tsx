@@ -1,0 +1,180 @@
+import { useCallback, useEffect, useRef, useState } from 'react'
+import { ReactFlowProvider, Background, Controls, MiniMap, useReactFlow } from '@xyflow/react'
+import { blockSchema, type BlockType, type ResonantClient } from '@resonant/client'
+import {
+  ResonantProvider,
+  RoomProvider,
+  ResonantFlow,
+  useRoom,
+  useSynced,
+  useUndoRedo,
+  useLatestExecution,
+} from '@resonant/react'
+import { nodeTypes } from './nodes'
+import { StatusBar } from './StatusBar'
+import { Inspector } from './Inspector'
+import { RunControls, RunLog } from './RunPanel'
+import { BLOCK_TYPES, ExecutionContext } from './shared'
+
+export function App({ client, workflowId, seed }: { client: ResonantClient; workflowId: string; seed: boolean }) {
+  return (
+    <ResonantProvider client={client}>
+      <RoomProvider workflowId={workflowId} fallback={<div className="boot">Connecting…</div>}>
+        <ReactFlowProvider>
+          <Editor seed={seed} />
+        </ReactFlowProvider>
+      </RoomProvider>
+    </ResonantProvider>
+  )
+}
+
+/** Seeds a new workflow with input → ai → output, once, after the stored document arrived. */
+function useSeed(seed: boolean) {
+  const room = useRoom()
+  useEffect(() => {
+    if (!seed) return
+    let cancelled = false
+    room.whenSynced().then(() => {
+      const wf = room.workflow
+      if (cancelled || wf.blocks().length > 0) return
+      wf.transact(() => {
+        wf.addBlock({ id: 'input', type: 'input', position: { x: 40, y: 120 }, data: { label: 'Topic' } })
+        wf.addBlock({
+          id: 'ai',
+          type: 'ai',
+          position: { x: 340, y: 100 },
+          data: { label: 'Write a line' },
+          config: { userPromptTemplate: 'Write one line about {{ input.topic }}' },
+        })
+        wf.addBlock({ id: 'output', type: 'output', position: { x: 680, y: 120 }, data: { label: 'Result' } })
+        wf.connect({ source: 'input', target: 'ai' })
+        wf.connect({ source: 'ai', target: 'output' })
+      })
+      // The seed is not the user's change to undo.
+      room.undo.clear()
+    })
+    return () => {
+      cancelled = true
+    }
+  }, [room, seed])
+}
+
+function useUndoShortcuts() {
+  const { undo, redo } = useUndoRedo()
+  useEffect(() => {
+    const onKey = (e: KeyboardEvent) => {
+      const t = e.target as HTMLElement | null
+      if (t && (t.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(t.tagName))) return
+      if (!(e.ctrlKey || e.metaKey)) return
+      const k = e.key.toLowerCase()
+      if (k === 'z' && !e.shiftKey) undo()
+      else if ((k === 'z' && e.shiftKey) || k === 'y') redo()
+      else return
+      e.preventDefault()
+    }
+    window.addEventListener('keydown', onKey)
+    return () => window.removeEventListener('keydown', onKey)
+  }, [undo, redo])
+}
+
+function Editor({ seed }: { seed: boolean }) {
+  const room = useRoom()
+  const synced = useSynced()
+  const execution = useLatestExecution()
+  const [selected, setSelected] = useState<string[]>([])
+  const canvas = useRef<HTMLDivElement>(null)
+
+  useEffect(() => {
+    if (window.__resonant) window.__resonant.room = room
+  }, [room])
+  useSeed(seed)
+  useUndoShortcuts()
+
+  return (
+    <ExecutionContext.Provider value={execution}>
+      <div className="app">
+        <header className="topbar">
+          <Toolbar canvas={canvas} selected={selected} />
+          <StatusBar />
+        </header>
+        <div className="main">
+          <div className="canvas" ref={canvas}>
+            {synced ? (
+              <ResonantFlow
+                nodeTypes={nodeTypes}
+                onBlockSelectionChange={setSelected}
+                deleteKeyCode={['Backspace', 'Delete']}
+                minZoom={0.2}
+                maxZoom={2}
+                proOptions={{ hideAttribution: true }}
+              >
+                <Background gap={16} />
+                <Controls showInteractive={false} />
+                <MiniMap pannable zoomable />
+              </ResonantFlow>
+            ) : (
+              <div className="boot">Loading the workflow…</div>
+            )}
+          </div>
+          <aside className="side">
+            <Inspector blockId={selected.length === 1 ? selected[0] : undefined} count={selected.length} />
+            <RunControls />
+            <RunLog />
+          </aside>
+        </div>
+      </div>
+    </ExecutionContext.Provider>
+  )
+}
+
+function Toolbar({ canvas, selected }: { canvas: React.RefObject<HTMLDivElement | null>; selected: string[] }) {
+  const room = useRoom()
+  const { screenToFlowPosition } = useReactFlow()
+  const { undo, redo, canUndo, canRedo } = useUndoRedo()
+  const added = useRef(0)
+
+  const add = useCallback(
+    (type: BlockType) => {
+      const rect = canvas.current?.getBoundingClientRect()
+      const center = rect
+        ? screenToFlowPosition({ x: rect.left + rect.width / 2, y: rect.top + rect.height / 2 })
+        : { x: 0, y: 0 }
+      const offset = (added.current++ % 8) * 24
+      room.workflow.addBlock({ type, position: { x: Math.round(center.x - 90 + offset), y: Math.round(center.y - 30 + offset) } })
+    },
+    [room, canvas, screenToFlowPosition],
+  )
+
+  return (
+    <div className="toolbar">
+      <div className="add-blocks">
+        {BLOCK_TYPES.map((t) => (
+          <button
+            key={t}
+            data-testid={`add-block-${t}`}
+            title={blockSchema.types[t]?.description ?? t}
+            onClick={() => add(t)}
+          >
+            + {blockSchema.types[t]?.label ?? t}
+          </button>
+        ))}
+      </div>
+      <div className="history">
+        <button data-testid="undo" onClick={undo} disabled={!canUndo} title="Undo (Ctrl+Z)">
+          Undo
+        </button>
+        <button data-testid="redo" onClick={redo} disabled={!canRedo} title="Redo (Ctrl+Shift+Z)">
+          Redo
+        </button>
+        <button
+          data-testid="delete-block"
+          onClick={() => room.workflow.removeBlocks(selected)}
+          disabled={selected.length === 0}
+          title="Delete the selected blocks (Delete)"
+        >
+          Delete
+        </button>
+      </div>
+    </div>
+  )
+}

@@ -1,0 +1,222 @@
+// Browser tests: the demo editor served by the real server, in Debian's Chromium driven by
+// playwright-core, two browser contexts as two users. Screenshots go to e2e/artifacts/.
+import { after, before, test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import readline from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { chromium } from 'playwright-core'
+
+const here = path.dirname(fileURLToPath(import.meta.url))
+const artifacts = path.join(here, 'artifacts')
+mkdirSync(artifacts, { recursive: true })
+
+function resonantBin() {
+  const c = [process.env.RESONANT_BIN, process.env.CARGO_TARGET_DIR && path.join(process.env.CARGO_TARGET_DIR, 'debug/resonant'), path.resolve(here, '../../target/debug/resonant')].filter(Boolean)
+  const found = c.find((p) => existsSync(p))
+  if (!found) throw new Error(`resonant binary not found (tried ${c.join(', ')})`)
+  return found
+}
+
+function chromiumPath() {
+  const c = [process.env.CHROMIUM_PATH, '/usr/bin/chromium', '/usr/bin/chromium-browser'].filter(Boolean)
+  const found = c.find((p) => existsSync(p))
+  if (!found) throw new Error('Chromium not found: apt-get install chromium (or set CHROMIUM_PATH)')
+  return found
+}
+
+let server, base, browser
+
+before(async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'resonant-e2e-'))
+  // Slow demo tokens so a run lasts long enough to reload in the middle of it.
+  server = spawn(resonantBin(), ['serve', '--port', '0', '--data-dir', dir, '--demo-delay-ms', '60'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, RESONANT_LOG: 'warn' },
+  })
+  const port = await new Promise((resolve, reject) => {
+    readline.createInterface({ input: server.stdout }).on('line', (l) => {
+      const m = /^resonant listening on 127\.0\.0\.1:(\d+)$/.exec(l)
+      if (m) resolve(Number(m[1]))
+    })
+    server.once('exit', (code) => reject(new Error(`server exited ${code}`)))
+  })
+  base = `http://127.0.0.1:${port}`
+  browser = await chromium.launch({
+    executablePath: chromiumPath(),
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  })
+})
+
+after(async () => {
+  await browser?.close()
+  server?.kill('SIGTERM')
+})
+
+/**
+ * Routes a page's sync sockets through the test: it can hold back the server's save
+ * acknowledgements and cut the network (a browser's offline mode does not touch WebSockets).
+ */
+async function controlSockets(page) {
+  const ctl = { holdAcks: false, offline: false, held: [], sockets: new Set(), opened: 0 }
+  await page.routeWebSocket(/\/sync\//, (ws) => {
+    if (ctl.offline) {
+      ws.close({ code: 4000, reason: 'test: offline' })
+      return
+    }
+    ctl.opened++
+    const upstream = ws.connectToServer()
+    const pair = { ws, upstream }
+    ctl.sockets.add(pair)
+    ws.onMessage((m) => upstream.send(m))
+    upstream.onMessage((m) => {
+      if (ctl.holdAcks && typeof m !== 'string' && m[0] === 8) ctl.held.push([ws, m])
+      else ws.send(m)
+    })
+    ws.onClose(() => ctl.sockets.delete(pair))
+    upstream.onClose(() => ctl.sockets.delete(pair))
+  })
+  ctl.release = () => {
+    ctl.holdAcks = false
+    for (const [ws, m] of ctl.held) ws.send(m)
+    ctl.held = []
+  }
+  ctl.cut = async () => {
+    ctl.offline = true
+    for (const p of [...ctl.sockets]) {
+      await p.ws.close({ code: 4000, reason: 'test: network cut' }).catch(() => {})
+      await p.upstream.close().catch(() => {})
+    }
+    ctl.sockets.clear()
+  }
+  ctl.restore = async () => {
+    ctl.offline = false
+    // What a browser does when the network comes back: the client probes and reconnects at once.
+    await page.evaluate(() => window.dispatchEvent(new Event('online')))
+  }
+  return ctl
+}
+
+async function openEditor(context, url, name) {
+  const page = await context.newPage()
+  const sockets = []
+  page.on('websocket', (ws) => {
+    if (ws.url().includes('/sync/')) sockets.push(ws)
+  })
+  page.on('pageerror', (e) => console.error(`[${name}] page error:`, e))
+  return { page, sockets, ready: page.goto(url) }
+}
+
+const text = (page, id) => page.getByTestId(id).textContent()
+const evalRoom = (page, fn, arg) => page.evaluate(([src, a]) => new Function('r', 'a', `return (${src})(r, a)`)(window.__resonant.room, a), [fn.toString(), arg])
+
+async function nodeCount(page) {
+  return page.locator('[data-testid^="node-"]').count()
+}
+
+test('two users edit, see each other, survive a cut, run and reload mid-run', async () => {
+  const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const ctxB = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const A = await openEditor(ctxA, `${base}/?name=Ada`, 'Ada')
+  const ctlA = await controlSockets(A.page)
+  await A.ready
+  // The first page creates and seeds a workflow and puts its id in the URL.
+  await A.page.waitForURL(/workflow=/)
+  await A.page.waitForFunction(() => window.__resonant?.room?.synced && window.__resonant.room.workflow.blocks().length >= 3)
+  const url = new URL(A.page.url())
+  const workflowId = url.searchParams.get('workflow')
+  assert.ok(workflowId)
+
+  const B = await openEditor(ctxB, `${base}/?workflow=${workflowId}&name=Bob`, 'Bob')
+  await B.ready
+  await B.page.waitForFunction(() => window.__resonant?.room?.synced)
+  await B.page.getByTestId('connection-status').filter({ hasText: /connected/i }).waitFor()
+
+  // StrictMode mounts twice; still one socket per page.
+  assert.equal(A.sockets.length, 1, 'one WebSocket on page A')
+  assert.equal(B.sockets.length, 1, 'one WebSocket on page B')
+  await B.page.waitForFunction(() => document.querySelectorAll('[data-testid^="node-"]').length >= 3)
+  const seeded = await nodeCount(B.page)
+
+  // A block added by one appears for the other; save status goes Saving… → Saved.
+  ctlA.holdAcks = true
+  await A.page.getByTestId('add-block-transform').click()
+  await A.page.getByTestId('save-status').filter({ hasText: 'Saving' }).waitFor()
+  await B.page.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n + 1, seeded)
+  ctlA.release()
+  await A.page.getByTestId('save-status').filter({ hasText: 'Saved' }).waitFor()
+
+  // A cursor appears for the other user.
+  const pane = A.page.locator('.react-flow__pane')
+  const box = await pane.boundingBox()
+  await A.page.mouse.move(box.x + box.width * 0.7, box.y + box.height * 0.8)
+  await A.page.mouse.move(box.x + box.width * 0.72, box.y + box.height * 0.82)
+  await B.page.getByTestId('remote-cursor-Ada').waitFor()
+  await B.page.getByTestId('avatar-Ada').waitFor()
+
+  // A drag is seen live by B through presence and lands in the document once, on drop.
+  const dragId = await evalRoom(A.page, (r) => r.workflow.blocks()[0].id)
+  const startPos = await evalRoom(B.page, (r, id) => r.workflow.block(id).position, dragId)
+  await evalRoom(A.page, (r) => {
+    window.__moves = 0
+    r.doc.on('update', (_u, origin) => {
+      if (origin === r.localOrigin) window.__moves++
+    })
+  })
+  const node = A.page.getByTestId(`node-${dragId}`)
+  const nb = await node.boundingBox()
+  await A.page.mouse.move(nb.x + nb.width / 2, nb.y + 12)
+  await A.page.mouse.down()
+  for (let i = 1; i <= 10; i++) await A.page.mouse.move(nb.x + nb.width / 2 + i * 15, nb.y + 12 + i * 8)
+  // Mid-drag: B sees A's drag ghost, the document has not changed.
+  await B.page.waitForFunction(() => window.__resonant.room.presence.others().some((p) => p.drag))
+  assert.deepEqual(await evalRoom(B.page, (r, id) => r.workflow.block(id).position, dragId), startPos)
+  await A.page.mouse.up()
+  await B.page.waitForFunction(([id, x]) => window.__resonant.room.workflow.block(id).position.x !== x, [dragId, startPos.x])
+  assert.equal(await A.page.evaluate(() => window.__moves), 1, 'a drag writes the document once')
+
+  // Edits made while A's socket is cut arrive after the reconnect.
+  await ctlA.cut()
+  await A.page.getByTestId('connection-status').filter({ hasText: /reconnecting|connecting/i }).waitFor()
+  const before = await nodeCount(B.page)
+  await A.page.getByTestId('add-block-delay').click()
+  await A.page.getByTestId('save-status').filter({ hasText: /unsaved/i }).waitFor()
+  assert.equal(await nodeCount(B.page), before, 'B does not get it while A is offline')
+  await ctlA.restore()
+  await A.page.getByTestId('save-status').filter({ hasText: 'Saved' }).waitFor()
+  await B.page.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n + 1, before)
+
+  // Remove the unconnected extras so the seeded graph runs, then Run: both pages stream.
+  await evalRoom(A.page, (r) => {
+    const ids = r.workflow.blocks().filter((b) => !['input', 'ai', 'output'].includes(b.type)).map((b) => b.id)
+    r.workflow.removeBlocks(ids)
+  })
+  const aiId = await evalRoom(A.page, (r) => r.workflow.blocks().find((b) => b.type === 'ai').id)
+  await A.page.getByTestId('run').click()
+  await A.page.waitForFunction((id) => (document.querySelector(`[data-testid="block-text-${id}"]`)?.textContent ?? '').length > 10, aiId)
+  await B.page.waitForFunction((id) => (document.querySelector(`[data-testid="block-text-${id}"]`)?.textContent ?? '').length > 10, aiId)
+  await A.page.screenshot({ path: path.join(artifacts, 'editor-mid-run-ada.png') })
+  await B.page.screenshot({ path: path.join(artifacts, 'editor-mid-run-bob.png') })
+
+  // B reloads mid-run: the run is replayed, then followed live, with no token twice.
+  const running = await evalRoom(A.page, (r) => r.executions().at(-1).state().status)
+  assert.equal(running, 'running', 'the run is still going when B reloads')
+  await B.page.reload()
+  await B.page.waitForFunction(() => window.__resonant?.room?.synced)
+  await A.page.getByTestId('execution-status').filter({ hasText: /completed/i }).waitFor({ timeout: 60000 })
+  await B.page.getByTestId('execution-status').filter({ hasText: /completed/i }).waitFor({ timeout: 60000 })
+  const a = await evalRoom(A.page, (r, id) => { const s = r.executions().at(-1).state(); return { text: s.blocks[id].text, output: s.blocks[id].output, seqs: s.events.map((e) => e.seq) } }, aiId)
+  const b = await evalRoom(B.page, (r, id) => { const s = r.executions().at(-1).state(); return { text: s.blocks[id].text, output: s.blocks[id].output, seqs: s.events.map((e) => e.seq) } }, aiId)
+  assert.equal(a.text, a.output, 'streamed text is the output')
+  assert.equal(b.text, b.output, 'after a reload mid-run: no token duplicated or missed')
+  assert.deepEqual(b.seqs, a.seqs)
+  assert.deepEqual(a.seqs, a.seqs.map((_, i) => i + 1))
+  assert.equal(await text(B.page, `block-text-${aiId}`), b.output)
+  await B.page.screenshot({ path: path.join(artifacts, 'editor-after-run-bob.png') })
+  console.log(`screenshots: ${artifacts}`)
+  await ctxA.close()
+  await ctxB.close()
+})

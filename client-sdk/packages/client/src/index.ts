@@ -1,0 +1,18 @@
+/** `@resonant/client`: rooms, save status, workflow helpers, presence, undo and executions. */
+export { ResonantClient } from './client.js'
+export { Room, type RoomEvent } from './room.js'
+export { WorkflowDoc, type WorkflowChange, type BlockPatch } from './workflow.js'
+export { UndoController } from './undo.js'
+export { Presence } from './presence.js'
+export { fold as foldExecutionEvent, type ExecutionHandle } from './executions.js'
+export {
+  blockSchema,
+  blockTypes,
+  checkConfig,
+  type BlockSchema,
+  type BlockTypeSpec,
+  type FieldSpec,
+  type FieldKind,
+  type ConfigProblem,
+} from './schema.js'
+export * from './types.js'

@@ -1,0 +1,547 @@
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import type { Awareness } from 'y-protocols/awareness'
+import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
+import { ManagedSocket, socketClass } from './socket.js'
+import { WorkflowDoc } from './workflow.js'
+import { Presence } from './presence.js'
+import { UndoController } from './undo.js'
+import { Execution, type ExecutionHandle, type ExecutionHost } from './executions.js'
+import {
+  ResonantError,
+  type ClientOptions,
+  type ConnectionStatus,
+  type ExecutionEvent,
+  type RoomError,
+  type RunOptions,
+  type SaveStatus,
+  type Unsubscribe,
+} from './types.js'
+
+const MSG_SYNC = 0
+const MSG_QUERY_AWARENESS = 3
+const MSG_STATELESS = 5
+const MSG_SYNC_STATUS = 8
+const REQUEST_TIMEOUT_MS = 15000
+/** Close codes after which reconnecting with the same credentials is pointless. */
+const TERMINAL_CLOSES = new Set([4403, 4410])
+
+/** Events a room emits; read the getters in the callback. */
+export type RoomEvent = 'status' | 'save' | 'synced' | 'error'
+
+/** Per-connection accounting of updates sent and acknowledged. */
+interface Conn {
+  socket: ManagedSocket
+  sent: number
+  acked: number
+  /** The handshake's step 2 (everything the server lacked) has been sent. */
+  handshakeSent: boolean
+  /** A pong, ack or other extension message arrived: this server speaks the extensions. */
+  extensions: boolean
+}
+
+interface Pending {
+  resolve: (v: Record<string, unknown>) => void
+  reject: (e: Error) => void
+  timer: ReturnType<typeof setTimeout>
+}
+
+/**
+ * One workflow's live document: the socket (y-websocket's provider over a managed socket),
+ * save status from the server's acknowledgements, typed helpers, undo, presence and
+ * executions. Get one from `ResonantClient.enterRoom`.
+ */
+export class Room implements ExecutionHost {
+  /** The workflow's Yjs document. */
+  readonly doc = new Y.Doc()
+  /** The y-websocket provider (its socket is managed by the room). */
+  readonly provider: WebsocketProvider
+  /** The room's awareness (presence) instance. */
+  readonly awareness: Awareness
+  /** Typed helpers over the document layout. */
+  readonly workflow: WorkflowDoc
+  /** Undo and redo of this user's changes. */
+  readonly undo: UndoController
+  /** My presence and everyone else's. */
+  readonly presence: Presence
+  /** Transaction origin of this user's edits. */
+  readonly localOrigin = { local: true }
+  private readonly viewOrigin = { local: true, untracked: true }
+  private _status: ConnectionStatus = 'connecting'
+  private _save: SaveStatus = 'unknown'
+  private _synced = false
+  private _error: RoomError | null = null
+  private conn: Conn | null = null
+  /** Local changes not yet known to be stored (made offline, or unacknowledged when a socket died). */
+  private dirty = false
+  /** Whether this server acknowledges saves: null until known. */
+  private acks: boolean | null = null
+  private tokenReason: 'connect' | 'expired' = 'connect'
+  private listeners = new Map<RoomEvent, Set<() => void>>()
+  private syncWaiters: Array<() => void> = []
+  private pending = new Map<string, Pending>()
+  private queue: Record<string, unknown>[] = []
+  private nextRequest = 1
+  private execs = new Map<string, Execution>()
+  private execOrder: Execution[] = []
+  private execListeners = new Set<() => void>()
+  private probe: { timer: ReturnType<typeof setTimeout>; socket: ManagedSocket } | null = null
+  private flushes: Array<() => void> = []
+  private frameScheduled = false
+  private windowCleanup: (() => void) | null = null
+  private destroyed = false
+
+  constructor(
+    readonly workflowId: string,
+    private readonly options: ClientOptions,
+  ) {
+    const Impl = options.WebSocket ?? (globalThis as { WebSocket?: typeof WebSocket }).WebSocket
+    if (!Impl) throw new Error('no WebSocket implementation: pass options.WebSocket (the `ws` package in Node)')
+    const WS = socketClass(
+      {
+        token: () => this.token(),
+        opened: (s) => this.opened(s),
+        received: (s, f) => this.received(s, f),
+        sent: (s, f) => this.sentFrame(s, f),
+        closed: (s, code, reason) => this.closed(s, code, reason),
+      },
+      Impl,
+    )
+    this.provider = new WebsocketProvider(syncUrl(options.url), `workflow-${workflowId}`, this.doc, {
+      connect: false,
+      WebSocketPolyfill: WS as unknown as typeof WebSocket,
+      // Cross-tab broadcast would move updates past the acknowledgement count.
+      disableBc: true,
+      maxBackoffTime: options.maxBackoffMs ?? 5000,
+      // y-websocket stops on any 44xx; 4401 means "refresh the token", not "give up".
+      shouldReconnect: (ev: CloseEvent) => !TERMINAL_CLOSES.has(ev.code),
+    } as ConstructorParameters<typeof WebsocketProvider>[3])
+    this.awareness = this.provider.awareness
+    this.workflow = new WorkflowDoc(this.doc, this.localOrigin, this.viewOrigin)
+    this.undo = new UndoController(this.workflow, this.localOrigin)
+    this.presence = new Presence(
+      this.awareness,
+      options.user,
+      options.presenceThrottleMs ?? 50,
+      options.staleGraceMs ?? 10000,
+    )
+    this.provider.on('sync', (synced: boolean) => this.onSync(synced))
+    this.doc.on('update', (_u: Uint8Array, origin: unknown) => {
+      // A change the provider did not bring is local; with no open socket it waits for the next one.
+      if (origin !== this.provider && !(this.conn && this.conn.socket.readyState === 1)) {
+        this.dirty = true
+        this.recompute()
+      }
+    })
+    this.installWindowHooks()
+    this.provider.connect()
+  }
+
+  /** Connection status. */
+  get status(): ConnectionStatus {
+    return this._status
+  }
+
+  /** Save status (see {@link SaveStatus}). */
+  get saveStatus(): SaveStatus {
+    return this._save
+  }
+
+  /** Whether the document has the server's state since the last (re)connect. */
+  get synced(): boolean {
+    return this._synced
+  }
+
+  /** Why the room stopped for good, if it did. */
+  get error(): RoomError | null {
+    return this._error
+  }
+
+  /** Subscribes to a room event. */
+  on(event: RoomEvent, cb: () => void): Unsubscribe {
+    let set = this.listeners.get(event)
+    if (!set) this.listeners.set(event, (set = new Set()))
+    set.add(cb)
+    return () => set!.delete(cb)
+  }
+
+  /** Resolves once the document holds the server's state. */
+  whenSynced(): Promise<void> {
+    if (this._synced) return Promise.resolve()
+    return new Promise((r) => this.syncWaiters.push(r))
+  }
+
+  /** Resolves once every local change is stored (save status `saved`). */
+  whenSaved(): Promise<void> {
+    if (this._save === 'saved') return Promise.resolve()
+    return new Promise((r) => {
+      const off = this.on('save', () => {
+        if (this._save === 'saved') {
+          off()
+          r()
+        }
+      })
+    })
+  }
+
+  /** Updates sent on the current connection and not yet acknowledged. */
+  get unacknowledged(): number {
+    return this.conn ? this.conn.sent - this.conn.acked : 0
+  }
+
+  private emit(event: RoomEvent) {
+    for (const l of [...(this.listeners.get(event) ?? [])]) l()
+  }
+
+  private setStatus(s: ConnectionStatus) {
+    if (this._status !== s) {
+      this._status = s
+      this.emit('status')
+    }
+    this.recompute()
+  }
+
+  // --- the socket -------------------------------------------------------------------------
+
+  private async token(): Promise<string | null> {
+    const reason = this.tokenReason
+    this.tokenReason = 'connect'
+    return this.options.getToken ? await this.options.getToken(reason) : null
+  }
+
+  private opened(socket: ManagedSocket) {
+    this.conn = { socket, sent: 0, acked: 0, handshakeSent: false, extensions: false }
+    // The replay request must be the first extension message: it opts the connection in and
+    // holds live events back until the missed ones are sent, so order is exact.
+    const after: Record<string, number> = {}
+    for (const e of this.execs.values()) if (!e.finished) after[e.id] = e.state().seq
+    this.sendJson(socket, { type: 'executions.resume', after, running: true })
+    // Ask for acknowledgements explicitly too, and learn at once whether the server speaks them.
+    this.sendRaw(socket, [MSG_SYNC_STATUS, 1])
+    this.startProbe(socket, true)
+    const queued = this.queue
+    this.queue = []
+    for (const msg of queued) this.sendJson(socket, msg)
+    this.setStatus('connected')
+  }
+
+  private sentFrame(socket: ManagedSocket, frame: Uint8Array) {
+    const conn = this.conn
+    if (!conn || conn.socket !== socket) return
+    if (frame[0] === MSG_SYNC && (frame[1] === 1 || frame[1] === 2)) {
+      conn.sent++
+      if (frame[1] === 1) conn.handshakeSent = true
+      this.recompute()
+    }
+  }
+
+  private received(socket: ManagedSocket, frame: Uint8Array): boolean {
+    const conn = this.conn
+    if (conn && conn.socket === socket && this.probe?.socket === socket) this.endProbe()
+    if (frame[0] === MSG_SYNC_STATUS) {
+      if (conn && conn.socket === socket) {
+        conn.extensions = true
+        this.acks = true
+        conn.acked = Math.min(conn.acked + 1, conn.sent)
+        if (conn.handshakeSent && conn.acked >= conn.sent) this.dirty = false
+        this.recompute()
+      }
+      return true
+    }
+    if (frame[0] === MSG_STATELESS) {
+      if (conn && conn.socket === socket && !conn.extensions) {
+        conn.extensions = true
+        this.acks = true
+        this.recompute()
+      }
+      try {
+        const d = decoding.createDecoder(frame)
+        decoding.readVarUint(d)
+        this.onJson(JSON.parse(decoding.readVarString(d)))
+      } catch (e) {
+        console.warn('resonant: unreadable extension message', e)
+      }
+      return true
+    }
+    return false
+  }
+
+  private closed(socket: ManagedSocket, code: number, reason: string) {
+    if (this.probe?.socket === socket) this.endProbe()
+    if (this.conn?.socket === socket) {
+      if (this.conn.sent > this.conn.acked) this.dirty = true
+      this.conn = null
+    }
+    if (this._synced) {
+      this._synced = false
+      this.emit('synced')
+    }
+    this.presence.markDisconnected()
+    for (const [id, p] of this.pending) {
+      // Requests sent on a dead socket may or may not have arrived; tell the caller.
+      clearTimeout(p.timer)
+      p.reject(new ResonantError('disconnected', 'the connection closed before the server answered'))
+      this.pending.delete(id)
+    }
+    if (code === 4401) this.tokenReason = 'expired'
+    if (TERMINAL_CLOSES.has(code)) {
+      this._error = { code, reason }
+      this.emit('error')
+      this.setStatus('disconnected')
+    } else if (this.destroyed) {
+      this.setStatus('disconnected')
+    } else {
+      this.setStatus('reconnecting')
+    }
+  }
+
+  private onSync(synced: boolean) {
+    if (!synced || this._synced) return
+    this._synced = true
+    this.presence.markConnected()
+    this.emit('synced')
+    const waiters = this.syncWaiters
+    this.syncWaiters = []
+    for (const w of waiters) w()
+  }
+
+  private recompute() {
+    const conn = this.conn
+    let next: SaveStatus
+    if (!conn || conn.socket.readyState !== 1) {
+      next = this.dirty ? 'offline' : this.acks ? 'saved' : 'unknown'
+    } else if (!(conn.extensions || this.acks)) {
+      next = 'unknown'
+    } else {
+      next = conn.sent > conn.acked || this.dirty ? 'saving' : 'saved'
+    }
+    if (next !== this._save) {
+      this._save = next
+      this.emit('save')
+    }
+  }
+
+  // --- liveness ---------------------------------------------------------------------------
+
+  /**
+   * Sends a probe on the socket and closes it if nothing at all comes back in time (a socket
+   * can look open for minutes after a laptop slept). The first probe of a connection also
+   * tells whether the server speaks the extensions: if not, it is not a liveness failure.
+   */
+  private startProbe(socket: ManagedSocket, initial = false) {
+    if (this.probe) return
+    const seen = socket.framesReceived
+    if (this.conn?.extensions || initial) this.sendJson(socket, { type: 'ping', id: Date.now() })
+    else this.sendRaw(socket, [MSG_QUERY_AWARENESS])
+    const timer = setTimeout(() => {
+      if (this.probe?.socket !== socket) return
+      this.probe = null
+      if (initial) {
+        // No answer to the ping: a server without the extensions; saves are unknown.
+        if (!this.conn?.extensions) {
+          this.acks = false
+          this.recompute()
+        }
+        return
+      }
+      if (socket.framesReceived === seen) socket.close(4000, 'liveness probe unanswered')
+    }, this.options.probeTimeoutMs ?? 4000)
+    this.probe = { timer, socket }
+  }
+
+  private endProbe() {
+    if (!this.probe) return
+    clearTimeout(this.probe.timer)
+    this.probe = null
+  }
+
+  /** Checks the socket is alive now (called on `online`, `visibilitychange` and `pageshow`). */
+  checkLiveness() {
+    const conn = this.conn
+    if (conn && conn.socket.readyState === 1) this.startProbe(conn.socket)
+    else if (!this.destroyed && !this._error && !this.provider.ws) this.provider.connect()
+  }
+
+  private installWindowHooks() {
+    const w = (globalThis as { window?: Window }).window
+    if (!w || typeof w.addEventListener !== 'function') return
+    const check = () => this.checkLiveness()
+    const visible = () => {
+      if (w.document?.visibilityState === 'visible') check()
+    }
+    const unload = (e: BeforeUnloadEvent) => {
+      if (this._save === 'saving' || this._save === 'offline') {
+        e.preventDefault()
+        e.returnValue = ''
+      }
+    }
+    w.addEventListener('online', check)
+    w.addEventListener('pageshow', check)
+    w.document?.addEventListener('visibilitychange', visible)
+    if (this.options.guardUnload) w.addEventListener('beforeunload', unload)
+    this.windowCleanup = () => {
+      w.removeEventListener('online', check)
+      w.removeEventListener('pageshow', check)
+      w.document?.removeEventListener('visibilitychange', visible)
+      w.removeEventListener('beforeunload', unload)
+    }
+  }
+
+  // --- extension messages -----------------------------------------------------------------
+
+  private sendRaw(socket: ManagedSocket, bytes: number[]) {
+    socket.send(new Uint8Array(bytes), true)
+  }
+
+  private sendJson(socket: ManagedSocket, msg: Record<string, unknown>) {
+    const e = encoding.createEncoder()
+    encoding.writeVarUint(e, MSG_STATELESS)
+    encoding.writeVarString(e, JSON.stringify(msg))
+    socket.send(encoding.toUint8Array(e), true)
+  }
+
+  private onJson(msg: Record<string, unknown>) {
+    if (typeof msg !== 'object' || msg === null) return
+    const requestId = typeof msg.requestId === 'string' ? msg.requestId : null
+    if (typeof msg.executionId === 'string' && typeof msg.seq === 'number' && typeof msg.type === 'string') {
+      if (msg.workflowId !== undefined && msg.workflowId !== this.workflowId) return
+      this.execution(msg.executionId).receive(msg as ExecutionEvent)
+      return
+    }
+    if (msg.type === 'error' && !requestId && msg.code === 'replay-busy') {
+      // A gap replay collided with another one: ask again shortly.
+      setTimeout(() => this.resumeGaps(), 100)
+      return
+    }
+    if (requestId && this.pending.has(requestId)) {
+      const p = this.pending.get(requestId)!
+      this.pending.delete(requestId)
+      clearTimeout(p.timer)
+      if (msg.type === 'error') {
+        const { code, message, ...rest } = msg
+        p.reject(new ResonantError(String(code), String(message), rest))
+      } else p.resolve(msg)
+      return
+    }
+    if (msg.type === 'error') console.warn(`resonant: ${msg.code}: ${msg.message}`)
+  }
+
+  private resumeGaps() {
+    const after: Record<string, number> = {}
+    for (const e of this.execs.values()) if (e.gapRequested) after[e.id] = e.state().seq
+    if (Object.keys(after).length > 0) this.sendRequest({ type: 'executions.resume', after, running: false })
+  }
+
+  /** Sends a request now, or after the next connect when the socket is down. */
+  private sendRequest(msg: Record<string, unknown>) {
+    const conn = this.conn
+    if (conn && conn.socket.readyState === 1) this.sendJson(conn.socket, msg)
+    else this.queue.push(msg)
+  }
+
+  /** Sends a request and waits for its reply (`ResonantError` on a refusal). */
+  request(msg: Record<string, unknown>): Promise<Record<string, unknown>> {
+    const requestId = `r${this.nextRequest++}`
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(requestId)
+        reject(new ResonantError('timeout', `no answer to ${String(msg.type)} in ${REQUEST_TIMEOUT_MS} ms`))
+      }, REQUEST_TIMEOUT_MS)
+      this.pending.set(requestId, { resolve, reject, timer })
+      this.sendRequest({ ...msg, requestId })
+    })
+  }
+
+  // --- executions -------------------------------------------------------------------------
+
+  /** Starts the workflow as it stands; resolves with a live handle once the server accepts. */
+  async run(opts: RunOptions = {}): Promise<ExecutionHandle> {
+    const reply = await this.request({
+      type: 'execution.start',
+      input: opts.input ?? {},
+      idempotencyKey: opts.idempotencyKey,
+      priority: opts.priority,
+      maxConcurrency: opts.maxConcurrency,
+    })
+    return this.execution(reply.executionId as string)
+  }
+
+  /** Follows an execution from `afterSeq` (the last seq seen, e.g. before a reload). */
+  attach(executionId: string, opts: { afterSeq?: number } = {}): ExecutionHandle {
+    const known = this.execs.get(executionId)
+    if (known) return known
+    const e = this.execution(executionId, opts.afterSeq ?? 0)
+    // When the socket is not open yet, the resume sent on open already lists it.
+    if (this.conn?.socket.readyState === 1) this.resume(executionId, opts.afterSeq ?? 0)
+    return e
+  }
+
+  /** Every execution this room knows, oldest first. */
+  executions(): ExecutionHandle[] {
+    return this.execOrder
+  }
+
+  /** Calls `cb` when an execution appears. */
+  onExecutions(cb: () => void): Unsubscribe {
+    this.execListeners.add(cb)
+    return () => this.execListeners.delete(cb)
+  }
+
+  /** The handle of an execution, created on first sight. */
+  handleFor(executionId: string): ExecutionHandle {
+    return this.execution(executionId)
+  }
+
+  private execution(id: string, afterSeq = 0): Execution {
+    let e = this.execs.get(id)
+    if (!e) {
+      e = new Execution(id, this, afterSeq)
+      this.execs.set(id, e)
+      this.execOrder = [...this.execOrder, e]
+      for (const l of [...this.execListeners]) l()
+    }
+    return e
+  }
+
+  /** Asks for the events of one execution after `afterSeq`. */
+  resume(executionId: string, afterSeq: number) {
+    this.sendRequest({ type: 'executions.resume', after: { [executionId]: afterSeq }, running: false })
+  }
+
+  /** Runs `flush` on the next animation frame (one timer for all executions). */
+  schedule(flush: () => void) {
+    this.flushes.push(flush)
+    if (this.frameScheduled) return
+    this.frameScheduled = true
+    const run = () => {
+      this.frameScheduled = false
+      const fs = this.flushes
+      this.flushes = []
+      for (const f of fs) f()
+    }
+    const raf = (globalThis as { requestAnimationFrame?: (cb: () => void) => number }).requestAnimationFrame
+    if (raf) raf(run)
+    else setTimeout(run, 16)
+  }
+
+  // --- lifetime ---------------------------------------------------------------------------
+
+  /** Closes the socket and stops everything; called when the last holder leaves. */
+  destroy() {
+    if (this.destroyed) return
+    this.destroyed = true
+    this.windowCleanup?.()
+    if (this.probe) clearTimeout(this.probe.timer)
+    this.presence.destroy()
+    this.undo.destroy()
+    this.provider.destroy()
+    this.doc.destroy()
+    this.setStatus('disconnected')
+  }
+}
+
+function syncUrl(url: string): string {
+  const u = url.replace(/\/+$/, '').replace(/^http/, 'ws')
+  return u.endsWith('/sync') ? u : `${u}/sync`
+}

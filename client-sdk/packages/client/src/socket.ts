@@ -1,0 +1,140 @@
+/**
+ * A WebSocket stand-in handed to y-websocket's provider. It lets the room fetch a token before
+ * each connection (the constructor must be synchronous, `getToken` is not), see every frame the
+ * provider sends (to count updates awaiting an acknowledgement), and take the extension frames
+ * (types 5 and 8) out of the stream before the provider, which knows nothing of them, sees them.
+ */
+
+/** What a managed socket reports to its room. */
+export interface SocketHooks {
+  /** Resolves the token of this connection attempt (null: connect without one). */
+  token(): Promise<string | null>
+  /** The real socket opened; frames sent here go out before the provider's step 1. */
+  opened(socket: ManagedSocket): void
+  /** A frame arrived; return true when it was consumed (an extension frame). */
+  received(socket: ManagedSocket, frame: Uint8Array): boolean
+  /** The provider sent a frame. */
+  sent(socket: ManagedSocket, frame: Uint8Array): void
+  /** The connection ended (for whatever reason, once). */
+  closed(socket: ManagedSocket, code: number, reason: string): void
+}
+
+/** Minimal close event shape y-websocket reads. */
+interface CloseLike {
+  code: number
+  reason: string
+}
+
+/** Builds the socket class for one room: y-websocket constructs it with `new WS(url, protocols)`. */
+export function socketClass(hooks: SocketHooks, Impl: typeof WebSocket): new (url: string) => ManagedSocket {
+  return class extends ManagedSocket {
+    constructor(url: string) {
+      super(url, hooks, Impl)
+    }
+  }
+}
+
+/** One connection attempt; see the module comment. */
+export class ManagedSocket {
+  static readonly CONNECTING = 0
+  static readonly OPEN = 1
+  static readonly CLOSING = 2
+  static readonly CLOSED = 3
+  readonly CONNECTING = 0
+  readonly OPEN = 1
+  readonly CLOSING = 2
+  readonly CLOSED = 3
+  readyState = 0
+  binaryType = 'arraybuffer'
+  onopen: ((ev: unknown) => void) | null = null
+  onmessage: ((ev: { data: ArrayBuffer }) => void) | null = null
+  onclose: ((ev: CloseLike) => void) | null = null
+  onerror: ((ev: unknown) => void) | null = null
+  /** Frames received so far (a liveness probe checks it moved). */
+  framesReceived = 0
+  private ws: WebSocket | null = null
+  private ended = false
+
+  constructor(
+    readonly url: string,
+    private readonly hooks: SocketHooks,
+    private readonly Impl: typeof WebSocket,
+  ) {
+    void this.start()
+  }
+
+  private async start() {
+    let token: string | null
+    try {
+      token = await this.hooks.token()
+    } catch (e) {
+      // A failed token fetch is transient: the provider backs off and tries again.
+      this.end(1006, `getToken failed: ${(e as Error)?.message ?? e}`)
+      return
+    }
+    if (this.ended) return
+    // Offer a subprotocol only with a token: a browser fails the handshake when it offers one
+    // and a server (a stock y-websocket one, say) selects none.
+    const ws = token ? new this.Impl(this.url, ['resonant.v1', token]) : new this.Impl(this.url)
+    ws.binaryType = 'arraybuffer'
+    this.ws = ws
+    ws.onopen = () => {
+      if (this.ended) return
+      this.readyState = 1
+      this.hooks.opened(this)
+      this.onopen?.({})
+    }
+    ws.onmessage = (ev: MessageEvent) => {
+      if (this.ended) return
+      this.framesReceived++
+      const frame = toBytes(ev.data)
+      if (!frame) return
+      if (!this.hooks.received(this, frame)) {
+        const copy = frame.byteOffset === 0 && frame.byteLength === frame.buffer.byteLength
+        this.onmessage?.({ data: (copy ? frame.buffer : frame.slice().buffer) as ArrayBuffer })
+      }
+    }
+    ws.onerror = (ev: Event) => {
+      if (!this.ended) this.onerror?.(ev)
+    }
+    ws.onclose = (ev: CloseEvent) => this.end(ev.code, ev.reason)
+  }
+
+  /** Sends a frame the provider built (counted) or the room built (`raw`, not counted). */
+  send(data: ArrayBuffer | Uint8Array, raw = false) {
+    if (this.ended || !this.ws || this.readyState !== 1) return
+    const frame = data instanceof Uint8Array ? data : new Uint8Array(data)
+    if (!raw) this.hooks.sent(this, frame)
+    this.ws.send(frame)
+  }
+
+  /** Closes this connection; the provider hears of it at once, even if the network is dead. */
+  close(code = 1000, reason = '') {
+    this.end(code, reason)
+  }
+
+  private end(code: number, reason: string) {
+    if (this.ended) return
+    this.ended = true
+    this.readyState = 3
+    const ws = this.ws
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null
+      ws.onerror = () => {}
+      try {
+        ws.close()
+      } catch {
+        // Already closing.
+      }
+    }
+    this.hooks.closed(this, code, reason)
+    // Asynchronously, like a real close event: the provider may still be inside its handler.
+    queueMicrotask(() => this.onclose?.({ code, reason }))
+  }
+}
+
+function toBytes(data: unknown): Uint8Array | null {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data)
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+  return null
+}
