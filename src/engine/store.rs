@@ -252,15 +252,19 @@ pub struct NewExecution<'a> {
 pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result<(), String>> {
     let now = now_ms();
     with_pool!(db, p => {
-        let mut tx = p.begin().await?;
+        // Looked up before the transaction: on SQLite a transaction that reads first and
+        // writes later fails (SQLITE_BUSY_SNAPSHOT, 517) whenever another connection commits
+        // in between, which the event writer does all the time. Starting with the write takes
+        // the lock up front (and waits for it); the unique index settles a race.
         if let Some(key) = e.idempotency_key {
             let existing: Option<(String,)> = sqlx::query_as(
                 "SELECT id FROM executions WHERE workflow_id = $1 AND user_id = $2 AND idempotency_key = $3")
-                .bind(e.workflow_id).bind(e.user_id).bind(key).fetch_optional(&mut *tx).await?;
+                .bind(e.workflow_id).bind(e.user_id).bind(key).fetch_optional(p).await?;
             if let Some((id,)) = existing {
                 return Ok(Err(id));
             }
         }
+        let mut tx = p.begin().await?;
         let inserted = sqlx::query(&format!("INSERT INTO executions ({EXEC_COLS}) VALUES \
             ($1, $2, $3, $4, 'pending', $5, $6, NULL, $7, $8, NULL, 0, 0, $9, NULL, NULL, NULL, $10, $11, $9)"))
             .bind(e.id).bind(e.workflow_id).bind(e.workspace_id).bind(e.user_id).bind(e.input)

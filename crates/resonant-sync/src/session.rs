@@ -96,9 +96,14 @@ impl Session {
             Incoming::SyncStep2(update) | Incoming::Update(update) => {
                 if !self.peer.can_write() {
                     // Every client answers the greeting with a step 2; from a read-only client
-                    // with nothing new it is the empty update, which is not an edit.
+                    // with nothing new it is the empty update, which is not an edit. It is
+                    // acknowledged like any other (after what was committed before it), so a
+                    // client counting sent minus acknowledged does not wait on it for good.
                     if update == [0, 0] {
-                        return Ok(None);
+                        return Ok(self
+                            .peer
+                            .extensions()
+                            .then(|| self.rooms.journal().last_ticket()));
                     }
                     READ_ONLY_REFUSALS.increment(1);
                     self.send_error("read-only", "this connection may not edit the document");
