@@ -157,6 +157,16 @@ test('two users edit, see each other, survive a cut, run and reload mid-run', as
   await B.page.getByTestId('remote-cursor-Ada').waitFor()
   await B.page.getByTestId('avatar-Ada').waitFor()
 
+  // Remote cursors move without re-rendering the flow's blocks.
+  const rendersBefore = await B.page.evaluate(() => window.__resonant.stats.nodes)
+  for (let i = 0; i < 20; i++) await A.page.mouse.move(box.x + box.width * (0.3 + i * 0.02), box.y + box.height * 0.7)
+  const last = await A.page.evaluate(() => window.__resonant.room.presence.me().cursor)
+  await B.page.waitForFunction(
+    ([x, y]) => window.__resonant.room.presence.others().some((p) => p.user.name === 'Ada' && p.cursor?.x === x && p.cursor?.y === y),
+    [last.x, last.y],
+  )
+  assert.equal(await B.page.evaluate(() => window.__resonant.stats.nodes), rendersBefore, 'no block re-rendered for cursor moves')
+
   // A drag is seen live by B through presence and lands in the document once, on drop.
   const dragId = await evalRoom(A.page, (r) => r.workflow.blocks()[0].id)
   const startPos = await evalRoom(B.page, (r, id) => r.workflow.block(id).position, dragId)

@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useRef, useState } from 'react'
+import { Component, useCallback, useEffect, useRef, useState, type ReactNode } from 'react'
 import { ReactFlowProvider, Background, Controls, MiniMap, useReactFlow } from '@xyflow/react'
 import { blockSchema, type BlockType, type ResonantClient } from '@resonant/client'
 import {
@@ -99,6 +99,7 @@ function Editor({ seed }: { seed: boolean }) {
         </header>
         <div className="main">
           <div className="canvas" ref={canvas}>
+            <Guard what="canvas">
             {synced ? (
               <ResonantFlow
                 nodeTypes={nodeTypes}
@@ -115,11 +116,14 @@ function Editor({ seed }: { seed: boolean }) {
             ) : (
               <div className="boot">Loading the workflow…</div>
             )}
+            </Guard>
           </div>
           <aside className="side">
-            <Inspector blockId={selected.length === 1 ? selected[0] : undefined} count={selected.length} />
-            <RunControls />
-            <RunLog />
+            <Guard what="side panel">
+              <Inspector blockId={selected.length === 1 ? selected[0] : undefined} count={selected.length} />
+              <RunControls />
+              <RunLog />
+            </Guard>
           </aside>
         </div>
       </div>
@@ -177,4 +181,27 @@ function Toolbar({ canvas, selected }: { canvas: React.RefObject<HTMLDivElement 
       </div>
     </div>
   )
+}
+
+/**
+ * Keeps one part of the editor failing (say, on a block another client wrote badly) from
+ * taking the whole page down; Retry renders it again.
+ */
+class Guard extends Component<{ what: string; children: ReactNode }, { error: Error | null }> {
+  state = { error: null as Error | null }
+  static getDerivedStateFromError(error: Error) {
+    return { error }
+  }
+  componentDidCatch(error: Error) {
+    console.error(`the ${this.props.what} failed`, error)
+  }
+  render() {
+    if (!this.state.error) return this.props.children
+    return (
+      <div className="boot error" data-testid="part-error">
+        The {this.props.what} failed: {this.state.error.message}{' '}
+        <button onClick={() => this.setState({ error: null })}>Retry</button>
+      </div>
+    )
+  }
 }

@@ -1,5 +1,5 @@
 import { useEffect, useState } from 'react'
-import { blockSchema, checkConfig, type FieldSpec } from '@resonant/client'
+import { blockSchema, checkConfig, specOf, type FieldSpec } from '@resonant/client'
 import { useBlock, useRoom } from '@resonant/react'
 
 /** Edits the selected block: its label and the config fields of its type (from the block schema). */
@@ -14,7 +14,7 @@ export function Inspector({ blockId, count }: { blockId: string | undefined; cou
       </section>
     )
   }
-  const spec = blockSchema.types[block.type]
+  const spec = specOf(block.type)
   const problems = checkConfig(block.type, block.config)
   const set = (name: string, value: unknown) => room.workflow.updateBlock(block.id, { config: { [name]: value } })
   return (

@@ -5,10 +5,11 @@ import '@xyflow/react/dist/style.css'
 import './styles.css'
 import { App } from './App'
 import { identity } from './identity'
+import { renderStats } from './shared'
 
 declare global {
   interface Window {
-    __resonant?: { client: ResonantClient; room?: import('@resonant/client').Room }
+    __resonant?: { client: ResonantClient; room?: import('@resonant/client').Room; stats: typeof renderStats }
   }
 }
 
@@ -43,8 +44,8 @@ root.render(<div className="boot">Loading…</div>)
 
 resolveWorkflow().then(
   ({ id, created }) => {
-    const client = new ResonantClient({ url: location.origin, getToken: () => null, user: identity() })
-    window.__resonant = { client }
+    const client = new ResonantClient({ url: location.origin, getToken: () => null, user: identity(), guardUnload: true })
+    window.__resonant = { client, stats: renderStats }
     root.render(
       <StrictMode>
         <App client={client} workflowId={id} seed={created} />

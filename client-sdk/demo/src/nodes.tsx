@@ -1,8 +1,8 @@
 import { memo, useEffect, useState } from 'react'
 import { Handle, Position, useUpdateNodeInternals, type NodeProps, type NodeTypes } from '@xyflow/react'
-import { blockSchema, type BlockRunState } from '@resonant/client'
+import { specOf, type BlockRunState } from '@resonant/client'
 import { useBlockExecution, type BlockNode } from '@resonant/react'
-import { BLOCK_TYPES, useCurrentExecution } from './shared'
+import { BLOCK_TYPES, renderStats, useCurrentExecution } from './shared'
 
 /** The schema's handles; "" is a block's default handle (no id: connections carry no handle). */
 function handles(names: string[] | undefined): (string | null)[] {
@@ -111,10 +111,11 @@ function RunState({ blockId, isAi, state }: { blockId: string; isAi: boolean; st
 
 /** One block on the canvas: label, type, the schema's handles and its live state in the current execution. */
 export const BlockNodeView = memo(function BlockNodeView({ id, data, selected }: NodeProps<BlockNode>) {
+  renderStats.nodes++
   const execution = useCurrentExecution()
   const state = useBlockExecution(execution, id)
   const type = data.block.type
-  const spec = blockSchema.types[type]
+  const spec = specOf(type)
   const inputs = handles(spec?.handles.inputs)
   const outputs = handles(outputHandles(data.block.type, data.block.config, spec?.handles))
   const handleKey = JSON.stringify([inputs, outputs])

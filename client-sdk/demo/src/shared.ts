@@ -18,3 +18,6 @@ export const BLOCK_TYPES: BlockType[] = [
   'webhook',
   'delay',
 ]
+
+/** Render counts, read by the browser tests (a remote cursor must not re-render the blocks). */
+export const renderStats = { nodes: 0 }

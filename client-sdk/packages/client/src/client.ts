@@ -3,6 +3,8 @@ import type { ClientOptions } from './types.js'
 
 /** How long a room outlives its last holder, so StrictMode's unmount-remount reuses its socket. */
 const LEAVE_GRACE_MS = 250
+/** How long a left room with unsaved changes stays open to store them. */
+const UNSAVED_GRACE_MS = 5 * 60 * 1000
 
 interface Entry {
   room: Room
@@ -39,10 +41,22 @@ export class ResonantClient {
       e.holders--
       if (e.holders === 0) {
         e.timer = setTimeout(() => {
-          if (e.holders === 0 && this.rooms.get(workflowId) === e) {
-            this.rooms.delete(workflowId)
-            e.room.destroy()
+          if (e.holders !== 0 || this.rooms.get(workflowId) !== e) return
+          // Unsaved changes (offline, or unacknowledged) keep the room open until they are
+          // stored, up to a limit, rather than vanishing with the document.
+          const unsaved = e.room.saveStatus === 'saving' || e.room.saveStatus === 'offline'
+          const close = () => {
+            if (e.holders === 0 && this.rooms.get(workflowId) === e) {
+              this.rooms.delete(workflowId)
+              e.room.destroy()
+            }
           }
+          if (!unsaved) return close()
+          const limit = setTimeout(close, UNSAVED_GRACE_MS)
+          void e.room.whenSaved().then(() => {
+            clearTimeout(limit)
+            close()
+          })
         }, LEAVE_GRACE_MS)
       }
     }

@@ -15,6 +15,8 @@ export interface ExecutionHost {
   handleFor(executionId: string): ExecutionHandle
   /** Schedules a notification flush on the next animation frame. */
   schedule(flush: () => void): void
+  /** An event was applied (a replay is making progress). */
+  progressed?(): void
 }
 
 /** A live execution: its folded state, kept exact by `seq` (no duplicate, no gap). */
@@ -97,6 +99,7 @@ export class Execution implements ExecutionHandle {
       next = fold(next, e)
     }
     if (this.early.size === 0) this.gapRequested = false
+    this.host.progressed?.()
     this.current = next
     if (!this.dirty) {
       this.dirty = true
@@ -107,7 +110,15 @@ export class Execution implements ExecutionHandle {
 
   private notify() {
     this.dirty = false
-    for (const l of [...this.listeners]) l(this.current)
+    for (const l of [...this.listeners]) {
+      try {
+        l(this.current)
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e
+        })
+      }
+    }
   }
 
   async cancel() {
@@ -134,7 +145,10 @@ function blockKey(ev: ExecutionEvent): string {
 
 /** Folds one event into a new state object (the old one is left untouched). */
 export function fold(s: ExecutionState, ev: ExecutionEvent): ExecutionState {
-  const next: ExecutionState = { ...s, seq: ev.seq, events: [...s.events, ev] }
+  // The log is append-only and shared by successive states (copying it per event would make a
+  // long run quadratic); `seq` tells states apart.
+  s.events.push(ev)
+  const next: ExecutionState = { ...s, seq: ev.seq }
   const setBlock = (patch: Partial<BlockRunState>) => {
     const key = blockKey(ev)
     const prev: BlockRunState = s.blocks[key] ?? { status: 'pending', text: '', attempt: 1 }

@@ -9,6 +9,7 @@ export {
   blockSchema,
   blockTypes,
   checkConfig,
+  specOf,
   type BlockSchema,
   type BlockTypeSpec,
   type FieldSpec,

@@ -16,6 +16,7 @@ export class Presence {
   private listeners = new Set<(others: Peer[]) => void>()
   private staleTimer: ReturnType<typeof setTimeout> | null = null
   private connected = false
+  private destroyed = false
 
   constructor(
     private readonly awareness: Awareness,
@@ -66,6 +67,9 @@ export class Presence {
 
   /** The room's socket went down: keep the others, marked stale, for the grace period. */
   markDisconnected() {
+    // Only the first failure of an outage starts the grace period: every failed attempt
+    // reports again, and restarting the timer each time would keep stale peers for good.
+    if (!this.connected || this.destroyed) return
     this.connected = false
     let changed = false
     for (const [id, p] of this.peers) {
@@ -152,6 +156,7 @@ export class Presence {
 
   /** Stops timers and listening. */
   destroy() {
+    this.destroyed = true
     if (this.timer) clearTimeout(this.timer)
     if (this.staleTimer) clearTimeout(this.staleTimer)
     this.awareness.off('change', this.onChange)

@@ -45,7 +45,14 @@ interface Pending {
   resolve: (v: Record<string, unknown>) => void
   reject: (e: Error) => void
   timer: ReturnType<typeof setTimeout>
+  /** The socket it went out on; null while it waits in the queue for a connection. */
+  socket: ManagedSocket | null
 }
+
+/** At most this many executions are listed in one resume request (the server's limit). */
+const MAX_RESUME = 100
+/** Retries of a gap replay the server could not serve, before falling back to REST. */
+const GAP_RETRIES = 5
 
 /**
  * One workflow's live document: the socket (y-websocket's provider over a managed socket),
@@ -81,7 +88,12 @@ export class Room implements ExecutionHost {
   private listeners = new Map<RoomEvent, Set<() => void>>()
   private syncWaiters: Array<() => void> = []
   private pending = new Map<string, Pending>()
-  private queue: Record<string, unknown>[] = []
+  private queue: Array<{ msg: Record<string, unknown>; requestId: string | null }> = []
+  private gapTries = 0
+  private gapTimer: ReturnType<typeof setTimeout> | null = null
+  private _readOnly = false
+  /** Edits of this connection the server refused (read-only): in the local document, never stored. */
+  private refused = false
   private nextRequest = 1
   private execs = new Map<string, Execution>()
   private execOrder: Execution[] = []
@@ -212,17 +224,28 @@ export class Room implements ExecutionHost {
 
   private opened(socket: ManagedSocket) {
     this.conn = { socket, sent: 0, acked: 0, handshakeSent: false, extensions: false }
+    this.refused = false
+    // Others' copies (and the server's) marked my entry removed at its current clock when the
+    // last socket died; the provider re-sends it at that same clock on open, which they would
+    // ignore until the next renewal (15 s). A fresh clock makes me visible again at once.
+    this.awareness.setLocalState({ ...this.presence.me() })
     // The replay request must be the first extension message: it opts the connection in and
     // holds live events back until the missed ones are sent, so order is exact.
     const after: Record<string, number> = {}
-    for (const e of this.execs.values()) if (!e.finished) after[e.id] = e.state().seq
+    const open = [...this.execs.values()].filter((e) => !e.finished).slice(-MAX_RESUME)
+    for (const e of open) after[e.id] = e.state().seq
     this.sendJson(socket, { type: 'executions.resume', after, running: true })
     // Ask for acknowledgements explicitly too, and learn at once whether the server speaks them.
     this.sendRaw(socket, [MSG_SYNC_STATUS, 1])
     this.startProbe(socket, true)
     const queued = this.queue
     this.queue = []
-    for (const msg of queued) this.sendJson(socket, msg)
+    for (const { msg, requestId } of queued) {
+      const p = requestId ? this.pending.get(requestId) : undefined
+      if (requestId && !p) continue
+      if (p) p.socket = socket
+      this.sendJson(socket, msg)
+    }
     this.setStatus('connected')
   }
 
@@ -279,7 +302,9 @@ export class Room implements ExecutionHost {
     }
     this.presence.markDisconnected()
     for (const [id, p] of this.pending) {
-      // Requests sent on a dead socket may or may not have arrived; tell the caller.
+      // Requests sent on this socket may or may not have arrived: tell the caller. Queued
+      // ones wait for the next connection (or their timeout).
+      if (p.socket !== socket) continue
       clearTimeout(p.timer)
       p.reject(new ResonantError('disconnected', 'the connection closed before the server answered'))
       this.pending.delete(id)
@@ -311,7 +336,7 @@ export class Room implements ExecutionHost {
     let next: SaveStatus
     if (!conn || conn.socket.readyState !== 1) {
       next = this.dirty ? 'offline' : this.acks ? 'saved' : 'unknown'
-    } else if (!(conn.extensions || this.acks)) {
+    } else if (!(conn.extensions || this.acks) || this.refused) {
       next = 'unknown'
     } else {
       next = conn.sent > conn.acked || this.dirty ? 'saving' : 'saved'
@@ -409,9 +434,22 @@ export class Room implements ExecutionHost {
       this.execution(msg.executionId).receive(msg as ExecutionEvent)
       return
     }
-    if (msg.type === 'error' && !requestId && msg.code === 'replay-busy') {
-      // A gap replay collided with another one: ask again shortly.
-      setTimeout(() => this.resumeGaps(), 100)
+    if (msg.type === 'access') {
+      this.setReadOnly(msg.readOnly === true)
+      return
+    }
+    if (msg.type === 'error' && !requestId && msg.code === 'read-only') {
+      // The server refused this update and will not acknowledge it: settle the count, and
+      // never claim the local document is saved.
+      const conn = this.conn
+      if (conn) conn.acked = Math.min(conn.acked + 1, conn.sent)
+      this.refused = true
+      this.setReadOnly(true)
+      return
+    }
+    if (msg.type === 'error' && !requestId && this.hasGaps()) {
+      // A replay the server could not serve now (busy with another, or failed): ask again.
+      this.retryGaps()
       return
     }
     if (requestId && this.pending.has(requestId)) {
@@ -427,17 +465,74 @@ export class Room implements ExecutionHost {
     if (msg.type === 'error') console.warn(`resonant: ${msg.code}: ${msg.message}`)
   }
 
+  private setReadOnly(readOnly: boolean) {
+    if (this._readOnly === readOnly) return
+    this._readOnly = readOnly
+    this.emit('status')
+    this.recompute()
+  }
+
+  /** Whether the server treats this connection as read-only (a viewer): edits are refused. */
+  get readOnly(): boolean {
+    return this._readOnly
+  }
+
+  private hasGaps(): boolean {
+    for (const e of this.execs.values()) if (e.gapRequested) return true
+    return false
+  }
+
   private resumeGaps() {
     const after: Record<string, number> = {}
     for (const e of this.execs.values()) if (e.gapRequested) after[e.id] = e.state().seq
     if (Object.keys(after).length > 0) this.sendRequest({ type: 'executions.resume', after, running: false })
   }
 
+  /**
+   * Asks again for the gaps, with backoff; after a few refusals the events come over REST
+   * instead, so a handle never stalls waiting for a replay the socket cannot give.
+   */
+  private retryGaps() {
+    if (this.gapTimer) return
+    this.gapTries++
+    const delay = Math.min(100 * 2 ** this.gapTries, 3000)
+    this.gapTimer = setTimeout(() => {
+      this.gapTimer = null
+      if (this.gapTries > GAP_RETRIES) {
+        this.gapTries = 0
+        for (const e of this.execs.values()) if (e.gapRequested) void this.catchUp(e)
+      } else this.resumeGaps()
+    }, delay)
+  }
+
+  /** Fetches an execution's events after its seq over REST and applies them. */
+  private async catchUp(e: Execution) {
+    try {
+      for (let page = 0; page < 1000; page++) {
+        const after = e.state().seq
+        const token = this.options.getToken ? await this.options.getToken('connect') : null
+        const res = await fetch(`${httpUrl(this.options.url)}/api/v1/executions/${encodeURIComponent(e.id)}/events?after=${after}`, {
+          headers: token ? { authorization: `Bearer ${token}` } : {},
+        })
+        if (!res.ok) throw new Error(`GET events: ${res.status}`)
+        const body = (await res.json()) as { events?: ExecutionEvent[] }
+        const events = Array.isArray(body.events) ? body.events : []
+        for (const ev of events) e.receive(ev)
+        if (events.length === 0 || e.state().seq === after) return
+      }
+    } catch (err) {
+      console.warn(`resonant: could not fetch the events of ${e.id}`, err)
+    }
+  }
+
   /** Sends a request now, or after the next connect when the socket is down. */
-  private sendRequest(msg: Record<string, unknown>) {
+  private sendRequest(msg: Record<string, unknown>, requestId: string | null = null) {
     const conn = this.conn
-    if (conn && conn.socket.readyState === 1) this.sendJson(conn.socket, msg)
-    else this.queue.push(msg)
+    if (conn && conn.socket.readyState === 1) {
+      const p = requestId ? this.pending.get(requestId) : undefined
+      if (p) p.socket = conn.socket
+      this.sendJson(conn.socket, msg)
+    } else this.queue.push({ msg, requestId })
   }
 
   /** Sends a request and waits for its reply (`ResonantError` on a refusal). */
@@ -446,10 +541,12 @@ export class Room implements ExecutionHost {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(requestId)
+        // A request that never went out must not go out later, after its caller gave up.
+        this.queue = this.queue.filter((q) => q.requestId !== requestId)
         reject(new ResonantError('timeout', `no answer to ${String(msg.type)} in ${REQUEST_TIMEOUT_MS} ms`))
       }, REQUEST_TIMEOUT_MS)
-      this.pending.set(requestId, { resolve, reject, timer })
-      this.sendRequest({ ...msg, requestId })
+      this.pending.set(requestId, { resolve, reject, timer, socket: null })
+      this.sendRequest({ ...msg, requestId }, requestId)
     })
   }
 
@@ -464,7 +561,12 @@ export class Room implements ExecutionHost {
       priority: opts.priority,
       maxConcurrency: opts.maxConcurrency,
     })
-    return this.execution(reply.executionId as string)
+    const known = this.execs.has(reply.executionId as string)
+    const e = this.execution(reply.executionId as string)
+    // A reused idempotency key answers with an execution that may be over or parked on an
+    // approval: nothing more may come live, so fetch what it did.
+    if (reply.created === false && !known) void this.catchUp(e)
+    return e
   }
 
   /** Follows an execution from `afterSeq` (the last seq seen, e.g. before a reload). */
@@ -474,6 +576,10 @@ export class Room implements ExecutionHost {
     const e = this.execution(executionId, opts.afterSeq ?? 0)
     // When the socket is not open yet, the resume sent on open already lists it.
     if (this.conn?.socket.readyState === 1) this.resume(executionId, opts.afterSeq ?? 0)
+    // The socket replays only what is stored after the seq, then live events; a finished
+    // execution has none left to send live. REST brings everything up to now either way, and
+    // the seq check drops whatever arrives twice.
+    void this.catchUp(e)
     return e
   }
 
@@ -509,6 +615,11 @@ export class Room implements ExecutionHost {
     this.sendRequest({ type: 'executions.resume', after: { [executionId]: afterSeq }, running: false })
   }
 
+  /** A replayed or live event was applied: gap retries start over. */
+  progressed() {
+    this.gapTries = 0
+  }
+
   /** Runs `flush` on the next animation frame (one timer for all executions). */
   schedule(flush: () => void) {
     this.flushes.push(flush)
@@ -518,7 +629,16 @@ export class Room implements ExecutionHost {
       this.frameScheduled = false
       const fs = this.flushes
       this.flushes = []
-      for (const f of fs) f()
+      for (const f of fs) {
+        try {
+          f()
+        } catch (e) {
+          // One failing subscriber must not starve the others.
+          queueMicrotask(() => {
+            throw e
+          })
+        }
+      }
     }
     const raf = (globalThis as { requestAnimationFrame?: (cb: () => void) => number }).requestAnimationFrame
     if (raf) raf(run)
@@ -533,12 +653,17 @@ export class Room implements ExecutionHost {
     this.destroyed = true
     this.windowCleanup?.()
     if (this.probe) clearTimeout(this.probe.timer)
+    if (this.gapTimer) clearTimeout(this.gapTimer)
     this.presence.destroy()
     this.undo.destroy()
     this.provider.destroy()
     this.doc.destroy()
     this.setStatus('disconnected')
   }
+}
+
+function httpUrl(url: string): string {
+  return url.replace(/\/+$/, '').replace(/^ws/, 'http').replace(/\/sync$/, '')
 }
 
 function syncUrl(url: string): string {

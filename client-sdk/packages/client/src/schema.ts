@@ -45,6 +45,13 @@ export interface BlockSchema {
 /** The block schema: block types, their config fields, bounds and handles. */
 export const blockSchema = schemaJson as unknown as BlockSchema
 
+/** The spec of a block type; undefined for anything else (even `constructor` or `toString`). */
+export function specOf(type: unknown): BlockTypeSpec | undefined {
+  return typeof type === 'string' && Object.hasOwn(blockSchema.types, type)
+    ? blockSchema.types[type as BlockType]
+    : undefined
+}
+
 /** Every block type, in the schema's order. */
 export const blockTypes = Object.keys(blockSchema.types) as BlockType[]
 
@@ -59,8 +66,8 @@ export interface ConfigProblem {
  * flag a field as it is typed. Templates and expressions are compiled only by the server.
  */
 export function checkConfig(type: BlockType, config: Record<string, unknown>): ConfigProblem[] {
-  const spec = blockSchema.types[type]
-  if (!spec) return [{ field: 'type', message: `unknown block type ${type}` }]
+  const spec = specOf(type)
+  if (!spec) return [{ field: 'type', message: `unknown block type ${String(type)}` }]
   const problems: ConfigProblem[] = []
   for (const [name, f] of Object.entries(spec.fields)) {
     const v = config[name]

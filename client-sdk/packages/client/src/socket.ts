@@ -19,6 +19,9 @@ export interface SocketHooks {
   closed(socket: ManagedSocket, code: number, reason: string): void
 }
 
+/** How long a connection attempt (token included) may take before it is abandoned. */
+const CONNECT_TIMEOUT_MS = 10000
+
 /** Minimal close event shape y-websocket reads. */
 interface CloseLike {
   code: number
@@ -54,6 +57,7 @@ export class ManagedSocket {
   framesReceived = 0
   private ws: WebSocket | null = null
   private ended = false
+  private connectTimer: ReturnType<typeof setTimeout> | null = null
 
   constructor(
     readonly url: string,
@@ -64,6 +68,10 @@ export class ManagedSocket {
   }
 
   private async start() {
+    // A token fetch or handshake that hangs (a network change mid-connect) would leave the
+    // provider waiting on this socket for good: give up and let it retry.
+    const timer = setTimeout(() => this.end(4000, 'connect timed out'), CONNECT_TIMEOUT_MS)
+    this.connectTimer = timer
     let token: string | null
     try {
       token = await this.hooks.token()
@@ -80,6 +88,7 @@ export class ManagedSocket {
     this.ws = ws
     ws.onopen = () => {
       if (this.ended) return
+      clearTimeout(timer)
       this.readyState = 1
       this.hooks.opened(this)
       this.onopen?.({})
@@ -116,6 +125,7 @@ export class ManagedSocket {
   private end(code: number, reason: string) {
     if (this.ended) return
     this.ended = true
+    if (this.connectTimer) clearTimeout(this.connectTimer)
     this.readyState = 3
     const ws = this.ws
     if (ws) {

@@ -185,7 +185,7 @@ export interface ExecutionState {
   tokens?: number
   costUsd?: number
   durationMs?: number
-  /** Every event in seq order (the run log). */
+  /** Every event in seq order (the run log). Append-only and shared by successive states. */
   events: ExecutionEvent[]
 }
 

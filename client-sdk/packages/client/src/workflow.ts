@@ -1,5 +1,5 @@
 import * as Y from 'yjs'
-import { blockSchema } from './schema.js'
+import { specOf } from './schema.js'
 import type {
   Block,
   BlockType,
@@ -127,7 +127,16 @@ export class WorkflowDoc {
 
   /** One block by id. */
   block(id: string): Block | undefined {
-    return this.blocks().find((b) => b.id === id)
+    // From the array (not the list cached per transaction), so it is right inside `transact`.
+    const i = this.indexOf(id)
+    if (i < 0) return undefined
+    const m = this.blocksArray.get(i)
+    let b = this.blockCache.get(m)
+    if (!b) {
+      b = readBlock(m)
+      this.blockCache.set(m, b)
+    }
+    return b
   }
 
   /** Every connection; the same array until something changes. */
@@ -168,7 +177,7 @@ export class WorkflowDoc {
 
   /** Adds a block; returns its id. Required config fields start from the schema's example. */
   addBlock(b: NewBlock): string {
-    const spec = blockSchema.types[b.type]
+    const spec = specOf(b.type)
     if (!spec) throw new Error(`unknown block type ${JSON.stringify(b.type)}`)
     const id = b.id ?? newId(b.type)
     checkId(id)
@@ -193,7 +202,7 @@ export class WorkflowDoc {
     const m = this.mapOf(id)
     this.transact(() => {
       if (patch.type !== undefined) {
-        if (!blockSchema.types[patch.type]) throw new Error(`unknown block type ${patch.type}`)
+        if (!specOf(patch.type)) throw new Error(`unknown block type ${patch.type}`)
         m.set('type', patch.type)
       }
       if (patch.data) mergeInto(m, 'data', patch.data)
@@ -227,13 +236,27 @@ export class WorkflowDoc {
     if (this.indexOf(c.source) < 0 || this.indexOf(c.target) < 0) return null
     const sh = c.sourceHandle ?? null
     const th = c.targetHandle ?? null
-    const dup = this.connections().some(
-      (x) => x.source === c.source && x.target === c.target && (x.sourceHandle ?? null) === sh && (x.targetHandle ?? null) === th,
-    )
-    if (dup) return null
+    // Read the array itself, not the cached list: inside `transact` the cache does not yet
+    // show connections added earlier in the same transaction.
+    let dup = false
+    let taken = false
     const id = c.id ?? `e-${c.source}${sh ? `.${sh}` : ''}-${c.target}${th ? `.${th}` : ''}`
+    for (const x of this.connectionsArray) {
+      if (!(x instanceof Y.Map)) continue
+      if (x.get('id') === id) taken = true
+      if (
+        x.get('source') === c.source &&
+        x.get('target') === c.target &&
+        (x.get('sourceHandle') ?? null) === sh &&
+        (x.get('targetHandle') ?? null) === th
+      ) {
+        dup = true
+        break
+      }
+    }
+    if (dup) return null
     const m = new Y.Map<unknown>()
-    m.set('id', this.connections().some((x) => x.id === id) ? `${id}-${rand()}` : id)
+    m.set('id', taken ? `${id}-${rand()}` : id)
     m.set('source', c.source)
     m.set('target', c.target)
     if (sh !== null) m.set('sourceHandle', sh)

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import crypto from 'node:crypto'
 import type { ResonantClient } from '../src/index.js'
-import { client, mintToken, newWorkflow, startServer, untilDoc, untilRoom, type Server } from './helpers.js'
+import { api, client, mintToken, newWorkflow, startServer, untilDoc, untilRoom, type Server } from './helpers.js'
 
 const secret = crypto.randomBytes(32).toString('hex')
 let server: Server
@@ -55,4 +55,23 @@ it('4403 stops the room and reports it, without asking for tokens again', async 
   expect(room.error!.code).toBe(4403)
   expect(room.status).toBe('disconnected')
   expect(asked).toBe(1)
+})
+
+it('a viewer is saved after connecting, and its refused edit is never reported as saved', async () => {
+  const owner = mintToken(secret, 'olga', 600)
+  const wf = await newWorkflow(server, owner)
+  const me = await api(server, 'GET', '/api/v1/me', undefined, mintToken(secret, 'vic', 600))
+  const wsId = (await api(server, 'GET', '/api/v1/workspaces', undefined, owner)).items[0].id
+  await api(server, 'POST', `/api/v1/workspaces/${wsId}/members`, { userId: me.id, role: 'viewer' }, owner)
+
+  const c = client(server.url, 'vic', { getToken: () => mintToken(secret, 'vic', 600) })
+  clients.push(c)
+  const { room } = c.enterRoom(wf)
+  await room.whenSynced()
+  // The handshake's empty step 2 is acknowledged: nothing is pending.
+  await untilRoom(room, 'save', () => room.saveStatus === 'saved', 'a viewer to be saved')
+  room.workflow.addBlock({ type: 'input', position: { x: 0, y: 0 } })
+  await untilRoom(room, 'status', () => room.readOnly, 'the refusal')
+  expect(room.saveStatus).toBe('unknown')
+  expect(room.unacknowledged).toBe(0)
 })

@@ -119,3 +119,20 @@ it('invalid workflows and cancels come back as typed results', async () => {
   await run.cancel()
   expect((await run.done).status).toBe('cancelled')
 })
+
+it('a retried run with a used idempotency key still ends, in a room that never saw it', async () => {
+  const wf = await newWorkflow(server)
+  const a = open(server.url, 'ada', wf)
+  await a.whenSynced()
+  graph(a)
+  const key = `retry-${Date.now()}`
+  const first = await (await a.run({ input: { topic: 'hills' }, idempotencyKey: key })).done
+  // Say the first reply was lost with its socket: the caller retries from a fresh page.
+  const b = open(server.url, 'ada-retry', wf)
+  await b.whenSynced()
+  const again = await b.run({ input: { topic: 'hills' }, idempotencyKey: key })
+  expect(again.id).toBe(first.id)
+  const s = await again.done
+  expect(s.status).toBe('completed')
+  expect(s.events.map((e) => e.seq)).toEqual(first.events.map((e) => e.seq))
+})

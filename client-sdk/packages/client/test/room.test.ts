@@ -62,6 +62,15 @@ describe('workflow helpers', () => {
     expect(a.workflow.connections()).toEqual([])
     await untilDoc(b, () => b.workflow.blocks().length === 2, 'b to see the removal')
     expect(b.workflow.connections()).toEqual([])
+
+    // Inside one transaction the helpers see what the transaction already did.
+    a.workflow.transact(() => {
+      const extra = a.workflow.addBlock({ type: 'delay', position: { x: 0, y: 0 }, config: { seconds: 1 } })
+      expect(a.workflow.block(extra)?.type).toBe('delay')
+      expect(a.workflow.connect({ source: input, target: extra })).toBeTruthy()
+      expect(a.workflow.connect({ source: input, target: extra })).toBeNull()
+    })
+    expect(a.workflow.connections()).toHaveLength(1)
   })
 
   it('undo and redo only my changes, never the viewport', async () => {

@@ -359,13 +359,13 @@ export function useFlow(options: UseFlowOptions = {}): FlowBinding {
     [room, syncViewport],
   )
 
-  const selectedBlockIds = useMemo(
-    () => blocks.filter((b) => localNodes.get(b.id)?.selected).map((b) => b.id),
-    [blocks, localNodes],
+  // The same array while the selection is the same: drags and measurements change the local
+  // node state 60 times a second, and a new array each time would re-render every consumer.
+  const selectedBlockIds = useStableArray(
+    useMemo(() => blocks.filter((b) => localNodes.get(b.id)?.selected).map((b) => b.id), [blocks, localNodes]),
   )
-  const selectedConnectionIds = useMemo(
-    () => connections.filter((c) => localEdges.get(c.id)?.selected).map((c) => c.id),
-    [connections, localEdges],
+  const selectedConnectionIds = useStableArray(
+    useMemo(() => connections.filter((c) => localEdges.get(c.id)?.selected).map((c) => c.id), [connections, localEdges]),
   )
 
   // Share my selection (the first selected block) through presence.
@@ -558,4 +558,12 @@ export function ResonantFlow(props: ResonantFlowProps) {
       {children}
     </ReactFlow>
   )
+}
+
+/** Returns the previous array while its items are the same. */
+function useStableArray<T>(next: T[]): T[] {
+  const ref = useRef(next)
+  const prev = ref.current
+  if (prev !== next && (prev.length !== next.length || prev.some((x, i) => x !== next[i]))) ref.current = next
+  return ref.current
 }
