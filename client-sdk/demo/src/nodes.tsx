@@ -1,4 +1,4 @@
-import { memo, useEffect, useState } from 'react'
+import { memo, useEffect, useRef, useState } from 'react'
 import { Handle, Position, useUpdateNodeInternals, type NodeProps, type NodeTypes } from '@xyflow/react'
 import { specOf, type BlockRunState } from '@resonant/client'
 import { useBlockExecution, type BlockNode } from '@resonant/react'
@@ -120,7 +120,15 @@ export const BlockNodeView = memo(function BlockNodeView({ id, data, selected }:
   const outputs = handles(outputHandles(data.block.type, data.block.config, spec?.handles))
   const handleKey = JSON.stringify([inputs, outputs])
   const updateNodeInternals = useUpdateNodeInternals()
-  useEffect(() => updateNodeInternals(id), [id, handleKey, updateNodeInternals])
+  // React Flow measures a node's handles when it mounts; re-measure only when they change
+  // (a switch gained a case). Asking on mount too costs a pass over every node per node:
+  // seconds for a workflow of a few hundred blocks.
+  const measuredHandles = useRef(handleKey)
+  useEffect(() => {
+    if (measuredHandles.current === handleKey) return
+    measuredHandles.current = handleKey
+    updateNodeInternals(id)
+  }, [id, handleKey, updateNodeInternals])
   const ring = data.draggedBy?.color ?? data.selectedBy[0]?.color
   return (
     <div
