@@ -65,16 +65,16 @@ class Emitter {
 }
 
 /**
- * Per-room snapshots of the document with structural sharing: a block (connection) keeps
- * its object identity while its JSON is unchanged, and the arrays keep theirs while no
- * element changed, so `React.memo` and selectors see real changes only.
+ * Per-room snapshots of the document with structural sharing: a block keeps its object
+ * identity while unchanged (the client's own cache), a connection while its JSON is
+ * unchanged, and the arrays keep theirs while no element changed, so `React.memo` and
+ * selectors see real changes only.
  */
 export class DocStore {
   private blocksDirty = true
   private connectionsDirty = true
   private viewportDirty = true
   private metaDirty = true
-  private blockCache = new Map<string, { json: string; block: Block }>()
   private blocksSnap: Block[] = []
   private blockById = new Map<string, Block>()
   private connCache = new Map<string, { json: string; conn: Connection }>()
@@ -110,22 +110,12 @@ export class DocStore {
   getBlocks = (): Block[] => {
     if (!this.blocksDirty) return this.blocksSnap
     this.blocksDirty = false
+    // The client already keeps one object per unchanged block and a new array only on change,
+    // so no per-block comparison (which would serialise the whole workflow per keystroke).
     const fresh = this.room.workflow.blocks()
-    const nextCache = new Map<string, { json: string; block: Block }>()
-    const next: Block[] = []
-    let same = fresh.length === this.blocksSnap.length
-    fresh.forEach((b, i) => {
-      const json = JSON.stringify(b)
-      const prev = this.blockCache.get(b.id)
-      const entry = prev && prev.json === json ? prev : { json, block: b }
-      nextCache.set(b.id, entry)
-      next.push(entry.block)
-      if (same && this.blocksSnap[i] !== entry.block) same = false
-    })
-    this.blockCache = nextCache
-    if (!same) {
-      this.blocksSnap = next
-      this.blockById = new Map(next.map((b) => [b.id, b]))
+    if (fresh !== this.blocksSnap) {
+      this.blocksSnap = fresh
+      this.blockById = new Map(fresh.map((b) => [b.id, b]))
     }
     return this.blocksSnap
   }
@@ -138,6 +128,7 @@ export class DocStore {
   getConnections = (): Connection[] => {
     if (!this.connectionsDirty) return this.connsSnap
     this.connectionsDirty = false
+    // Connections are small and re-read as a whole: keep the object of each unchanged one.
     const fresh = this.room.workflow.connections()
     const nextCache = new Map<string, { json: string; conn: Connection }>()
     const next: Connection[] = []
