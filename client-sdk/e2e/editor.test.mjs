@@ -230,3 +230,48 @@ test('two users edit, see each other, survive a cut, run and reload mid-run', as
   await ctxA.close()
   await ctxB.close()
 })
+
+test('approve a waiting block, cancel a waiting run, and see a refused run explained', async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const page = await ctx.newPage()
+  await page.goto(`${base}/?name=Cleo`)
+  await page.waitForURL(/workflow=/)
+  await page.waitForFunction(() => window.__resonant?.room?.synced && window.__resonant.room.workflow.blocks().length >= 3)
+
+  // input → approval → output, built through the SDK the page uses.
+  await evalRoom(page, (r) => {
+    const wf = r.workflow
+    wf.transact(() => {
+      wf.removeBlocks(wf.blocks().map((b) => b.id))
+      wf.addBlock({ id: 'in', type: 'input', position: { x: 40, y: 120 } })
+      wf.addBlock({ id: 'ok', type: 'human', position: { x: 340, y: 120 }, config: { message: 'Ship it?' } })
+      wf.addBlock({ id: 'out', type: 'output', position: { x: 640, y: 120 } })
+      wf.connect({ source: 'in', target: 'ok' })
+      wf.connect({ source: 'ok', target: 'out', sourceHandle: 'approved' })
+    })
+  })
+  await page.getByTestId('run').click()
+  await page.getByTestId('approve-ok').click()
+  await page.getByTestId('execution-status').filter({ hasText: /completed/i }).waitFor()
+  assert.equal(await text(page, 'block-state-ok'), 'completed')
+
+  // A long delay: Cancel stops it.
+  await evalRoom(page, (r) => {
+    r.workflow.transact(() => {
+      r.workflow.removeBlock('ok')
+      r.workflow.addBlock({ id: 'wait', type: 'delay', position: { x: 340, y: 120 }, config: { seconds: 600 } })
+      r.workflow.connect({ source: 'in', target: 'wait' })
+      r.workflow.connect({ source: 'wait', target: 'out' })
+    })
+  })
+  await page.getByTestId('run').click()
+  await page.getByTestId('block-state-wait').filter({ hasText: 'waiting' }).waitFor()
+  await page.getByTestId('cancel').click()
+  await page.getByTestId('execution-status').filter({ hasText: /cancelled/i }).waitFor()
+
+  // No output block: the server's problem is shown, naming what is wrong.
+  await evalRoom(page, (r) => r.workflow.removeBlock('out'))
+  await page.getByTestId('run').click()
+  await page.getByTestId('run-error').filter({ hasText: /output/i }).waitFor()
+  await ctx.close()
+})
