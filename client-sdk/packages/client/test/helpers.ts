@@ -220,6 +220,11 @@ export class Proxy {
     }
   }
 
+  /** Keeps every connection open but forwards nothing from the server any more (a dead path). */
+  blackhole() {
+    for (const p of this.pairs) p.upstream.removeAllListeners('message')
+  }
+
   /** Drops every connection abruptly, dropping held acknowledgements too. */
   cut() {
     for (const p of [...this.pairs]) {

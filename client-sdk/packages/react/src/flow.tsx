@@ -526,8 +526,8 @@ export function ResonantFlow(props: ResonantFlowProps) {
   }, [flow.selectedBlockIds])
 
   // The caller's handlers, read at call time so the handlers given to ReactFlow stay stable.
-  const user = useRef({ onNodesChange, onEdgesChange, onConnect, onNodeDrag, onNodeDragStop, onSelectionDrag, onSelectionDragStop, onDelete, onMoveEnd })
-  user.current = { onNodesChange, onEdgesChange, onConnect, onNodeDrag, onNodeDragStop, onSelectionDrag, onSelectionDragStop, onDelete, onMoveEnd }
+  const user = useRef(props)
+  user.current = props
   const f = useRef(flow)
   f.current = flow
   const handlers = useMemo(
