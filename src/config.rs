@@ -115,6 +115,24 @@ pub struct ServeConfig {
     /// Compact a room's update log after this many bytes.
     #[arg(long, env = "RESONANT_COMPACT_AFTER_BYTES", default_value_t = 8 << 20, value_parser = at_least::<u64, 1>)]
     pub compact_after_bytes: u64,
+    /// Deepest nesting of shared types a document may reach (a root type is level 1); updates
+    /// nesting deeper are refused with 1007.
+    #[arg(long, env = "RESONANT_MAX_NESTING_DEPTH", default_value_t = 64, value_parser = at_least::<u32, 2>)]
+    pub max_nesting_depth: u32,
+    /// Most items (inserted runs) one document may hold; updates past it close with 1009.
+    #[arg(long, env = "RESONANT_MAX_ROOM_ITEMS", default_value_t = 100_000, value_parser = at_least::<u64, 100>)]
+    pub max_room_items: u64,
+    /// Largest stored size of one document (snapshot plus log), in bytes; updates past it
+    /// close with 1009.
+    #[arg(long, env = "RESONANT_MAX_ROOM_BYTES", default_value_t = 64 << 20, value_parser = at_least::<u64, 4096>)]
+    pub max_room_bytes: u64,
+    /// Bytes of partly received WebSocket messages all connections together may hold; a
+    /// connection whose message would go past it is closed.
+    #[arg(long, env = "RESONANT_MAX_UNFINISHED_BYTES", default_value_t = 256 << 20, value_parser = at_least::<u64, 65536>)]
+    pub max_unfinished_bytes: u64,
+    /// Longest a WebSocket message may take to arrive, first byte to last, in seconds.
+    #[arg(long, env = "RESONANT_MESSAGE_DEADLINE_SECS", default_value_t = 60.0, value_parser = positive_secs)]
+    pub message_deadline_secs: f64,
     /// Shortest time between two store commits, in milliseconds: under load, updates arriving
     /// meanwhile share one transaction (an idle server commits at once).
     #[arg(long, env = "RESONANT_COMMIT_INTERVAL_MS", default_value_t = 2.0, value_parser = non_negative_secs)]
@@ -320,6 +338,9 @@ impl ServeConfig {
             max_queued_bytes: self.max_queued_bytes,
             compact_after_updates: self.compact_after_updates,
             compact_after_bytes: self.compact_after_bytes,
+            max_nesting_depth: self.max_nesting_depth,
+            max_room_items: self.max_room_items,
+            max_room_bytes: self.max_room_bytes,
         }
     }
 

@@ -3,9 +3,13 @@
 //! The document layout follows the seed: `blocks` and `connections` are arrays (of maps),
 //! `viewport` and `meta` are maps. A restore rewrites those roots of the live document so
 //! they equal the version's, as one ordinary change that every connected editor receives.
+//!
+//! Every walk here carries its depth and stops with [`ContentError::TooDeep`] past
+//! [`MAX_DEPTH`]: the sync layer refuses updates nesting shared types deeper than its limit,
+//! but documents stored before that limit existed may nest far deeper, and a recursive walk
+//! over them (yrs's own `to_json` included) would overflow the stack and abort the process.
 
-use serde_json::{json, Value};
-use yrs::types::ToJson;
+use serde_json::{Map as JsonMap, Value};
 use yrs::updates::decoder::Decode;
 use yrs::{
     Any, Array, ArrayPrelim, Doc, GetString, In, Map, MapPrelim, Out, ReadTxn, TextPrelim,
@@ -17,17 +21,28 @@ const ARRAYS: [&str; 2] = ["blocks", "connections"];
 /// The map roots of a workflow document.
 const MAPS: [&str; 2] = ["viewport", "meta"];
 
+/// Deepest nesting (shared types and JSON values together) any content walk follows: well
+/// above what the sync layer lets documents reach (64 type levels, 128 value levels), well
+/// below what a worker stack holds.
+pub const MAX_DEPTH: usize = 512;
+
 /// Errors reading a stored document.
 #[derive(Debug, thiserror::Error)]
-#[error("stored document does not decode: {0}")]
-pub struct ContentError(String);
+pub enum ContentError {
+    /// The bytes are not a Yjs document.
+    #[error("stored document does not decode: {0}")]
+    Decode(String),
+    /// The document nests deeper than [`MAX_DEPTH`] levels.
+    #[error("the document nests deeper than {MAX_DEPTH} levels and cannot be read as JSON")]
+    TooDeep,
+}
 
 fn doc_from(state: &[u8]) -> Result<Doc, ContentError> {
     let doc = Doc::new();
-    let update = Update::decode_v1(state).map_err(|e| ContentError(e.to_string()))?;
+    let update = Update::decode_v1(state).map_err(|e| ContentError::Decode(e.to_string()))?;
     doc.transact_mut()
         .apply_update(update)
-        .map_err(|e| ContentError(e.to_string()))?;
+        .map_err(|e| ContentError::Decode(e.to_string()))?;
     Ok(doc)
 }
 
@@ -35,14 +50,14 @@ fn doc_from(state: &[u8]) -> Result<Doc, ContentError> {
 pub fn to_json(state: &[u8]) -> Result<Value, ContentError> {
     let doc = doc_from(state)?;
     let mut txn = doc.transact_mut();
-    let mut out = serde_json::Map::new();
+    let mut out = JsonMap::new();
     for name in ARRAYS {
         let array = txn.get_or_insert_array(name);
-        out.insert(name.into(), any_to_json(&array.to_json(&txn)));
+        out.insert(name.into(), out_to_json(&txn, Out::YArray(array), 1)?);
     }
     for name in MAPS {
         let map = txn.get_or_insert_map(name);
-        out.insert(name.into(), any_to_json(&map.to_json(&txn)));
+        out.insert(name.into(), out_to_json(&txn, Out::YMap(map), 1)?);
     }
     Ok(Value::Object(out))
 }
@@ -57,8 +72,53 @@ pub fn snapshot(state: &[u8]) -> Result<(Value, Vec<u8>), ContentError> {
     Ok((json, sv))
 }
 
-fn any_to_json(any: &Any) -> Value {
-    serde_json::to_value(any).unwrap_or(json!(null))
+/// A document value as JSON, as yrs's `to_json` renders it (text as a string, XML as its
+/// string form), with the depth checked at every level.
+fn out_to_json<T: ReadTxn>(txn: &T, value: Out, depth: usize) -> Result<Value, ContentError> {
+    if depth > MAX_DEPTH {
+        return Err(ContentError::TooDeep);
+    }
+    Ok(match value {
+        Out::Any(any) => any_to_json(&any, depth)?,
+        Out::YText(text) => Value::String(text.get_string(txn)),
+        Out::YArray(array) => Value::Array(
+            array
+                .iter(txn)
+                .map(|v| out_to_json(txn, v, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Out::YMap(map) => Value::Object(
+            map.iter(txn)
+                .map(|(k, v)| Ok((k.to_string(), out_to_json(txn, v, depth + 1)?)))
+                .collect::<Result<_, ContentError>>()?,
+        ),
+        Out::YXmlElement(x) => Value::String(x.get_string(txn)),
+        Out::YXmlFragment(x) => Value::String(x.get_string(txn)),
+        Out::YXmlText(x) => Value::String(x.get_string(txn)),
+        // Subdocuments and weak links are not part of a workflow document.
+        _ => Value::Null,
+    })
+}
+
+fn any_to_json(any: &Any, depth: usize) -> Result<Value, ContentError> {
+    if depth > MAX_DEPTH {
+        return Err(ContentError::TooDeep);
+    }
+    Ok(match any {
+        Any::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| any_to_json(v, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        Any::Map(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), any_to_json(v, depth + 1)?)))
+                .collect::<Result<_, ContentError>>()?,
+        ),
+        // Leaves: serde renders them as before (numbers as yrs serialises them).
+        leaf => serde_json::to_value(leaf).unwrap_or(Value::Null),
+    })
 }
 
 /// The update that turns `current` (the live document's state) into a document whose roots
@@ -78,7 +138,10 @@ pub fn restore_update(current: &[u8], target: &[u8]) -> Result<Vec<u8>, ContentE
             if len > 0 {
                 to.remove_range(&mut txn, 0, len);
             }
-            let items: Vec<In> = from.iter(&vtxn).map(|v| copy(&vtxn, v)).collect();
+            let items: Vec<In> = from
+                .iter(&vtxn)
+                .map(|v| copy(&vtxn, v, 1))
+                .collect::<Result<_, _>>()?;
             for (i, item) in items.into_iter().enumerate() {
                 to.insert(&mut txn, i as u32, item);
             }
@@ -89,8 +152,8 @@ pub fn restore_update(current: &[u8], target: &[u8]) -> Result<Vec<u8>, ContentE
             to.clear(&mut txn);
             let entries: Vec<(String, In)> = from
                 .iter(&vtxn)
-                .map(|(k, v)| (k.to_string(), copy(&vtxn, v)))
-                .collect();
+                .map(|(k, v)| Ok((k.to_string(), copy(&vtxn, v, 1)?)))
+                .collect::<Result<_, ContentError>>()?;
             for (k, v) in entries {
                 to.insert(&mut txn, k, v);
             }
@@ -101,21 +164,31 @@ pub fn restore_update(current: &[u8], target: &[u8]) -> Result<Vec<u8>, ContentE
 }
 
 /// A deep copy of a value of one document, ready to insert into another.
-fn copy<T: ReadTxn>(txn: &T, value: Out) -> In {
-    match value {
+fn copy<T: ReadTxn>(txn: &T, value: Out, depth: usize) -> Result<In, ContentError> {
+    if depth > MAX_DEPTH {
+        return Err(ContentError::TooDeep);
+    }
+    Ok(match value {
         Out::Any(any) => In::Any(any),
         Out::YArray(array) => In::Array(ArrayPrelim::from_iter(
-            array.iter(txn).map(|v| copy(txn, v)).collect::<Vec<_>>(),
+            array
+                .iter(txn)
+                .map(|v| copy(txn, v, depth + 1))
+                .collect::<Result<Vec<_>, _>>()?,
         )),
         Out::YMap(map) => In::Map(MapPrelim::from_iter(
             map.iter(txn)
-                .map(|(k, v)| (k.to_string(), copy(txn, v)))
-                .collect::<Vec<_>>(),
+                .map(|(k, v)| Ok((k.to_string(), copy(txn, v, depth + 1)?)))
+                .collect::<Result<Vec<_>, ContentError>>()?,
         )),
         Out::YText(text) => In::Text(TextPrelim::new(text.get_string(txn)).into()),
-        // XML and subdocuments are not part of a workflow document: keep their JSON form.
-        other => In::Any(other.to_json(txn)),
-    }
+        // XML and subdocuments are not part of a workflow document: keep their JSON form
+        // (checked for depth like everything else).
+        other => match out_to_json(txn, other, depth)? {
+            Value::String(s) => In::Any(Any::from(s)),
+            _ => In::Any(Any::Null),
+        },
+    })
 }
 
 #[cfg(test)]

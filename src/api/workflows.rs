@@ -243,6 +243,19 @@ async fn live_state(app: &AppState, id: &str) -> Result<Vec<u8>, ApiError> {
     })
 }
 
+/// The answer to a document that cannot be read as JSON: a stored document too deep to walk
+/// is the caller's (or an attacker's) content, not a server fault.
+fn content_error(e: crate::content::ContentError, workflow: &str) -> ApiError {
+    use crate::content::ContentError;
+    match e {
+        ContentError::TooDeep => ApiError::Conflict(e.to_string()),
+        ContentError::Decode(_) => {
+            tracing::error!(error = %e, workflow, "document does not decode");
+            ApiError::Internal
+        }
+    }
+}
+
 /// A workflow's content as JSON: `{blocks, connections, viewport, meta}`, read from the
 /// live document (or the store when nobody is editing).
 #[utoipa::path(get, path = "/api/v1/workflows/{id}/content", tag = "workflows",
@@ -255,10 +268,7 @@ async fn get_content(
 ) -> Result<axum::Json<Value>, ApiError> {
     visible(&app, &caller, &id).await?;
     let state = live_state(&app, &id).await?;
-    let json = crate::content::to_json(&state).map_err(|e| {
-        tracing::error!(error = %e, workflow = %id, "document does not decode");
-        ApiError::Internal
-    })?;
+    let json = crate::content::to_json(&state).map_err(|e| content_error(e, &id))?;
     Ok(axum::Json(json))
 }
 
@@ -281,8 +291,10 @@ pub struct VersionDetail {
     /// The version.
     #[serde(flatten)]
     pub info: VersionInfo,
-    /// Its content: `{blocks, connections, viewport, meta}`.
-    pub content: Value,
+    /// Its content: `{blocks, connections, viewport, meta}`, as stored (not re-parsed, so
+    /// no parser's nesting limit can make a stored version unreadable).
+    #[schema(value_type = Object)]
+    pub content: Box<serde_json::value::RawValue>,
 }
 
 async fn snapshot_version(
@@ -293,7 +305,7 @@ async fn snapshot_version(
     message: Option<&str>,
 ) -> Result<VersionInfo, ApiError> {
     let state = live_state(app, id).await?;
-    let content = crate::content::to_json(&state).map_err(|_| ApiError::Internal)?;
+    let content = crate::content::to_json(&state).map_err(|e| content_error(e, id))?;
     Ok(db::create_version(
         &app.db,
         id,
@@ -401,7 +413,10 @@ async fn get_version(
 ) -> Result<axum::Json<VersionDetail>, ApiError> {
     visible(&app, &caller, &id).await?;
     let (info, content, _) = find_version(&app, &id, version).await?;
-    let content = serde_json::from_str(&content).map_err(|_| ApiError::Internal)?;
+    let content = serde_json::value::RawValue::from_string(content).map_err(|e| {
+        tracing::error!(error = %e, workflow = %id, version, "stored version is not JSON");
+        ApiError::Internal
+    })?;
     Ok(axum::Json(VersionDetail { info, content }))
 }
 
@@ -428,10 +443,8 @@ async fn restore_version(
     )
     .await?;
     let current = live_state(&app, &id).await?;
-    let update = crate::content::restore_update(&current, &target_state).map_err(|e| {
-        tracing::error!(error = %e, "restore failed");
-        ApiError::Internal
-    })?;
+    let update = crate::content::restore_update(&current, &target_state)
+        .map_err(|e| content_error(e, &id))?;
     app.rooms
         .apply_server_update(&room_of(&id), &update)
         .await

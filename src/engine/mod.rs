@@ -213,8 +213,11 @@ impl Engine {
             .document_state(&room)
             .await
             .map_err(|e| EngineError::Document(e.to_string()))?;
-        let (content, sv) =
-            crate::content::snapshot(&state).map_err(|e| EngineError::Document(e.to_string()))?;
+        let (content, sv) = crate::content::snapshot(&state).map_err(|e| match e {
+            // The caller's content, not a server fault.
+            crate::content::ContentError::TooDeep => EngineError::Conflict(e.to_string()),
+            crate::content::ContentError::Decode(_) => EngineError::Document(e.to_string()),
+        })?;
         let graph = json!({"blocks": content["blocks"], "connections": content["connections"]});
         let parsed = prepare(&graph).map_err(EngineError::Invalid)?;
         let options = Options {

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod awareness;
+mod nesting;
 mod peer;
 pub mod protocol;
 mod room;
@@ -18,6 +19,7 @@ pub mod validate;
 use std::time::Duration;
 
 pub use awareness::{AwarenessLimits, AwarenessRefusal};
+pub use nesting::NestingError;
 pub use peer::{close_code, Close, Outbox, Outgoing, Peer};
 pub use room::{ApplyError, LoadError, Room};
 pub use rooms::{valid_room_name, JoinError, Rooms, ServerUpdateError};
@@ -43,6 +45,14 @@ pub struct SyncConfig {
     pub compact_after_updates: u64,
     /// …or this many bytes.
     pub compact_after_bytes: u64,
+    /// Deepest nesting of shared types (a root type is level 1) an update may create; deeper
+    /// documents would overflow the stack of yrs's recursive deletes and of content readers.
+    pub max_nesting_depth: u32,
+    /// Most structs (runs of inserted items) one room's document may hold: memory grows with
+    /// items, not wire bytes (23 MB of tiny items once took 700 MB).
+    pub max_room_items: u64,
+    /// Largest stored size (snapshot plus log) of one room's document.
+    pub max_room_bytes: u64,
 }
 
 impl Default for SyncConfig {
@@ -56,6 +66,9 @@ impl Default for SyncConfig {
             max_queued_bytes: 8 << 20,
             compact_after_updates: 1000,
             compact_after_bytes: 8 << 20,
+            max_nesting_depth: 64,
+            max_room_items: 100_000,
+            max_room_bytes: 64 << 20,
         }
     }
 }

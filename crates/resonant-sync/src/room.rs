@@ -29,6 +29,7 @@ use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, Origin, ReadTxn, StateVector, Transact, Update};
 
 use crate::awareness::{AwarenessRefusal, Presence};
+use crate::nesting::{self, DepthCache};
 use crate::peer::{close_code, Close, Peer};
 use crate::protocol;
 use crate::SyncConfig;
@@ -64,6 +65,9 @@ pub enum ApplyError {
     /// The room was closed (unloaded, reset after a storage error, shutting down).
     #[error("room closed; reconnect")]
     Closed,
+    /// The document would grow past what one room may hold.
+    #[error("{0}")]
+    Full(String),
 }
 
 pub(crate) enum AddPeerError {
@@ -96,6 +100,17 @@ pub struct Room {
 struct RoomState {
     doc: Doc,
     presence: Presence,
+    /// Depths of the document's shared types, for the nesting check.
+    depths: DepthCache,
+    /// The stored document already nests deeper than the limit: no update is applied.
+    frozen: bool,
+    /// Structs in the document: counted in its last snapshot (where yrs has merged adjacent
+    /// runs) plus those of every update since. Each costs memory however few bytes it took on
+    /// the wire, so the room's item limit counts these. Atomic like `bytes`.
+    items: AtomicU64,
+    /// The document's stored size: its snapshot plus the log after it (atomic only because
+    /// snapshots, which reset it, see the state through a shared reference).
+    bytes: AtomicU64,
 }
 
 /// What the update observer needs; shared with the closure registered on the doc.
@@ -151,6 +166,23 @@ impl Room {
             Ok(r) => r?,
             Err(_) => return Err(LoadError::Corrupt("yrs panicked while loading".into())),
         }
+        let mut items = 0u64;
+        let mut bytes = 0u64;
+        for part in stored
+            .snapshot
+            .iter()
+            .chain(stored.updates.iter().map(|(_, u)| u))
+        {
+            items += nesting::count_structs(part).unwrap_or(0) as u64;
+            bytes += part.len() as u64;
+        }
+        let mut depths = DepthCache::default();
+        let deepest = nesting::deepest(&doc, &mut depths, config.max_nesting_depth);
+        let frozen = deepest > config.max_nesting_depth;
+        if frozen {
+            tracing::warn!(room = %name, limit = config.max_nesting_depth,
+                "stored document nests deeper than the limit; serving it read-only");
+        }
         let shared = Arc::new(Shared {
             name: name.clone(),
             peers: Mutex::new(Peers::default()),
@@ -170,6 +202,10 @@ impl Room {
             state: Mutex::new(RoomState {
                 doc,
                 presence: Presence::default(),
+                depths,
+                frozen,
+                items: AtomicU64::new(items),
+                bytes: AtomicU64::new(bytes),
             }),
             shared,
             config,
@@ -338,11 +374,43 @@ impl Room {
             Err(_) => return Err(ApplyError::Invalid("undecodable update".into())),
         };
         self.contained("apply_update", || {
-            let st = self.state.lock();
+            let mut st = self.state.lock();
             if self.shared.peers.lock().closed {
                 return Err(ApplyError::Closed);
             }
             self.maybe_injected_panic();
+            // Clients send their (usually empty) step 2 on every connect: that changes nothing.
+            if st.frozen && !update.is_empty() {
+                return Err(ApplyError::Invalid(format!(
+                    "this document nests shared types deeper than the limit of {} levels and \
+                     is read-only; restore a version to edit it",
+                    self.config.max_nesting_depth
+                )));
+            }
+            let structs = {
+                let RoomState { doc, depths, .. } = &mut *st;
+                nesting::check(
+                    &doc.transact(),
+                    depths,
+                    bytes,
+                    self.config.max_nesting_depth,
+                )
+                .map_err(|e| ApplyError::Invalid(e.to_string()))?
+            } as u64;
+            if st.items.load(Ordering::Relaxed) + structs > self.config.max_room_items {
+                return Err(ApplyError::Full(format!(
+                    "the document would hold more than {} items; it is full",
+                    self.config.max_room_items
+                )));
+            }
+            if st.bytes.load(Ordering::Relaxed) + bytes.len() as u64 > self.config.max_room_bytes {
+                return Err(ApplyError::Full(format!(
+                    "the document would grow past {} bytes; it is full",
+                    self.config.max_room_bytes
+                )));
+            }
+            st.items.fetch_add(structs, Ordering::Relaxed);
+            st.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let pending = {
                 let mut txn = st.doc.transact_mut_with(origin);
                 txn.apply_update(update)
@@ -377,6 +445,10 @@ impl Room {
             .doc
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
+        st.bytes.store(state.len() as u64, Ordering::Relaxed);
+        if let Ok(n) = nesting::count_structs(&state) {
+            st.items.store(n as u64, Ordering::Relaxed);
+        }
         let up_to_seq = self.shared.last_seq.load(Ordering::Relaxed);
         self.shared.log_updates.store(0, Ordering::Relaxed);
         self.shared.log_bytes.store(0, Ordering::Relaxed);

@@ -47,6 +47,7 @@ impl SessionError {
             }
             SessionError::Apply(ApplyError::Internal) => close_code::INTERNAL_ERROR,
             SessionError::Apply(ApplyError::Closed) => close_code::SERVICE_RESTART,
+            SessionError::Apply(ApplyError::Full(_)) => close_code::MESSAGE_TOO_BIG,
             SessionError::TooLarge { .. } => close_code::MESSAGE_TOO_BIG,
         };
         Close::new(code, self.to_string())

@@ -1,0 +1,634 @@
+//! How deep an update would nest shared types, checked before it is integrated.
+//!
+//! yrs walks nested types recursively in several places (deleting a type deletes its
+//! children, `to_json` descends into them), and so does every reader of a document's content.
+//! No single update looks implausible — depth builds up through parent ids, across updates —
+//! so a client that nests Y.Maps a few hundred thousand levels deep in small steps can make
+//! the next delete or content read overflow any stack, aborting the process. The validator
+//! cannot see that (it checks one payload's shape), so the room checks each update against
+//! its live document: every shared type the update creates gets the depth of its parent plus
+//! one, and an update creating a type deeper than the limit is refused before yrs sees it.
+//!
+//! The parent of an item is named in the update (a root name or the id of a type item) or,
+//! when the item has an origin, inherited from its left (or right) neighbour, which may sit in
+//! the same update or in the document. Depths of the document's type items are cached per
+//! room: an item's parent never changes, so neither does its depth.
+
+use std::collections::HashMap;
+use yrs::branch::Branch;
+use yrs::encoding::read::Read;
+use yrs::types::xml::XmlFragment;
+use yrs::updates::decoder::{Decoder, DecoderV1};
+use yrs::{Array, Assoc, BranchID, ClientID, Doc, Map, Out, ReadTxn, StickyIndex, Transact, ID};
+
+// Struct info bits and kinds, as in yrs's `block.rs`.
+const BLOCK_GC: u8 = 0;
+const BLOCK_SKIP: u8 = 10;
+const HAS_ORIGIN: u8 = 0b1000_0000;
+const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+const HAS_PARENT_SUB: u8 = 0b0010_0000;
+const CONTENT_DELETED: u8 = 1;
+const CONTENT_JSON: u8 = 2;
+const CONTENT_BINARY: u8 = 3;
+const CONTENT_STRING: u8 = 4;
+const CONTENT_EMBED: u8 = 5;
+const CONTENT_FORMAT: u8 = 6;
+const CONTENT_TYPE: u8 = 7;
+const CONTENT_ANY: u8 = 8;
+const CONTENT_DOC: u8 = 9;
+// Type refs that carry a name (yrs `types/mod.rs`); weak links are not compiled in.
+const TYPE_XML_ELEMENT: u8 = 3;
+const TYPE_WEAK: u8 = 7;
+
+/// Why an update was refused by the nesting check.
+#[derive(Debug, thiserror::Error)]
+pub enum NestingError {
+    /// A shared type would sit deeper than the room's limit.
+    #[error("update nests shared types deeper than the limit of {limit} levels")]
+    TooDeep {
+        /// The limit in force.
+        limit: u32,
+    },
+    /// A shared type's parent is neither in the document nor in the update, so it would wait
+    /// (pending) and its depth could not be known until it integrates.
+    #[error("update creates a shared type under a parent this document does not have")]
+    UnknownParent,
+    /// The bytes did not decode (the validator normally catches this first).
+    #[error("update does not decode: {0}")]
+    Decode(String),
+}
+
+/// What a struct of the update names as its parent.
+#[derive(Clone, Debug)]
+enum ParentRef {
+    Root,
+    Type(ID),
+    /// Inherits the parent of the item holding this id (its origin or right origin).
+    Neighbour(ID),
+    /// GC and skip ranges hold nothing.
+    Nothing,
+}
+
+/// Where a struct's parent resolved to.
+#[derive(Clone, Copy, Debug)]
+enum Parent {
+    Root,
+    Type(ID),
+    /// The parent was garbage collected: yrs integrates the item as deleted.
+    Gone,
+    Missing,
+}
+
+struct Struct {
+    clock: u32,
+    len: u32,
+    is_type: bool,
+    parent: ParentRef,
+}
+
+/// The structs of one update, per client in clock order.
+struct Parsed {
+    clients: HashMap<ClientID, Vec<Struct>>,
+    types: usize,
+    structs: usize,
+}
+
+fn parse(bytes: &[u8]) -> Result<Parsed, NestingError> {
+    let err = |e: yrs::encoding::read::Error| NestingError::Decode(e.to_string());
+    let mut d = DecoderV1::from(bytes);
+    let mut parsed = Parsed {
+        clients: HashMap::new(),
+        types: 0,
+        structs: 0,
+    };
+    let clients: u32 = d.read_var().map_err(err)?;
+    for _ in 0..clients {
+        let count: u32 = d.read_var().map_err(err)?;
+        let client = d.read_client().map_err(err)?;
+        let mut clock: u32 = d.read_var().map_err(err)?;
+        // The validator has checked every count against the bytes present.
+        let list = parsed.clients.entry(client).or_default();
+        for _ in 0..count {
+            let info = d.read_info().map_err(err)?;
+            let (len, is_type, parent) = match info {
+                BLOCK_SKIP => (d.read_var::<u32>().map_err(err)?, false, ParentRef::Nothing),
+                BLOCK_GC => (d.read_len().map_err(err)?, false, ParentRef::Nothing),
+                info => {
+                    let origin = if info & HAS_ORIGIN != 0 {
+                        Some(d.read_left_id().map_err(err)?)
+                    } else {
+                        None
+                    };
+                    let right = if info & HAS_RIGHT_ORIGIN != 0 {
+                        Some(d.read_right_id().map_err(err)?)
+                    } else {
+                        None
+                    };
+                    let parent = match (origin, right) {
+                        (Some(id), _) | (None, Some(id)) => ParentRef::Neighbour(id),
+                        (None, None) => {
+                            let parent = if d.read_parent_info().map_err(err)? {
+                                d.read_string().map_err(err)?;
+                                ParentRef::Root
+                            } else {
+                                ParentRef::Type(d.read_left_id().map_err(err)?)
+                            };
+                            if info & HAS_PARENT_SUB != 0 {
+                                d.read_string().map_err(err)?;
+                            }
+                            parent
+                        }
+                    };
+                    let is_type = info & 0b1111 == CONTENT_TYPE;
+                    (
+                        skip_content(&mut d, info & 0b1111).map_err(err)?,
+                        is_type,
+                        parent,
+                    )
+                }
+            };
+            parsed.types += is_type as usize;
+            parsed.structs += 1;
+            list.push(Struct {
+                clock,
+                len,
+                is_type,
+                parent,
+            });
+            clock = clock.saturating_add(len);
+        }
+    }
+    Ok(parsed)
+}
+
+/// Reads past one struct's content without building it (yrs would allocate a branch per
+/// type, which for a million-level chain is hundreds of megabytes); returns its clock length.
+fn skip_content(d: &mut DecoderV1, kind: u8) -> Result<u32, yrs::encoding::read::Error> {
+    Ok(match kind {
+        CONTENT_DELETED => d.read_len()?,
+        CONTENT_JSON => {
+            // yrs reads one more string than the count says (legacy format).
+            let n = d.read_len()?;
+            for _ in 0..=n {
+                d.read_string()?;
+            }
+            n.saturating_add(1)
+        }
+        CONTENT_BINARY => {
+            d.read_buf()?;
+            1
+        }
+        CONTENT_STRING => d.read_string()?.encode_utf16().count() as u32,
+        CONTENT_EMBED => {
+            d.read_string()?;
+            1
+        }
+        CONTENT_FORMAT => {
+            d.read_string()?;
+            d.read_string()?;
+            1
+        }
+        CONTENT_TYPE => {
+            let type_ref = d.read_type_ref()?;
+            match type_ref {
+                TYPE_XML_ELEMENT => {
+                    d.read_string()?;
+                }
+                // yrs is built without weak links: it refuses them, and so do we.
+                TYPE_WEAK => return Err(yrs::encoding::read::Error::UnexpectedValue),
+                _ => {}
+            }
+            1
+        }
+        CONTENT_ANY => {
+            let n = d.read_len()?;
+            for _ in 0..n {
+                d.read_any()?;
+            }
+            n
+        }
+        CONTENT_DOC => {
+            d.read_string()?;
+            d.read_any()?;
+            1
+        }
+        _ => return Err(yrs::encoding::read::Error::UnexpectedValue),
+    })
+}
+
+impl Parsed {
+    /// The update's struct holding `id`: (client, index).
+    fn find(&self, id: &ID) -> Option<(ClientID, usize)> {
+        let list = self.clients.get(&id.client)?;
+        let i = list.partition_point(|s| s.clock + s.len <= id.clock);
+        let s = list.get(i)?;
+        (s.clock <= id.clock).then_some((id.client, i))
+    }
+}
+
+/// Per-room cache of the depth of the document's type items (root types are depth 1).
+#[derive(Default)]
+pub(crate) struct DepthCache {
+    depths: HashMap<ID, u32>,
+}
+
+impl DepthCache {
+    /// The depth of the document's type item `id`, walking up its parents (at most `limit`
+    /// levels); `None` if it is not in the document (or was collected).
+    fn doc_depth<T: ReadTxn>(&mut self, txn: &T, id: ID, limit: u32) -> Option<u32> {
+        let mut chain = Vec::new();
+        let mut cur = id;
+        let base = loop {
+            if let Some(&d) = self.depths.get(&cur) {
+                break d;
+            }
+            if chain.len() as u32 > limit {
+                // Deeper than anything we accept; no need to know how much.
+                break limit + 1;
+            }
+            chain.push(cur);
+            match parent_branch(txn, cur)? {
+                BranchID::Root(_) => break 1,
+                BranchID::Nested(p) => cur = p,
+            }
+        };
+        let mut depth = base;
+        for id in chain.into_iter().rev() {
+            depth = depth.saturating_add(1);
+            self.depths.insert(id, depth);
+        }
+        Some(depth)
+    }
+
+    /// The depth a child of `parent` would get, for a parent in the document.
+    fn child_depth_in_doc<T: ReadTxn>(
+        &mut self,
+        txn: &T,
+        neighbour: ID,
+        limit: u32,
+    ) -> Result<u32, Parent> {
+        match parent_branch(txn, neighbour) {
+            Some(BranchID::Root(_)) => Ok(2),
+            Some(BranchID::Nested(p)) => match self.doc_depth(txn, p, limit) {
+                Some(d) => Ok(d.saturating_add(1)),
+                None => Err(Parent::Gone),
+            },
+            None => Err(missing_or_gone(txn, &neighbour)),
+        }
+    }
+
+    /// Forgets the cache (a room rebuilt from the store starts a new one anyway).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.depths.len()
+    }
+}
+
+/// The deepest nesting of shared types in `doc` (roots are level 1), walking its live content
+/// without recursion and filling `cache` on the way; stops early once past `limit`. A room
+/// loaded from data stored before the limit existed may hold deeper documents: those are
+/// served read-only, since any delete in them may recurse through the whole chain.
+pub(crate) fn deepest(doc: &Doc, cache: &mut DepthCache, limit: u32) -> u32 {
+    let txn = doc.transact();
+    let mut stack: Vec<(Out, u32)> = txn.root_refs().map(|(_, v)| (v, 1)).collect();
+    let mut deepest = 0;
+    while let Some((value, depth)) = stack.pop() {
+        deepest = deepest.max(depth);
+        if deepest > limit {
+            break;
+        }
+        let children: Vec<Out> = match &value {
+            Out::YMap(m) => {
+                note(cache, AsRef::<Branch>::as_ref(m).id(), depth);
+                m.iter(&txn).map(|(_, v)| v).collect()
+            }
+            Out::YArray(a) => {
+                note(cache, AsRef::<Branch>::as_ref(a).id(), depth);
+                a.iter(&txn).collect()
+            }
+            Out::YXmlFragment(x) => {
+                note(cache, AsRef::<Branch>::as_ref(x).id(), depth);
+                x.children(&txn).map(Out::from).collect()
+            }
+            Out::YXmlElement(x) => {
+                note(cache, AsRef::<Branch>::as_ref(x).id(), depth);
+                x.children(&txn).map(Out::from).collect()
+            }
+            _ => Vec::new(),
+        };
+        stack.extend(
+            children
+                .into_iter()
+                .filter(|c| !matches!(c, Out::Any(_)))
+                .map(|c| (c, depth + 1)),
+        );
+    }
+    deepest
+}
+
+fn note(cache: &mut DepthCache, id: BranchID, depth: u32) {
+    if let BranchID::Nested(id) = id {
+        cache.depths.insert(id, depth);
+    }
+}
+
+/// The branch holding the document's item `id` (`None` if the item is not there or was
+/// collected).
+fn parent_branch<T: ReadTxn>(txn: &T, id: ID) -> Option<BranchID> {
+    let offset = StickyIndex::from_id(id, Assoc::After).get_offset(txn)?;
+    Some(offset.branch.id())
+}
+
+fn missing_or_gone<T: ReadTxn>(txn: &T, id: &ID) -> Parent {
+    if txn.state_vector().get(&id.client) > id.clock {
+        Parent::Gone
+    } else {
+        Parent::Missing
+    }
+}
+
+/// How many structs (runs of inserted items) an update carries: what a room counts against
+/// its item limit, since each costs the document memory whatever its byte size.
+pub(crate) fn count_structs(update: &[u8]) -> Result<usize, NestingError> {
+    Ok(parse(update)?.structs)
+}
+
+/// Checks that `update` creates no shared type deeper than `limit` in the document read by
+/// `txn`, and returns how many structs it carries. Cheap when the update creates no types
+/// (most edits): one pass over its structs.
+pub(crate) fn check<T: ReadTxn>(
+    txn: &T,
+    cache: &mut DepthCache,
+    update: &[u8],
+    limit: u32,
+) -> Result<usize, NestingError> {
+    let parsed = parse(update)?;
+    if parsed.types == 0 {
+        return Ok(parsed.structs);
+    }
+    let mut resolver = Resolver {
+        txn,
+        cache,
+        parsed: &parsed,
+        limit,
+        parents: HashMap::new(),
+        depths: HashMap::new(),
+    };
+    for (&client, list) in &parsed.clients {
+        for (i, s) in list.iter().enumerate() {
+            if s.is_type {
+                match resolver.type_depth(client, i) {
+                    Ok(d) if d > limit => return Err(NestingError::TooDeep { limit }),
+                    Ok(_) | Err(Parent::Gone) => {}
+                    Err(_) => return Err(NestingError::UnknownParent),
+                }
+            }
+        }
+    }
+    Ok(parsed.structs)
+}
+
+struct Resolver<'a, T: ReadTxn> {
+    txn: &'a T,
+    cache: &'a mut DepthCache,
+    parsed: &'a Parsed,
+    limit: u32,
+    /// Resolved parents of the update's structs (memo: origin chains can be long).
+    parents: HashMap<(ClientID, usize), Parent>,
+    /// Depths of the update's type items.
+    depths: HashMap<(ClientID, usize), Result<u32, Parent>>,
+}
+
+impl<T: ReadTxn> Resolver<'_, T> {
+    /// The parent of the update's struct, following neighbours inside the update without
+    /// recursion (an origin chain may be as long as the update).
+    fn parent(&mut self, start: (ClientID, usize)) -> Result<Parent, (ClientID, usize, ID)> {
+        let mut chain = Vec::new();
+        let mut cur = start;
+        let found = loop {
+            if let Some(p) = self.parents.get(&cur) {
+                break Ok(*p);
+            }
+            chain.push(cur);
+            let s = &self.parsed.clients[&cur.0][cur.1];
+            match &s.parent {
+                ParentRef::Root => break Ok(Parent::Root),
+                ParentRef::Type(id) => break Ok(Parent::Type(*id)),
+                ParentRef::Nothing => break Ok(Parent::Gone),
+                ParentRef::Neighbour(id) => match self.parsed.find(id) {
+                    // A chain longer than the update has a cycle: yrs would never integrate it.
+                    Some(_) if chain.len() > self.parsed.structs => break Ok(Parent::Missing),
+                    Some(next) => cur = next,
+                    // The neighbour is in the document: its parent is resolved there.
+                    None => break Err(*id),
+                },
+            }
+        };
+        match found {
+            Ok(p) => {
+                for c in chain {
+                    self.parents.insert(c, p);
+                }
+                Ok(p)
+            }
+            Err(id) => Err((start.0, start.1, id)),
+        }
+    }
+
+    /// The depth of the update's type struct at (client, index).
+    fn type_depth(&mut self, client: ClientID, index: usize) -> Result<u32, Parent> {
+        // Types nested inside types of the same update: walk up iteratively, then fill in.
+        let mut chain: Vec<(ClientID, usize)> = Vec::new();
+        let mut cur = (client, index);
+        let base: Result<u32, Parent> = loop {
+            if let Some(d) = self.depths.get(&cur) {
+                break *d;
+            }
+            if chain.len() as u32 > self.limit {
+                break Ok(self.limit + 1);
+            }
+            chain.push(cur);
+            let parent = match self.parent(cur) {
+                Ok(p) => p,
+                Err((_, _, neighbour)) => {
+                    break self
+                        .cache
+                        .child_depth_in_doc(self.txn, neighbour, self.limit)
+                        .map(|d| d - 1);
+                }
+            };
+            match parent {
+                Parent::Root => break Ok(1),
+                Parent::Gone => break Err(Parent::Gone),
+                Parent::Missing => break Err(Parent::Missing),
+                Parent::Type(id) => match self.parsed.find(&id) {
+                    Some(p) if self.parsed.clients[&p.0][p.1].is_type => {
+                        if chain.contains(&p) {
+                            break Err(Parent::Missing);
+                        }
+                        cur = p;
+                    }
+                    // Not a type: yrs cannot integrate it under that parent.
+                    Some(_) => break Err(Parent::Gone),
+                    None => match self.cache.doc_depth(self.txn, id, self.limit) {
+                        Some(d) => break Ok(d),
+                        None => break Err(missing_or_gone(self.txn, &id)),
+                    },
+                },
+            }
+        };
+        // `base` is the depth of the parent of the last struct in the chain.
+        let mut result = base;
+        for c in chain.into_iter().rev() {
+            result = result.map(|d| d.saturating_add(1));
+            self.depths.insert(c, result);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yrs::updates::decoder::Decode;
+    use yrs::{Doc, Map, MapPrelim, MapRef, StateVector, Transact, Update};
+
+    fn apply(doc: &Doc, update: &[u8]) {
+        doc.transact_mut()
+            .apply_update(Update::decode_v1(update).unwrap())
+            .unwrap();
+    }
+
+    /// A client doc nesting maps `levels` deep under root map "m"; returns it and its update.
+    fn nested(levels: usize) -> (Doc, MapRef, Vec<u8>) {
+        let doc = Doc::with_client_id(7);
+        let root = doc.get_or_insert_map("m");
+        let mut cur = root.clone();
+        {
+            let mut txn = doc.transact_mut();
+            for _ in 0..levels {
+                cur = cur.insert(&mut txn, "k", MapPrelim::default());
+            }
+        }
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        (doc, cur, update)
+    }
+
+    fn check_on(
+        server: &Doc,
+        cache: &mut DepthCache,
+        update: &[u8],
+        limit: u32,
+    ) -> Result<usize, NestingError> {
+        check(&server.transact(), cache, update, limit)
+    }
+
+    #[test]
+    fn shallow_updates_pass_and_deep_ones_are_refused() {
+        let server = Doc::new();
+        let mut cache = DepthCache::default();
+        // Root "m" is depth 1; 9 nested maps reach depth 10.
+        let (_, _, ok) = nested(9);
+        check_on(&server, &mut cache, &ok, 10).unwrap();
+        let (_, _, deep) = nested(10);
+        assert!(matches!(
+            check_on(&server, &mut cache, &deep, 10),
+            Err(NestingError::TooDeep { limit: 10 })
+        ));
+    }
+
+    #[test]
+    fn depth_adds_up_across_updates() {
+        let server = Doc::new();
+        let mut cache = DepthCache::default();
+        let (client, mut leaf, first) = nested(5);
+        check_on(&server, &mut cache, &first, 10).unwrap();
+        apply(&server, &first);
+        let mut refused = None;
+        for step in 0..10 {
+            let before = client.transact().state_vector();
+            {
+                let mut txn = client.transact_mut();
+                leaf = leaf.insert(&mut txn, "k", MapPrelim::default());
+            }
+            let diff = client.transact().encode_diff_v1(&before);
+            match check_on(&server, &mut cache, &diff, 10) {
+                Ok(_) => apply(&server, &diff),
+                Err(e) => {
+                    refused = Some((step, e));
+                    break;
+                }
+            }
+        }
+        // Depth 6 after the first update; steps 0..=3 reach 10, step 4 would make 11.
+        let (step, err) = refused.expect("a deep chain was accepted");
+        assert_eq!(step, 4);
+        assert!(matches!(err, NestingError::TooDeep { .. }));
+        assert!(cache.len() > 0);
+    }
+
+    #[test]
+    fn types_inserted_next_to_existing_items_inherit_their_parent() {
+        // A second map value next to an existing key (origin = the old value) and a map
+        // pushed into an array after other items both resolve through the document.
+        let server = Doc::new();
+        let mut cache = DepthCache::default();
+        let client = Doc::with_client_id(9);
+        let blocks = client.get_or_insert_array("blocks");
+        use yrs::{Array, ArrayPrelim};
+        let before = client.transact().state_vector();
+        let inner = {
+            let mut txn = client.transact_mut();
+            blocks.push_back(&mut txn, 1);
+            blocks.push_back(&mut txn, MapPrelim::default())
+        };
+        let u1 = client.transact().encode_diff_v1(&before);
+        check_on(&server, &mut cache, &u1, 3).unwrap();
+        apply(&server, &u1);
+        let before = client.transact().state_vector();
+        {
+            let mut txn = client.transact_mut();
+            let nested = inner.insert(&mut txn, "config", MapPrelim::default());
+            nested.insert(&mut txn, "x", 1);
+            // Overwrite: the new value's origin is the old one.
+            inner.insert(&mut txn, "config", MapPrelim::default());
+            blocks.push_back(&mut txn, ArrayPrelim::default());
+        }
+        let u2 = client.transact().encode_diff_v1(&before);
+        // blocks(1) > map(2) > config(3): allowed at 3, refused at 2.
+        check_on(&server, &mut cache, &u2, 3).unwrap();
+        assert!(check_on(&server, &mut DepthCache::default(), &u2, 2).is_err());
+    }
+
+    #[test]
+    fn types_under_unknown_parents_are_refused() {
+        let (client, leaf, first) = nested(2);
+        let before = client.transact().state_vector();
+        leaf.insert(&mut client.transact_mut(), "k", MapPrelim::default());
+        let second = client.transact().encode_diff_v1(&before);
+        let server = Doc::new();
+        // The second update alone names a parent the server has never seen.
+        assert!(matches!(
+            check_on(&server, &mut DepthCache::default(), &second, 64),
+            Err(NestingError::UnknownParent)
+        ));
+        check_on(&server, &mut DepthCache::default(), &first, 64).unwrap();
+    }
+
+    #[test]
+    fn a_deleted_parent_does_not_block_the_update() {
+        // A user adds a map inside a block another user deleted meanwhile: yrs integrates it
+        // as deleted; refusing would make that client reconnect and resend for ever.
+        let server = Doc::new();
+        let (client, leaf, first) = nested(2);
+        apply(&server, &first);
+        let root = server.get_or_insert_map("m");
+        root.remove(&mut server.transact_mut(), "k");
+        let before = client.transact().state_vector();
+        leaf.insert(&mut client.transact_mut(), "k", MapPrelim::default());
+        let second = client.transact().encode_diff_v1(&before);
+        check_on(&server, &mut DepthCache::default(), &second, 64).unwrap();
+    }
+}
