@@ -21,6 +21,8 @@ pub mod engine;
 pub mod identity;
 pub mod ratelimit;
 mod read_ahead;
+mod serve;
+mod unfinished;
 pub mod webhook_sig;
 mod webhooks;
 mod ws;
@@ -35,7 +37,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use resonant_store::{Journal, JournalConfig};
@@ -260,21 +261,10 @@ pub async fn start_with_store(
         config: Arc::new(config),
     };
     let app = router(state);
-    let listener = listener.tap_io(|tcp| {
-        // Without it, small frames wait on Nagle and delayed ACKs (tens of milliseconds).
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
     let serve_stop = stop.clone();
     let serve_rooms = rooms.clone();
     let task = tokio::spawn(async move {
-        let result = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(serve_stop.cancelled_owned())
-        .await;
+        let result = serve::serve(listener, app, serve_stop, max_connections).await;
         // Accepting has stopped; close the sockets (1012) and commit everything. Executions
         // stop without an end recorded: the next start resumes them.
         engine.shutdown().await;

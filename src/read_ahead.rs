@@ -13,6 +13,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::unfinished::Watcher;
+
 /// Bytes read per syscall at most.
 const READ_AHEAD: usize = 64 << 10;
 
@@ -22,6 +24,8 @@ pub struct ReadAhead<S> {
     /// Bytes read but not yet handed out; empty (no allocation) between bursts.
     leftover: Vec<u8>,
     pos: usize,
+    /// Follows the bytes handed out, to bound unfinished messages.
+    watcher: Option<Watcher>,
 }
 
 impl<S> ReadAhead<S> {
@@ -31,17 +35,22 @@ impl<S> ReadAhead<S> {
             inner,
             leftover: Vec::new(),
             pos: 0,
+            watcher: None,
+        }
+    }
+
+    /// Wraps a socket whose incoming messages `watcher` accounts for.
+    pub fn watched(inner: S, watcher: Watcher) -> Self {
+        ReadAhead {
+            watcher: Some(watcher),
+            ..ReadAhead::new(inner)
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        dst: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
+impl<S: AsyncRead + Unpin> ReadAhead<S> {
+    fn read_ahead(&mut self, cx: &mut Context<'_>, dst: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         if this.pos < this.leftover.len() {
             let n = dst.remaining().min(this.leftover.len() - this.pos);
             dst.put_slice(&this.leftover[this.pos..this.pos + n]);
@@ -70,6 +79,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             }
             other => other,
         }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        dst: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = dst.filled().len();
+        let result = this.read_ahead(cx, dst);
+        if let (Poll::Ready(Ok(())), Some(w)) = (&result, this.watcher.as_mut()) {
+            w.observe(&dst.filled()[before..])?;
+        }
+        result
     }
 }
 

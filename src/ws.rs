@@ -45,6 +45,7 @@ use crate::db::{self, Action, Role};
 use crate::identity::Principal;
 use crate::ratelimit::{self, Bucket};
 use crate::read_ahead::ReadAhead;
+use crate::unfinished::Watcher;
 use crate::AppState;
 
 /// The subprotocol a client offers next to its token in `Sec-WebSocket-Protocol`; the server
@@ -69,6 +70,8 @@ static REFUSED_FULL: LazyLock<metrics::Counter> = LazyLock::new(
 static REFUSED_RATE: LazyLock<metrics::Counter> = LazyLock::new(
     || metrics::counter!("resonant_connections_refused_total", "reason" => "join-rate"),
 );
+static REFUSED_AUTH: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_connections_refused_total", "reason" => "auth"));
 static WRITE_TIMEOUTS: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_write_timeouts_total"));
 
@@ -76,6 +79,8 @@ static WRITE_TIMEOUTS: LazyLock<metrics::Counter> =
 const WRITE_BATCH: usize = 64;
 /// Most save acknowledgements waiting for a commit before the reader waits too.
 const ACK_QUEUE: usize = 1024;
+/// Largest message read from a connection that is being refused: enough for a close frame.
+const REFUSAL_MAX_MESSAGE: usize = 1 << 10;
 /// Messages larger than this go out as several frames of this size.
 const FRAGMENT: usize = 16 << 10;
 
@@ -111,7 +116,18 @@ pub async fn sync_handler(
         )
             .into_response();
     };
-    let max = app.config.max_message_bytes;
+    // Who is asking, and for what, is settled before the upgrade: a connection that will be
+    // refused is never read beyond a tiny frame limit, so tokenless sockets cannot make the
+    // server buffer 16 MiB messages each (20 of them took 300 MB), and they never reach the
+    // join budget that real users wait in.
+    let verdict = verdict(&app, &room, token.as_deref(), ip).await;
+    let max = match verdict {
+        Ok(_) => app.config.max_message_bytes,
+        Err(_) => {
+            REFUSED_AUTH.increment(1);
+            REFUSAL_MAX_MESSAGE
+        }
+    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
@@ -119,15 +135,27 @@ pub async fn sync_handler(
         // memory; larger frames still arrive in one allocation of their announced size.
         .read_buffer_size(1 << 10)
         .write_buffer_size(0);
+    let unfinished = crate::unfinished::Limits {
+        budget: app.config.max_unfinished_bytes,
+        deadline: crate::config::secs(app.config.message_deadline_secs),
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let tracker = app.tracker.clone();
     tokio::spawn(tracker.track_future(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let io = ReadAhead::new(TokioIo::new(upgraded));
+                let io = ReadAhead::watched(TokioIo::new(upgraded), Watcher::new(unfinished));
                 let socket =
                     WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
-                connection(socket, room, token, ip, app, permit).await;
+                match verdict {
+                    Ok((principal, grant)) => {
+                        connection(socket, room, principal, grant, app, permit).await
+                    }
+                    Err(close) => {
+                        let (mut sink, mut stream) = socket.split();
+                        refuse(&mut sink, &mut stream, close).await;
+                    }
+                }
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
@@ -268,31 +296,48 @@ impl Drop for ConnectionGuard {
     }
 }
 
-async fn connection(
-    socket: WebSocket,
-    room: String,
-    token: Option<String>,
+/// Whether a connection may join: the per-IP connection rate, the token and the caller's
+/// access to the room, in that order (cheapest first). `Err` is the close to refuse with.
+async fn verdict(
+    app: &AppState,
+    room: &str,
+    token: Option<&str>,
     ip: Option<std::net::IpAddr>,
-    app: AppState,
-    _permit: OwnedSemaphorePermit,
-) {
-    let _guard = ConnectionGuard::new();
-    let (mut sink, mut stream) = socket.split();
+) -> Result<(Principal, Grant), Close> {
     if let Some(ip) = ip {
         if let Some(retry) = app.limit(Bucket::ConnectIp, &ratelimit::ip_key(ip)).await {
             let reason = format!(
                 "too many connection attempts: retry in {} ms",
                 retry.as_millis().max(1)
             );
-            refuse(
-                &mut sink,
-                &mut stream,
-                Close::new(close_code::RATE_LIMITED, reason),
-            )
-            .await;
-            return;
+            return Err(Close::new(close_code::RATE_LIMITED, reason));
         }
     }
+    let principal = app.auth.authenticate(token).await.map_err(|e| {
+        if e.is_unavailable() {
+            tracing::error!(error = %e, "authentication unavailable");
+            Close::new(
+                close_code::TRY_AGAIN_LATER,
+                "authentication unavailable: retry",
+            )
+        } else {
+            Close::new(close_code::UNAUTHORIZED, e.to_string())
+        }
+    })?;
+    let grant = authorize(app, &principal, room).await?;
+    Ok((principal, grant))
+}
+
+async fn connection(
+    socket: WebSocket,
+    room: String,
+    principal: Principal,
+    grant: Grant,
+    app: AppState,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _guard = ConnectionGuard::new();
+    let (mut sink, mut stream) = socket.split();
     if let Err(retry) = app.admission.admit().await {
         REFUSED_RATE.increment(1);
         let close = Close::new(
@@ -302,29 +347,6 @@ async fn connection(
         refuse(&mut sink, &mut stream, close).await;
         return;
     }
-    let principal = match app.auth.authenticate(token.as_deref()).await {
-        Ok(p) => p,
-        Err(e) => {
-            let close = if e.is_unavailable() {
-                tracing::error!(error = %e, "authentication unavailable");
-                Close::new(
-                    close_code::TRY_AGAIN_LATER,
-                    "authentication unavailable: retry",
-                )
-            } else {
-                Close::new(close_code::UNAUTHORIZED, e.to_string())
-            };
-            refuse(&mut sink, &mut stream, close).await;
-            return;
-        }
-    };
-    let grant = match authorize(&app, &principal, &room).await {
-        Ok(grant) => grant,
-        Err(close) => {
-            refuse(&mut sink, &mut stream, close).await;
-            return;
-        }
-    };
     let (session, outbox) = match app.rooms.join(&room, grant.role.allows(Action::Edit)).await {
         Ok(joined) => joined,
         Err(e) => {

@@ -37,22 +37,6 @@ fn text_of(doc: &yrs::Doc) -> String {
         .unwrap_or_default()
 }
 
-/// Polls `cond` every 20 ms until it holds; fails after [`WAIT`].
-async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A plain HTTP/1.1 GET; returns the status code and the head (and body, unless the
 /// connection was upgraded, which the caller then drops).
 async fn http_get(addr: std::net::SocketAddr, path: &str, headers: &str) -> (u16, String) {
@@ -71,40 +55,6 @@ async fn http_get(addr: std::net::SocketAddr, path: &str, headers: &str) -> (u16
         s.read_to_end(&mut out).await.unwrap();
     }
     (status, String::from_utf8_lossy(&out).into_owned())
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    proc_status_kib(pid, "VmRSS:")
-}
-
-/// The process's peak RSS so far: catches an allocation that was freed again.
-fn peak_rss_kib(pid: u32) -> u64 {
-    proc_status_kib(pid, "VmHWM:")
-}
-
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn open_sockets(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|t| t.to_string_lossy().starts_with("socket:"))
-        .count()
 }
 
 /// Item 1: a room whose writes can never commit is reset alone; the others keep acking.

@@ -1,0 +1,361 @@
+//! Issue 15, hostile documents over real sockets against the real binary: each test ends with
+//! the server alive, its memory within a stated bound, and a canary pair in another room still
+//! syncing.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use resonant_sync::protocol;
+use serde_json::json;
+use yrs::{Any, Doc, GetString, Map, MapPrelim, MapRef, ReadTxn, StateVector, Text, Transact};
+
+/// A client doc nesting `levels` maps under the root map `root`; its full update and the
+/// innermost map. Built on a thread with a large stack: dropping yrs types is recursive.
+fn nested(root: &'static str, levels: usize, client: u64) -> (Doc, MapRef, Vec<u8>) {
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(move || {
+            let doc = Doc::with_client_id(client);
+            let mut cur = doc.get_or_insert_map(root);
+            {
+                let mut txn = doc.transact_mut();
+                for _ in 0..levels {
+                    cur = cur.insert(&mut txn, "k", MapPrelim::default());
+                }
+            }
+            let update = doc
+                .transact()
+                .encode_state_as_update_v1(&StateVector::default());
+            (doc, cur, update)
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// A pair of clients in their own room: one writes, the other must see it.
+struct Canary {
+    writer: Client,
+    reader: Client,
+    n: usize,
+    worst: Duration,
+}
+
+impl Canary {
+    async fn start(addr: SocketAddr) -> Canary {
+        let room = room_url(addr, &unique_room("canary"));
+        Canary {
+            writer: Client::connect_synced(&room).await,
+            reader: Client::connect_synced(&room).await,
+            n: 0,
+            worst: Duration::ZERO,
+        }
+    }
+
+    /// One edit, delivered to the reader; records the delivery time.
+    async fn beat(&mut self) {
+        self.n += 1;
+        let n = self.n;
+        let started = Instant::now();
+        self.writer
+            .edit(move |doc, txn| {
+                let text = doc.get_or_insert_text("t");
+                text.push(txn, &format!("{n},"));
+            })
+            .await;
+        let want = format!("{n},");
+        self.reader
+            .until("the canary's edit", |c| {
+                let text = c.doc.get_or_insert_text("t");
+                let s = text.get_string(&c.doc.transact());
+                s.ends_with(&want)
+            })
+            .await;
+        self.worst = self.worst.max(started.elapsed());
+    }
+}
+
+fn server(dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
+    // jemalloc returns freed pages at once, so RSS tells what is still held.
+    // SAFETY: set before any child is spawned; no other thread reads this variable.
+    unsafe { std::env::set_var("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0") };
+    let mut args = vec![
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--sqlite-sync",
+        "normal",
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
+
+/// Item 3: one update nesting 100k, 400k or 1M maps is refused with 1007 before yrs
+/// integrates it (each used to abort the process at the next delete or content read); the
+/// server's memory stays bounded and another room never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_updates_are_refused_with_1007() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), &[]);
+    let pid = server.pid();
+    let mut canary = Canary::start(server.addr).await;
+    canary.beat().await;
+    let rss_before = rss_kib(pid);
+    let mut sizes = vec![400_000, 1_000_000];
+    sizes.extend([100_000; 12]);
+    for (i, levels) in sizes.into_iter().enumerate() {
+        let (_, _, update) =
+            tokio::task::spawn_blocking(move || nested("m", levels, 100 + i as u64))
+                .await
+                .unwrap();
+        let mut c = Client::connect_synced(&room_url(server.addr, "deep")).await;
+        c.send(protocol::encode_sync_update(&update)).await;
+        let (code, reason) = c.until_closed().await.expect("a close frame");
+        assert_eq!(code, 1007, "{levels} levels: {reason}");
+        assert!(reason.contains("deeper than the limit"), "{reason}");
+        canary.beat().await;
+    }
+    // The room holds nothing of it: a fresh client syncs an empty document.
+    let fresh = Client::connect_synced(&room_url(server.addr, "deep")).await;
+    assert_eq!(fresh.doc.transact().state_vector().len(), 0);
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} KiB to {rss_after} KiB"
+    );
+    assert!(
+        canary.worst < Duration::from_secs(2),
+        "canary delivery took {:?}",
+        canary.worst
+    );
+}
+
+/// Item 3: depth built up over many small updates (each plausible alone) is refused at the
+/// limit; everything before it stays, and the room keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_built_across_updates_stops_at_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), &["--max-nesting-depth", "64"]);
+    let mut canary = Canary::start(server.addr).await;
+    let room = room_url(server.addr, "layers");
+    let mut builder = Client::connect_synced(&room).await;
+    let mut watcher = Client::connect_synced(&room).await;
+    let mut leaf = builder.doc.get_or_insert_map("m");
+    let mut accepted = 0;
+    let mut refused = None;
+    for step in 0..12 {
+        // Ten more levels per update: root `m` is level 1, so six updates reach 61.
+        let before = builder.doc.transact().state_vector();
+        {
+            let mut txn = builder.doc.transact_mut();
+            for _ in 0..10 {
+                leaf = leaf.insert(&mut txn, "k", MapPrelim::default());
+            }
+        }
+        let diff = builder.doc.transact().encode_diff_v1(&before);
+        builder.send(protocol::encode_sync_update(&diff)).await;
+        if step < 6 {
+            accepted += 1;
+            let want = 1 + 10 * accepted;
+            watcher
+                .until("the watcher sees the accepted levels", |c| {
+                    depth_of(&c.doc, "m") == want
+                })
+                .await;
+        } else {
+            refused = builder.until_closed().await;
+            break;
+        }
+    }
+    let (code, reason) = refused.expect("the 7th update is refused");
+    assert_eq!(code, 1007, "{reason}");
+    assert_eq!(accepted, 6);
+    // The watcher is still connected and the room still takes ordinary edits.
+    watcher
+        .edit(|doc, txn| {
+            doc.get_or_insert_map("meta")
+                .insert(txn, "title", "still here");
+        })
+        .await;
+    let mut again = Client::connect_synced(&room).await;
+    again
+        .until("a fresh client sees the edit", |c| {
+            c.doc
+                .get_or_insert_map("meta")
+                .get(&c.doc.transact(), "title")
+                .is_some()
+        })
+        .await;
+    assert_eq!(depth_of(&again.doc, "m"), 61);
+    canary.beat().await;
+}
+
+/// How many maps nest under root map `root` along key `k` (the root counts as one).
+fn depth_of(doc: &Doc, root: &str) -> usize {
+    let txn = doc.transact();
+    let mut depth = 1;
+    let mut cur = doc.get_or_insert_map(root);
+    while let Some(yrs::Out::YMap(next)) = cur.get(&txn, "k") {
+        depth += 1;
+        cur = next;
+    }
+    depth
+}
+
+async fn post(addr: SocketAddr, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+async fn new_workflow(addr: SocketAddr) -> String {
+    let (_, spaces) = get(addr, "/api/v1/workspaces").await;
+    let ws = spaces["items"][0]["id"].as_str().unwrap().to_string();
+    let (status, wf) = post(
+        addr,
+        &format!("/api/v1/workspaces/{ws}/workflows"),
+        json!({"name": "deep"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{wf}");
+    wf["id"].as_str().unwrap().to_string()
+}
+
+/// Item 3: a document stored before the limit existed, nested 400k levels deep, used to
+/// abort a fresh process on its first content read, for ever. Now every reader (content,
+/// versions, runs) answers with a clear error, the room serves it read-only (a delete that
+/// would recurse through the chain is refused), and the process stays up across restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = server(dir.path(), &[]);
+    let workflow = new_workflow(first.addr).await;
+    first.terminate();
+    let (_, _, update) = tokio::task::spawn_blocking(|| nested("meta", 400_000, 7))
+        .await
+        .unwrap();
+    {
+        use resonant_store::{SqliteStore, SqliteSync, Store, WriteOp};
+        let store = SqliteStore::open_dir(dir.path(), SqliteSync::Normal)
+            .await
+            .unwrap();
+        let room: std::sync::Arc<str> = format!("workflow-{workflow}").into();
+        let last = store.load(&room).await.unwrap().last_seq();
+        store
+            .write_batch(&[WriteOp::Append {
+                room,
+                seq: last + 1,
+                data: update.into(),
+            }])
+            .await
+            .unwrap();
+    }
+    for _restart in 0..2 {
+        let server = server(dir.path(), &[]);
+        let addr = server.addr;
+        let mut canary = Canary::start(addr).await;
+        let (status, body) = get(addr, &format!("/api/v1/workflows/{workflow}/content")).await;
+        assert_eq!(status, 409, "{body}");
+        assert!(body.to_string().contains("nests deeper"), "{body}");
+        let (status, body) = post(
+            addr,
+            &format!("/api/v1/workflows/{workflow}/versions"),
+            json!({"name": "deep"}),
+        )
+        .await;
+        assert_eq!(status, 409, "{body}");
+        let (status, body) = post(
+            addr,
+            &format!("/api/v1/workflows/{workflow}/executions"),
+            json!({"input": {}}),
+        )
+        .await;
+        assert!((400..500).contains(&status), "{status} {body}");
+        // The room loads read-only: joining works, deleting the outer map is refused. (No
+        // sync: this process need not hold the 400k levels.)
+        let room = room_url(addr, &format!("workflow-{workflow}"));
+        let mut editor = Client::connect(&room).await;
+        let delete = delete_outer_map_update();
+        editor.send(protocol::encode_sync_update(&delete)).await;
+        let (code, reason) = editor.until_closed().await.expect("a close frame");
+        assert_eq!(code, 1007, "{reason}");
+        assert!(reason.contains("read-only"), "{reason}");
+        canary.beat().await;
+        let (status, _) = get(addr, "/healthz").await;
+        assert_eq!(status, 200);
+        server.terminate();
+    }
+}
+
+/// An update deleting the first struct of client 7 (the outermost nested map of the stored
+/// document), written by hand: an empty struct section and a delete set of one id.
+fn delete_outer_map_update() -> Vec<u8> {
+    // clients: 0; delete set: 1 client (7), 1 range, clock 0, len 1.
+    vec![0, 1, 7, 1, 0, 1]
+}
+
+/// Item 3: a version of a document nested 200 deep (120 levels of JSON inside 60 levels of
+/// maps) is stored and read back; re-parsing it with serde_json's 128-level limit made it a
+/// 500 for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_nested_200_deep_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), &[]);
+    let addr = server.addr;
+    let workflow = new_workflow(addr).await;
+    let room = room_url(addr, &format!("workflow-{workflow}"));
+    let mut editor = Client::connect_synced(&room).await;
+    editor.opt_in().await;
+    let mut value = Any::from("bottom");
+    for _ in 0..120 {
+        value = Any::from(vec![value]);
+    }
+    editor
+        .edit(move |doc, txn| {
+            let mut cur = doc.get_or_insert_map("meta");
+            for _ in 0..60 {
+                cur = cur.insert(txn, "k", MapPrelim::default());
+            }
+            cur.insert(txn, "deep", value);
+        })
+        .await;
+    editor.until("the edit is saved", |c| c.acks >= 1).await;
+    let (status, body) = post(
+        addr,
+        &format!("/api/v1/workflows/{workflow}/versions"),
+        json!({"name": "deep"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let number = body["version"].as_i64().unwrap();
+    let r = reqwest::get(format!(
+        "http://{addr}/api/v1/workflows/{workflow}/versions/{number}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("\"bottom\""),
+        "{}",
+        &text[..200.min(text.len())]
+    );
+    // The content read agrees.
+    let r = reqwest::get(format!("http://{addr}/api/v1/workflows/{workflow}/content"))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
