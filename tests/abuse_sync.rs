@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use resonant_sync::protocol;
 use serde_json::json;
-use yrs::{Any, Doc, GetString, Map, MapPrelim, MapRef, ReadTxn, StateVector, Text, Transact};
+use yrs::{
+    Any, Doc, GetString, Map, MapPrelim, MapRef, ReadTxn, StateVector, Text, Transact, WriteTxn,
+};
 
 /// A client doc nesting `levels` maps under the root map `root`; its full update and the
 /// innermost map. Built on a thread with a large stack: dropping yrs types is recursive.
@@ -61,8 +63,8 @@ impl Canary {
         let n = self.n;
         let started = Instant::now();
         self.writer
-            .edit(move |doc, txn| {
-                let text = doc.get_or_insert_text("t");
+            .edit(move |_, txn| {
+                let text = txn.get_or_insert_text("t");
                 text.push(txn, &format!("{n},"));
             })
             .await;
@@ -174,8 +176,8 @@ async fn depth_built_across_updates_stops_at_the_limit() {
     assert_eq!(accepted, 6);
     // The watcher is still connected and the room still takes ordinary edits.
     watcher
-        .edit(|doc, txn| {
-            doc.get_or_insert_map("meta")
+        .edit(|_, txn| {
+            txn.get_or_insert_map("meta")
                 .insert(txn, "title", "still here");
         })
         .await;
@@ -284,19 +286,37 @@ async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
         )
         .await;
         assert!((400..500).contains(&status), "{status} {body}");
-        // The room loads read-only: joining works, deleting the outer map is refused. (No
-        // sync: this process need not hold the 400k levels.)
+        // The room loads read-only: joining works, deleting the outer map is refused. A raw
+        // socket, so this process never integrates the 400k levels the server sends.
         let room = room_url(addr, &format!("workflow-{workflow}"));
-        let mut editor = Client::connect(&room).await;
-        let delete = delete_outer_map_update();
-        editor.send(protocol::encode_sync_update(&delete)).await;
-        let (code, reason) = editor.until_closed().await.expect("a close frame");
+        let (code, reason) = raw_send_until_closed(&room, delete_outer_map_update()).await;
         assert_eq!(code, 1007, "{reason}");
         assert!(reason.contains("read-only"), "{reason}");
         canary.beat().await;
         let (status, _) = get(addr, "/healthz").await;
         assert_eq!(status, 200);
         server.terminate();
+    }
+}
+
+/// Sends one sync update over a bare WebSocket and reads (without decoding) until the server
+/// closes; the close code and reason.
+async fn raw_send_until_closed(url: &str, update: Vec<u8>) -> (u16, String) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::Binary(protocol::encode_sync_update(&update)))
+        .await
+        .unwrap();
+    let deadline = Duration::from_secs(60);
+    loop {
+        match tokio::time::timeout(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => {
+                return (u16::from(frame.code), frame.reason.to_string())
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
     }
 }
 
@@ -324,8 +344,8 @@ async fn a_version_nested_200_deep_reads_back() {
         value = Any::from(vec![value]);
     }
     editor
-        .edit(move |doc, txn| {
-            let mut cur = doc.get_or_insert_map("meta");
+        .edit(move |_, txn| {
+            let mut cur = txn.get_or_insert_map("meta");
             for _ in 0..60 {
                 cur = cur.insert(txn, "k", MapPrelim::default());
             }

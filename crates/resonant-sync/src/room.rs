@@ -397,13 +397,20 @@ impl Room {
                 )
                 .map_err(|e| ApplyError::Invalid(e.to_string()))?
             } as u64;
-            if st.items.load(Ordering::Relaxed) + structs > self.config.max_room_items {
+            // Only what adds to the document is refused: a client's empty step 2 on connect
+            // and deletes must still pass in a room already past a (lowered) limit.
+            if structs > 0
+                && st.items.load(Ordering::Relaxed) + structs > self.config.max_room_items
+            {
                 return Err(ApplyError::Full(format!(
                     "the document would hold more than {} items; it is full",
                     self.config.max_room_items
                 )));
             }
-            if st.bytes.load(Ordering::Relaxed) + bytes.len() as u64 > self.config.max_room_bytes {
+            if !update.is_empty()
+                && st.bytes.load(Ordering::Relaxed) + bytes.len() as u64
+                    > self.config.max_room_bytes
+            {
                 return Err(ApplyError::Full(format!(
                     "the document would grow past {} bytes; it is full",
                     self.config.max_room_bytes
