@@ -1,8 +1,11 @@
 //! The execution event log: one writer task persists events and block states in batches
 //! (one transaction each) and only then fans the events out to the editors of the workflow,
-//! each event encoded once. Because the same task answers replay requests, a reconnecting
-//! editor's replay and the live events that follow it can never interleave: it gets exactly
-//! the events it missed, then the live ones, with no duplicate and no gap.
+//! each event encoded once. A reconnecting editor's replay runs in its own task, after the
+//! writes queued before it are committed, while live events for that editor are held back
+//! (only which executions had some is remembered); the replay then reads those too from the
+//! log, so the editor gets exactly the events it missed, then the live ones, with no
+//! duplicate and no gap. Replays never run inside the writer: a socket asking for replays
+//! cannot slow anyone's execution events, and at most `MAX_REPLAYS` read at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +21,10 @@ use crate::db::Db;
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 1024;
+
+/// Replays reading the log at once, server-wide: more wait their turn (their sockets stay
+/// paused), so replay requests cannot take the database from the event writer.
+const MAX_REPLAYS: usize = 4;
 
 enum Msg {
     Write {
@@ -54,10 +61,20 @@ struct Sub {
 /// A workflow's connected editors and what each has been sent.
 type Editors = Vec<(Arc<Peer>, Sub)>;
 
-#[derive(Default)]
 struct Hub {
     /// workflow id → its connected editors.
     workflows: Mutex<HashMap<Arc<str>, Editors>>,
+    /// Turns to read the log for a replay.
+    replays: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            workflows: Mutex::default(),
+            replays: Arc::new(tokio::sync::Semaphore::new(MAX_REPLAYS)),
+        }
+    }
 }
 
 /// The handle runners and sockets use; cheap to clone.
@@ -211,8 +228,15 @@ async fn process_in_order(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
     for m in msgs {
         match m {
             Msg::Replay(r) => {
+                // What was queued before the request is in the log before the replay reads it.
                 settle(db, hub, std::mem::take(&mut pending)).await;
-                replay(db, hub, r).await;
+                let (db, hub) = (db.clone(), hub.clone());
+                tokio::spawn(async move {
+                    let Ok(_turn) = hub.replays.clone().acquire_owned().await else {
+                        return;
+                    };
+                    replay(&db, &hub, r).await;
+                });
             }
             other => pending.push(other),
         }
@@ -346,26 +370,12 @@ fn fan_out(hub: &Hub, workflow: &str, execution: &str, seq: i64, json: &str) {
 }
 
 async fn replay(db: &Db, hub: &Hub, r: Replay) {
-    let mut wanted = r.after;
-    // Executions whose live events were held back while this replay waited its turn.
-    let held: Vec<(String, i64)> = {
-        let mut map = hub.workflows.lock();
-        map.get_mut(&*r.workflow)
-            .and_then(|list| list.iter_mut().find(|(p, _)| p.id() == r.peer.id()))
-            .map(|(_, sub)| {
-                sub.held
-                    .drain()
-                    .map(|e| {
-                        let last = sub.sent.get(&e).map_or(0, |(_, last)| *last);
-                        (e, last)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for (execution, last) in held {
-        wanted.entry(execution).or_insert(last);
-    }
+    // Only real execution ids are read: an invented one finds nothing and leaves no state.
+    let mut wanted: HashMap<String, i64> = r
+        .after
+        .into_iter()
+        .filter(|(id, _)| crate::db::valid_id(id))
+        .collect();
     if r.running {
         match store::running_in(db, &r.workflow).await {
             Ok(ids) => {
@@ -376,59 +386,93 @@ async fn replay(db: &Db, hub: &Hub, r: Replay) {
             Err(e) => tracing::warn!(error = %e, "listing running executions for a replay failed"),
         }
     }
+    loop {
+        // Executions whose live events were held back while this replay waited or ran; once
+        // none are left the socket is unpaused under the same lock fan_out takes, so no event
+        // can slip between the last read and the first live one.
+        {
+            let mut map = hub.workflows.lock();
+            let Some(sub) = map
+                .get_mut(&*r.workflow)
+                .and_then(|list| list.iter_mut().find(|(p, _)| p.id() == r.peer.id()))
+                .map(|(_, sub)| sub)
+            else {
+                return;
+            };
+            for e in sub.held.drain() {
+                let last = sub.sent.get(&e).map_or(0, |(_, last)| *last);
+                wanted.entry(e).or_insert(last);
+            }
+            if wanted.is_empty() {
+                sub.replays = sub.replays.saturating_sub(1);
+                sub.paused = sub.replays > 0;
+                return;
+            }
+        }
+        for (execution, after) in std::mem::take(&mut wanted) {
+            replay_one(db, hub, &r.workflow, &r.peer, execution, after).await;
+        }
+    }
+}
+
+/// Sends `peer` the events of `execution` after seq `after` that it was not sent live.
+async fn replay_one(
+    db: &Db,
+    hub: &Hub,
+    workflow: &str,
+    peer: &Arc<Peer>,
+    execution: String,
+    after: i64,
+) {
+    let after = after.max(0);
     let sent_of = |execution: &str| {
         let map = hub.workflows.lock();
-        map.get(&*r.workflow).and_then(|list| {
+        map.get(workflow).and_then(|list| {
             list.iter()
-                .find(|(p, _)| p.id() == r.peer.id())
+                .find(|(p, _)| p.id() == peer.id())
                 .and_then(|(_, s)| s.sent.get(execution).copied())
         })
     };
-    for (execution, after) in wanted {
-        let after = after.max(0);
-        // What this editor already got live is not sent twice.
-        let already = sent_of(&execution);
-        let mut from = after;
-        let mut last_sent = after;
-        loop {
-            let rows = match store::events(db, &r.workflow, &execution, from, 1000).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, execution, "replay read failed");
-                    r.peer.reply(&resonant_sync::error_message(
-                        "replay-failed",
-                        "could not read the execution's events",
-                    ));
-                    break;
-                }
-            };
-            let done = rows.len() < 1000 || r.peer.is_closing();
-            for (seq, json) in rows {
-                from = seq;
-                last_sent = seq;
-                if already.is_some_and(|(first, last)| (first..=last).contains(&seq)) {
-                    continue;
-                }
-                r.peer.send(&protocol::encode_stateless(&json));
-            }
-            if done {
+    // What this editor already got live is not sent twice.
+    let already = sent_of(&execution);
+    let mut from = after;
+    let mut last_sent = after;
+    let mut found = false;
+    loop {
+        let rows = match store::events(db, workflow, &execution, from, 1000).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, execution, "replay read failed");
+                peer.reply(&resonant_sync::error_message(
+                    "replay-failed",
+                    "could not read the execution's events",
+                ));
                 break;
             }
-        }
-        let mut map = hub.workflows.lock();
-        if let Some(list) = map.get_mut(&*r.workflow) {
-            if let Some((_, sub)) = list.iter_mut().find(|(p, _)| p.id() == r.peer.id()) {
-                let e = sub.sent.entry(execution).or_insert((after + 1, last_sent));
-                e.0 = e.0.min(after + 1);
-                e.1 = e.1.max(last_sent);
+        };
+        let done = rows.len() < 1000 || peer.is_closing();
+        for (seq, json) in rows {
+            found = true;
+            from = seq;
+            last_sent = seq;
+            if already.is_some_and(|(first, last)| (first..=last).contains(&seq)) {
+                continue;
             }
+            peer.send(&protocol::encode_stateless(&json));
+        }
+        if done {
+            break;
         }
     }
+    if !found && already.is_none() {
+        return;
+    }
     let mut map = hub.workflows.lock();
-    if let Some(list) = map.get_mut(&*r.workflow) {
-        if let Some((_, sub)) = list.iter_mut().find(|(p, _)| p.id() == r.peer.id()) {
-            sub.replays = sub.replays.saturating_sub(1);
-            sub.paused = sub.replays > 0;
+    if let Some(list) = map.get_mut(workflow) {
+        if let Some((_, sub)) = list.iter_mut().find(|(p, _)| p.id() == peer.id()) {
+            let e = sub.sent.entry(execution).or_insert((after + 1, last_sent));
+            e.0 = e.0.min(after + 1);
+            e.1 = e.1.max(last_sent);
         }
     }
 }
