@@ -66,6 +66,11 @@ pub struct ServeConfig {
     /// Largest WebSocket message accepted, in bytes (bigger ones close with 1009).
     #[arg(long, env = "RESONANT_MAX_MESSAGE_BYTES", default_value_t = 16 << 20, value_parser = at_least::<usize, 1024>)]
     pub max_message_bytes: usize,
+    /// Inbound bytes per second one connection may send (0: unlimited); past it (after a
+    /// burst of twice the largest message) the server stops reading that socket until the
+    /// budget refills, so one client cannot make a room or the process swallow data faster.
+    #[arg(long, env = "RESONANT_SOCKET_BYTES_PER_SEC", default_value_t = 8 << 20)]
+    pub socket_bytes_per_sec: usize,
     /// Most connections per room (more are closed with 1013).
     #[arg(long, env = "RESONANT_MAX_CONNECTIONS_PER_ROOM", default_value_t = 1000, value_parser = at_least::<usize, 1>)]
     pub max_connections_per_room: usize,

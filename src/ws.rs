@@ -18,6 +18,7 @@
 //! whole would leave every joiner's connection holding 10 MB for the rest of its life.
 
 use std::collections::VecDeque;
+use std::num::NonZeroU32;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -28,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper_util::rt::TokioIo;
 use resonant_store::Ticket;
 use resonant_sync::{close_code, protocol, Close, Outbox, Outgoing, Peer, Session};
@@ -62,6 +64,8 @@ static MESSAGES_OUT: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_messages_out_total"));
 static BYTES_OUT: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_bytes_out_total"));
+static SOCKET_THROTTLED: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_socket_throttled_total"));
 static CLOSES: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_protocol_error_closes_total"));
 static REFUSED_FULL: LazyLock<metrics::Counter> = LazyLock::new(
@@ -514,6 +518,17 @@ async fn connection_message(
     }
 }
 
+/// A connection's inbound byte budget in KiB: `per_sec` bytes a second, bursts up to twice the
+/// largest message (so any single message fits); `None` when unlimited.
+fn byte_budget(per_sec: usize, max_message: usize) -> Option<DefaultDirectRateLimiter> {
+    let rate = NonZeroU32::new(u32::try_from(per_sec.div_ceil(1024)).unwrap_or(u32::MAX))?;
+    let burst = u32::try_from((2 * max_message).div_ceil(1024)).unwrap_or(u32::MAX);
+    let burst = NonZeroU32::new(burst.max(rate.get())).expect("at least the rate");
+    Some(RateLimiter::direct(
+        Quota::per_second(rate).allow_burst(burst),
+    ))
+}
+
 async fn reader(
     mut stream: SplitStream<WebSocket>,
     mut session: Session,
@@ -532,6 +547,10 @@ async fn reader(
     let expiry = tokio::time::sleep_until(auth.deadline());
     tokio::pin!(expiry);
     let mut watch = auth.watch.take();
+    let budget = byte_budget(
+        app.config.socket_bytes_per_sec,
+        app.config.max_message_bytes,
+    );
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
@@ -614,6 +633,17 @@ async fn reader(
                     tracing::info!("socket message budget spent; closing");
                     peer.close(Close::new(close_code::RATE_LIMITED, reason));
                     return;
+                }
+                if let Some(budget) = &budget {
+                    let kib = (frame.len().div_ceil(1024) as u32).max(1);
+                    let kib = NonZeroU32::new(kib).expect("at least 1");
+                    if budget.check_n(kib) != Ok(Ok(())) {
+                        SOCKET_THROTTLED.increment(1);
+                        tokio::select! {
+                            _ = budget.until_n_ready(kib) => {}
+                            _ = peer.closed() => return,
+                        }
+                    }
                 }
                 // Checked first: building the close waiter for every frame would put a lock
                 // on the per-message path for the rare case of a store that falls behind.
