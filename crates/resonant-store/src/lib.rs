@@ -191,6 +191,13 @@ pub trait Store: Send + Sync + 'static {
     fn db(&self) -> Option<Db> {
         None
     }
+    /// Test hook for [`fault::FaultStore`]: makes the next write transaction run into a full
+    /// disk the way the real database would. Returns false when the backend cannot simulate
+    /// it (the fault store then fails the write itself, writing nothing).
+    #[doc(hidden)]
+    fn inject_full_disk(&self, _at: fault::FullAt) -> bool {
+        false
+    }
     /// Removes every update and snapshot of `room` (its workflow was deleted). The caller
     /// has closed the room and flushed the journal first, so nothing re-creates the rows.
     async fn delete_room(&self, room: &str) -> Result<(), StoreError>;
