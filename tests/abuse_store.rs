@@ -242,3 +242,74 @@ async fn full_disk_never_acknowledges_and_loses_nothing_acknowledged() {
     assert_all_present(server.addr, &room, sent, "SIGTERM").await;
     drop(server);
 }
+
+/// Item A6 over real sockets: the server's single-process advisory lock is lost (its session
+/// terminated, as when Postgres restarts). The server must stop acknowledging, report 503, and
+/// stay up; nothing it acknowledged before is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_postgres_lock_stops_acknowledgements() {
+    let Some(base) = postgres_url() else { return };
+    let schema = format!("fence_srv_{}", std::process::id());
+    let admin = sqlx::PgPool::connect(&base)
+        .await
+        .expect("TEST_DATABASE_URL is set, so Postgres must be reachable");
+    for sql in [
+        format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+        format!("CREATE SCHEMA {schema}"),
+    ] {
+        sqlx::query(&sql).execute(&admin).await.unwrap();
+    }
+    let url = format!(
+        "{base}{}options=-c%20search_path%3D{schema}",
+        if base.contains('?') { '&' } else { '?' }
+    );
+    let server = ServerProcess::start(&["--database-url", &url]);
+    let pid = server.pid();
+    let room = unique_room("fenced");
+    let mut writer = Client::connect_synced(&room_url(server.addr, &room)).await;
+    writer.opt_in().await;
+    send_paste(&mut writer, 0).await;
+    writer.until("ack", |c| c.acks == 1).await;
+
+    // The session holding the server's lock (keyed by schema) ends.
+    let lock_pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND ((classid::bigint << 32) | objid::bigint)
+               = hashtextextended('resonant-server:' || $1, 0)",
+    )
+    .bind(&schema)
+    .fetch_one(&admin)
+    .await
+    .expect("the server holds its advisory lock");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(lock_pid)
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    send_paste(&mut writer, 1).await;
+    eventually("/readyz to report 503 once the lock is lost", || async {
+        http_get(server.addr, "/readyz")
+            .await
+            .starts_with("HTTP/1.1 503")
+    })
+    .await;
+    assert!(
+        !acked_within(&mut writer, 2, Duration::from_secs(2)).await,
+        "a write was acknowledged after the lock was lost"
+    );
+    let healthz = http_get(server.addr, "/healthz").await;
+    assert!(healthz.starts_with("HTTP/1.1 200"), "server up: {healthz}");
+    let rss = rss_kib(pid);
+    assert!(rss < 96 * 1024, "RSS {rss} KiB");
+    server.kill9();
+
+    // A new process takes the lock; the acknowledged paste is there, the refused one is not.
+    let server = ServerProcess::start(&["--database-url", &url]);
+    assert_all_present(server.addr, &room, 1, "the fenced process was killed").await;
+    drop(server);
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
