@@ -16,6 +16,9 @@ use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp};
 /// proxy that stopped forwarding) would otherwise hold every commit for ever.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest a room load may take before its connection is closed.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often the watchdog checks that this process still holds its advisory lock.
 const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -180,40 +183,24 @@ async fn lock_watchdog(
 #[async_trait]
 impl Store for PostgresStore {
     async fn load(&self, room: &str) -> Result<StoredDoc, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // One snapshot of the database for both reads, so a compaction committing between
-        // them cannot hide updates.
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            .execute(&mut *tx)
-            .await?;
-        let snap = sqlx::query("SELECT state, up_to_seq FROM doc_snapshots WHERE room = $1")
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let (snapshot, snapshot_seq) = match snap {
-            Some(row) => (
-                Some(row.try_get::<Vec<u8>, _>(0)?),
-                row.try_get::<i64, _>(1)?,
-            ),
-            None => (None, 0),
-        };
-        let rows = sqlx::query(
-            "SELECT seq, data FROM doc_updates WHERE room = $1 AND seq > $2 ORDER BY seq",
-        )
-        .bind(room)
-        .bind(snapshot_seq)
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let updates = rows
-            .into_iter()
-            .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        Ok(StoredDoc {
-            snapshot,
-            snapshot_seq,
-            updates,
-        })
+        let mut conn = self.pool.acquire().await?;
+        // Time-boxed like writes: a pooled connection that went silent mid-read would
+        // otherwise hang the room's load for ever. After an error or timeout the connection
+        // is closed, not returned to the pool.
+        match tokio::time::timeout(LOAD_TIMEOUT, load_on(&mut conn, room)).await {
+            Ok(Ok(doc)) => Ok(doc),
+            Ok(Err(e)) => {
+                drop(conn.detach());
+                Err(e)
+            }
+            Err(_) => {
+                drop(conn.detach());
+                Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("room load took longer than {LOAD_TIMEOUT:?}; connection closed"),
+                ))))
+            }
+        }
     }
 
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
@@ -301,6 +288,42 @@ impl Store for PostgresStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Reads a room in one read-only transaction on `conn`.
+async fn load_on(conn: &mut PgConnection, room: &str) -> Result<StoredDoc, StoreError> {
+    // One snapshot of the database for both reads, so a compaction committing between them
+    // cannot hide updates.
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *conn)
+        .await?;
+    let snap = sqlx::query("SELECT state, up_to_seq FROM doc_snapshots WHERE room = $1")
+        .bind(room)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let (snapshot, snapshot_seq) = match snap {
+        Some(row) => (
+            Some(row.try_get::<Vec<u8>, _>(0)?),
+            row.try_get::<i64, _>(1)?,
+        ),
+        None => (None, 0),
+    };
+    let rows =
+        sqlx::query("SELECT seq, data FROM doc_updates WHERE room = $1 AND seq > $2 ORDER BY seq")
+            .bind(room)
+            .bind(snapshot_seq)
+            .fetch_all(&mut *conn)
+            .await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    let updates = rows
+        .into_iter()
+        .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?)))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(StoredDoc {
+        snapshot,
+        snapshot_seq,
+        updates,
+    })
 }
 
 /// Writes `ops` inside the open transaction on `conn`.
