@@ -391,11 +391,26 @@ fn default_max_connections() -> usize {
     (fds.min(1 << 20) as usize).saturating_sub(256).max(16)
 }
 
+/// Readiness fails once a write has waited this long for its commit.
+const MAX_UNACKNOWLEDGED_AGE: Duration = Duration::from_secs(5);
+
 async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     if app.rooms.journal().is_dead() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "store writer died: nothing is being committed; restart the process".to_string(),
+        );
+    }
+    // Each commit attempt may look fine while nothing gets acknowledged (a stuck connection,
+    // a full disk being retried): the age of the oldest unacknowledged write catches both.
+    let oldest = app.rooms.journal().oldest_unacknowledged();
+    if oldest > MAX_UNACKNOWLEDGED_AGE {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "store commits are stuck: the oldest unacknowledged write is {:.1} s old",
+                oldest.as_secs_f64()
+            ),
         );
     }
     let ping = tokio::time::timeout(Duration::from_secs(2), app.rooms.store().ping()).await;

@@ -1,5 +1,6 @@
 //! A fault-injecting [`Store`] wrapper for tests: transient errors, permanent failures for
-//! chosen rooms, commits that succeed but report failure, slow commits and panics. Not for
+//! chosen rooms, commits that succeed but report failure, slow commits, panics and a full
+//! disk. Not for
 //! production use; it exists so the journal's and the rooms' failure handling can be tested
 //! against the real backends.
 
@@ -23,6 +24,58 @@ pub enum Fault {
     Slow(Duration),
     /// Panic inside the store call.
     Panic,
+    /// The transaction's `COMMIT` fails with SQLITE_FULL and the database rolls the
+    /// transaction back by itself (what SQLite does when the disk fills during a commit).
+    CommitFull,
+    /// A write statement inside the transaction fails with SQLITE_FULL; the transaction stays
+    /// open (only the statement is undone), as SQLite does when a statement's pages spill.
+    WriteFull,
+}
+
+/// Where a simulated full disk strikes inside a write transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullAt {
+    /// At `COMMIT`, which fails and rolls the whole transaction back.
+    Commit,
+    /// At a write statement, which fails; the transaction stays open.
+    Write,
+}
+
+/// An SQLITE_FULL error (extended code 13), as the SQLite driver reports it.
+pub fn full_disk_error() -> StoreError {
+    StoreError::Database(sqlx::Error::Database(Box::new(InjectedFull)))
+}
+
+#[derive(Debug)]
+struct InjectedFull;
+
+impl std::fmt::Display for InjectedFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(code: 13) database or disk is full (injected)")
+    }
+}
+
+impl std::error::Error for InjectedFull {}
+
+impl sqlx::error::DatabaseError for InjectedFull {
+    fn message(&self) -> &str {
+        "database or disk is full (injected)"
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some("13".into())
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
 }
 
 /// Wraps a store and injects [`Fault`]s into its writes.
@@ -77,6 +130,16 @@ impl FaultStore {
     }
 }
 
+impl FaultStore {
+    async fn full_disk(&self, at: FullAt, ops: &[WriteOp]) -> Result<(), StoreError> {
+        if self.inner.inject_full_disk(at) {
+            self.inner.write_batch(ops).await
+        } else {
+            Err(full_disk_error())
+        }
+    }
+}
+
 fn lost_connection() -> StoreError {
     StoreError::Database(sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::ConnectionReset,
@@ -124,6 +187,8 @@ impl Store for FaultStore {
                 self.inner.write_batch(ops).await
             }
             Some(Fault::Panic) => panic!("injected store panic"),
+            Some(Fault::CommitFull) => self.full_disk(FullAt::Commit, ops).await,
+            Some(Fault::WriteFull) => self.full_disk(FullAt::Write, ops).await,
         }
     }
 

@@ -78,13 +78,16 @@ struct Inner {
     /// Payload bytes enqueued and not yet committed (read on every incoming message, so
     /// kept outside the queue's lock).
     backlog_bytes: AtomicUsize,
+    /// When the oldest write of the batch being committed was enqueued (None when idle).
+    in_flight_since: Mutex<Option<Instant>>,
     config: JournalConfig,
     backend: &'static str,
 }
 
 #[derive(Default)]
 struct Queue {
-    ops: VecDeque<(Ticket, WriteOp)>,
+    /// Each write with its ticket and when it was enqueued.
+    ops: VecDeque<(Ticket, Instant, WriteOp)>,
     last_ticket: Ticket,
     closed: bool,
 }
@@ -102,6 +105,7 @@ impl Journal {
             dead: AtomicBool::new(false),
             on_failure: OnceLock::new(),
             backlog_bytes: AtomicUsize::new(0),
+            in_flight_since: Mutex::new(None),
             config,
             backend: store.backend(),
         });
@@ -141,7 +145,7 @@ impl Journal {
             let mut q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.last_ticket += 1;
             let t = q.last_ticket;
-            q.ops.push_back((t, op));
+            q.ops.push_back((t, Instant::now(), op));
             // Counted under the lock, before the writer can take (and subtract) the op.
             self.inner.backlog_bytes.fetch_add(len, Ordering::Relaxed);
             t
@@ -203,6 +207,22 @@ impl Journal {
                 return;
             }
         }
+    }
+
+    /// How long the oldest write not yet committed (so not yet acknowledged) has waited;
+    /// zero when everything is committed. Readiness fails when this grows past a few
+    /// seconds: commits are stuck even if each attempt looks fine.
+    pub fn oldest_unacknowledged(&self) -> Duration {
+        let in_flight = *self
+            .inner
+            .in_flight_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let since = in_flight.or_else(|| {
+            let q = self.inner.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.ops.front().map(|(_, at, _)| *at)
+        });
+        since.map(|t| t.elapsed()).unwrap_or_default()
     }
 
     /// Whether the last commit attempt succeeded and the writer is alive.
@@ -269,6 +289,10 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
             }
         }
         ops.clear();
+        *inner
+            .in_flight_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         let backlog = inner
             .backlog_bytes
             .fetch_sub(bytes, Ordering::Relaxed)
@@ -349,7 +373,15 @@ fn take_batch(inner: &Inner, ops: &mut Vec<WriteOp>) -> Batch {
     }
     let mut bytes = 0;
     let mut last = 0;
-    while let Some((ticket, op)) = q.ops.front() {
+    if let Some((_, at, _)) = q.ops.front() {
+        // Set under the queue's lock, so a reader never sees neither the queue's front nor
+        // the batch's start.
+        *inner
+            .in_flight_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(*at);
+    }
+    while let Some((ticket, _, op)) = q.ops.front() {
         let len = op.payload_len();
         if !ops.is_empty()
             && (ops.len() >= inner.config.max_batch_ops
@@ -359,7 +391,7 @@ fn take_batch(inner: &Inner, ops: &mut Vec<WriteOp>) -> Batch {
         }
         last = *ticket;
         bytes += len;
-        let (_, op) = q.ops.pop_front().expect("front exists");
+        let (_, _, op) = q.ops.pop_front().expect("front exists");
         ops.push(op);
     }
     Batch::Ready { last, bytes }

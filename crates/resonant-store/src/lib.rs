@@ -53,6 +53,11 @@ pub enum StoreError {
     /// Another server process holds this database (see [`PostgresStore::lock_exclusive`]).
     #[error("another resonant process is already serving this database ({0}); two processes must not serve the same rooms until scale-out exists")]
     Locked(String),
+    /// This process lost its single-process lock on the database (its session ended, as when
+    /// Postgres restarts), so another process may be serving the same rooms: every write is
+    /// refused (and kept, unacknowledged) until the process is restarted.
+    #[error("store fenced, refusing writes: {0}; restart this process")]
+    Fenced(String),
     /// The database URL names a backend we do not support.
     #[error("unsupported database URL (expected postgres://…, sqlite:… or memory:): {0}")]
     UnsupportedUrl(String),
@@ -74,7 +79,9 @@ impl StoreError {
                 sqlx::Error::Database(db) => db.code().is_some_and(|c| transient_code(&c)),
                 _ => false,
             },
-            StoreError::DataDir { .. } => true,
+            // Kept in the journal and retried, never dropped or acknowledged: the writes stay
+            // in memory until the process is restarted.
+            StoreError::DataDir { .. } | StoreError::Fenced(_) => true,
             StoreError::Migrate(_)
             | StoreError::Conflict { .. }
             | StoreError::Locked(_)
@@ -190,6 +197,13 @@ pub trait Store: Send + Sync + 'static {
     /// The relational database behind this store (users, workspaces, workflows…), if any.
     fn db(&self) -> Option<Db> {
         None
+    }
+    /// Test hook for [`fault::FaultStore`]: makes the next write transaction run into a full
+    /// disk the way the real database would. Returns false when the backend cannot simulate
+    /// it (the fault store then fails the write itself, writing nothing).
+    #[doc(hidden)]
+    fn inject_full_disk(&self, _at: fault::FullAt) -> bool {
+        false
     }
     /// Removes every update and snapshot of `room` (its workflow was deleted). The caller
     /// has closed the room and flushed the journal first, so nothing re-creates the rows.

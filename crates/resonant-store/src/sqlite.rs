@@ -6,11 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    Sqlite, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
+    SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
+use crate::fault::{full_disk_error, FullAt};
 use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp};
 
 /// How hard SQLite syncs a commit to disk.
@@ -23,6 +26,10 @@ pub enum SqliteSync {
     Normal,
 }
 
+/// Connections per pool: writes are serialised by the journal, so a few are enough for
+/// concurrent room loads.
+const DEFAULT_POOL_SIZE: u32 = 8;
+
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -31,25 +38,46 @@ pub struct SqliteStore {
     path: Option<PathBuf>,
     /// The open lock file while this process holds the database (see `lock_exclusive`).
     lock: Arc<Mutex<Option<std::fs::File>>>,
+    /// A simulated full disk for the next write transaction (see [`Store::inject_full_disk`]).
+    full_disk: Arc<Mutex<Option<FullAt>>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) `resonant.db` inside `dir` and applies migrations.
     pub async fn open_dir(dir: &Path, sync: SqliteSync) -> Result<Self, StoreError> {
+        Self::open_dir_with_pool(dir, sync, DEFAULT_POOL_SIZE).await
+    }
+
+    /// [`SqliteStore::open_dir`] with at most `max_connections` connections (tests use 1, so
+    /// that the connection a failure left behind is the one the next write gets).
+    pub async fn open_dir_with_pool(
+        dir: &Path,
+        sync: SqliteSync,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;
         let opts = SqliteConnectOptions::new().filename(dir.join("resonant.db"));
-        Self::open_with(opts, sync).await
+        Self::open_with(opts, sync, max_connections).await
     }
 
     /// Opens a `sqlite:` URL and applies migrations.
     pub async fn open_url(url: &str, sync: SqliteSync) -> Result<Self, StoreError> {
-        Self::open_with(SqliteConnectOptions::from_str(url)?, sync).await
+        Self::open_with(
+            SqliteConnectOptions::from_str(url)?,
+            sync,
+            DEFAULT_POOL_SIZE,
+        )
+        .await
     }
 
-    async fn open_with(opts: SqliteConnectOptions, sync: SqliteSync) -> Result<Self, StoreError> {
+    async fn open_with(
+        opts: SqliteConnectOptions,
+        sync: SqliteSync,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
         let path = opts.get_filename();
         let path = (!path.as_os_str().is_empty() && path != Path::new(":memory:"))
             .then(|| path.to_path_buf());
@@ -61,10 +89,12 @@ impl SqliteStore {
                 SqliteSync::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(Duration::from_secs(10));
-        // Writes are serialised by the journal, so a few connections are enough for
-        // concurrent room loads.
         let pool = SqlitePoolOptions::new()
-            .max_connections(8)
+            .max_connections(max_connections)
+            // Every connection coming back (also from the relational tables' code, which
+            // uses sqlx transactions) is checked: one still inside a transaction, as SQLite
+            // or sqlx sees it, is closed rather than reused (see `WriteTx`).
+            .after_release(|conn, _| Box::pin(async move { Ok(!in_transaction(conn).await?) }))
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -72,6 +102,7 @@ impl SqliteStore {
             pool,
             path,
             lock: Arc::default(),
+            full_disk: Arc::default(),
         })
     }
 }
@@ -114,47 +145,14 @@ impl Store for SqliteStore {
 
     async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
-        // Runs of appends go in as multi-row INSERTs: one statement per row costs ~25 µs in
-        // sqlx, which would cap the journal far below what the sync path produces.
-        let mut run: Vec<(&str, i64, &[u8])> = Vec::new();
-        for op in ops {
-            match op {
-                WriteOp::Append { room, seq, data } => {
-                    run.push((room, *seq, data));
-                    if run.len() == APPEND_ROWS_PER_STATEMENT {
-                        insert_appends(&mut tx, &mut run, now).await?;
-                    }
-                }
-                WriteOp::Snapshot(s) => {
-                    insert_appends(&mut tx, &mut run, now).await?;
-                    // Never move a snapshot backwards: an older compaction that lost a race
-                    // must not replace a newer one.
-                    sqlx::query(
-                        "INSERT INTO doc_snapshots (room, state, up_to_seq, updated_at)
-                         VALUES (?, ?, ?, ?)
-                         ON CONFLICT (room) DO UPDATE SET state = excluded.state,
-                           up_to_seq = excluded.up_to_seq,
-                           updated_at = excluded.updated_at
-                         WHERE excluded.up_to_seq >= doc_snapshots.up_to_seq",
-                    )
-                    .bind(&*s.room)
-                    .bind(&s.state[..])
-                    .bind(s.up_to_seq)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("DELETE FROM doc_updates WHERE room = ? AND seq <= ?")
-                        .bind(&*s.room)
-                        .bind(s.up_to_seq)
-                        .execute(&mut *tx)
-                        .await?;
-                }
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        match write_ops(tx.conn(), ops, now).await {
+            Ok(()) => self.commit(tx).await,
+            Err(e) => {
+                tx.abandon().await;
+                Err(e)
             }
         }
-        insert_appends(&mut tx, &mut run, now).await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn lock_exclusive(&self, wait: Duration) -> Result<(), StoreError> {
@@ -213,30 +211,197 @@ impl Store for SqliteStore {
         "sqlite"
     }
 
+    fn inject_full_disk(&self, at: FullAt) -> bool {
+        *self.full_disk.lock().unwrap() = Some(at);
+        true
+    }
+
     fn db(&self) -> Option<crate::Db> {
         Some(crate::Db::Sqlite(self.pool.clone()))
     }
 
     async fn delete_room(&self, room: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM doc_updates WHERE room = ?")
-            .bind(room)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM doc_snapshots WHERE room = ?")
-            .bind(room)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let mut tx = WriteTx::begin(&self.pool).await?;
+        let deleted = async {
+            for table in ["doc_updates", "doc_snapshots"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE room = ?"))
+                    .bind(room)
+                    .execute(tx.conn())
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        match deleted {
+            Ok(()) => self.commit(tx).await,
+            Err(e) => {
+                tx.abandon().await;
+                Err(e)
+            }
+        }
     }
+}
+
+impl SqliteStore {
+    /// Commits a write transaction, or fails and closes its connection. A simulated full disk
+    /// strikes here (see [`Store::inject_full_disk`]).
+    async fn commit(&self, mut tx: WriteTx) -> Result<(), StoreError> {
+        let full = self.full_disk.lock().unwrap().take();
+        if let Some(at) = full {
+            // What SQLite does: a COMMIT that runs out of space rolls back by itself; a
+            // statement that does leaves the transaction open.
+            if at == FullAt::Commit {
+                let _ = sqlx::query("ROLLBACK").execute(tx.conn()).await;
+            }
+            tx.abandon().await;
+            return Err(full_disk_error());
+        }
+        tx.commit().await
+    }
+}
+
+/// A write transaction on a connection taken out of the pool, begun with `BEGIN IMMEDIATE`
+/// sent as plain SQL. sqlx's own transactions are not used for writes: when `COMMIT` fails
+/// and SQLite rolls back by itself (a full disk), sqlx-sqlite 0.8 still counts the
+/// transaction as open and the connection's next `begin` sends `SAVEPOINT`, nesting every
+/// later batch in a transaction that never commits (docs/upstream/). Here sqlx never sees a
+/// transaction, and a connection goes back to the pool only after a `COMMIT` that succeeded
+/// and left it in autocommit mode; after any error it is closed, which rolls back whatever
+/// SQLite still holds open.
+struct WriteTx {
+    conn: Option<PoolConnection<Sqlite>>,
+}
+
+impl WriteTx {
+    async fn begin(pool: &SqlitePool) -> Result<WriteTx, StoreError> {
+        let mut tx = WriteTx {
+            conn: Some(pool.acquire().await?),
+        };
+        // IMMEDIATE takes the write lock now (waiting up to the busy timeout), so no
+        // statement of the batch can fail on a lock upgrade halfway through.
+        if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(tx.conn()).await {
+            tx.abandon().await;
+            return Err(e.into());
+        }
+        Ok(tx)
+    }
+
+    fn conn(&mut self) -> &mut SqliteConnection {
+        self.conn.as_mut().expect("a live write transaction")
+    }
+
+    async fn commit(mut self) -> Result<(), StoreError> {
+        if let Err(e) = sqlx::query("COMMIT").execute(self.conn()).await {
+            self.abandon().await;
+            return Err(e.into());
+        }
+        // Trust nothing: only a connection that is demonstrably out of any transaction may
+        // report success and serve the next batch.
+        match in_transaction(self.conn()).await {
+            Ok(false) => {
+                self.conn.take();
+                Ok(())
+            }
+            Ok(true) => {
+                self.abandon().await;
+                Err(StoreError::Database(sqlx::Error::Protocol(
+                    "COMMIT returned success but the SQLite connection is still inside a \
+                     transaction; the batch is not durable"
+                        .into(),
+                )))
+            }
+            Err(e) => {
+                self.abandon().await;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Closes the connection instead of returning it to the pool; closing rolls back any
+    /// transaction SQLite still has open on it.
+    async fn abandon(mut self) {
+        if let Some(conn) = self.conn.take() {
+            if let Err(e) = conn.detach().close().await {
+                tracing::debug!(error = %e, "closing an abandoned SQLite connection");
+            }
+        }
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        // Dropped mid-transaction (the future was cancelled): never hand this connection
+        // back; dropping it stops its worker, which closes it.
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
+/// Whether SQLite (autocommit off) or sqlx (its transaction depth) thinks `conn` is inside a
+/// transaction. Either means the connection must not be reused.
+async fn in_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    let autocommit = {
+        let mut handle = conn.lock_handle().await?;
+        // SAFETY: the handle is locked for us, so no other thread uses the sqlite3 pointer
+        // meanwhile; sqlite3_get_autocommit only reads a flag.
+        unsafe { libsqlite3_sys::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) }
+    };
+    // After the lock, which queued behind any rollback the worker still had to run.
+    Ok(autocommit == 0 || conn.is_in_transaction())
+}
+
+/// Writes `ops` inside the open transaction on `conn`.
+async fn write_ops(
+    conn: &mut SqliteConnection,
+    ops: &[WriteOp],
+    now: i64,
+) -> Result<(), StoreError> {
+    // Runs of appends go in as multi-row INSERTs: one statement per row costs ~25 µs in
+    // sqlx, which would cap the journal far below what the sync path produces.
+    let mut run: Vec<(&str, i64, &[u8])> = Vec::new();
+    for op in ops {
+        match op {
+            WriteOp::Append { room, seq, data } => {
+                run.push((room, *seq, data));
+                if run.len() == APPEND_ROWS_PER_STATEMENT {
+                    insert_appends(conn, &mut run, now).await?;
+                }
+            }
+            WriteOp::Snapshot(s) => {
+                insert_appends(conn, &mut run, now).await?;
+                // Never move a snapshot backwards: an older compaction that lost a race
+                // must not replace a newer one.
+                sqlx::query(
+                    "INSERT INTO doc_snapshots (room, state, up_to_seq, updated_at)
+                     VALUES (?, ?, ?, ?)
+                     ON CONFLICT (room) DO UPDATE SET state = excluded.state,
+                       up_to_seq = excluded.up_to_seq,
+                       updated_at = excluded.updated_at
+                     WHERE excluded.up_to_seq >= doc_snapshots.up_to_seq",
+                )
+                .bind(&*s.room)
+                .bind(&s.state[..])
+                .bind(s.up_to_seq)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query("DELETE FROM doc_updates WHERE room = ? AND seq <= ?")
+                    .bind(&*s.room)
+                    .bind(s.up_to_seq)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+    }
+    insert_appends(conn, &mut run, now).await
 }
 
 /// Rows per multi-row INSERT (4 bound parameters each, far below SQLite's limit).
 const APPEND_ROWS_PER_STATEMENT: usize = 256;
 
 async fn insert_appends(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conn: &mut SqliteConnection,
     run: &mut Vec<(&str, i64, &[u8])>,
     now: i64,
 ) -> Result<(), StoreError> {
@@ -254,14 +419,14 @@ async fn insert_appends(
             .push_bind(now);
     });
     builder.push(" ON CONFLICT (room, seq) DO NOTHING");
-    let inserted = builder.build().execute(&mut **tx).await?.rows_affected();
+    let inserted = builder.build().execute(&mut *conn).await?.rows_affected();
     if inserted < run.len() as u64 {
         for (room, seq, data) in run.iter() {
             let stored: Vec<u8> =
                 sqlx::query_scalar("SELECT data FROM doc_updates WHERE room = ? AND seq = ?")
                     .bind(*room)
                     .bind(*seq)
-                    .fetch_one(&mut **tx)
+                    .fetch_one(&mut *conn)
                     .await?;
             if stored != *data {
                 return Err(StoreError::Conflict {
