@@ -363,6 +363,61 @@ impl Block {
         }
     }
 
+    /// RESONANT PATCH (split_unintegrated): splits a block that is *not* integrated into a
+    /// block store (one held by an [Update](crate::Update)'s block set, e.g. a pending update)
+    /// at `offset`, truncating `self` to `[0, offset)` and returning the rest.
+    ///
+    /// [Block::splice] goes through [ItemPtr::splice], which is meant for integrated items: it
+    /// links the halves with raw `left`/`right` pointers, writes to `self.right.left` and may
+    /// insert the new half into its parent's map. An update's blocks are plain boxes that
+    /// `BlockSet::exclude` and `Update::merge_updates` replace or drop freely, so those
+    /// pointers dangle; a later split of the left half then writes through its stale `right`
+    /// pointer (a heap use-after-free reachable from remote updates), and an item integrated
+    /// with such a `right` starts from a freed neighbour. Unintegrated items carry their
+    /// position only as `origin`/`right_origin` ids (their `left`/`right` are resolved from
+    /// those at integration), so the halves here are linked by ids only, as Yjs' `sliceStruct`
+    /// does. Skip and GC ranges are truncated too ([Block::splice] left them overlapping).
+    pub(crate) fn split_unintegrated(&mut self, offset: u32) -> Option<Block> {
+        if offset == 0 || offset >= self.len() {
+            return None;
+        }
+        match self {
+            Block::Item(item) => {
+                let content = item
+                    .content
+                    .splice(offset as usize, OffsetKind::Utf16)
+                    .expect("splittable content: items longer than 1 always split");
+                let client = item.id.client;
+                let clock = item.id.clock;
+                let right = Box::new(Item {
+                    id: ID::new(client, clock + offset),
+                    len: item.len - offset,
+                    left: None,
+                    right: None,
+                    origin: Some(ID::new(client, clock + offset - 1)),
+                    right_origin: item.right_origin,
+                    content,
+                    parent: item.parent.clone(),
+                    parent_sub: item.parent_sub.clone(),
+                    info: item.info.clone(),
+                    redone: item.redone.map(|id| ID::new(id.client, id.clock + offset)),
+                });
+                item.len = offset;
+                Some(Block::Item(right))
+            }
+            Block::Skip(x) => {
+                let right = x.slice(offset);
+                x.len = offset;
+                Some(Block::Skip(right))
+            }
+            Block::GC(x) => {
+                let right = x.slice(offset);
+                x.len = offset;
+                Some(Block::GC(right))
+            }
+        }
+    }
+
     pub(crate) fn same_type(&self, other: &Block) -> bool {
         match (self, other) {
             (Block::Skip(_), Block::Skip(_)) => true,

@@ -121,7 +121,9 @@ impl BlockSet {
         let mut index = Self::find_index(blocks, clock);
         let block = &mut blocks[index];
         let block_clock = block.clock_start();
-        if let Some(right) = block.splice(clock - block_clock) {
+        // RESONANT PATCH (split_unintegrated): these blocks are not integrated; `splice` would
+        // link them with raw pointers that dangle once `exclude` drops a part.
+        if let Some(right) = block.split_unintegrated(clock - block_clock) {
             index += 1;
             blocks.insert(index, right);
         }
@@ -294,7 +296,8 @@ impl Update {
                                     - b.id().clock as isize;
                                 if diff > 0 {
                                     // `b`'s clock position is inside of `a` -> we need to split `a`
-                                    if let Some(new) = a.splice(diff as u32) {
+                                    // RESONANT PATCH (split_unintegrated)
+                                    if let Some(new) = a.split_unintegrated(diff as u32) {
                                         blocks.insert(i1 + 1, new);
                                     }
                                     //blocks = self.blocks.clients.get_mut(&client).unwrap();
@@ -784,7 +787,13 @@ impl Update {
                             // prefer to slice Skip because the other struct might contain more information
                             skip.len -= diff as u32;
                         } else {
-                            block_slice = Some(curr_block.splice(diff as u32).unwrap());
+                            // RESONANT PATCH (split_unintegrated): the decoder's block is not
+                            // integrated (see `Block::split_unintegrated`); its written part
+                            // is dropped below.
+                            block_slice = curr_decoder
+                                .current_mut()
+                                .and_then(|b| b.split_unintegrated(diff as u32));
+                            debug_assert!(block_slice.is_some());
                         }
                     }
 
@@ -978,6 +987,11 @@ struct Memo<I: Iterator + ?Sized> {
 impl<I: Iterator> Memo<I> {
     fn current(&self) -> Option<&I::Item> {
         self.current.as_ref()
+    }
+
+    /// RESONANT PATCH (split_unintegrated): the current element, to split it in place.
+    fn current_mut(&mut self) -> Option<&mut I::Item> {
+        self.current.as_mut()
     }
 
     fn take(&mut self) -> Option<I::Item> {
