@@ -129,12 +129,27 @@ async fn reused_ids_with_a_subdocument_are_refused_and_the_reload_matches() {
     assert_eq!(r.served, r.reloaded);
 }
 
+/// The re-used ids finding without its subdocument: every update is accepted. Client 202
+/// sends 202:0..24 where 202:2 names a parent that does not exist, so 202:2 and everything
+/// after it waits; then it sends 202:0..6 again with different content, which integrates.
+/// The pending copy of 202:2..6 was stale, and the structs after it (now integrable) used to
+/// stay pending until some update of client 111 made yrs retry, while the snapshot, which
+/// merges the pending structs in, loaded them: served `{202: 6}`, reloaded `{202: 12}`.
+#[tokio::test]
+async fn reused_ids_reload_as_served() {
+    let r = replay(&finding("reload_diverges_reused_ids_no_subdoc.session")).await;
+    assert_eq!(r.refused, None);
+    assert_eq!(r.served, r.reloaded);
+}
+
 #[tokio::test]
 async fn every_session_finding_reloads_as_served() {
     for name in [
         "reload_diverges_without_pending.session",
         "reload_diverges_after_reused_ids.session",
+        "reload_diverges_reused_ids_no_subdoc.session",
         "yrs_use_after_free_split_at.session",
+        "yrs_uaf_minimal.session",
     ] {
         let r = replay(&finding(name)).await;
         assert_eq!(r.served, r.reloaded, "{name} (refused: {:?})", r.refused);
