@@ -86,7 +86,7 @@ pub fn validate_update_v1(bytes: &[u8]) -> Result<(), DecodeError> {
         // Every struct starts with its info byte and holds at least one more.
         let structs = r.count(structs, 2, "structs")?;
         for _ in 0..structs {
-            let len = r.block(client, clock)?.len;
+            let len = r.block(client, clock)?;
             // yrs adds each struct's length to a u32 clock (panicking in debug builds, wrapping
             // in release); a real client never gets near 2^32 operations.
             clock = clock
@@ -95,16 +95,6 @@ pub fn validate_update_v1(bytes: &[u8]) -> Result<(), DecodeError> {
         }
     }
     r.delete_set()
-}
-
-/// What [`Reader::block`] learnt about one struct.
-struct BlockInfo {
-    /// Its clock length (0 for an item yrs drops because its content is empty).
-    len: u32,
-    /// A skip struct (a gap in a merged update, not content).
-    skip: bool,
-    /// Origin, right origin and parent item ids, where given.
-    deps: [Option<(u64, u32)>; 3],
 }
 
 /// A cursor over the payload; every read mirrors the `DecoderV1` call yrs makes there.
@@ -244,8 +234,9 @@ impl<'a> Reader<'a> {
         Ok((client, clock))
     }
 
-    /// One struct as `Update::decode_block` reads it, for the struct `client`:`clock`.
-    fn block(&mut self, client: u64, clock: u32) -> Result<BlockInfo, DecodeError> {
+    /// One struct as `Update::decode_block` reads it, for the struct `client`:`clock`;
+    /// returns its clock length (0 for an item yrs drops because its content is empty).
+    fn block(&mut self, client: u64, clock: u32) -> Result<u32, DecodeError> {
         let at = self.pos;
         let info = self.u8()?;
         match info {
@@ -255,11 +246,7 @@ impl<'a> Reader<'a> {
                     // yrs fails here too ("block cannot have 0 length").
                     return Err(self.invalid(format!("empty struct at offset {at}")));
                 }
-                return Ok(BlockInfo {
-                    len,
-                    skip: info == BLOCK_SKIP,
-                    deps: [None; 3],
-                });
+                return Ok(len);
             }
             _ => {}
         }
@@ -296,12 +283,7 @@ impl<'a> Reader<'a> {
                  {dep}"
             )));
         }
-        let len = self.content(info & 0b1111, at)?;
-        Ok(BlockInfo {
-            len,
-            skip: false,
-            deps,
-        })
+        self.content(info & 0b1111, at)
     }
 
     /// `ItemContent::decode`; returns the content's length in clock units.
