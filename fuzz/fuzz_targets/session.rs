@@ -64,6 +64,15 @@ fn state_vector(rooms: &Rooms) -> (StateVector, bool) {
     })
 }
 
+/// A state vector without clients at clock 0: yrs lists a client whose only structs sit
+/// behind a hole at clock 0, and a reload (rightly) does not.
+fn clocks(sv: &StateVector) -> std::collections::BTreeMap<u64, u32> {
+    sv.iter()
+        .filter(|(_, &clock)| clock > 0)
+        .map(|(c, &clock)| (c.get(), clock))
+        .collect()
+}
+
 /// Serves one connection's frames; returns the document's state vector after them, or None
 /// if the room was closed (after a caught yrs panic its state is suspect, so not compared).
 async fn serve(store: Arc<dyn Store>, data: &[u8]) -> Option<(StateVector, bool)> {
@@ -115,7 +124,8 @@ async fn run(data: &[u8]) {
         // on reload (fuzz/findings/README.md); compare only on request.
         if *STRICT_RELOAD {
             assert_eq!(
-                served, loaded,
+                clocks(&served),
+                clocks(&loaded),
                 "reloaded document differs from the one served"
             );
         }

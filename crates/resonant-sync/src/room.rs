@@ -24,9 +24,12 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use resonant_store::{Journal, Snapshot, StoredDoc, Ticket};
 use tokio_util::task::TaskTracker;
+use yrs::error::UpdateError;
 use yrs::sync::awareness::AwarenessUpdate;
 use yrs::updates::decoder::Decode;
-use yrs::{ClientID, Doc, Origin, ReadTxn, StateVector, Transact, Update};
+use yrs::{
+    ClientID, Doc, Origin, ReadTxn, StateVector, Transact, TransactionMut, Update, WriteTxn,
+};
 
 use crate::awareness::{AwarenessRefusal, Presence};
 use crate::nesting::{self, DepthCache};
@@ -157,7 +160,7 @@ impl Room {
             for (seq, bytes) in parts {
                 let update = Update::decode_v1(bytes)
                     .map_err(|e| LoadError::Corrupt(format!("entry {seq}: {e}")))?;
-                txn.apply_update(update)
+                apply_retrying(&mut txn, update)
                     .map_err(|e| LoadError::Corrupt(format!("entry {seq}: {e}")))?;
             }
             Ok(())
@@ -420,8 +423,7 @@ impl Room {
             st.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             let pending = {
                 let mut txn = st.doc.transact_mut_with(origin);
-                txn.apply_update(update)
-                    .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                apply_retrying(&mut txn, update).map_err(|e| ApplyError::Invalid(e.to_string()))?;
                 let store = txn.store();
                 store.pending_update().is_some() || store.pending_ds().is_some()
             };
@@ -607,6 +609,35 @@ impl Shared {
             }
         }
     }
+}
+
+/// Applies `update`, then, if it brought structs with the same ids as structs waiting in the
+/// pending update, retries the pending update at once.
+///
+/// yrs retries pending structs only when the client they wait for advances. When a client
+/// re-sends ids with different content (fuzz/findings/reload_diverges_reused_ids_no_subdoc),
+/// the new copy integrates, the stale pending copy stays, and the structs queued behind it
+/// wait although nothing blocks them any more; a snapshot, which merges the pending structs
+/// in, then loads them: the reloaded document differed from the served one. Retrying trims
+/// the stale copy (yrs excludes what is now known) and integrates what can be. Loading
+/// applies stored entries the same way, so a log replays into the document that was served.
+fn apply_retrying(txn: &mut TransactionMut, update: Update) -> Result<(), UpdateError> {
+    let overlaps = txn.store().pending_update().is_some_and(|pending| {
+        // Cheap test first (where each pending client starts), the id sets only when a client
+        // of the update reaches into the pending structs' range.
+        let lower = pending.update.state_vector_lower();
+        let ins = update.insertions(true);
+        ins.iter().any(|(client, ranges)| {
+            lower.contains_client(client) && ranges.iter().any(|r| r.end > lower.get(client))
+        }) && !pending.update.insertions(true).intersect(&ins).is_empty()
+    });
+    txn.apply_update(update)?;
+    if overlaps {
+        if let Some(pending) = txn.prune_pending() {
+            txn.apply_update(pending)?;
+        }
+    }
+    Ok(())
 }
 
 /// Transactions applied for a peer carry its id (big-endian u64) as origin.

@@ -81,12 +81,12 @@ pub fn validate_update_v1(bytes: &[u8]) -> Result<(), DecodeError> {
     let clients = r.count(clients, 3, "clients")?;
     for _ in 0..clients {
         let structs = r.var_u32()? as u64;
-        r.client()?;
+        let client = r.client()?;
         let mut clock = r.var_u32()?;
         // Every struct starts with its info byte and holds at least one more.
         let structs = r.count(structs, 2, "structs")?;
         for _ in 0..structs {
-            let len = r.block()?;
+            let len = r.block(client, clock)?;
             // yrs adds each struct's length to a u32 clock (panicking in debug builds, wrapping
             // in release); a real client never gets near 2^32 operations.
             clock = clock
@@ -228,15 +228,15 @@ impl<'a> Reader<'a> {
     }
 
     /// `read_left_id` / `read_right_id`: client and clock.
-    fn id(&mut self) -> Result<(), DecodeError> {
-        self.client()?;
-        self.var_u32()?;
-        Ok(())
+    fn id(&mut self) -> Result<(u64, u32), DecodeError> {
+        let client = self.client()?;
+        let clock = self.var_u32()?;
+        Ok((client, clock))
     }
 
-    /// One struct as `Update::decode_block` reads it; returns its clock length (0 for an
-    /// item yrs drops because its content is empty).
-    fn block(&mut self) -> Result<u32, DecodeError> {
+    /// One struct as `Update::decode_block` reads it, for the struct `client`:`clock`;
+    /// returns its clock length (0 for an item yrs drops because its content is empty).
+    fn block(&mut self, client: u64, clock: u32) -> Result<u32, DecodeError> {
         let at = self.pos;
         let info = self.u8()?;
         match info {
@@ -250,22 +250,38 @@ impl<'a> Reader<'a> {
             }
             _ => {}
         }
+        let mut deps = [None; 3];
         if info & HAS_ORIGIN != 0 {
-            self.id()?;
+            deps[0] = Some(self.id()?);
         }
         if info & HAS_RIGHT_ORIGIN != 0 {
-            self.id()?;
+            deps[1] = Some(self.id()?);
         }
         // Without origins the struct names its parent, and maybe a map key.
         if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
             if self.var_u32()? == 1 {
                 self.string()?; // root type name
             } else {
-                self.id()?; // parent item
+                deps[2] = Some(self.id()?); // parent item
             }
             if info & HAS_PARENT_SUB != 0 {
                 self.string()?;
             }
+        }
+        // A struct can only refer to structs that existed when it was made, so never to its
+        // own client's clock at or after its own. yrs integrates a client's structs in clock
+        // order on load, so such a struct waits for ever there, while a live document that
+        // saw the later struct first integrates it: the reloaded document differs from the
+        // one served (fuzz/findings/reload_diverges_*).
+        if let Some((_, dep)) = deps
+            .iter()
+            .flatten()
+            .find(|d| d.0 == client && d.1 >= clock)
+        {
+            return Err(self.invalid(format!(
+                "struct {client}:{clock} at offset {at} refers to its own client's later clock \
+                 {dep}"
+            )));
         }
         self.content(info & 0b1111, at)
     }
@@ -323,9 +339,11 @@ impl<'a> Reader<'a> {
                 Ok(count as u32)
             }
             CONTENT_DOC => {
-                self.string()?; // guid
-                self.any(1)?; // options
-                Ok(1)
+                // Workflow documents have no use for subdocuments, and yrs never frees a
+                // document holding one (fuzz/findings/subdoc_leak.rs): refuse them.
+                Err(self.invalid(format!(
+                    "holds a subdocument (struct at offset {at}); subdocuments are not supported"
+                )))
             }
             other => Err(self.invalid(format!("unknown content kind {other} at offset {at}"))),
         }
@@ -518,7 +536,6 @@ mod tests {
             let list = inner.insert(&mut txn, "list", ArrayPrelim::default());
             list.insert_range(&mut txn, 0, [1, 2, 3]);
             list.insert(&mut txn, 1, TextPrelim::new("nested text"));
-            map.insert(&mut txn, "subdoc", Doc::new());
             map.insert(&mut txn, "overwritten", 1);
             map.insert(&mut txn, "overwritten", 2);
             map.remove(&mut txn, "bool");
@@ -712,6 +729,37 @@ mod tests {
         // A subdocument's options are an Any too.
         let doc = cat(&[&[9, 1, 1, b'a', 0, 117], &var(1 << 30)]);
         reason(validate_update_v1(&one_client(1, &doc)).unwrap_err());
+    }
+
+    #[test]
+    fn rejects_subdocuments() {
+        let doc = Doc::with_client_id(7);
+        let log = recorder(&doc);
+        let map = doc.get_or_insert_map("map");
+        map.insert(&mut doc.transact_mut(), "subdoc", Doc::new());
+        let update = log.lock().unwrap()[0].clone();
+        let err = reason(validate_update_v1(&update).unwrap_err());
+        assert!(err.contains("subdocuments are not supported"), "{err}");
+    }
+
+    #[test]
+    fn rejects_forward_self_references() {
+        // 1:0 with origin 1:0 (itself), right origin 1:3 (later), parent item 1:1 (later).
+        for struct_ in [
+            &[0x88, 1, 0, 1, 0x7d, 1][..],
+            &[0x48, 1, 3, 1, 0x7d, 1][..],
+            &[8, 0, 1, 1, 1, 0x7d, 1][..],
+        ] {
+            let err = reason(validate_update_v1(&one_client(1, struct_)).unwrap_err());
+            assert!(
+                err.contains("refers to its own client's later clock"),
+                "{err}"
+            );
+        }
+        // Another client's clocks, and this client's earlier ones, are fine.
+        let earlier = cat(&[&[1, 1, 1, 5, 0x88, 1, 4, 1, 0x7d, 1], &[0]]);
+        validate_update_v1(&earlier).unwrap();
+        accepted(&one_client(1, &[0x88, 2, 9, 1, 0x7d, 1]));
     }
 
     #[test]

@@ -1,0 +1,218 @@
+//! The heap use-after-free in yrs 0.28.1 (`ItemPtr::splice` ← `BlockSet::split_at` ←
+//! `BlockSet::exclude` ← `TransactionMut::apply_update`; docs/upstream/yrs-uaf.md), fixed by
+//! the `split_unintegrated` patch in vendor/yrs.
+//!
+//! A write after free rarely crashes on its own, so this binary's allocator quarantines
+//! freed blocks while the reproducer runs: it fills them with a pattern instead of freeing
+//! them, and afterwards checks that nothing wrote into one. Against unpatched yrs the check
+//! fails (8 bytes of the freed block, a `left` pointer, overwritten); ASan reports the same
+//! through `fuzz/asan_regressions.sh`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use resonant_store::{Journal, JournalConfig, MemoryStore, Store};
+use resonant_sync::protocol;
+use resonant_sync::validate::validate_update_v1;
+use resonant_sync::{close_code, Rooms, SyncConfig};
+use yrs::updates::decoder::Decode;
+use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// The minimal reproducer: three v1 updates, all from client 1 (37 bytes).
+/// 1. `1:2`, one Any value in root type "a", no origin: integrated at once, leaving
+///    clocks 0..2 of client 1 as a hole ("skip") in the block store.
+/// 2. `1:0..4`, the string "abcd" whose origin `1:10` does not exist: `exclude` cuts out the
+///    known `1:2` (splitting "abcd" into "ab" | "c" | "d" and dropping "c"), and the rest
+///    waits as a pending update; "ab" keeps a raw `right` pointer to the freed "c".
+/// 3. `1:1`, like update 1: it fills clock 1, and since client 1 is what the pending update
+///    waits for, yrs retries it; `exclude` now splits "ab" at clock 1 and writes through the
+///    dangling pointer.
+const REPRODUCER: [&[u8]; 3] = [
+    &[1, 1, 1, 2, 8, 1, 1, b'a', 1, 0x7d, 1, 0],
+    &[1, 1, 1, 0, 0x84, 1, 10, 4, b'a', b'b', b'c', b'd', 0],
+    &[1, 1, 1, 1, 8, 1, 1, b'a', 1, 0x7d, 1, 0],
+];
+
+/// The same through the room's validator, which refuses update 2 above (its origin is its
+/// own client's later clock): the origin is another client's missing struct `2:0` instead,
+/// and update 3 also brings `2:5`, which advances client 2's clock and so makes yrs retry
+/// the pending update.
+const REPRODUCER_VALID: [&[u8]; 3] = [
+    &[1, 1, 1, 2, 8, 1, 1, b'a', 1, 0x7d, 1, 0],
+    &[1, 1, 1, 0, 0x84, 2, 0, 4, b'a', b'b', b'c', b'd', 0],
+    &[
+        2, 1, 1, 1, 8, 1, 1, b'a', 1, 0x7d, 1, // 1:1
+        1, 2, 5, 8, 1, 1, b'a', 1, 0x7d, 2, // 2:5
+        0,
+    ],
+];
+
+struct Quarantine;
+
+const SLOTS: usize = 1 << 16;
+const POISON: u8 = 0xa5;
+static ON: AtomicBool = AtomicBool::new(false);
+static USED: AtomicUsize = AtomicUsize::new(0);
+/// Freed blocks held back while [`ON`]: address and size.
+static HELD: [(AtomicUsize, AtomicUsize); SLOTS] =
+    [const { (AtomicUsize::new(0), AtomicUsize::new(0)) }; SLOTS];
+
+unsafe impl GlobalAlloc for Quarantine {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if ON.load(Ordering::Relaxed) {
+            let slot = USED.fetch_add(1, Ordering::Relaxed);
+            if slot < SLOTS {
+                std::ptr::write_bytes(ptr, POISON, layout.size());
+                HELD[slot].0.store(ptr as usize, Ordering::Relaxed);
+                HELD[slot].1.store(layout.size(), Ordering::Relaxed);
+                return; // never freed: this test binary is short-lived
+            }
+        }
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Quarantine = Quarantine;
+
+/// Runs `f` with freed memory quarantined; returns how many freed blocks were written to.
+fn writes_after_free(f: impl FnOnce()) -> usize {
+    // Tests in this binary share the allocator; only one quarantines at a time.
+    static ONE: Mutex<()> = Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    USED.store(0, Ordering::Relaxed);
+    ON.store(true, Ordering::Relaxed);
+    f();
+    ON.store(false, Ordering::Relaxed);
+    let used = USED.load(Ordering::Relaxed).min(SLOTS);
+    (0..used)
+        .filter(|&i| {
+            let ptr = HELD[i].0.load(Ordering::Relaxed) as *const u8;
+            let len = HELD[i].1.load(Ordering::Relaxed);
+            // SAFETY: the block was never returned to the system allocator.
+            unsafe { std::slice::from_raw_parts(ptr, len) }
+                .iter()
+                .any(|&b| b != POISON)
+        })
+        .count()
+}
+
+/// Applies `updates` to a fresh document; panics if yrs wrote into freed memory.
+fn apply_quarantined(updates: &[&[u8]]) -> Doc {
+    let doc = Doc::with_client_id(99);
+    let mut results = Vec::new();
+    let bad = writes_after_free(|| {
+        for bytes in updates {
+            let update = Update::decode_v1(bytes).expect("decodes");
+            results.push(doc.transact_mut().apply_update(update));
+        }
+    });
+    assert_eq!(bad, 0, "yrs wrote into {bad} freed block(s)");
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    doc
+}
+
+#[test]
+fn yrs_applies_the_reproducers_without_touching_freed_memory() {
+    apply_quarantined(&REPRODUCER_VALID);
+    let doc = apply_quarantined(&REPRODUCER);
+    // The document is sane: client 1's clocks 1 and 2 are integrated behind the hole at 0;
+    // "a" (1:0) and "d" (1:3) wait for the origin 1:10 that never came.
+    let txn = doc.transact();
+    let pending = txn.store().pending_update().expect("structs still pending");
+    let ids = pending.update.insertions(true);
+    let ranges: Vec<_> = ids
+        .iter()
+        .flat_map(|(c, r)| {
+            r.iter()
+                .map(move |r| (c.get(), r.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(ranges, vec![(1, 0..1), (1, 3..4)], "pending: {pending:?}");
+    assert_eq!(pending.missing.get(&ClientID::new(1)), 3);
+    // Its state encodes and loads into another document with the same state vector.
+    let state = txn.encode_state_as_update_v1(&StateVector::default());
+    let copy = Doc::new();
+    copy.transact_mut()
+        .apply_update(Update::decode_v1(&state).unwrap())
+        .unwrap();
+    let again = copy
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    assert_eq!(
+        format!("{:?}", Update::decode_v1(&again).unwrap()),
+        format!("{:?}", Update::decode_v1(&state).unwrap()),
+    );
+    drop(txn);
+    // And it still takes ordinary edits.
+    let text = doc.get_or_insert_text("t");
+    text.insert(&mut doc.transact_mut(), 0, "still editable");
+    assert_eq!(text.get_string(&doc.transact()), "still editable");
+}
+
+#[test]
+fn the_validator_passes_all_but_the_forward_self_reference() {
+    // Update 2 of the first reproducer names its own client's later clock as origin (1:0
+    // after 1:10), which the validator refuses (it also makes reloads diverge, see
+    // reload_divergence.rs); the second reproducer is well-formed throughout, so the yrs
+    // patch is what protects the server, not the validator.
+    let err = validate_update_v1(REPRODUCER[1]).unwrap_err();
+    assert!(
+        err.to_string().contains("own client's later clock 10"),
+        "{err}"
+    );
+    for bytes in REPRODUCER_VALID {
+        validate_update_v1(bytes).expect("well-formed");
+    }
+}
+
+#[tokio::test]
+async fn a_session_sending_the_reproducer_leaves_a_sane_room() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let (journal, writer) = Journal::start(store.clone(), JournalConfig::default());
+    let rooms = Rooms::new(store, journal.clone(), SyncConfig::default());
+    let (mut attacker, _out) = rooms.join("uaf", true).await.unwrap();
+    let bad = writes_after_free(|| {
+        for bytes in REPRODUCER_VALID {
+            attacker
+                .handle(&protocol::encode_sync_update(bytes))
+                .expect("accepted");
+        }
+    });
+    assert_eq!(bad, 0, "yrs wrote into {bad} freed block(s)");
+    // The first reproducer's forward self-reference is refused with 1007.
+    let (mut second, _out2) = rooms.join("uaf", true).await.unwrap();
+    let err = second
+        .handle(&protocol::encode_sync_update(REPRODUCER[1]))
+        .unwrap_err();
+    assert_eq!(err.close().code, close_code::INVALID_PAYLOAD, "{err}");
+    drop((attacker, second));
+
+    // A well-behaved client in the same room still edits.
+    let client = Doc::with_client_id(5);
+    let text = client.get_or_insert_text("t");
+    text.insert(&mut client.transact_mut(), 0, "fine");
+    let update = client
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let (mut session, _out) = rooms.join("uaf", true).await.unwrap();
+    session
+        .handle(&protocol::encode_sync_update(&update))
+        .unwrap();
+    let server_text = session
+        .room()
+        .with_doc(|doc| doc.get_or_insert_text("t").get_string(&doc.transact()));
+    assert_eq!(server_text, "fine");
+    drop(session);
+    rooms.shutdown().await;
+    journal.close();
+    writer.await.unwrap();
+}
