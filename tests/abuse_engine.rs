@@ -1,0 +1,253 @@
+//! Issue 15, part B (the engine): what a signed-up user's workflow may cost the server. Each
+//! test runs the release-style binary as a child process, so an abort or a crash loop shows
+//! as a dead process and memory is the process's own peak RSS.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::api::{call, sign_in, User};
+use common::exec::{block, edge, put_graph, SECRET};
+use common::{peak_rss_kib, room_url, Client, ServerProcess};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A server process with a signed-in owner and a workspace.
+struct Proc {
+    server: ServerProcess,
+    http: reqwest::Client,
+    owner: User,
+    ws: String,
+}
+
+fn args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "--jwt-secret",
+        SECRET,
+        "--rate-api-per-sec",
+        "0",
+        "--rate-socket-per-sec",
+        "0",
+        "--rate-connect-per-sec",
+        "0",
+        "--data-dir",
+        dir,
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+impl Proc {
+    async fn start(dir: &str, extra: &[&str]) -> Proc {
+        let server = ServerProcess::start(&args(dir, extra));
+        let http = reqwest::Client::new();
+        let owner = sign_in(&http, server.addr, SECRET, "owner").await;
+        let (s, ws) = call(
+            &http,
+            server.addr,
+            Some(&owner.token),
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({"name": "w"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{ws}");
+        let ws = ws["id"].as_str().unwrap().to_string();
+        Proc {
+            server,
+            http,
+            owner,
+            ws,
+        }
+    }
+
+    /// The same store, a new process, the same owner.
+    fn restart(self, dir: &str, extra: &[&str]) -> Proc {
+        let Proc {
+            server,
+            http,
+            owner,
+            ws,
+        } = self;
+        server.kill9();
+        Proc {
+            server: ServerProcess::start(&args(dir, extra)),
+            http,
+            owner,
+            ws,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.server.addr
+    }
+
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        call(
+            &self.http,
+            self.addr(),
+            Some(&self.owner.token),
+            method,
+            path,
+            body,
+        )
+        .await
+    }
+
+    async fn workflow(&self, graph: Value) -> String {
+        let (s, wf) = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/workspaces/{}/workflows", self.ws),
+                Some(json!({"name": "f"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{wf}");
+        let wf = wf["id"].as_str().unwrap().to_string();
+        let url = format!(
+            "{}?token={}",
+            room_url(self.addr(), &format!("workflow-{wf}")),
+            self.owner.token
+        );
+        let mut c = Client::connect_synced(&url).await;
+        c.opt_in().await;
+        put_graph(&mut c, &graph).await;
+        c.close().await;
+        wf
+    }
+
+    async fn start_run(&self, wf: &str) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/workflows/{wf}/executions"),
+            Some(json!({"input": {}})),
+        )
+        .await
+    }
+
+    async fn execution(&self, id: &str) -> Value {
+        let (s, e) = self
+            .call(Method::GET, &format!("/api/v1/executions/{id}"), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{e}");
+        e
+    }
+
+    async fn until_finished(&self, id: &str) -> Value {
+        wait_for("the execution ends", || async {
+            let e = self.execution(id).await;
+            (!matches!(e["status"].as_str(), Some("pending" | "running"))).then_some(e)
+        })
+        .await
+    }
+
+    async fn alive(&self) {
+        let r = self
+            .http
+            .get(format!("http://{}/healthz", self.addr()))
+            .send()
+            .await
+            .expect("the server still answers");
+        assert!(r.status().is_success());
+    }
+}
+
+/// Polls `f` every 20 ms until it gives a value; fails after 60 s.
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A block's stored state in `GET /executions/{id}`.
+fn block_state(exec: &Value, id: &str) -> Option<(String, i64)> {
+    exec["blockResults"].as_array()?.iter().find_map(|b| {
+        (b["blockId"] == id).then(|| {
+            (
+                b["status"].as_str().unwrap_or("").to_owned(),
+                b["attempt"].as_i64().unwrap_or(0),
+            )
+        })
+    })
+}
+
+/// A listener that accepts connections and never answers: a block calling it stays running.
+async fn black_hole() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = Arc::new(AtomicUsize::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (addr, n)
+}
+
+/// B7: a block that takes the process down every time it runs (here: kill -9 while it runs)
+/// is failed with "interrupted N times" once it has been interrupted as many times as its
+/// retry policy allows attempts, instead of being resumed at every start for ever.
+#[tokio::test]
+async fn a_block_interrupted_past_its_attempts_is_failed_not_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let (hole, calls) = black_hole().await;
+    let extra = ["--webhook-allow", "127.0.0.1"];
+    let mut p = Proc::start(&dir, &extra).await;
+    let graph = json!({
+        "blocks": [
+            block("in", "input", json!({})),
+            block("hook", "webhook", json!({"url": format!("http://{hole}/"), "method": "POST",
+                                           "retry": {"attempts": 2}})),
+            block("out", "output", json!({})),
+        ],
+        "connections": [edge("in", "hook"), edge("hook", "out")],
+    });
+    let wf = p.workflow(graph).await;
+    let (s, e) = p.start_run(&wf).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let id = e["id"].as_str().unwrap().to_string();
+    // Attempt 1, then attempt 2 after a restart: each stored as running, then killed.
+    for attempt in 1..=2 {
+        wait_for("the webhook block runs", || async {
+            let state = block_state(&p.execution(&id).await, "hook");
+            (state == Some(("running".into(), attempt))
+                && calls.load(Ordering::SeqCst) >= attempt as usize)
+                .then_some(())
+        })
+        .await;
+        p = p.restart(&dir, &extra);
+    }
+    // The third start does not run it again: the block and the execution fail, and the
+    // server stays up.
+    let done = p.until_finished(&id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let err = done["error"].as_str().unwrap_or("");
+    assert!(err.contains("interrupted 2 times"), "{err}");
+    assert_eq!(
+        block_state(&done, "hook").map(|s| s.0),
+        Some("failed".into())
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "not called a third time");
+    p.alive().await;
+    // And the next restart has nothing left to resume.
+    let p = p.restart(&dir, &extra);
+    p.alive().await;
+    assert_eq!(p.execution(&id).await["status"], "failed");
+    let _ = peak_rss_kib;
+}
