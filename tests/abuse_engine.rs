@@ -249,5 +249,98 @@ async fn a_block_interrupted_past_its_attempts_is_failed_not_resumed() {
     let p = p.restart(&dir, &extra);
     p.alive().await;
     assert_eq!(p.execution(&id).await["status"], "failed");
-    let _ = peak_rss_kib;
+}
+
+/// A one-transform workflow rendering `template`.
+fn transform_flow(template: &str) -> Value {
+    json!({
+        "blocks": [
+            block("in", "input", json!({})),
+            block("t", "transform", json!({"template": template})),
+            block("out", "output", json!({})),
+        ],
+        "connections": [edge("in", "t"), edge("t", "out")],
+    })
+}
+
+/// B7: the template bombs (40 characters that aborted the server with a 4 GB
+/// allocation; join/replace amplification; a `~` doubling loop; a 300-item loop over
+/// `'x' * 1000000`) each fail their block with a clear error, the server stays up and its
+/// peak RSS stays low; a constant bomb is refused at start with 422.
+#[tokio::test]
+async fn template_bombs_fail_their_block_and_the_server_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let p = Proc::start(&dir, &[]).await;
+    let pid = p.server.pid();
+    let bombs = [
+        ("{{ 'x\ny' | indent(4000000000) | length }}", "indent"),
+        ("{{ ('x' * 100000) | join('y' * 50000) | length }}", "join"),
+        (
+            "{{ ('x' * 100000) | replace('x', 'y' * 50000) | length }}",
+            "replace",
+        ),
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+            "joining strings",
+        ),
+    ];
+    for (template, what) in bombs {
+        let wf = p.workflow(transform_flow(template)).await;
+        let (s, e) = p.start_run(&wf).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        let done = p.until_finished(e["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "failed", "{template}: {done}");
+        let err = done["error"].as_str().unwrap_or("");
+        assert!(
+            err.contains(what) && err.contains("--template-render-bytes"),
+            "{template}: {err}"
+        );
+        p.alive().await;
+    }
+    // Was: an abort (a 4 GB allocation), 1.1–4.8 GB for the others.
+    let bombs_mib = peak_rss_kib(pid) / 1024;
+    eprintln!("template bombs: peak RSS {bombs_mib} MiB");
+    assert!(bombs_mib < 128, "peak RSS {bombs_mib} MiB");
+    // 300 iterations each rendering 1 MB: every render fits, the execution's total does not.
+    let looped = json!({
+        "blocks": [
+            block("in", "input", json!({})),
+            block("each", "loop", json!({"items": "range(300) | list", "maxIterations": 300, "concurrency": 4})),
+            block("big", "transform", json!({"template": "{{ 'x' * 1000000 }}"})),
+            block("out", "output", json!({})),
+        ],
+        "connections": [
+            edge("in", "each"),
+            {"id": "b", "source": "each", "sourceHandle": "body", "target": "big"},
+            {"id": "n", "source": "big", "target": "each", "targetHandle": "next"},
+            {"id": "d", "source": "each", "sourceHandle": "done", "target": "out"},
+        ],
+    });
+    let wf = p.workflow(looped).await;
+    let (s, e) = p.start_run(&wf).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let done = p.until_finished(e["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let err = done["error"].as_str().unwrap_or("");
+    assert!(err.contains("--template-execution-bytes"), "{err}");
+    // Was 3.6 GB and 573 MB of rows: now at most 64 MiB of rendered text, held a few times
+    // over (loop results, stored rows, events in flight).
+    let loop_mib = peak_rss_kib(pid) / 1024;
+    eprintln!("300 x 1 MB loop: peak RSS {loop_mib} MiB");
+    assert!(loop_mib < 640, "peak RSS {loop_mib} MiB");
+    // Folded while compiling, so refused before anything runs.
+    let wf = p
+        .workflow(transform_flow("{{ ('x' * 99999999) ~ ('x' * 99999999) }}"))
+        .await;
+    let (s, e) = p.start_run(&wf).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e.to_string().contains("constant expression"), "{e}");
+    // Still serving: an ordinary run completes.
+    let wf = p.workflow(transform_flow("ok {{ 6 * 7 }}")).await;
+    let (_, e) = p.start_run(&wf).await;
+    let done = p.until_finished(e["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"]["out"], "ok 42");
+    p.alive().await;
 }

@@ -1153,6 +1153,13 @@ impl BlockCtx<'_> {
         let mut done: Vec<(usize, Value)> = Vec::new();
         while let Some(j) = iterations.join_next().await {
             let (i, r) = j.map_err(|e| format!("an iteration failed: {e}"))?;
+            // Its blocks' outputs were for templates inside it; nothing outside can name
+            // them, and a long loop must not keep every iteration's copy.
+            let done_prefix = format!("{}{}[{i}]/", self.prefix, self.block.id);
+            self.run
+                .outputs
+                .lock()
+                .retain(|k, _| !k.starts_with(&done_prefix));
             let outs = match r {
                 Ok(o) => o,
                 Err(e) => {

@@ -888,6 +888,75 @@ mod tests {
     }
 
     #[test]
+    fn byte_bombs_stop_before_they_allocate() {
+        let ctx = context_of(&json!({"words": ["a", "b"]}));
+        for (bomb, what) in [
+            ("{{ 'x\ny' | indent(4000000000) | length }}", "indent"),
+            ("{{ ('x' * 100000) | join('y' * 50000) | length }}", "join"),
+            ("{{ ('x' * 100000) | replace('x', 'y' * 50000) | length }}", "replace"),
+            ("{{ ('x' * 100000) | replace('', 'y' * 50000) | length }}", "replace"),
+            (
+                "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+                "joining strings",
+            ),
+            (
+                "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}",
+                "joining strings",
+            ),
+            (
+                "{% set ns = namespace(n=1) %}{% for i in range(30) %}{% set ns.n = ns.n * 2 %}{% endfor %}{{ 'x' * ns.n }}",
+                "repeating a string",
+            ),
+            ("{{ '%999999999s' | format('x') }}", "format"),
+            ("{% for i in range(300) %}{{ 'x' * 1000000 }}{% endfor %}", "output"),
+            ("{{ (('x' * 1000000) | list) | length }}", "list"),
+        ] {
+            let e = render(bomb, &ctx).unwrap_err();
+            assert!(
+                e.0.contains(what) && e.0.contains("--template-render-bytes"),
+                "{bomb}: {e}"
+            );
+        }
+        // Raw text repeated by a loop is output too.
+        let raw = format!(
+            "{{% for i in range(10000) %}}{}{{% endfor %}}",
+            "r".repeat(4000)
+        );
+        assert!(render(&raw, &ctx).unwrap_err().0.contains("output"));
+        // Constant folding happens while compiling: refused before, at validation too.
+        let folded = "{{ ('x' * 99999999) ~ ('x' * 99999999) }}";
+        assert!(check_template(folded)
+            .unwrap_err()
+            .0
+            .contains("constant expression"));
+        assert!(render(folded, &ctx).is_err());
+        assert!(check_expression("('x' * 99999999) ~ 'y'").is_err());
+        // A lazy value is sized before it is copied out of an expression.
+        assert!(eval("['x' * 1000000] * 300", &ctx).is_err());
+        // Ordinary templates still work, numbers and lists included.
+        assert_eq!(
+            render(
+                "{{ 2 * 3 }} {{ 1 + 2 }} {{ [1] + [2] }} {{ 'ab' * 2 }} {{ 'a' ~ 1 }} {{ words | join(',') | upper }} {{ {'b': 1, 'a': 2} | dictsort }}",
+                &ctx
+            )
+            .unwrap(),
+            "6 3 [1, 2] abab a1 A,B [[\"a\", 2], [\"b\", 1]]"
+        );
+        assert_eq!(
+            eval("words * 2", &ctx).unwrap(),
+            json!(["a", "b", "a", "b"])
+        );
+        assert!(render("{{ __rs_mul }}", &ctx)
+            .unwrap_err()
+            .0
+            .contains("reserved"));
+        assert_eq!(
+            render("{% for w in words %}<{{ w }}>{% endfor %}!", &ctx).unwrap(),
+            "<a><b>!"
+        );
+    }
+
+    #[test]
     fn templates_cannot_reach_the_host() {
         let ctx = context_of(&json!({}));
         assert!(render("{% include 'x' %}", &ctx).is_err());
