@@ -344,3 +344,273 @@ async fn template_bombs_fail_their_block_and_the_server_stays_small() {
     assert_eq!(done["output"]["out"], "ok 42");
     p.alive().await;
 }
+
+/// A loop over `range(n)` whose body is `body` (a block id already in `blocks`).
+fn loop_flow(n: usize, inner: Option<usize>) -> Value {
+    let mut blocks = vec![
+        block("in", "input", json!({})),
+        block(
+            "outer",
+            "loop",
+            json!({"items": format!("range({n}) | list"), "maxIterations": n, "concurrency": 4}),
+        ),
+        block("out", "output", json!({})),
+    ];
+    let mut connections = vec![
+        edge("in", "outer"),
+        json!({"id": "od", "source": "outer", "sourceHandle": "done", "target": "out"}),
+    ];
+    match inner {
+        Some(m) => {
+            blocks.push(block(
+                "inner",
+                "loop",
+                json!({"items": format!("range({m}) | list"), "maxIterations": m}),
+            ));
+            blocks.push(block(
+                "t",
+                "transform",
+                json!({"template": "{{ loop.item }}"}),
+            ));
+            connections.extend([
+                json!({"id": "ob", "source": "outer", "sourceHandle": "body", "target": "inner"}),
+                json!({"id": "in", "source": "inner", "target": "outer", "targetHandle": "next"}),
+                json!({"id": "ib", "source": "inner", "sourceHandle": "body", "target": "t"}),
+                json!({"id": "tn", "source": "t", "target": "inner", "targetHandle": "next"}),
+            ]);
+        }
+        None => {
+            blocks.push(block(
+                "t",
+                "transform",
+                json!({"template": "{{ loop.item }}"}),
+            ));
+            connections.extend([
+                json!({"id": "ob", "source": "outer", "sourceHandle": "body", "target": "t"}),
+                json!({"id": "tn", "source": "t", "target": "outer", "targetHandle": "next"}),
+            ]);
+        }
+    }
+    json!({"blocks": blocks, "connections": connections})
+}
+
+/// B8: nested loops of 10,000 × 10,000 (each within its own `maxIterations`) stop at the
+/// execution's iteration allowance instead of running 100 million iterations; another
+/// user's trivial run is not held up; memory stays bounded.
+#[tokio::test]
+async fn nested_loops_stop_at_the_executions_iteration_allowance() {
+    // The shape at the defaults: 10,000 outer iterations use the whole allowance, so
+    // the first inner loop is refused (was: 100k iterations, RSS 32 → 326 MB).
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let d = Proc::start(&dir, &[]).await;
+    let wf = d.workflow(loop_flow(10_000, Some(10_000))).await;
+    let (s, e) = d.start_run(&wf).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let done = d.until_finished(e["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("10000 loop iterations"),
+        "{done}"
+    );
+    let mib = peak_rss_kib(d.server.pid()) / 1024;
+    eprintln!("10,000 x 10,000 nested loops: peak RSS {mib} MiB");
+    assert!(mib < 128, "peak RSS {mib} MiB");
+    drop(d);
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let p = Proc::start(&dir, &["--max-iterations-per-execution", "300"]).await;
+    let pid = p.server.pid();
+    let wf = p.workflow(loop_flow(10_000, Some(10_000))).await;
+    let (s, e) = p.start_run(&wf).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let done = p.until_finished(e["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let err = done["error"].as_str().unwrap_or("");
+    assert!(err.contains("--max-iterations-per-execution"), "{err}");
+    // Within the allowance, nesting runs: 10 × 20 = 200 inner + 10 outer iterations.
+    let ok = p.workflow(loop_flow(10, Some(20))).await;
+    let (_, e) = p.start_run(&ok).await;
+    let done = p.until_finished(e["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    // 10 + 10 × 30 = 310 > 300: refused although each loop is small.
+    let over = p.workflow(loop_flow(10, Some(30))).await;
+    let (_, e) = p.start_run(&over).await;
+    let done = p.until_finished(e["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    p.alive().await;
+    let mib = peak_rss_kib(pid) / 1024;
+    eprintln!("nested loops: peak RSS {mib} MiB");
+    assert!(mib < 128, "peak RSS {mib} MiB");
+}
+
+/// B8: executions running at once are capped per user and per workspace (429
+/// `too_many_executions` with Retry-After); a place frees when one ends; other users and
+/// workspaces are not affected.
+#[tokio::test]
+async fn running_executions_are_capped_per_user_and_per_workspace() {
+    let waits = json!({
+        "blocks": [
+            block("in", "input", json!({})),
+            block("gate", "human", json!({"timeoutSeconds": 3600})),
+            block("out", "output", json!({})),
+        ],
+        "connections": [edge("in", "gate"), edge("gate", "out")],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    // Per user: 2.
+    let p = Proc::start(
+        &dir,
+        &[
+            "--max-running-per-user",
+            "2",
+            "--max-running-per-workspace",
+            "0",
+        ],
+    )
+    .await;
+    let wf = p.workflow(waits.clone()).await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (s, e) = p.start_run(&wf).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        ids.push(e["id"].as_str().unwrap().to_string());
+    }
+    let r = p
+        .http
+        .post(format!(
+            "http://{}/api/v1/workflows/{wf}/executions",
+            p.addr()
+        ))
+        .bearer_auth(&p.owner.token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_executions", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-running-per-user"),
+        "{body}"
+    );
+    let (s, _) = p
+        .call(
+            Method::POST,
+            &format!("/api/v1/executions/{}/cancel", ids[0]),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{s}");
+    wait_for("a place frees when an execution ends", || async {
+        let (s, _) = p.start_run(&wf).await;
+        (s == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    drop(p);
+    // Per workspace: 2, whoever starts them.
+    let dir2 = tempfile::tempdir().unwrap();
+    let dir2 = dir2.path().to_str().unwrap().to_owned();
+    let p = Proc::start(
+        &dir2,
+        &[
+            "--max-running-per-user",
+            "0",
+            "--max-running-per-workspace",
+            "2",
+        ],
+    )
+    .await;
+    let wf = p.workflow(waits.clone()).await;
+    for _ in 0..2 {
+        assert_eq!(p.start_run(&wf).await.0, StatusCode::CREATED);
+    }
+    let (s, e) = p.start_run(&wf).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-running-per-workspace"),
+        "{e}"
+    );
+    // Another workspace (another user's) still starts.
+    let stranger = sign_in(&p.http, p.addr(), SECRET, "stranger").await;
+    let (s, ws) = call(
+        &p.http,
+        p.addr(),
+        Some(&stranger.token),
+        Method::POST,
+        "/api/v1/workspaces",
+        Some(json!({"name": "s"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let q = Proc {
+        server: p.server,
+        http: p.http,
+        owner: stranger,
+        ws: ws["id"].as_str().unwrap().to_string(),
+    };
+    let wf = q.workflow(waits).await;
+    assert_eq!(q.start_run(&wf).await.0, StatusCode::CREATED);
+    q.alive().await;
+}
+
+/// B8: `GET /executions/{id}` pages its block rows (a 100k-iteration run gave a 25 MB
+/// response): every row exactly once across the pages, in order.
+#[tokio::test]
+async fn execution_block_rows_are_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let p = Proc::start(&dir, &[]).await;
+    let wf = p.workflow(loop_flow(40, None)).await;
+    let (_, e) = p.start_run(&wf).await;
+    let id = e["id"].as_str().unwrap().to_string();
+    let done = p.until_finished(&id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let all = done["blockResults"].as_array().unwrap().len();
+    assert_eq!(all, 43, "in, outer, out and 40 iterations of t");
+    assert!(done.get("nextBlocksCursor").is_none());
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/executions/{id}?blocksLimit=10&blocksCursor={c}"),
+            None => format!("/api/v1/executions/{id}?blocksLimit=10"),
+        };
+        let (s, page) = p.call(Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        let rows = page["blockResults"].as_array().unwrap();
+        assert!(rows.len() <= 10);
+        seen.extend(
+            rows.iter()
+                .map(|r| r["blockId"].as_str().unwrap().to_string()),
+        );
+        match page["nextBlocksCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = done["blockResults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["blockId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, expected, "every row once, in order");
+    for bad in ["blocksLimit=0", "blocksLimit=1001", "blocksCursor=%21%21"] {
+        let (s, body) = p
+            .call(Method::GET, &format!("/api/v1/executions/{id}?{bad}"), None)
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}
