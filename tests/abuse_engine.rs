@@ -614,3 +614,82 @@ async fn execution_block_rows_are_paged() {
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
     }
 }
+
+/// B7b: 10 parallel starts of a workflow with 4 parallel AI blocks, for a user with a 1,000
+/// token allowance and 100-token calls (was: every call made, 13.5× the allowance). Each
+/// call reserves its estimate (prompt + `maxTokens`) first, so the allowance is passed by at
+/// most one call.
+#[tokio::test]
+async fn parallel_ai_calls_cannot_overshoot_the_token_allowance() {
+    use common::mock_ai::{MockAi, MockReply};
+    let (_, mock) = MockAi::start(vec![]).await;
+    for _ in 0..60 {
+        mock.push(
+            "openai",
+            MockReply::text("ninety tokens of text")
+                .usage(10, 90)
+                .first_token_delay(Duration::from_millis(200)),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let lane = mock.base_url("openai");
+    let p = Proc::start(
+        &dir,
+        &[
+            "--plan-tokens",
+            "free=1000",
+            "--openai-api-key",
+            "test-key",
+            "--openai-base-url",
+            &lane,
+            "--max-running-per-user",
+            "0",
+        ],
+    )
+    .await;
+    let ai = |id: &str| {
+        block(
+            id,
+            "ai",
+            json!({"userPromptTemplate": "hi", "provider": "gpt-4-turbo", "maxTokens": 100}),
+        )
+    };
+    let wf = p
+        .workflow(json!({
+            "blocks": [block("in", "input", json!({})), ai("a"), ai("b"), ai("c"), ai("d"),
+                       block("join", "merge", json!({"join": "all"})), block("out", "output", json!({}))],
+            "connections": [edge("in", "a"), edge("in", "b"), edge("in", "c"), edge("in", "d"),
+                            edge("a", "join"), edge("b", "join"), edge("c", "join"), edge("d", "join"),
+                            edge("join", "out")],
+        }))
+        .await;
+    let starts = (0..10).map(|_| p.start_run(&wf));
+    let ids: Vec<String> = futures_util::future::join_all(starts)
+        .await
+        .into_iter()
+        .map(|(s, e)| {
+            assert_eq!(s, StatusCode::CREATED, "{e}");
+            e["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    for id in &ids {
+        p.until_finished(id).await;
+    }
+    let (_, me) = p.call(Method::GET, "/api/v1/me", None).await;
+    let used = me["tokensUsed"].as_i64().unwrap();
+    let calls = mock.requests().len();
+    eprintln!("token allowance 1000: {used} tokens used in {calls} calls");
+    // Before: 4,000 tokens in 40 calls. Calls cut short when their execution failed (a
+    // sibling block was refused) are made but not paid for.
+    assert!(used <= 1_100, "{used} tokens of 1,000");
+    assert!(calls <= 20, "{calls} calls");
+    // Later runs use at most what is left.
+    let (s, e) = p.start_run(&wf).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    p.until_finished(e["id"].as_str().unwrap()).await;
+    let (_, me) = p.call(Method::GET, "/api/v1/me", None).await;
+    let used = me["tokensUsed"].as_i64().unwrap();
+    assert!(used <= 1_100, "{used} tokens of 1,000");
+    p.alive().await;
+}
