@@ -693,3 +693,151 @@ async fn parallel_ai_calls_cannot_overshoot_the_token_allowance() {
     assert!(used <= 1_100, "{used} tokens of 1,000");
     p.alive().await;
 }
+
+/// B9: a human block's `notify` cannot relay email through the operator's Resend account:
+/// recipients are workspace members only, at most `--max-notify-per-block` per block, at
+/// most `--max-approval-emails-per-day` per workspace, and a block in a loop notifies once
+/// per execution, not per item (was: 100 emails to any address from one call).
+#[tokio::test]
+async fn approval_emails_go_to_members_only_within_caps() {
+    let (resend, mail) = common::resend::mock_resend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let url = format!("http://{resend}");
+    let p = Proc::start(
+        &dir,
+        &[
+            "--resend-api-key",
+            "re_test",
+            "--resend-api-url",
+            &url,
+            "--max-notify-per-block",
+            "3",
+            "--max-approval-emails-per-day",
+            "5",
+            "--max-running-per-user",
+            "0",
+        ],
+    )
+    .await;
+    // Four members besides the owner.
+    let mut members = Vec::new();
+    for i in 0..4 {
+        let u = sign_in(&p.http, p.addr(), SECRET, &format!("member{i}")).await;
+        let (s, body) = p
+            .call(
+                Method::POST,
+                &format!("/api/v1/workspaces/{}/members", p.ws),
+                Some(json!({"userId": u.id, "role": "viewer"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        members.push(format!("{}@example.com", u.sub));
+    }
+    let sent_to = |n: usize| -> Vec<String> {
+        mail.requests.lock().unwrap()[n..]
+            .iter()
+            .flat_map(|(_, b)| b["to"].as_array().cloned().unwrap_or_default())
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let gate = |notify: Value| {
+        json!({
+            "blocks": [block("in", "input", json!({})),
+                       block("gate", "human", json!({"timeoutSeconds": 3600, "notify": notify})),
+                       block("out", "output", json!({}))],
+            "connections": [edge("in", "gate"), edge("gate", "out")],
+        })
+    };
+    // Outsiders are left out; members (by email or user id) are asked, at most 3.
+    let mut notify: Vec<Value> = (0..50)
+        .map(|i| json!(format!("victim{i}@example.org")))
+        .collect();
+    notify.push(json!(format!("{}@example.com", p.owner.sub)));
+    notify.push(json!(p.owner.id.clone()));
+    notify.extend(members.iter().map(|m| json!(m)));
+    let wf = p.workflow(gate(Value::Array(notify))).await;
+    let (s, e) = p.start_run(&wf).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let sent = mail.wait_for(3).await;
+    let to = sent_to(0);
+    assert_eq!(to.len(), 3, "{to:?}");
+    assert!(to.iter().all(|t| t.ends_with("@example.com")), "{to:?}");
+    // In a loop: once per execution, not once per item.
+    let looped = json!({
+        "blocks": [
+            block("in", "input", json!({})),
+            block("each", "loop", json!({"items": "range(16) | list", "maxIterations": 16, "concurrency": 16})),
+            block("gate", "human", json!({"timeoutSeconds": 3600, "notify": [format!("{}@example.com", p.owner.sub)]})),
+            block("out", "output", json!({})),
+        ],
+        "connections": [
+            edge("in", "each"),
+            {"id": "b", "source": "each", "sourceHandle": "body", "target": "gate"},
+            {"id": "n", "source": "gate", "target": "each", "targetHandle": "next"},
+            {"id": "d", "source": "each", "sourceHandle": "done", "target": "out"},
+        ],
+    });
+    let wf = p.workflow(looped).await;
+    let (s, e) = p.start_run(&wf).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let id = e["id"].as_str().unwrap().to_string();
+    wait_for("16 iterations wait", || async {
+        let e = p.execution(&id).await;
+        let waiting = e["blockResults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["status"] == "waiting")
+            .count();
+        (waiting == 16).then_some(())
+    })
+    .await;
+    mail.wait_for(4).await;
+    let notified = |events: &Value| -> Vec<Value> {
+        events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "block.notified")
+            .cloned()
+            .collect()
+    };
+    let (_, events) = p
+        .call(
+            Method::GET,
+            &format!("/api/v1/executions/{id}/events"),
+            None,
+        )
+        .await;
+    assert_eq!(notified(&events).len(), 1, "once for 16 items: {events}");
+    // The day's allowance (5): one more execution gets its email, the next ones none.
+    let one = p
+        .workflow(gate(json!([format!("{}@example.com", p.owner.sub)])))
+        .await;
+    let mut sent = Vec::new();
+    for _ in 0..3 {
+        let (s, e) = p.start_run(&one).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        let id = e["id"].as_str().unwrap().to_string();
+        // `block.notified` is stored before the emails go out.
+        let n = wait_for("the approval is announced", || async {
+            let (_, events) = p
+                .call(
+                    Method::GET,
+                    &format!("/api/v1/executions/{id}/events"),
+                    None,
+                )
+                .await;
+            notified(&events)
+                .first()
+                .map(|e| e["sent"].as_i64().unwrap())
+        })
+        .await;
+        sent.push(n);
+    }
+    assert_eq!(sent, [1, 0, 0]);
+    mail.wait_for(5).await;
+    assert_eq!(mail.requests.lock().unwrap().len(), 5);
+    p.alive().await;
+}
