@@ -759,7 +759,7 @@ async fn approval_emails_go_to_members_only_within_caps() {
     let wf = p.workflow(gate(Value::Array(notify))).await;
     let (s, e) = p.start_run(&wf).await;
     assert_eq!(s, StatusCode::CREATED, "{e}");
-    let sent = mail.wait_for(3).await;
+    mail.wait_for(3).await;
     let to = sent_to(0);
     assert_eq!(to.len(), 3, "{to:?}");
     assert!(to.iter().all(|t| t.ends_with("@example.com")), "{to:?}");
