@@ -728,18 +728,20 @@ async fn run_block(
             };
             row.status = "completed".into();
             let text = output.to_string();
-            row.output = Some(text.clone());
+            let text_len = text.len();
+            // Moved, not copied: a large output is held once less while it is stored.
+            row.output = Some(text);
             row.decision = route.clone();
             row.completed_at = Some(now_ms());
             let mut fields =
                 json!({"blockId": block.id, "attempt": attempt, "durationMs": duration_ms});
-            if text.len() > INLINE_OUTPUT_BYTES {
+            if text_len > INLINE_OUTPUT_BYTES {
                 fields["output"] = Value::Null;
                 let segment =
                     percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC);
                 fields["outputRef"] =
                     format!("/api/v1/executions/{}/blocks/{segment}", run.id).into();
-                fields["outputBytes"] = text.len().into();
+                fields["outputBytes"] = text_len.into();
             } else {
                 fields["output"] = output.clone();
             }

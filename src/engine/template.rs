@@ -946,6 +946,16 @@ mod tests {
             eval("words * 2", &ctx).unwrap(),
             json!(["a", "b", "a", "b"])
         );
+        // Keyword arguments pass through the wrapped filters.
+        let people = context_of(&json!({"p": [{"n": 2, "s": "b"}, {"n": 1, "s": "a"}]}));
+        assert_eq!(
+            render(
+                "{{ p | sort(attribute='n') | map(attribute='s') | join(',') }} {{ {'x': 2, 'y': 1} | dictsort(by='value') }} {{ 'a\nb' | indent(2, first=true) }}",
+                &people
+            )
+            .unwrap(),
+            "a,b [[\"y\", 1], [\"x\", 2]]   a\n  b"
+        );
         assert!(render("{{ __rs_mul }}", &ctx)
             .unwrap_err()
             .0
