@@ -23,7 +23,13 @@ struct Proc {
     ws: String,
 }
 
-fn args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+/// Server arguments on `store`: a SQLite data directory, or a Postgres URL.
+fn args<'a>(store: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let backend = if store.starts_with("postgres") {
+        "--database-url"
+    } else {
+        "--data-dir"
+    };
     let mut a = vec![
         "--jwt-secret",
         SECRET,
@@ -33,11 +39,21 @@ fn args<'a>(dir: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         "0",
         "--rate-connect-per-sec",
         "0",
-        "--data-dir",
-        dir,
+        backend,
+        store,
     ];
     a.extend_from_slice(extra);
     a
+}
+
+/// The stores a test runs on: SQLite in `dir`, and Postgres (a fresh schema) when
+/// `TEST_DATABASE_URL` is set.
+async fn stores(dir: &str) -> Vec<String> {
+    let mut v = vec![dir.to_owned()];
+    if common::postgres_url().is_some() {
+        v.push(common::api::fresh_schema().await.0);
+    }
+    v
 }
 
 impl Proc {
@@ -204,8 +220,14 @@ async fn black_hole() -> (SocketAddr, Arc<AtomicUsize>) {
 /// retry policy allows attempts, instead of being resumed at every start for ever.
 #[tokio::test]
 async fn a_block_interrupted_past_its_attempts_is_failed_not_resumed() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path().to_str().unwrap().to_owned();
+    let tmp = tempfile::tempdir().unwrap();
+    for store in stores(tmp.path().to_str().unwrap()).await {
+        interrupted_past_its_attempts(&store).await;
+    }
+}
+
+async fn interrupted_past_its_attempts(dir: &str) {
+    let dir = dir.to_owned();
     let (hole, calls) = black_hole().await;
     let extra = ["--webhook-allow", "127.0.0.1"];
     let mut p = Proc::start(&dir, &extra).await;
@@ -569,9 +591,14 @@ async fn running_executions_are_capped_per_user_and_per_workspace() {
 /// response): every row exactly once across the pages, in order.
 #[tokio::test]
 async fn execution_block_rows_are_paged() {
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path().to_str().unwrap().to_owned();
-    let p = Proc::start(&dir, &[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    for store in stores(tmp.path().to_str().unwrap()).await {
+        block_rows_are_paged(&store).await;
+    }
+}
+
+async fn block_rows_are_paged(store: &str) {
+    let p = Proc::start(store, &[]).await;
     let wf = p.workflow(loop_flow(40, None)).await;
     let (_, e) = p.start_run(&wf).await;
     let id = e["id"].as_str().unwrap().to_string();
