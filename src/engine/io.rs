@@ -285,10 +285,18 @@ pub(super) async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
     })
 }
 
+/// Tokens held by AI calls in progress, per user, and how many reservations were given
+/// back so far (a reader of the stored usage can tell whether a call settled meanwhile).
+#[derive(Default)]
+pub(crate) struct Ledger {
+    held: std::collections::HashMap<String, i64>,
+    settled: u64,
+}
+
 /// Tokens an AI call in progress holds against its user's allowance; given back on drop,
 /// once the call's real usage is stored.
 pub(super) struct Reservation {
-    ledger: Arc<parking_lot::Mutex<std::collections::HashMap<String, i64>>>,
+    ledger: Arc<parking_lot::Mutex<Ledger>>,
     user: String,
     tokens: i64,
 }
@@ -296,10 +304,11 @@ pub(super) struct Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         let mut ledger = self.ledger.lock();
-        if let Some(held) = ledger.get_mut(&self.user) {
+        ledger.settled += 1;
+        if let Some(held) = ledger.held.get_mut(&self.user) {
             *held -= self.tokens;
             if *held <= 0 {
-                ledger.remove(&self.user);
+                ledger.held.remove(&self.user);
             }
         }
     }
@@ -315,28 +324,38 @@ pub(super) async fn reserve_tokens(
     estimate: i64,
 ) -> Result<Reservation, String> {
     let engine = &ctx.run.engine;
-    let (used, limit) = super::store::user_tokens(&engine.db, &ctx.run.user)
-        .await
-        .map_err(|e| format!("reading the token allowance failed: {e}"))?;
-    let mut ledger = engine.ledger.lock();
-    let held = ledger.get(&ctx.run.user).copied().unwrap_or(0);
-    let left = limit - used - held;
-    if left <= 0 {
-        let reason = format!(
-            "token limit reached: {used} of {limit} tokens used this period and {held} held \
-             by AI calls in progress"
-        );
-        drop(ledger);
-        ctx.run.abort(reason.clone());
-        return Err(reason);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let before = engine.ledger.lock().settled;
+        let (used, limit) = super::store::user_tokens(&engine.db, &ctx.run.user)
+            .await
+            .map_err(|e| format!("reading the token allowance failed: {e}"))?;
+        let mut ledger = engine.ledger.lock();
+        // A call settled while we read: its usage may be missing from what we read and its
+        // reservation already gone, so read again (a few times at most).
+        if ledger.settled != before && tries < 5 {
+            continue;
+        }
+        let held = ledger.held.get(&ctx.run.user).copied().unwrap_or(0);
+        let left = limit - used - held;
+        if left <= 0 {
+            let reason = format!(
+                "token limit reached: {used} of {limit} tokens used this period and {held} \
+                 held by AI calls in progress"
+            );
+            drop(ledger);
+            ctx.run.abort(reason.clone());
+            return Err(reason);
+        }
+        let tokens = estimate.clamp(1, left);
+        *ledger.held.entry(ctx.run.user.clone()).or_insert(0) += tokens;
+        return Ok(Reservation {
+            ledger: engine.ledger.clone(),
+            user: ctx.run.user.clone(),
+            tokens,
+        });
     }
-    let tokens = estimate.clamp(1, left);
-    *ledger.entry(ctx.run.user.clone()).or_insert(0) += tokens;
-    Ok(Reservation {
-        ledger: engine.ledger.clone(),
-        user: ctx.run.user.clone(),
-        tokens,
-    })
 }
 
 /// Tokens and cost a call is charged: a call refused before producing anything (a 429, a

@@ -181,7 +181,7 @@ pub(crate) struct Inner {
     /// Executions running (or being started) per user and per workspace, for the caps.
     admitted: Arc<Mutex<HashMap<String, usize>>>,
     /// Tokens reserved by AI calls in progress, per user (see [`io::reserve_tokens`]).
-    pub(crate) ledger: Arc<Mutex<HashMap<String, i64>>>,
+    pub(crate) ledger: Arc<Mutex<io::Ledger>>,
     /// Approval emails sent today per workspace: (day number, count).
     pub(crate) emails_today: Mutex<HashMap<String, (i64, usize)>>,
     pub(crate) config: EngineConfig,
@@ -200,7 +200,7 @@ impl Engine {
                 global: Arc::new(Semaphore::new(config.max_concurrent_blocks.max(1))),
                 running: Mutex::new(HashMap::new()),
                 admitted: Arc::new(Mutex::new(HashMap::new())),
-                ledger: Arc::new(Mutex::new(HashMap::new())),
+                ledger: Arc::new(Mutex::new(io::Ledger::default())),
                 emails_today: Mutex::new(HashMap::new()),
                 config,
                 io,
