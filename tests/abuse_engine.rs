@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 
 /// A server process with a signed-in owner and a workspace.
 struct Proc {
-    server: ServerProcess,
+    /// `None` for another user's view of the same server.
+    server: Option<ServerProcess>,
+    addr: SocketAddr,
     http: reqwest::Client,
     owner: User,
     ws: String,
@@ -59,11 +61,12 @@ async fn stores(dir: &str) -> Vec<String> {
 impl Proc {
     async fn start(dir: &str, extra: &[&str]) -> Proc {
         let server = ServerProcess::start(&args(dir, extra));
+        let addr = server.addr;
         let http = reqwest::Client::new();
-        let owner = sign_in(&http, server.addr, SECRET, "owner").await;
+        let owner = sign_in(&http, addr, SECRET, "owner").await;
         let (s, ws) = call(
             &http,
-            server.addr,
+            addr,
             Some(&owner.token),
             Method::POST,
             "/api/v1/workspaces",
@@ -73,7 +76,8 @@ impl Proc {
         assert_eq!(s, StatusCode::CREATED, "{ws}");
         let ws = ws["id"].as_str().unwrap().to_string();
         Proc {
-            server,
+            server: Some(server),
+            addr,
             http,
             owner,
             ws,
@@ -87,18 +91,36 @@ impl Proc {
             http,
             owner,
             ws,
+            ..
         } = self;
-        server.kill9();
+        server.expect("owns its server").kill9();
+        let server = ServerProcess::start(&args(dir, extra));
         Proc {
-            server: ServerProcess::start(&args(dir, extra)),
+            addr: server.addr,
+            server: Some(server),
             http,
             owner,
             ws,
         }
     }
 
+    /// `user`'s view of the same server, in workspace `ws`.
+    fn as_user(&self, user: User, ws: &str) -> Proc {
+        Proc {
+            server: None,
+            addr: self.addr,
+            http: self.http.clone(),
+            owner: user,
+            ws: ws.to_owned(),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.server.as_ref().expect("owns its server").pid()
+    }
+
     fn addr(&self) -> SocketAddr {
-        self.server.addr
+        self.addr
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -294,7 +316,7 @@ async fn template_bombs_fail_their_block_and_the_server_stays_small() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().to_str().unwrap().to_owned();
     let p = Proc::start(&dir, &[]).await;
-    let pid = p.server.pid();
+    let pid = p.pid();
     let bombs = [
         ("{{ 'x\ny' | indent(4000000000) | length }}", "indent"),
         ("{{ ('x' * 100000) | join('y' * 50000) | length }}", "join"),
@@ -438,14 +460,14 @@ async fn nested_loops_stop_at_the_executions_iteration_allowance() {
             .contains("10000 loop iterations"),
         "{done}"
     );
-    let mib = peak_rss_kib(d.server.pid()) / 1024;
+    let mib = peak_rss_kib(d.pid()) / 1024;
     eprintln!("10,000 x 10,000 nested loops: peak RSS {mib} MiB");
     assert!(mib < 128, "peak RSS {mib} MiB");
     drop(d);
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path().to_str().unwrap().to_owned();
     let p = Proc::start(&dir, &["--max-iterations-per-execution", "300"]).await;
-    let pid = p.server.pid();
+    let pid = p.pid();
     let wf = p.workflow(loop_flow(10_000, Some(10_000))).await;
     let (s, e) = p.start_run(&wf).await;
     assert_eq!(s, StatusCode::CREATED, "{e}");
@@ -576,12 +598,7 @@ async fn running_executions_are_capped_per_user_and_per_workspace() {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED);
-    let q = Proc {
-        server: p.server,
-        http: p.http,
-        owner: stranger,
-        ws: ws["id"].as_str().unwrap().to_string(),
-    };
+    let q = p.as_user(stranger, ws["id"].as_str().unwrap());
     let wf = q.workflow(waits).await;
     assert_eq!(q.start_run(&wf).await.0, StatusCode::CREATED);
     q.alive().await;
@@ -867,4 +884,58 @@ async fn approval_emails_go_to_members_only_within_caps() {
     mail.wait_for(5).await;
     assert_eq!(mail.requests.lock().unwrap().len(), 5);
     p.alive().await;
+}
+
+/// B8: while one user's execution runs the most loop iterations it may (10,000), another
+/// user's trivial run in another workspace still completes promptly (was 0.06 → 14 s behind
+/// a 100k-iteration run).
+#[tokio::test]
+async fn a_big_allowed_loop_does_not_hold_up_another_users_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let p = Proc::start(&dir, &[]).await;
+    let pid = p.pid();
+    let big = p.workflow(loop_flow(10_000, None)).await;
+    // The canary: another user, another workspace, on the same server.
+    let user = sign_in(&p.http, p.addr(), SECRET, "canary").await;
+    let (_, ws) = call(
+        &p.http,
+        p.addr(),
+        Some(&user.token),
+        Method::POST,
+        "/api/v1/workspaces",
+        Some(json!({"name": "c"})),
+    )
+    .await;
+    let canary = p.as_user(user, ws["id"].as_str().unwrap());
+    let small = canary.workflow(transform_flow("hi")).await;
+    let (_, e) = p.start_run(&big).await;
+    let big_id = e["id"].as_str().unwrap().to_string();
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let (s, e) = canary.start_run(&small).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        let done = canary.until_finished(e["id"].as_str().unwrap()).await;
+        assert_eq!(done["status"], "completed");
+        worst = worst.max(t.elapsed());
+    }
+    let big_done = p.execution(&big_id).await;
+    eprintln!(
+        "canary run behind a 10,000-iteration loop: worst {} ms (big run: {})",
+        worst.as_millis(),
+        big_done["status"]
+    );
+    assert!(worst < Duration::from_secs(2), "{worst:?}");
+    let (s, _) = p
+        .call(
+            Method::POST,
+            &format!("/api/v1/executions/{big_id}/cancel"),
+            None,
+        )
+        .await;
+    assert!(s.is_success() || s == StatusCode::CONFLICT);
+    let mib = peak_rss_kib(pid) / 1024;
+    eprintln!("10,000-iteration loop: peak RSS {mib} MiB");
+    assert!(mib < 256, "peak RSS {mib} MiB");
 }

@@ -1146,6 +1146,7 @@ impl BlockCtx<'_> {
             let parent = self.cancel.clone();
             iterations.spawn(async move {
                 let _slot = gate.acquire_owned().await;
+                run.engine.events.backpressure().await;
                 let r =
                     run_scope(run, scope, prefix, Some(LoopCtx { item, index: i }), parent).await;
                 (i, r)
