@@ -100,15 +100,16 @@ fn fits(what: &str, bytes: usize) -> Result<(), Error> {
 }
 
 /// About how many bytes `v` takes when printed or copied: exact for strings, summed over
-/// the items of lists and maps (stopping once past the budget), a small constant for the
-/// rest. Lazy iterables are not consumed (they may be streams).
+/// the items of lists, maps and lazy sequences (`[s] * 1000`, `map(…)`; stopping once past
+/// the budget), a small constant for the rest. The sandbox hands templates no one-shot
+/// streams, so walking a lazy sequence does not use it up.
 fn size_of(v: &minijinja::Value) -> usize {
     fn walk(v: &minijinja::Value, depth: u32, cap: usize) -> usize {
         if let Some(s) = v.as_str() {
             return s.len();
         }
         match v.kind() {
-            ValueKind::Seq | ValueKind::Map if depth < 16 => {
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable if depth < 16 => {
                 let mut total = 2usize;
                 let Ok(items) = v.try_iter() else {
                     return total;
@@ -215,8 +216,17 @@ fn filter_bound(name: &str, args: &[minijinja::Value]) -> usize {
             len.saturating_add(hits.saturating_mul(to.len()))
         }
         "join" => {
-            let n = text.map_or_else(|| v.len().unwrap_or(0), |t| t.chars().count());
-            len.saturating_add(n.saturating_mul(str_arg(1).len()))
+            let sep = str_arg(1).len();
+            let n = match text {
+                Some(t) => t.chars().count(),
+                // A lazy sequence may not know its length: count, stopping once the
+                // separators alone would not fit.
+                None => v.len().unwrap_or_else(|| {
+                    let most = render_bytes() / sep.max(1) + 1;
+                    v.try_iter().map_or(0, |it| it.take(most).count())
+                }),
+            };
+            len.saturating_add(n.saturating_mul(sep))
         }
         "format" => {
             // `%99999999s` pads: count every number in the format as possible width.
@@ -238,9 +248,10 @@ fn filter_bound(name: &str, args: &[minijinja::Value]) -> usize {
                 .unwrap_or(2);
             len.saturating_mul(2 + indent)
         }
-        // Lists built item by item: a value per character of a string.
+        // Lists built item by item: a value per character of a string; about a copy of a
+        // list (whose size already counts each item).
         "list" | "batch" | "slice" | "sort" | "unique" | "reverse" | "dictsort" | "items"
-        | "groupby" | "split" | "lines" => len.saturating_mul(32),
+        | "groupby" | "split" | "lines" => len.saturating_mul(if text.is_some() { 32 } else { 2 }),
         // Copies that may grow by escaping.
         _ => len.saturating_mul(6),
     }
@@ -910,6 +921,14 @@ mod tests {
             ("{{ '%999999999s' | format('x') }}", "format"),
             ("{% for i in range(300) %}{{ 'x' * 1000000 }}{% endfor %}", "output"),
             ("{{ (('x' * 1000000) | list) | length }}", "list"),
+            // Through a variable, so nothing is folded while compiling.
+            ("{% set s = 'x' * 1000000 %}{{ ([s] * 1000) | join | length }}", "join"),
+            ("{% set s = 'x' * 1000000 %}{{ (([s] * 1000) ~ '') | length }}", "joining strings"),
+            ("{% set s = 'x' * 1000000 %}{{ [s] * 1000 }}", "output"),
+            ("{% set s = 'x' * 1000000 %}{{ ([s] + [s]) * 500 }}", "output"),
+            ("{% set e = [''] %}{{ (e * 1000000) | join('y' * 100000) | length }}", "join"),
+            ("{% set e = [''] %}{{ (e * 1000000) | map('upper') | join('y' * 100000) | length }}", "join"),
+            ("{{ (['x' * 1000000] * 1000) | join | length }}", "constant expression"),
         ] {
             let e = render(bomb, &ctx).unwrap_err();
             assert!(
@@ -960,6 +979,10 @@ mod tests {
             .unwrap_err()
             .0
             .contains("reserved"));
+        assert_eq!(
+            render("{{ range(100000) | list | length }}", &ctx).unwrap(),
+            "100000"
+        );
         assert_eq!(
             render("{% for w in words %}<{{ w }}>{% endfor %}!", &ctx).unwrap(),
             "<a><b>!"
