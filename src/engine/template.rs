@@ -203,7 +203,8 @@ fn filter_bound(name: &str, args: &[minijinja::Value]) -> usize {
     match name {
         "indent" => {
             let width = arg(1).map_or(0, |w| w.as_usize().unwrap_or_else(|| size_of(w)));
-            let lines = text.map_or(1, |t| t.matches('\n').count() + 1);
+            // Not a string: it is printed first, with at most one line per byte.
+            let lines = text.map_or(len + 1, |t| t.matches('\n').count() + 1);
             len.saturating_add(lines.saturating_mul(width))
         }
         "replace" => {
@@ -211,7 +212,8 @@ fn filter_bound(name: &str, args: &[minijinja::Value]) -> usize {
             let hits = match text {
                 Some(t) if from.is_empty() => t.chars().count() + 1,
                 Some(t) => t.matches(from).count(),
-                None => 0,
+                // Not a string: it is printed first; count every possible match.
+                None => len / from.len().max(1) + 1,
             };
             len.saturating_add(hits.saturating_mul(to.len()))
         }
@@ -927,6 +929,8 @@ mod tests {
             ("{% set s = 'x' * 1000000 %}{{ [s] * 1000 }}", "output"),
             ("{% set s = 'x' * 1000000 %}{{ ([s] + [s]) * 500 }}", "output"),
             ("{% set e = [''] %}{{ (e * 1000000) | join('y' * 100000) | length }}", "join"),
+            ("{{ range(1000) | replace('', 'y' * 100000) | length }}", "replace"),
+            ("{{ range(1000) | replace(',', 'y' * 100000) | length }}", "replace"),
             ("{% set e = [''] %}{{ (e * 1000000) | map('upper') | join('y' * 100000) | length }}", "join"),
             ("{{ (['x' * 1000000] * 1000) | join | length }}", "constant expression"),
         ] {
