@@ -317,6 +317,31 @@ async fn template_bombs_fail_their_block_and_the_server_stays_small() {
     let dir = dir.path().to_str().unwrap().to_owned();
     let p = Proc::start(&dir, &[]).await;
     let pid = p.pid();
+    // A canary editor in another workflow's room: each edit is acknowledged promptly
+    // between (and after) the bombs.
+    let canary_wf = p.workflow(transform_flow("canary")).await;
+    let mut canary = Client::connect_synced(&format!(
+        "{}?token={}",
+        room_url(p.addr(), &format!("workflow-{canary_wf}")),
+        p.owner.token
+    ))
+    .await;
+    canary.opt_in().await;
+    let mut acks = 0usize;
+    let mut slowest = Duration::ZERO;
+    let mut edit = async |c: &mut Client| {
+        let t = Instant::now();
+        acks += 1;
+        let n = acks;
+        c.edit(|_doc, txn| {
+            use yrs::{Map, WriteTxn};
+            txn.get_or_insert_map("canary").insert(txn, "n", n as i64);
+        })
+        .await;
+        c.until("the canary edit is acknowledged", move |s| s.acks >= n)
+            .await;
+        slowest = slowest.max(t.elapsed());
+    };
     let bombs = [
         ("{{ 'x\ny' | indent(4000000000) | length }}", "indent"),
         ("{{ ('x' * 100000) | join('y' * 50000) | length }}", "join"),
@@ -341,6 +366,7 @@ async fn template_bombs_fail_their_block_and_the_server_stays_small() {
             "{template}: {err}"
         );
         p.alive().await;
+        edit(&mut canary).await;
     }
     // Was: an abort (a 4 GB allocation), 1.1–4.8 GB for the others.
     let bombs_mib = peak_rss_kib(pid) / 1024;
@@ -387,6 +413,9 @@ async fn template_bombs_fail_their_block_and_the_server_stays_small() {
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["output"]["out"], "ok 42");
     p.alive().await;
+    edit(&mut canary).await;
+    eprintln!("canary edits: slowest ack {} ms", slowest.as_millis());
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
 }
 
 /// A loop over `range(n)` whose body is `body` (a block id already in `blocks`).
