@@ -254,6 +254,35 @@ pub struct ServeConfig {
     /// Blocks doing work at once across all executions on this server.
     #[arg(long, env = "RESONANT_MAX_CONCURRENT_BLOCKS", default_value_t = 64)]
     pub max_concurrent_blocks: usize,
+    /// Bytes one template render may build (values, intermediate strings, output).
+    #[arg(long, env = "RESONANT_TEMPLATE_RENDER_BYTES", default_value_t = 16 << 20)]
+    pub template_render_bytes: usize,
+    /// Bytes all template renders of one execution may output together.
+    #[arg(long, env = "RESONANT_TEMPLATE_EXECUTION_BYTES", default_value_t = 64 << 20)]
+    pub template_execution_bytes: usize,
+    /// Loop iterations one execution may run, over all loops and nesting levels.
+    #[arg(
+        long,
+        env = "RESONANT_MAX_ITERATIONS_PER_EXECUTION",
+        default_value_t = 10_000
+    )]
+    pub max_iterations_per_execution: usize,
+    /// Executions one user may have running at once (0: unlimited); over it 429.
+    #[arg(long, env = "RESONANT_MAX_RUNNING_PER_USER", default_value_t = 10)]
+    pub max_running_per_user: usize,
+    /// Executions one workspace may have running at once (0: unlimited); over it 429.
+    #[arg(long, env = "RESONANT_MAX_RUNNING_PER_WORKSPACE", default_value_t = 25)]
+    pub max_running_per_workspace: usize,
+    /// Approval emails one human block may send (its `notify` list is cut to this).
+    #[arg(long, env = "RESONANT_MAX_NOTIFY_PER_BLOCK", default_value_t = 10)]
+    pub max_notify_per_block: usize,
+    /// Approval emails one workspace may send per day (UTC).
+    #[arg(
+        long,
+        env = "RESONANT_MAX_APPROVAL_EMAILS_PER_DAY",
+        default_value_t = 100
+    )]
+    pub max_approval_emails_per_day: usize,
     /// Log format.
     #[arg(long, env = "RESONANT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

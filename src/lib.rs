@@ -221,12 +221,19 @@ pub async fn start_with_store(
         &config.resend_api_url,
         &config.email_from,
     );
+    engine::template::set_render_bytes(config.template_render_bytes);
     let engine = engine::Engine::new(
         db.clone(),
         rooms.clone(),
         engine::EngineConfig {
             public_url: config.public_url.clone(),
             max_concurrent_blocks: config.max_concurrent_blocks,
+            template_execution_bytes: config.template_execution_bytes,
+            max_iterations_per_execution: config.max_iterations_per_execution,
+            max_running_per_user: config.max_running_per_user,
+            max_running_per_workspace: config.max_running_per_workspace,
+            max_notify_per_block: config.max_notify_per_block,
+            max_approval_emails_per_day: config.max_approval_emails_per_day,
             ..engine::EngineConfig::default()
         },
         engine::Io {

@@ -98,6 +98,7 @@ fn refuse_engine(session: &Session, request_id: &Option<Value>, e: EngineError) 
         EngineError::Invalid(_) => "invalid-workflow",
         EngineError::BadRequest { .. } => "bad-request",
         EngineError::TokenLimit { .. } => "token-limit",
+        EngineError::TooMany(_) => "too-many-executions",
         EngineError::Conflict(_) => "conflict",
         EngineError::Forbidden(_) => "forbidden",
         EngineError::Document(_) | EngineError::Db(_) => "unavailable",

@@ -307,7 +307,9 @@ async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
         })
         .await;
         let mut flow = approval_flow("reject", 3600.0, true);
-        flow["blocks"][1]["config"]["notify"] = json!(["boss@example.com"]);
+        // Approval emails go to workspace members only (issue 15, B9).
+        let boss = format!("{}@example.com", env.owner.sub);
+        flow["blocks"][1]["config"]["notify"] = json!([boss]);
         let wf = env.workflow(flow).await;
         let mut w = env.watcher(&wf).await;
         // Approve over REST.
@@ -328,7 +330,7 @@ async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
         // The approver was asked by email, with a link to the decision.
         let sent = mail.wait_for(1).await;
         assert_eq!(sent.len(), 1, "{sent:?}");
-        assert_eq!(sent[0].1["to"], json!(["boss@example.com"]));
+        assert_eq!(sent[0].1["to"], json!([boss]));
         assert!(
             sent[0].1["text"].as_str().unwrap().contains("Ship v2?"),
             "{sent:?}"

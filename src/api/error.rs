@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The caller has used their plan's tokens.
     #[error("{0}")]
     TokenLimit(String),
+    /// The user or workspace already has as many executions running as it may.
+    #[error("{0}")]
+    TooManyExecutions(String),
     /// A failure on our side; the details are in the log, not the response.
     #[error("internal error")]
     Internal,
@@ -75,7 +78,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found,
     /// conflict, unsupported_media_type, payload_too_large, rate_limited, unavailable,
-    /// invalid_workflow, token_limit, internal.
+    /// invalid_workflow, token_limit, too_many_executions, internal.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
@@ -172,6 +175,9 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::InvalidWorkflow(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow"),
             ApiError::TokenLimit(_) => (StatusCode::PAYMENT_REQUIRED, "token_limit"),
+            ApiError::TooManyExecutions(_) => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_executions")
+            }
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -230,6 +236,12 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ApiError::TooManyExecutions(_) => {
+                // No time is known: one of the running executions has to end first.
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(5));
             }
             ApiError::Unauthorized(_) => {
                 response

@@ -71,9 +71,12 @@ pub struct Execution {
     pub graph: Value,
     /// The document's state vector when it started (base64 of the Yjs v1 encoding).
     pub state_vector: String,
-    /// Per-block results (in `GET /executions/{id}` only).
+    /// Per-block results (in `GET /executions/{id}` only), one page of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub block_results: Option<Vec<BlockResult>>,
+    /// Pass as `blocksCursor` for the next page of `blockResults`; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_blocks_cursor: Option<String>,
     /// Its first 1000 events, with `?events=true` (more: `GET /executions/{id}/events`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
@@ -119,6 +122,7 @@ impl Execution {
             error: r.error,
             rerun_of: r.rerun_of,
             block_results: blocks.map(|bs| bs.into_iter().map(BlockResult::from).collect()),
+            next_blocks_cursor: None,
             events: None,
         }
     }
@@ -139,6 +143,7 @@ impl From<EngineError> for ApiError {
             EngineError::Invalid(problems) => ApiError::InvalidWorkflow(problems),
             EngineError::BadRequest { field, message } => ApiError::field(field, message),
             EngineError::TokenLimit { .. } => ApiError::TokenLimit(e.to_string()),
+            EngineError::TooMany(m) => ApiError::TooManyExecutions(m),
             EngineError::Conflict(m) => ApiError::Conflict(m),
             EngineError::Forbidden(m) => ApiError::Forbidden(m),
             EngineError::Document(m) => {
@@ -171,6 +176,7 @@ async fn visible_execution(
     responses((status = 201, description = "Started", body = Execution),
               (status = 200, description = "An earlier request with this idempotency key started it", body = Execution),
               (status = 402, description = "The caller's token allowance is used up", body = super::ErrorBody),
+              (status = 429, description = "The caller or the workspace has as many executions running as it may (`too_many_executions`)", body = super::ErrorBody),
               (status = 422, description = "The workflow is not valid; `problems` names each block at fault", body = super::ErrorBody)))]
 async fn start_execution(
     State(app): State<AppState>,
@@ -242,10 +248,35 @@ async fn list_executions(
 
 /// `GET /executions/{id}` options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct GetExecution {
     /// Include the first 1000 events.
     pub events: Option<bool>,
+    /// Block results per page, 1–1000 (default 500): a run of many loop iterations has a
+    /// row per block per iteration.
+    #[param(minimum = 1, maximum = 1000)]
+    pub blocks_limit: Option<i64>,
+    /// The `nextBlocksCursor` of the previous page.
+    pub blocks_cursor: Option<String>,
+}
+
+/// A block page cursor: the last row's `started_at` and block key, opaque to clients.
+fn blocks_cursor(row: &BlockRow) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}:{}", row.started_at, row.block_id))
+}
+
+fn parse_blocks_cursor(c: &str) -> Result<(i64, String), ApiError> {
+    use base64::Engine as _;
+    let bad = || ApiError::field("blocksCursor", "not a cursor this API returned");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (at, id) = text.split_once(':').ok_or_else(bad)?;
+    Ok((at.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
 #[utoipa::path(get, path = "/api/v1/executions/{id}", tag = "executions",
@@ -258,7 +289,29 @@ async fn get_execution(
     Query(q): Query<GetExecution>,
 ) -> Result<axum::Json<Execution>, ApiError> {
     let (row, _) = visible_execution(&app, &caller, &id).await?;
-    let blocks = store::blocks(&app.db, &row.id).await?;
+    let limit = q.blocks_limit.unwrap_or(500);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::field("blocksLimit", "must be from 1 to 1000"));
+    }
+    let after = q
+        .blocks_cursor
+        .as_deref()
+        .map(parse_blocks_cursor)
+        .transpose()?;
+    let mut blocks = store::blocks_page(
+        &app.db,
+        &row.id,
+        after.as_ref().map(|(at, id)| (*at, id.as_str())),
+        limit + 1,
+    )
+    .await?;
+    let more = blocks.len() as i64 > limit;
+    blocks.truncate(limit as usize);
+    let next = if more {
+        blocks.last().map(blocks_cursor)
+    } else {
+        None
+    };
     let events = if q.events == Some(true) {
         let rows = store::events(&app.db, &row.workflow_id, &row.id, 0, 1000).await?;
         Some(rows.into_iter().map(|(_, e)| json_of(&e)).collect())
@@ -266,6 +319,7 @@ async fn get_execution(
         None
     };
     let mut e = Execution::from_row(row, Some(blocks));
+    e.next_blocks_cursor = next;
     e.events = events;
     Ok(axum::Json(e))
 }

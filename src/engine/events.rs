@@ -26,6 +26,18 @@ const MAX_BATCH: usize = 1024;
 /// paused), so replay requests cannot take the database from the event writer.
 const MAX_REPLAYS: usize = 4;
 
+/// Loop iterations wait to start while more messages than this wait for the writer, so one
+/// execution's thousands of iterations cannot queue ahead of every other execution's events
+/// (a trivial run waited seconds behind a big loop) nor grow the queue without bound.
+const BACKLOG_LIMIT: usize = 256;
+
+/// Messages sent to the writer and not yet handled, and a wake-up for those waiting on it.
+#[derive(Default)]
+struct Backlog {
+    queued: std::sync::atomic::AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
 enum Msg {
     Write {
         write: Write,
@@ -82,6 +94,7 @@ impl Default for Hub {
 pub struct Events {
     tx: mpsc::UnboundedSender<Msg>,
     hub: Arc<Hub>,
+    backlog: Arc<Backlog>,
 }
 
 /// Keeps a socket registered for its workflow's events; unregisters on drop.
@@ -109,13 +122,33 @@ impl Events {
     pub fn start(db: Db) -> Events {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub::default());
-        tokio::spawn(writer(db, rx, hub.clone()));
-        Events { tx, hub }
+        let backlog = Arc::new(Backlog::default());
+        tokio::spawn(writer(db, rx, hub.clone(), backlog.clone()));
+        Events { tx, hub, backlog }
+    }
+
+    fn send(&self, msg: Msg) -> bool {
+        self.backlog
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.tx.send(msg).is_ok()
+    }
+
+    /// Waits while the writer is far behind (see [`BACKLOG_LIMIT`]).
+    pub async fn backpressure(&self) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let drained = self.backlog.drained.notified();
+            if self.backlog.queued.load(Ordering::Relaxed) <= BACKLOG_LIMIT || self.tx.is_closed() {
+                return;
+            }
+            drained.await;
+        }
     }
 
     /// Queues a block or status write (persisted in order with the events).
     pub fn write(&self, write: Write) {
-        let _ = self.tx.send(Msg::Write {
+        let _ = self.send(Msg::Write {
             write,
             workflow: None,
         });
@@ -123,7 +156,7 @@ impl Events {
 
     /// Queues an event: persisted, then sent to every opted-in editor of `workflow`.
     pub fn event(&self, workflow: &Arc<str>, execution: &str, seq: i64, json: String) {
-        let _ = self.tx.send(Msg::Write {
+        let _ = self.send(Msg::Write {
             write: Write::Event {
                 execution: execution.to_owned(),
                 seq,
@@ -136,7 +169,7 @@ impl Events {
     /// Waits until everything queued before the call is committed.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).is_ok() {
+        if self.send(Msg::Flush(tx)) {
             let _ = rx.await;
         }
     }
@@ -198,7 +231,7 @@ impl Events {
         after: HashMap<String, i64>,
         running: bool,
     ) {
-        let _ = self.tx.send(Msg::Replay(Replay {
+        let _ = self.send(Msg::Replay(Replay {
             workflow: workflow.into(),
             peer,
             after,
@@ -207,7 +240,12 @@ impl Events {
     }
 }
 
-async fn writer(db: Db, mut rx: mpsc::UnboundedReceiver<Msg>, hub: Arc<Hub>) {
+async fn writer(
+    db: Db,
+    mut rx: mpsc::UnboundedReceiver<Msg>,
+    hub: Arc<Hub>,
+    backlog: Arc<Backlog>,
+) {
     let mut batch: Vec<Msg> = Vec::with_capacity(MAX_BATCH);
     loop {
         let Some(first) = rx.recv().await else { return };
@@ -218,7 +256,12 @@ async fn writer(db: Db, mut rx: mpsc::UnboundedReceiver<Msg>, hub: Arc<Hub>) {
                 Err(_) => break,
             }
         }
+        let n = batch.len();
         process_in_order(&db, &hub, std::mem::take(&mut batch)).await;
+        backlog
+            .queued
+            .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+        backlog.drained.notify_waiters();
     }
 }
 

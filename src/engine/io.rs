@@ -229,6 +229,25 @@ pub(super) async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
         calls: Vec::new(),
     };
     let router = ctx.run.engine.io.router.clone();
+    // Only a call that may reach a paid provider counts against the allowance.
+    let paid = router.plan(&req, &ctx.run.keys).map_or(true, |chain| {
+        chain
+            .iter()
+            .any(|c| c.spec.kind != super::ai::ProviderKind::Demo)
+    });
+    // Held until the calls' usage is stored (below), then given back.
+    let _reserved = if paid {
+        let mut sent = req.system.clone().unwrap_or_default();
+        sent.push_str(&req.prompt);
+        let estimate = super::ai::estimate_tokens(&sent)
+            + u64::from(
+                req.max_tokens
+                    .unwrap_or(super::ai::wire_default_max_tokens()),
+            );
+        Some(reserve_tokens(ctx, estimate.min(i64::MAX as u64) as i64).await?)
+    } else {
+        None
+    };
     let result = router
         .complete(&req, &ctx.run.keys, &mut stream, ctx.cancel)
         .await;
@@ -264,6 +283,79 @@ pub(super) async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
             estimated: out.estimated,
         }),
     })
+}
+
+/// Tokens held by AI calls in progress, per user, and how many reservations were given
+/// back so far (a reader of the stored usage can tell whether a call settled meanwhile).
+#[derive(Default)]
+pub(crate) struct Ledger {
+    held: std::collections::HashMap<String, i64>,
+    settled: u64,
+}
+
+/// Tokens an AI call in progress holds against its user's allowance; given back on drop,
+/// once the call's real usage is stored.
+pub(super) struct Reservation {
+    ledger: Arc<parking_lot::Mutex<Ledger>>,
+    user: String,
+    tokens: i64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut ledger = self.ledger.lock();
+        ledger.settled += 1;
+        if let Some(held) = ledger.held.get_mut(&self.user) {
+            *held -= self.tokens;
+            if *held <= 0 {
+                ledger.held.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Reserves a call's estimated tokens (prompt estimate + `maxTokens`) before it is made,
+/// so parallel blocks and executions cannot all pass a limit checked only before and
+/// after: a call is refused once what is used plus what calls in progress hold reaches the
+/// limit. A call that would not fit whole gets what is left, so the limit is passed by at
+/// most one call's underestimate, not by every call running at once.
+pub(super) async fn reserve_tokens(
+    ctx: &BlockCtx<'_>,
+    estimate: i64,
+) -> Result<Reservation, String> {
+    let engine = &ctx.run.engine;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let before = engine.ledger.lock().settled;
+        let (used, limit) = super::store::user_tokens(&engine.db, &ctx.run.user)
+            .await
+            .map_err(|e| format!("reading the token allowance failed: {e}"))?;
+        let mut ledger = engine.ledger.lock();
+        // A call settled while we read: its usage may be missing from what we read and its
+        // reservation already gone, so read again (a few times at most).
+        if ledger.settled != before && tries < 5 {
+            continue;
+        }
+        let held = ledger.held.get(&ctx.run.user).copied().unwrap_or(0);
+        let left = limit - used - held;
+        if left <= 0 {
+            let reason = format!(
+                "token limit reached: {used} of {limit} tokens used this period and {held} \
+                 held by AI calls in progress"
+            );
+            drop(ledger);
+            ctx.run.abort(reason.clone());
+            return Err(reason);
+        }
+        let tokens = estimate.clamp(1, left);
+        *ledger.held.entry(ctx.run.user.clone()).or_insert(0) += tokens;
+        return Ok(Reservation {
+            ledger: engine.ledger.clone(),
+            user: ctx.run.user.clone(),
+            tokens,
+        });
+    }
 }
 
 /// Tokens and cost a call is charged: a call refused before producing anything (a 429, a
@@ -377,14 +469,19 @@ pub(super) async fn webhook_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, Strin
     })
 }
 
-/// Emails the block's `notify` addresses, when email is configured. Failures are logged,
+/// Emails the block's `notify` recipients, when email is configured. Failures are logged,
 /// never fatal: the decision can still be made in the editor.
+///
+/// The operator's Resend account must not become a relay: recipients are workspace members
+/// only (named by email or user id; anyone else is left out), at most
+/// `--max-notify-per-block` of them, at most `--max-approval-emails-per-day` per workspace,
+/// and a block inside a loop notifies once per execution, not once per item.
 pub(super) async fn ask_for_approval(ctx: &BlockCtx<'_>, _wake_at: i64) {
     let io = &ctx.run.engine.io;
     let Some(mailer) = io.mailer.as_ref().filter(|m| m.is_configured()) else {
         return;
     };
-    let to: Vec<String> = ctx
+    let asked: Vec<String> = ctx
         .block
         .config
         .get("notify")
@@ -395,6 +492,80 @@ pub(super) async fn ask_for_approval(ctx: &BlockCtx<'_>, _wake_at: i64) {
                 .collect()
         })
         .unwrap_or_default();
+    if asked.is_empty() || !ctx.run.notified.lock().insert(ctx.block.id.clone()) {
+        return;
+    }
+    let config = &ctx.run.engine.config;
+    let members: Result<Vec<(String, Option<String>)>, sqlx::Error> = with_pool!(&ctx.run.engine.db, p => sqlx::query_as(
+        "SELECT u.id, u.email FROM workspace_members m JOIN users u ON u.id = m.user_id \
+         WHERE m.workspace_id = $1")
+        .bind(&ctx.run.workspace)
+        .fetch_all(p)
+        .await);
+    let members = match members {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, execution = ctx.run.id, "reading members for approval emails failed");
+            return;
+        }
+    };
+    let mut to: Vec<String> = Vec::new();
+    let mut refused = Vec::new();
+    for a in &asked {
+        let found = members.iter().find_map(|(id, email)| {
+            let email = email.as_deref()?;
+            (id == a || email.eq_ignore_ascii_case(a)).then(|| email.to_owned())
+        });
+        match found {
+            Some(e) if !to.iter().any(|t| t.eq_ignore_ascii_case(&e)) => to.push(e),
+            Some(_) => {}
+            None => refused.push(a.clone()),
+        }
+    }
+    if !refused.is_empty() {
+        tracing::warn!(
+            execution = ctx.run.id,
+            block = ctx.key,
+            ?refused,
+            "notify recipients that are not workspace members left out"
+        );
+    }
+    if to.len() > config.max_notify_per_block {
+        tracing::warn!(
+            execution = ctx.run.id,
+            block = ctx.key,
+            asked = to.len(),
+            "notify list cut to --max-notify-per-block"
+        );
+        to.truncate(config.max_notify_per_block);
+    }
+    // The workspace's allowance for today, taken before sending (a failed send still counts).
+    {
+        let day = crate::db::now_ms() / 86_400_000;
+        let mut sent = ctx.run.engine.emails_today.lock();
+        sent.retain(|_, (d, _)| *d == day);
+        let (_, n) = sent.entry(ctx.run.workspace.clone()).or_insert((day, 0));
+        let room = config.max_approval_emails_per_day.saturating_sub(*n);
+        if to.len() > room {
+            tracing::warn!(
+                execution = ctx.run.id,
+                workspace = ctx.run.workspace,
+                "approval emails past --max-approval-emails-per-day not sent"
+            );
+            to.truncate(room);
+        }
+        *n += to.len();
+    }
+    ctx.run.emit(
+        "block.notified",
+        scoped(
+            json!({"blockId": ctx.block.id, "sent": to.len(), "leftOut": refused}),
+            ctx.prefix,
+        ),
+    );
+    if to.is_empty() {
+        return;
+    }
     let message = ctx
         .render("message")
         .await

@@ -43,6 +43,18 @@ pub struct EngineConfig {
     pub max_concurrency_per_execution: usize,
     /// The public base URL (links in approval emails).
     pub public_url: String,
+    /// Bytes all template renders of one execution may output together.
+    pub template_execution_bytes: usize,
+    /// Loop iterations one execution may run, over all loops and nesting levels.
+    pub max_iterations_per_execution: usize,
+    /// Executions one user may have running at once (0: unlimited).
+    pub max_running_per_user: usize,
+    /// Executions one workspace may have running at once (0: unlimited).
+    pub max_running_per_workspace: usize,
+    /// Approval emails one human block may send.
+    pub max_notify_per_block: usize,
+    /// Approval emails one workspace may send per day.
+    pub max_approval_emails_per_day: usize,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +63,12 @@ impl Default for EngineConfig {
             max_concurrent_blocks: 64,
             max_concurrency_per_execution: 8,
             public_url: "http://127.0.0.1:1234".into(),
+            template_execution_bytes: 64 << 20,
+            max_iterations_per_execution: 10_000,
+            max_running_per_user: 10,
+            max_running_per_workspace: 25,
+            max_notify_per_block: 10,
+            max_approval_emails_per_day: 100,
         }
     }
 }
@@ -110,6 +128,9 @@ pub enum EngineError {
         /// Allowed.
         limit: i64,
     },
+    /// The user or the workspace has as many executions running as it may.
+    #[error("{0}")]
+    TooMany(String),
     /// Not in a state that allows it (not running, not waiting, already decided).
     #[error("{0}")]
     Conflict(String),
@@ -124,6 +145,27 @@ pub enum EngineError {
     Db(#[from] DbError),
 }
 
+/// A place among the running executions of a user and of a workspace, given back when the
+/// execution's task ends (or when a start fails before it).
+pub(crate) struct Admission {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    keys: [String; 2],
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        for k in &self.keys {
+            if let Some(n) = counts.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(k);
+                }
+            }
+        }
+    }
+}
+
 /// Runs executions; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -136,7 +178,13 @@ pub(crate) struct Inner {
     pub(crate) events: Events,
     pub(crate) global: Arc<Semaphore>,
     running: Mutex<HashMap<String, (Arc<Control>, tokio::task::AbortHandle)>>,
-    config: EngineConfig,
+    /// Executions running (or being started) per user and per workspace, for the caps.
+    admitted: Arc<Mutex<HashMap<String, usize>>>,
+    /// Tokens reserved by AI calls in progress, per user (see [`io::reserve_tokens`]).
+    pub(crate) ledger: Arc<Mutex<io::Ledger>>,
+    /// Approval emails sent today per workspace: (day number, count).
+    pub(crate) emails_today: Mutex<HashMap<String, (i64, usize)>>,
+    pub(crate) config: EngineConfig,
     pub(crate) io: io::Io,
 }
 
@@ -151,6 +199,9 @@ impl Engine {
                 events,
                 global: Arc::new(Semaphore::new(config.max_concurrent_blocks.max(1))),
                 running: Mutex::new(HashMap::new()),
+                admitted: Arc::new(Mutex::new(HashMap::new())),
+                ledger: Arc::new(Mutex::new(io::Ledger::default())),
+                emails_today: Mutex::new(HashMap::new()),
                 config,
                 io,
             }),
@@ -206,6 +257,7 @@ impl Engine {
             }
         }
         self.check_tokens(user).await?;
+        let admission = self.admit(user, &workflow.workspace_id, false)?;
         let room = crate::api::workflows::room_of(&workflow.id);
         let state = self
             .inner
@@ -246,6 +298,7 @@ impl Engine {
             return Ok((existing, false));
         }
         self.launch(
+            admission,
             id.clone(),
             workflow.id.clone(),
             workflow.workspace_id.clone(),
@@ -262,6 +315,40 @@ impl Engine {
         Ok((id, true))
     }
 
+    /// Takes a place for a new execution of `user` in `workspace`, checking and counting
+    /// under one lock so parallel starts cannot all pass. `force` (resuming after a restart)
+    /// counts without checking.
+    fn admit(&self, user: &str, workspace: &str, force: bool) -> Result<Admission, EngineError> {
+        let keys = [format!("u:{user}"), format!("w:{workspace}")];
+        let caps = [
+            self.inner.config.max_running_per_user,
+            self.inner.config.max_running_per_workspace,
+        ];
+        let mut counts = self.inner.admitted.lock();
+        if !force {
+            for (i, (k, cap)) in keys.iter().zip(caps).enumerate() {
+                if cap > 0 && counts.get(k).copied().unwrap_or(0) >= cap {
+                    let (who, flag) = if i == 0 {
+                        ("you have", "--max-running-per-user")
+                    } else {
+                        ("this workspace has", "--max-running-per-workspace")
+                    };
+                    return Err(EngineError::TooMany(format!(
+                        "{who} {cap} executions running (waiting ones included), as many as \
+                         allowed ({flag}); start this one when one of them ends or is cancelled"
+                    )));
+                }
+            }
+        }
+        for k in &keys {
+            *counts.entry(k.clone()).or_insert(0) += 1;
+        }
+        Ok(Admission {
+            counts: self.inner.admitted.clone(),
+            keys,
+        })
+    }
+
     async fn check_tokens(&self, user: &str) -> Result<(), EngineError> {
         let (used, limit) = store::user_tokens(&self.inner.db, user).await?;
         if used >= limit {
@@ -273,6 +360,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn launch(
         &self,
+        admission: Admission,
         id: String,
         workflow: String,
         workspace: String,
@@ -315,12 +403,17 @@ impl Engine {
             started: Instant::now(),
             abort: Mutex::new(None),
             keys,
+            resumed: seq > 0,
+            template_left: self.inner.config.template_execution_bytes.into(),
+            iterations_left: self.inner.config.max_iterations_per_execution.into(),
+            notified: Mutex::new(HashSet::new()),
         });
         // Registered before the task starts, so a cancel right after the start finds it.
         let mut running = self.inner.running.lock();
         let inner = self.inner.clone();
         let exec_id = id.clone();
         let task = tokio::spawn(async move {
+            let _admission = admission;
             run.execute().await;
             inner.running.lock().remove(&exec_id);
         });
@@ -426,6 +519,7 @@ impl Engine {
             ));
         }
         self.check_tokens(user).await?;
+        let admission = self.admit(user, &old.workspace_id, false)?;
         let graph: Value = serde_json::from_str(&old.graph).unwrap_or(Value::Null);
         let parsed = prepare(&graph).map_err(EngineError::Invalid)?;
         let blocks = store::blocks(&self.inner.db, &old.id).await?;
@@ -522,6 +616,7 @@ impl Engine {
             self.inner.events.write(Write::Block(row.clone()));
         }
         self.launch(
+            admission,
             id.clone(),
             old.workflow_id.clone(),
             old.workspace_id.clone(),
@@ -594,7 +689,11 @@ impl Engine {
                 blocks = prior.len(),
                 "resuming execution"
             );
+            let admission = self
+                .admit(&row.user_id, &row.workspace_id, true)
+                .expect("forced admission is not refused");
             self.launch(
+                admission,
                 row.id.clone(),
                 row.workflow_id.clone(),
                 row.workspace_id.clone(),

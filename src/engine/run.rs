@@ -72,6 +72,15 @@ pub struct Run {
     /// Set when the run must stop for a reason other than a block's failure (token limit).
     pub(super) abort: Mutex<Option<String>>,
     pub(super) keys: super::io::Keys,
+    /// Resumed after a restart: each block's start is committed before it runs, so a block
+    /// that takes the process down is counted (see [`interrupted`]).
+    pub(super) resumed: bool,
+    /// Bytes its template renders may still output (`--template-execution-bytes`).
+    pub(super) template_left: std::sync::atomic::AtomicUsize,
+    /// Loop iterations it may still start (`--max-iterations-per-execution`).
+    pub(super) iterations_left: std::sync::atomic::AtomicUsize,
+    /// Human blocks (by id) that have sent their approval emails: once per execution.
+    pub(super) notified: Mutex<std::collections::HashSet<String>>,
 }
 
 /// `blocks.<id>.output` for templates, read on demand.
@@ -313,6 +322,24 @@ impl Run {
         let mut t = self.totals.lock();
         t.0 += tokens;
         t.1 += cost;
+    }
+
+    /// Charges `bytes` of rendered text to the execution's template allowance: a loop of
+    /// renders, each within the per-render budget, still cannot fill memory and the store.
+    pub(super) fn spend_template(&self, bytes: usize) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        self.template_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(bytes)
+            })
+            .map(drop)
+            .map_err(|_| {
+                format!(
+                    "this execution's templates rendered more than the {} bytes one execution \
+                     may (--template-execution-bytes)",
+                    self.engine.config.template_execution_bytes
+                )
+            })
     }
 
     /// Stops the run for `reason` (not a block's own failure).
@@ -602,6 +629,21 @@ async fn run_block(
             _ => {}
         }
     }
+    if let Some(err) = interrupted(run, block, &key, prior.as_ref()) {
+        let mut row = run.block_row(&key, "failed", prior.as_ref().map_or(1, |p| p.attempt));
+        row.error = Some(err.clone());
+        row.completed_at = Some(now_ms());
+        run.engine.events.write(Write::Block(row));
+        run.emit(
+            "block.failed",
+            scoped(
+                json!({"blockId": block.id, "attempt": prior.as_ref().map_or(1, |p| p.attempt), "error": err}),
+                prefix,
+            ),
+        );
+        run.engine.events.flush().await;
+        return Outcome::Failed(err);
+    }
     // A block interrupted while running starts again as its next attempt; a waiting one
     // keeps its deadline.
     let attempt = match &prior {
@@ -624,6 +666,11 @@ async fn run_block(
             ),
         );
         run.status("running", Some(block.id.clone()));
+        if run.resumed {
+            // Stored before it runs: if it takes the process down again, the next start
+            // knows (a fresh run does not pay a commit per block for this).
+            run.engine.events.flush().await;
+        }
     }
     let started = Instant::now();
     let ctx = BlockCtx {
@@ -681,18 +728,20 @@ async fn run_block(
             };
             row.status = "completed".into();
             let text = output.to_string();
-            row.output = Some(text.clone());
+            let text_len = text.len();
+            // Moved, not copied: a large output is held once less while it is stored.
+            row.output = Some(text);
             row.decision = route.clone();
             row.completed_at = Some(now_ms());
             let mut fields =
                 json!({"blockId": block.id, "attempt": attempt, "durationMs": duration_ms});
-            if text.len() > INLINE_OUTPUT_BYTES {
+            if text_len > INLINE_OUTPUT_BYTES {
                 fields["output"] = Value::Null;
                 let segment =
                     percent_encoding::utf8_percent_encode(&key, percent_encoding::NON_ALPHANUMERIC);
                 fields["outputRef"] =
                     format!("/api/v1/executions/{}/blocks/{segment}", run.id).into();
-                fields["outputBytes"] = text.len().into();
+                fields["outputBytes"] = text_len.into();
             } else {
                 fields["output"] = output.clone();
             }
@@ -740,6 +789,32 @@ async fn run_block(
             Outcome::Failed(err)
         }
     }
+}
+
+/// Why a block that was running when the server stopped is not run again: it was
+/// interrupted as many times as its retry policy allows attempts (3 unless it says), so a
+/// block that kills the process (a template bomb, a runtime bug) cannot crash-loop the
+/// server, which resumes executions before it listens. A loop whose iterations started is
+/// not counted (each body block is); waiting blocks are not running and never count.
+fn interrupted(run: &Run, block: &Block, key: &str, prior: Option<&BlockRow>) -> Option<String> {
+    let p = prior.filter(|p| p.status == "running")?;
+    let attempts = super::retry::RetryPolicy::from_config(&block.config)
+        .map_or(1, |p| p.attempts)
+        .max(1) as i64;
+    if p.attempt < attempts {
+        return None;
+    }
+    if block.kind == BlockKind::Loop {
+        let body = format!("{key}[");
+        if run.prior.keys().any(|k| k.starts_with(&body)) {
+            return None;
+        }
+    }
+    Some(format!(
+        "interrupted {} times: the server stopped while this block ran, as many times as its \
+         retry attempts allow; it is not run again",
+        p.attempt
+    ))
 }
 
 fn route_of(decision: &str) -> Option<String> {
@@ -801,10 +876,15 @@ impl BlockCtx<'_> {
     pub(super) async fn render(&self, field: &str) -> Result<Option<String>, String> {
         match self.config_str(field) {
             None => Ok(None),
-            Some(t) => template::render_async(t, &self.context())
-                .await
-                .map(Some)
-                .map_err(|e| format!("{field}: {e}")),
+            Some(t) => {
+                let text = template::render_async(t, &self.context())
+                    .await
+                    .map_err(|e| format!("{field}: {e}"))?;
+                self.run
+                    .spend_template(text.len())
+                    .map_err(|e| format!("{field}: {e}"))?;
+                Ok(Some(text))
+            }
         }
     }
 
@@ -1030,6 +1110,21 @@ impl BlockCtx<'_> {
                 items.len()
             ));
         }
+        // One allowance over every loop of the execution, nested ones included: 10,000 ×
+        // 10,000 nested loops each pass their own maxIterations, not this.
+        let cap = self.run.engine.config.max_iterations_per_execution;
+        let n = items.len();
+        let taken = self.run.iterations_left.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |left| left.checked_sub(n),
+        );
+        if taken.is_err() {
+            return Err(format!(
+                "{n} more iterations would take this execution past the {cap} loop iterations \
+                 one execution may run, over all its loops (--max-iterations-per-execution)"
+            ));
+        }
         let concurrency = self
             .block
             .config
@@ -1051,6 +1146,7 @@ impl BlockCtx<'_> {
             let parent = self.cancel.clone();
             iterations.spawn(async move {
                 let _slot = gate.acquire_owned().await;
+                run.engine.events.backpressure().await;
                 let r =
                     run_scope(run, scope, prefix, Some(LoopCtx { item, index: i }), parent).await;
                 (i, r)
@@ -1060,6 +1156,13 @@ impl BlockCtx<'_> {
         let mut done: Vec<(usize, Value)> = Vec::new();
         while let Some(j) = iterations.join_next().await {
             let (i, r) = j.map_err(|e| format!("an iteration failed: {e}"))?;
+            // Its blocks' outputs were for templates inside it; nothing outside can name
+            // them, and a long loop must not keep every iteration's copy.
+            let done_prefix = format!("{}{}[{i}]/", self.prefix, self.block.id);
+            self.run
+                .outputs
+                .lock()
+                .retain(|k, _| !k.starts_with(&done_prefix));
             let outs = match r {
                 Ok(o) => o,
                 Err(e) => {

@@ -330,6 +330,24 @@ pub async fn blocks(db: &Db, execution: &str) -> Result<Vec<BlockRow>> {
     with_pool!(db, p => Ok(sqlx::query_as(&sql).bind(execution).fetch_all(p).await?))
 }
 
+/// One page of an execution's block states, in the order of [`blocks`], after the
+/// `(started_at, block_id)` of the previous page's last row.
+pub async fn blocks_page(
+    db: &Db,
+    execution: &str,
+    after: Option<(i64, &str)>,
+    limit: i64,
+) -> Result<Vec<BlockRow>> {
+    let (at, id) = after.unwrap_or((i64::MIN, ""));
+    let sql = format!(
+        "SELECT {BLOCK_COLS} FROM execution_blocks WHERE execution_id = $1 \
+         AND (started_at > $2 OR (started_at = $2 AND block_id > $3)) \
+         ORDER BY started_at, block_id LIMIT $4"
+    );
+    with_pool!(db, p => Ok(sqlx::query_as(&sql).bind(execution).bind(at).bind(id).bind(limit)
+        .fetch_all(p).await?))
+}
+
 /// An execution of `workflow`: its events after `after`, in order, at most `limit`.
 pub async fn events(
     db: &Db,

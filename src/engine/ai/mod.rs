@@ -42,6 +42,11 @@ pub use config::{
 };
 pub use wire::parse_retry_after;
 
+/// The `max_tokens` sent when a block gives none.
+pub(crate) fn wire_default_max_tokens() -> u32 {
+    wire::DEFAULT_MAX_TOKENS
+}
+
 use crate::engine::retry::{BlockError, ErrorClass, RetryPolicy};
 use breaker::Breakers;
 use wire::{Deadlines, Endpoint, Progress, WireRequest, DEFAULT_MAX_TOKENS};
