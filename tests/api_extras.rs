@@ -25,7 +25,8 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 
 use common::api::{
-    backends, call, fresh_schema, now_secs, send, sign_in, token_with, Backend, User,
+    backends, call, fresh_schema, invite_and_accept, now_secs, send, sign_in, token_with, Backend,
+    User,
 };
 
 fn random_text(len: usize) -> String {
@@ -180,15 +181,7 @@ impl Env {
     }
 
     async fn add_member(&self, ws: &str, owner: &User, user: &User, role: &str) {
-        let (s, body) = self
-            .call(
-                Some(&owner.token),
-                Method::POST,
-                &format!("/api/v1/workspaces/{ws}/members"),
-                Some(json!({ "userId": user.id, "role": role })),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
+        invite_and_accept(&self.http, self.addr(), &owner.token, ws, user, role).await;
     }
 
     /// Posts a Clerk (Svix) delivery signed at `timestamp`; `sent` is the body actually
