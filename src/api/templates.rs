@@ -305,29 +305,25 @@ async fn download_template(
     // (template, user) row and the count change in one transaction, and concurrent
     // downloads by different users each add one. The template's `updatedAt` is about its
     // content, so a download leaves it alone.
-    let visible =
-        "SELECT 1 FROM block_templates WHERE id = $1 AND (is_public = TRUE OR created_by = $2)";
-    let select = format!("SELECT {COLS} FROM block_templates WHERE id = $1");
+    // The first statement writes, so SQLite takes the write lock at once (waiting its
+    // turn) rather than upgrading a read lock, which concurrent downloads deadlock on.
+    let select = format!(
+        "SELECT {COLS} FROM block_templates WHERE id = $1 AND (is_public = TRUE OR created_by = $2)"
+    );
     let row: Option<Row> = with_pool!(&app.db, p => {
         let mut tx = p.begin().await.map_err(DbError::from)?;
-        let found: Option<(i32,)> = sqlx::query_as(visible)
-            .bind(&id).bind(caller.id()).fetch_optional(&mut *tx).await.map_err(DbError::from)?;
-        if found.is_some() {
-            let first = sqlx::query(
-                "INSERT INTO template_downloads (template_id, user_id, downloaded_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (template_id, user_id) DO NOTHING")
-                .bind(&id).bind(caller.id()).bind(db::now_ms())
-                .execute(&mut *tx).await.map_err(DbError::from)?.rows_affected() == 1;
-            if first {
-                sqlx::query("UPDATE block_templates SET downloads = downloads + 1 WHERE id = $1")
-                    .bind(&id).execute(&mut *tx).await.map_err(DbError::from)?;
-            }
+        let first = sqlx::query(
+            "INSERT INTO template_downloads (template_id, user_id, downloaded_at) \
+             SELECT id, $2, $3 FROM block_templates WHERE id = $1 AND (is_public = TRUE OR created_by = $2) \
+             ON CONFLICT (template_id, user_id) DO NOTHING")
+            .bind(&id).bind(caller.id()).bind(db::now_ms())
+            .execute(&mut *tx).await.map_err(DbError::from)?.rows_affected() == 1;
+        if first {
+            sqlx::query("UPDATE block_templates SET downloads = downloads + 1 WHERE id = $1")
+                .bind(&id).execute(&mut *tx).await.map_err(DbError::from)?;
         }
-        let row = if found.is_some() {
-            sqlx::query_as(&select).bind(&id).fetch_optional(&mut *tx).await.map_err(DbError::from)?
-        } else {
-            None
-        };
+        let row = sqlx::query_as(&select).bind(&id).bind(caller.id())
+            .fetch_optional(&mut *tx).await.map_err(DbError::from)?;
         tx.commit().await.map_err(DbError::from)?;
         row
     });
