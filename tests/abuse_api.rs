@@ -35,8 +35,9 @@ struct Env {
     clerk_secret: String,
     stripe_secret: String,
     http: reqwest::Client,
-    _dir: TempDir,
-    schema: Option<(sqlx::PgPool, String)>,
+    dir: TempDir,
+    /// The schema's URL, pool and name on Postgres.
+    schema: Option<(String, sqlx::PgPool, String)>,
 }
 
 impl Env {
@@ -56,8 +57,8 @@ impl Env {
         let mut schema = None;
         if let Backend::Postgres = backend {
             let (url, pool, name) = fresh_schema().await;
-            config.database_url = Some(url);
-            schema = Some((pool, name));
+            config.database_url = Some(url.clone());
+            schema = Some((url, pool, name));
         }
         tweak(&mut config);
         let server = resonant::start(config).await.expect("server starts");
@@ -67,7 +68,7 @@ impl Env {
             clerk_secret,
             stripe_secret,
             http: reqwest::Client::new(),
-            _dir: dir,
+            dir,
             schema,
         }
     }
@@ -159,9 +160,43 @@ impl Env {
         assert_eq!(s, StatusCode::OK, "server still answers");
     }
 
+    /// Runs `sql` on the server's database behind its back (a change made outside the API).
+    async fn execute_directly(&self, sql: &str, binds: &[&str]) {
+        match &self.schema {
+            None => {
+                let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(self.dir.path().join("resonant.db"))
+                    .busy_timeout(Duration::from_secs(10));
+                let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                q.execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+            Some((url, _, _)) => {
+                let pool = sqlx::PgPool::connect(url).await.unwrap();
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                q.execute(&pool).await.unwrap();
+                pool.close().await;
+            }
+        }
+    }
+
+    /// The test process's peak RSS (the server runs in it) stays under `mib`.
+    fn assert_peak_rss_under(&self, mib: u64) {
+        let peak = common::peak_rss_kib(std::process::id()) / 1024;
+        eprintln!("peak RSS of the test process (server included): {peak} MiB");
+        assert!(peak < mib, "peak RSS {peak} MiB");
+    }
+
     async fn stop(self) {
         self.server.shutdown().await.unwrap();
-        if let Some((pool, schema)) = self.schema {
+        if let Some((_, pool, schema)) = self.schema {
             let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
                 .execute(&pool)
                 .await;
@@ -314,6 +349,8 @@ async fn dev_mode_refuses_foreign_hosts_and_origins() {
     let rtt = canary.round_trip().await;
     eprintln!("canary round trip after the probes: {rtt:?}");
     assert!(rtt < Duration::from_secs(1), "{rtt:?}");
+    let peak = common::peak_rss_kib(std::process::id()) / 1024;
+    assert!(peak < 512, "peak RSS {peak} MiB");
     server.shutdown().await.unwrap();
 }
 
@@ -412,6 +449,7 @@ async fn deleted_user_sockets_close_with_4401_at_once() {
     let rtt = canary.round_trip().await;
     assert!(rtt < Duration::from_secs(1), "{rtt:?}");
     env.healthy().await;
+    env.assert_peak_rss_under(512);
     env.stop().await;
 }
 
@@ -642,6 +680,41 @@ async fn invitations_are_bound_to_the_invited_address_and_revocable() {
         let alt2_token = token_with(&env.secret, &alt2, 600);
         let (s, _) = accept(&env, &alt2_token, &accept_secret(&backdoor2)).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
+
+        // Demoted behind the API's back (another process, a database edit): the inviter's
+        // rights are checked again at acceptance, and the invitation dies.
+        let admin3 = env.user("admin3").await;
+        invite_and_accept(&env.http, env.addr(), &owner.token, &ws, &admin3, "admin").await;
+        let alt3 = format!("alt3-{}", random_hex(4));
+        let (_, backdoor3) = invite(
+            &env,
+            &admin3,
+            &ws,
+            json!({ "email": format!("{alt3}@example.com"), "role": "admin" }),
+        )
+        .await;
+        env.execute_directly(
+            "UPDATE workspace_members SET role = 'viewer' WHERE workspace_id = $1 AND user_id = $2",
+            &[&ws, &admin3.id],
+        )
+        .await;
+        let alt3_token = token_with(&env.secret, &alt3, 600);
+        let (s, body) = accept(&env, &alt3_token, &accept_secret(&backdoor3)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+        let (s, _) = accept(&env, &alt3_token, &accept_secret(&backdoor3)).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "revoked for good");
+        assert!(
+            !is_member(
+                &env,
+                &User {
+                    token: alt3_token,
+                    sub: alt3,
+                    id: String::new()
+                },
+                &ws
+            )
+            .await
+        );
 
         env.healthy().await;
         env.stop().await;
