@@ -3,7 +3,12 @@
 //!
 //! Changes made through this process's REST API are pushed at once ([`Access::changed`]);
 //! changes made elsewhere (another process, a direct database edit) are picked up by a
-//! sweep that re-reads the roles every `recheck` interval.
+//! sweep that re-reads the roles every `recheck` interval. API changes are numbered, so a
+//! role read from the database before one (by the sweep or a joining socket) never
+//! overwrites it.
+//!
+//! It also knows each user's live sockets, so a user deleted at the identity provider is
+//! disconnected everywhere at once ([`Access::kick`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +25,62 @@ type Key = (String, String);
 /// The registry of roles watched by live sockets; cheap to clone.
 #[derive(Clone)]
 pub struct Access {
-    watchers: Arc<DashMap<Key, watch::Sender<Option<Role>>>>,
+    watchers: Arc<DashMap<Key, Watched>>,
+    /// Counts the changes made through the API ([`Access::changed`]), so that a role read
+    /// from the database before a change is never written over it (see [`Access::seq`]).
+    seq: Arc<std::sync::atomic::AtomicU64>,
+    /// The live sockets of each user (by the identity provider's id): one token they all
+    /// watch, and how many hold it. Cancelling it closes them all ([`Access::kick`]).
+    users: Arc<DashMap<String, Sockets>>,
+    /// Users deleted in the last [`TOMBSTONE`], so that a socket authenticated just before
+    /// the deletion but registered just after it is closed too.
+    deleted: Arc<DashMap<String, std::time::Instant>>,
+}
+
+/// One watched (user, workspace) pair.
+struct Watched {
+    tx: watch::Sender<Option<Role>>,
+    /// The [`Access::seq`] of the last API change to it (0: none).
+    changed_at: u64,
+}
+
+/// How long a deleted user's sockets are refused after the deletion, covering sockets that
+/// were authenticated before it and are still waiting to join (admission waits seconds).
+const TOMBSTONE: Duration = Duration::from_secs(60);
+
+/// The live sockets of one user.
+struct Sockets {
+    /// Tells the registrations apart from a later set of the same user's (after a kick).
+    generation: u64,
+    token: CancellationToken,
+    count: usize,
+}
+
+/// A live socket's registration under its user; dropping it unregisters.
+pub struct Presence {
+    users: Arc<DashMap<String, Sockets>>,
+    user: String,
+    generation: u64,
+    token: CancellationToken,
+}
+
+impl Presence {
+    /// Resolves when the user is deleted ([`Access::kick`]).
+    pub async fn kicked(&self) {
+        self.token.cancelled().await
+    }
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        self.users.remove_if_mut(&self.user, |_, sockets| {
+            if sockets.generation != self.generation {
+                return false;
+            }
+            sockets.count = sockets.count.saturating_sub(1);
+            sockets.count == 0
+        });
+    }
 }
 
 impl Access {
@@ -28,6 +88,9 @@ impl Access {
     pub fn new(db: Db, recheck: Duration, stop: CancellationToken) -> Access {
         let access = Access {
             watchers: Arc::default(),
+            seq: Arc::default(),
+            users: Arc::default(),
+            deleted: Arc::default(),
         };
         let sweeper = access.clone();
         tokio::spawn(async move {
@@ -43,29 +106,64 @@ impl Access {
         access
     }
 
-    /// Starts watching `user`'s role in `workspace`, currently `role`.
-    pub fn watch(&self, user: &str, workspace: &str, role: Role) -> watch::Receiver<Option<Role>> {
+    /// The current change count: take it before reading a role from the database and pass
+    /// it to [`Access::watch`].
+    pub fn seq(&self) -> u64 {
+        self.seq.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Starts watching `user`'s role in `workspace`: `role`, read from the database after
+    /// [`Access::seq`] returned `since`. If the API changed the role after that read, the
+    /// newer role stands: read the receiver's current value, not `role`.
+    pub fn watch(
+        &self,
+        user: &str,
+        workspace: &str,
+        role: Role,
+        since: u64,
+    ) -> watch::Receiver<Option<Role>> {
         let key = (user.to_string(), workspace.to_string());
-        let entry = self
-            .watchers
-            .entry(key)
-            .or_insert_with(|| watch::channel(Some(role)).0);
-        // The role read by the caller is at least as new as the one we hold.
-        entry.send_if_modified(|r| {
+        let entry = self.watchers.entry(key).or_insert_with(|| Watched {
+            tx: watch::channel(Some(role)).0,
+            changed_at: 0,
+        });
+        if entry.changed_at > since {
+            return entry.tx.subscribe();
+        }
+        entry.tx.send_if_modified(|r| {
             let changed = *r != Some(role);
             *r = Some(role);
             changed
         });
-        entry.subscribe()
+        entry.tx.subscribe()
     }
 
     /// Tells the live sockets of `user` in `workspace` about its new role (`None`: removed).
+    /// Remembered even while nobody watches (until the next sweep), so a socket whose role
+    /// was read just before the change does not start with the stale one.
     pub fn changed(&self, user: &str, workspace: &str, role: Option<Role>) {
-        if let Some(tx) = self
-            .watchers
-            .get(&(user.to_string(), workspace.to_string()))
-        {
-            tx.send_if_modified(|r| {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let key = (user.to_string(), workspace.to_string());
+        let mut entry = self.watchers.entry(key).or_insert_with(|| Watched {
+            tx: watch::channel(role).0,
+            changed_at: seq,
+        });
+        entry.changed_at = seq;
+        entry.tx.send_if_modified(|r| {
+            let changed = *r != role;
+            *r = role;
+            changed
+        });
+    }
+
+    /// Sets a role read from the database by the sweep, unless the API changed it since
+    /// the read (`since`): a sweep must not restore the role a demotion just took away.
+    fn refreshed(&self, key: &Key, role: Option<Role>, since: u64) {
+        if let Some(entry) = self.watchers.get(key) {
+            if entry.changed_at > since {
+                return;
+            }
+            entry.tx.send_if_modified(|r| {
                 let changed = *r != role;
                 *r = role;
                 changed
@@ -73,13 +171,69 @@ impl Access {
         }
     }
 
+    /// Registers a live socket of `user` (the identity provider's id); the registration
+    /// resolves [`Presence::kicked`] when the user is deleted, at once if it already was.
+    pub fn connect(&self, user: &str) -> Presence {
+        static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let fresh = || Sockets {
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            token: CancellationToken::new(),
+            count: 0,
+        };
+        let mut entry = self.users.entry(user.to_string()).or_insert_with(fresh);
+        if entry.token.is_cancelled() {
+            // Left by a registration that raced a kick: its sockets are closing.
+            *entry = fresh();
+        }
+        entry.count += 1;
+        let presence = Presence {
+            users: self.users.clone(),
+            user: user.to_string(),
+            generation: entry.generation,
+            token: entry.token.clone(),
+        };
+        drop(entry);
+        // Checked after registering, so a kick running meanwhile either finds this socket or
+        // has left its tombstone for us to see.
+        if self
+            .deleted
+            .get(user)
+            .is_some_and(|at| at.elapsed() < TOMBSTONE)
+        {
+            presence.token.cancel();
+        }
+        presence
+    }
+
+    /// Closes every live socket of `user` (deleted at the identity provider) and refuses its
+    /// sockets that register within the next minute.
+    pub fn kick(&self, user: &str) {
+        self.deleted
+            .insert(user.to_string(), std::time::Instant::now());
+        if let Some((_, sockets)) = self.users.remove(user) {
+            sockets.token.cancel();
+        }
+    }
+
+    /// Forgets a deletion (the user was created again).
+    pub fn restored(&self, user: &str) {
+        self.deleted.remove(user);
+    }
+
+    /// How many users have live sockets registered (for tests).
+    pub fn connected_users(&self) -> usize {
+        self.users.len()
+    }
+
     /// Re-reads every watched role from the database and drops pairs nobody watches.
     async fn sweep(&self, db: &Db) {
-        self.watchers.retain(|_, tx| tx.receiver_count() > 0);
+        self.deleted.retain(|_, at| at.elapsed() < TOMBSTONE);
+        self.watchers.retain(|_, w| w.tx.receiver_count() > 0);
         let mut users: Vec<String> = self.watchers.iter().map(|e| e.key().0.clone()).collect();
         users.sort();
         users.dedup();
         for user in users {
+            let since = self.seq();
             let roles = match db::memberships(db, &user).await {
                 Ok(roles) => roles,
                 Err(e) => {
@@ -93,9 +247,9 @@ impl Access {
                 .filter(|e| e.key().0 == user)
                 .map(|e| e.key().clone())
                 .collect();
-            for (u, ws) in keys {
-                let role = roles.iter().find(|(w, _)| *w == ws).map(|(_, r)| *r);
-                self.changed(&u, &ws, role);
+            for key in keys {
+                let role = roles.iter().find(|(w, _)| *w == key.1).map(|(_, r)| *r);
+                self.refreshed(&key, role, since);
             }
         }
     }
@@ -103,5 +257,57 @@ impl Access {
     /// How many (user, workspace) pairs are watched (for tests).
     pub fn watched(&self) -> usize {
         self.watchers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn access() -> Access {
+        let db = Db::memory().await.unwrap();
+        Access::new(db, Duration::from_secs(3600), CancellationToken::new())
+    }
+
+    #[tokio::test]
+    async fn an_api_change_is_never_overwritten_by_an_older_read() {
+        let access = access().await;
+        let key: Key = ("u".into(), "w".into());
+        // A socket read "member", then the API demoted the user before it registered: the
+        // demotion stands.
+        let since = access.seq();
+        access.changed("u", "w", Some(Role::Viewer));
+        let rx = access.watch("u", "w", Role::Member, since);
+        assert_eq!(*rx.borrow(), Some(Role::Viewer));
+        // The sweep read "member" before another API change: it does not restore it.
+        let since = access.seq();
+        access.changed("u", "w", None);
+        access.refreshed(&key, Some(Role::Member), since);
+        assert_eq!(*rx.borrow(), None);
+        // A read made after the change applies (a change made outside the API).
+        access.refreshed(&key, Some(Role::Member), access.seq());
+        assert_eq!(*rx.borrow(), Some(Role::Member));
+    }
+
+    #[tokio::test]
+    async fn kicking_a_user_ends_every_registration_and_refuses_new_ones() {
+        let access = access().await;
+        let (a, b) = (access.connect("ext"), access.connect("ext"));
+        let other = access.connect("someone-else");
+        assert_eq!(access.connected_users(), 2);
+        access.kick("ext");
+        let wait = Duration::from_secs(1);
+        tokio::time::timeout(wait, a.kicked()).await.unwrap();
+        tokio::time::timeout(wait, b.kicked()).await.unwrap();
+        assert!(!other.token.is_cancelled());
+        // Authenticated before the deletion, registered after: refused too.
+        let late = access.connect("ext");
+        tokio::time::timeout(wait, late.kicked()).await.unwrap();
+        // Created again at the identity provider: welcome back.
+        access.restored("ext");
+        let back = access.connect("ext");
+        assert!(!back.token.is_cancelled());
+        drop((a, b, late, back, other));
+        assert_eq!(access.connected_users(), 0);
     }
 }

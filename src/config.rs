@@ -156,6 +156,22 @@ pub struct ServeConfig {
     /// Required `aud` claim.
     #[arg(long, env = "RESONANT_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+    /// Web origins (`https://app.example.com`) whose pages may open `/sync` sockets,
+    /// comma-separated; empty allows any. Development mode allows loopback origins only.
+    #[arg(long, env = "RESONANT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Longest token lifetime accepted (`exp` − `iat`), in seconds; longer-lived tokens are
+    /// refused (0: no limit).
+    #[arg(
+        long,
+        env = "RESONANT_MAX_TOKEN_LIFETIME_SECS",
+        default_value_t = 86_400
+    )]
+    pub max_token_lifetime_secs: u64,
+    /// Networks of reverse proxies (`10.0.0.0/8`, `127.0.0.1`) whose `X-Forwarded-For` names
+    /// the client for per-IP limits, comma-separated; from anyone else it is ignored.
+    #[arg(long, env = "RESONANT_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     /// 32-byte key (64 hex characters or base64) that encrypts provider API keys at rest.
     /// Without it, storing provider keys is refused.
     #[arg(long, env = "RESONANT_ENCRYPTION_KEY", hide_env_values = true)]
@@ -305,6 +321,8 @@ impl ServeConfig {
         if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 32) {
             return Err("--jwt-secret must be at least 32 bytes".into());
         }
+        crate::client_ip::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| format!("--trusted-proxies: {e}"))?;
         if self.idle_timeout_secs <= self.ping_interval_secs {
             return Err(format!(
                 "--idle-timeout-secs ({}) must be longer than --ping-interval-secs ({}), or idle \
@@ -343,6 +361,8 @@ impl ServeConfig {
             jwks_url: self.jwks_url.clone(),
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
+            max_lifetime: (self.max_token_lifetime_secs > 0)
+                .then(|| Duration::from_secs(self.max_token_lifetime_secs)),
             ..crate::auth::jwt::JwtConfig::default()
         })
     }

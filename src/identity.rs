@@ -24,6 +24,8 @@ pub struct Principal {
     pub expires_at: Option<i64>,
     /// Whether this is the development user (no auth configured).
     pub dev: bool,
+    /// The token's email claim (absent when the token says it is not verified).
+    pub email: Option<String>,
 }
 
 /// Why a caller was not authenticated.
@@ -65,7 +67,7 @@ struct Inner {
     /// Tokens limit a new user starts with (the free plan's).
     free_tokens: i64,
     /// External id → our user row, so a verified token costs no query. Entries are dropped
-    /// when the user changes (webhook) and bounded by the number of distinct users.
+    /// when the user changes (webhook); at most [`MAX_CACHED_USERS`] are kept.
     users: DashMap<String, User>,
 }
 
@@ -73,6 +75,10 @@ enum Mode {
     Dev(User),
     Jwt(Verifier),
 }
+
+/// Most user rows cached: every signed-up account could otherwise sit in memory for ever.
+/// Past it an arbitrary entry makes room (the evicted user costs one query next time).
+pub const MAX_CACHED_USERS: usize = 10_000;
 
 /// The name of the development workspace.
 const DEV_WORKSPACE_SLUG: &str = "default";
@@ -130,6 +136,7 @@ impl Authenticator {
                     user: user.clone(),
                     expires_at: None,
                     dev: true,
+                    email: user.email.clone(),
                 })
             }
             Mode::Jwt(v) => v,
@@ -143,6 +150,7 @@ impl Authenticator {
             user,
             expires_at: Some(claims.exp),
             dev: false,
+            email: claims.email,
         })
     }
 
@@ -163,12 +171,49 @@ impl Authenticator {
                 db::upsert_user(db, &claims.sub, &profile, self.inner.free_tokens, false).await?
             }
         };
-        self.inner.users.insert(claims.sub.clone(), user.clone());
+        let cache = &self.inner.users;
+        while cache.len() >= MAX_CACHED_USERS {
+            let Some(victim) = cache.iter().next().map(|e| e.key().clone()) else {
+                break;
+            };
+            cache.remove(&victim);
+        }
+        cache.insert(claims.sub.clone(), user.clone());
         Ok(user)
+    }
+
+    /// How many user rows are cached (for tests).
+    pub fn cached_users(&self) -> usize {
+        self.inner.users.len()
     }
 
     /// Forgets the cached row of a user that changed (webhook): the next token reloads it.
     pub fn forget(&self, external_id: &str) {
         self.inner.users.remove(external_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_user_cache_is_bounded() {
+        let db = Db::memory().await.unwrap();
+        let secret = "s".repeat(32);
+        let config = JwtConfig {
+            secret: Some(secret.clone()),
+            ..JwtConfig::default()
+        };
+        let auth = Authenticator::new(db, Some(config), 100).await.unwrap();
+        let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+        let exp = crate::db::now_ms() / 1000 + 600;
+        for i in 0..MAX_CACHED_USERS + 100 {
+            let claims = serde_json::json!({ "sub": format!("user-{i}"), "exp": exp });
+            let token =
+                jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+            auth.authenticate(Some(&token)).await.unwrap();
+        }
+        assert_eq!(auth.cached_users(), MAX_CACHED_USERS);
     }
 }

@@ -11,6 +11,7 @@ pub mod access;
 mod admission;
 pub mod api;
 pub mod auth;
+pub mod client_ip;
 pub mod config;
 pub mod content;
 pub mod crypto;
@@ -19,6 +20,7 @@ mod demo;
 pub mod email;
 pub mod engine;
 pub mod identity;
+mod origins;
 pub mod ratelimit;
 mod read_ahead;
 mod serve;
@@ -74,6 +76,8 @@ pub struct AppState {
     limiter: Option<ratelimit::Limiter>,
     /// Runs workflows.
     engine: engine::Engine,
+    /// Whose `X-Forwarded-For` names the client (`--trusted-proxies`).
+    proxies: client_ip::TrustedProxies,
 }
 
 impl AppState {
@@ -253,6 +257,8 @@ pub async fn start_with_store(
         tracing::info!(resumed, "executions resumed");
     }
     let state = AppState {
+        proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)
+            .map_err(anyhow::Error::msg)?,
         engine: engine.clone(),
         db,
         cipher,
@@ -360,6 +366,7 @@ fn router(state: AppState) -> Router {
     // the server's logs. The layers wrap everything, fallbacks included, so they come last;
     // the last added runs first.
     let request_id = axum::http::HeaderName::from_static("x-request-id");
+    let guard = axum::middleware::from_fn_with_state(state.clone(), origins::guard);
     Router::new()
         .merge(api)
         .merge(webhooks::router())
@@ -371,6 +378,8 @@ fn router(state: AppState) -> Router {
         // not an API route, so it stays out of the OpenAPI document.
         .fallback(demo::fallback)
         .method_not_allowed_fallback(|| async { api::ApiError::MethodNotAllowed })
+        // Before any route: development mode serves loopback pages only (see origins.rs).
+        .layer(guard)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {

@@ -245,6 +245,12 @@ async fn clerk(
     let (outcome, changed) = apply_clerk(&app, event_id, &change, free_tokens).await?;
     if let Some(external_id) = changed {
         app.auth.forget(&external_id);
+        match &change {
+            // Its open sockets close now (4401), not when their tokens expire.
+            ClerkChange::Delete { .. } => app.access.kick(&external_id),
+            ClerkChange::Upsert { restore: true, .. } => app.access.restored(&external_id),
+            _ => {}
+        }
     }
     tracing::info!(event = event_id, kind, ?outcome, "clerk webhook");
     reply(outcome)
@@ -304,9 +310,17 @@ struct StripeEvent {
     id: Option<String>,
     #[serde(rename = "type")]
     kind: String,
+    /// When Stripe created the event (Unix seconds): events arrive in any order, and one
+    /// older than the last applied to its user changes nothing.
+    #[serde(default)]
+    created: Option<i64>,
     #[serde(default)]
     data: Value,
 }
+
+/// The subscription statuses that grant the subscribed plan; any other (`incomplete`,
+/// `incomplete_expired`, `unpaid`, `canceled`, `paused`) leaves the user on the free plan.
+const PAYING_STATUSES: [&str; 3] = ["active", "trialing", "past_due"];
 
 /// What a subscription event says about a customer's subscription.
 #[derive(Debug)]
@@ -345,7 +359,15 @@ impl Subscription {
         // `customer` is an id, or the customer object when the event was expanded.
         let customer = text_at(object, "/customer").or_else(|| text_at(object, "/customer/id"));
         let plans = &app.config.plan_tokens;
-        let plan = if deleted {
+        let status = if deleted {
+            Some("canceled".to_string())
+        } else {
+            text_at(object, "/status")
+        };
+        let paying = status
+            .as_deref()
+            .is_some_and(|s| PAYING_STATUSES.contains(&s));
+        let plan = if deleted || !paying {
             Some(("free".to_string(), plans.tokens("free")))
         } else {
             let candidates = [
@@ -371,11 +393,7 @@ impl Subscription {
             customer,
             user_id: text_at(object, "/metadata/userId"),
             clerk_id: text_at(object, "/metadata/clerkId"),
-            status: if deleted {
-                Some("canceled".into())
-            } else {
-                text_at(object, "/status")
-            },
+            status,
             plan,
             deleted,
         }))
@@ -407,7 +425,8 @@ async fn stripe(
         .map_err(|e| ApiError::bad_request(None, format!("not a Stripe event: {e}")))?;
     let event_id = id_field("id", event.id.as_deref())?;
     let subscription = Subscription::of(&app, &event.kind, &event.data)?;
-    let (outcome, changed) = apply_stripe(&app, event_id, subscription.as_ref()).await?;
+    let (outcome, changed) =
+        apply_stripe(&app, event_id, event.created, subscription.as_ref()).await?;
     if let Some(external_id) = changed {
         app.auth.forget(&external_id);
     }
@@ -425,6 +444,7 @@ async fn stripe(
 async fn apply_stripe(
     app: &AppState,
     event_id: &str,
+    created: Option<i64>,
     sub: Option<&Subscription>,
 ) -> Result<(Outcome, Option<String>), DbError> {
     let now = now_ms();
@@ -460,14 +480,18 @@ async fn apply_stripe(
         };
         let (plan, limit) = sub.plan.clone().unzip();
         // A deletion applies only to the user's current subscription: the end of an old one,
-        // delivered late, must not cancel a newer one.
+        // delivered late, must not cancel a newer one. And an event older than the last one
+        // applied (Stripe's `created`) is stale: `updated` delivered after `deleted` must not
+        // bring a plan back.
         let n = sqlx::query(
             "UPDATE users SET subscription_id = $2, subscription_status = COALESCE($3, subscription_status), \
              subscription_plan = COALESCE($4, subscription_plan), tokens_limit = COALESCE($5, tokens_limit), \
-             stripe_customer_id = COALESCE($6, stripe_customer_id), updated_at = $7 \
-             WHERE id = $1 AND (NOT $8 OR subscription_id IS NULL OR subscription_id = $2)")
+             stripe_customer_id = COALESCE($6, stripe_customer_id), updated_at = $7, \
+             subscription_event_at = COALESCE($9, subscription_event_at) \
+             WHERE id = $1 AND (NOT $8 OR subscription_id IS NULL OR subscription_id = $2) \
+             AND ($9 IS NULL OR subscription_event_at IS NULL OR subscription_event_at <= $9)")
             .bind(&user_id).bind(&sub.id).bind(&sub.status).bind(plan).bind(limit)
-            .bind(&sub.customer).bind(now).bind(sub.deleted)
+            .bind(&sub.customer).bind(now).bind(sub.deleted).bind(created)
             .execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
         if n == 0 {

@@ -100,7 +100,7 @@ pub async fn sync_handler(
     let ip = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| app.proxies.client_ip(c.0.ip(), req.headers()));
     let Some(accept) = websocket_accept(req.headers()) else {
         return (
             StatusCode::UPGRADE_REQUIRED,
@@ -249,11 +249,19 @@ async fn authorize(app: &AppState, principal: &Principal, room: &str) -> Result<
         .strip_prefix("workflow-")
         .filter(|id| db::valid_id(id))
         .ok_or_else(forbidden)?;
+    let since = app.access.seq();
     match db::workflow_with_role(&app.db, id, &principal.user.id).await {
-        Ok(Some((wf, Some(role)))) => Ok(Grant {
-            role,
-            watch: Some(app.access.watch(&principal.user.id, &wf.workspace_id, role)),
-        }),
+        Ok(Some((wf, Some(read)))) => {
+            // The API may have changed the role since we read it: the newer one stands.
+            let watch = app
+                .access
+                .watch(&principal.user.id, &wf.workspace_id, read, since);
+            let role = (*watch.borrow()).ok_or_else(forbidden)?;
+            Ok(Grant {
+                role,
+                watch: Some(watch),
+            })
+        }
         Ok(_) => Err(forbidden()),
         Err(e) => {
             tracing::error!(error = %e, "authorization query failed");
@@ -394,6 +402,7 @@ async fn connection(
             external_id: principal.user.external_id.clone(),
             expires_at: principal.expires_at,
             watch: grant.watch,
+            presence: app.access.connect(&principal.user.external_id),
         };
         reader(stream, session, ack_tx, &app, auth).await;
         // The session is gone (left the room); the writer sends the close frame, bounded by
@@ -424,6 +433,8 @@ struct SocketAuth {
     /// Unix seconds; `None` when the token does not expire (development mode).
     expires_at: Option<i64>,
     watch: Option<watch::Receiver<Option<Role>>>,
+    /// Ends the connection when the user is deleted at the identity provider.
+    presence: crate::access::Presence,
 }
 
 impl SocketAuth {
@@ -554,6 +565,11 @@ async fn reader(
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
+            _ = auth.presence.kicked() => {
+                tracing::info!("user deleted; closing");
+                peer.close(Close::new(close_code::UNAUTHORIZED, "user deleted"));
+                return;
+            }
             _ = &mut expiry => {
                 tracing::info!("token expired; closing");
                 peer.close(Close::new(close_code::UNAUTHORIZED, "token expired: reconnect with a fresh token"));

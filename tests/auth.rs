@@ -8,7 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::api::{backends, call, fresh_schema, random_hex, sign_in, token_with, Backend, User};
+use common::api::{
+    backends, call, fresh_schema, invite_and_accept, random_hex, sign_in, token_with, Backend, User,
+};
 use common::{room_url, Client, WAIT};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -111,15 +113,7 @@ async fn team(env: &Env) -> Team {
     let viewer = env.user("viewer").await;
     let outsider = env.user("outsider").await;
     for (user, role) in [(&admin, "admin"), (&member, "member"), (&viewer, "viewer")] {
-        let (s, body) = env
-            .call(
-                Some(&owner.token),
-                Method::POST,
-                &format!("/api/v1/workspaces/{workspace}/members"),
-                Some(json!({ "userId": user.id, "role": role })),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
+        invite_and_accept(&env.http, env.addr(), &owner.token, &workspace, user, role).await;
     }
     let workflow = new_workflow(env, &owner, &workspace).await;
     Team {
@@ -309,11 +303,11 @@ async fn rest_matrix_view_edit_delete_members_billing() {
                 )
                 .await;
             let want = if matches!(role, "owner" | "admin") {
-                StatusCode::CREATED
+                StatusCode::ACCEPTED
             } else {
                 StatusCode::FORBIDDEN
             };
-            assert_eq!(s, want, "{backend:?}: {role} adds a member: {body}");
+            assert_eq!(s, want, "{backend:?}: {role} invites a member: {body}");
         }
 
         // Billing: the owner only.
@@ -964,7 +958,8 @@ async fn invitations_are_emailed_through_resend_and_accepted_by_link() {
         .await;
         let t = team(&env).await;
         let members = format!("/api/v1/workspaces/{}/members", t.workspace);
-        let email = format!("new-{}@example.com", random_hex(4));
+        let newcomer_sub = format!("new-{}", random_hex(4));
+        let email = format!("{newcomer_sub}@example.com");
         let (s, body) = env
             .call(
                 Some(&t.admin.token),
@@ -992,11 +987,14 @@ async fn invitations_are_emailed_through_resend_and_accepted_by_link() {
             .expect("accept link");
         let token = link.split("token=").nth(1).unwrap();
 
-        // Someone new signs in and accepts: a viewer of the workspace.
-        let newcomer = env.user("newcomer").await;
+        assert_eq!(body["emailed"], true);
+        assert_eq!(body["acceptUrl"], link);
+
+        // Someone new signs in with the invited address and accepts: a viewer.
+        let newcomer_token = env.token(&newcomer_sub, 3600);
         let (s, ws) = env
             .call(
-                Some(&newcomer.token),
+                Some(&newcomer_token),
                 Method::POST,
                 "/api/v1/invitations/accept",
                 Some(json!({ "token": token })),
@@ -1006,7 +1004,7 @@ async fn invitations_are_emailed_through_resend_and_accepted_by_link() {
         assert_eq!(ws["role"], "viewer");
         let (s, _) = env
             .call(
-                Some(&newcomer.token),
+                Some(&newcomer_token),
                 Method::GET,
                 &format!("/api/v1/workflows/{}", t.workflow),
                 None,
@@ -1025,7 +1023,8 @@ async fn invitations_are_emailed_through_resend_and_accepted_by_link() {
             .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
 
-        // An address that already has a user is added at once, without email.
+        // An address that already has a user is invited the same way (nothing tells the
+        // inviter whether it has an account), and joins only by accepting.
         let sent_before = mock.requests.lock().unwrap().len();
         let (s, body) = env
             .call(
@@ -1035,8 +1034,17 @@ async fn invitations_are_emailed_through_resend_and_accepted_by_link() {
                 Some(json!({ "email": format!("{}@example.com", other.sub), "role": "member" })),
             )
             .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
-        assert_eq!(mock.requests.lock().unwrap().len(), sent_before);
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(mock.requests.lock().unwrap().len(), sent_before + 1);
+        let (s, _) = env
+            .call(
+                Some(&other.token),
+                Method::GET,
+                &format!("/api/v1/workflows/{}", t.workflow),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "not a member before accepting");
 
         // Resend refuses: 502 with its reason, and no invitation is left behind.
         *mock.fail.lock().unwrap() = Some(422);
@@ -1072,7 +1080,7 @@ async fn invitations_are_emailed_through_resend_and_accepted_by_link() {
 }
 
 #[tokio::test]
-async fn inviting_without_email_configured_is_a_clear_conflict() {
+async fn inviting_without_email_configured_answers_the_link() {
     let env = Env::start(Backend::Sqlite, |c| {
         c.resend_api_url = "http://127.0.0.1:9".into()
     })
@@ -1086,11 +1094,12 @@ async fn inviting_without_email_configured_is_a_clear_conflict() {
             Some(json!({ "email": "someone@example.com", "role": "member" })),
         )
         .await;
-    assert_eq!(s, StatusCode::CONFLICT, "{body}");
-    assert!(body["error"]["message"]
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["emailed"], false);
+    assert!(body["acceptUrl"]
         .as_str()
         .unwrap()
-        .contains("RESEND_API_KEY"));
+        .starts_with("http://localhost:3000/invite?token="));
     env.stop().await;
 }
 

@@ -421,13 +421,15 @@ async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
         let env = Env::new(backend).await;
         let wf = env.workflow(napping()).await;
         let viewer = sign_in(&env.http, env.addr(), SECRET, "viewer").await;
-        let (s, b) = env
-            .post(
-                &format!("/api/v1/workspaces/{}/members", env.ws),
-                Some(json!({"userId": viewer.id, "role": "viewer"})),
-            )
-            .await;
-        assert!(s.is_success(), "{b}");
+        common::api::invite_and_accept(
+            &env.http,
+            env.addr(),
+            &env.owner.token,
+            &env.ws,
+            &viewer,
+            "viewer",
+        )
+        .await;
         let (s, b) = env
             .call(
                 &viewer,

@@ -288,7 +288,8 @@ async fn get_template(
     Ok(axum::Json(row.ok_or(ApiError::NotFound)?.into_template()?))
 }
 
-/// Downloads a template: counts the download and returns the template with the new count.
+/// Downloads a template: counts the download (once per user) and returns the template with
+/// the new count.
 #[utoipa::path(post, path = "/api/v1/templates/{id}/download", tag = "templates",
     params(("id" = String, Path, description = "Template id")),
     responses((status = 200, body = BlockTemplate)))]
@@ -300,17 +301,31 @@ async fn download_template(
     if !db::valid_id(&id) {
         return Err(ApiError::NotFound);
     }
-    // One statement: concurrent downloads each add one, none is lost. The template's
-    // `updatedAt` is about its content, so a download leaves it alone.
-    let sql = format!(
-        "UPDATE block_templates SET downloads = downloads + 1 \
-         WHERE id = $1 AND (is_public = TRUE OR created_by = $2) RETURNING {COLS}"
+    // Counted once per user, so one account cannot inflate a template's popularity: the
+    // (template, user) row and the count change in one transaction, and concurrent
+    // downloads by different users each add one. The template's `updatedAt` is about its
+    // content, so a download leaves it alone.
+    // The first statement writes, so SQLite takes the write lock at once (waiting its
+    // turn) rather than upgrading a read lock, which concurrent downloads deadlock on.
+    let select = format!(
+        "SELECT {COLS} FROM block_templates WHERE id = $1 AND (is_public = TRUE OR created_by = $2)"
     );
-    let row: Option<Row> = with_pool!(&app.db, p => sqlx::query_as(&sql)
-        .bind(&id)
-        .bind(caller.id())
-        .fetch_optional(p)
-        .await
-        .map_err(DbError::from)?);
+    let row: Option<Row> = with_pool!(&app.db, p => {
+        let mut tx = p.begin().await.map_err(DbError::from)?;
+        let first = sqlx::query(
+            "INSERT INTO template_downloads (template_id, user_id, downloaded_at) \
+             SELECT id, $2, $3 FROM block_templates WHERE id = $1 AND (is_public = TRUE OR created_by = $2) \
+             ON CONFLICT (template_id, user_id) DO NOTHING")
+            .bind(&id).bind(caller.id()).bind(db::now_ms())
+            .execute(&mut *tx).await.map_err(DbError::from)?.rows_affected() == 1;
+        if first {
+            sqlx::query("UPDATE block_templates SET downloads = downloads + 1 WHERE id = $1")
+                .bind(&id).execute(&mut *tx).await.map_err(DbError::from)?;
+        }
+        let row = sqlx::query_as(&select).bind(&id).bind(caller.id())
+            .fetch_optional(&mut *tx).await.map_err(DbError::from)?;
+        tx.commit().await.map_err(DbError::from)?;
+        row
+    });
     Ok(axum::Json(row.ok_or(ApiError::NotFound)?.into_template()?))
 }

@@ -19,6 +19,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_workspace, rename_workspace))
         .routes(routes!(list_members, add_member))
         .routes(routes!(change_member, remove_member))
+        .routes(routes!(list_invitations))
+        .routes(routes!(revoke_invitation))
         .routes(routes!(accept_invitation))
         .routes(routes!(me))
         .routes(routes!(billing))
@@ -217,41 +219,42 @@ async fn list_members(
     Ok(axum::Json(Page::new(items, limit, |m| m.user_id.clone())))
 }
 
-/// `POST /workspaces/{id}/members` body: an existing user by id or email, or an email to
-/// invite.
+/// `POST /workspaces/{id}/members` body: whom to invite, by user id or email.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AddMember {
-    /// An existing user's id.
+    /// An existing user's id: the invitation goes to the user's email address.
     pub user_id: Option<String>,
-    /// An email address: an existing user with it is added, anyone else is invited.
+    /// An email address to invite.
     #[schema(format = Email, max_length = 254)]
     pub email: Option<String>,
-    /// The role to grant.
+    /// The role to grant on acceptance (admin, member or viewer).
     pub role: Role,
 }
 
-/// What adding a member did.
+/// What adding a member did: always an invitation, whether or not the address has an
+/// account (so the answer tells nothing about who has one).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AddMemberResult {
-    /// The new member, when the user existed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub member: Option<Member>,
-    /// The invitation sent, when the address has no user yet.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub invitation: Option<Invitation>,
+    /// The invitation.
+    pub invitation: Invitation,
+    /// Whether the invitation was emailed (Resend configured).
+    pub emailed: bool,
+    /// The accept link (also in the email), to share another way if need be: only a user
+    /// signed in with the invited address can accept it.
+    pub accept_url: String,
 }
 
 /// How long an invitation link stays valid.
 const INVITATION_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
-/// Adds a member (owner or admin). An email without a user gets an invitation email with an
-/// accept link (202).
+/// Invites someone (owner or admin). Membership is by invitation only: nobody joins a
+/// workspace without accepting, and the answer is 202 with an invitation whether or not the
+/// address has an account. Owners are made by promotion after joining.
 #[utoipa::path(post, path = "/api/v1/workspaces/{id}/members", tag = "members",
     params(("id" = String, Path, description = "Workspace id")), request_body = AddMember,
-    responses((status = 201, body = AddMemberResult, description = "Member added"),
-              (status = 202, body = AddMemberResult, description = "Invitation sent"),
+    responses((status = 202, body = AddMemberResult, description = "Invitation created (and emailed when Resend is configured)"),
               (status = 502, body = super::ErrorBody, description = "The email could not be sent")))]
 async fn add_member(
     State(app): State<AppState>,
@@ -261,10 +264,13 @@ async fn add_member(
 ) -> Result<Response, ApiError> {
     let role = role_in(&app, &caller, &id).await?;
     require(role, Action::ManageMembers)?;
-    if body.role == Role::Owner && role != Role::Owner {
-        return Err(ApiError::Forbidden("only an owner can add owners".into()));
+    if body.role == Role::Owner {
+        return Err(ApiError::field(
+            "role",
+            "invite as admin, member or viewer; promote to owner after joining",
+        ));
     }
-    let user = match (&body.user_id, &body.email) {
+    let email = match (&body.user_id, &body.email) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(ApiError::field(
                 "userId",
@@ -277,33 +283,22 @@ async fn add_member(
             } else {
                 None
             };
-            Some(user.ok_or_else(|| ApiError::field("userId", "no such user"))?)
+            let user = user.ok_or_else(|| ApiError::field("userId", "no such user"))?;
+            if db::member_role(&app.db, &id, &user.id).await?.is_some() {
+                return Err(ApiError::Conflict("already a member".into()));
+            }
+            user.email.ok_or_else(|| {
+                ApiError::field("userId", "this user has no email address to invite")
+            })?
         }
         (None, Some(email)) => {
             let email = email.trim();
             if !valid_email(email) {
                 return Err(ApiError::field("email", "not an email address"));
             }
-            db::user_by_email(&app.db, email).await?
+            email.to_string()
         }
     };
-    if let Some(user) = user {
-        db::add_member(&app.db, &id, &user.id, body.role).await?;
-        let member = db::member(&app.db, &id, &user.id).await?;
-        app.access.changed(&user.id, &id, Some(body.role));
-        let result = AddMemberResult {
-            member,
-            invitation: None,
-        };
-        return Ok((StatusCode::CREATED, axum::Json(result)).into_response());
-    }
-    if body.role == Role::Owner {
-        return Err(ApiError::field(
-            "role",
-            "invite as admin, member or viewer; promote to owner after joining",
-        ));
-    }
-    let email = body.email.as_deref().unwrap_or_default().trim().to_string();
     let ws = db::workspace_for_user(&app.db, &id, caller.id())
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -318,25 +313,63 @@ async fn add_member(
         INVITATION_TTL_MS,
     )
     .await?;
-    let inviter = caller.0.user.name.clone().or(caller.0.user.email.clone());
     let link = format!(
         "{}/invite?token={secret}",
         app.config.public_url.trim_end_matches('/')
     );
-    if let Err(e) = app
-        .mailer
-        .send_invitation(&invitation.id, &email, &ws.name, inviter.as_deref(), &link)
-        .await
-    {
-        // No email, no invitation: the admin sees the failure and can retry.
-        db::delete_invitation(&app.db, &invitation.id).await?;
-        return Err(e.into());
+    let emailed = app.mailer.is_configured();
+    if emailed {
+        let inviter = caller.0.user.name.clone().or(caller.0.user.email.clone());
+        if let Err(e) = app
+            .mailer
+            .send_invitation(&invitation.id, &email, &ws.name, inviter.as_deref(), &link)
+            .await
+        {
+            // No email, no invitation: the admin sees the failure and can retry.
+            db::delete_invitation(&app.db, &invitation.id).await?;
+            return Err(e.into());
+        }
     }
     let result = AddMemberResult {
-        member: None,
-        invitation: Some(invitation),
+        invitation,
+        emailed,
+        accept_url: link,
     };
     Ok((StatusCode::ACCEPTED, axum::Json(result)).into_response())
+}
+
+/// A workspace's pending invitations (owner or admin).
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}/invitations", tag = "members",
+    params(("id" = String, Path, description = "Workspace id"), PageQuery),
+    responses((status = 200, body = Page<Invitation>)))]
+async fn list_invitations(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(page): Query<PageQuery>,
+) -> Result<axum::Json<Page<Invitation>>, ApiError> {
+    let role = role_in(&app, &caller, &id).await?;
+    require(role, Action::ManageMembers)?;
+    let limit = page.limit()?;
+    let items = db::invitations(&app.db, &id, page.id_cursor()?, limit).await?;
+    Ok(axum::Json(Page::new(items, limit, |i| i.id.clone())))
+}
+
+/// Revokes a pending invitation (owner or admin): its link stops working.
+#[utoipa::path(delete, path = "/api/v1/workspaces/{id}/invitations/{invitation_id}", tag = "members",
+    params(("id" = String, Path, description = "Workspace id"), ("invitation_id" = String, Path, description = "Invitation id")),
+    responses((status = 204, description = "Revoked")))]
+async fn revoke_invitation(
+    State(app): State<AppState>,
+    caller: Caller,
+    Path((id, invitation)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let role = role_in(&app, &caller, &id).await?;
+    require(role, Action::ManageMembers)?;
+    if !db::valid_id(&invitation) || !db::revoke_invitation(&app.db, &id, &invitation).await? {
+        return Err(ApiError::NotFound);
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 fn valid_email(email: &str) -> bool {
@@ -400,6 +433,10 @@ async fn change_member(
             ))
         }
     }
+    if !body.role.allows(Action::ManageMembers) {
+        // Demoted below admin: the invitations they sent go with the right to send them.
+        db::revoke_invitations_by(&app.db, &id, &user).await?;
+    }
     app.access.changed(&user, &id, Some(body.role));
     let member = db::member(&app.db, &id, &user)
         .await?
@@ -438,6 +475,8 @@ async fn remove_member(
             ))
         }
     }
+    // A removed admin must not come back through an invitation they sent themselves.
+    db::revoke_invitations_by(&app.db, &id, &user).await?;
     app.access.changed(&user, &id, None);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -450,7 +489,9 @@ pub struct AcceptInvitation {
     pub token: String,
 }
 
-/// Accepts an invitation: the caller becomes a member of its workspace.
+/// Accepts an invitation: the caller becomes a member of its workspace. The caller must be
+/// signed in with the invited address (the token's email claim, unless marked unverified,
+/// or the account's email), and the inviter must still be allowed to invite.
 #[utoipa::path(post, path = "/api/v1/invitations/accept", tag = "members", request_body = AcceptInvitation,
     responses((status = 200, body = Workspace)))]
 async fn accept_invitation(
@@ -458,9 +499,25 @@ async fn accept_invitation(
     caller: Caller,
     Json(body): Json<AcceptInvitation>,
 ) -> Result<axum::Json<Workspace>, ApiError> {
-    let ws = db::accept_invitation(&app.db, &hash_secret(body.token.trim()), caller.id())
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let emails: Vec<String> = [caller.0.email.clone(), caller.0.user.email.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let hash = hash_secret(body.token.trim());
+    let ws = match db::accept_invitation(&app.db, &hash, caller.id(), &emails).await? {
+        db::Acceptance::Joined(ws) => ws,
+        db::Acceptance::Unknown => return Err(ApiError::NotFound),
+        db::Acceptance::WrongEmail => {
+            return Err(ApiError::Forbidden(
+                "this invitation is for another email address: sign in with the invited one".into(),
+            ))
+        }
+        db::Acceptance::InviterLost => {
+            return Err(ApiError::Forbidden(
+                "this invitation was revoked: its sender may no longer invite".into(),
+            ))
+        }
+    };
     let workspace = db::workspace_for_user(&app.db, &ws, caller.id())
         .await?
         .ok_or(ApiError::NotFound)?;

@@ -66,6 +66,9 @@ pub struct JwtConfig {
     pub min_refetch_interval: Duration,
     /// Age past which the cached JWKS is refetched (see [`DEFAULT_CACHE_TTL`]).
     pub cache_ttl: Duration,
+    /// Longest lifetime accepted (`exp` minus `iat`, or minus now when `iat` is absent or in
+    /// the future); `None` accepts any. A leaked long-lived token would outlive a deletion.
+    pub max_lifetime: Option<Duration>,
 }
 
 impl Default for JwtConfig {
@@ -78,6 +81,7 @@ impl Default for JwtConfig {
             leeway: DEFAULT_LEEWAY,
             min_refetch_interval: DEFAULT_MIN_REFETCH_INTERVAL,
             cache_ttl: DEFAULT_CACHE_TTL,
+            max_lifetime: None,
         }
     }
 }
@@ -93,6 +97,7 @@ impl fmt::Debug for JwtConfig {
             .field("leeway", &self.leeway)
             .field("min_refetch_interval", &self.min_refetch_interval)
             .field("cache_ttl", &self.cache_ttl)
+            .field("max_lifetime", &self.max_lifetime)
             .finish()
     }
 }
@@ -105,7 +110,8 @@ pub struct Claims {
     /// Expiry (`exp`), in Unix seconds: a connection authenticated by this token may be
     /// closed then.
     pub exp: i64,
-    /// `email`, if the token carries it (Clerk session tokens do not unless customised).
+    /// `email`, if the token carries it (Clerk session tokens do not unless customised) and
+    /// does not say it is unverified (`email_verified: false`).
     pub email: Option<String>,
     /// `name`, if the token carries it.
     pub name: Option<String>,
@@ -143,6 +149,9 @@ pub enum AuthError {
     /// No JWKS key has the header's `kid`, even after a refetch.
     #[error("token signing key unknown")]
     UnknownKey,
+    /// `exp` is further from `iat` than the configured maximum lifetime.
+    #[error("token lifetime longer than this server accepts")]
+    LifetimeTooLong,
     /// A required claim is absent or of the wrong type.
     #[error("token missing claim: {0}")]
     MissingClaim(&'static str),
@@ -164,6 +173,7 @@ struct Inner {
     issuer: Option<String>,
     audience: Option<String>,
     leeway_secs: u64,
+    max_lifetime_secs: Option<i64>,
 }
 
 impl fmt::Debug for Verifier {
@@ -217,6 +227,7 @@ impl Verifier {
                 issuer: config.issuer,
                 audience: config.audience,
                 leeway_secs: config.leeway.as_secs(),
+                max_lifetime_secs: config.max_lifetime.map(|d| d.as_secs() as i64),
             }),
         })
     }
@@ -249,7 +260,22 @@ impl Verifier {
         };
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &self.validation(alg))
             .map_err(|e| map_error(e.kind()))?;
-        claims_from(&data.claims)
+        let claims = claims_from(&data.claims)?;
+        if let Some(max) = self.inner.max_lifetime_secs {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let iat = data
+                .claims
+                .get("iat")
+                .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))
+                .unwrap_or(now)
+                .min(now);
+            if claims.exp.saturating_sub(iat) > max {
+                return Err(AuthError::LifetimeTooLong);
+            }
+        }
+        Ok(claims)
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -346,7 +372,7 @@ fn claims_from(claims: &Map<String, Value>) -> Result<Claims, AuthError> {
     Ok(Claims {
         sub,
         exp,
-        email: text("email"),
+        email: text("email").filter(|_| claims.get("email_verified") != Some(&Value::Bool(false))),
         name: text("name"),
         image_url: text("image_url").or_else(|| text("picture")),
     })

@@ -107,7 +107,8 @@ pub struct Workspace {
     pub name: String,
     /// Unique URL-safe name.
     pub slug: String,
-    /// The user who created it.
+    /// The paying owner: its creator, or after the creator left (or was demoted) the
+    /// longest-standing owner.
     pub owner_id: String,
     /// Plan (free, creator, pro, team, enterprise).
     pub plan: String,
@@ -135,7 +136,8 @@ pub struct Member {
     pub joined_at: i64,
 }
 
-/// An invitation sent to an email address that has no user yet.
+/// An invitation to join a workspace, sent to an email address: only a user signed in with
+/// that address may accept it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Invitation {
@@ -147,6 +149,8 @@ pub struct Invitation {
     pub email: String,
     /// Role granted on acceptance.
     pub role: String,
+    /// Who invited (a user id); the invitation is revoked if they lose the right to invite.
+    pub invited_by: String,
     /// Expiry (Unix ms).
     pub expires_at: i64,
     /// Creation time (Unix ms).

@@ -244,10 +244,20 @@ pub async fn change_member(
             None => sqlx::query("DELETE FROM workspace_members WHERE workspace_id = $1 AND user_id = $2")
                 .bind(ws).bind(user).execute(&mut *tx).await?,
         };
+        // The paying owner (billing) is an owner still: when it leaves or is demoted, the
+        // longest-standing remaining owner takes over.
+        sqlx::query(
+            "UPDATE workspaces SET owner_id = (SELECT user_id FROM workspace_members \
+               WHERE workspace_id = $1 AND role = 'owner' ORDER BY joined_at, user_id LIMIT 1) \
+             WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM workspace_members \
+               WHERE workspace_id = $1 AND user_id = workspaces.owner_id AND role = 'owner')")
+            .bind(ws).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(MemberChange::Done)
     })
 }
+
+const INVITATION_COLS: &str = "id, workspace_id, email, role, invited_by, expires_at, created_at";
 
 /// Records an invitation; `token_hash` is the SHA-256 of the secret in the accept link.
 pub async fn create_invitation(
@@ -260,9 +270,11 @@ pub async fn create_invitation(
     ttl_ms: i64,
 ) -> Result<Invitation> {
     let now = now_ms();
-    with_pool!(db, p => Ok(sqlx::query_as(
+    let sql = format!(
         "INSERT INTO invitations (id, workspace_id, email, role, token_hash, invited_by, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id, workspace_id, email, role, expires_at, created_at")
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {INVITATION_COLS}"
+    );
+    with_pool!(db, p => Ok(sqlx::query_as(&sql)
         .bind(new_id()).bind(ws).bind(email).bind(role.as_str()).bind(token_hash).bind(invited_by).bind(now).bind(now + ttl_ms)
         .fetch_one(p).await?))
 }
@@ -273,22 +285,91 @@ pub async fn delete_invitation(db: &Db, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Accepts the invitation whose secret hashes to `token_hash`, making `user` a member.
-/// Returns the workspace id, or `None` if the link is unknown, used or expired.
-pub async fn accept_invitation(db: &Db, token_hash: &str, user: &str) -> Result<Option<String>> {
+/// A workspace's pending invitations (neither accepted, revoked nor expired), by id, after
+/// `cursor`.
+pub async fn invitations(
+    db: &Db,
+    ws: &str,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Invitation>> {
+    let sql = format!(
+        "SELECT {INVITATION_COLS} FROM invitations WHERE workspace_id = $1 AND accepted_at IS NULL \
+         AND revoked_at IS NULL AND expires_at > $2 AND ($3 IS NULL OR id > $3) ORDER BY id LIMIT $4"
+    );
+    with_pool!(db, p => Ok(sqlx::query_as(&sql).bind(ws).bind(now_ms()).bind(cursor).bind(limit).fetch_all(p).await?))
+}
+
+/// Revokes a pending invitation of `ws`; false if there is none with that id.
+pub async fn revoke_invitation(db: &Db, ws: &str, id: &str) -> Result<bool> {
+    with_pool!(db, p => Ok(sqlx::query(
+        "UPDATE invitations SET revoked_at = $3 WHERE id = $2 AND workspace_id = $1 \
+         AND accepted_at IS NULL AND revoked_at IS NULL")
+        .bind(ws).bind(id).bind(now_ms()).execute(p).await?.rows_affected() == 1))
+}
+
+/// Revokes the pending invitations `inviter` created in `ws` (they were removed or lost the
+/// right to invite); returns how many.
+pub async fn revoke_invitations_by(db: &Db, ws: &str, inviter: &str) -> Result<u64> {
+    with_pool!(db, p => Ok(sqlx::query(
+        "UPDATE invitations SET revoked_at = $3 WHERE workspace_id = $1 AND invited_by = $2 \
+         AND accepted_at IS NULL AND revoked_at IS NULL")
+        .bind(ws).bind(inviter).bind(now_ms()).execute(p).await?.rows_affected()))
+}
+
+/// What accepting an invitation did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acceptance {
+    /// The caller is a member of this workspace now (or already was).
+    Joined(String),
+    /// No pending invitation has this secret (unknown, used, revoked or expired).
+    Unknown,
+    /// The invitation is for another email address than the caller's.
+    WrongEmail,
+    /// The inviter no longer may invite: the invitation is revoked.
+    InviterLost,
+}
+
+/// Accepts the invitation whose secret hashes to `token_hash` for `user`, whose email
+/// addresses (verified) are `emails`: it must be addressed to one of them, and its inviter
+/// must still be allowed to manage members. All in one transaction that takes the
+/// workspace row first, like [`change_member`], so a concurrent removal of the inviter
+/// either comes before (and the invitation fails) or after (and removes its invitations).
+pub async fn accept_invitation(
+    db: &Db,
+    token_hash: &str,
+    user: &str,
+    emails: &[String],
+) -> Result<Acceptance> {
     let now = now_ms();
     with_pool!(db, p => {
         let mut tx = p.begin().await?;
-        let inv: Option<(String, String)> = sqlx::query_as(
-            "UPDATE invitations SET accepted_at = $2 WHERE token_hash = $1 AND accepted_at IS NULL AND expires_at > $2 \
-             RETURNING workspace_id, role")
+        let inv: Option<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, workspace_id, email, role, invited_by FROM invitations WHERE token_hash = $1 \
+             AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $2")
             .bind(token_hash).bind(now).fetch_optional(&mut *tx).await?;
-        let Some((ws, role)) = inv else { return Ok(None) };
+        let Some((id, ws, email, role, inviter)) = inv else { return Ok(Acceptance::Unknown) };
+        if !emails.iter().any(|e| e.trim().eq_ignore_ascii_case(email.trim())) {
+            return Ok(Acceptance::WrongEmail);
+        }
+        sqlx::query("UPDATE workspaces SET updated_at = $2 WHERE id = $1").bind(&ws).bind(now).execute(&mut *tx).await?;
+        let inviter_role: Option<(String,)> = sqlx::query_as(
+            "SELECT role FROM workspace_members WHERE workspace_id = $1 AND user_id = $2")
+            .bind(&ws).bind(&inviter).fetch_optional(&mut *tx).await?;
+        let allowed = inviter_role
+            .and_then(|(r,)| Role::parse(&r))
+            .is_some_and(|r| r.allows(super::Action::ManageMembers));
+        if !allowed {
+            sqlx::query("UPDATE invitations SET revoked_at = $2 WHERE id = $1").bind(&id).bind(now).execute(&mut *tx).await?;
+            tx.commit().await?;
+            return Ok(Acceptance::InviterLost);
+        }
+        sqlx::query("UPDATE invitations SET accepted_at = $2 WHERE id = $1").bind(&id).bind(now).execute(&mut *tx).await?;
         sqlx::query("INSERT INTO workspace_members (workspace_id, user_id, role, joined_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (workspace_id, user_id) DO NOTHING")
             .bind(&ws).bind(user).bind(&role).bind(now).execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(Some(ws))
+        Ok(Acceptance::Joined(ws))
     })
 }
 

@@ -110,7 +110,7 @@ impl AllowRule {
         Ok(AllowRule::Host(host))
     }
 
-    fn allows(&self, host: Option<&str>, ip: IpAddr) -> bool {
+    pub(crate) fn allows(&self, host: Option<&str>, ip: IpAddr) -> bool {
         match self {
             AllowRule::Host(name) => host.is_some_and(|h| normalise_host(h) == *name),
             AllowRule::Network { addr, prefix } => mask(ip, *prefix) == *addr,

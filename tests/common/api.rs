@@ -123,3 +123,47 @@ pub async fn sign_in(http: &reqwest::Client, addr: SocketAddr, secret: &str, nam
         id: me["id"].as_str().unwrap().to_string(),
     }
 }
+
+/// Makes `user` a member of `workspace` with `role` the only way there is: `inviter` invites
+/// (202, the accept link in the answer when no email is configured) and `user` accepts.
+pub async fn invite_and_accept(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    inviter: &str,
+    workspace: &str,
+    user: &User,
+    role: &str,
+) {
+    let (s, body) = call(
+        http,
+        addr,
+        Some(inviter),
+        Method::POST,
+        &format!("/api/v1/workspaces/{workspace}/members"),
+        Some(json!({ "userId": user.id, "role": role })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let secret = accept_secret(&body);
+    let (s, body) = call(
+        http,
+        addr,
+        Some(&user.token),
+        Method::POST,
+        "/api/v1/invitations/accept",
+        Some(json!({ "token": secret })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}
+
+/// The secret of the accept link in an add-member answer.
+pub fn accept_secret(answer: &Value) -> String {
+    let url = answer["acceptUrl"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no acceptUrl in {answer}"));
+    url.split_once("token=")
+        .expect("token in the link")
+        .1
+        .to_string()
+}
