@@ -797,16 +797,12 @@ async fn approval_emails_go_to_members_only_within_caps() {
     let mut members = Vec::new();
     for i in 0..4 {
         let u = sign_in(&p.http, p.addr(), SECRET, &format!("member{i}")).await;
-        let (s, body) = p
-            .call(
-                Method::POST,
-                &format!("/api/v1/workspaces/{}/members", p.ws),
-                Some(json!({"userId": u.id, "role": "viewer"})),
-            )
+        common::api::invite_and_accept(&p.http, p.addr(), &p.owner.token, &p.ws, &u, "viewer")
             .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
         members.push(format!("{}@example.com", u.sub));
     }
+    // Invitations were emailed through the same mock; approvals are counted after them.
+    let base = mail.requests.lock().unwrap().len();
     let sent_to = |n: usize| -> Vec<String> {
         mail.requests.lock().unwrap()[n..]
             .iter()
@@ -832,8 +828,8 @@ async fn approval_emails_go_to_members_only_within_caps() {
     let wf = p.workflow(gate(Value::Array(notify))).await;
     let (s, e) = p.start_run(&wf).await;
     assert_eq!(s, StatusCode::CREATED, "{e}");
-    mail.wait_for(3).await;
-    let to = sent_to(0);
+    mail.wait_for(base + 3).await;
+    let to = sent_to(base);
     assert_eq!(to.len(), 3, "{to:?}");
     assert!(to.iter().all(|t| t.ends_with("@example.com")), "{to:?}");
     // In a loop: once per execution, not once per item.
@@ -866,7 +862,7 @@ async fn approval_emails_go_to_members_only_within_caps() {
         (waiting == 16).then_some(())
     })
     .await;
-    mail.wait_for(4).await;
+    mail.wait_for(base + 4).await;
     let notified = |events: &Value| -> Vec<Value> {
         events["events"]
             .as_array()
@@ -910,8 +906,8 @@ async fn approval_emails_go_to_members_only_within_caps() {
         sent.push(n);
     }
     assert_eq!(sent, [1, 0, 0]);
-    mail.wait_for(5).await;
-    assert_eq!(mail.requests.lock().unwrap().len(), 5);
+    mail.wait_for(base + 5).await;
+    assert_eq!(mail.requests.lock().unwrap().len(), base + 5);
     p.alive().await;
 }
 
