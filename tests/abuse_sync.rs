@@ -5,14 +5,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use resonant_sync::protocol;
 use serde_json::json;
-use yrs::{
-    Any, Doc, GetString, Map, MapPrelim, MapRef, ReadTxn, StateVector, Text, Transact, WriteTxn,
-};
+use yrs::{Any, Doc, Map, MapPrelim, MapRef, ReadTxn, StateVector, Transact, WriteTxn};
 
 /// A client doc nesting `levels` maps under the root map `root`; its full update and the
 /// innermost map. Built on a thread with a large stack: dropping yrs types is recursive.
@@ -38,52 +36,8 @@ fn nested(root: &'static str, levels: usize, client: u64) -> (Doc, MapRef, Vec<u
         .unwrap()
 }
 
-/// A pair of clients in their own room: one writes, the other must see it.
-struct Canary {
-    writer: Client,
-    reader: Client,
-    n: usize,
-    worst: Duration,
-}
-
-impl Canary {
-    async fn start(addr: SocketAddr) -> Canary {
-        let room = room_url(addr, &unique_room("canary"));
-        Canary {
-            writer: Client::connect_synced(&room).await,
-            reader: Client::connect_synced(&room).await,
-            n: 0,
-            worst: Duration::ZERO,
-        }
-    }
-
-    /// One edit, delivered to the reader; records the delivery time.
-    async fn beat(&mut self) {
-        self.n += 1;
-        let n = self.n;
-        let started = Instant::now();
-        self.writer
-            .edit(move |_, txn| {
-                let text = txn.get_or_insert_text("t");
-                text.push(txn, &format!("{n},"));
-            })
-            .await;
-        let want = format!("{n},");
-        self.reader
-            .until("the canary's edit", |c| {
-                let text = c.doc.get_or_insert_text("t");
-                let s = text.get_string(&c.doc.transact());
-                s.ends_with(&want)
-            })
-            .await;
-        self.worst = self.worst.max(started.elapsed());
-    }
-}
-
 fn server(dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
-    // jemalloc returns freed pages at once, so RSS tells what is still held.
-    // SAFETY: set before any child is spawned; no other thread reads this variable.
-    unsafe { std::env::set_var("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0") };
+    jemalloc_returns_freed_pages();
     let mut args = vec![
         "--data-dir",
         dir.to_str().unwrap(),

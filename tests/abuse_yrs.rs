@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use resonant_sync::protocol;
-use yrs::{Doc, GetString, Map, ReadTxn, StateVector, Text, Transact, WriteTxn};
+use yrs::{Doc, Map, ReadTxn, StateVector, Transact, WriteTxn};
 
 /// The use-after-free reproducer in its well-formed variant (the validator passes all three;
 /// see crates/resonant-sync/tests/yrs_uaf.rs): a hole in client 1's clocks, a pending string
@@ -23,52 +22,8 @@ const REPRODUCER: [&[u8]; 3] = [
     ],
 ];
 
-/// A pair of clients in their own room: one writes, the other must see it.
-struct Canary {
-    writer: Client,
-    reader: Client,
-    n: usize,
-    worst: Duration,
-}
-
-impl Canary {
-    async fn start(addr: SocketAddr) -> Canary {
-        let room = room_url(addr, &unique_room("canary"));
-        Canary {
-            writer: Client::connect_synced(&room).await,
-            reader: Client::connect_synced(&room).await,
-            n: 0,
-            worst: Duration::ZERO,
-        }
-    }
-
-    /// One edit, delivered to the reader; records the delivery time.
-    async fn beat(&mut self) {
-        self.n += 1;
-        let n = self.n;
-        let started = Instant::now();
-        self.writer
-            .edit(move |_, txn| {
-                // Through the open transaction: `Doc::get_or_insert_*` would wait for it.
-                txn.get_or_insert_text("t").push(txn, &format!("{n},"));
-            })
-            .await;
-        let want = format!("{n},");
-        self.reader
-            .until("the canary's edit", |c| {
-                let text = c.doc.get_or_insert_text("t");
-                let s = text.get_string(&c.doc.transact());
-                s.ends_with(&want)
-            })
-            .await;
-        self.worst = self.worst.max(started.elapsed());
-    }
-}
-
 fn server(dir: &std::path::Path) -> ServerProcess {
-    // jemalloc returns freed pages at once, so RSS tells what is still held.
-    // SAFETY: set before any child is spawned; no other thread reads this variable.
-    unsafe { std::env::set_var("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0") };
+    jemalloc_returns_freed_pages();
     ServerProcess::start(&["--data-dir", dir.to_str().unwrap()])
 }
 

@@ -299,3 +299,56 @@ pub fn open_sockets(pid: u32) -> usize {
         .filter(|t| t.to_string_lossy().starts_with("socket:"))
         .count()
 }
+
+/// A pair of clients in their own room: one writes, the other must see it. Hostile tests
+/// beat it between attacks to show another room is unaffected.
+pub struct Canary {
+    writer: Client,
+    reader: Client,
+    n: usize,
+    /// The slowest delivery so far.
+    pub worst: Duration,
+}
+
+impl Canary {
+    /// Connects the pair to a fresh room of the server at `addr`.
+    pub async fn start(addr: SocketAddr) -> Canary {
+        let room = room_url(addr, &unique_room("canary"));
+        Canary {
+            writer: Client::connect_synced(&room).await,
+            reader: Client::connect_synced(&room).await,
+            n: 0,
+            worst: Duration::ZERO,
+        }
+    }
+
+    /// One edit, delivered to the reader; records the delivery time.
+    pub async fn beat(&mut self) {
+        use yrs::{GetString, Text, Transact, WriteTxn};
+        self.n += 1;
+        let n = self.n;
+        let started = std::time::Instant::now();
+        self.writer
+            .edit(move |_, txn| {
+                // Through the open transaction: `Doc::get_or_insert_*` would wait for it.
+                txn.get_or_insert_text("t").push(txn, &format!("{n},"));
+            })
+            .await;
+        let want = format!("{n},");
+        self.reader
+            .until("the canary's edit", |c| {
+                let text = c.doc.get_or_insert_text("t");
+                let s = text.get_string(&c.doc.transact());
+                s.ends_with(&want)
+            })
+            .await;
+        self.worst = self.worst.max(started.elapsed());
+    }
+}
+
+/// Makes servers started from now on return freed pages at once, so their RSS tells what
+/// they still hold.
+pub fn jemalloc_returns_freed_pages() {
+    // SAFETY: called before the child is spawned; no other thread reads this variable.
+    unsafe { std::env::set_var("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0") };
+}

@@ -21,23 +21,13 @@ use yrs::types::xml::XmlFragment;
 use yrs::updates::decoder::{Decoder, DecoderV1};
 use yrs::{Array, Assoc, BranchID, ClientID, Doc, Map, Out, ReadTxn, StickyIndex, Transact, ID};
 
-// Struct info bits and kinds, as in yrs's `block.rs`.
-const BLOCK_GC: u8 = 0;
-const BLOCK_SKIP: u8 = 10;
-const HAS_ORIGIN: u8 = 0b1000_0000;
-const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
-const HAS_PARENT_SUB: u8 = 0b0010_0000;
-const CONTENT_DELETED: u8 = 1;
-const CONTENT_JSON: u8 = 2;
-const CONTENT_BINARY: u8 = 3;
-const CONTENT_STRING: u8 = 4;
-const CONTENT_EMBED: u8 = 5;
-const CONTENT_FORMAT: u8 = 6;
-const CONTENT_TYPE: u8 = 7;
-const CONTENT_ANY: u8 = 8;
-const CONTENT_DOC: u8 = 9;
-// Type refs that carry a name (yrs `types/mod.rs`); weak links are not compiled in.
-const TYPE_XML_ELEMENT: u8 = 3;
+// The struct format's bits and kinds, shared with the validator (yrs's `block.rs`).
+use crate::validate::{
+    BLOCK_GC, BLOCK_SKIP, CONTENT_ANY, CONTENT_BINARY, CONTENT_DELETED, CONTENT_DOC, CONTENT_EMBED,
+    CONTENT_FORMAT, CONTENT_JSON, CONTENT_STRING, CONTENT_TYPE, HAS_ORIGIN, HAS_PARENT_SUB,
+    HAS_RIGHT_ORIGIN, TYPE_XML_ELEMENT,
+};
+/// Weak links (yrs `types/mod.rs`) are not compiled in, so the validator never names them.
 const TYPE_WEAK: u8 = 7;
 
 /// Why an update was refused by the nesting check.
@@ -49,10 +39,6 @@ pub enum NestingError {
         /// The limit in force.
         limit: u32,
     },
-    /// A shared type's parent is neither in the document nor in the update, so it would wait
-    /// (pending) and its depth could not be known until it integrates.
-    #[error("update creates a shared type under a parent this document does not have")]
-    UnknownParent,
     /// The bytes did not decode (the validator normally catches this first).
     #[error("update does not decode: {0}")]
     Decode(String),

@@ -26,24 +26,24 @@ use crate::protocol::DecodeError;
 pub const MAX_ANY_DEPTH: usize = 128;
 
 // Struct info byte (low four bits: content kind), as in yrs's `block.rs`.
-const BLOCK_GC: u8 = 0;
-const BLOCK_SKIP: u8 = 10;
-const HAS_ORIGIN: u8 = 0b1000_0000;
-const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
-const HAS_PARENT_SUB: u8 = 0b0010_0000;
+pub(crate) const BLOCK_GC: u8 = 0;
+pub(crate) const BLOCK_SKIP: u8 = 10;
+pub(crate) const HAS_ORIGIN: u8 = 0b1000_0000;
+pub(crate) const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+pub(crate) const HAS_PARENT_SUB: u8 = 0b0010_0000;
 
-const CONTENT_DELETED: u8 = 1;
-const CONTENT_JSON: u8 = 2;
-const CONTENT_BINARY: u8 = 3;
-const CONTENT_STRING: u8 = 4;
-const CONTENT_EMBED: u8 = 5;
-const CONTENT_FORMAT: u8 = 6;
-const CONTENT_TYPE: u8 = 7;
-const CONTENT_ANY: u8 = 8;
-const CONTENT_DOC: u8 = 9;
+pub(crate) const CONTENT_DELETED: u8 = 1;
+pub(crate) const CONTENT_JSON: u8 = 2;
+pub(crate) const CONTENT_BINARY: u8 = 3;
+pub(crate) const CONTENT_STRING: u8 = 4;
+pub(crate) const CONTENT_EMBED: u8 = 5;
+pub(crate) const CONTENT_FORMAT: u8 = 6;
+pub(crate) const CONTENT_TYPE: u8 = 7;
+pub(crate) const CONTENT_ANY: u8 = 8;
+pub(crate) const CONTENT_DOC: u8 = 9;
 
 // Type refs of `ContentType` (yrs `types/mod.rs`).
-const TYPE_XML_ELEMENT: u8 = 3;
+pub(crate) const TYPE_XML_ELEMENT: u8 = 3;
 
 /// Checks a v1 state vector (the body of sync step 1) before `StateVector::decode_v1`.
 pub fn validate_state_vector_v1(bytes: &[u8]) -> Result<(), DecodeError> {
