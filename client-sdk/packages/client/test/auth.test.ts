@@ -60,9 +60,13 @@ it('4403 stops the room and reports it, without asking for tokens again', async 
 it('a viewer is saved after connecting, and its refused edit is never reported as saved', async () => {
   const owner = mintToken(secret, 'olga', 600)
   const wf = await newWorkflow(server, owner)
-  const me = await api(server, 'GET', '/api/v1/me', undefined, mintToken(secret, 'vic', 600))
+  const vic = mintToken(secret, 'vic', 600)
+  const me = await api(server, 'GET', '/api/v1/me', undefined, vic)
   const wsId = (await api(server, 'GET', '/api/v1/workspaces', undefined, owner)).items[0].id
-  await api(server, 'POST', `/api/v1/workspaces/${wsId}/members`, { userId: me.id, role: 'viewer' }, owner)
+  // Membership is by invitation: the owner invites, the invited user accepts.
+  const invited = await api(server, 'POST', `/api/v1/workspaces/${wsId}/members`, { userId: me.id, role: 'viewer' }, owner)
+  const link = new URL(invited.acceptUrl).searchParams.get('token')
+  await api(server, 'POST', '/api/v1/invitations/accept', { token: link }, vic)
 
   const c = client(server.url, 'vic', { getToken: () => mintToken(secret, 'vic', 600) })
   clients.push(c)
