@@ -81,9 +81,15 @@ async fn deeply_nested_updates_are_refused_with_1007() {
         rss_after < rss_before + 64 * 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB"
     );
+    let (p99, beats) = canary.p99();
+    eprintln!(
+        "canary: {beats} deliveries during the attack, p99 {p99:?}, worst {:?}",
+        canary.worst
+    );
+    // 250 ms alone; the bound leaves room for the other tests of this file sharing 2 cores.
     assert!(
-        canary.worst < Duration::from_secs(2),
-        "canary delivery took {:?}",
+        p99 < Duration::from_secs(1),
+        "canary delivery p99 {p99:?} (worst {:?})",
         canary.worst
     );
 }
@@ -196,7 +202,6 @@ async fn new_workflow(addr: SocketAddr) -> String {
 /// versions, runs) answers with a clear error, the room serves it read-only (a delete that
 /// would recurse through the chain is refused), and the process stays up across restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open risk (issue 15 note): after the read-only refusal the canary's sockets in another room are closed and the test hangs; run with --ignored to reproduce"]
 async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let first = server(dir.path(), &[]);

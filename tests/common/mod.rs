@@ -300,49 +300,149 @@ pub fn open_sockets(pid: u32) -> usize {
         .count()
 }
 
-/// A pair of clients in their own room: one writes, the other must see it. Hostile tests
-/// beat it between attacks to show another room is unaffected.
+/// A pair of clients in their own room: one writes, the other must see it. A task of its own
+/// keeps both sockets read (so they answer the server's pings while the test is busy attacking)
+/// and beats every [`Canary::PERIOD`], so its delivery times cover the attack itself; hostile
+/// tests also beat it by hand between attacks.
 pub struct Canary {
-    writer: Client,
-    reader: Client,
-    n: usize,
-    /// The slowest delivery so far.
+    beats: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<Duration, String>>>,
+    times: std::sync::Arc<std::sync::Mutex<Vec<Duration>>>,
+    task: tokio::task::JoinHandle<()>,
+    /// The slowest delivery so far (background beats included), as of the last [`Canary::beat`].
     pub worst: Duration,
 }
 
 impl Canary {
-    /// Connects the pair to a fresh room of the server at `addr`.
+    /// How often the canary beats on its own.
+    pub const PERIOD: Duration = Duration::from_millis(100);
+
+    /// Connects the pair to a fresh room of the server at `addr` and starts beating.
     pub async fn start(addr: SocketAddr) -> Canary {
         let room = room_url(addr, &unique_room("canary"));
-        Canary {
+        let mut pair = CanaryPair {
             writer: Client::connect_synced(&room).await,
             reader: Client::connect_synced(&room).await,
             n: 0,
+        };
+        let (beats, mut asked) =
+            tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<Duration, String>>>(1);
+        let times = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = times.clone();
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Canary::PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failed: Option<String> = None;
+            loop {
+                let reply = tokio::select! {
+                    asked = asked.recv() => match asked {
+                        Some(reply) => Some(reply),
+                        None => return,
+                    },
+                    _ = tick.tick(), if failed.is_none() => None,
+                    // Reading keeps pongs flowing; an error here is a closed socket.
+                    r = pair.writer.0.until("nothing", |_| false), if failed.is_none() => {
+                        if let Err(resonant_client::ws::WaitError::Ended { how, .. }) = r {
+                            failed = Some(format!("the canary's writer ended: {how:?}"));
+                        }
+                        continue;
+                    }
+                    r = pair.reader.0.until("nothing", |_| false), if failed.is_none() => {
+                        if let Err(resonant_client::ws::WaitError::Ended { how, .. }) = r {
+                            failed = Some(format!("the canary's reader ended: {how:?}"));
+                        }
+                        continue;
+                    }
+                };
+                let outcome = match &failed {
+                    Some(why) => Err(why.clone()),
+                    None => pair.beat().await,
+                };
+                match &outcome {
+                    Ok(took) => recorded.lock().unwrap().push(*took),
+                    Err(why) => failed = Some(why.clone()),
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+        });
+        Canary {
+            beats,
+            times,
+            task,
             worst: Duration::ZERO,
         }
     }
 
-    /// One edit, delivered to the reader; records the delivery time.
+    /// One edit, delivered to the reader now; panics if the canary's sockets were closed at
+    /// any time since it started.
     pub async fn beat(&mut self) {
+        let (reply, took) = tokio::sync::oneshot::channel();
+        self.beats.send(reply).await.expect("the canary task runs");
+        if let Err(why) = took.await.expect("the canary task answers") {
+            panic!("{why}");
+        }
+        self.worst = self
+            .times
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or_default();
+    }
+
+    /// The 99th percentile of every delivery so far, and how many there were.
+    pub fn p99(&self) -> (Duration, usize) {
+        let mut times = self.times.lock().unwrap().clone();
+        times.sort();
+        let p99 = times
+            .get((times.len() * 99).div_ceil(100).saturating_sub(1))
+            .copied()
+            .unwrap_or_default();
+        (p99, times.len())
+    }
+}
+
+impl Drop for Canary {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The canary's two clients, owned by its task.
+struct CanaryPair {
+    writer: Client,
+    reader: Client,
+    n: usize,
+}
+
+impl CanaryPair {
+    /// One edit, delivered to the reader; how long the delivery took.
+    async fn beat(&mut self) -> Result<Duration, String> {
         use yrs::{GetString, Text, Transact, WriteTxn};
         self.n += 1;
         let n = self.n;
         let started = std::time::Instant::now();
         self.writer
+            .0
             .edit(move |_, txn| {
                 // Through the open transaction: `Doc::get_or_insert_*` would wait for it.
                 txn.get_or_insert_text("t").push(txn, &format!("{n},"));
             })
-            .await;
+            .await
+            .map_err(|e| format!("the canary's edit was not sent: {e}"))?;
         let want = format!("{n},");
         self.reader
+            .0
             .until("the canary's edit", |c| {
                 let text = c.doc.get_or_insert_text("t");
                 let s = text.get_string(&c.doc.transact());
                 s.ends_with(&want)
             })
-            .await;
-        self.worst = self.worst.max(started.elapsed());
+            .await
+            .map_err(|e| format!("the canary's edit was not delivered: {e}"))?;
+        Ok(started.elapsed())
     }
 }
 

@@ -13,12 +13,20 @@
 //! when the item has an origin, inherited from its left (or right) neighbour, which may sit in
 //! the same update or in the document. Depths of the document's type items are cached per
 //! room: an item's parent never changes, so neither does its depth.
+//!
+//! A type whose parent has not arrived yet waits in yrs' pending update, and real clients send
+//! such updates when they reconnect, so it cannot be refused for that alone. But a chain sent
+//! leaf first would then integrate all at once, at any depth. So while a document has pending
+//! structs, they are checked together with each update: a chain that hangs from a missing
+//! parent is measured from that parent (its height may not pass the limit either), and once
+//! the parent resolves, from the parent's real depth.
 
 use std::collections::HashMap;
 use yrs::branch::Branch;
 use yrs::encoding::read::Read;
 use yrs::types::xml::XmlFragment;
 use yrs::updates::decoder::{Decoder, DecoderV1};
+use yrs::updates::encoder::Encode;
 use yrs::{Array, Assoc, BranchID, ClientID, Doc, Map, Out, ReadTxn, StickyIndex, Transact, ID};
 
 // The struct format's bits and kinds, shared with the validator (yrs's `block.rs`).
@@ -63,6 +71,38 @@ enum Parent {
     /// The parent was garbage collected: yrs integrates the item as deleted.
     Gone,
     Missing,
+}
+
+/// How deep a type of the update would sit.
+#[derive(Clone, Copy, Debug)]
+enum Depth {
+    /// Its depth in the document (roots are 1).
+    Known(u32),
+    /// Its parent chain ends at a parent not seen yet: the levels from there.
+    Floating(u32),
+    /// Its parent was collected: yrs integrates it as deleted.
+    Gone,
+}
+
+impl Depth {
+    fn child(self) -> Depth {
+        match self {
+            Depth::Known(d) => Depth::Known(d.saturating_add(1)),
+            Depth::Floating(h) => Depth::Floating(h.saturating_add(1)),
+            Depth::Gone => Depth::Gone,
+        }
+    }
+
+    fn exceeds(self, limit: u32) -> bool {
+        matches!(self, Depth::Known(d) | Depth::Floating(d) if d > limit)
+    }
+
+    fn from_parent(p: Parent) -> Depth {
+        match p {
+            Parent::Missing => Depth::Floating(0),
+            _ => Depth::Gone,
+        }
+    }
 }
 
 struct Struct {
@@ -203,6 +243,33 @@ fn skip_content(d: &mut DecoderV1, kind: u8) -> Result<u32, yrs::encoding::read:
 }
 
 impl Parsed {
+    /// Adds the structs of `other` (the document's pending update) that this update does not
+    /// carry itself; each client's list stays sorted and without overlaps.
+    fn merge(&mut self, other: Parsed) {
+        for (client, theirs) in other.clients {
+            let list = self.clients.entry(client).or_default();
+            list.extend(theirs);
+            list.sort_by_key(|s| s.clock);
+            let mut end = 0u32;
+            let mut first = true;
+            list.retain(|s| {
+                let keep = first || s.clock >= end;
+                if keep {
+                    end = s.clock.saturating_add(s.len);
+                    first = false;
+                }
+                keep
+            });
+        }
+        self.structs = self.clients.values().map(Vec::len).sum();
+        self.types = self
+            .clients
+            .values()
+            .flatten()
+            .filter(|s| s.is_type)
+            .count();
+    }
+
     /// The update's struct holding `id`: (client, index).
     fn find(&self, id: &ID) -> Option<(ClientID, usize)> {
         let list = self.clients.get(&id.client)?;
@@ -300,6 +367,16 @@ pub(crate) fn deepest(doc: &Doc, cache: &mut DepthCache, limit: u32) -> u32 {
                 note(cache, AsRef::<Branch>::as_ref(x).id(), depth);
                 x.children(&txn).map(Out::from).collect()
             }
+            // A root no code on the server has asked for by type (any root a client made):
+            // its children may sit in its map part or its list part.
+            Out::UndefinedRef(b) => {
+                let map = yrs::MapRef::from(*b);
+                let list = yrs::ArrayRef::from(*b);
+                map.iter(&txn)
+                    .map(|(_, v)| v)
+                    .chain(list.iter(&txn))
+                    .collect()
+            }
             _ => Vec::new(),
         };
         stack.extend(
@@ -341,16 +418,23 @@ pub(crate) fn count_structs(update: &[u8]) -> Result<usize, NestingError> {
 
 /// Checks that `update` creates no shared type deeper than `limit` in the document read by
 /// `txn`, and returns how many structs it carries. Cheap when the update creates no types
-/// (most edits): one pass over its structs.
+/// and the document has nothing pending (most edits): one pass over its structs.
 pub(crate) fn check<T: ReadTxn>(
     txn: &T,
     cache: &mut DepthCache,
     update: &[u8],
     limit: u32,
 ) -> Result<usize, NestingError> {
-    let parsed = parse(update)?;
+    let mut parsed = parse(update)?;
+    let structs = parsed.structs;
+    // Structs waiting for a parent join the check: this update may be the one that completes
+    // (or extends) a chain sent leaf first. yrs merges every update into its pending one
+    // while anything is pending, so this costs the same order of work as the apply.
+    if let Some(pending) = txn.store().pending_update() {
+        parsed.merge(parse(&pending.update.encode_v1())?);
+    }
     if parsed.types == 0 {
-        return Ok(parsed.structs);
+        return Ok(structs);
     }
     let mut resolver = Resolver {
         txn,
@@ -362,18 +446,12 @@ pub(crate) fn check<T: ReadTxn>(
     };
     for (&client, list) in &parsed.clients {
         for (i, s) in list.iter().enumerate() {
-            if s.is_type {
-                match resolver.type_depth(client, i) {
-                    Ok(d) if d > limit => return Err(NestingError::TooDeep { limit }),
-                    // A parent not here yet: yrs keeps the struct pending. Real clients send
-                    // this on reconnect (an edit before their step 2), so it cannot be refused;
-                    // its depth is not checked when it integrates later (an open risk).
-                    Ok(_) | Err(_) => {}
-                }
+            if s.is_type && resolver.type_depth(client, i).exceeds(limit) {
+                return Err(NestingError::TooDeep { limit });
             }
         }
     }
-    Ok(parsed.structs)
+    Ok(structs)
 }
 
 struct Resolver<'a, T: ReadTxn> {
@@ -384,7 +462,7 @@ struct Resolver<'a, T: ReadTxn> {
     /// Resolved parents of the update's structs (memo: origin chains can be long).
     parents: HashMap<(ClientID, usize), Parent>,
     /// Depths of the update's type items.
-    depths: HashMap<(ClientID, usize), Result<u32, Parent>>,
+    depths: HashMap<(ClientID, usize), Depth>,
 }
 
 impl<T: ReadTxn> Resolver<'_, T> {
@@ -424,43 +502,47 @@ impl<T: ReadTxn> Resolver<'_, T> {
     }
 
     /// The depth of the update's type struct at (client, index).
-    fn type_depth(&mut self, client: ClientID, index: usize) -> Result<u32, Parent> {
+    fn type_depth(&mut self, client: ClientID, index: usize) -> Depth {
         // Types nested inside types of the same update: walk up iteratively, then fill in.
         let mut chain: Vec<(ClientID, usize)> = Vec::new();
         let mut cur = (client, index);
-        let base: Result<u32, Parent> = loop {
+        let base: Depth = loop {
             if let Some(d) = self.depths.get(&cur) {
                 break *d;
             }
             if chain.len() as u32 > self.limit {
-                break Ok(self.limit + 1);
+                break Depth::Known(self.limit + 1);
             }
             chain.push(cur);
             let parent = match self.parent(cur) {
                 Ok(p) => p,
                 Err((_, _, neighbour)) => {
-                    break self
+                    break match self
                         .cache
                         .child_depth_in_doc(self.txn, neighbour, self.limit)
-                        .map(|d| d - 1);
+                    {
+                        Ok(d) => Depth::Known(d - 1),
+                        Err(p) => Depth::from_parent(p),
+                    };
                 }
             };
             match parent {
-                Parent::Root => break Ok(1),
-                Parent::Gone => break Err(Parent::Gone),
-                Parent::Missing => break Err(Parent::Missing),
+                Parent::Root => break Depth::Known(1),
+                Parent::Gone => break Depth::Gone,
+                // A cycle in the update never integrates; a missing parent may arrive later.
+                Parent::Missing => break Depth::Floating(0),
                 Parent::Type(id) => match self.parsed.find(&id) {
                     Some(p) if self.parsed.clients[&p.0][p.1].is_type => {
                         if chain.contains(&p) {
-                            break Err(Parent::Missing);
+                            break Depth::Floating(0);
                         }
                         cur = p;
                     }
                     // Not a type: yrs cannot integrate it under that parent.
-                    Some(_) => break Err(Parent::Gone),
+                    Some(_) => break Depth::Gone,
                     None => match self.cache.doc_depth(self.txn, id, self.limit) {
-                        Some(d) => break Ok(d),
-                        None => break Err(missing_or_gone(self.txn, &id)),
+                        Some(d) => break Depth::Known(d),
+                        None => break Depth::from_parent(missing_or_gone(self.txn, &id)),
                     },
                 },
             }
@@ -468,7 +550,7 @@ impl<T: ReadTxn> Resolver<'_, T> {
         // `base` is the depth of the parent of the last struct in the chain.
         let mut result = base;
         for c in chain.into_iter().rev() {
-            result = result.map(|d| d.saturating_add(1));
+            result = result.child();
             self.depths.insert(c, result);
         }
         result
@@ -601,6 +683,70 @@ mod tests {
         // pending, as reconnecting clients need.
         check_on(&server, &mut DepthCache::default(), &second, 64).unwrap();
         check_on(&server, &mut DepthCache::default(), &first, 64).unwrap();
+    }
+
+    /// One update per level of a chain `levels` deep under root map "m", each holding only its
+    /// own map: the first level first.
+    fn chain_of_updates(levels: usize) -> Vec<Vec<u8>> {
+        let client = Doc::with_client_id(7);
+        let mut cur = client.get_or_insert_map("m");
+        (0..levels)
+            .map(|_| {
+                let before = client.transact().state_vector();
+                cur = cur.insert(&mut client.transact_mut(), "k", MapPrelim::default());
+                client.transact().encode_diff_v1(&before)
+            })
+            .collect()
+    }
+
+    /// Applies each update the check lets through; how many it refused.
+    fn apply_checked(server: &Doc, updates: impl Iterator<Item = Vec<u8>>, limit: u32) -> usize {
+        let mut cache = DepthCache::default();
+        let mut refused = 0;
+        for u in updates {
+            match check_on(server, &mut cache, &u, limit) {
+                Ok(_) => apply(server, &u),
+                Err(NestingError::TooDeep { .. }) => refused += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        refused
+    }
+
+    #[test]
+    fn a_chain_sent_leaf_first_cannot_pass_the_limit() {
+        // Each level alone names a parent the server has not seen, so it waits as pending;
+        // the last update (the top level) would integrate the whole chain at once.
+        let server = Doc::new();
+        let refused = apply_checked(&server, chain_of_updates(40).into_iter().rev(), 10);
+        assert!(refused > 0, "a 40-level chain sent leaf first was accepted");
+        let deepest = deepest(&server, &mut DepthCache::default(), 1000);
+        assert!(deepest <= 10, "the document nests {deepest} levels");
+    }
+
+    #[test]
+    fn a_chain_sent_leaf_first_within_the_limit_integrates() {
+        // Reconnecting clients send such updates: within the limit they all integrate.
+        let server = Doc::new();
+        assert_eq!(
+            apply_checked(&server, chain_of_updates(9).into_iter().rev(), 10),
+            0
+        );
+        assert!(server.transact().store().pending_update().is_none());
+        assert_eq!(deepest(&server, &mut DepthCache::default(), 1000), 10);
+    }
+
+    #[test]
+    fn a_pending_chain_is_measured_from_where_it_attaches() {
+        // The top half of a chain arrives first and integrates (depth 1 + 6); the rest arrives
+        // leaf first, each alone within the limit, until the level joining them would
+        // integrate it all past the limit.
+        let server = Doc::new();
+        let mut updates = chain_of_updates(14);
+        let bottom = updates.split_off(6);
+        assert_eq!(apply_checked(&server, updates.into_iter(), 10), 0);
+        assert!(apply_checked(&server, bottom.into_iter().rev(), 10) > 0);
+        assert!(deepest(&server, &mut DepthCache::default(), 1000) <= 10);
     }
 
     #[test]
