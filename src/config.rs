@@ -276,6 +276,10 @@ pub struct ServeConfig {
     /// Bytes all template renders of one execution may output together.
     #[arg(long, env = "RESONANT_TEMPLATE_EXECUTION_BYTES", default_value_t = 64 << 20)]
     pub template_execution_bytes: usize,
+    /// Bytes the template renders of all running executions may hold together; a render
+    /// past it fails its block with a clear error (the server stays within memory).
+    #[arg(long, env = "RESONANT_TEMPLATE_SERVER_BYTES", default_value_t = 256 << 20)]
+    pub template_server_bytes: usize,
     /// Loop iterations one execution may run, over all loops and nesting levels.
     #[arg(
         long,

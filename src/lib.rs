@@ -233,6 +233,7 @@ pub async fn start_with_store(
             public_url: config.public_url.clone(),
             max_concurrent_blocks: config.max_concurrent_blocks,
             template_execution_bytes: config.template_execution_bytes,
+            template_server_bytes: config.template_server_bytes,
             max_iterations_per_execution: config.max_iterations_per_execution,
             max_running_per_user: config.max_running_per_user,
             max_running_per_workspace: config.max_running_per_workspace,

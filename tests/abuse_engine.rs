@@ -418,6 +418,61 @@ async fn template_bombs_fail_their_block_and_the_server_stays_small() {
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
 }
 
+/// B7 (server-wide): every execution within its own allowance, many at once would still
+/// hold gigabytes; what running executions render together is bounded too. One execution
+/// renders 1 MB and parks in a delay, holding its share; a second one's 1 MB render fails with
+/// a clear error past the 1.5 MiB pool; once the first ends, its share is back and the same
+/// render passes.
+#[tokio::test]
+async fn running_executions_share_one_template_allowance() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let p = Proc::start(&dir, &["--template-server-bytes", "1572864"]).await;
+    let holder = p
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("big", "transform", json!({"template": "{{ 'x' * 1000000 }}"})),
+                block("nap", "delay", json!({"seconds": 600})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("in", "big"), edge("big", "nap"), edge("nap", "out")],
+        }))
+        .await;
+    let (s, e) = p.start_run(&holder).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let held = e["id"].as_str().unwrap().to_owned();
+    wait_for("the holder rendered and parks", || async {
+        let e = p.execution(&held).await;
+        (block_state(&e, "big").map(|(s, _)| s) == Some("completed".into())).then_some(())
+    })
+    .await;
+    let second = p.workflow(transform_flow("{{ 'y' * 1000000 }}")).await;
+    let (s, e) = p.start_run(&second).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let done = p.until_finished(e["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let err = done["error"].as_str().unwrap_or("");
+    assert!(err.contains("--template-server-bytes"), "{err}");
+    let (s, _) = p
+        .call(
+            Method::POST,
+            &format!("/api/v1/executions/{held}/cancel"),
+            None,
+        )
+        .await;
+    assert!(s.is_success(), "{s}");
+    p.until_finished(&held).await;
+    wait_for("the holder's share is back", || async {
+        let (s, e) = p.start_run(&second).await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        let done = p.until_finished(e["id"].as_str().unwrap()).await;
+        (done["status"] == "completed").then_some(())
+    })
+    .await;
+    p.alive().await;
+}
+
 /// A loop over `range(n)` whose body is `body` (a block id already in `blocks`).
 fn loop_flow(n: usize, inner: Option<usize>) -> Value {
     let mut blocks = vec![

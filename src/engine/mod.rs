@@ -45,6 +45,9 @@ pub struct EngineConfig {
     pub public_url: String,
     /// Bytes all template renders of one execution may output together.
     pub template_execution_bytes: usize,
+    /// Bytes the template renders of all running executions may hold together: the
+    /// per-execution allowance times the running caps would still be gigabytes.
+    pub template_server_bytes: usize,
     /// Loop iterations one execution may run, over all loops and nesting levels.
     pub max_iterations_per_execution: usize,
     /// Executions one user may have running at once (0: unlimited).
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
             max_concurrency_per_execution: 8,
             public_url: "http://127.0.0.1:1234".into(),
             template_execution_bytes: 64 << 20,
+            template_server_bytes: 256 << 20,
             max_iterations_per_execution: 10_000,
             max_running_per_user: 10,
             max_running_per_workspace: 25,
@@ -184,6 +188,9 @@ pub(crate) struct Inner {
     pub(crate) ledger: Arc<Mutex<io::Ledger>>,
     /// Approval emails sent today per workspace: (day number, count).
     pub(crate) emails_today: Mutex<HashMap<String, (i64, usize)>>,
+    /// Template output bytes running executions may still render, server-wide
+    /// (`--template-server-bytes`); each execution gives back what it took when it ends.
+    template_pool: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) config: EngineConfig,
     pub(crate) io: io::Io,
 }
@@ -202,6 +209,7 @@ impl Engine {
                 admitted: Arc::new(Mutex::new(HashMap::new())),
                 ledger: Arc::new(Mutex::new(io::Ledger::default())),
                 emails_today: Mutex::new(HashMap::new()),
+                template_pool: Arc::new(config.template_server_bytes.into()),
                 config,
                 io,
             }),
@@ -405,6 +413,7 @@ impl Engine {
             keys,
             resumed: seq > 0,
             template_left: self.inner.config.template_execution_bytes.into(),
+            template_pool: run::TemplatePool::new(self.inner.template_pool.clone()),
             iterations_left: self.inner.config.max_iterations_per_execution.into(),
             notified: Mutex::new(HashSet::new()),
         });

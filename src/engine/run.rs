@@ -77,10 +77,51 @@ pub struct Run {
     pub(super) resumed: bool,
     /// Bytes its template renders may still output (`--template-execution-bytes`).
     pub(super) template_left: std::sync::atomic::AtomicUsize,
+    /// Its share of the server-wide allowance (`--template-server-bytes`).
+    pub(super) template_pool: TemplatePool,
     /// Loop iterations it may still start (`--max-iterations-per-execution`).
     pub(super) iterations_left: std::sync::atomic::AtomicUsize,
     /// Human blocks (by id) that have sent their approval emails: once per execution.
     pub(super) notified: Mutex<std::collections::HashSet<String>>,
+}
+
+/// An execution's share of the server-wide template allowance: what it took goes back to
+/// the pool when the execution ends (its outputs are dropped with it).
+pub(super) struct TemplatePool {
+    pool: Arc<std::sync::atomic::AtomicUsize>,
+    taken: std::sync::atomic::AtomicUsize,
+}
+
+impl TemplatePool {
+    pub(super) fn new(pool: Arc<std::sync::atomic::AtomicUsize>) -> TemplatePool {
+        TemplatePool {
+            pool,
+            taken: 0.into(),
+        }
+    }
+
+    /// Takes `bytes` from the pool if it holds that many.
+    fn take(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let ok = self
+            .pool
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok();
+        if ok {
+            self.taken.fetch_add(bytes, Ordering::Relaxed);
+        }
+        ok
+    }
+}
+
+impl Drop for TemplatePool {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.pool
+            .fetch_add(*self.taken.get_mut(), Ordering::Relaxed);
+    }
 }
 
 /// `blocks.<id>.output` for templates, read on demand.
@@ -324,22 +365,32 @@ impl Run {
         t.1 += cost;
     }
 
-    /// Charges `bytes` of rendered text to the execution's template allowance: a loop of
-    /// renders, each within the per-render budget, still cannot fill memory and the store.
+    /// Charges `bytes` of rendered text to the execution's template allowance and to the
+    /// server's: a loop of renders, each within the per-render budget, still cannot fill
+    /// memory and the store, and neither can many executions each within theirs.
     pub(super) fn spend_template(&self, bytes: usize) -> Result<(), String> {
         use std::sync::atomic::Ordering;
         self.template_left
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
                 left.checked_sub(bytes)
             })
-            .map(drop)
             .map_err(|_| {
                 format!(
                     "this execution's templates rendered more than the {} bytes one execution \
                      may (--template-execution-bytes)",
                     self.engine.config.template_execution_bytes
                 )
-            })
+            })?;
+        if !self.template_pool.take(bytes) {
+            self.template_left.fetch_add(bytes, Ordering::Relaxed);
+            return Err(format!(
+                "running executions together rendered more than the {} bytes of template \
+                 output the server holds at once (--template-server-bytes); try again when \
+                 others have finished",
+                self.engine.config.template_server_bytes
+            ));
+        }
+        Ok(())
     }
 
     /// Stops the run for `reason` (not a block's own failure).
