@@ -248,7 +248,7 @@ async fn live_state(app: &AppState, id: &str) -> Result<Vec<u8>, ApiError> {
 fn content_error(e: crate::content::ContentError, workflow: &str) -> ApiError {
     use crate::content::ContentError;
     match e {
-        ContentError::TooDeep => ApiError::Conflict(e.to_string()),
+        ContentError::TooDeep | ContentError::TextInList => ApiError::Conflict(e.to_string()),
         ContentError::Decode(_) => {
             tracing::error!(error = %e, workflow, "document does not decode");
             ApiError::Internal

@@ -275,7 +275,9 @@ impl Engine {
             .map_err(|e| EngineError::Document(e.to_string()))?;
         let (content, sv) = crate::content::snapshot(&state).map_err(|e| match e {
             // The caller's content, not a server fault.
-            crate::content::ContentError::TooDeep => EngineError::Conflict(e.to_string()),
+            crate::content::ContentError::TooDeep | crate::content::ContentError::TextInList => {
+                EngineError::Conflict(e.to_string())
+            }
             crate::content::ContentError::Decode(_) => EngineError::Document(e.to_string()),
         })?;
         let graph = json!({"blocks": content["blocks"], "connections": content["connections"]});

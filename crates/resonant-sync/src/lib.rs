@@ -19,7 +19,7 @@ pub mod validate;
 use std::time::Duration;
 
 pub use awareness::{AwarenessLimits, AwarenessRefusal};
-pub use nesting::NestingError;
+pub use nesting::{list_holds_text, NestingError};
 pub use peer::{close_code, Close, Outbox, Outgoing, Peer};
 pub use room::{ApplyError, LoadError, Room};
 pub use rooms::{valid_room_name, JoinError, Rooms, ServerUpdateError};

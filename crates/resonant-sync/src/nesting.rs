@@ -22,14 +22,15 @@
 //! the parent resolves, from the parent's real depth.
 
 use std::collections::HashMap;
-use yrs::branch::Branch;
+use yrs::branch::{Branch, BranchPtr};
 use yrs::encoding::read::Read;
 use yrs::types::text::YChange;
 use yrs::types::xml::XmlFragment;
 use yrs::updates::decoder::{Decoder, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{
-    Array, Assoc, BranchID, ClientID, Doc, Map, Out, ReadTxn, StickyIndex, Text, Transact, ID,
+    Array, Assoc, BranchID, ClientID, Doc, GetString, Map, Out, ReadTxn, StickyIndex, Text,
+    Transact, ID,
 };
 
 // The struct format's bits and kinds, shared with the validator (yrs's `block.rs`).
@@ -360,7 +361,7 @@ pub(crate) fn deepest(doc: &Doc, cache: &mut DepthCache, limit: u32) -> u32 {
             }
             Out::YArray(a) => {
                 note(cache, AsRef::<Branch>::as_ref(a).id(), depth);
-                a.iter(&txn).collect()
+                list_types(&txn, a.as_ref()).collect()
             }
             Out::YXmlFragment(x) => {
                 note(cache, AsRef::<Branch>::as_ref(x).id(), depth);
@@ -371,20 +372,12 @@ pub(crate) fn deepest(doc: &Doc, cache: &mut DepthCache, limit: u32) -> u32 {
                 x.children(&txn).map(Out::from).collect()
             }
             // A root no code on the server has asked for by type (any root a client made):
-            // its children may sit in its map part or its list part. The list part is read as
-            // text: an array iterator copies a string item once per character read (quadratic:
-            // a 1 MB pasted text took minutes to load), a text diff reads each item once and
-            // still hands back every nested type.
+            // its children may sit in its map part or its list part.
             Out::UndefinedRef(b) => {
                 let map = yrs::MapRef::from(*b);
-                let list = yrs::TextRef::from(*b);
                 map.iter(&txn)
                     .map(|(_, v)| v)
-                    .chain(
-                        list.diff(&txn, YChange::identity)
-                            .into_iter()
-                            .map(|d| d.insert),
-                    )
+                    .chain(list_types(&txn, b))
                     .collect()
             }
             _ => Vec::new(),
@@ -397,6 +390,27 @@ pub(crate) fn deepest(doc: &Doc, cache: &mut DepthCache, limit: u32) -> u32 {
         );
     }
     deepest
+}
+
+/// The shared types in a branch's list part, in order. Read as text on purpose: yrs's array
+/// iterator copies a string item once per character it yields (`chars().skip(offset)`), so a
+/// list a client filled with text costs quadratic time (a 1 MB paste took minutes to load);
+/// a text diff reads each item once and still hands back every nested type.
+fn list_types<T: ReadTxn>(txn: &T, branch: &Branch) -> impl Iterator<Item = Out> {
+    yrs::TextRef::from(BranchPtr::from(branch))
+        .diff(txn, YChange::identity)
+        .into_iter()
+        .map(|d| d.insert)
+        .filter(|o| !matches!(o, Out::Any(_)))
+}
+
+/// Whether a list (an array, or a root read as one) holds text items. Honest Yjs clients
+/// never put text in an array; reading one that holds text item by item is quadratic (see
+/// [`list_types`]), so readers refuse it instead.
+pub fn list_holds_text<T: ReadTxn>(txn: &T, branch: &Branch) -> bool {
+    !yrs::TextRef::from(BranchPtr::from(branch))
+        .get_string(txn)
+        .is_empty()
 }
 
 fn note(cache: &mut DepthCache, id: BranchID, depth: u32) {
