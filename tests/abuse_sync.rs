@@ -260,6 +260,59 @@ async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
     }
 }
 
+/// A client writes text where the workflow's `blocks` list belongs (4 updates of 256 KB).
+/// yrs reads text in a list one character at a time from the start of its item, so the old
+/// code took quadratic time on every content read (200k characters: 4.3 s; these 1M: minutes)
+/// while holding a worker; now content, versions and Run refuse it at once with 409, the room
+/// stays live and a canary elsewhere keeps syncing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_pasted_into_the_blocks_list_is_refused_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path(), &[]);
+    let addr = server.addr;
+    let workflow = new_workflow(addr).await;
+    let mut canary = Canary::start(addr).await;
+    let room = room_url(addr, &format!("workflow-{workflow}"));
+    let mut writer = Client::connect_synced(&room).await;
+    writer.opt_in().await;
+    for i in 0..4 {
+        writer
+            .edit(|_, txn| {
+                let text = txn.get_or_insert_text("blocks");
+                let len = yrs::Text::len(&text, txn);
+                yrs::Text::insert(&text, txn, len, &"x".repeat(256 << 10));
+            })
+            .await;
+        writer.until("ack", |c| c.acks == i + 1).await;
+    }
+    let read = tokio::time::timeout(WAIT, async {
+        let (status, body) = get(addr, &format!("/api/v1/workflows/{workflow}/content")).await;
+        assert_eq!(status, 409, "{body}");
+        assert!(body.to_string().contains("holds text"), "{body}");
+        let (status, body) = post(
+            addr,
+            &format!("/api/v1/workflows/{workflow}/versions"),
+            json!({"name": "text"}),
+        )
+        .await;
+        assert_eq!(status, 409, "{body}");
+        let (status, body) = post(
+            addr,
+            &format!("/api/v1/workflows/{workflow}/executions"),
+            json!({"input": {}}),
+        )
+        .await;
+        assert!((400..500).contains(&status), "{status} {body}");
+    })
+    .await;
+    assert!(read.is_ok(), "content reads did not answer within {WAIT:?}");
+    canary.beat().await;
+    let (p99, beats) = canary.p99();
+    eprintln!("canary: {beats} deliveries, p99 {p99:?}");
+    assert!(p99 < Duration::from_secs(1), "canary p99 {p99:?}");
+    server.terminate();
+}
+
 /// Sends one sync update over a bare WebSocket and reads (without decoding) until the server
 /// closes; the close code and reason.
 async fn raw_send_until_closed(url: &str, update: Vec<u8>) -> (u16, String) {
