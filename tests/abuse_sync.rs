@@ -230,23 +230,7 @@ async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
         let server = server(dir.path(), &[]);
         let addr = server.addr;
         let mut canary = Canary::start(addr).await;
-        let (status, body) = get(addr, &format!("/api/v1/workflows/{workflow}/content")).await;
-        assert_eq!(status, 409, "{body}");
-        assert!(body.to_string().contains("nests deeper"), "{body}");
-        let (status, body) = post(
-            addr,
-            &format!("/api/v1/workflows/{workflow}/versions"),
-            json!({"name": "deep"}),
-        )
-        .await;
-        assert_eq!(status, 409, "{body}");
-        let (status, body) = post(
-            addr,
-            &format!("/api/v1/workflows/{workflow}/executions"),
-            json!({"input": {}}),
-        )
-        .await;
-        assert!((400..500).contains(&status), "{status} {body}");
+        assert_reads_refused(addr, &workflow, "nests deeper").await;
         // The room loads read-only: joining works, deleting the outer map is refused. A raw
         // socket, so this process never integrates the 400k levels the server sends.
         let room = room_url(addr, &format!("workflow-{workflow}"));
@@ -285,32 +269,36 @@ async fn text_pasted_into_the_blocks_list_is_refused_promptly() {
             .await;
         writer.until("ack", |c| c.acks == i + 1).await;
     }
-    let read = tokio::time::timeout(WAIT, async {
-        let (status, body) = get(addr, &format!("/api/v1/workflows/{workflow}/content")).await;
-        assert_eq!(status, 409, "{body}");
-        assert!(body.to_string().contains("holds text"), "{body}");
-        let (status, body) = post(
-            addr,
-            &format!("/api/v1/workflows/{workflow}/versions"),
-            json!({"name": "text"}),
-        )
-        .await;
-        assert_eq!(status, 409, "{body}");
-        let (status, body) = post(
-            addr,
-            &format!("/api/v1/workflows/{workflow}/executions"),
-            json!({"input": {}}),
-        )
-        .await;
-        assert!((400..500).contains(&status), "{status} {body}");
-    })
-    .await;
+    let read =
+        tokio::time::timeout(WAIT, assert_reads_refused(addr, &workflow, "holds text")).await;
     assert!(read.is_ok(), "content reads did not answer within {WAIT:?}");
     canary.beat().await;
     let (p99, beats) = canary.p99();
     eprintln!("canary: {beats} deliveries, p99 {p99:?}");
     assert!(p99 < Duration::from_secs(1), "canary p99 {p99:?}");
     server.terminate();
+}
+
+/// Content, a new version and Run of `workflow` are each refused with a 4xx (content and
+/// versions 409 saying `why`), not a 500 or a crash.
+async fn assert_reads_refused(addr: SocketAddr, workflow: &str, why: &str) {
+    let (status, body) = get(addr, &format!("/api/v1/workflows/{workflow}/content")).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.to_string().contains(why), "{body}");
+    let (status, body) = post(
+        addr,
+        &format!("/api/v1/workflows/{workflow}/versions"),
+        json!({"name": "refused"}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = post(
+        addr,
+        &format!("/api/v1/workflows/{workflow}/executions"),
+        json!({"input": {}}),
+    )
+    .await;
+    assert!((400..500).contains(&status), "{status} {body}");
 }
 
 /// Sends one sync update over a bare WebSocket and reads (without decoding) until the server
