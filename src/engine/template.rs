@@ -698,17 +698,31 @@ fn check_consts_stmt(t: &ast::Stmt<'_>) -> Result<(), TemplateError> {
     .map_err(TemplateError)
 }
 
+/// Runs one of minijinja's parsers, turning a panic inside it into an error: its lexer
+/// panics ("empty lexer stack") on an expression with a stray `}}` such as `a }} b`
+/// (minijinja 2.24, found by the graph_validate fuzz target; docs/upstream/minijinja-lexer.md),
+/// and a user's expression must fail validation, not the request or socket task running it.
+fn unpanicked<T>(parse: impl FnOnce() -> Result<T, minijinja::Error>) -> Result<T, TemplateError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)) {
+        Ok(parsed) => parsed.map_err(describe),
+        Err(_) => Err(TemplateError(
+            "syntax error: unexpected `}}` (the expression cannot be parsed)".into(),
+        )),
+    }
+}
+
 fn compile_template(
     source: &str,
 ) -> Result<(Instructions<'_>, BTreeMap<&str, Instructions<'_>>), TemplateError> {
     check_source(source)?;
-    let tree = minijinja::machinery::parse(
-        source,
-        "<template>",
-        Default::default(),
-        WhitespaceConfig::default(),
-    )
-    .map_err(describe)?;
+    let tree = unpanicked(|| {
+        minijinja::machinery::parse(
+            source,
+            "<template>",
+            Default::default(),
+            WhitespaceConfig::default(),
+        )
+    })?;
     check_consts_stmt(&tree)?;
     let mut g = CodeGenerator::new("<template>", source);
     g.compile_stmt(&tree);
@@ -722,7 +736,7 @@ fn compile_template(
 
 fn compile_expr(expr: &str) -> Result<Instructions<'_>, TemplateError> {
     check_source(expr)?;
-    let tree = minijinja::machinery::parse_expr(expr).map_err(describe)?;
+    let tree = unpanicked(|| minijinja::machinery::parse_expr(expr))?;
     Consts {
         limit: render_bytes() as u128,
     }
@@ -856,6 +870,21 @@ pub fn check_expression(expr: &str) -> Result<(), TemplateError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_stray_closing_brace_in_an_expression_is_a_syntax_error() {
+        // minijinja's lexer panics on these; they must come back as errors.
+        for expr in [
+            "a }} b",
+            "blocks.gen}}.output < length > 10",
+            "}}",
+            "x }}}} y",
+        ] {
+            let err = check_expression(expr).unwrap_err();
+            assert!(err.0.contains("syntax error"), "{expr}: {}", err.0);
+        }
+        assert!(render("{{ a }} }} {{ b }}", &context_of(&json!({}))).is_ok());
+    }
 
     #[test]
     fn renders_and_evaluates_over_the_context() {
