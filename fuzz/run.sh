@@ -25,7 +25,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
 
-targets=(frame_decode session yrs_updates)
+targets=(frame_decode session yrs_updates rest_content graph_validate)
 # libFuzzer options: a single allocation over 512 MB or a resident set over 2 GB is a
 # finding (an allocation bomb), as is one input running for more than 10 s.
 fuzz_opts=(

@@ -10,6 +10,9 @@
 
 #![no_main]
 
+#[path = "common.rs"]
+mod common;
+
 use std::backtrace::Backtrace;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, LazyLock, Mutex, Once};
@@ -40,19 +43,6 @@ static STRICT_RELOAD: LazyLock<bool> =
 /// the server code; resolving symbols for every caught panic would slow fuzzing down.
 static LAST_PANIC: Mutex<Option<(String, Backtrace)>> = Mutex::new(None);
 
-fn frames(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    std::iter::from_fn(move || {
-        if data.len() < 2 {
-            return None;
-        }
-        let len = u16::from_le_bytes([data[0], data[1]]) as usize;
-        let rest = &data[2..];
-        let (frame, rest) = rest.split_at(len.min(rest.len()));
-        data = rest;
-        Some(frame)
-    })
-}
-
 /// The room's state vector, and whether structs or deletes wait for missing dependencies.
 fn state_vector(rooms: &Rooms) -> (StateVector, bool) {
     let room = rooms.loaded().pop().expect("room is loaded");
@@ -81,7 +71,7 @@ async fn serve(store: Arc<dyn Store>, data: &[u8]) -> Option<(StateVector, bool)
     // A second connection that only listens, so updates and awareness are fanned out.
     let (watcher, mut watcher_out) = rooms.join("fuzz", true).await.expect("join");
     let (mut session, mut outbox) = rooms.join("fuzz", true).await.expect("join");
-    for frame in frames(data) {
+    for frame in common::pieces(data) {
         let result = session.handle(frame);
         while outbox.try_recv(session.peer()).is_some() {}
         while watcher_out.try_recv(watcher.peer()).is_some() {}
