@@ -336,16 +336,8 @@ impl Update {
         } else {
             let mut picker = BlockPicker::new(&mut self.blocks);
             let mut next = picker.next();
-            let mut state = HashMap::new();
             while let Some(mut stack_head) = next {
                 if !stack_head.is_skip() {
-                    let id = stack_head.id();
-                    let len = stack_head.len();
-                    let local_clock = state
-                        .entry(id.client)
-                        .or_insert_with(|| txn.store.blocks.get_clock(&id.client));
-                    let offset = (*local_clock as i32) - (id.clock as i32);
-
                     if let Some(missing) =
                         Self::missing_dependency(&mut stack_head, &mut txn.store)?
                     {
@@ -354,20 +346,7 @@ impl Update {
                         continue;
                     } else {
                         // block has no missing dependencies, therefore we can integrate it right away
-                        if offset < 0 {
-                            // Block was send out of order (previous blocks from the same client are
-                            // missing), however since it has no dependency on them, it's still safe
-                            // to integrate. For that we prepend the missing hole with a Skip block.
-                            txn.integrate_skip(
-                                BlockRange::new(
-                                    ID::new(id.client, *local_clock),
-                                    offset.abs() as u32,
-                                ),
-                                0,
-                            );
-                        }
-                        txn.integrate(stack_head, 0);
-                        *local_clock = (*local_clock).max(id.clock + len);
+                        Self::integrate_missing_clocks(stack_head, txn)?;
                     }
                 }
                 next = picker.next();
@@ -382,6 +361,63 @@ impl Update {
         });
 
         Ok((remaining_blocks, remaining_ds))
+    }
+
+    /// RESONANT PATCH (held_clocks): integrates the clocks of `block` (whose dependencies are
+    /// present) that the store does not hold yet, and drops the rest, as Yjs' `integrateStructs`
+    /// does with its `offset`.
+    ///
+    /// Upstream integrated every block at offset 0 once `exclude` had cut the known clocks
+    /// out, computing the gap to the store's clock as `i32`. But `exclude` only sees the store
+    /// as it was before the update, and an update may hold the same clocks twice (a second
+    /// struct section for the same client is appended to the first): the second copy was then
+    /// pushed over the integrated first one, and `BlockStore::push` replaced the live item,
+    /// freeing it while its neighbours and parent still pointed to it (heap use-after-free in
+    /// `resolve_conflict`). For clocks of 2^31 and more the `i32` gap came out positive, so no
+    /// skip was put before a block past the end; `push` then panicked with the item already
+    /// linked and dropped it while unwinding (another use-after-free). Here the block is sliced
+    /// along what the store holds: held clocks are dropped (the item is trimmed, Yjs-style),
+    /// missing ones (past the end, or filling a skip exactly) are integrated piece by piece.
+    fn integrate_missing_clocks(
+        mut block: Block,
+        txn: &mut TransactionMut,
+    ) -> Result<(), UpdateError> {
+        loop {
+            let id = block.id();
+            let len = block.len();
+            if id.clock.checked_add(len).is_none() {
+                return Ok(()); // not representable; the decoder refuses such blocks
+            }
+            let (held, missing) = txn
+                .store
+                .blocks
+                .held_then_missing(&id.client, id.clock, len);
+            if missing == 0 {
+                return Ok(());
+            }
+            let rest = block.split_unintegrated(held + missing);
+            let store_clock = txn.store.blocks.get_clock(&id.client);
+            if held == 0 && id.clock > store_clock {
+                // Sent out of order (the client's earlier clocks are missing) but independent of
+                // them: the hole becomes a skip that a later block may fill.
+                txn.integrate_skip(
+                    BlockRange::new(ID::new(id.client, store_clock), id.clock - store_clock),
+                    0,
+                );
+            }
+            txn.integrate(block, held);
+            match rest {
+                Some(mut rest) => {
+                    // The rest's origin is the last clock before it, now in the store; resolve
+                    // its `left`/`right` from its ids like any other block.
+                    if Self::missing_dependency(&mut rest, &mut txn.store)?.is_some() {
+                        return Ok(()); // its dependencies were all present a moment ago
+                    }
+                    block = rest;
+                }
+                None => return Ok(()),
+            }
+        }
     }
 
     fn missing_dependency(
@@ -868,7 +904,11 @@ impl Decode for Update {
                 if let Some(block) = Self::decode_block(id, decoder)? {
                     // due to bug in the past it was possible for empty bugs to be generated
                     // even though they had no effect on the document store
-                    clock += block.len();
+                    // RESONANT PATCH (held_clocks): a block must end within u32 clocks (this
+                    // overflowed: a panic in debug builds, a wrapped clock in release ones).
+                    clock = clock
+                        .checked_add(block.len())
+                        .ok_or(Error::Malformed(MalformedKind::ClockOverflow))?;
                     blocks.push_back(block);
                 }
             }
