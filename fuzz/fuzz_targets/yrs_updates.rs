@@ -6,11 +6,15 @@
 //!
 //! Input: updates, each a little-endian u16 length and that many bytes (the last one may be
 //! short).
+//!
+//! `FUZZ_YRS_UNVALIDATED=1` skips the validator and hands every update to yrs, so that the
+//! patches in vendor/yrs are tested on their own (the validator refuses some shapes that reach
+//! yrs bugs, e.g. a second struct section for a client; vendor/yrs/PATCHES.md §2).
 
 #![no_main]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use resonant_sync::validate::validate_update_v1;
@@ -49,9 +53,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }));
     });
+    static UNVALIDATED: OnceLock<bool> = OnceLock::new();
+    let unvalidated = *UNVALIDATED
+        .get_or_init(|| std::env::var_os("FUZZ_YRS_UNVALIDATED").is_some_and(|v| v == "1"));
     let doc = Doc::with_client_id(1 << 40);
     for update in updates(data) {
-        if validate_update_v1(update).is_ok() {
+        if unvalidated || validate_update_v1(update).is_ok() {
             apply(&doc, update);
         }
     }
