@@ -9,7 +9,10 @@
 //!
 //! `FUZZ_YRS_UNVALIDATED=1` skips the validator and hands every update to yrs, so that the
 //! patches in vendor/yrs are tested on their own (the validator refuses some shapes that reach
-//! yrs bugs, e.g. a second struct section for a client; vendor/yrs/PATCHES.md §2).
+//! yrs bugs, e.g. a second struct section for a client; vendor/yrs/PATCHES.md §2). It still
+//! skips updates the validator refuses for holding a subdocument: yrs never frees a document
+//! holding one (fuzz/findings/README.md §2), which LeakSanitizer would report on every such
+//! input. (An update refused for an earlier reason is not checked for subdocuments.)
 
 #![no_main]
 
@@ -58,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
         .get_or_init(|| std::env::var_os("FUZZ_YRS_UNVALIDATED").is_some_and(|v| v == "1"));
     let doc = Doc::with_client_id(1 << 40);
     for update in updates(data) {
-        if unvalidated || validate_update_v1(update).is_ok() {
+        let passes = match validate_update_v1(update) {
+            Ok(()) => true,
+            Err(e) => unvalidated && !e.to_string().contains("subdocuments are not supported"),
+        };
+        if passes {
             apply(&doc, update);
         }
     }
