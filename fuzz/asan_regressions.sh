@@ -3,8 +3,8 @@
 # each, and exits non-zero if any of them reports a memory error, a leak, a panic that escapes
 # or a reload that differs from the served document: *.session files through the `session`
 # target (FUZZ_STRICT_RELOAD=1), *.updates files through `yrs_updates` twice: behind the
-# validator, as rooms apply them, and with FUZZ_YRS_UNVALIDATED=1, so that the vendor/yrs
-# patches are tested without the validator's help. This is the regression test for the yrs
+# validator, as rooms apply them, and with FUZZ_YRS_UNVALIDATED=1 (without the validator's
+# rules on struct references), so that the vendor/yrs patches are tested on their own. This is the regression test for the yrs
 # use-after-frees (docs/upstream/yrs-uaf.md), the subdocument leak
 # and the reload divergence. Usage: bash fuzz/asan_regressions.sh. Builds like run.sh (the
 # same CARGO_TARGET_DIR, so after `run.sh` the build is a no-op; from scratch about 6 min).
