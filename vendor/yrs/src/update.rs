@@ -1791,5 +1791,74 @@ mod test {
                 Err(Error::Malformed(MalformedKind::EmptyBlock))
             );
         }
+
+        /// RESONANT PATCH (held_clocks): client 1's string "x" at `clock` in root type "a".
+        fn section(clock: u32) -> Vec<u8> {
+            let mut out = vec![1, 1];
+            crate::encoding::write::Write::write_var(&mut out, clock);
+            out.extend_from_slice(&[4, 1, 1, b'a', 1, b'x']);
+            out
+        }
+
+        fn apply_all(updates: &[Vec<u8>]) -> Doc {
+            let doc = Doc::new();
+            for bytes in updates {
+                let update = Update::decode_v1(bytes).unwrap();
+                doc.transact_mut().apply_update(update).unwrap();
+            }
+            doc
+        }
+
+        fn state(doc: &Doc) -> Vec<u8> {
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        }
+
+        #[test]
+        fn repeated_client_sections_integrate_each_clock_once() {
+            // RESONANT PATCH (held_clocks): the second copy was pushed over the integrated
+            // first one, freeing it (heap use-after-free).
+            for clock in [0, 1] {
+                let once = [vec![1], section(clock), vec![0]].concat();
+                let thrice = [
+                    vec![3],
+                    section(clock),
+                    section(clock),
+                    section(clock),
+                    vec![0],
+                ]
+                .concat();
+                let doc = apply_all(&[thrice]);
+                assert_eq!(state(&doc), state(&apply_all(&[once])));
+                let text = doc.get_or_insert_text("a");
+                assert_eq!(text.get_string(&doc.transact()), "x");
+            }
+        }
+
+        #[test]
+        fn clock_past_2_pow_31_is_integrated_behind_a_skip() {
+            // RESONANT PATCH (held_clocks): the i32 gap was positive, `push` panicked with the
+            // item already linked and the unwind freed it.
+            let big = apply_all(&[
+                [vec![1], section(0), vec![0]].concat(),
+                [vec![1], section((1 << 31) + 5), vec![0]].concat(),
+            ]);
+            let small = apply_all(&[
+                [vec![1], section(0), vec![0]].concat(),
+                [vec![1], section(5), vec![0]].concat(),
+            ]);
+            let text = |doc: &Doc| doc.get_or_insert_text("a").get_string(&doc.transact());
+            assert_eq!(text(&big), "xx");
+            assert_eq!(text(&big), text(&small));
+        }
+
+        #[test]
+        fn clock_overflow_is_rejected() {
+            let bytes = [vec![1], section(u32::MAX), vec![0]].concat();
+            assert_matches!(
+                Update::decode_v1(&bytes),
+                Err(Error::Malformed(MalformedKind::ClockOverflow))
+            );
+        }
     }
 }
