@@ -2,8 +2,10 @@
 # Replays every reproducer in fuzz/findings/ under AddressSanitizer (with LeakSanitizer), once
 # each, and exits non-zero if any of them reports a memory error, a leak, a panic that escapes
 # or a reload that differs from the served document: *.session files through the `session`
-# target (FUZZ_STRICT_RELOAD=1), *.updates files through `yrs_updates` (raw yrs). This is the
-# regression test for the yrs use-after-free (docs/upstream/yrs-uaf.md), the subdocument leak
+# target (FUZZ_STRICT_RELOAD=1), *.updates files through `yrs_updates` twice: behind the
+# validator, as rooms apply them, and with FUZZ_YRS_UNVALIDATED=1 (without the validator's
+# rules on struct references), so that the vendor/yrs patches are tested on their own. This is the regression test for the yrs
+# use-after-frees (docs/upstream/yrs-uaf.md), the subdocument leak
 # and the reload divergence. Usage: bash fuzz/asan_regressions.sh. Builds like run.sh (the
 # same CARGO_TARGET_DIR, so after `run.sh` the build is a no-op; from scratch about 6 min).
 set -euo pipefail
@@ -31,19 +33,24 @@ echo "fuzz build: $((SECONDS - build_start)) s"
 log=$(mktemp "${TMPDIR:-/tmp}/resonant-asan.XXXXXX")
 failed=()
 shopt -s nullglob
-for f in fuzz/findings/*.session fuzz/findings/*.updates; do
-  case $f in
-    *.session) target=session ;;
-    *.updates) target=yrs_updates ;;
-  esac
+runs=()
+for f in fuzz/findings/*.session; do runs+=("session validated $f"); done
+for f in fuzz/findings/*.updates; do
+  runs+=("yrs_updates validated $f" "yrs_updates unvalidated $f")
+done
+for run in "${runs[@]}"; do
+  read -r target mode f <<<"$run"
+  unvalidated=0
+  [[ $mode == unvalidated ]] && unvalidated=1
   # Given files instead of a corpus directory, libFuzzer runs each input once and exits.
-  if FUZZ_STRICT_RELOAD=1 ASAN_OPTIONS="detect_leaks=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
+  if FUZZ_STRICT_RELOAD=1 FUZZ_YRS_UNVALIDATED=$unvalidated \
+    ASAN_OPTIONS="detect_leaks=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
     cargo "${toolchain[@]}" fuzz run "$target" "$f" -- -detect_leaks=1 -rss_limit_mb=2048 \
     -malloc_limit_mb=512 -timeout=10 >"$log" 2>&1; then
-    echo "ok      $target $f"
+    echo "ok      $target $mode $f"
   else
-    failed+=("$f")
-    echo "FAILED  $target $f:"
+    failed+=("$mode $f")
+    echo "FAILED  $target $mode $f:"
     grep -E 'ERROR|SUMMARY|panicked|escaped|differs' "$log" | head -n 10 || true
     tail -n 30 "$log"
   fi

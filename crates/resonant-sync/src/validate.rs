@@ -14,7 +14,8 @@
 //! exactly as yrs reads it, and check each count against what the bytes that follow could
 //! hold before moving on. They then walk every element the count announced, so a payload
 //! that passes has every reservation yrs will make backed by elements actually present in
-//! the input. Nothing here allocates in proportion to the input. The checks are stricter
+//! the input. Nothing here allocates in proportion to the input, except the set of client
+//! ids of an update's struct sections (each section takes at least 3 bytes). The checks are stricter
 //! than yrs where yrs would panic in a debug build or silently wrap or truncate (clock
 //! overflow, client ids over 53 bits, over-long signed varints), none of which an encoder
 //! produces, and they refuse legacy JSON content, which yrs cannot round-trip.
@@ -75,13 +76,36 @@ pub fn validate_awareness_v1(bytes: &[u8]) -> Result<(), DecodeError> {
 /// Checks a v1 document update (sync step 2 or update body) before `Update::decode_v1`:
 /// every struct of every client, their contents, and the delete set.
 pub fn validate_update_v1(bytes: &[u8]) -> Result<(), DecodeError> {
+    update_v1(bytes, true)
+}
+
+/// [`validate_update_v1`] without its rules on how structs refer to each other (one struct
+/// section per client, no references to the own client's later clocks): only what keeps yrs's
+/// decoder within bounds (and subdocuments out, which yrs leaks). The `yrs_updates` fuzz
+/// target uses it to test yrs's own handling of those shapes (vendor/yrs/PATCHES.md §2).
+pub fn validate_update_v1_for_decoding(bytes: &[u8]) -> Result<(), DecodeError> {
+    update_v1(bytes, false)
+}
+
+fn update_v1(bytes: &[u8], reference_rules: bool) -> Result<(), DecodeError> {
     let mut r = Reader::new(bytes, "update");
+    r.reference_rules = reference_rules;
     let clients = r.var_u32()? as u64;
     // A client section is a struct count, a client id and a start clock.
     let clients = r.count(clients, 3, "clients")?;
+    // yrs appends a second section for the same client to the first, so one update can carry
+    // the same clocks twice; integrating the second copy over the first freed live items in
+    // yrs 0.28 (vendor/yrs/PATCHES.md §2). Yjs and yrs encoders write each client once.
+    let mut seen = std::collections::HashSet::with_capacity(clients.min(64));
     for _ in 0..clients {
         let structs = r.var_u32()? as u64;
+        let at = r.pos;
         let client = r.client()?;
+        if !seen.insert(client) && r.reference_rules {
+            return Err(r.invalid(format!(
+                "second struct section for client {client} at offset {at}"
+            )));
+        }
         let mut clock = r.var_u32()?;
         // Every struct starts with its info byte and holds at least one more.
         let structs = r.count(structs, 2, "structs")?;
@@ -102,11 +126,18 @@ struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
     what: &'static str,
+    /// Whether structs' references are checked too (see `validate_update_v1_for_decoding`).
+    reference_rules: bool,
 }
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], what: &'static str) -> Self {
-        Reader { buf, pos: 0, what }
+        Reader {
+            buf,
+            pos: 0,
+            what,
+            reference_rules: true,
+        }
     }
 
     fn invalid(&self, reason: String) -> DecodeError {
@@ -276,7 +307,7 @@ impl<'a> Reader<'a> {
         if let Some((_, dep)) = deps
             .iter()
             .flatten()
-            .find(|d| d.0 == client && d.1 >= clock)
+            .find(|d| self.reference_rules && d.0 == client && d.1 >= clock)
         {
             return Err(self.invalid(format!(
                 "struct {client}:{clock} at offset {at} refers to its own client's later clock \
@@ -685,6 +716,21 @@ mod tests {
     /// An Any-content struct at the root type "a" holding the given Any encodings.
     fn any_struct(count: u64, values: &[u8]) -> Vec<u8> {
         cat(&[&[8, 1, 1, b'a'], &var(count), values])
+    }
+
+    #[test]
+    fn rejects_a_second_section_for_the_same_client() {
+        // Client 1 twice, each with the string "x" at clock 0 of root "a" (the minimal
+        // reproducer of the second yrs use-after-free); clients 1 and 2 once each pass.
+        let section = |client: u8| [1, client, 0, 4, 1, 1, b'a', 1, b'x'];
+        let twice = cat(&[&[2], &section(1), &section(1), &[0]]);
+        let err = reason(validate_update_v1(&twice).unwrap_err());
+        assert_eq!(
+            err,
+            "update second struct section for client 1 at offset 11"
+        );
+        accepted(&cat(&[&[2], &section(1), &section(2), &[0]]));
+        validate_update_v1_for_decoding(&twice).expect("decodes within bounds");
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! `BlockSet::exclude` ← `TransactionMut::apply_update`; docs/upstream/yrs-uaf.md), fixed by
 //! the `split_unintegrated` patch in vendor/yrs.
 //!
+//! The second one (`BlockStore::push` replacing an integrated item; vendor/yrs/PATCHES.md §2,
+//! fuzz/findings/README.md §5) is fixed by the `held_clocks` patch: an update carrying the
+//! same clocks twice (a second struct section for a client) or a clock of 2^31 or more no
+//! longer frees live items. The validator also refuses the duplicate sections (1007).
+//!
 //! A write after free rarely crashes on its own, so this binary's allocator quarantines
 //! freed blocks while the reproducer runs: it fills them with a pattern instead of freeing
 //! them, and afterwards checks that nothing wrote into one. Against unpatched yrs the check
@@ -9,6 +14,7 @@
 //! through `fuzz/asan_regressions.sh`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +24,101 @@ use resonant_sync::validate::validate_update_v1;
 use resonant_sync::{close_code, Rooms, SyncConfig};
 use yrs::updates::decoder::Decode;
 use yrs::{ClientID, Doc, GetString, ReadTxn, StateVector, Text, Transact, Update};
+
+/// A struct section of client 1 (v1): one string struct `ch` at `clock`, in root type "a",
+/// without origins.
+fn section(clock: u32, ch: u8) -> Vec<u8> {
+    section_of(1, clock, ch)
+}
+
+/// Like [`section`], with the string `text`.
+fn string_section(clock: u32, text: &str) -> Vec<u8> {
+    let mut out = vec![1, 1];
+    yrs::encoding::write::Write::write_var(&mut out, clock);
+    out.extend_from_slice(&[4, 1, 1, b'a', text.len() as u8]);
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
+/// Like [`section`], for `client`.
+fn section_of(client: u8, clock: u32, ch: u8) -> Vec<u8> {
+    let mut out = vec![1, client];
+    yrs::encoding::write::Write::write_var(&mut out, clock);
+    out.extend_from_slice(&[4, 1, 1, b'a', 1, ch]);
+    out
+}
+
+/// A v1 update of `sections` and an empty delete set.
+fn update(sections: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = vec![sections.len() as u8];
+    out.extend(sections.concat());
+    out.push(0);
+    out
+}
+
+/// `1:1` = "z" with origin `1:0`.
+const Z_AFTER_1_0: &[u8] = &[1, 1, 1, 1, 0x84, 1, 0, 1, b'z', 0];
+
+fn finding(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/findings")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The `yrs_updates` fuzz target's input format: updates behind little-endian u16 lengths.
+fn frames(mut data: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while data.len() >= 2 {
+        let len = u16::from_le_bytes([data[0], data[1]]) as usize;
+        let rest = &data[2..];
+        let (frame, rest) = rest.split_at(len.min(rest.len()));
+        out.push(frame.to_vec());
+        data = rest;
+    }
+    out
+}
+
+/// Applies the decodable `updates` to a fresh document (no validator), failing if yrs wrote
+/// into freed memory or panicked.
+fn apply_raw(updates: &[Vec<u8>]) -> Doc {
+    let doc = Doc::with_client_id(99);
+    let bad = writes_after_free(|| {
+        for bytes in updates {
+            if let Ok(update) = Update::decode_v1(bytes) {
+                let _ = doc.transact_mut().apply_update(update);
+            }
+        }
+    });
+    assert_eq!(bad, 0, "yrs wrote into {bad} freed block(s)");
+    doc
+}
+
+fn text_a(doc: &Doc) -> String {
+    doc.get_or_insert_text("a").get_string(&doc.transact())
+}
+
+/// The document's full state as an update, decoded for a readable comparison.
+fn state(doc: &Doc) -> String {
+    let bytes = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    format!("{:?}", Update::decode_v1(&bytes).unwrap())
+}
+
+/// Loads `doc`'s encoded state into a fresh document, as a reload does, and checks that it
+/// encodes the same again.
+fn assert_reloads_as_served(doc: &Doc) {
+    let bytes = doc
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let copy = Doc::with_client_id(98);
+    copy.transact_mut()
+        .apply_update(Update::decode_v1(&bytes).unwrap())
+        .unwrap();
+    assert_eq!(state(&copy), state(doc));
+    assert_eq!(text_a(&copy), text_a(doc));
+}
 
 /// The minimal reproducer: three v1 updates, all from client 1 (37 bytes).
 /// 1. `1:2`, one Any value in root type "a", no origin: integrated at once, leaving
@@ -215,4 +316,163 @@ async fn a_session_sending_the_reproducer_leaves_a_sane_room() {
     rooms.shutdown().await;
     journal.close();
     writer.await.unwrap();
+}
+
+#[test]
+fn duplicate_struct_sections_integrate_each_clock_once() {
+    // The minimal reproducer: one update with the same section (1:0 = "x") twice, then 1:1 =
+    // "z" after 1:0. Upstream pushed the second copy over the integrated first one, freeing
+    // it while the second copy's `right` still pointed to it; "z", inserted between the
+    // second copy and its `right`, then read and wrote the freed item (ASan: READ in
+    // `integrate_item`, freed by `BlockStore::push`).
+    let minimal = finding("yrs_uaf_replaced_skip_minimal.updates");
+    let dup = update(&[section(0, b'x'), section(0, b'x')]);
+    assert_eq!(frames(&minimal), vec![dup.clone(), Z_AFTER_1_0.to_vec()]);
+    let doc = apply_raw(&frames(&minimal));
+    // What a Yjs-shaped update (each client once) gives.
+    let reference = apply_raw(&[update(&[section(0, b'x')]), Z_AFTER_1_0.to_vec()]);
+    assert_eq!(text_a(&doc), "xz");
+    assert_eq!(state(&doc), state(&reference));
+    assert_reloads_as_served(&doc);
+    assert!(doc.transact().store().pending_update().is_none());
+
+    // Three copies in one update: the same as one.
+    let doc = apply_raw(&[update(&[
+        section(0, b'x'),
+        section(0, b'x'),
+        section(0, b'x'),
+    ])]);
+    assert_eq!(
+        state(&doc),
+        state(&apply_raw(&[update(&[section(0, b'x')])]))
+    );
+
+    // Partly overlapping sections: 1:0 = "ab", then 1:1 = "bcd". Only 1:2..4 of the second
+    // is integrated (after 1:1, as Yjs trims it); also with a hole behind them, and a second
+    // section whose first half fills the hole the first left and whose second half is held.
+    // (The last shape is not causal, "cd" has no origin though 1:0..2 precede it, so its
+    // reload integrates it first and differs; the validator cannot see that.)
+    for (first, second, causal) in [
+        (string_section(0, "ab"), string_section(1, "bcd"), true),
+        (string_section(2, "ab"), string_section(3, "bcd"), true),
+        (string_section(2, "cd"), string_section(0, "abcd"), false),
+    ] {
+        let doc = apply_raw(&[update(&[first, second])]);
+        assert_eq!(text_a(&doc), "abcd");
+        if causal {
+            assert_reloads_as_served(&doc);
+        }
+    }
+
+    // Identical sections behind a hole (the fuzzer's shape: 1:1 twice, so 1:0 becomes a
+    // skip first): the same as one.
+    let doc = apply_raw(&[update(&[section(1, b'x'), section(1, b'x')])]);
+    let reference = apply_raw(&[update(&[section(1, b'x')])]);
+    assert_eq!(state(&doc), state(&reference));
+    assert_eq!(text_a(&doc), "x");
+}
+
+#[test]
+fn the_fuzzers_reproducer_applies_cleanly_and_reloads_as_served() {
+    let doc = apply_raw(&frames(&finding("yrs_uaf_replaced_skip.updates")));
+    assert_reloads_as_served(&doc);
+    // The five copies of 1:1 (deleted content) are integrated once, behind a skip at 1:0.
+    let served = state(&doc);
+    assert_eq!(served.matches("<1#1>").count(), 1, "{served}");
+}
+
+#[test]
+fn a_clock_past_2_pow_31_gets_a_skip_before_it() {
+    // 1:0 = "x", then 1:(2^31 + 5) = "y", then 2:0 = "z", both without origin. Upstream
+    // computed the gap as i32: positive for 2^31 + 5 - 1, so no skip; `push` then found no
+    // entry and panicked with "y" already at the start of "a", and the unwind freed it; "z"
+    // resolved its conflict from that freed start (ASan: READ in `integrate_item`).
+    let updates = frames(&finding("yrs_uaf_clock_2_31_past_end.updates"));
+    assert_eq!(updates, clock_2_31_updates((1 << 31) + 5));
+    let doc = apply_raw(&updates);
+    // The same with a small clock for "y".
+    let reference = apply_raw(&clock_2_31_updates(5));
+    assert_eq!(text_a(&reference).len(), 3);
+    assert_eq!(text_a(&doc), text_a(&reference));
+    assert_reloads_as_served(&doc);
+}
+
+fn clock_2_31_updates(y_clock: u32) -> Vec<Vec<u8>> {
+    vec![
+        update(&[section(0, b'x')]),
+        update(&[section(y_clock, b'y')]),
+        update(&[section_of(2, 0, b'z')]),
+    ]
+}
+
+/// Sends `updates` through a room's session; returns the close code of the first refused
+/// one, the served text of "a", and the text after the room is unloaded and loaded again.
+async fn through_a_room(updates: &[Vec<u8>]) -> (Option<u16>, String, String) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let (journal, writer) = Journal::start(store.clone(), JournalConfig::default());
+    let rooms = Rooms::new(store.clone(), journal.clone(), SyncConfig::default());
+    let (mut session, _out) = rooms.join("uaf2", true).await.unwrap();
+    let mut refused = None;
+    let bad = writes_after_free(|| {
+        for bytes in updates {
+            if let Err(e) = session.handle(&protocol::encode_sync_update(bytes)) {
+                refused = Some(e.close().code);
+                break;
+            }
+        }
+    });
+    assert_eq!(bad, 0, "yrs wrote into {bad} freed block(s)");
+    let served = session.room().with_doc(text_a);
+    drop(session);
+    rooms.shutdown().await;
+    journal.close();
+    writer.await.unwrap();
+
+    let (journal, writer) = Journal::start(store.clone(), JournalConfig::default());
+    let rooms = Rooms::new(store, journal.clone(), SyncConfig::default());
+    let (session, _out) = rooms.join("uaf2", false).await.unwrap();
+    let reloaded = session.room().with_doc(text_a);
+    drop(session);
+    rooms.shutdown().await;
+    journal.close();
+    writer.await.unwrap();
+    (refused, served, reloaded)
+}
+
+#[tokio::test]
+async fn a_room_refuses_duplicate_sections_and_serves_what_it_reloads() {
+    let minimal = frames(&finding("yrs_uaf_replaced_skip_minimal.updates"));
+    let (refused, served, reloaded) = through_a_room(&minimal).await;
+    assert_eq!(refused, Some(close_code::INVALID_PAYLOAD));
+    assert_eq!((served.as_str(), reloaded.as_str()), ("", ""));
+
+    // The fuzzer's input: its undecodable updates are refused first, so send only the ones
+    // the validator passes; the duplicate sections are among the refused.
+    let fuzz = frames(&finding("yrs_uaf_replaced_skip.updates"));
+    let dup = fuzz
+        .iter()
+        .find(|u| matches!(Update::decode_v1(u), Ok(d) if format!("{d:?}").matches("<1#1>").count() == 5))
+        .expect("the update with five copies of 1:1");
+    let err = validate_update_v1(dup).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("second struct section for client 1"),
+        "{err}"
+    );
+    let passing: Vec<_> = fuzz
+        .iter()
+        .filter(|u| validate_update_v1(u).is_ok())
+        .cloned()
+        .collect();
+    let (refused, served, reloaded) = through_a_room(&passing).await;
+    assert_eq!(refused, None);
+    assert_eq!(served, reloaded);
+
+    // Clocks past 2^31 are well-formed and pass the validator (only the yrs patch protects
+    // the room here): served as with a small clock, and reloaded the same.
+    let big = frames(&finding("yrs_uaf_clock_2_31_past_end.updates"));
+    let (refused, served, reloaded) = through_a_room(&big).await;
+    assert_eq!(refused, None);
+    assert_eq!(served, text_a(&apply_raw(&clock_2_31_updates(5))));
+    assert_eq!(reloaded, served);
 }

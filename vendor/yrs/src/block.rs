@@ -1080,7 +1080,9 @@ impl<'doc> TransactionMut<'doc> {
                 branch
             }
             _ => {
-                self.integrate_gc(item.range(), offset);
+                // RESONANT PATCH (held_clocks): `trim` has already applied the offset (passing
+                // it again cut the range twice, or underflowed its length).
+                self.integrate_gc(item.range(), 0);
                 return None;
             }
         };

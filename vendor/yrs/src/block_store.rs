@@ -314,6 +314,22 @@ impl BlockStore {
                     Some(last) if last.as_ref().next_clock() != block.clock_start() => {
                         // this replaces an integrated skip
                         let clock_start = block.clock_start();
+                        // RESONANT PATCH (held_clocks): only a skip that holds the whole block
+                        // may be replaced. Overwriting an item frees it while its neighbours,
+                        // its parent and the update being integrated still point to it, and
+                        // a block past the end has no entry at all (`find_index` is `None`).
+                        // `Update::integrate` only pushes clocks the store lacks, so this is
+                        // a last line of defence: the block is leaked, not dropped, because
+                        // `integrate_item` has already linked it into its parent (a leak is
+                        // what LeakSanitizer reports; a panic here would free it mid-unwind).
+                        let fits = list.find_index(clock_start).is_some_and(|index| {
+                            let skip = unsafe { &*list.inner[index].get() };
+                            skip.is_skip() && skip.next_clock() >= block.next_clock()
+                        });
+                        if !fits {
+                            std::mem::forget(block);
+                            return;
+                        }
                         let mut index = list.find_index(clock_start).unwrap();
                         let skip = unsafe { &*list.inner[index].get() };
                         let diff_start = clock_start - skip.clock_start();
@@ -339,6 +355,34 @@ impl BlockStore {
                 list.push(block);
             }
         }
+    }
+
+    /// RESONANT PATCH (held_clocks): of the clocks `[clock, clock + len)` of `client`, how many
+    /// leading ones the store already holds (items or GC, not skips), and how many clocks right
+    /// after those it lacks (a skip, or past its end), so that `Update::integrate` can push
+    /// exactly the clocks that are missing. `clock + len` must not overflow.
+    pub(crate) fn held_then_missing(&self, client: &ClientID, clock: u32, len: u32) -> (u32, u32) {
+        let end = clock + len;
+        let Some(list) = self.clients.get(client) else {
+            return (0, len);
+        };
+        let store_clock = list.clock();
+        let mut at = clock;
+        while at < end {
+            if at >= store_clock {
+                return (at - clock, end - at);
+            }
+            let Some(block) = list.find_index(at).and_then(|i| list.get(i)) else {
+                // Not expected below the store's clock; treating it as held never overwrites.
+                return (len, 0);
+            };
+            let block = block.as_ref();
+            if block.is_skip() {
+                return (at - clock, block.next_clock().min(end) - at);
+            }
+            at = block.next_clock().max(at + 1);
+        }
+        (len, 0)
     }
 
     /// Returns an iterator over the client and block lists pairs known to a current block store.

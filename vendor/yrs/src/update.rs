@@ -336,16 +336,8 @@ impl Update {
         } else {
             let mut picker = BlockPicker::new(&mut self.blocks);
             let mut next = picker.next();
-            let mut state = HashMap::new();
             while let Some(mut stack_head) = next {
                 if !stack_head.is_skip() {
-                    let id = stack_head.id();
-                    let len = stack_head.len();
-                    let local_clock = state
-                        .entry(id.client)
-                        .or_insert_with(|| txn.store.blocks.get_clock(&id.client));
-                    let offset = (*local_clock as i32) - (id.clock as i32);
-
                     if let Some(missing) =
                         Self::missing_dependency(&mut stack_head, &mut txn.store)?
                     {
@@ -354,20 +346,7 @@ impl Update {
                         continue;
                     } else {
                         // block has no missing dependencies, therefore we can integrate it right away
-                        if offset < 0 {
-                            // Block was send out of order (previous blocks from the same client are
-                            // missing), however since it has no dependency on them, it's still safe
-                            // to integrate. For that we prepend the missing hole with a Skip block.
-                            txn.integrate_skip(
-                                BlockRange::new(
-                                    ID::new(id.client, *local_clock),
-                                    offset.abs() as u32,
-                                ),
-                                0,
-                            );
-                        }
-                        txn.integrate(stack_head, 0);
-                        *local_clock = (*local_clock).max(id.clock + len);
+                        Self::integrate_missing_clocks(stack_head, txn)?;
                     }
                 }
                 next = picker.next();
@@ -382,6 +361,63 @@ impl Update {
         });
 
         Ok((remaining_blocks, remaining_ds))
+    }
+
+    /// RESONANT PATCH (held_clocks): integrates the clocks of `block` (whose dependencies are
+    /// present) that the store does not hold yet, and drops the rest, as Yjs' `integrateStructs`
+    /// does with its `offset`.
+    ///
+    /// Upstream integrated every block at offset 0 once `exclude` had cut the known clocks
+    /// out, computing the gap to the store's clock as `i32`. But `exclude` only sees the store
+    /// as it was before the update, and an update may hold the same clocks twice (a second
+    /// struct section for the same client is appended to the first): the second copy was then
+    /// pushed over the integrated first one, and `BlockStore::push` replaced the live item,
+    /// freeing it while its neighbours and parent still pointed to it (heap use-after-free in
+    /// `resolve_conflict`). For clocks of 2^31 and more the `i32` gap came out positive, so no
+    /// skip was put before a block past the end; `push` then panicked with the item already
+    /// linked and dropped it while unwinding (another use-after-free). Here the block is sliced
+    /// along what the store holds: held clocks are dropped (the item is trimmed, Yjs-style),
+    /// missing ones (past the end, or filling a skip exactly) are integrated piece by piece.
+    fn integrate_missing_clocks(
+        mut block: Block,
+        txn: &mut TransactionMut,
+    ) -> Result<(), UpdateError> {
+        loop {
+            let id = block.id();
+            let len = block.len();
+            if id.clock.checked_add(len).is_none() {
+                return Ok(()); // not representable; the decoder refuses such blocks
+            }
+            let (held, missing) = txn
+                .store
+                .blocks
+                .held_then_missing(&id.client, id.clock, len);
+            if missing == 0 {
+                return Ok(());
+            }
+            let rest = block.split_unintegrated(held + missing);
+            let store_clock = txn.store.blocks.get_clock(&id.client);
+            if held == 0 && id.clock > store_clock {
+                // Sent out of order (the client's earlier clocks are missing) but independent of
+                // them: the hole becomes a skip that a later block may fill.
+                txn.integrate_skip(
+                    BlockRange::new(ID::new(id.client, store_clock), id.clock - store_clock),
+                    0,
+                );
+            }
+            txn.integrate(block, held);
+            match rest {
+                Some(mut rest) => {
+                    // The rest's origin is the last clock before it, now in the store; resolve
+                    // its `left`/`right` from its ids like any other block.
+                    if Self::missing_dependency(&mut rest, &mut txn.store)?.is_some() {
+                        return Ok(()); // its dependencies were all present a moment ago
+                    }
+                    block = rest;
+                }
+                None => return Ok(()),
+            }
+        }
     }
 
     fn missing_dependency(
@@ -868,7 +904,11 @@ impl Decode for Update {
                 if let Some(block) = Self::decode_block(id, decoder)? {
                     // due to bug in the past it was possible for empty bugs to be generated
                     // even though they had no effect on the document store
-                    clock += block.len();
+                    // RESONANT PATCH (held_clocks): a block must end within u32 clocks (this
+                    // overflowed: a panic in debug builds, a wrapped clock in release ones).
+                    clock = clock
+                        .checked_add(block.len())
+                        .ok_or(Error::Malformed(MalformedKind::ClockOverflow))?;
                     blocks.push_back(block);
                 }
             }
@@ -1749,6 +1789,75 @@ mod test {
             assert_matches!(
                 Update::decode_v1(&bytes),
                 Err(Error::Malformed(MalformedKind::EmptyBlock))
+            );
+        }
+
+        /// RESONANT PATCH (held_clocks): client 1's string "x" at `clock` in root type "a".
+        fn section(clock: u32) -> Vec<u8> {
+            let mut out = vec![1, 1];
+            crate::encoding::write::Write::write_var(&mut out, clock);
+            out.extend_from_slice(&[4, 1, 1, b'a', 1, b'x']);
+            out
+        }
+
+        fn apply_all(updates: &[Vec<u8>]) -> Doc {
+            let doc = Doc::new();
+            for bytes in updates {
+                let update = Update::decode_v1(bytes).unwrap();
+                doc.transact_mut().apply_update(update).unwrap();
+            }
+            doc
+        }
+
+        fn state(doc: &Doc) -> Vec<u8> {
+            doc.transact()
+                .encode_state_as_update_v1(&StateVector::default())
+        }
+
+        #[test]
+        fn repeated_client_sections_integrate_each_clock_once() {
+            // RESONANT PATCH (held_clocks): the second copy was pushed over the integrated
+            // first one, freeing it (heap use-after-free).
+            for clock in [0, 1] {
+                let once = [vec![1], section(clock), vec![0]].concat();
+                let thrice = [
+                    vec![3],
+                    section(clock),
+                    section(clock),
+                    section(clock),
+                    vec![0],
+                ]
+                .concat();
+                let doc = apply_all(&[thrice]);
+                assert_eq!(state(&doc), state(&apply_all(&[once])));
+                let text = doc.get_or_insert_text("a");
+                assert_eq!(text.get_string(&doc.transact()), "x");
+            }
+        }
+
+        #[test]
+        fn clock_past_2_pow_31_is_integrated_behind_a_skip() {
+            // RESONANT PATCH (held_clocks): the i32 gap was positive, `push` panicked with the
+            // item already linked and the unwind freed it.
+            let big = apply_all(&[
+                [vec![1], section(0), vec![0]].concat(),
+                [vec![1], section((1 << 31) + 5), vec![0]].concat(),
+            ]);
+            let small = apply_all(&[
+                [vec![1], section(0), vec![0]].concat(),
+                [vec![1], section(5), vec![0]].concat(),
+            ]);
+            let text = |doc: &Doc| doc.get_or_insert_text("a").get_string(&doc.transact());
+            assert_eq!(text(&big), "xx");
+            assert_eq!(text(&big), text(&small));
+        }
+
+        #[test]
+        fn clock_overflow_is_rejected() {
+            let bytes = [vec![1], section(u32::MAX), vec![0]].concat();
+            assert_matches!(
+                Update::decode_v1(&bytes),
+                Err(Error::Malformed(MalformedKind::ClockOverflow))
             );
         }
     }

@@ -41,6 +41,8 @@ impl Error {
 pub enum MalformedKind {
     Utf8,
     EmptyBlock,
+    /// RESONANT PATCH (held_clocks): a block's clock range ends past `u32::MAX`.
+    ClockOverflow,
 }
 
 impl Display for MalformedKind {
@@ -48,6 +50,7 @@ impl Display for MalformedKind {
         match self {
             MalformedKind::Utf8 => write!(f, "invalid UTF-8 sequence"),
             MalformedKind::EmptyBlock => write!(f, "block cannot have 0 length"),
+            MalformedKind::ClockOverflow => write!(f, "block clock range overflows u32"),
         }
     }
 }
