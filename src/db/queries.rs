@@ -561,6 +561,18 @@ pub struct StateChain {
     pub parts: Vec<Vec<u8>>,
 }
 
+/// A version row with its state key: id, workflow, number, name, message, author, time, key.
+type VersionRow = (
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+    String,
+);
+
 /// One version with the chain of its stored state.
 pub async fn version(
     db: &Db,
@@ -568,7 +580,7 @@ pub async fn version(
     version: i64,
 ) -> Result<Option<(VersionInfo, StateChain)>> {
     with_pool!(db, p => {
-        let row: Option<(String, String, i64, Option<String>, Option<String>, String, i64, String)> = sqlx::query_as(
+        let row: Option<VersionRow> = sqlx::query_as(
             "SELECT id, workflow_id, version, name, message, created_by, created_at, state_key FROM workflow_versions WHERE workflow_id = $1 AND version = $2")
             .bind(workflow).bind(version).fetch_optional(p).await?;
         let Some((id, workflow_id, version, name, message, created_by, created_at, key)) = row else { return Ok(None) };
