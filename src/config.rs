@@ -270,6 +270,17 @@ pub struct ServeConfig {
     /// Blocks doing work at once across all executions on this server.
     #[arg(long, env = "RESONANT_MAX_CONCURRENT_BLOCKS", default_value_t = 64)]
     pub max_concurrent_blocks: usize,
+    /// Bytes of stored version states one workspace may hold; a version past it is refused
+    /// with 409 `quota_exceeded` (saving an unchanged document stores nothing).
+    #[arg(long, env = "RESONANT_MAX_WORKSPACE_STORED_BYTES", default_value_t = 1 << 30)]
+    pub max_workspace_stored_bytes: u64,
+    /// Versions one workflow may keep; the next is refused with 409 `quota_exceeded`.
+    #[arg(
+        long,
+        env = "RESONANT_MAX_VERSIONS_PER_WORKFLOW",
+        default_value_t = 1000
+    )]
+    pub max_versions_per_workflow: u64,
     /// Bytes one template render may build (values, intermediate strings, output).
     #[arg(long, env = "RESONANT_TEMPLATE_RENDER_BYTES", default_value_t = 16 << 20)]
     pub template_render_bytes: usize,

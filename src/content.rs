@@ -63,7 +63,11 @@ fn doc_from(state: &[u8]) -> Result<Doc, ContentError> {
 
 /// The content of a document (a Yjs v1 state) as `{blocks, connections, viewport, meta}`.
 pub fn to_json(state: &[u8]) -> Result<Value, ContentError> {
-    let doc = doc_from(state)?;
+    doc_to_json(&doc_from(state)?)
+}
+
+/// The content of a decoded document, as [`to_json`] reads it.
+pub fn doc_to_json(doc: &Doc) -> Result<Value, ContentError> {
     let mut txn = doc.transact_mut();
     let mut out = JsonMap::new();
     for name in ARRAYS {

@@ -25,6 +25,7 @@ pub mod ratelimit;
 mod read_ahead;
 mod serve;
 mod unfinished;
+pub mod version_state;
 pub mod webhook_sig;
 mod webhooks;
 mod ws;

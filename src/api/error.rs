@@ -37,6 +37,9 @@ pub enum ApiError {
     /// Conflicts with the current state.
     #[error("{0}")]
     Conflict(String),
+    /// A storage quota (versions per workflow, version bytes per workspace) is used up.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The body is not JSON.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -77,7 +80,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found,
-    /// conflict, unsupported_media_type, payload_too_large, rate_limited, unavailable,
+    /// conflict, quota_exceeded, unsupported_media_type, payload_too_large, rate_limited, unavailable,
     /// invalid_workflow, token_limit, too_many_executions, internal.
     pub code: String,
     /// Human-readable explanation.
@@ -166,6 +169,7 @@ impl ApiError {
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::QuotaExceeded(_) => (StatusCode::CONFLICT, "quota_exceeded"),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -196,6 +200,7 @@ impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         match e {
             DbError::Duplicate(what) => ApiError::Conflict(format!("{what} already exists")),
+            DbError::Quota(message) => ApiError::QuotaExceeded(message),
             DbError::Sqlx(e) => {
                 tracing::error!(error = %e, "database error");
                 if matches!(

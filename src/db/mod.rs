@@ -32,6 +32,9 @@ pub enum DbError {
     /// A unique constraint refused the write (a slug or provider already taken).
     #[error("{0} already exists")]
     Duplicate(&'static str),
+    /// A storage quota refused the write; the message says which and by how much.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl DbError {

@@ -446,27 +446,92 @@ pub async fn delete_workflow(db: &Db, id: &str) -> Result<bool> {
     with_pool!(db, p => Ok(sqlx::query("DELETE FROM workflows WHERE id = $1").bind(id).execute(p).await?.rows_affected() > 0))
 }
 
-/// Stores a new version (number = last + 1) and makes it the workflow's current version.
+/// The limits a new version is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct VersionQuota {
+    /// Bytes of version states one workspace may hold (`--max-workspace-stored-bytes`).
+    pub workspace_bytes: i64,
+    /// Versions one workflow may have (`--max-versions-per-workflow`).
+    pub versions_per_workflow: i64,
+}
+
+/// The state of a workflow's latest version, the base a new version's delta is taken from.
+pub async fn latest_version_state(
+    db: &Db,
+    workflow: &str,
+) -> Result<Option<crate::version_state::Base>> {
+    with_pool!(db, p => {
+        let row: Option<(String, i64, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT s.key, s.depth, s.state_vector FROM workflow_versions v \
+             JOIN version_states s ON s.workflow_id = v.workflow_id AND s.key = v.state_key \
+             WHERE v.workflow_id = $1 ORDER BY v.version DESC LIMIT 1")
+            .bind(workflow).fetch_optional(p).await?;
+        Ok(row.map(|(key, depth, state_vector)| crate::version_state::Base { key, depth, state_vector }))
+    })
+}
+
+/// Stores a new version (number = last + 1) and makes it the workflow's current version. Its
+/// state is stored only if the workflow has no identical one; [`DbError::Quota`] when the
+/// workflow has as many versions as it may or the new state would take its workspace past
+/// its bytes.
 pub async fn create_version(
     db: &Db,
     workflow: &str,
     user: &str,
     name: Option<&str>,
     message: Option<&str>,
-    content: &str,
-    state: &[u8],
+    state: &crate::version_state::Prepared,
+    quota: VersionQuota,
 ) -> Result<VersionInfo> {
     let now = now_ms();
     with_pool!(db, p => {
         let mut tx = p.begin().await?;
-        // Locks the workflow row: concurrent versions get consecutive numbers.
-        let (version,): (i64,) = sqlx::query_as("UPDATE workflows SET version = version + 1, updated_at = $2 WHERE id = $1 RETURNING version")
+        // Locks the workflow row: concurrent versions get consecutive numbers, and the
+        // count below cannot be raced past.
+        let (version, workspace): (i64, String) = sqlx::query_as(
+            "UPDATE workflows SET version = version + 1, updated_at = $2 WHERE id = $1 RETURNING version, workspace_id")
             .bind(workflow).bind(now).fetch_one(&mut *tx).await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM workflow_versions WHERE workflow_id = $1")
+            .bind(workflow).fetch_one(&mut *tx).await?;
+        if count >= quota.versions_per_workflow {
+            return Err(DbError::Quota(format!(
+                "this workflow has {count} versions, the most it may keep \
+                 (--max-versions-per-workflow = {}); no version was saved",
+                quota.versions_per_workflow
+            )));
+        }
+        let known: Option<(i64,)> = sqlx::query_as("SELECT depth FROM version_states WHERE workflow_id = $1 AND key = $2")
+            .bind(workflow).bind(&state.key).fetch_optional(&mut *tx).await?;
+        if known.is_none() {
+            // Locks the workspace row: saves in its other workflows wait, so two cannot both
+            // fit under the limit the pair exceeds.
+            sqlx::query("UPDATE workspaces SET updated_at = updated_at WHERE id = $1")
+                .bind(&workspace).execute(&mut *tx).await?;
+            let (used,): (i64,) = sqlx::query_as(
+                "SELECT CAST(COALESCE(SUM(s.stored_bytes), 0) AS BIGINT) FROM version_states s \
+                 JOIN workflows w ON w.id = s.workflow_id WHERE w.workspace_id = $1")
+                .bind(&workspace).fetch_one(&mut *tx).await?;
+            let adding = state.data.len() as i64;
+            if used + adding > quota.workspace_bytes {
+                return Err(DbError::Quota(format!(
+                    "this version needs {adding} bytes and the workspace's versions already \
+                     hold {used} of the {} they may (--max-workspace-stored-bytes); \
+                     no version was saved",
+                    quota.workspace_bytes
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO version_states (workflow_id, key, base_key, depth, state_vector, data, stored_bytes, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (workflow_id, key) DO NOTHING")
+                .bind(workflow).bind(&state.key).bind(state.base.as_deref()).bind(state.depth)
+                .bind(&state.state_vector).bind(&state.data).bind(adding).bind(now)
+                .execute(&mut *tx).await?;
+        }
         let info: VersionInfo = sqlx::query_as(
-            "INSERT INTO workflow_versions (id, workflow_id, version, name, message, content, state, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+            "INSERT INTO workflow_versions (id, workflow_id, version, name, message, state_key, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              RETURNING id, workflow_id, version, name, message, created_by, created_at")
-            .bind(new_id()).bind(workflow).bind(version).bind(name).bind(message).bind(content).bind(state).bind(user).bind(now)
+            .bind(new_id()).bind(workflow).bind(version).bind(name).bind(message).bind(&state.key).bind(user).bind(now)
             .fetch_one(&mut *tx).await?;
         tx.commit().await?;
         Ok(info)
@@ -486,20 +551,55 @@ pub async fn versions(
         .bind(workflow).bind(cursor).bind(limit).fetch_all(p).await?))
 }
 
-/// One version with its JSON content and Yjs state.
+/// A stored version state's chain, full state first, ready for
+/// [`crate::version_state::rebuild`].
+#[derive(Debug)]
+pub struct StateChain {
+    /// The state's key.
+    pub key: String,
+    /// The full state, then each delta in the order they apply.
+    pub parts: Vec<Vec<u8>>,
+}
+
+/// A version row with its state key: id, workflow, number, name, message, author, time, key.
+type VersionRow = (
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+    String,
+);
+
+/// One version with the chain of its stored state.
 pub async fn version(
     db: &Db,
     workflow: &str,
     version: i64,
-) -> Result<Option<(VersionInfo, String, Vec<u8>)>> {
+) -> Result<Option<(VersionInfo, StateChain)>> {
     with_pool!(db, p => {
-        let info: Option<VersionInfo> = sqlx::query_as(
-            "SELECT id, workflow_id, version, name, message, created_by, created_at FROM workflow_versions WHERE workflow_id = $1 AND version = $2")
+        let row: Option<VersionRow> = sqlx::query_as(
+            "SELECT id, workflow_id, version, name, message, created_by, created_at, state_key FROM workflow_versions WHERE workflow_id = $1 AND version = $2")
             .bind(workflow).bind(version).fetch_optional(p).await?;
-        let Some(info) = info else { return Ok(None) };
-        let (content, state): (String, Vec<u8>) = sqlx::query_as("SELECT content, state FROM workflow_versions WHERE id = $1")
-            .bind(&info.id).fetch_one(p).await?;
-        Ok(Some((info, content, state)))
+        let Some((id, workflow_id, version, name, message, created_by, created_at, key)) = row else { return Ok(None) };
+        let info = VersionInfo { id, workflow_id, version, name, message, created_by, created_at };
+        let mut parts = Vec::new();
+        let mut next = Some(key.clone());
+        while let Some(k) = next {
+            let (base, data): (Option<String>, Vec<u8>) = sqlx::query_as(
+                "SELECT base_key, data FROM version_states WHERE workflow_id = $1 AND key = $2")
+                .bind(workflow).bind(&k).fetch_one(p).await?;
+            parts.push(data);
+            // The chain is bounded when written; a longer one is corrupt, not a reason to loop.
+            if parts.len() as i64 > crate::version_state::MAX_CHAIN + 1 {
+                return Err(DbError::Sqlx(sqlx::Error::Protocol(format!("version state chain of {key} is too long"))));
+            }
+            next = base;
+        }
+        parts.reverse();
+        Ok(Some((info, StateChain { key, parts })))
     })
 }
 

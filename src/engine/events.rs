@@ -335,7 +335,8 @@ fn transient(e: &crate::db::DbError) -> bool {
     match e {
         crate::db::DbError::Sqlx(sqlx::Error::Database(_))
         | crate::db::DbError::Sqlx(sqlx::Error::Encode(_))
-        | crate::db::DbError::Duplicate(_) => false,
+        | crate::db::DbError::Duplicate(_)
+        | crate::db::DbError::Quota(_) => false,
         crate::db::DbError::Sqlx(_) => true,
     }
 }
