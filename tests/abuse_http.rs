@@ -406,19 +406,16 @@ async fn a_large_documents_memory_is_returned_when_its_room_unloads() {
     let rss_before = rss_kib(pid);
 
     let mut builder = Client::connect_synced(&room_url(addr, "large")).await;
-    // 90,000 small items (the default cap is 100,000), 500 per update.
+    // 90,000 small items (the default cap is 100,000), 500 per update. Map entries: each is
+    // an item of its own (consecutive array pushes may merge into one run), and appending to
+    // a long array costs a walk from its start per push.
     for batch in 0..180 {
         builder
             .edit(move |_, txn| {
-                use yrs::{Array, Map, MapPrelim, WriteTxn};
-                let blocks = txn.get_or_insert_array("blocks");
+                use yrs::{Map, WriteTxn};
+                let items = txn.get_or_insert_map("meta");
                 for i in 0..500 {
-                    if i % 2 == 0 {
-                        blocks.push_back(txn, format!("item {batch}-{i}"));
-                    } else {
-                        let m = blocks.push_back(txn, MapPrelim::default());
-                        m.insert(txn, "n", i as i64);
-                    }
+                    items.insert(txn, format!("k{batch}-{i}"), format!("value {i}"));
                 }
             })
             .await;
@@ -439,7 +436,20 @@ async fn a_large_documents_memory_is_returned_when_its_room_unloads() {
         rooms().await == 0.0
     })
     .await;
-    let rss_after = rss_kib(pid);
+    // Loaded, the document took +37 MiB here; +4 MiB stayed after the unload.
+    const BOUND: u64 = 16 * 1024;
+    let unloaded = Instant::now();
+    // Freeing after the unload (the journal's last commit, a compaction) may take a moment.
+    let settle = Instant::now() + WAIT;
+    let mut rss_after = rss_kib(pid);
+    while rss_after >= rss_before + BOUND && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rss_after = rss_kib(pid);
+    }
+    eprintln!(
+        "RSS {rss_after} KiB {:?} after the unload",
+        unloaded.elapsed()
+    );
     let peak = peak_rss_kib(pid);
     eprintln!(
         "RSS before {rss_before} KiB, loaded {rss_loaded} KiB (+{} KiB), after unload \
@@ -448,7 +458,7 @@ async fn a_large_documents_memory_is_returned_when_its_room_unloads() {
         rss_after.saturating_sub(rss_before)
     );
     assert!(
-        rss_after < rss_before + 32 * 1024,
+        rss_after < rss_before + BOUND,
         "RSS after unload: {rss_before} → {rss_after} KiB"
     );
 }
