@@ -247,7 +247,7 @@ async fn read_close(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<u16> {
 }
 
 /// Ten sockets each send 15 MiB of a fragmented message that never ends, pinging to look
-/// alive: the shared budget (64 MiB here) refuses the ones that would pass it, the deadline
+/// alive: the shared budget (32 MiB here) refuses the ones that would pass it, the deadline
 /// the rest; each gets a 1009 close, and the server's peak memory stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_messages_are_bounded_and_refused_with_1009() {
@@ -257,7 +257,7 @@ async fn unfinished_messages_are_bounded_and_refused_with_1009() {
         dir.path(),
         &[
             "--max-unfinished-bytes",
-            "67108864",
+            "33554432",
             "--message-deadline-secs",
             "5",
         ],
