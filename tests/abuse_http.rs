@@ -194,6 +194,63 @@ async fn trickled_request_heads_are_capped_per_address_and_timed_out() {
     assert!(p99 < Duration::from_secs(1), "canary p99 {p99:?}");
 }
 
+/// Sends a whole request from `from` and returns the status line of the answer.
+async fn status_from(from: Ipv4Addr, addr: SocketAddr) -> String {
+    let mut tcp = connect_from(from, addr).await;
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A trusted proxy carries many users' connections: it is exempt from the per-address cap,
+/// while another address with as many unfinished heads is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_are_exempt_from_the_per_address_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(
+        dir.path(),
+        &[
+            "--trusted-proxies",
+            "127.0.0.3",
+            "--max-http-connections-per-ip",
+            "8",
+        ],
+    );
+    let addr = server.addr;
+    let (proxy, other) = (Ipv4Addr::new(127, 0, 0, 3), Ipv4Addr::new(127, 0, 0, 4));
+    let mut held = Vec::new();
+    for from in [proxy, other] {
+        for _ in 0..20 {
+            let mut tcp = connect_from(from, addr).await;
+            tcp.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+            held.push(tcp);
+        }
+    }
+    assert_eq!(status_from(proxy, addr).await, "HTTP/1.1 200 OK");
+    assert_eq!(
+        status_from(other, addr).await,
+        "HTTP/1.1 503 Service Unavailable"
+    );
+    drop(held);
+    // Once its connections are gone, the address is served again.
+    let mut status = String::new();
+    let deadline = Instant::now() + WAIT;
+    while status != "HTTP/1.1 200 OK" && Instant::now() < deadline {
+        status = status_from(other, addr).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
 /// A masked client frame header (mask key zero, so the payload goes as is).
 fn frame_header(fin: bool, opcode: u8, len: usize) -> Vec<u8> {
     let mut f = vec![(u8::from(fin) << 7) | opcode];
