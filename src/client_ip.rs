@@ -31,7 +31,8 @@ impl TrustedProxies {
         Ok(TrustedProxies(rules))
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         self.0.iter().any(|r| r.allows(None, ip))
     }
@@ -58,7 +59,7 @@ impl TrustedProxies {
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4, so `127.0.0.1` also matches `::ffff:127.0.0.1`.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

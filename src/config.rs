@@ -78,6 +78,18 @@ pub struct ServeConfig {
     /// Default: the process's file-descriptor limit minus 256 for the store and logs.
     #[arg(long, env = "RESONANT_MAX_CONNECTIONS", value_parser = at_least::<usize, 1>)]
     pub max_connections: Option<usize>,
+    /// Connections from one client address (IPv6: one /64) still sending their request head
+    /// or waiting for an answer, at once; more are answered 503 with `Retry-After: 1`
+    /// (0: no limit). Peers in `--trusted-proxies` are exempt.
+    #[arg(
+        long,
+        env = "RESONANT_MAX_HTTP_CONNECTIONS_PER_IP",
+        default_value_t = 64
+    )]
+    pub max_http_connections_per_ip: usize,
+    /// Seconds a connection may take to send its request head; slower ones are closed.
+    #[arg(long, env = "RESONANT_HEADER_READ_TIMEOUT_SECS", default_value_t = 10.0, value_parser = positive_secs)]
+    pub header_read_timeout_secs: f64,
     /// New connections accepted per second, server-wide; more are closed at once with 1013
     /// and a retry hint, so a reconnect storm cannot take latency from connected clients
     /// (0: no limit). The default is what one core sustained with p99 delivery under 10 ms

@@ -275,11 +275,17 @@ pub async fn start_with_store(
         admission: Arc::new(admission::Admission::new(config.max_joins_per_sec)),
         config: Arc::new(config),
     };
+    let http_limits = serve::Limits {
+        max_http: max_connections,
+        max_http_per_ip: state.config.max_http_connections_per_ip,
+        header_read_timeout: config::secs(state.config.header_read_timeout_secs),
+        proxies: state.proxies.clone(),
+    };
     let app = router(state);
     let serve_stop = stop.clone();
     let serve_rooms = rooms.clone();
     let task = tokio::spawn(async move {
-        let result = serve::serve(listener, app, serve_stop, max_connections).await;
+        let result = serve::serve(listener, app, serve_stop, http_limits).await;
         // Accepting has stopped; close the sockets (1012) and commit everything. Executions
         // stop without an end recorded: the next start resumes them.
         engine.shutdown().await;

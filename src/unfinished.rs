@@ -162,9 +162,22 @@ impl Watcher {
         REFUSED.increment(1);
         tracing::info!(held = self.held, "{why}; closing the connection");
         self.release();
-        io::Error::new(io::ErrorKind::InvalidData, why)
+        io::Error::new(io::ErrorKind::InvalidData, Refused(why))
     }
 }
+
+/// The error a refused message fails the connection's reads with, so the reader can tell
+/// it from a broken socket and still say why (1009) before closing.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 impl Drop for Watcher {
     fn drop(&mut self) {

@@ -728,6 +728,15 @@ fn classify_read_error(e: tungstenite::Error) -> Option<Close> {
             close_code::INVALID_PAYLOAD,
             "invalid UTF-8 in text frame",
         )),
+        tungstenite::Error::Io(e)
+            if e.get_ref()
+                .is_some_and(|r| r.is::<crate::unfinished::Refused>()) =>
+        {
+            Some(Close::new(
+                close_code::MESSAGE_TOO_BIG,
+                format!("message refused: {e}"),
+            ))
+        }
         other => {
             tracing::debug!(error = %other, "read error");
             None
