@@ -78,9 +78,9 @@ pub struct ServeConfig {
     /// Default: the process's file-descriptor limit minus 256 for the store and logs.
     #[arg(long, env = "RESONANT_MAX_CONNECTIONS", value_parser = at_least::<usize, 1>)]
     pub max_connections: Option<usize>,
-    /// New connections accepted per second, server-wide; more are closed at once with 1013
-    /// and a retry hint, so a reconnect storm cannot take latency from connected clients
-    /// (0: no limit). The default is what one core sustained with p99 delivery under 10 ms
+    /// New connections accepted per second, server-wide; more wait their turn before the
+    /// upgrade (about 2 s of them), the rest get 503 with `Retry-After`, so a reconnect storm
+    /// cannot take latency from connected clients (0: no limit). The default is what one core sustained with p99 delivery under 10 ms
     /// in `resonant-loadtest churn` (see docs/benchmarks.md).
     #[arg(long, env = "RESONANT_MAX_JOINS_PER_SEC", default_value_t = 400)]
     pub max_joins_per_sec: u32,
