@@ -80,9 +80,10 @@ pub struct ServeConfig {
     pub max_connections: Option<usize>,
     /// New connections accepted per second, server-wide; more wait their turn before the
     /// upgrade (about 2 s of them), the rest get 503 with `Retry-After`, so a reconnect storm
-    /// cannot take latency from connected clients (0: no limit). The default is what one core sustained with p99 delivery under 10 ms
-    /// in `resonant-loadtest churn` (see docs/benchmarks.md).
-    #[arg(long, env = "RESONANT_MAX_JOINS_PER_SEC", default_value_t = 400)]
+    /// cannot take latency from connected clients (0: no limit). The default leaves room for
+    /// the refusals: at 1000 offered joins/s on one core, 400 admitted plus ~1000 refused
+    /// attempts a second saturated it, 200 kept readers' p99 under 10 ms (docs/benchmarks.md).
+    #[arg(long, env = "RESONANT_MAX_JOINS_PER_SEC", default_value_t = 200)]
     pub max_joins_per_sec: u32,
     /// Outbound bytes queued per connection before it is closed as too slow (4000).
     #[arg(long, env = "RESONANT_MAX_QUEUED_BYTES", default_value_t = 8 << 20, value_parser = at_least::<usize, 1024>)]
