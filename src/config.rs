@@ -90,11 +90,12 @@ pub struct ServeConfig {
     /// Seconds a connection may take to send its request head; slower ones are closed.
     #[arg(long, env = "RESONANT_HEADER_READ_TIMEOUT_SECS", default_value_t = 10.0, value_parser = positive_secs)]
     pub header_read_timeout_secs: f64,
-    /// New connections accepted per second, server-wide; more are closed at once with 1013
-    /// and a retry hint, so a reconnect storm cannot take latency from connected clients
-    /// (0: no limit). The default is what one core sustained with p99 delivery under 10 ms
-    /// in `resonant-loadtest churn` (see docs/benchmarks.md).
-    #[arg(long, env = "RESONANT_MAX_JOINS_PER_SEC", default_value_t = 400)]
+    /// New connections accepted per second, server-wide; more wait their turn before the
+    /// upgrade (about 2 s of them), the rest get 503 with `Retry-After`, so a reconnect storm
+    /// cannot take latency from connected clients (0: no limit). The default leaves room for
+    /// the refusals: at 1000 offered joins/s on one core, 400 admitted plus ~1000 refused
+    /// attempts a second saturated it, 200 kept readers' p99 under 10 ms (docs/benchmarks.md).
+    #[arg(long, env = "RESONANT_MAX_JOINS_PER_SEC", default_value_t = 200)]
     pub max_joins_per_sec: u32,
     /// Outbound bytes queued per connection before it is closed as too slow (4000).
     #[arg(long, env = "RESONANT_MAX_QUEUED_BYTES", default_value_t = 8 << 20, value_parser = at_least::<usize, 1024>)]

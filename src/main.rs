@@ -9,10 +9,17 @@ use tracing_subscriber::EnvFilter;
 // of freed memory in its per-thread arenas once every client had left (malloc_stats: 5-17 MB
 // in use; malloc_trim(0) brought RSS from ~95 to ~21 MB), so RSS never came back down. This
 // is retention, not a leak. jemalloc's background thread (`background_threads` feature)
-// returns freed pages to the OS after its decay time (10 s by default; tune at run time with
-// `_RJEM_MALLOC_CONF`, e.g. `dirty_decay_ms:1000`).
+// returns freed pages to the OS after its decay time.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+// jemalloc's default decay (10 s dirty, then 10 s muzzy) kept a churn spike's pages for
+// ~20 s after everyone left; 2 s each brings RSS back within 10 s, and purging that often
+// costs nothing measurable at these allocation rates. `_RJEM_MALLOC_CONF` still overrides
+// it at run time. jemalloc reads this symbol (prefixed `_rjem_` as tikv-jemalloc-sys builds
+// it) as its compiled-in options before the first allocation.
+#[export_name = "_rjem_malloc_conf"]
+static MALLOC_CONF: &[u8; 40] = b"dirty_decay_ms:2000,muzzy_decay_ms:2000\0";
 
 /// Stack size of the runtime's threads. yrs integrates and deletes nested types recursively,
 /// so a document nested 20,000 levels deep (160 kB of updates) overflowed tokio's default

@@ -7,10 +7,11 @@
 //! for `--write-timeout-secs` (a client that stopped reading) ends the writer, which ends the
 //! reader; a writer still busy when the reader is done is aborted.
 //!
-//! Admission: past `--max-connections` an upgrade is refused with 503 before any WebSocket
-//! exists; past `--max-joins-per-sec` a new connection waits its turn, and once about two
-//! seconds' worth of joins are waiting it is closed with 1013 and a retry hint (see
-//! `admission.rs`), so a reconnect storm does not take latency from the clients already here.
+//! Admission happens before any WebSocket exists: past `--max-connections` an upgrade is
+//! refused with 503; past `--max-joins-per-sec` a join waits its turn (its request pending),
+//! and once about two seconds' worth of joins are waiting it is refused with 503 and a
+//! `Retry-After` (see `admission.rs`), so a reconnect storm does not take latency from the
+//! clients already here.
 //!
 //! We upgrade by hand (rather than through axum's `WebSocketUpgrade`) to reach tungstenite's
 //! raw frames: large messages go out as 16 KiB fragments, because tungstenite copies each
@@ -109,6 +110,13 @@ pub async fn sync_handler(
         )
             .into_response();
     };
+    // When joins are already queueing past what admission will wait for, refuse before
+    // anything else: this 503 is the cheapest answer the server has, and under a join storm
+    // it is most of what the server does.
+    if let Some(retry) = app.admission.busy() {
+        REFUSED_RATE.increment(1);
+        return busy(retry);
+    }
     // Every connection is a file descriptor and some memory: past the cap, refuse before
     // the upgrade, which costs nothing.
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
@@ -125,6 +133,14 @@ pub async fn sync_handler(
     // server buffer 16 MiB messages each (20 of them took 300 MB), and they never reach the
     // join budget that real users wait in.
     let verdict = verdict(&app, &room, token.as_deref(), ip).await;
+    // Only joins that will be let in take a turn: refused tokens never queue ahead of real
+    // users. Waiting here, before the upgrade, holds an HTTP request and nothing else.
+    if verdict.is_ok() {
+        if let Err(retry) = app.admission.admit().await {
+            REFUSED_RATE.increment(1);
+            return busy(retry);
+        }
+    }
     let max = match verdict {
         Ok(_) => app.config.max_message_bytes,
         Err(_) => {
@@ -176,6 +192,21 @@ pub async fn sync_handler(
     response
         .body(Body::empty())
         .expect("static response parts are valid")
+}
+
+/// The answer to a join refused for the join rate: 503 with `Retry-After` at the slot booked
+/// for it, and the TCP connection closed, so a refused client holds nothing here.
+fn busy(retry: Duration) -> Response {
+    let secs = crate::admission::retry_after_secs(retry);
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::RETRY_AFTER, secs.to_string()),
+            (header::CONNECTION, "close".to_string()),
+        ],
+        format!("server busy: retry in {secs} s"),
+    )
+        .into_response()
 }
 
 /// The token of an upgrade request (`?token=`, or a `Sec-WebSocket-Protocol` value next to
@@ -350,15 +381,6 @@ async fn connection(
 ) {
     let _guard = ConnectionGuard::new();
     let (mut sink, mut stream) = socket.split();
-    if let Err(retry) = app.admission.admit().await {
-        REFUSED_RATE.increment(1);
-        let close = Close::new(
-            close_code::TRY_AGAIN_LATER,
-            format!("server busy: retry in {} ms", retry.as_millis().max(1)),
-        );
-        refuse(&mut sink, &mut stream, close).await;
-        return;
-    }
     let (session, outbox) = match app.rooms.join(&room, grant.role.allows(Action::Edit)).await {
         Ok(joined) => joined,
         Err(e) => {

@@ -185,11 +185,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Churn => scenario::churn::run(&common, sample).await,
     };
     progress::finish();
-    let retries = scenario::JOIN_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
-    if retries > 0 {
-        eprintln!("the server asked {retries} joins to retry later (1013); they did");
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let busy = count(&scenario::JOIN_REFUSED_BUSY);
+    let closed = count(&scenario::JOIN_CLOSED_1013);
+    let gave_up = count(&scenario::JOIN_GAVE_UP);
+    if busy + closed > 0 {
+        eprintln!(
+            "the server refused {busy} join attempts (503) and closed {closed} (1013); \
+             they retried after its hint, {gave_up} joins gave up"
+        );
     }
-    let report = result?;
+    let mut report = result?;
+    report.extra.insert("join_refused_busy".into(), busy.into());
+    report
+        .extra
+        .insert("join_closed_1013".into(), closed.into());
+    report.extra.insert("join_gave_up".into(), gave_up.into());
     if let Some(path) = &cli.report {
         std::fs::write(path, svg::render(&report))
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;

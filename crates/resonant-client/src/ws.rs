@@ -82,6 +82,14 @@ pub enum ConnectError {
         /// The socket error.
         source: std::io::Error,
     },
+    /// The server is too busy to take this connection now (HTTP 503, before the upgrade):
+    /// come back after `retry_after`, plus some jitter so refused clients do not return
+    /// together.
+    #[error("server busy: retry after {retry_after:?}")]
+    Busy {
+        /// The server's `Retry-After` (whole seconds), if it sent one.
+        retry_after: Option<Duration>,
+    },
     /// The WebSocket handshake failed (an HTTP error status, a non-WebSocket server, …).
     #[error("WebSocket handshake: {0}")]
     Handshake(#[source] WsError),
@@ -184,8 +192,23 @@ pub async fn connect_to(
     let (ws, _response) = tokio::time::timeout(options.timeout, handshake)
         .await
         .map_err(|_| ConnectError::Timeout("WebSocket handshake"))?
-        .map_err(ConnectError::Handshake)?;
+        .map_err(handshake_error)?;
     Ok(ws)
+}
+
+/// A 503 is the server asking us to come back later, not a failure of the handshake.
+fn handshake_error(e: WsError) -> ConnectError {
+    match &e {
+        WsError::Http(response) if response.status() == 503 => ConnectError::Busy {
+            retry_after: response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        },
+        _ => ConnectError::Handshake(e),
+    }
 }
 
 /// Sorts what a WebSocket stream yielded: a binary frame, nothing a y-websocket client reads

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use resonant_client::protocol::encode_sync_update;
+use resonant_client::ws::ConnectError;
 use resonant_client::ClientState;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -94,28 +95,41 @@ pub async fn connect_synced<H: Handler>(
     let mut state = ClientState::with_doc(doc).record_peers(false);
     let started = Instant::now();
     let (mut sink, stream, first) = loop {
-        let ws = client::connect(target, room, local).await?;
-        let (mut sink, mut stream) = ws.split();
-        sink.send(Message::Binary(state.start_sync())).await?;
-        // An admitted connection is greeted with the server's step 1; one the server is too
-        // busy to admit gets 1013 and a hint, and comes back after it, as clients should.
-        let first = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
-        match first {
-            Ok(Some(Ok(Message::Close(Some(frame))))) if u16::from(frame.code) == 1013 => {
-                let wait = retry_hint(&frame.reason).unwrap_or(Duration::from_millis(100));
-                anyhow::ensure!(
-                    started.elapsed() < Duration::from_secs(60),
-                    "server still busy after 60 s: {}",
-                    frame.reason
-                );
-                JOIN_RETRIES.fetch_add(1, Ordering::Relaxed);
-                let jitter = Duration::from_micros(rand::random::<u64>() % 20_000);
-                tokio::time::sleep(wait + jitter).await;
+        // A server too busy to admit answers 503 with `Retry-After` before the upgrade (or,
+        // for a full room, closes with 1013 and a hint); either way the client comes back
+        // after the hint plus jitter, as clients should, and gives up after `GIVE_UP`.
+        let wait = match client::connect(target, room, local).await {
+            Ok(ws) => {
+                let (mut sink, mut stream) = ws.split();
+                sink.send(Message::Binary(state.start_sync())).await?;
+                // An admitted connection is greeted with the server's step 1.
+                let first = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+                match first {
+                    Ok(Some(Ok(Message::Close(Some(frame))))) if u16::from(frame.code) == 1013 => {
+                        JOIN_CLOSED_1013.fetch_add(1, Ordering::Relaxed);
+                        retry_hint(&frame.reason).unwrap_or(Duration::from_millis(100))
+                    }
+                    Ok(Some(Ok(Message::Binary(frame)))) => break (sink, stream, frame),
+                    Ok(other) => anyhow::bail!("connection ended before sync: {other:?}"),
+                    Err(_) => anyhow::bail!("no greeting within 30 s"),
+                }
             }
-            Ok(Some(Ok(Message::Binary(frame)))) => break (sink, stream, frame),
-            Ok(other) => anyhow::bail!("connection ended before sync: {other:?}"),
-            Err(_) => anyhow::bail!("no greeting within 30 s"),
+            Err(e) => match e.downcast_ref::<ConnectError>() {
+                Some(ConnectError::Busy { retry_after }) => {
+                    JOIN_REFUSED_BUSY.fetch_add(1, Ordering::Relaxed);
+                    retry_after.unwrap_or(Duration::from_secs(1))
+                }
+                _ => return Err(e),
+            },
+        };
+        // Retry-After is in whole seconds: up to a second of jitter spreads the clients the
+        // server booked into the same second back over it.
+        let wait = wait + Duration::from_micros(rand::random::<u64>() % 1_000_000);
+        if started.elapsed() + wait > GIVE_UP {
+            JOIN_GAVE_UP.fetch_add(1, Ordering::Relaxed);
+            anyhow::bail!("server still busy after {GIVE_UP:?} (next retry in {wait:?})");
         }
+        tokio::time::sleep(wait).await;
     };
     if let Ok(handled) = state.handle(&first) {
         if let Some(reply) = handled.reply {
@@ -160,8 +174,14 @@ pub async fn connect_synced<H: Handler>(
     }
 }
 
-/// Joins the server asked to retry later (1013), over the whole run.
-pub static JOIN_RETRIES: AtomicU64 = AtomicU64::new(0);
+/// How long a join keeps retrying a busy server before it counts as failed.
+const GIVE_UP: Duration = Duration::from_secs(60);
+/// Join attempts refused before the upgrade (HTTP 503), over the whole run.
+pub static JOIN_REFUSED_BUSY: AtomicU64 = AtomicU64::new(0);
+/// Join attempts closed with 1013 after the upgrade (full room), over the whole run.
+pub static JOIN_CLOSED_1013: AtomicU64 = AtomicU64::new(0);
+/// Joins that stopped retrying because the next retry would pass `GIVE_UP`.
+pub static JOIN_GAVE_UP: AtomicU64 = AtomicU64::new(0);
 
 /// The delay in a `server busy: retry in N ms` close reason.
 fn retry_hint(reason: &str) -> Option<Duration> {
