@@ -29,8 +29,7 @@ use yrs::types::xml::XmlFragment;
 use yrs::updates::decoder::{Decoder, DecoderV1};
 use yrs::updates::encoder::Encode;
 use yrs::{
-    Array, Assoc, BranchID, ClientID, Doc, GetString, Map, Out, ReadTxn, StickyIndex, Text,
-    Transact, ID,
+    Assoc, BranchID, ClientID, Doc, GetString, Map, Out, ReadTxn, StickyIndex, Text, Transact, ID,
 };
 
 // The struct format's bits and kinds, shared with the validator (yrs's `block.rs`).
@@ -585,7 +584,7 @@ impl<T: ReadTxn> Resolver<'_, T> {
 mod tests {
     use super::*;
     use yrs::updates::decoder::Decode;
-    use yrs::{ArrayPrelim, Doc, Map, MapPrelim, MapRef, StateVector, Transact, Update};
+    use yrs::{Array, ArrayPrelim, Doc, Map, MapPrelim, MapRef, StateVector, Transact, Update};
 
     fn apply(doc: &Doc, update: &[u8]) {
         doc.transact_mut()
