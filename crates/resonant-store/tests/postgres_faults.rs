@@ -243,6 +243,25 @@ async fn losing_the_advisory_lock_fences_every_write() {
         .await
         .unwrap();
     assert!(killed);
+    // pg_terminate_backend only signals: the session (and its lock) is gone once its backend
+    // has exited, which can take a moment on a busy machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(pid)
+                .fetch_one(&admin)
+                .await
+                .unwrap();
+        if !alive {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend {pid} still alive"
+        );
+        tokio::task::yield_now().await;
+    }
     let err = store
         .write_batch(&[append(&room, 2)])
         .await
