@@ -96,12 +96,25 @@ fn update_v1(bytes: &[u8], reference_rules: bool) -> Result<(), DecodeError> {
     // yrs appends a second section for the same client to the first, so one update can carry
     // the same clocks twice; integrating the second copy over the first freed live items in
     // yrs 0.28 (vendor/yrs/PATCHES.md §2). Yjs and yrs encoders write each client once.
-    let mut seen = std::collections::HashSet::with_capacity(clients.min(64));
+    // The first clients are remembered on the stack: validating a real update allocates
+    // nothing (tests/decode_alloc.rs); a set takes over for updates with many clients.
+    let mut few = [0u64; 16];
+    let mut n_few = 0;
+    let mut many: Option<std::collections::HashSet<u64>> = None;
     for _ in 0..clients {
         let structs = r.var_u32()? as u64;
         let at = r.pos;
         let client = r.client()?;
-        if !seen.insert(client) && r.reference_rules {
+        let repeated = if few[..n_few].contains(&client) {
+            true
+        } else if n_few < few.len() {
+            few[n_few] = client;
+            n_few += 1;
+            false
+        } else {
+            !many.get_or_insert_with(Default::default).insert(client)
+        };
+        if repeated && r.reference_rules {
             return Err(r.invalid(format!(
                 "second struct section for client {client} at offset {at}"
             )));
