@@ -14,8 +14,8 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 // jemalloc's default decay (10 s dirty, then 10 s muzzy) kept a churn spike's pages for
-// ~20 s after everyone left; 2 s each brings RSS back within 10 s, and purging that often
-// costs nothing measurable at these allocation rates. `_RJEM_MALLOC_CONF` still overrides
+// ~20 s after everyone left; 2 s each brings RSS back within 10 s (the CPU cost of purging
+// that often was not measured on its own). `_RJEM_MALLOC_CONF` still overrides
 // it at run time. jemalloc reads this symbol (prefixed `_rjem_` as tikv-jemalloc-sys builds
 // it) as its compiled-in options before the first allocation.
 #[export_name = "_rjem_malloc_conf"]

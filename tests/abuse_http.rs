@@ -12,18 +12,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-fn server(dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
-    jemalloc_returns_freed_pages();
-    let mut args = vec![
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--sqlite-sync",
-        "normal",
-    ];
-    args.extend_from_slice(extra);
-    ServerProcess::start(&args)
-}
-
 /// A TCP connection to `addr` from the loopback address `from` (all of 127/8 is local, so
 /// one host can stand for many clients).
 async fn connect_from(from: Ipv4Addr, addr: SocketAddr) -> TcpStream {
@@ -73,7 +61,7 @@ const TRICKLE_IPS: u8 = 20;
 async fn trickled_request_heads_are_capped_per_address_and_timed_out() {
     let dir = tempfile::tempdir().unwrap();
     let timeout = Duration::from_secs(4);
-    let server = server(dir.path(), &["--header-read-timeout-secs", "4"]);
+    let server = sqlite_server(dir.path(), &["--header-read-timeout-secs", "4"]);
     let pid = server.pid();
     let addr = server.addr;
     let mut canary = Canary::start(addr).await;
@@ -216,7 +204,7 @@ async fn status_from(from: Ipv4Addr, addr: SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxies_are_exempt_from_the_per_address_cap() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(
+    let server = sqlite_server(
         dir.path(),
         &[
             "--trusted-proxies",
@@ -310,7 +298,7 @@ async fn read_close(rd: &mut tokio::net::tcp::OwnedReadHalf) -> Option<u16> {
 async fn unfinished_messages_are_bounded_and_refused_with_1009() {
     let dir = tempfile::tempdir().unwrap();
     let deadline = Duration::from_secs(5);
-    let server = server(
+    let server = sqlite_server(
         dir.path(),
         &[
             "--max-unfinished-bytes",
@@ -396,7 +384,7 @@ async fn a_flooding_socket_is_read_at_its_byte_budget() {
     const BUDGET: f64 = 131_072.0;
     let dir = tempfile::tempdir().unwrap();
     // With 64 KiB messages the burst is 128 KiB: one second of budget, not 32 MiB of it.
-    let server = server(
+    let server = sqlite_server(
         dir.path(),
         &[
             "--socket-bytes-per-sec",
@@ -444,7 +432,7 @@ async fn a_flooding_socket_is_read_at_its_byte_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_documents_memory_is_returned_when_its_room_unloads() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path(), &["--room-grace-secs", "0.5"]);
+    let server = sqlite_server(dir.path(), &["--room-grace-secs", "0.5"]);
     let pid = server.pid();
     let addr = server.addr;
     // Warm the server's code paths and pools before the baseline.

@@ -36,25 +36,13 @@ fn nested(root: &'static str, levels: usize, client: u64) -> (Doc, MapRef, Vec<u
         .unwrap()
 }
 
-fn server(dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
-    jemalloc_returns_freed_pages();
-    let mut args = vec![
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--sqlite-sync",
-        "normal",
-    ];
-    args.extend_from_slice(extra);
-    ServerProcess::start(&args)
-}
-
 /// Item 3: one update nesting 100k, 400k or 1M maps is refused with 1007 before yrs
 /// integrates it (each used to abort the process at the next delete or content read); the
 /// server's memory stays bounded and another room never notices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_updates_are_refused_with_1007() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path(), &[]);
+    let server = sqlite_server(dir.path(), &[]);
     let pid = server.pid();
     let mut canary = Canary::start(server.addr).await;
     canary.beat().await;
@@ -99,7 +87,7 @@ async fn deeply_nested_updates_are_refused_with_1007() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depth_built_across_updates_stops_at_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path(), &["--max-nesting-depth", "64"]);
+    let server = sqlite_server(dir.path(), &["--max-nesting-depth", "64"]);
     let mut canary = Canary::start(server.addr).await;
     let room = room_url(server.addr, "layers");
     let mut builder = Client::connect_synced(&room).await;
@@ -204,7 +192,7 @@ async fn new_workflow(addr: SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let first = server(dir.path(), &[]);
+    let first = sqlite_server(dir.path(), &[]);
     let workflow = new_workflow(first.addr).await;
     first.terminate();
     let (_, _, update) = tokio::task::spawn_blocking(|| nested("meta", 400_000, 7))
@@ -227,7 +215,7 @@ async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
             .unwrap();
     }
     for _restart in 0..2 {
-        let server = server(dir.path(), &[]);
+        let server = sqlite_server(dir.path(), &[]);
         let addr = server.addr;
         let mut canary = Canary::start(addr).await;
         assert_reads_refused(addr, &workflow, "nests deeper").await;
@@ -252,7 +240,7 @@ async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_pasted_into_the_blocks_list_is_refused_promptly() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path(), &[]);
+    let server = sqlite_server(dir.path(), &[]);
     let addr = server.addr;
     let workflow = new_workflow(addr).await;
     let mut canary = Canary::start(addr).await;
@@ -335,7 +323,7 @@ fn delete_outer_map_update() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_nested_200_deep_reads_back() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path(), &[]);
+    let server = sqlite_server(dir.path(), &[]);
     let addr = server.addr;
     let workflow = new_workflow(addr).await;
     let room = room_url(addr, &format!("workflow-{workflow}"));

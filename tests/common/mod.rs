@@ -446,6 +446,20 @@ impl CanaryPair {
     }
 }
 
+/// The debug server on SQLite in `dir` (sync `normal`: these tests measure memory and
+/// latency, not durability), with `extra` flags and jemalloc returning freed pages at once.
+pub fn sqlite_server(dir: &std::path::Path, extra: &[&str]) -> ServerProcess {
+    jemalloc_returns_freed_pages();
+    let mut args = vec![
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--sqlite-sync",
+        "normal",
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
+
 /// Makes servers started from now on return freed pages at once, so their RSS tells what
 /// they still hold.
 pub fn jemalloc_returns_freed_pages() {
