@@ -104,8 +104,11 @@ pub struct ServeConfig {
     /// client that stops reading must not pin its socket and queue).
     #[arg(long, env = "RESONANT_WRITE_TIMEOUT_SECS", default_value_t = 10.0, value_parser = positive_secs)]
     pub write_timeout_secs: f64,
-    /// Seconds a room stays loaded after its last connection leaves.
-    #[arg(long, env = "RESONANT_ROOM_GRACE_SECS", default_value_t = 30.0, value_parser = non_negative_secs)]
+    /// Seconds a room stays loaded after its last connection leaves. Long enough for a page
+    /// reload to find it loaded; short because an empty room's memory does nobody any good (50
+    /// rooms held ~6 MB for 30 s after a churn spike; reloading a small room from the store
+    /// takes a few ms, docs/benchmarks.md).
+    #[arg(long, env = "RESONANT_ROOM_GRACE_SECS", default_value_t = 5.0, value_parser = non_negative_secs)]
     pub room_grace_secs: f64,
     /// Awareness coalescing tick in busy rooms, in milliseconds.
     #[arg(long, env = "RESONANT_AWARENESS_TICK_MS", default_value_t = 16, value_parser = at_least::<u64, 1>)]

@@ -14,12 +14,14 @@ use tracing_subscriber::EnvFilter;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 // jemalloc's default decay (10 s dirty, then 10 s muzzy) kept a churn spike's pages for
-// ~20 s after everyone left; 2 s each brings RSS back within 10 s (the CPU cost of purging
-// that often was not measured on its own). `_RJEM_MALLOC_CONF` still overrides
-// it at run time. jemalloc reads this symbol (prefixed `_rjem_` as tikv-jemalloc-sys builds
-// it) as its compiled-in options before the first allocation.
+// ~20 s after everyone left. Dirty pages now decay over 2 s and then are returned at once
+// (no muzzy stage): a muzzy page is MADV_FREE'd, which Linux still counts in RSS until memory
+// runs short, so with a 2 s muzzy decay RSS 10 s after a churn spike held 3.4 MB of such
+// pages (33.3 vs 30.1 MB, docs/benchmarks.md). `_RJEM_MALLOC_CONF` still overrides it at run
+// time. jemalloc reads this symbol (prefixed `_rjem_` as tikv-jemalloc-sys builds it) as its
+// compiled-in options before the first allocation.
 #[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: &[u8; 40] = b"dirty_decay_ms:2000,muzzy_decay_ms:2000\0";
+static MALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:2000,muzzy_decay_ms:0\0";
 
 /// Stack size of the runtime's threads. yrs integrates and deletes nested types recursively,
 /// so a document nested 20,000 levels deep (160 kB of updates) overflowed tokio's default

@@ -47,7 +47,7 @@ struct Cli {
     doc_bytes: usize,
     /// Seconds to wait after everyone left before the cold load (`coldload`). The room only
     /// leaves server memory after the server's own grace period (Resonant:
-    /// `--room-grace-secs`, 30 s by default): wait longer than that to load from the store.
+    /// `--room-grace-secs`, 5 s by default): wait longer than that to load from the store.
     #[arg(long, default_value_t = 0.0)]
     wait_unload: f64,
     /// Cold-load and joining clients send their sync step 1 only once the server's step 1

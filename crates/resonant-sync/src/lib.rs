@@ -59,7 +59,7 @@ impl Default for SyncConfig {
     fn default() -> Self {
         SyncConfig {
             max_peers_per_room: 1000,
-            unload_grace: Duration::from_secs(30),
+            unload_grace: Duration::from_secs(5),
             awareness_tick: Duration::from_millis(16),
             awareness_timeout: Duration::from_secs(30),
             awareness: AwarenessLimits::default(),

@@ -6,7 +6,7 @@
 //! 2. A second client joins and waits until its state vector equals the builder's: the server
 //!    has everything. Both leave.
 //! 3. After `--wait-unload` seconds (the server unloads an idle room after its own grace
-//!    period, Resonant's `--room-grace-secs`, 30 s by default: wait longer than that for a
+//!    period, Resonant's `--room-grace-secs`, 5 s by default: wait longer than that for a
 //!    load from the store), a fresh client times connect → complete step 2 (`cold_load_ms`),
 //!    then applies it and checks the content against the builder's (a hash of the canonical
 //!    JSON of every root type).
