@@ -124,7 +124,8 @@ async fn run(data: &[u8]) {
     // timers fire. Time is paused, so this sleep returns as soon as they have run, leaving
     // nothing allocated for the next input (libFuzzer's leak check would otherwise scan the
     // heap after every input).
-    tokio::time::sleep(SyncConfig::default().unload_grace * 2).await;
+    let config = SyncConfig::default();
+    tokio::time::sleep((config.unload_grace + config.awareness_timeout) * 2).await;
 }
 
 fuzz_target!(|data: &[u8]| {
