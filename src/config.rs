@@ -25,6 +25,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the server.
     Serve(ServeConfig),
+    /// Print the REST API's OpenAPI document (what `/api/v1/openapi.json` serves) and exit;
+    /// the TypeScript SDK generates its REST types from it.
+    Openapi,
 }
 
 /// Log output format.
@@ -367,7 +370,9 @@ impl ServeConfig {
     /// Defaults for a server on `127.0.0.1:0` with its SQLite store in `data_dir` (tests).
     pub fn for_tests(data_dir: PathBuf) -> ServeConfig {
         let cli = Cli::parse_from(["resonant", "serve", "--port", "0"]);
-        let Command::Serve(mut config) = cli.command;
+        let Command::Serve(mut config) = cli.command else {
+            unreachable!("parsed `serve`")
+        };
         config.data_dir = data_dir;
         config.database_url = None;
         config

@@ -42,7 +42,16 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Command::Serve(config) = cli.command;
+    let config = match cli.command {
+        Command::Serve(config) => config,
+        Command::Openapi => {
+            let mut doc = resonant::api::router().1.to_pretty_json()?;
+            doc.push('\n');
+            // write_all, not println!: a closed pipe (`| head`) is an error, not a panic.
+            std::io::Write::write_all(&mut std::io::stdout().lock(), doc.as_bytes())?;
+            return Ok(());
+        }
+    };
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt()

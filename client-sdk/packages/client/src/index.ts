@@ -17,3 +17,4 @@ export {
   type ConfigProblem,
 } from './schema.js'
 export * from './types.js'
+export { RestClient, RestError, type RestOptions, type Schemas, type Page, type WorkflowContent } from './rest.js'

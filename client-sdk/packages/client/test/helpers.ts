@@ -38,7 +38,7 @@ export interface Server {
 /** Starts the server on a free port with a fresh data directory. */
 export async function startServer(args: string[] = []): Promise<Server> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'resonant-sdk-'))
-  const env = { ...process.env, RESONANT_LOG: process.env.RESONANT_LOG ?? 'warn' }
+  const env: NodeJS.ProcessEnv = { ...process.env, RESONANT_LOG: process.env.RESONANT_LOG ?? 'warn' }
   delete env.DATABASE_URL
   const defaults = args.includes('--demo-delay-ms') ? [] : ['--demo-delay-ms', '5']
   const child = spawn(resonantBin(), ['serve', '--port', '0', '--data-dir', dir, ...defaults, ...args], {
