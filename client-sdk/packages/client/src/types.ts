@@ -140,6 +140,8 @@ export type BlockRunStatus =
   | 'completed'
   | 'failed'
   | 'skipped'
+  /** Stopped unfinished when the execution was cancelled or failed. */
+  | 'cancelled'
 
 /** One execution event as the server sends it (docs/protocol.md). */
 export interface ExecutionEvent {
