@@ -268,10 +268,63 @@ test('approve a waiting block, cancel a waiting run, and see a refused run expla
   await page.getByTestId('block-state-wait').filter({ hasText: 'waiting' }).waitFor()
   await page.getByTestId('cancel').click()
   await page.getByTestId('execution-status').filter({ hasText: /cancelled/i }).waitFor()
+  // The block that was waiting ends too (it showed "waiting" forever), and its timer note goes.
+  await page.getByTestId('block-state-wait').filter({ hasText: 'cancelled' }).waitFor()
+  assert.equal(await page.locator('.waiting').count(), 0)
 
   // No output block: the server's problem is shown, naming what is wrong.
   await evalRoom(page, (r) => r.workflow.removeBlock('out'))
   await page.getByTestId('run').click()
   await page.getByTestId('run-error').filter({ hasText: /output/i }).waitFor()
+  await ctx.close()
+})
+
+test('the canvas stays and stays editable while the socket is down', async () => {
+  const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const ctxB = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const A = await openEditor(ctxA, `${base}/?name=Dora`, 'Dora')
+  const ctlA = await controlSockets(A.page)
+  await A.ready
+  await A.page.waitForURL(/workflow=/)
+  await A.page.waitForFunction(() => document.querySelectorAll('[data-testid^="node-"]').length >= 3)
+  const workflowId = new URL(A.page.url()).searchParams.get('workflow')
+  const B = await openEditor(ctxB, `${base}/?workflow=${workflowId}&name=Eli`, 'Eli')
+  await B.ready
+  await B.page.waitForFunction(() => document.querySelectorAll('[data-testid^="node-"]').length >= 3)
+  const seeded = await nodeCount(A.page)
+  // A selection must survive the outage too (it went with the canvas).
+  const first = await evalRoom(A.page, (r) => r.workflow.blocks()[0].id)
+  await A.page.getByTestId(`node-${first}`).click()
+  await A.page.locator(`.react-flow__node.selected [data-testid="node-${first}"]`).waitFor()
+
+  await ctlA.cut()
+  await A.page.getByTestId('reconnecting-banner').waitFor()
+  assert.equal(await nodeCount(A.page), seeded, 'the canvas is still there while offline')
+  assert.equal(await A.page.locator('.react-flow__node.selected').count(), 1, 'the selection is kept')
+  // Adding a block offline shows it at once.
+  await A.page.getByTestId('add-block-transform').click()
+  await A.page.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n + 1, seeded)
+  await A.page.getByTestId('save-status').filter({ hasText: /unsaved/i }).waitFor()
+  assert.equal(await nodeCount(B.page), seeded, 'B does not have it yet')
+
+  await ctlA.restore()
+  await A.page.getByTestId('save-status').filter({ hasText: 'Saved' }).waitFor()
+  await A.page.getByTestId('reconnecting-banner').waitFor({ state: 'detached' })
+  await B.page.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n + 1, seeded)
+  await ctxA.close()
+  await ctxB.close()
+})
+
+test('a workflow that does not exist, or an id that is not one, is explained, not retried', async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const page = await ctx.newPage()
+  await page.goto(`${base}/?workflow=00000000-0000-4000-8000-00000000dead&name=Fay`)
+  await page.getByTestId('room-error-page').filter({ hasText: /does not exist/ }).waitFor()
+  assert.equal(await page.getByTestId('room-error').getAttribute('data-code'), 'not-found')
+  assert.ok(await page.getByTestId('add-block-ai').isDisabled(), 'nothing can be added to it')
+
+  await page.goto(`${base}/?workflow=${encodeURIComponent('a/b')}&name=Fay`)
+  await page.getByTestId('room-error-page').filter({ hasText: /Invalid workflow id/ }).waitFor()
+  assert.equal(await page.getByTestId('room-error').getAttribute('data-code'), 'invalid-room')
   await ctx.close()
 })

@@ -36,8 +36,8 @@ export function StatusBar() {
         {SAVE_TEXT[save]}
       </span>
       {error && (
-        <span className="pill error" data-testid="room-error">
-          {error.reason || `closed (${error.code})`}
+        <span className="pill error" data-testid="room-error" data-code={error.code} title={error.message}>
+          {error.message}
         </span>
       )}
       <div className="avatars">
