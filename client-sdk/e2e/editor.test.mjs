@@ -324,6 +324,7 @@ test('a workflow that does not exist, or an id that is not one, is explained, no
   await page.getByTestId('room-error-page').filter({ hasText: /does not exist/ }).waitFor()
   assert.equal(await page.getByTestId('room-error').getAttribute('data-code'), 'not-found')
   assert.ok(await page.getByTestId('add-block-ai').isDisabled(), 'nothing can be added to it')
+  assert.equal(await page.getByTestId('save-status').count(), 0, 'no "Saved" for a workflow that does not exist')
 
   await page.goto(`${base}/?workflow=${encodeURIComponent('a/b')}&name=Fay`)
   await page.getByTestId('room-error-page').filter({ hasText: /Invalid workflow id/ }).waitFor()
