@@ -137,17 +137,25 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
     let Ok(protocol::Incoming::Stateless(text)) = protocol::decode(frame) else {
         return false;
     };
-    let kind = serde_json::from_str::<Value>(text)
-        .ok()
+    let parsed = serde_json::from_str::<Value>(text).ok();
+    let kind = parsed
+        .as_ref()
         .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
     let Some(kind) = kind.filter(|k| k.starts_with("execution.") || k.starts_with("executions."))
     else {
         return false;
     };
+    // Read before the typed parse, so even a refusal of a request that names no workflow or
+    // does not parse is matched to its caller, who otherwise waits out its own timeout.
+    let early_id = parsed
+        .as_ref()
+        .and_then(|v| v.get("requestId"))
+        .filter(|id| !id.is_null())
+        .cloned();
     let Some(workflow) = who.workflow else {
         refuse(
             session,
-            &None,
+            &early_id,
             "bad-request",
             "executions need a workflow-<id> room",
             json!({}),
@@ -159,7 +167,7 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
         Err(e) => {
             refuse(
                 session,
-                &None,
+                &early_id,
                 "bad-request",
                 &format!("{kind}: {e}"),
                 json!({}),

@@ -1081,3 +1081,43 @@ async fn a_rerun_from_inside_a_loop_reuses_the_iterations_that_finished() {
         "the first iteration is reused; the failed one and the one never run are called"
     );
 }
+
+#[tokio::test]
+async fn refusals_of_requests_without_a_valid_workflow_echo_the_request_id() {
+    // Development mode admits any room; executions need a `workflow-<uuid>` one. A client
+    // matches replies by requestId: without it, Run spun for the client's whole timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start_server(dir.path(), |_| {}).await;
+    let mut c =
+        common::Client::connect_synced(&common::room_url(server.addr(), "workflow-1")).await;
+    c.send(resonant_client::protocol::encode_stateless(
+        &json!({"type": "execution.start", "input": {}, "requestId": "r7"}).to_string(),
+    ))
+    .await;
+    c.until("the refusal of a start in a room with no workflow", |s| {
+        !s.stateless.is_empty()
+    })
+    .await;
+    let refusal: Value = serde_json::from_str(&c.stateless[0]).unwrap();
+    assert_eq!(refusal["type"], "error");
+    assert_eq!(refusal["code"], "bad-request");
+    assert_eq!(refusal["requestId"], "r7");
+
+    // A request that does not parse (no executionId) in a workflow room: the same.
+    let wf = "00000000-0000-4000-8000-000000000001";
+    let mut w =
+        common::Client::connect_synced(&common::room_url(server.addr(), &format!("workflow-{wf}")))
+            .await;
+    w.send(resonant_client::protocol::encode_stateless(
+        &json!({"type": "execution.cancel", "requestId": 12}).to_string(),
+    ))
+    .await;
+    w.until("the refusal of a malformed cancel", |s| {
+        !s.stateless.is_empty()
+    })
+    .await;
+    let refusal: Value = serde_json::from_str(&w.stateless[0]).unwrap();
+    assert_eq!(refusal["code"], "bad-request");
+    assert_eq!(refusal["requestId"], 12);
+    server.shutdown().await.unwrap();
+}

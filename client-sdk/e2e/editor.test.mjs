@@ -3,12 +3,14 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
+import http from 'node:http'
 import { existsSync, mkdirSync, mkdtempSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
+import { build } from 'esbuild'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const artifacts = path.join(here, 'artifacts')
@@ -268,10 +270,134 @@ test('approve a waiting block, cancel a waiting run, and see a refused run expla
   await page.getByTestId('block-state-wait').filter({ hasText: 'waiting' }).waitFor()
   await page.getByTestId('cancel').click()
   await page.getByTestId('execution-status').filter({ hasText: /cancelled/i }).waitFor()
+  // The block that was waiting ends too (it showed "waiting" forever), and its timer note goes.
+  await page.getByTestId('block-state-wait').filter({ hasText: 'cancelled' }).waitFor()
+  assert.equal(await page.locator('.waiting').count(), 0)
 
   // No output block: the server's problem is shown, naming what is wrong.
   await evalRoom(page, (r) => r.workflow.removeBlock('out'))
   await page.getByTestId('run').click()
   await page.getByTestId('run-error').filter({ hasText: /output/i }).waitFor()
   await ctx.close()
+})
+
+test('the canvas stays and stays editable while the socket is down', async () => {
+  const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const ctxB = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const A = await openEditor(ctxA, `${base}/?name=Dora`, 'Dora')
+  const ctlA = await controlSockets(A.page)
+  await A.ready
+  await A.page.waitForURL(/workflow=/)
+  await A.page.waitForFunction(() => document.querySelectorAll('[data-testid^="node-"]').length >= 3)
+  const workflowId = new URL(A.page.url()).searchParams.get('workflow')
+  const B = await openEditor(ctxB, `${base}/?workflow=${workflowId}&name=Eli`, 'Eli')
+  await B.ready
+  await B.page.waitForFunction(() => document.querySelectorAll('[data-testid^="node-"]').length >= 3)
+  const seeded = await nodeCount(A.page)
+  // A selection must survive the outage too (it went with the canvas).
+  const first = await evalRoom(A.page, (r) => r.workflow.blocks()[0].id)
+  await A.page.getByTestId(`node-${first}`).click()
+  await A.page.locator(`.react-flow__node.selected [data-testid="node-${first}"]`).waitFor()
+
+  await ctlA.cut()
+  await A.page.getByTestId('reconnecting-banner').waitFor()
+  assert.equal(await nodeCount(A.page), seeded, 'the canvas is still there while offline')
+  assert.equal(await A.page.locator('.react-flow__node.selected').count(), 1, 'the selection is kept')
+  // Adding a block offline shows it at once.
+  await A.page.getByTestId('add-block-transform').click()
+  await A.page.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n + 1, seeded)
+  await A.page.getByTestId('save-status').filter({ hasText: /unsaved/i }).waitFor()
+  assert.equal(await nodeCount(B.page), seeded, 'B does not have it yet')
+
+  await ctlA.restore()
+  await A.page.getByTestId('save-status').filter({ hasText: 'Saved' }).waitFor()
+  await A.page.getByTestId('reconnecting-banner').waitFor({ state: 'detached' })
+  await B.page.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n + 1, seeded)
+  await ctxA.close()
+  await ctxB.close()
+})
+
+test('a workflow that does not exist, or an id that is not one, is explained, not retried', async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const page = await ctx.newPage()
+  await page.goto(`${base}/?workflow=00000000-0000-4000-8000-00000000dead&name=Fay`)
+  await page.getByTestId('room-error-page').filter({ hasText: /does not exist/ }).waitFor()
+  assert.equal(await page.getByTestId('room-error').getAttribute('data-code'), 'not-found')
+  assert.ok(await page.getByTestId('add-block-ai').isDisabled(), 'nothing can be added to it')
+  assert.equal(await page.getByTestId('save-status').count(), 0, 'no "Saved" for a workflow that does not exist')
+
+  await page.goto(`${base}/?workflow=${encodeURIComponent('a/b')}&name=Fay`)
+  await page.getByTestId('room-error-page').filter({ hasText: /Invalid workflow id/ }).waitFor()
+  assert.equal(await page.getByTestId('room-error').getAttribute('data-code'), 'invalid-room')
+  await ctx.close()
+})
+
+/**
+ * A page that mounts `<ResonantProvider options>` (which owns its client) around one room and
+ * can unmount it: the SDK's React packages bundled from source on the fly.
+ */
+async function providerPage() {
+  const entry = `
+    import { createElement as h } from 'react'
+    import { createRoot } from 'react-dom/client'
+    import { ResonantProvider, RoomProvider, useRoom } from '@resonant/react'
+    function Grab() { window.__room = useRoom(); return null }
+    window.__mount = (workflowId, url) => {
+      const root = createRoot(document.getElementById('root'))
+      const options = { url, getToken: () => null, user: { id: 'gus', name: 'Gus', color: '#888' } }
+      root.render(h(ResonantProvider, { options }, h(RoomProvider, { workflowId }, h(Grab))))
+      window.__unmount = () => root.unmount()
+    }`
+  const out = await build({
+    stdin: { contents: entry, resolveDir: here, loader: 'js' },
+    bundle: true,
+    write: false,
+    format: 'iife',
+    conditions: ['source'],
+    define: { 'process.env.NODE_ENV': '"production"' },
+    logLevel: 'silent',
+  })
+  return `<!doctype html><html><body><div id="root"></div><script>${out.outputFiles[0].text.replace(/<\/script/gi, '<\\/script')}</script></body></html>`
+}
+
+test('unmounting <ResonantProvider> keeps the room until its offline changes are stored', async () => {
+  const html = await providerPage()
+  const workspaces = await (await fetch(`${base}/api/v1/workspaces`)).json()
+  const wf = await (
+    await fetch(`${base}/api/v1/workspaces/${workspaces.items[0].id}/workflows`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ name: 'provider unmount' }),
+    })
+  ).json()
+  const ctx = await browser.newContext()
+  const page = await ctx.newPage()
+  page.on('pageerror', (e) => console.error('[provider page] page error:', e))
+  const ctl = await controlSockets(page)
+  // Served from loopback (a routed page counts as public, and Chromium then blocks its
+  // sockets to 127.0.0.1).
+  const site = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'text/html' }).end(html))
+  await new Promise((r) => site.listen(0, '127.0.0.1', r))
+  await page.goto(`http://127.0.0.1:${site.address().port}/`)
+  await page.evaluate(([id, url]) => window.__mount(id, url), [wf.id, base])
+  await page.waitForFunction(() => window.__room?.synced)
+
+  // Offline: the edit exists only in this page when the provider unmounts.
+  await ctl.cut()
+  await page.waitForFunction(() => window.__room.saveStatus === 'offline' || window.__room.status !== 'connected')
+  await page.evaluate(() => {
+    window.__room.workflow.addBlock({ id: 'kept', type: 'input', position: { x: 0, y: 0 } })
+    window.__unmount()
+  })
+  // Past the unmount's deferral: the room must still be alive, waiting to store the edit.
+  await page.waitForFunction(() => new Promise((r) => setTimeout(() => r(true), 300)))
+  assert.notEqual(await page.evaluate(() => window.__room.status), 'disconnected', 'the room outlives the unmount')
+  await ctl.restore()
+  await page.waitForFunction(() => window.__room.status === 'disconnected', null, { timeout: 15000 })
+
+  const other = await ctx.newPage()
+  await other.goto(`${base}/?workflow=${wf.id}&name=Hal`)
+  await other.waitForFunction(() => !!window.__resonant?.room?.workflow.block('kept'), null, { timeout: 15000 })
+  await ctx.close()
+  site.close()
 })

@@ -5,7 +5,9 @@ import {
   ResonantProvider,
   RoomProvider,
   ResonantFlow,
+  useLoaded,
   useRoom,
+  useRoomError,
   useSynced,
   useUndoRedo,
   useLatestExecution,
@@ -52,6 +54,8 @@ function useSeed(seed: boolean) {
       })
       // The seed is not the user's change to undo.
       room.undo.clear()
+    }, () => {
+      // The room stopped (its error is on screen): nothing to seed.
     })
     return () => {
       cancelled = true
@@ -79,7 +83,11 @@ function useUndoShortcuts() {
 
 function Editor({ seed }: { seed: boolean }) {
   const room = useRoom()
+  // Rendered from the first load on, through disconnects: the canvas (and the selection, and
+  // the inspector's draft) stay while the socket reconnects, and offline edits are visible.
+  const loaded = useLoaded()
   const synced = useSynced()
+  const error = useRoomError()
   const execution = useLatestExecution()
   const [selected, setSelected] = useState<string[]>([])
   const canvas = useRef<HTMLDivElement>(null)
@@ -100,7 +108,11 @@ function Editor({ seed }: { seed: boolean }) {
         <div className="main">
           <div className="canvas" ref={canvas}>
             <Guard what="canvas">
-            {synced ? (
+            {error?.fatal ? (
+              <div className="boot error" data-testid="room-error-page" data-code={error.code}>
+                {error.message}
+              </div>
+            ) : loaded ? (
               <ResonantFlow
                 nodeTypes={nodeTypes}
                 onBlockSelectionChange={setSelected}
@@ -118,6 +130,11 @@ function Editor({ seed }: { seed: boolean }) {
               </ResonantFlow>
             ) : (
               <div className="boot">Loading the workflow…</div>
+            )}
+            {loaded && !synced && !error?.fatal && (
+              <div className="banner" data-testid="reconnecting-banner" role="status">
+                Reconnecting… you can keep editing; changes are sent when the connection is back.
+              </div>
             )}
             </Guard>
           </div>
@@ -138,6 +155,11 @@ function Toolbar({ canvas, selected }: { canvas: React.RefObject<HTMLDivElement 
   const room = useRoom()
   const { screenToFlowPosition } = useReactFlow()
   const { undo, redo, canUndo, canRedo } = useUndoRedo()
+  const loaded = useLoaded()
+  const error = useRoomError()
+  // Before the stored document arrived, a new block would land in an empty document nobody
+  // sees; after a fatal error, nothing can be saved.
+  const editable = loaded && !error?.fatal
   const added = useRef(0)
 
   const add = useCallback(
@@ -160,6 +182,7 @@ function Toolbar({ canvas, selected }: { canvas: React.RefObject<HTMLDivElement 
             key={t}
             data-testid={`add-block-${t}`}
             title={blockSchema.types[t]?.description ?? t}
+            disabled={!editable}
             onClick={() => add(t)}
           >
             + {blockSchema.types[t]?.label ?? t}

@@ -32,12 +32,15 @@ export function StatusBar() {
       <span className={`pill conn-${status}`} data-testid="connection-status" data-status={status}>
         {status}
       </span>
-      <span className={`pill save-${save}`} data-testid="save-status" data-status={save}>
-        {SAVE_TEXT[save]}
-      </span>
+      {/* A room that stopped for good stores nothing: no "Saved" next to its error. */}
+      {!error?.fatal && (
+        <span className={`pill save-${save}`} data-testid="save-status" data-status={save}>
+          {SAVE_TEXT[save]}
+        </span>
+      )}
       {error && (
-        <span className="pill error" data-testid="room-error">
-          {error.reason || `closed (${error.code})`}
+        <span className="pill error" data-testid="room-error" data-code={error.code} title={error.message}>
+          {error.message}
         </span>
       )}
       <div className="avatars">

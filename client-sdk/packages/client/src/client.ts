@@ -3,7 +3,7 @@ import type { ClientOptions } from './types.js'
 
 /** How long a room outlives its last holder, so StrictMode's unmount-remount reuses its socket. */
 const LEAVE_GRACE_MS = 250
-/** How long a left room with unsaved changes stays open to store them. */
+/** How long a left room with unsaved changes stays open to store them (`unsavedGraceMs`). */
 const UNSAVED_GRACE_MS = 5 * 60 * 1000
 
 interface Entry {
@@ -15,6 +15,8 @@ interface Entry {
 /** A connection to one Resonant server: opens rooms (one socket per workflow). */
 export class ResonantClient {
   private rooms = new Map<string, Entry>()
+  /** Set by `close()`: rooms are retired even if someone still holds them. */
+  private closing = false
 
   constructor(readonly options: ClientOptions) {}
 
@@ -23,6 +25,7 @@ export class ResonantClient {
    * with one `leave()`; the socket closes shortly after the last one.
    */
   enterRoom(workflowId: string): { room: Room; leave: () => void } {
+    this.closing = false
     let entry = this.rooms.get(workflowId)
     if (!entry) {
       entry = { room: new Room(workflowId, this.options), holders: 0, timer: null }
@@ -42,25 +45,35 @@ export class ResonantClient {
       if (e.holders === 0) {
         e.timer = setTimeout(() => {
           if (e.holders !== 0 || this.rooms.get(workflowId) !== e) return
-          // Unsaved changes (offline, or unacknowledged) keep the room open until they are
-          // stored, up to a limit, rather than vanishing with the document.
-          const unsaved = e.room.saveStatus === 'saving' || e.room.saveStatus === 'offline'
-          const close = () => {
-            if (e.holders === 0 && this.rooms.get(workflowId) === e) {
-              this.rooms.delete(workflowId)
-              e.room.destroy()
-            }
-          }
-          if (!unsaved) return close()
-          const limit = setTimeout(close, UNSAVED_GRACE_MS)
-          void e.room.whenSaved().then(() => {
-            clearTimeout(limit)
-            close()
-          })
+          void this.retire(workflowId, e)
         }, LEAVE_GRACE_MS)
       }
     }
     return { room: entry.room, leave }
+  }
+
+  /**
+   * Destroys a room nobody holds once its unsaved changes (offline, or unacknowledged) are
+   * stored, or after `unsavedGraceMs`, rather than dropping them with the document.
+   */
+  private async retire(workflowId: string, e: Entry): Promise<void> {
+    const close = () => {
+      if ((e.holders === 0 || this.closing) && this.rooms.get(workflowId) === e) {
+        this.rooms.delete(workflowId)
+        e.room.destroy()
+      }
+    }
+    if (!unsaved(e.room)) return close()
+    await new Promise<void>((resolve) => {
+      const limit = setTimeout(resolve, this.options.unsavedGraceMs ?? UNSAVED_GRACE_MS)
+      const done = () => {
+        clearTimeout(limit)
+        resolve()
+      }
+      // A room that stops for good (or is destroyed) rejects: nothing more can be saved.
+      e.room.whenSaved().then(done, done)
+    })
+    close()
   }
 
   /** The open room of a workflow, if any. */
@@ -68,7 +81,23 @@ export class ResonantClient {
     return this.rooms.get(workflowId)?.room
   }
 
-  /** Closes every room now. */
+  /**
+   * Leaves every room gracefully: each is destroyed once its unsaved changes are stored (at
+   * most `unsavedGraceMs`), as after the last `leave()`. Resolves when all are closed. Rooms
+   * entered again before then are kept.
+   */
+  async close(): Promise<void> {
+    this.closing = true
+    const pending: Promise<void>[] = []
+    for (const [id, e] of this.rooms) {
+      if (e.timer) clearTimeout(e.timer)
+      e.timer = null
+      pending.push(this.retire(id, e))
+    }
+    await Promise.all(pending)
+  }
+
+  /** Closes every room now, dropping changes the server has not confirmed. */
   destroy() {
     for (const e of this.rooms.values()) {
       if (e.timer) clearTimeout(e.timer)
@@ -76,4 +105,8 @@ export class ResonantClient {
     }
     this.rooms.clear()
   }
+}
+
+function unsaved(room: Room): boolean {
+  return room.saveStatus === 'saving' || room.saveStatus === 'offline'
 }

@@ -143,6 +143,23 @@ function blockKey(ev: ExecutionEvent): string {
   return ev.scope ? `${ev.scope}/${ev.blockId}` : (ev.blockId as string)
 }
 
+const UNFINISHED: ReadonlySet<BlockRunState['status']> = new Set(['pending', 'running', 'retrying', 'waiting'])
+
+/**
+ * Ends every unfinished block when the execution ends: the server sends no per-block event for
+ * blocks it stopped, and without this they showed "running" or "waiting" (with live Approve
+ * buttons) forever after a cancel or a failure.
+ */
+function settle(blocks: Record<string, BlockRunState>, status: 'cancelled'): Record<string, BlockRunState> {
+  let out: Record<string, BlockRunState> | null = null
+  for (const [key, b] of Object.entries(blocks)) {
+    if (!UNFINISHED.has(b.status)) continue
+    out ??= { ...blocks }
+    out[key] = { ...b, status, waiting: undefined }
+  }
+  return out ?? blocks
+}
+
 /** Folds one event into a new state object (the old one is left untouched). */
 export function fold(s: ExecutionState, ev: ExecutionEvent): ExecutionState {
   // The log is append-only and shared by successive states (copying it per event would make a
@@ -165,9 +182,11 @@ export function fold(s: ExecutionState, ev: ExecutionEvent): ExecutionState {
     case 'execution.failed':
       next.status = 'failed'
       next.error = ev.error as string
+      next.blocks = settle(s.blocks, 'cancelled')
       break
     case 'execution.cancelled':
       next.status = 'cancelled'
+      next.blocks = settle(s.blocks, 'cancelled')
       break
     case 'block.started':
       setBlock({ status: 'running', text: '', attempt: ev.attempt ?? 1, waiting: undefined, error: undefined })

@@ -4,16 +4,18 @@ import type { Awareness } from 'y-protocols/awareness'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import { ManagedSocket, socketClass } from './socket.js'
+import { BUSY_FLOOR_MS, backoffDelay, retryHint } from './backoff.js'
 import { WorkflowDoc } from './workflow.js'
 import { Presence } from './presence.js'
 import { UndoController } from './undo.js'
 import { Execution, type ExecutionHandle, type ExecutionHost } from './executions.js'
 import {
   ResonantError,
+  RoomError,
   type ClientOptions,
   type ConnectionStatus,
   type ExecutionEvent,
-  type RoomError,
+  type RoomErrorCode,
   type RunOptions,
   type SaveStatus,
   type Unsubscribe,
@@ -25,10 +27,18 @@ const MSG_STATELESS = 5
 const MSG_SYNC_STATUS = 8
 const REQUEST_TIMEOUT_MS = 15000
 /** Close codes after which reconnecting with the same credentials is pointless. */
-const TERMINAL_CLOSES = new Set([4403, 4410])
-
+const TERMINAL_CLOSES = new Map<number, RoomErrorCode>([
+  [4403, 'forbidden'],
+  [4410, 'deleted'],
+  [1008, 'invalid-room'],
+])
 /** Events a room emits; read the getters in the callback. */
-export type RoomEvent = 'status' | 'save' | 'synced' | 'error'
+export type RoomEvent = 'status' | 'save' | 'synced' | 'loaded' | 'error'
+
+interface Waiter {
+  resolve: () => void
+  reject: (e: Error) => void
+}
 
 /** Per-connection accounting of updates sent and acknowledged. */
 interface Conn {
@@ -78,7 +88,17 @@ export class Room implements ExecutionHost {
   private _status: ConnectionStatus = 'connecting'
   private _save: SaveStatus = 'unknown'
   private _synced = false
+  private _loaded = false
   private _error: RoomError | null = null
+  /** Set once the room stopped for good (fatal error or destroyed): waiters reject with it. */
+  private stopped: RoomError | null = null
+  /** Consecutive failed connections (reset once one syncs): the backoff's exponent. */
+  private failures = 0
+  /** The least wait before the next attempt, from the server's hint or a refused upgrade. */
+  private retryFloorMs = 0
+  private lastToken: string | null = null
+  private workflowChecked = false
+  private heartbeat: ReturnType<typeof setInterval> | null = null
   private conn: Conn | null = null
   /** Local changes not yet known to be stored (made offline, or unacknowledged when a socket died). */
   private dirty = false
@@ -86,7 +106,8 @@ export class Room implements ExecutionHost {
   private acks: boolean | null = null
   private tokenReason: 'connect' | 'expired' = 'connect'
   private listeners = new Map<RoomEvent, Set<() => void>>()
-  private syncWaiters: Array<() => void> = []
+  private syncWaiters: Waiter[] = []
+  private saveWaiters = new Set<Waiter>()
   private pending = new Map<string, Pending>()
   private queue: Array<{ msg: Record<string, unknown>; requestId: string | null }> = []
   private gapTries = 0
@@ -112,6 +133,7 @@ export class Room implements ExecutionHost {
     if (!Impl) throw new Error('no WebSocket implementation: pass options.WebSocket (the `ws` package in Node)')
     const WS = socketClass(
       {
+        delay: () => this.nextDelay(),
         token: () => this.token(),
         opened: (s) => this.opened(s),
         received: (s, f) => this.received(s, f),
@@ -120,15 +142,23 @@ export class Room implements ExecutionHost {
       },
       Impl,
     )
-    this.provider = new WebsocketProvider(syncUrl(options.url), `workflow-${workflowId}`, this.doc, {
+    // Encoded: an id with `/` or `%` in it must reach the server as one path segment (it then
+    // refuses the name with 1008) rather than miss the route and fail every upgrade with a 404.
+    this.provider = new WebsocketProvider(syncUrl(options.url), `workflow-${encodeURIComponent(workflowId)}`, this.doc, {
       connect: false,
       WebSocketPolyfill: WS as unknown as typeof WebSocket,
       // Cross-tab broadcast would move updates past the acknowledgement count.
       disableBc: true,
-      maxBackoffTime: options.maxBackoffMs ?? 5000,
+      // The provider reconnects at once; the managed socket waits out the room's backoff,
+      // which has jitter and honours the server's hints (nextDelay).
+      maxBackoffTime: 0,
       // y-websocket stops on any 44xx; 4401 means "refresh the token", not "give up".
       shouldReconnect: (ev: CloseEvent) => !TERMINAL_CLOSES.has(ev.code),
     } as ConstructorParameters<typeof WebsocketProvider>[3])
+    // The provider's own watchdog closes a socket after 30 s without a frame *it* saw; it never
+    // sees the acknowledgements and pongs taken out for the room, so a lone editor was
+    // reconnected every ~33 s. The room's heartbeat replaces it (startHeartbeat).
+    clearInterval((this.provider as unknown as { _checkInterval: ReturnType<typeof setInterval> })._checkInterval)
     this.awareness = this.provider.awareness
     this.workflow = new WorkflowDoc(this.doc, this.localOrigin, this.viewOrigin)
     this.undo = new UndoController(this.workflow, this.localOrigin)
@@ -165,7 +195,19 @@ export class Room implements ExecutionHost {
     return this._synced
   }
 
-  /** Why the room stopped for good, if it did. */
+  /**
+   * True once the document first held the server's state, and from then on, through
+   * disconnects: the editor can keep showing (and editing) it offline. `synced` is per
+   * connection; `loaded` is sticky.
+   */
+  get loaded(): boolean {
+    return this._loaded
+  }
+
+  /**
+   * Why the room stopped for good (`error.fatal`), or why it cannot connect right now (a
+   * failing `getToken`; cleared once a connection opens).
+   */
   get error(): RoomError | null {
     return this._error
   }
@@ -178,22 +220,40 @@ export class Room implements ExecutionHost {
     return () => set!.delete(cb)
   }
 
-  /** Resolves once the document holds the server's state. */
+  /**
+   * Resolves once the document holds the server's state; rejects with a {@link RoomError} if
+   * the room stops for good first (or is destroyed).
+   */
   whenSynced(): Promise<void> {
     if (this._synced) return Promise.resolve()
-    return new Promise((r) => this.syncWaiters.push(r))
+    if (this.stopped) return Promise.reject(this.stopped)
+    return new Promise((resolve, reject) => this.syncWaiters.push({ resolve, reject }))
   }
 
-  /** Resolves once every local change is stored (save status `saved`). */
+  /**
+   * Resolves once every local change is stored (save status `saved`); rejects with a
+   * {@link RoomError} if the room stops for good first (or is destroyed).
+   */
   whenSaved(): Promise<void> {
     if (this._save === 'saved') return Promise.resolve()
-    return new Promise((r) => {
-      const off = this.on('save', () => {
-        if (this._save === 'saved') {
+    if (this.stopped) return Promise.reject(this.stopped)
+    return new Promise((resolve, reject) => {
+      const w: Waiter = {
+        resolve: () => {
           off()
-          r()
-        }
+          this.saveWaiters.delete(w)
+          resolve()
+        },
+        reject: (e) => {
+          off()
+          this.saveWaiters.delete(w)
+          reject(e)
+        },
+      }
+      const off = this.on('save', () => {
+        if (this._save === 'saved') w.resolve()
       })
+      this.saveWaiters.add(w)
     })
   }
 
@@ -219,11 +279,68 @@ export class Room implements ExecutionHost {
   private async token(): Promise<string | null> {
     const reason = this.tokenReason
     this.tokenReason = 'connect'
-    return this.options.getToken ? await this.options.getToken(reason) : null
+    const token = this.options.getToken ? await this.options.getToken(reason) : null
+    this.lastToken = token
+    return token
+  }
+
+  /** How long the next connection attempt waits: jittered exponential backoff, at least the floor. */
+  private nextDelay(): number {
+    const floor = this.retryFloorMs
+    this.retryFloorMs = 0
+    return backoffDelay(this.failures, floor, this.options.maxBackoffMs ?? 5000)
+  }
+
+  /**
+   * Stops the room for good (a fatal error) or reports a transient one. A fatal error rejects
+   * every `whenSynced()` / `whenSaved()` waiter and stops reconnecting.
+   */
+  private fail(err: RoomError) {
+    if (this._error?.fatal) return
+    this._error = err
+    this.emit('error')
+    if (!err.fatal) return
+    this.stop(err)
+    this.provider.disconnect()
+    this.setStatus('disconnected')
+  }
+
+  private stop(err: RoomError) {
+    if (this.stopped) return
+    this.stopped = err
+    const sync = this.syncWaiters
+    this.syncWaiters = []
+    for (const w of sync) w.reject(err)
+    for (const w of [...this.saveWaiters]) w.reject(err)
+  }
+
+  /**
+   * A development server admits any room, so a mistyped or deleted workflow would open empty
+   * and say "Saved" while nothing is listed anywhere. Once the socket let us in, ask the REST
+   * API; only a definite 404 counts (a server or proxy without the API answers otherwise).
+   */
+  private async checkWorkflow() {
+    if (this.workflowChecked || this.options.checkWorkflow === false) return
+    this.workflowChecked = true
+    const f = (globalThis as { fetch?: typeof fetch }).fetch
+    if (!f) return
+    try {
+      const token = this.lastToken
+      const res = await f(`${httpUrl(this.options.url)}/api/v1/workflows/${encodeURIComponent(this.workflowId)}`, {
+        headers: token ? { authorization: `Bearer ${token}` } : {},
+      })
+      if (res.status === 404 && !this.destroyed) this.fail(new RoomError('not-found', `no workflow ${this.workflowId}`))
+    } catch {
+      // Unreachable API: the socket is the judge.
+    }
   }
 
   private opened(socket: ManagedSocket) {
     this.conn = { socket, sent: 0, acked: 0, handshakeSent: false, extensions: false }
+    if (this._error && !this._error.fatal) {
+      this._error = null
+      this.emit('error')
+    }
     this.refused = false
     // Others' copies (and the server's) marked my entry removed at its current clock when the
     // last socket died; the provider re-sends it at that same clock on open, which they would
@@ -238,6 +355,7 @@ export class Room implements ExecutionHost {
     // Ask for acknowledgements explicitly too, and learn at once whether the server speaks them.
     this.sendRaw(socket, [MSG_SYNC_STATUS, 1])
     this.startProbe(socket, true)
+    this.startHeartbeat(socket)
     const queued = this.queue
     this.queue = []
     for (const { msg, requestId } of queued) {
@@ -262,6 +380,11 @@ export class Room implements ExecutionHost {
   private received(socket: ManagedSocket, frame: Uint8Array): boolean {
     const conn = this.conn
     if (conn && conn.socket === socket && this.probe?.socket === socket) this.endProbe()
+    if (frame[0] === MSG_SYNC_STATUS || frame[0] === MSG_STATELESS) {
+      // Belt and braces: should the provider's watchdog run after all, frames it never sees
+      // still count as life.
+      ;(this.provider as unknown as { wsLastMessageReceived: number }).wsLastMessageReceived = Date.now()
+    }
     if (frame[0] === MSG_SYNC_STATUS) {
       if (conn && conn.socket === socket) {
         conn.extensions = true
@@ -292,6 +415,9 @@ export class Room implements ExecutionHost {
 
   private closed(socket: ManagedSocket, code: number, reason: string) {
     if (this.probe?.socket === socket) this.endProbe()
+    this.stopHeartbeat()
+    this.failures++
+    this.retryFloorMs = retryHint(code, reason) ?? (code === 1013 || !socket.everOpened ? BUSY_FLOOR_MS : 0)
     if (this.conn?.socket === socket) {
       if (this.conn.sent > this.conn.acked) this.dirty = true
       this.conn = null
@@ -310,11 +436,14 @@ export class Room implements ExecutionHost {
       this.pending.delete(id)
     }
     if (code === 4401) this.tokenReason = 'expired'
-    if (TERMINAL_CLOSES.has(code)) {
-      this._error = { code, reason }
-      this.emit('error')
-      this.setStatus('disconnected')
-    } else if (this.destroyed) {
+    const terminal = TERMINAL_CLOSES.get(code)
+    if (socket.tokenError !== undefined && !this.destroyed) {
+      const e = socket.tokenError
+      this.fail(new RoomError('token-failed', e instanceof Error ? e.message : String(e), null, false))
+    }
+    if (terminal && !this._error?.fatal) {
+      this.fail(new RoomError(terminal, reason, code))
+    } else if (this.destroyed || this._error?.fatal) {
       this.setStatus('disconnected')
     } else {
       this.setStatus('reconnecting')
@@ -324,11 +453,17 @@ export class Room implements ExecutionHost {
   private onSync(synced: boolean) {
     if (!synced || this._synced) return
     this._synced = true
+    this.failures = 0
     this.presence.markConnected()
     this.emit('synced')
+    if (!this._loaded) {
+      this._loaded = true
+      this.emit('loaded')
+      void this.checkWorkflow()
+    }
     const waiters = this.syncWaiters
     this.syncWaiters = []
-    for (const w of waiters) w()
+    for (const w of waiters) w.resolve()
   }
 
   private recompute() {
@@ -381,11 +516,53 @@ export class Room implements ExecutionHost {
     this.probe = null
   }
 
+  /**
+   * While a socket is open: after `pingIntervalMs` without a frame, ping (the server answers,
+   * so a lone editor's idle socket keeps hearing from it); after `livenessTimeoutMs` without
+   * one, probe, and drop the socket if the probe goes unanswered. Probing first, rather than
+   * closing at once, keeps a tab whose timers were throttled in the background from dropping
+   * a healthy socket when it wakes.
+   */
+  private startHeartbeat(socket: ManagedSocket) {
+    this.stopHeartbeat()
+    const timeout = this.options.livenessTimeoutMs ?? 30000
+    const every = this.options.pingIntervalMs ?? 15000
+    let lastPing = Date.now()
+    this.heartbeat = setInterval(
+      () => {
+        if (this.conn?.socket !== socket || socket.readyState !== 1) return this.stopHeartbeat()
+        const now = Date.now()
+        const idle = now - socket.lastReceivedAt
+        if (idle >= timeout) this.startProbe(socket)
+        else if (idle >= every && now - lastPing >= every) {
+          lastPing = now
+          this.ping(socket)
+        }
+      },
+      Math.max(50, Math.min(every, timeout) / 4),
+    )
+  }
+
+  private stopHeartbeat() {
+    if (this.heartbeat) clearInterval(this.heartbeat)
+    this.heartbeat = null
+  }
+
+  private ping(socket: ManagedSocket) {
+    if (this.conn?.extensions || this.acks !== false) this.sendJson(socket, { type: 'ping', id: Date.now() })
+    else this.sendRaw(socket, [MSG_QUERY_AWARENESS])
+  }
+
   /** Checks the socket is alive now (called on `online`, `visibilitychange` and `pageshow`). */
   checkLiveness() {
     const conn = this.conn
     if (conn && conn.socket.readyState === 1) this.startProbe(conn.socket)
-    else if (!this.destroyed && !this._error && !this.provider.ws) this.provider.connect()
+    else if (!this.destroyed && !this._error?.fatal) {
+      // Waiting out a backoff: the network is back, so try now.
+      const waiting = this.provider.ws as unknown as ManagedSocket | null
+      if (waiting) waiting.skipWait()
+      else this.provider.connect()
+    }
   }
 
   private installWindowHooks() {
@@ -651,7 +828,9 @@ export class Room implements ExecutionHost {
   destroy() {
     if (this.destroyed) return
     this.destroyed = true
+    this.stop(new RoomError('destroyed', ''))
     this.windowCleanup?.()
+    this.stopHeartbeat()
     if (this.probe) clearTimeout(this.probe.timer)
     if (this.gapTimer) clearTimeout(this.gapTimer)
     this.presence.destroy()

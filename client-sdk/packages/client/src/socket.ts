@@ -1,12 +1,16 @@
 /**
- * A WebSocket stand-in handed to y-websocket's provider. It lets the room fetch a token before
- * each connection (the constructor must be synchronous, `getToken` is not), see every frame the
- * provider sends (to count updates awaiting an acknowledgement), and take the extension frames
- * (types 5 and 8) out of the stream before the provider, which knows nothing of them, sees them.
+ * A WebSocket stand-in handed to y-websocket's provider. It lets the room wait out its
+ * reconnect backoff and fetch a token before each connection (the constructor must be
+ * synchronous, neither is), see every frame the provider sends (to count updates awaiting an
+ * acknowledgement), and take the extension frames (types 5 and 8) out of the stream before the
+ * provider, which knows nothing of them, sees them. Every frame, consumed or not, is counted
+ * for liveness.
  */
 
 /** What a managed socket reports to its room. */
 export interface SocketHooks {
+  /** Milliseconds to wait before this attempt (the room's jittered backoff; 0 for none). */
+  delay(): number
   /** Resolves the token of this connection attempt (null: connect without one). */
   token(): Promise<string | null>
   /** The real socket opened; frames sent here go out before the provider's step 1. */
@@ -55,9 +59,16 @@ export class ManagedSocket {
   onerror: ((ev: unknown) => void) | null = null
   /** Frames received so far (a liveness probe checks it moved). */
   framesReceived = 0
+  /** When the last frame arrived, or the socket opened (`Date.now()`). */
+  lastReceivedAt = 0
+  /** Whether the socket ever opened (a close before that is a failed attempt). */
+  everOpened = false
+  /** Set when `getToken` threw: the attempt ended without a socket. */
+  tokenError: unknown = undefined
   private ws: WebSocket | null = null
   private ended = false
   private connectTimer: ReturnType<typeof setTimeout> | null = null
+  private wait: { timer: ReturnType<typeof setTimeout>; go: () => void } | null = null
 
   constructor(
     readonly url: string,
@@ -67,7 +78,27 @@ export class ManagedSocket {
     void this.start()
   }
 
+  /** Ends the backoff wait now (the network came back): connect at once. */
+  skipWait() {
+    this.wait?.go()
+  }
+
   private async start() {
+    // The provider reconnects at once; the backoff (jittered, honouring the server's hints)
+    // is waited out here, where the room decides it.
+    const delay = this.hooks.delay()
+    if (delay > 0) {
+      await new Promise<void>((resolve) => {
+        const go = () => {
+          clearTimeout(timer)
+          this.wait = null
+          resolve()
+        }
+        const timer = setTimeout(go, delay)
+        this.wait = { timer, go }
+      })
+      if (this.ended) return
+    }
     // A token fetch or handshake that hangs (a network change mid-connect) would leave the
     // provider waiting on this socket for good: give up and let it retry.
     const timer = setTimeout(() => this.end(4000, 'connect timed out'), CONNECT_TIMEOUT_MS)
@@ -76,7 +107,9 @@ export class ManagedSocket {
     try {
       token = await this.hooks.token()
     } catch (e) {
-      // A failed token fetch is transient: the provider backs off and tries again.
+      // Transient as far as the socket knows: the room reports it and backs off.
+      if (this.ended) return
+      this.tokenError = e ?? new Error('getToken failed')
       this.end(1006, `getToken failed: ${(e as Error)?.message ?? e}`)
       return
     }
@@ -90,12 +123,15 @@ export class ManagedSocket {
       if (this.ended) return
       clearTimeout(timer)
       this.readyState = 1
+      this.everOpened = true
+      this.lastReceivedAt = Date.now()
       this.hooks.opened(this)
       this.onopen?.({})
     }
     ws.onmessage = (ev: MessageEvent) => {
       if (this.ended) return
       this.framesReceived++
+      this.lastReceivedAt = Date.now()
       const frame = toBytes(ev.data)
       if (!frame) return
       if (!this.hooks.received(this, frame)) {
@@ -126,6 +162,8 @@ export class ManagedSocket {
     if (this.ended) return
     this.ended = true
     if (this.connectTimer) clearTimeout(this.connectTimer)
+    // Resolves the wait; start() sees `ended` and stops.
+    this.wait?.go()
     this.readyState = 3
     const ws = this.ws
     if (ws) {

@@ -13,14 +13,6 @@ export type ConnectionStatus = 'connecting' | 'connected' | 'reconnecting' | 'di
  */
 export type SaveStatus = 'saved' | 'saving' | 'offline' | 'unknown'
 
-/** Why a room stopped for good (it will not reconnect on its own). */
-export interface RoomError {
-  /** The close code: 4403 no access, 4410 workflow deleted, or 0 when getToken failed. */
-  code: number
-  /** The server's close reason or the error's message. */
-  reason: string
-}
-
 /** Who I am in presence: shown to others next to my cursor. */
 export interface PresenceUser {
   /** Stable id (the user id when authenticated). */
@@ -76,8 +68,29 @@ export interface ClientOptions {
   staleGraceMs?: number
   /** Minimum milliseconds between two presence sends. Default 50. */
   presenceThrottleMs?: number
-  /** Upper bound of the reconnect backoff in milliseconds. Default 5000. */
+  /** Upper bound of the reconnect backoff in milliseconds (before jitter). Default 5000. */
   maxBackoffMs?: number
+  /**
+   * How long a socket may go without any frame from the server before it is probed (and,
+   * if the probe gets no answer within `probeTimeoutMs`, replaced). Default 30000.
+   */
+  livenessTimeoutMs?: number
+  /**
+   * After this long without a frame, a ping is sent (the server answers it), so an idle
+   * socket in a room with nobody else keeps hearing from the server. Default 15000.
+   */
+  pingIntervalMs?: number
+  /**
+   * Before opening a room, ask the REST API (`GET /api/v1/workflows/{id}`) whether the
+   * workflow exists; a 404 stops the room with `not-found`. Turn off for a server without the
+   * REST API. Default true.
+   */
+  checkWorkflow?: boolean
+  /**
+   * How long a left room (or a closed client) with unsaved changes stays connected to store
+   * them before it is destroyed anyway. Default 300000 (5 minutes).
+   */
+  unsavedGraceMs?: number
 }
 
 /** A block as the document holds it (a React Flow node plus `type` and `config`). */
@@ -140,6 +153,8 @@ export type BlockRunStatus =
   | 'completed'
   | 'failed'
   | 'skipped'
+  /** Stopped unfinished when the execution was cancelled or failed. */
+  | 'cancelled'
 
 /** One execution event as the server sends it (docs/protocol.md). */
 export interface ExecutionEvent {
@@ -209,6 +224,51 @@ export class ResonantError extends Error {
     super(message)
     this.name = 'ResonantError'
   }
+}
+
+/** Why a room cannot work: see {@link RoomError}. */
+export type RoomErrorCode =
+  /** The server closed with 4403: no access to this room with this token. */
+  | 'forbidden'
+  /** The server closed with 4410: the workflow was deleted. */
+  | 'deleted'
+  /** The workflow does not exist (the REST API answered 404). */
+  | 'not-found'
+  /** The server closed with 1008: the room name is not valid. */
+  | 'invalid-room'
+  /** `getToken` threw or rejected; the room keeps retrying with backoff (not fatal). */
+  | 'token-failed'
+  /** The room was destroyed (left, or its client destroyed) before the awaited state. */
+  | 'destroyed'
+
+/**
+ * Why a room stopped for good (`fatal`), or why it cannot connect right now (`fatal: false`,
+ * cleared once a connection opens). `room.error` holds it; `whenSynced()` and `whenSaved()`
+ * reject with it when it is fatal.
+ */
+export class RoomError extends ResonantError {
+  declare readonly code: RoomErrorCode
+  constructor(
+    code: RoomErrorCode,
+    /** The server's close reason or the cause's message. */
+    readonly reason: string,
+    /** The WebSocket close code behind it, if any (4403, 4410, 1008). */
+    readonly closeCode: number | null = null,
+    /** True when the room will not reconnect on its own. */
+    readonly fatal = true,
+  ) {
+    super(code, ROOM_ERROR_TEXT[code] + (reason ? `: ${reason}` : ''))
+    this.name = 'RoomError'
+  }
+}
+
+const ROOM_ERROR_TEXT: Record<RoomErrorCode, string> = {
+  forbidden: 'No access to this workflow',
+  deleted: 'This workflow was deleted',
+  'not-found': 'This workflow does not exist',
+  'invalid-room': 'Invalid workflow id',
+  'token-failed': 'Could not get a sign-in token; retrying',
+  destroyed: 'The room was closed',
 }
 
 /** A listener removal function. */

@@ -61,3 +61,32 @@ it('a retry voids streamed text; loop iterations get their own keys; the end res
   expect(s.blocks['each[1]/ok']).toMatchObject({ status: 'waiting', waiting: { reason: 'approval', message: 'fine?' } })
   expect(s).toMatchObject({ status: 'completed', outputs: { out: 'whole' }, tokens: 3 })
 })
+
+it('a cancelled or failed execution leaves no block running or waiting', () => {
+  for (const [end, expected] of [
+    ['execution.cancelled', 'cancelled'],
+    ['execution.failed', 'cancelled'],
+  ] as const) {
+    const { h, flushes } = host()
+    const e = new Execution('x', h)
+    e.receive(ev(1, 'execution.started'))
+    e.receive(ev(2, 'block.started', { blockId: 'in' }))
+    e.receive(ev(3, 'block.completed', { blockId: 'in', output: 1 }))
+    e.receive(ev(4, 'block.started', { blockId: 'gen' }))
+    e.receive(ev(5, 'block.delta', { blockId: 'gen', text: 'half' }))
+    e.receive(ev(6, 'block.waiting', { blockId: 'ok', reason: 'approval', message: 'Ship it?' }))
+    e.receive(ev(7, 'block.retrying', { blockId: 'call', attempt: 1 }))
+    e.receive(ev(8, 'block.started', { blockId: 'each', scope: 'loop[0]' }))
+    e.receive(ev(9, end, { error: 'boom' }))
+    for (const f of flushes) f()
+    const s = e.state()
+    expect(s.status).toBe(end === 'execution.failed' ? 'failed' : 'cancelled')
+    expect(s.blocks.in!.status).toBe('completed')
+    for (const key of ['gen', 'ok', 'call', 'loop[0]/each']) {
+      expect(s.blocks[key]!.status, key).toBe(expected)
+      expect(s.blocks[key]!.waiting, key).toBeUndefined()
+    }
+    // What was streamed stays visible.
+    expect(s.blocks.gen!.text).toBe('half')
+  }
+})

@@ -11,8 +11,9 @@ export type ResonantProviderProps =
 /**
  * Makes a {@link ResonantClient} available to {@link RoomProvider} and the hooks.
  * Pass an existing `client`, or `options` to create one for the provider's lifetime
- * (created once; destroyed when the provider unmounts for good, not by StrictMode's
- * mount → unmount → mount).
+ * (created once; closed when the provider unmounts for good, not by StrictMode's
+ * mount → unmount → mount: its rooms stay connected until their unsaved changes are stored,
+ * at most `unsavedGraceMs`, then are destroyed).
  */
 export function ResonantProvider(props: ResonantProviderProps) {
   const optionsRef = useRef(props.options)
@@ -24,9 +25,10 @@ export function ResonantProvider(props: ResonantProviderProps) {
     mounted.current++
     return () => {
       mounted.current--
-      // Deferred so StrictMode's immediate re-mount keeps the client.
+      // Deferred so StrictMode's immediate re-mount keeps the client. Closed, not destroyed:
+      // each room stays until its unsaved changes are stored (bounded by unsavedGraceMs).
       setTimeout(() => {
-        if (mounted.current === 0) owned.destroy()
+        if (mounted.current === 0) void owned.close()
       }, 0)
     }
   }, [owned])

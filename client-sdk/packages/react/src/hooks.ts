@@ -38,7 +38,18 @@ export function useSynced(): boolean {
   return useSyncExternalStore(subscribe, () => room.synced, () => room.synced)
 }
 
-/** Why the room stopped for good, or null. */
+/**
+ * True once the room first had the server's state, and from then on through disconnects
+ * (sticky): render the editor when this is true, not only while `synced`, so it stays usable
+ * offline.
+ */
+export function useLoaded(): boolean {
+  const room = useRoom()
+  const subscribe = useSubscribe((cb) => room.on('loaded', cb), [room])
+  return useSyncExternalStore(subscribe, () => room.loaded, () => room.loaded)
+}
+
+/** Why the room stopped for good (`fatal`), or cannot connect right now; null when fine. */
 export function useRoomError(): RoomError | null {
   const room = useRoom()
   const subscribe = useSubscribe((cb) => room.on('error', cb), [room])

@@ -11,6 +11,7 @@ export {
   useStatus,
   useSaveStatus,
   useSynced,
+  useLoaded,
   useRoomError,
   useBlocks,
   useBlock,
