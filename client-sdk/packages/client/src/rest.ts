@@ -5,7 +5,7 @@
  * what the server accepts.
  */
 import type { components, operations } from './api-types.js'
-import type { Block, Connection } from './types.js'
+import { ResonantError, type Block, type Connection } from './types.js'
 
 /** Every schema the REST API names (`Schemas['Workflow']`, `Schemas['Execution']`, …). */
 export type Schemas = components['schemas']
@@ -40,21 +40,20 @@ export interface RestOptions {
 }
 
 /** A REST call the server refused or could not answer; `code` is the server's stable code. */
-export class RestError extends Error {
-  override readonly name = 'RestError'
-
+export class RestError extends ResonantError {
   constructor(
     /** HTTP status (0 when the request never got an answer). */
     readonly status: number,
     /** `not_found`, `forbidden`, `invalid_workflow`, `quota_exceeded`, … or `network`. */
-    readonly code: string,
+    code: string,
     message: string,
     /** The request field at fault, for validation errors. */
     readonly field: string | null = null,
     /** The server's whole error body, when it sent one. */
     readonly body: Schemas['ErrorBody'] | null = null,
   ) {
-    super(message)
+    super(code, message, { ...(body?.error ?? {}) })
+    this.name = 'RestError'
   }
 }
 
