@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { existsSync, mkdtempSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
@@ -12,6 +12,8 @@ import { fileURLToPath } from 'node:url'
 import { chromium } from 'playwright-core'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
+const artifacts = path.join(here, 'artifacts')
+mkdirSync(artifacts, { recursive: true })
 let server, base, browser
 
 before(async () => {
@@ -78,6 +80,7 @@ test('two users typing in one prompt keep every keystroke and their carets, and 
   for (const { page } of [A, B]) {
     await page.waitForFunction((e) => document.querySelector('[data-testid="field-userPromptTemplate"]').value === e, expected)
   }
+  await B.page.getByTestId('inspector').screenshot({ path: path.join(artifacts, 'collaborative-text-bob.png') })
   // Each caret is still right after what its user typed.
   assert.equal(await promptOf(A.page).evaluate((el) => el.selectionEnd), at + '-ada-ada'.length)
   assert.equal(await promptOf(B.page).evaluate((el) => el.selectionEnd), expected.length)
