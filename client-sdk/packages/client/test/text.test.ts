@@ -192,10 +192,26 @@ describe('an input bound to a text field', () => {
     b.wf.setText('gen', 'config', 'userPromptTemplate', 'Oh, Helllo, dear world!', 7)
     exchange(a.doc, b.doc)
     expect(input.value.slice(input.selectionStart!, input.selectionEnd!)).toBe('Helllo')
+    // The field's text replaced by another (a version restore rewrites whole blocks): the input
+    // follows the new text, and keeps following its edits.
+    b.doc.transact(() => {
+      const config = new Y.Map<unknown>()
+      config.set('userPromptTemplate', new Y.Text('Oh, Hello world'))
+      b.wf.blocksArray.get(0).set('config', config)
+    })
+    exchange(a.doc, b.doc)
+    expect(input.value).toBe('Oh, Hello world')
+    b.wf.setText('gen', 'config', 'userPromptTemplate', 'Oh, Hello world!', 16)
+    exchange(a.doc, b.doc)
+    expect(input.value).toBe('Oh, Hello world!')
+    input.setSelectionRange(9, 9)
+    input.type('!')
+    exchange(a.doc, b.doc)
+    expect(prompt(b.wf)).toBe('Oh, Hello! world!')
     unbind()
     b.wf.setText('gen', 'config', 'userPromptTemplate', 'gone', 4)
     exchange(a.doc, b.doc)
-    expect(input.value, 'unbound: no longer follows').toBe('Oh, Helllo, dear world!')
+    expect(input.value, 'unbound: no longer follows').toBe('Oh, Hello! world!')
   })
 
   it('applies a delta to a string, refusing one that does not fit', () => {
