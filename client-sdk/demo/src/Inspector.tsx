@@ -4,6 +4,7 @@ import { useBlock, useOthers, useRoom } from '@resonant/react'
 
 /** Someone else's focus in a text field of the inspected block. */
 interface Typist {
+  clientId: number
   name: string
   color: string
   part: FieldPart
@@ -19,7 +20,7 @@ export function Inspector({ blockId, count }: { blockId: string | undefined; cou
     (others: Peer[]): Typist[] =>
       others
         .filter((p) => !p.stale && p.editing && p.editing.block === blockId)
-        .map((p) => ({ name: p.user.name, color: p.user.color, part: p.editing!.part, field: p.editing!.field })),
+        .map((p) => ({ clientId: p.clientId, name: p.user.name, color: p.user.color, part: p.editing!.part, field: p.editing!.field })),
     (a, b) => JSON.stringify(a) === JSON.stringify(b),
   )
   const typing = (part: FieldPart, field: string) => typists.filter((t) => t.part === part && t.field === field)
@@ -102,7 +103,7 @@ function Typists({ typists, testid }: { typists: Typist[]; testid: string }) {
   return (
     <span className="typists" data-testid={testid}>
       {typists.map((t) => (
-        <span key={t.name} className="typist" style={{ color: t.color }}>
+        <span key={t.clientId} className="typist" style={{ color: t.color }}>
           {t.name} is typing
         </span>
       ))}
