@@ -197,7 +197,7 @@ export function watchTextMigrations(doc: Y.Doc, origin: unknown): () => void {
       // A deleted block (or a restore) deletes its map too: nothing to move the text into.
       const winner = parent && key !== null && !parent._item?.deleted ? parent.get(key) : undefined
       if (winner instanceof Y.Text && winner !== loser) {
-        const snapshot = readLoser(loser, baseLen)
+        const snapshot = readLoser(loser, baseLen, txn.deleteSet)
         doc.transact(() => rescueInto(winner, snapshot), origin)
       }
     }
@@ -220,11 +220,12 @@ function baseStart(text: Y.Text): { client: number; first: number } {
 }
 
 /**
- * Reads a lost text's edits against its base. Must run before Yjs garbage-collects the
- * transaction that deleted it: items deleted by edits before the loss already hold
- * `ContentDeleted`, while those deleted only by the loss still hold their string.
+ * Reads a lost text's edits against its base, given the delete set of the transaction that
+ * deleted it (the text as it was is what is live or deleted by that transaction). Must run
+ * before Yjs garbage-collects that transaction, while the loser's strings are still there.
+ * Text deleted earlier may still hold its string too (undo keeps it), hence the delete set.
  */
-export function readLoser(loser: Y.Text, baseLen: number): LostEdits {
+export function readLoser(loser: Y.Text, baseLen: number, lossDeletes: Y.Transaction['deleteSet']): LostEdits {
   const b = baseStart(loser)
   const out: LostEdits = { baseLen, inserts: [], deleted: [] }
   let k = -1
@@ -234,7 +235,9 @@ export function readLoser(loser: Y.Text, baseLen: number): LostEdits {
     pending = ''
   }
   for (let n = loser._start; n; n = n.right) {
-    const live = n.content instanceof Y.ContentString
+    // An item is deleted whole (the loss deletes every item not already deleted), so its first
+    // id tells when.
+    const live = n.content instanceof Y.ContentString && (!n.deleted || Y.isDeleted(lossDeletes, n.id))
     if (n.id.client === b.client && n.id.clock >= b.first && n.id.clock < b.first + baseLen) {
       flush()
       const first = n.id.clock - b.first

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import * as Y from 'yjs'
 import type { ResonantClient, Room } from '../src/index.js'
 import { client, newWorkflow, startServer, untilDoc, type Server } from './helpers.js'
+import { UndoController } from '../src/undo.js'
 import { WorkflowDoc } from '../src/workflow.js'
 import { applyDelta, bindTextInput, diffText, isTextField, type TextInputLike, spliceDelta, transformIndex, transformSelection, type TextDelta } from '../src/text.js'
 
@@ -11,7 +12,7 @@ import { applyDelta, bindTextInput, diffText, isTextField, type TextInputLike, s
 function oldDoc(prompt: string, clientID = 1): { doc: Y.Doc; wf: WorkflowDoc } {
   const doc = new Y.Doc()
   doc.clientID = clientID
-  const wf = new WorkflowDoc(doc, {}, {})
+  const wf = editor(doc)
   const m = new Y.Map<unknown>()
   const config = new Y.Map<unknown>()
   config.set('userPromptTemplate', prompt)
@@ -28,7 +29,15 @@ function copyOf(doc: Y.Doc, clientID: number): { doc: Y.Doc; wf: WorkflowDoc } {
   const copy = new Y.Doc()
   copy.clientID = clientID
   Y.applyUpdate(copy, Y.encodeStateAsUpdate(doc))
-  return { doc: copy, wf: new WorkflowDoc(copy, {}, {}) }
+  return { doc: copy, wf: editor(copy) }
+}
+
+/** A workflow editor as a room sets it up: with undo, which keeps deleted text from being collected. */
+function editor(doc: Y.Doc): WorkflowDoc {
+  const origin = {}
+  const wf = new WorkflowDoc(doc, origin, {})
+  new UndoController(wf, origin)
+  return wf
 }
 
 /** Delivers everything each document has that the other lacks, until both agree. */
@@ -103,6 +112,8 @@ describe('text fields', () => {
       c.wf.setText('gen', 'config', 'userPromptTemplate', 'one three', 4)
       d.wf.setText('gen', 'config', 'userPromptTemplate', 'one two three!', 14)
       d.wf.setText('gen', 'config', 'userPromptTemplate', 'One two three!', 1)
+      d.wf.setText('gen', 'config', 'userPromptTemplate', 'One two three!xy', 16)
+      d.wf.setText('gen', 'config', 'userPromptTemplate', 'One two three!', 14)
       exchange(c.doc, d.doc)
       expect(prompt(c.wf)).toBe('One three!')
       expect(prompt(d.wf)).toBe('One three!')
