@@ -9,7 +9,7 @@
  *
  * Two editors migrating the same field concurrently each put their own `Y.Text` in the map;
  * the map keeps one (the winner) and deletes the other (the loser), with whatever was typed
- * into it. The client that created the loser repairs that (see {@link rescueLostText}): both
+ * into it. The client that created the loser repairs that ({@link watchTextMigrations}): both
  * texts start with the same base string inserted right after the text itself, so the base's
  * characters have known ids in each; every insertion made into the loser (by anyone) is
  * re-inserted into the winner next to the same base character, and every base character
@@ -68,14 +68,14 @@ export function diffText(prev: string, next: string, caret?: number): TextSplice
     endP--
     endN--
   }
-  if (caret !== undefined && caret < endN && endP - start === 0 && next.length > prev.length) {
-    // A pure insertion inside a run of equal characters: slide it left so it ends at the caret.
-    const len = endN - start
-    const shift = Math.min(endN - caret, start)
-    if (shift > 0 && next.slice(caret - len, caret) === next.slice(start - shift, endN - shift)) {
-      start -= shift
-      endN -= shift
-      endP -= shift
+  const len = endN - start
+  if (caret !== undefined && caret < endN && caret - len >= 0 && endP === start && len > 0) {
+    // A pure insertion in a run of equal characters could be at several places: take the one
+    // ending at the caret, when removing it there gives back `prev`.
+    if (next.slice(0, caret - len) + next.slice(caret) === prev) {
+      start = caret - len
+      endN = caret
+      endP = start
     }
   }
   // Never split a surrogate pair.

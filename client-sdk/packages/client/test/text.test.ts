@@ -128,6 +128,9 @@ describe('text fields', () => {
   it('a diff uses the caret to place an insertion inside a run of equal characters', () => {
     expect(diffText('aa', 'aaa', 1)).toEqual({ index: 0, remove: 0, insert: 'a' })
     expect(diffText('aa', 'aaa')).toEqual({ index: 2, remove: 0, insert: 'a' })
+    expect(diffText('abab', 'ababab', 2)).toEqual({ index: 0, remove: 0, insert: 'ab' })
+    // A caret that does not fit a pure insertion there is ignored.
+    expect(diffText('abc', 'abxc', 1)).toEqual({ index: 2, remove: 0, insert: 'x' })
     expect(diffText('hello', 'help', 4)).toEqual({ index: 3, remove: 2, insert: 'p' })
     expect(diffText('abc', 'abc')).toEqual({ index: 3, remove: 0, insert: '' })
     // Never half a surrogate pair.
