@@ -319,6 +319,8 @@ export interface TextInputLike {
   selectionStart: number | null
   selectionEnd: number | null
   setSelectionRange(start: number, end: number): void
+  /** Set on DOM elements: the selection is restored only while the element has focus. */
+  ownerDocument?: { activeElement: unknown } | null
   addEventListener(type: 'input', cb: () => void): void
   removeEventListener(type: 'input', cb: () => void): void
 }
@@ -347,7 +349,8 @@ export function bindTextInput(el: TextInputLike, host: TextHost, blockId: string
     const end = el.selectionEnd ?? start
     const sel = transformSelection(d, { start, end })
     el.value = next
-    el.setSelectionRange(sel.start, sel.end)
+    // Some browsers focus an element whose selection is set: only while it has focus anyway.
+    if (!el.ownerDocument || el.ownerDocument.activeElement === el) el.setSelectionRange(sel.start, sel.end)
   }
   const onText = (e: Y.YTextEvent) => show(e.target.toString(), e.delta as TextDelta)
   const rebind = () => {
