@@ -121,7 +121,8 @@ function TextInput(props: { blockId: string; part: FieldPart; field: string; tes
   const room = useRoom()
   const ref = useRef<HTMLInputElement & HTMLTextAreaElement>(null)
   useEffect(() => {
-    const unbind = bindTextInput(ref.current!, room.workflow, blockId, part, field)
+    // A cleared config field is removed, as before text fields: absent means its default.
+    const unbind = bindTextInput(ref.current!, room.workflow, blockId, part, field, { deleteWhenEmpty: part === 'config' })
     return () => {
       unbind()
       const e = room.presence.me().editing

@@ -14,6 +14,7 @@ export {
   bindTextInput,
   type TextInputLike,
   type TextHost,
+  type BindTextOptions,
   type FieldPart,
   type TextSplice,
   type TextDelta,

@@ -330,7 +330,18 @@ export interface TextHost {
   textOf(blockId: string, part: FieldPart, field: string): Y.Text | undefined
   block(blockId: string): { data: Record<string, unknown>; config: Record<string, unknown> } | undefined
   setText(blockId: string, part: FieldPart, field: string, value: string, caret?: number): void
+  updateBlock(blockId: string, patch: { data?: Record<string, unknown>; config?: Record<string, unknown> }): void
   observe(cb: (c: { blockIds: Set<string>; blocks: boolean }) => void): () => void
+}
+
+/** Options of {@link bindTextInput}. */
+export interface BindTextOptions {
+  /**
+   * Clearing the input removes the field instead of leaving an empty text: for optional
+   * config fields, where absent means the default (an output without a template passes its
+   * input through; an empty template outputs "").
+   */
+  deleteWhenEmpty?: boolean
 }
 
 /**
@@ -339,7 +350,14 @@ export interface TextHost {
  * and selection stay on the characters they were on (shifted by the remote delta, or by a diff
  * when the field's text was replaced: a migration, a rescue, a restore). Returns the unbind.
  */
-export function bindTextInput(el: TextInputLike, host: TextHost, blockId: string, part: FieldPart, field: string): () => void {
+export function bindTextInput(
+  el: TextInputLike,
+  host: TextHost,
+  blockId: string,
+  part: FieldPart,
+  field: string,
+  opts: BindTextOptions = {},
+): () => void {
   const read = () => readText(host.block(blockId)?.[part]?.[field]) ?? ''
   let bound: Y.Text | undefined
   const show = (next: string, delta?: TextDelta) => {
@@ -362,7 +380,10 @@ export function bindTextInput(el: TextInputLike, host: TextHost, blockId: string
     }
     show(read())
   }
-  const onInput = () => host.setText(blockId, part, field, el.value, el.selectionEnd ?? undefined)
+  const onInput = () => {
+    if (el.value === '' && opts.deleteWhenEmpty) host.updateBlock(blockId, { [part]: { [field]: undefined } })
+    else host.setText(blockId, part, field, el.value, el.selectionEnd ?? undefined)
+  }
   el.value = read()
   rebind()
   el.addEventListener('input', onInput)

@@ -170,6 +170,12 @@ class FakeInput implements TextInputLike {
   removeEventListener(_: 'input', cb: () => void) {
     this.listeners.delete(cb)
   }
+  /** The user selects everything and deletes it. */
+  clear() {
+    this.value = ''
+    this.setSelectionRange(0, 0)
+    for (const l of this.listeners) l()
+  }
   /** The user types `s` at the caret. */
   type(s: string) {
     const at = this.selectionEnd ?? this.value.length
@@ -226,6 +232,17 @@ describe('an input bound to a text field', () => {
     b.wf.setText('gen', 'config', 'userPromptTemplate', 'gone', 4)
     exchange(a.doc, b.doc)
     expect(input.value, 'unbound: no longer follows').toBe('Oh, Hello! world!')
+  })
+
+  it('removes a cleared optional field when asked, and starts a new text on the next keystroke', () => {
+    const a = oldDoc('{{ upstream }}', 1)
+    const input = new FakeInput()
+    const unbind = bindTextInput(input, a.wf, 'gen', 'config', 'userPromptTemplate', { deleteWhenEmpty: true })
+    input.clear()
+    expect('userPromptTemplate' in a.wf.block('gen')!.config).toBe(false)
+    input.type('Hi')
+    expect(a.wf.textOf('gen', 'config', 'userPromptTemplate')!.toString()).toBe('Hi')
+    unbind()
   })
 
   it('applies a delta to a string, refusing one that does not fit', () => {
