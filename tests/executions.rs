@@ -1121,3 +1121,133 @@ async fn refusals_of_requests_without_a_valid_workflow_echo_the_request_id() {
     assert_eq!(refusal["requestId"], 12);
     server.shutdown().await.unwrap();
 }
+
+/// The text of a shared value, when it is a Y.Text (`None` for a plain string or anything else).
+fn y_text_at(doc: &yrs::Doc, block: u32, part: &str, field: &str) -> Option<String> {
+    use yrs::{Array, GetString, Out, ReadTxn, Transact};
+    let txn = doc.transact();
+    let Some(Out::YMap(b)) = txn.get_array("blocks")?.get(&txn, block) else {
+        return None;
+    };
+    let Some(Out::YMap(p)) = b.get(&txn, part) else {
+        return None;
+    };
+    match p.get(&txn, field) {
+        Some(Out::YText(t)) => Some(t.get_string(&txn)),
+        _ => None,
+    }
+}
+
+/// Collaborative text (docs/workflow-schema.md): a template and a label held as Y.Text, as the
+/// SDK's editors write them, run (the engine reads the string), read back as strings from the
+/// content and version endpoints, and a restore writes them back as Y.Text, so editors keep
+/// typing into them character by character.
+#[tokio::test]
+async fn text_fields_held_as_y_text_run_read_as_strings_and_restore_as_y_text() {
+    use yrs::{Array, In, MapPrelim, Out, Text, TextPrelim};
+    for backend in backends() {
+        let env = Env::new(backend).await;
+        let wf = env
+            .workflow(json!({
+                "blocks": [
+                    block("in", "input", json!({})),
+                    block("greet", "transform", json!({"template": "replaced below"})),
+                    block("out", "output", json!({})),
+                ],
+                "connections": [edge("in", "greet"), edge("greet", "out")],
+            }))
+            .await;
+        let mut ed = env.watcher(&wf).await;
+        ed.edit(|_doc, txn| {
+            let blocks = txn.get_or_insert_array("blocks");
+            let Some(Out::YMap(greet)) = blocks.get(txn, 1) else {
+                panic!("block 1 is a map")
+            };
+            let template = TextPrelim::new("Hello {{ input.name }}!");
+            greet.insert(
+                txn,
+                "config",
+                MapPrelim::from_iter([("template", In::Text(template.into()))]),
+            );
+            greet.insert(
+                txn,
+                "data",
+                MapPrelim::from_iter([("label", In::Text(TextPrelim::new("Greeter").into()))]),
+            );
+        })
+        .await;
+        ed.until("the text fields are stored", |s| s.acks >= 1)
+            .await;
+
+        let id = env.run(&wf, json!({"name": "ada"})).await;
+        let events = until_finished(&mut ed, &id).await;
+        assert_eq!(
+            events.last().unwrap()["outputs"],
+            json!({"out": "Hello ada!"}),
+            "{backend:?}: {:?}",
+            kinds(&events)
+        );
+        let (s, content) = env.get(&format!("/api/v1/workflows/{wf}/content")).await;
+        assert_eq!(s, StatusCode::OK, "{content}");
+        assert_eq!(
+            content["blocks"][1]["config"]["template"],
+            "Hello {{ input.name }}!"
+        );
+        assert_eq!(content["blocks"][1]["data"]["label"], "Greeter");
+
+        let (s, v) = env
+            .post(
+                &format!("/api/v1/workflows/{wf}/versions"),
+                Some(json!({"name": "typed"})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let version = v["version"].as_i64().unwrap();
+        let (_, saved) = env
+            .get(&format!("/api/v1/workflows/{wf}/versions/{version}"))
+            .await;
+        assert_eq!(saved["content"]["blocks"], content["blocks"]);
+
+        // Typing after the save, then restoring it.
+        ed.edit(|_doc, txn| {
+            let blocks = txn.get_or_insert_array("blocks");
+            let Some(Out::YMap(greet)) = blocks.get(txn, 1) else {
+                panic!("block 1 is a map")
+            };
+            let Some(Out::YMap(config)) = yrs::Map::get(&greet, txn, "config") else {
+                panic!("config is a map")
+            };
+            let Some(Out::YText(t)) = yrs::Map::get(&config, txn, "template") else {
+                panic!("the template is text")
+            };
+            t.insert(txn, 5, ", dear");
+        })
+        .await;
+        ed.until("the typing is stored", |s| s.acks >= 2).await;
+        let (_, typed) = env.get(&format!("/api/v1/workflows/{wf}/content")).await;
+        assert_eq!(
+            typed["blocks"][1]["config"]["template"],
+            "Hello, dear {{ input.name }}!"
+        );
+        let (s, body) = env
+            .post(
+                &format!("/api/v1/workflows/{wf}/versions/{version}/restore"),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        ed.until("the restored text reaches the editor", |s| {
+            y_text_at(&s.doc, 1, "config", "template").as_deref() == Some("Hello {{ input.name }}!")
+        })
+        .await;
+        assert_eq!(
+            y_text_at(&ed.doc, 1, "data", "label").as_deref(),
+            Some("Greeter"),
+            "{backend:?}: the label is restored as Y.Text"
+        );
+        let (_, restored) = env.get(&format!("/api/v1/workflows/{wf}/content")).await;
+        assert_eq!(restored["blocks"], content["blocks"]);
+        ed.close().await;
+        env.cleanup().await;
+    }
+}

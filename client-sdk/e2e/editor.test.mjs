@@ -102,14 +102,17 @@ async function controlSockets(page) {
   return ctl
 }
 
-async function openEditor(context, url, name) {
+/** Opens a page; `setup(page)` (e.g. routing its sockets) runs before it navigates. */
+async function openEditor(context, url, name, setup) {
   const page = await context.newPage()
   const sockets = []
   page.on('websocket', (ws) => {
     if (ws.url().includes('/sync/')) sockets.push(ws)
   })
   page.on('pageerror', (e) => console.error(`[${name}] page error:`, e))
-  return { page, sockets, ready: page.goto(url) }
+  // Before navigating: a route added while the page loads can miss its socket.
+  const ctl = setup ? await setup(page) : undefined
+  return { page, sockets, ctl, ready: page.goto(url) }
 }
 
 const text = (page, id) => page.getByTestId(id).textContent()
@@ -122,8 +125,8 @@ async function nodeCount(page) {
 test('two users edit, see each other, survive a cut, run and reload mid-run', async () => {
   const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } })
   const ctxB = await browser.newContext({ viewport: { width: 1280, height: 800 } })
-  const A = await openEditor(ctxA, `${base}/?name=Ada`, 'Ada')
-  const ctlA = await controlSockets(A.page)
+  const A = await openEditor(ctxA, `${base}/?name=Ada`, 'Ada', controlSockets)
+  const ctlA = A.ctl
   await A.ready
   // The first page creates and seeds a workflow and puts its id in the URL.
   await A.page.waitForURL(/workflow=/)

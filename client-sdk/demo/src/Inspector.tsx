@@ -1,11 +1,29 @@
-import { useEffect, useState } from 'react'
-import { blockSchema, checkConfig, specOf, type FieldSpec } from '@resonant/client'
-import { useBlock, useRoom } from '@resonant/react'
+import { useEffect, useRef, useState } from 'react'
+import { bindTextInput, blockSchema, checkConfig, specOf, type FieldPart, type FieldSpec, type Peer } from '@resonant/client'
+import { useBlock, useOthers, useRoom } from '@resonant/react'
+
+/** Someone else's focus in a text field of the inspected block. */
+interface Typist {
+  clientId: number
+  name: string
+  color: string
+  part: FieldPart
+  field: string
+}
 
 /** Edits the selected block: its label and the config fields of its type (from the block schema). */
 export function Inspector({ blockId, count }: { blockId: string | undefined; count: number }) {
   const room = useRoom()
   const block = useBlock(blockId ?? '')
+  // Only the peers in this block's fields: the inspector does not re-render on others' cursors.
+  const typists = useOthers(
+    (others: Peer[]): Typist[] =>
+      others
+        .filter((p) => !p.stale && p.editing && p.editing.block === blockId)
+        .map((p) => ({ clientId: p.clientId, name: p.user.name, color: p.user.color, part: p.editing!.part, field: p.editing!.field })),
+    (a, b) => JSON.stringify(a) === JSON.stringify(b),
+  )
+  const typing = (part: FieldPart, field: string) => typists.filter((t) => t.part === part && t.field === field)
   if (!blockId || !block) {
     return (
       <section className="panel inspector">
@@ -24,16 +42,16 @@ export function Inspector({ blockId, count }: { blockId: string | undefined; cou
       </h2>
       {spec?.description && <p className="muted small">{spec.description}</p>}
       <label className="field">
-        <span>Label</span>
-        <input
-          data-testid="field-label"
-          value={typeof block.data.label === 'string' ? block.data.label : ''}
-          onChange={(e) => room.workflow.updateBlock(block.id, { data: { label: e.target.value } })}
-        />
+        <span>
+          Label <Typists typists={typing('data', 'label')} testid="typing-label" />
+        </span>
+        <TextInput key={`${block.id}:label`} testid="field-label" blockId={block.id} part="data" field="label" />
       </label>
       {[...Object.entries(spec?.fields ?? {}), ...Object.entries(commonFields())].map(([name, f]) => (
         <Field
           key={`${block.id}:${name}`}
+          blockId={block.id}
+          typists={typing('config', name)}
           name={name}
           spec={f}
           value={block.config[name]}
@@ -54,6 +72,8 @@ function commonFields(): Record<string, FieldSpec> {
 }
 
 interface FieldProps {
+  blockId: string
+  typists: Typist[]
   name: string
   spec: FieldSpec
   value: unknown
@@ -61,33 +81,77 @@ interface FieldProps {
   onChange: (v: unknown) => void
 }
 
-function Field({ name, spec, value, problem, onChange }: FieldProps) {
+function Field({ blockId, typists, name, spec, value, problem, onChange }: FieldProps) {
   const label = spec.label ?? name
   return (
     <label className={`field${problem ? ' invalid' : ''}`}>
       <span>
         {label}
         {spec.required && <em className="req"> *</em>}
+        <Typists typists={typists} testid={`typing-${name}`} />
       </span>
-      <FieldInput name={name} spec={spec} value={value} onChange={onChange} />
+      <FieldInput blockId={blockId} name={name} spec={spec} value={value} onChange={onChange} />
       {spec.help && <small className="muted">{spec.help}</small>}
       {problem && <small className="problem">{problem}</small>}
     </label>
   )
 }
 
-function FieldInput({ name, spec, value, onChange }: Omit<FieldProps, 'problem'>) {
+/** Who else is typing in a field: a coloured name per peer. */
+function Typists({ typists, testid }: { typists: Typist[]; testid: string }) {
+  if (typists.length === 0) return null
+  return (
+    <span className="typists" data-testid={testid}>
+      {typists.map((t) => (
+        <span key={t.clientId} className="typist" style={{ color: t.color }}>
+          {t.name} is typing
+        </span>
+      ))}
+    </span>
+  )
+}
+
+/**
+ * An input bound to a collaborative text field (`bindTextInput`): uncontrolled, so React never
+ * resets the value under the caret; others' edits arrive as deltas that keep my caret on my
+ * characters. Focus is shared as presence (`editing`), so others see who types where.
+ */
+function TextInput(props: { blockId: string; part: FieldPart; field: string; testid: string; multiline?: boolean; placeholder?: string }) {
+  const { blockId, part, field, testid, multiline, placeholder } = props
+  const room = useRoom()
+  const ref = useRef<HTMLInputElement & HTMLTextAreaElement>(null)
+  useEffect(() => {
+    // A cleared config field is removed, as before text fields: absent means its default.
+    const unbind = bindTextInput(ref.current!, room.workflow, blockId, part, field, { deleteWhenEmpty: part === 'config' })
+    return () => {
+      unbind()
+      const e = room.presence.me().editing
+      // Unmounted while focused (another block selected): no blur event comes.
+      if (e && e.block === blockId && e.part === part && e.field === field) room.presence.update({ editing: null })
+    }
+  }, [room, blockId, part, field])
+  const common = {
+    ref,
+    'data-testid': testid,
+    placeholder,
+    onFocus: () => room.presence.update({ editing: { block: blockId, part, field } }),
+    onBlur: () => room.presence.update({ editing: null }),
+  }
+  return multiline ? <textarea {...common} rows={3} className="mono" /> : <input {...common} />
+}
+
+function FieldInput({ blockId, name, spec, value, onChange }: Omit<FieldProps, 'problem' | 'typists'>) {
   const testid = `field-${name}`
   switch (spec.kind) {
     case 'template':
       return (
-        <textarea
-          data-testid={testid}
-          rows={3}
-          className="mono"
-          value={typeof value === 'string' ? value : ''}
+        <TextInput
+          testid={testid}
+          blockId={blockId}
+          part="config"
+          field={name}
+          multiline
           placeholder={typeof spec.default === 'string' ? spec.default : undefined}
-          onChange={(e) => onChange(e.target.value === '' ? undefined : e.target.value)}
         />
       )
     case 'expression':

@@ -3,6 +3,23 @@ export { ResonantClient } from './client.js'
 export { Room, type RoomEvent } from './room.js'
 export { WorkflowDoc, type WorkflowChange, type BlockPatch } from './workflow.js'
 export { UndoController } from './undo.js'
+export {
+  isTextField,
+  diffText,
+  transformIndex,
+  transformSelection,
+  spliceDelta,
+  readText,
+  applyDelta,
+  bindTextInput,
+  type TextInputLike,
+  type TextHost,
+  type BindTextOptions,
+  type FieldPart,
+  type TextSplice,
+  type TextDelta,
+  type Selection,
+} from './text.js'
 export { Presence } from './presence.js'
 export { fold as foldExecutionEvent, type ExecutionHandle } from './executions.js'
 export {

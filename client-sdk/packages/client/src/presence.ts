@@ -24,7 +24,7 @@ export class Presence {
     private readonly throttleMs: number,
     private readonly staleGraceMs: number,
   ) {
-    this.state = { user, cursor: null, selected: null, drag: null }
+    this.state = { user, cursor: null, selected: null, drag: null, editing: null }
     awareness.setLocalState(this.state)
     awareness.on('change', this.onChange)
   }
@@ -128,6 +128,7 @@ export class Presence {
         cursor: st.cursor ?? null,
         selected: st.selected ?? null,
         drag: st.drag ?? null,
+        editing: st.editing ?? null,
         stale: false,
       }
       if (!prev || prev.stale || JSON.stringify(prev) !== JSON.stringify(next)) {

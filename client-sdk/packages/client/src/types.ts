@@ -37,6 +37,8 @@ export interface PresenceState {
   selected: string | null
   /** A block being dragged and where it is right now (written to the document only on drop). */
   drag: { blockId: string; position: FlowPoint } | null
+  /** The text field being edited (focused), for per-field presence: `part` is `data` or `config`. */
+  editing: { block: string; part: 'data' | 'config'; field: string } | null
 }
 
 /** Another editor in the room. */

@@ -1,5 +1,6 @@
 import * as Y from 'yjs'
 import { specOf } from './schema.js'
+import { isTextField, setTextField, watchTextMigrations, type FieldPart } from './text.js'
 import type {
   Block,
   BlockType,
@@ -63,6 +64,7 @@ export class WorkflowDoc {
     this.viewportMap = doc.getMap('viewport')
     this.metaMap = doc.getMap('meta')
     doc.on('afterTransaction', (txn: Y.Transaction) => this.afterTransaction(txn))
+    watchTextMigrations(doc, origin)
   }
 
   private afterTransaction(txn: Y.Transaction) {
@@ -191,8 +193,8 @@ export class WorkflowDoc {
     m.set('id', id)
     m.set('type', b.type)
     m.set('position', { x: b.position.x, y: b.position.y })
-    m.set('data', toYMap({ label: spec.label, ...(b.data ?? {}) }))
-    m.set('config', toYMap(config))
+    m.set('data', toYMap({ label: spec.label, ...(b.data ?? {}) }, (k) => isTextField(b.type, 'data', k)))
+    m.set('config', toYMap(config, (k) => isTextField(b.type, 'config', k)))
     this.transact(() => this.blocksArray.push([m]))
     return id
   }
@@ -207,6 +209,33 @@ export class WorkflowDoc {
       }
       if (patch.data) mergeInto(m, 'data', patch.data)
       if (patch.config) mergeInto(m, 'config', patch.config)
+    })
+  }
+
+  /**
+   * The `Y.Text` of a text field (see `isTextField`), for binding an editor to it; undefined
+   * while the field holds a plain string (migrated on its first edit) or nothing.
+   */
+  textOf(blockId: string, part: FieldPart, field: string): Y.Text | undefined {
+    const i = this.indexOf(blockId)
+    const fields = i < 0 ? undefined : this.blocksArray.get(i).get(part)
+    const v = fields instanceof Y.Map ? fields.get(field) : undefined
+    return v instanceof Y.Text ? v : undefined
+  }
+
+  /**
+   * Sets a text field to `value` as a diff into its `Y.Text` (migrating a plain string first),
+   * one transaction; `caret` (the caret in `value`) disambiguates where the edit happened.
+   */
+  setText(blockId: string, part: FieldPart, field: string, value: string, caret?: number) {
+    const m = this.mapOf(blockId)
+    this.transact(() => {
+      let fields = m.get(part)
+      if (!(fields instanceof Y.Map)) {
+        fields = toYMap(isObject(fields) ? (fields as Record<string, unknown>) : {})
+        m.set(part, fields)
+      }
+      setTextField(fields as Y.Map<unknown>, field, value, caret)
     })
   }
 
@@ -314,7 +343,7 @@ function readBlock(m: Y.Map<unknown>): Block {
 }
 
 /** Merges keys into a nested map; a plain object written by another client becomes a map. */
-function mergeInto(m: Y.Map<unknown>, key: string, patch: Record<string, unknown>) {
+function mergeInto(m: Y.Map<unknown>, key: FieldPart, patch: Record<string, unknown>) {
   let target = m.get(key)
   if (!(target instanceof Y.Map)) {
     const current = isObject(target) ? (target as Record<string, unknown>) : {}
@@ -324,13 +353,18 @@ function mergeInto(m: Y.Map<unknown>, key: string, patch: Record<string, unknown
   const t = target as Y.Map<unknown>
   for (const [k, v] of Object.entries(patch)) {
     if (v === undefined) t.delete(k)
+    // Text fields change as a diff, so concurrent typing merges (text.ts).
+    else if (typeof v === 'string' && isTextField(m.get('type'), key, k)) setTextField(t, k, v)
     else if (JSON.stringify(t.get(k)) !== JSON.stringify(v)) t.set(k, clone(v))
   }
 }
 
-function toYMap(obj: Record<string, unknown>): Y.Map<unknown> {
+function toYMap(obj: Record<string, unknown>, isText?: (key: string) => boolean): Y.Map<unknown> {
   const m = new Y.Map<unknown>()
-  for (const [k, v] of Object.entries(obj)) if (v !== undefined) m.set(k, clone(v))
+  for (const [k, v] of Object.entries(obj)) {
+    if (v === undefined) continue
+    m.set(k, typeof v === 'string' && isText?.(k) ? new Y.Text(v) : clone(v))
+  }
   return m
 }
 
