@@ -1,4 +1,4 @@
-//! The TypeScript SDK's `block-schema.json` (block types, handles and config fields for the
+//! The TypeScript SDK's `block-schema.ts` (block types, handles and config fields for the
 //! editor's forms) against the server's own validation: a type, required field, enum value,
 //! bound or default changed on one side and not the other fails here.
 
@@ -6,13 +6,18 @@ use resonant::engine::graph::{BlockKind, Problem};
 use resonant::engine::retry::RetryPolicy;
 use serde_json::{json, Map, Value};
 
-const SCHEMA: &str = include_str!("../client-sdk/packages/client/src/block-schema.json");
+const SCHEMA: &str = include_str!("../client-sdk/packages/client/src/block-schema.ts");
 
 /// The id of the block under test in every workflow built here.
 const B: &str = "b";
 
 fn schema() -> Value {
-    serde_json::from_str(SCHEMA).expect("block-schema.json is JSON")
+    // The module's default export is a JSON object literal.
+    let json = SCHEMA
+        .split_once("export default ")
+        .expect("block-schema.ts has a default export")
+        .1;
+    serde_json::from_str(json).expect("block-schema.ts exports a JSON object")
 }
 
 fn types(schema: &Value) -> &Map<String, Value> {
@@ -208,7 +213,7 @@ fn the_types_are_the_servers_types() {
     let mut sorted = ours.clone();
     sorted.sort();
     servers.sort();
-    assert_eq!(sorted, servers, "block-schema.json types vs BlockKind::ALL");
+    assert_eq!(sorted, servers, "block-schema.ts types vs BlockKind::ALL");
     for (kind, def) in types(&schema) {
         assert_eq!(
             BlockKind::parse(kind).map(BlockKind::as_str),

@@ -1,4 +1,4 @@
-import schemaJson from './block-schema.json' with { type: 'json' }
+import schemaJson from './block-schema.js'
 import type { BlockType } from './types.js'
 
 /** How a config field is edited and checked. */

@@ -1,34 +1,5 @@
-export {
-  ResonantProvider,
-  RoomProvider,
-  useClient,
-  useRoom,
-  useRoomOrNull,
-  type ResonantProviderProps,
-  type RoomProviderProps,
-} from './context.js'
-export {
-  useStatus,
-  useSaveStatus,
-  useSynced,
-  useLoaded,
-  useRoomError,
-  useBlocks,
-  useBlock,
-  useConnections,
-  useViewport,
-  useMeta,
-  useMyPresence,
-  useOthers,
-  useUndoRedo,
-  useRunWorkflow,
-  useExecution,
-  useExecutions,
-  useLatestExecution,
-  useBlockExecution,
-  type UndoRedo,
-  type RunWorkflow,
-} from './hooks.js'
+/** `@resonant/react`: the provider, hooks and the React Flow binding (`useFlow`, `ResonantFlow`). */
+export * from './core.js'
 export {
   useFlow,
   ResonantFlow,
@@ -42,4 +13,3 @@ export {
   type ResonantFlowProps,
   type RemoteCursorsProps,
 } from './flow.js'
-export { shallowEqual, jsonEqual, useSelectedStore, type Equality } from './store.js'
