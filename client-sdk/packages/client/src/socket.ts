@@ -182,7 +182,11 @@ export class ManagedSocket {
 }
 
 function toBytes(data: unknown): Uint8Array | null {
-  if (data instanceof ArrayBuffer) return new Uint8Array(data)
+  // Not `instanceof ArrayBuffer`: a buffer from another realm (an iframe's socket, Node's `ws`
+  // under jsdom) fails it, and every frame would be dropped.
+  if (data instanceof ArrayBuffer || Object.prototype.toString.call(data) === '[object ArrayBuffer]') {
+    return new Uint8Array(data as ArrayBuffer)
+  }
   if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
   return null
 }
