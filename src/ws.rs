@@ -493,7 +493,17 @@ enum ConnectionMessage {
         #[serde(default)]
         id: serde_json::Value,
     },
+    /// An ephemeral event for the room's other editors (a reaction, "I am running this"):
+    /// relayed, never stored, not part of the document.
+    Broadcast {
+        #[serde(default)]
+        event: serde_json::Value,
+    },
 }
+
+/// Largest broadcast event, in bytes of JSON: each is copied to every editor in the room, so
+/// it is kept far below the 64 KiB a stateless message may carry.
+const MAX_BROADCAST_BYTES: usize = 8 << 10;
 
 /// What [`connection_message`] did with a frame.
 enum Handled {
@@ -505,7 +515,8 @@ enum Handled {
     Refreshed,
 }
 
-/// Handles `{"type":"auth","token":…}` and `{"type":"ping","id":…}`.
+/// Handles `{"type":"auth","token":…}`, `{"type":"ping","id":…}` and
+/// `{"type":"broadcast","event":…}`.
 async fn connection_message(
     app: &AppState,
     session: &Session,
@@ -529,6 +540,28 @@ async fn connection_message(
     match msg {
         ConnectionMessage::Ping { id } => {
             reply(serde_json::json!({ "type": "pong", "id": id }));
+            Handled::Yes
+        }
+        ConnectionMessage::Broadcast { event } => {
+            // The event's own size, as the others will receive it.
+            let event = event.to_string();
+            if event.len() > MAX_BROADCAST_BYTES {
+                session.send_error(
+                    "broadcast-too-large",
+                    &format!(
+                        "a broadcast event may be {MAX_BROADCAST_BYTES} bytes of JSON, this one is {}",
+                        event.len()
+                    ),
+                );
+                return Handled::Yes;
+            }
+            let msg = format!(
+                r#"{{"type":"broadcast","event":{event},"from":{{"userId":{}}}}}"#,
+                serde_json::Value::from(auth.user.as_str())
+            );
+            session
+                .room()
+                .send_to_extended_peers(&protocol::encode_stateless(&msg), session.peer().id());
             Handled::Yes
         }
         ConnectionMessage::Auth { token } => match app.auth.authenticate(token.as_deref()).await {

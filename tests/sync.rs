@@ -97,6 +97,68 @@ fn pongs(c: &ClientState) -> Vec<serde_json::Value> {
         .collect()
 }
 
+fn broadcasts(c: &ClientState) -> Vec<serde_json::Value> {
+    c.stateless
+        .iter()
+        .map(|m| serde_json::from_str::<serde_json::Value>(m).unwrap())
+        .filter(|m| m["type"] == "broadcast")
+        .collect()
+}
+
+#[tokio::test]
+async fn broadcast_events_reach_the_other_opted_in_editors_only_and_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), |_| {}).await;
+    let url = room_url(server.addr(), "broadcast");
+    let mut a = Client::connect_synced(&url).await;
+    let mut b = Client::connect_synced(&url).await;
+    let mut stock = Client::connect_synced(&url).await;
+    // A pong proves the server has taken each opt-in before anything is broadcast.
+    for c in [&mut a, &mut b] {
+        c.opt_in().await;
+        let ping = serde_json::json!({ "type": "ping", "id": 1 }).to_string();
+        c.send(resonant_client::protocol::encode_stateless(&ping))
+            .await;
+        c.until("the pong", |c| !pongs(c).is_empty()).await;
+    }
+    let send = |event: serde_json::Value| {
+        let msg = serde_json::json!({ "type": "broadcast", "event": event }).to_string();
+        resonant_client::protocol::encode_stateless(&msg)
+    };
+    let event = serde_json::json!({ "kind": "reaction", "emoji": "👍", "at": [1, 2] });
+    a.send(send(event.clone())).await;
+    b.until("a's event", |c| !broadcasts(c).is_empty()).await;
+    let got = broadcasts(&b);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["event"], event);
+    assert!(got[0]["from"]["userId"].is_string(), "{got:?}");
+
+    // Too large: refused with an error to the sender alone; its connection and the room go on.
+    let big = serde_json::json!({ "blob": "x".repeat(9000) });
+    a.send(send(big)).await;
+    a.until("the refusal", |c| {
+        c.stateless
+            .iter()
+            .any(|m| m.contains("broadcast-too-large"))
+    })
+    .await;
+    a.send(send(serde_json::json!("second"))).await;
+    b.until("a's second event", |c| broadcasts(c).len() == 2)
+        .await;
+    assert_eq!(
+        broadcasts(&b)[1]["event"],
+        "second",
+        "the oversized one never arrived"
+    );
+    // The sender hears no echo; a stock client (y-websocket) never sees the extension.
+    b.edit(|_, txn| add_block(txn, "sync still works", 0.0))
+        .await;
+    a.until("b's block", |c| block_count(c) == 1).await;
+    stock.until("b's block", |c| block_count(c) == 1).await;
+    assert!(broadcasts(&a).is_empty());
+    assert!(stock.stateless.is_empty(), "{:?}", stock.stateless);
+}
+
 #[tokio::test]
 async fn ping_is_answered_with_its_id_and_leaves_sync_alone() {
     let dir = tempfile::tempdir().unwrap();

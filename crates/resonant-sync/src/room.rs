@@ -570,6 +570,17 @@ impl Room {
         }
     }
 
+    /// Sends `msg` to every connection in the room that opted into the extensions, except
+    /// `from`: a client's broadcast event reaches the others, never a stock client.
+    pub fn send_to_extended_peers(&self, msg: &Bytes, from: u64) {
+        let peers = self.shared.peers.lock();
+        for p in &peers.list {
+            if p.id() != from && p.extensions() {
+                p.send(msg);
+            }
+        }
+    }
+
     /// Runs `f` with read access to the document (for tests and, later, executions).
     pub fn with_doc<R>(&self, f: impl FnOnce(&Doc) -> R) -> R {
         f(&self.state.lock().doc)
