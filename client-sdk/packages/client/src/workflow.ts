@@ -83,6 +83,7 @@ export class WorkflowDoc {
   private metaValue: Record<string, unknown> | null = null
   private listeners = new Set<(c: WorkflowChange) => void>()
   private repairListeners = new Set<(r: RepairReport) => void>()
+  private editKeyListeners = new Set<(key: string | null) => void>()
   // The index. Several maps per id only while a concurrent conflict waits for its repair.
   private blockMaps = new Map<string, YMap[]>()
   private blockIdOf = new Map<YMap, string>()
@@ -423,8 +424,23 @@ export class WorkflowDoc {
     return this.metaValue
   }
 
-  /** Runs `fn` as one transaction: one undo step, one update on the wire. */
+  /** Runs `fn` as one transaction: one undo step (never merged with another), one update on the wire. */
   transact(fn: () => void) {
+    this.edit(null, fn)
+  }
+
+  /**
+   * Calls `cb` before each of my edits through these helpers with what it edits: consecutive
+   * edits with the same key (typing into one field, nudging one block) may share an undo step;
+   * a null key (adding, removing, connecting, `transact`) never shares one.
+   */
+  onEditKey(cb: (key: string | null) => void): Unsubscribe {
+    this.editKeyListeners.add(cb)
+    return () => this.editKeyListeners.delete(cb)
+  }
+
+  private edit(key: string | null, fn: (txn: Y.Transaction) => void) {
+    for (const l of [...this.editKeyListeners]) l(key)
     this.doc.transact(fn, this.origin)
   }
 
@@ -447,7 +463,7 @@ export class WorkflowDoc {
     m.set('data', toYMap({ label: spec.label, ...(b.data ?? {}) }))
     m.set('config', toYMap(config))
     // insert at the end, not push: push walks from the first item when the array has no search marker.
-    this.transact(() => this.blocksArray.insert(this.blocksArray.length, [m]))
+    this.edit(null, () => this.blocksArray.insert(this.blocksArray.length, [m]))
     this.indexBlock(m)
     return id
   }
@@ -455,7 +471,8 @@ export class WorkflowDoc {
   /** Merges a patch into one block. */
   updateBlock(id: string, patch: BlockPatch) {
     const m = this.mapOf(id)
-    this.transact(() => {
+    const keys = (o?: Record<string, unknown>) => (o ? Object.keys(o).sort().join(',') : '')
+    this.edit(`update:${id}:${patch.type !== undefined}:${keys(patch.data)}:${keys(patch.config)}`, () => {
       if (patch.type !== undefined) {
         if (!specOf(patch.type)) throw new Error(`unknown block type ${patch.type}`)
         m.set('type', patch.type)
@@ -468,7 +485,7 @@ export class WorkflowDoc {
   /** Moves one block (a drag lands here once, on drop). */
   moveBlock(id: string, position: FlowPoint) {
     const m = this.mapOf(id)
-    this.transact(() => m.set('position', { x: position.x, y: position.y }))
+    this.edit(`move:${id}`, () => m.set('position', { x: position.x, y: position.y }))
   }
 
   /** Removes a block and every connection touching it, in one transaction. */
@@ -488,10 +505,10 @@ export class WorkflowDoc {
       for (const c of this.connsByBlock.get(id) ?? []) conns.add(c)
     }
     if (!blocks.length && !conns.size) return
-    this.doc.transact((txn) => {
+    this.edit(null, (txn) => {
       deleteMaps(txn, this.connectionsArray, conns)
       deleteMaps(txn, this.blocksArray, blocks)
-    }, this.origin)
+    })
     for (const c of conns) this.unindexConn(c)
     for (const m of blocks) this.unindexBlock(m)
   }
@@ -515,7 +532,7 @@ export class WorkflowDoc {
     m.set('target', c.target)
     if (sh !== null) m.set('sourceHandle', sh)
     if (th !== null) m.set('targetHandle', th)
-    this.transact(() => this.connectionsArray.insert(this.connectionsArray.length, [m]))
+    this.edit(null, () => this.connectionsArray.insert(this.connectionsArray.length, [m]))
     this.indexConn(m)
     return id
   }
@@ -525,7 +542,7 @@ export class WorkflowDoc {
     const conns = new Set<YMap>()
     for (const id of ids) for (const c of this.connsById.get(id) ?? []) conns.add(c)
     if (!conns.size) return
-    this.doc.transact((txn) => deleteMaps(txn, this.connectionsArray, conns), this.origin)
+    this.edit(null, (txn) => deleteMaps(txn, this.connectionsArray, conns))
     for (const c of conns) this.unindexConn(c)
   }
 
@@ -540,7 +557,7 @@ export class WorkflowDoc {
 
   /** Sets one `meta` key (undefined deletes it). */
   setMeta(key: string, value: unknown) {
-    this.transact(() => (value === undefined ? this.metaMap.delete(key) : this.metaMap.set(key, value)))
+    this.edit(`meta:${key}`, () => (value === undefined ? this.metaMap.delete(key) : this.metaMap.set(key, value)))
   }
 
   private mapOf(id: string): YMap {

@@ -182,7 +182,6 @@ describe('concurrent edits are repaired', () => {
     const b = peer(2)
     chain(a, b)
     const undo = new UndoController(a.wf, a.origin)
-    undo.manager.captureTimeout = 0
     b.wf.removeBlock('out')
     a.wf.connect({ source: 'in', target: 'out' })
     sync(a, b)
@@ -253,5 +252,60 @@ describe('the index', () => {
     expect(more.slice(0, 2)).toEqual(conns)
     expect(more[0]).toBe(conns[0])
     expect(a.wf.blocks()).toBe(after)
+  })
+})
+
+describe('undo steps', () => {
+  /** A peer with an undo controller on a clock the test moves. */
+  function editor() {
+    const p = peer(1)
+    let now = 1_000_000
+    const undo = new UndoController(p.wf, p.origin, { now: () => now })
+    return { ...p, undo, tick: (ms: number) => (now += ms) }
+  }
+
+  it('a word typed key by key is one step; a pause of 500 ms starts the next', () => {
+    const e = editor()
+    e.wf.addBlock({ id: 'gen', type: 'ai', position: { x: 0, y: 0 } })
+    const type = (text: string, from = '') => {
+      for (let i = 1; i <= text.length; i++) {
+        e.tick(120)
+        e.wf.updateBlock('gen', { data: { label: from + text.slice(0, i) } })
+      }
+    }
+    type('Write')
+    e.tick(600)
+    type(' about', 'Write')
+    expect(e.undo.manager.undoStack).toHaveLength(3) // the add, then one per word
+    e.undo.undo()
+    expect(e.wf.block('gen')!.data.label).toBe('Write')
+    e.undo.undo()
+    expect(e.wf.block('gen')!.data.label).toBe('AI')
+    e.undo.redo()
+    expect(e.wf.block('gen')!.data.label).toBe('Write')
+  })
+
+  it('different fields, structural actions and grouped transactions stay separate steps however fast', () => {
+    const e = editor()
+    e.wf.addBlock({ id: 'a', type: 'transform', position: { x: 0, y: 0 } })
+    e.tick(10)
+    e.wf.addBlock({ id: 'b', type: 'output', position: { x: 0, y: 0 } })
+    e.tick(10)
+    e.wf.connect({ source: 'a', target: 'b' })
+    e.tick(10)
+    e.wf.updateBlock('a', { data: { label: 'x' } })
+    e.tick(10)
+    e.wf.updateBlock('a', { config: { template: 'y' } })
+    e.tick(10)
+    e.wf.moveBlock('a', { x: 5, y: 5 })
+    e.tick(10)
+    e.wf.moveBlock('a', { x: 6, y: 6 }) // a nudge of the same block merges
+    e.tick(10)
+    e.wf.transact(() => e.wf.updateBlock('a', { config: { template: 'z' } }))
+    e.tick(10)
+    e.wf.transact(() => e.wf.updateBlock('a', { config: { template: 'w' } }))
+    expect(e.undo.manager.undoStack).toHaveLength(8)
+    e.undo.undo()
+    expect(e.wf.block('a')!.config.template).toBe('z')
   })
 })
