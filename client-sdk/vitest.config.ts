@@ -1,6 +1,13 @@
+import { fileURLToPath } from 'node:url'
 import { defineConfig } from 'vitest/config'
 
 export default defineConfig({
+  resolve: {
+    // The packages' sources, as the demo builds them (no dist/ needed to test).
+    alias: {
+      '@resonant/client': fileURLToPath(new URL('./packages/client/src/index.ts', import.meta.url)),
+    },
+  },
   test: {
     include: ['packages/*/test/**/*.test.ts'],
     testTimeout: 60000,

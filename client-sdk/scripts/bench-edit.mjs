@@ -1,7 +1,8 @@
 // Per-edit cost of the workflow helpers at 100, 1k and 10k blocks: median µs of one
 // updateBlock / moveBlock / connect / removeBlock, each followed by what an editor reads
 // afterwards (`blocks()` / `connections()`), and of one drag step through the React Flow
-// binding's model when it exists. Run: `node scripts/bench-edit.mjs` (bundles the TypeScript
+// binding's model (dragStep) and through a copy of the binding's per-step work before it
+// (dragStepOld). Run: `node scripts/bench-edit.mjs` (bundles the TypeScript
 // sources with esbuild first; no server needed).
 import { build } from 'esbuild'
 import { mkdtempSync, writeFileSync, existsSync } from 'node:fs'
@@ -20,7 +21,16 @@ writeFileSync(
     (existsSync(model) ? `export * as flow from ${JSON.stringify(model)}\n` : ''),
 )
 const out = path.join(dir, 'bundle.mjs')
-await build({ entryPoints: [entry], bundle: true, format: 'esm', platform: 'node', outfile: out, logLevel: 'warning', nodePaths: [path.join(root, 'node_modules')] })
+await build({
+  entryPoints: [entry],
+  bundle: true,
+  format: 'esm',
+  platform: 'node',
+  outfile: out,
+  logLevel: 'warning',
+  conditions: ['source'],
+  nodePaths: [path.join(root, 'node_modules')],
+})
 const { client, Y, flow } = await import(pathToFileURL(out).href)
 
 function median(xs) {
@@ -93,8 +103,42 @@ for (const size of [100, 1000, 10000]) {
       m.nodes()
     })
   }
+  {
+    // The binding before FlowModel (useFlow's per-step work, copied from its last version):
+    // the local state map copied, every node's cache key rebuilt, the selection refiltered.
+    const { wf, ids } = setup(size)
+    const blocks = wf.blocks()
+    let local = new Map(blocks.map((b) => [b.id, { measured: { width: 150, height: 40 } }]))
+    let cache = new Map()
+    const id = ids[Math.floor(size / 2)]
+    local.set(id, { ...local.get(id), selected: true })
+    const remote = { drags: {}, selections: {} }
+    r.dragStepOld = time(runs, (i) => {
+      const m = new Map(local)
+      m.set(id, { ...m.get(id), dragging: true, position: { x: i, y: i } })
+      local = m
+      const next = new Map()
+      const out = blocks.map((block) => {
+        const loc = local.get(block.id)
+        const drag = remote.drags[block.id]
+        const sel = remote.selections[block.id] ?? []
+        const key = [block, loc, drag ? JSON.stringify(drag) : '', sel.length ? JSON.stringify(sel) : '']
+        const prev = cache.get(block.id)
+        if (prev && prev.key.every((k, j) => k === key[j])) {
+          next.set(block.id, prev)
+          return prev.node
+        }
+        const node = { id: block.id, type: block.type, position: loc?.position ?? block.position, data: { block }, selected: !!loc?.selected }
+        next.set(block.id, { key, node })
+        return node
+      })
+      cache = next
+      blocks.filter((b) => local.get(b.id)?.selected).map((b) => b.id)
+      return out
+    })
+  }
   rows.push(r)
 }
-const cols = ['updateBlock', 'moveBlock', 'connect', 'removeBlock', 'dragStep']
+const cols = ['updateBlock', 'moveBlock', 'connect', 'removeBlock', 'dragStep', 'dragStepOld']
 console.log(`median µs per edit   ${cols.map((c) => c.padStart(12)).join('')}`)
 for (const r of rows) console.log(`${String(r.size).padStart(6)} blocks       ${cols.map((c) => (r[c] === undefined ? '-' : r[c].toFixed(1)).padStart(12)).join('')}`)

@@ -36,9 +36,11 @@ export {
   type BlockNode,
   type BlockNodeData,
   type ConnectionEdge,
+  type ConnectionEdgeData,
   type FlowBinding,
   type UseFlowOptions,
   type ResonantFlowProps,
   type RemoteCursorsProps,
 } from './flow.js'
+export { FlowModel, selectRemote, type LocalNodeState, type RemoteInfo, type NodeChangeResult } from './flow-model.js'
 export { shallowEqual, jsonEqual, useSelectedStore, type Equality } from './store.js'
