@@ -439,6 +439,15 @@ export class WorkflowDoc {
     return () => this.editKeyListeners.delete(cb)
   }
 
+  /**
+   * Runs `fn` as one transaction that shares an undo step with my previous one if that had the
+   * same `key` and came less than the capture window (500 ms) before: for bindings that write
+   * per keystroke (a text field's binding passes `text:<block>:<field>`). Null never shares.
+   */
+  transactMerging(key: string | null, fn: () => void) {
+    this.edit(key, fn)
+  }
+
   private edit(key: string | null, fn: (txn: Y.Transaction) => void) {
     for (const l of [...this.editKeyListeners]) l(key)
     this.doc.transact(fn, this.origin)

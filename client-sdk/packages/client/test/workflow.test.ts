@@ -317,5 +317,19 @@ describe('undo steps', () => {
     expect(e.undo.manager.undoStack).toHaveLength(8)
     e.undo.undo()
     expect(e.wf.block('a')!.config.template).toBe('z')
+    // A binding's own keyed writes (a text field, say) merge the same way.
+    const text = new Y.Text()
+    const data = e.wf.blocksArray.get(0).get('data') as Y.Map<unknown>
+    e.wf.transact(() => data.set('notes', text))
+    for (const ch of 'hey') {
+      e.tick(50)
+      e.wf.transactMerging('text:a:notes', () => text.insert(text.length, ch))
+    }
+    e.tick(50)
+    e.wf.updateBlock('a', { data: { label: 'after' } })
+    expect(e.undo.manager.undoStack).toHaveLength(10)
+    e.undo.undo()
+    e.undo.undo()
+    expect(text.toString()).toBe('')
   })
 })
