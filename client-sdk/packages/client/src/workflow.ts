@@ -72,6 +72,8 @@ export class WorkflowDoc {
   readonly viewportMap: Y.Map<unknown>
   /** The `meta` map. */
   readonly metaMap: Y.Map<unknown>
+  /** Whether this replica repairs conflicts; the room turns it off on a read-only connection, whose repairs the server would refuse. */
+  repairs = true
   /** Transaction origin of repairs: not the user's action, so never an undo step. */
   readonly repairOrigin = { local: true, repair: true }
   // Keyed by the block's map, so a block deleted and re-created under the same id is re-read.
@@ -179,7 +181,7 @@ export class WorkflowDoc {
     if (change.meta) this.metaValue = null
     for (const l of [...this.listeners]) l(change)
     // Yjs runs a transaction started here after this one's observers, as its own update.
-    if (txn.origin !== this.repairOrigin && (suspectIds.size || suspectConns.size)) this.repair(suspectIds, suspectConns)
+    if (this.repairs && txn.origin !== this.repairOrigin && (suspectIds.size || suspectConns.size)) this.repair(suspectIds, suspectConns)
   }
 
   /**
