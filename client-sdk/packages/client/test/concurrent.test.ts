@@ -2,7 +2,7 @@
 // repaired document is what the server's engine runs.
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import type { ResonantClient, Room } from '../src/index.js'
-import { client, newWorkflow, Proxy, startServer, untilDoc, untilRoom, type Server } from './helpers.js'
+import { client, newWorkflow, Proxy, startServer, until, untilDoc, untilRoom, type Server } from './helpers.js'
 
 let server: Server
 const clients: ResonantClient[] = []
@@ -55,8 +55,16 @@ it('concurrent connect / remove / duplicate edges: both editors repair alike and
     !r.workflow.block('extra') &&
     r.workflow.connections().length === 3 &&
     r.workflow.connections().every((c) => r.workflow.connectionProblem(c) === null)
-  await untilDoc(a, () => settled(a) && edges(a) === edges(b), 'ada to converge')
-  await untilDoc(b, () => settled(b) && edges(a) === edges(b), 'bob to converge')
+  // Re-checked on either document's transactions: the last change may land on either side.
+  const onEither = (cb: () => void) => {
+    a.doc.on('afterTransaction', cb)
+    b.doc.on('afterTransaction', cb)
+    return () => {
+      a.doc.off('afterTransaction', cb)
+      b.doc.off('afterTransaction', cb)
+    }
+  }
+  await until(onEither, () => settled(a) && settled(b) && edges(a) === edges(b), 'both editors to converge on a valid graph')
   expect(a.workflow.connections().map((c) => `${c.source}>${c.target}`).sort()).toEqual(['gen>out', 'in>gen', 'in>out'])
   await untilRoom(a, 'save', () => a.saveStatus === 'saved', 'ada’s repair to be stored')
   await untilRoom(b, 'save', () => b.saveStatus === 'saved', 'bob’s repair to be stored')
