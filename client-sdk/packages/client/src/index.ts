@@ -1,8 +1,8 @@
 /** `@resonant/client`: rooms, save status, workflow helpers, presence, undo and executions. */
 export { ResonantClient } from './client.js'
 export { Room, type RoomEvent } from './room.js'
-export { WorkflowDoc, type WorkflowChange, type BlockPatch } from './workflow.js'
-export { UndoController } from './undo.js'
+export { WorkflowDoc, conditionHandles, type WorkflowChange, type BlockPatch, type RepairReport } from './workflow.js'
+export { UndoController, type UndoOptions } from './undo.js'
 export {
   isTextField,
   diffText,

@@ -645,6 +645,7 @@ export class Room implements ExecutionHost {
   private setReadOnly(readOnly: boolean) {
     if (this._readOnly === readOnly) return
     this._readOnly = readOnly
+    this.workflow.repairs = !readOnly
     this.emit('status')
     this.recompute()
   }

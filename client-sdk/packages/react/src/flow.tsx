@@ -3,9 +3,7 @@ import {
   ReactFlow,
   useReactFlow,
   useStore,
-  type Edge,
   type EdgeChange,
-  type Node,
   type NodeChange,
   type OnConnect,
   type OnDelete,
@@ -17,35 +15,13 @@ import {
   type XYPosition,
   type Connection as FlowConnection,
 } from '@xyflow/react'
-import type { Block, BlockType, Connection, Peer, PresenceUser } from '@resonant/client'
+import type { Peer } from '@resonant/client'
 import { useRoom } from './context.js'
 import { useBlocks, useConnections, useOthers } from './hooks.js'
 import { jsonEqual } from './store.js'
+import { FlowModel, selectRemote, type BlockNode, type ConnectionEdge } from './flow-model.js'
 
-/** `node.data` of a block's node. */
-export interface BlockNodeData extends Record<string, unknown> {
-  /** The block as the document holds it (stable object while unchanged). */
-  block: Block
-  /** `block.data.label`, or the type when there is none. */
-  label: string
-  /** Other editors who selected this block. */
-  selectedBy: PresenceUser[]
-  /** The editor dragging this block right now, if another one is. */
-  draggedBy: PresenceUser | null
-}
-
-/** A React Flow node for a block; `type` is the block type, so `nodeTypes` can key custom nodes by it. */
-export type BlockNode = Node<BlockNodeData, BlockType>
-/** A React Flow edge for a connection. */
-export type ConnectionEdge = Edge
-
-interface LocalNodeState {
-  selected?: boolean
-  dragging?: boolean
-  measured?: { width?: number; height?: number }
-  /** My live drag position (not in the document until the drop). */
-  position?: XYPosition
-}
+export type { BlockNode, BlockNodeData, ConnectionEdge, ConnectionEdgeData } from './flow-model.js'
 
 export interface UseFlowOptions {
   /** Write the viewport to the document when the user stops panning/zooming. Default false. */
@@ -73,27 +49,12 @@ export interface FlowBinding {
   selectedConnectionIds: string[]
 }
 
-interface RemoteInfo {
-  drags: Record<string, { position: XYPosition; user: PresenceUser }>
-  selections: Record<string, PresenceUser[]>
-}
-
-function selectRemote(others: Peer[]): RemoteInfo {
-  const drags: RemoteInfo['drags'] = {}
-  const selections: RemoteInfo['selections'] = {}
-  for (const p of others) {
-    if (p.drag) drags[p.drag.blockId] = { position: p.drag.position, user: p.user }
-    if (p.selected) (selections[p.selected] ??= []).push(p.user)
-  }
-  return { drags, selections }
-}
-
-const NO_USERS: PresenceUser[] = []
-
 /**
  * Binds the room's workflow to React Flow: blocks → nodes, connections → edges.
  * Selection, dragging and measured sizes stay local (never in the document); a drag is
  * written to the document once, on drop, and shared live through presence meanwhile.
+ * A drag step or an edit redoes one node, not every node ({@link FlowModel}). Connections the
+ * server would refuse are drawn dashed red (`edge.data.problem` says why) so they can be deleted.
  */
 export function useFlow(options: UseFlowOptions = {}): FlowBinding {
   const { syncViewport = false, shareDrag = true } = options
@@ -101,110 +62,17 @@ export function useFlow(options: UseFlowOptions = {}): FlowBinding {
   const blocks = useBlocks()
   const connections = useConnections()
   const remote = useOthers(selectRemote, jsonEqual)
-  // Local state lives in refs (read synchronously by the handlers) mirrored into React state.
-  const localNodesRef = useRef<ReadonlyMap<string, LocalNodeState>>(new Map())
-  const localEdgesRef = useRef<ReadonlyMap<string, { selected?: boolean }>>(new Map())
-  const [localNodes, setLocalNodesState] = useState(localNodesRef.current)
-  const [localEdges, setLocalEdgesState] = useState(localEdgesRef.current)
-  const setLocalNodes = useCallback(
-    (fn: (prev: ReadonlyMap<string, LocalNodeState>) => ReadonlyMap<string, LocalNodeState>) => {
-      const next = fn(localNodesRef.current)
-      if (next !== localNodesRef.current) {
-        localNodesRef.current = next
-        setLocalNodesState(next)
-      }
-    },
-    [],
-  )
-  const setLocalEdges = useCallback(
-    (fn: (prev: ReadonlyMap<string, { selected?: boolean }>) => ReadonlyMap<string, { selected?: boolean }>) => {
-      const next = fn(localEdgesRef.current)
-      if (next !== localEdgesRef.current) {
-        localEdgesRef.current = next
-        setLocalEdgesState(next)
-      }
-    },
-    [],
-  )
+  const [model] = useState(() => new FlowModel())
+  // Local changes live in the model; this re-renders when they happened.
+  const [version, setVersion] = useState(0)
+  const rerender = useCallback(() => setVersion(model.version), [model])
   const pendingDrop = useRef(new Map<string, XYPosition>())
 
-  // Forget local state of blocks and connections that no longer exist.
-  useEffect(() => {
-    const ids = new Set(blocks.map((b) => b.id))
-    setLocalNodes((prev) => {
-      if ([...prev.keys()].every((id) => ids.has(id))) return prev
-      return new Map([...prev].filter(([id]) => ids.has(id)))
-    })
-  }, [blocks, setLocalNodes])
-  useEffect(() => {
-    const ids = new Set(connections.map((c) => c.id))
-    setLocalEdges((prev) => {
-      if ([...prev.keys()].every((id) => ids.has(id))) return prev
-      return new Map([...prev].filter(([id]) => ids.has(id)))
-    })
-  }, [connections, setLocalEdges])
-
-  const nodeCache = useRef(new Map<string, { key: unknown[]; node: BlockNode }>())
-  const nodes = useMemo(() => {
-    const next = new Map<string, { key: unknown[]; node: BlockNode }>()
-    const out = blocks.map((block) => {
-      const loc = localNodes.get(block.id)
-      const drag = remote.drags[block.id]
-      const sel = remote.selections[block.id] ?? NO_USERS
-      const dragKey = drag ? JSON.stringify(drag) : ''
-      const selKey = sel.length ? JSON.stringify(sel) : ''
-      const key = [block, loc, dragKey, selKey]
-      const prev = nodeCache.current.get(block.id)
-      if (prev && prev.key.every((k, i) => k === key[i])) {
-        next.set(block.id, prev)
-        return prev.node
-      }
-      const position = loc?.position ?? drag?.position ?? block.position
-      const node: BlockNode = {
-        id: block.id,
-        type: block.type,
-        position,
-        data: {
-          block,
-          label: typeof block.data.label === 'string' && block.data.label ? block.data.label : block.type,
-          selectedBy: sel,
-          draggedBy: !loc?.position && drag ? drag.user : null,
-        },
-        selected: loc?.selected ?? false,
-        dragging: loc?.dragging ?? false,
-      }
-      if (loc?.measured) node.measured = loc.measured
-      next.set(block.id, { key, node })
-      return node
-    })
-    nodeCache.current = next
-    return out
-  }, [blocks, localNodes, remote])
-
-  const edgeCache = useRef(new Map<string, { conn: Connection; selected: boolean; edge: ConnectionEdge }>())
-  const edges = useMemo(() => {
-    const next = new Map<string, { conn: Connection; selected: boolean; edge: ConnectionEdge }>()
-    const out = connections.map((conn) => {
-      const selected = localEdges.get(conn.id)?.selected ?? false
-      const prev = edgeCache.current.get(conn.id)
-      if (prev && prev.conn === conn && prev.selected === selected) {
-        next.set(conn.id, prev)
-        return prev.edge
-      }
-      const edge: ConnectionEdge = {
-        id: conn.id,
-        source: conn.source,
-        target: conn.target,
-        sourceHandle: conn.sourceHandle ?? null,
-        targetHandle: conn.targetHandle ?? null,
-        selected,
-      }
-      next.set(conn.id, { conn, selected, edge })
-      return edge
-    })
-    edgeCache.current = next
-    return out
-  }, [connections, localEdges])
+  model.setBlocks(blocks)
+  model.setConnections(connections)
+  model.setRemote(remote)
+  const nodes = useMemo(() => model.nodes(), [model, blocks, remote, version])
+  const edges = useMemo(() => model.edges(), [model, blocks, connections, version])
 
   const flushDrops = useCallback(
     (final: { id: string; position: XYPosition }[]) => {
@@ -219,66 +87,23 @@ export function useFlow(options: UseFlowOptions = {}): FlowBinding {
           }
         })
       }
-      setLocalNodes((prev) => {
-        const m = new Map(prev)
-        for (const [id] of drops) {
-          const loc = m.get(id)
-          if (loc) m.set(id, { selected: loc.selected, measured: loc.measured })
-        }
-        return m
-      })
+      model.landed(drops.map(([id]) => id))
+      rerender()
       if (shareDrag) room.presence.update({ drag: null })
     },
-    [room, shareDrag, setLocalNodes],
+    [room, shareDrag, model, rerender],
   )
 
   const onNodesChange = useCallback(
     (changes: NodeChange<BlockNode>[]) => {
-      const keyboardMoves: { id: string; position: XYPosition }[] = []
-      setLocalNodes((prev) => {
-        let m: Map<string, LocalNodeState> | null = null
-        const set = (id: string, patch: LocalNodeState) => {
-          m ??= new Map(prev)
-          m.set(id, { ...m.get(id), ...patch })
-        }
-        for (const c of changes) {
-          switch (c.type) {
-            case 'select':
-              if ((m ?? prev).get(c.id)?.selected !== c.selected) set(c.id, { selected: c.selected })
-              break
-            case 'dimensions':
-              if (c.dimensions) {
-                const cur = (m ?? prev).get(c.id)?.measured
-                if (cur?.width !== c.dimensions.width || cur?.height !== c.dimensions.height) {
-                  set(c.id, { measured: { width: c.dimensions.width, height: c.dimensions.height } })
-                }
-              }
-              break
-            case 'position': {
-              if (!c.position) break
-              const dragging = (m ?? prev).get(c.id)?.dragging
-              if (c.dragging) {
-                set(c.id, { dragging: true, position: c.position })
-              } else if (dragging) {
-                // The drop: kept local until onNodeDragStop writes it (once).
-                set(c.id, { dragging: false, position: c.position })
-                pendingDrop.current.set(c.id, c.position)
-              } else {
-                keyboardMoves.push({ id: c.id, position: c.position })
-              }
-              break
-            }
-            default:
-              // add / replace / remove: the document is the source of truth (see onDelete).
-              break
-          }
-        }
-        return m ?? prev
-      })
-      if (keyboardMoves.length) {
+      const before = model.version
+      const { moves, drops } = model.applyNodeChanges(changes)
+      for (const d of drops) pendingDrop.current.set(d.id, d.position)
+      if (model.version !== before) rerender()
+      if (moves.length) {
         const workflow = room.workflow
         workflow.transact(() => {
-          for (const { id, position } of keyboardMoves) workflow.moveBlock(id, position)
+          for (const { id, position } of moves) workflow.moveBlock(id, position)
         })
       }
       if (pendingDrop.current.size) {
@@ -288,21 +113,17 @@ export function useFlow(options: UseFlowOptions = {}): FlowBinding {
         })
       }
     },
-    [room, flushDrops, setLocalNodes],
+    [room, model, flushDrops, rerender],
   )
 
-  const onEdgesChange = useCallback((changes: EdgeChange<ConnectionEdge>[]) => {
-    setLocalEdges((prev) => {
-      let m: Map<string, { selected?: boolean }> | null = null
-      for (const c of changes) {
-        if (c.type === 'select' && (m ?? prev).get(c.id)?.selected !== c.selected) {
-          m ??= new Map(prev)
-          m.set(c.id, { selected: c.selected })
-        }
-      }
-      return m ?? prev
-    })
-  }, [setLocalEdges])
+  const onEdgesChange = useCallback(
+    (changes: EdgeChange<ConnectionEdge>[]) => {
+      const before = model.version
+      model.applyEdgeChanges(changes)
+      if (model.version !== before) rerender()
+    },
+    [model, rerender],
+  )
 
   const onConnect = useCallback(
     (c: FlowConnection) => {
@@ -361,12 +182,8 @@ export function useFlow(options: UseFlowOptions = {}): FlowBinding {
 
   // The same array while the selection is the same: drags and measurements change the local
   // node state 60 times a second, and a new array each time would re-render every consumer.
-  const selectedBlockIds = useStableArray(
-    useMemo(() => blocks.filter((b) => localNodes.get(b.id)?.selected).map((b) => b.id), [blocks, localNodes]),
-  )
-  const selectedConnectionIds = useStableArray(
-    useMemo(() => connections.filter((c) => localEdges.get(c.id)?.selected).map((c) => c.id), [connections, localEdges]),
-  )
+  const selectedBlockIds = model.selectedBlockIds()
+  const selectedConnectionIds = model.selectedConnectionIds()
 
   // Share my selection (the first selected block) through presence.
   const firstSelected = selectedBlockIds[0] ?? null
@@ -558,12 +375,4 @@ export function ResonantFlow(props: ResonantFlowProps) {
       {children}
     </ReactFlow>
   )
-}
-
-/** Returns the previous array while its items are the same. */
-function useStableArray<T>(next: T[]): T[] {
-  const ref = useRef(next)
-  const prev = ref.current
-  if (prev !== next && (prev.length !== next.length || prev.some((x, i) => x !== next[i]))) ref.current = next
-  return ref.current
 }

@@ -8,8 +8,10 @@ export {
   type BlockNode,
   type BlockNodeData,
   type ConnectionEdge,
+  type ConnectionEdgeData,
   type FlowBinding,
   type UseFlowOptions,
   type ResonantFlowProps,
   type RemoteCursorsProps,
 } from './flow.js'
+export { FlowModel, selectRemote, type LocalNodeState, type RemoteInfo, type NodeChangeResult } from './flow-model.js'

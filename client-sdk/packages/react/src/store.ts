@@ -65,20 +65,14 @@ class Emitter {
 }
 
 /**
- * Per-room snapshots of the document with structural sharing: a block keeps its object
- * identity while unchanged (the client's own cache), a connection while its JSON is
- * unchanged, and the arrays keep theirs while no element changed, so `React.memo` and
- * selectors see real changes only.
+ * Per-room snapshots of the document with structural sharing: the client keeps one object per
+ * unchanged block and connection and a new array only on change, so `React.memo` and
+ * selectors see real changes only. Nothing here walks the workflow per edit: lookups go
+ * through the client's id index.
  */
 export class DocStore {
-  private blocksDirty = true
-  private connectionsDirty = true
   private viewportDirty = true
   private metaDirty = true
-  private blocksSnap: Block[] = []
-  private blockById = new Map<string, Block>()
-  private connCache = new Map<string, { json: string; conn: Connection }>()
-  private connsSnap: Connection[] = []
   private viewportSnap: { json: string; value: Viewport } | null = null
   private metaSnap: { json: string; value: Record<string, unknown> } | null = null
   readonly blocks = new Emitter()
@@ -88,14 +82,8 @@ export class DocStore {
 
   constructor(private readonly room: Room) {
     room.workflow.observe((changed) => {
-      if (changed.blocks) {
-        this.blocksDirty = true
-        this.blocks.emit()
-      }
-      if (changed.connections) {
-        this.connectionsDirty = true
-        this.connections.emit()
-      }
+      if (changed.blocks) this.blocks.emit()
+      if (changed.connections) this.connections.emit()
       if (changed.viewport) {
         this.viewportDirty = true
         this.viewport.emit()
@@ -107,44 +95,11 @@ export class DocStore {
     })
   }
 
-  getBlocks = (): Block[] => {
-    if (!this.blocksDirty) return this.blocksSnap
-    this.blocksDirty = false
-    // The client already keeps one object per unchanged block and a new array only on change,
-    // so no per-block comparison (which would serialise the whole workflow per keystroke).
-    const fresh = this.room.workflow.blocks()
-    if (fresh !== this.blocksSnap) {
-      this.blocksSnap = fresh
-      this.blockById = new Map(fresh.map((b) => [b.id, b]))
-    }
-    return this.blocksSnap
-  }
+  getBlocks = (): Block[] => this.room.workflow.blocks()
 
-  getBlock = (id: string): Block | undefined => {
-    this.getBlocks()
-    return this.blockById.get(id)
-  }
+  getBlock = (id: string): Block | undefined => this.room.workflow.block(id)
 
-  getConnections = (): Connection[] => {
-    if (!this.connectionsDirty) return this.connsSnap
-    this.connectionsDirty = false
-    // Connections are small and re-read as a whole: keep the object of each unchanged one.
-    const fresh = this.room.workflow.connections()
-    const nextCache = new Map<string, { json: string; conn: Connection }>()
-    const next: Connection[] = []
-    let same = fresh.length === this.connsSnap.length
-    fresh.forEach((c, i) => {
-      const json = JSON.stringify(c)
-      const prev = this.connCache.get(c.id)
-      const entry = prev && prev.json === json ? prev : { json, conn: c }
-      nextCache.set(c.id, entry)
-      next.push(entry.conn)
-      if (same && this.connsSnap[i] !== entry.conn) same = false
-    })
-    this.connCache = nextCache
-    if (!same) this.connsSnap = next
-    return this.connsSnap
-  }
+  getConnections = (): Connection[] => this.room.workflow.connections()
 
   getViewport = (): Viewport => {
     if (this.viewportDirty || !this.viewportSnap) {
