@@ -38,7 +38,7 @@ export function Inspector({ blockId, count }: { blockId: string | undefined; cou
   return (
     <section className="panel inspector" data-testid="inspector">
       <h2>
-        {spec?.label ?? block.type} <span className="muted">· {block.id}</span>
+        {spec?.label ?? block.type} <span className="muted block-id">· {block.id}</span>
       </h2>
       {spec?.description && <p className="muted small">{spec.description}</p>}
       <label className="field">

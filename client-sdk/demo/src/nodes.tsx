@@ -82,7 +82,12 @@ function RunState({ blockId, isAi, state }: { blockId: string; isAi: boolean; st
   const status = state?.status ?? 'idle'
   return (
     <div className="run-state">
-      <span className={`badge status-${status}`} data-testid={`block-state-${blockId}`}>
+      {/* Idle (no run yet) is said by nothing at all; the element stays for the tests to read. */}
+      <span
+        className={`badge status-${status}`}
+        data-testid={`block-state-${blockId}`}
+        hidden={status === 'idle'}
+      >
         {status}
         {state && state.attempt > 1 ? ` (attempt ${state.attempt})` : ''}
       </span>
@@ -134,7 +139,8 @@ export const BlockNodeView = memo(function BlockNodeView({ id, data, selected }:
     <div
       className={`block-node type-${type}${selected ? ' selected' : ''}${data.draggedBy ? ' remote-drag' : ''}`}
       data-testid={`node-${id}`}
-      style={ring ? { boxShadow: `0 0 0 2px ${ring}` } : undefined}
+      // Room for every handle, so their labels never overlap each other.
+      style={{ minHeight: Math.max(inputs.length, outputs.length) * 22 + 12, ...(ring ? { boxShadow: `0 0 0 2px ${ring}` } : {}) }}
       title={data.draggedBy ? `${data.draggedBy.name} is moving this block` : undefined}
     >
       <HandleColumn ids={inputs} type="target" />
