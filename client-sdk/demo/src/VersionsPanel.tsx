@@ -75,7 +75,7 @@ export function VersionsPanel({ workflowId }: { workflowId: string }) {
       >
         <input
           data-testid="version-name"
-          placeholder="Name this version (optional)"
+          placeholder="Version name (optional)"
           maxLength={200}
           value={name}
           onChange={(e) => setName(e.target.value)}

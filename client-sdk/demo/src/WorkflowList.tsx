@@ -121,9 +121,11 @@ function Row({ workflow: w, onRenamed }: { workflow: Workflow; onRenamed: (w: Wo
       <td className="muted small" title={new Date(w.updatedAt).toLocaleString()}>{timeAgo(w.updatedAt)}</td>
       <td className="muted small">{w.version || '—'}</td>
       <td className="muted small">{w.executionCount}</td>
-      <td className="row-actions">
-        <RenameButton workflow={w} onRenamed={onRenamed} />
-        <CopyLinkButton workflowId={w.id} />
+      <td>
+        <div className="row-actions">
+          <RenameButton workflow={w} onRenamed={onRenamed} />
+          <CopyLinkButton workflowId={w.id} />
+        </div>
       </td>
     </tr>
   )
