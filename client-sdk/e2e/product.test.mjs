@@ -129,3 +129,48 @@ test('workflow list: create, rename, open by link; versions: save, change, resto
   await ctxA.close()
   await ctxB.close()
 })
+
+test('structured editors: retry, switch cases and webhook headers are forms that write the document', async () => {
+  const { browser, base } = env
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } })
+  const page = await ctx.newPage()
+  page.on('pageerror', (e) => console.error('[Kim] page error:', e))
+  await page.goto(`${base}/?new&name=Kim`)
+  await page.getByTestId('node-output').waitFor()
+  const config = (id) => page.evaluate((b) => window.__resonant.room.workflow.blocks().find((x) => x.id === b)?.config, id)
+
+  // Retry on the AI block: attempts and which failures retry.
+  await page.getByTestId('node-ai').click()
+  await page.getByTestId('field-retry-attempts').fill('5')
+  await page.getByTestId('field-retry-attempts').press('Enter')
+  await until('attempts stored', async () => (await config('ai'))?.retry?.attempts === 5)
+  await page.getByTestId('field-retry-retryOn-server').uncheck()
+  await until('retryOn without server', async () => {
+    const on = (await config('ai'))?.retry?.retryOn
+    return Array.isArray(on) && !on.includes('server') && on.includes('timeout')
+  })
+
+  // A condition as a switch: a case becomes a handle on the card.
+  await page.getByTestId('add-block-condition').click()
+  const cond = await until('the condition block', async () => page.evaluate(() => window.__resonant.room.workflow.blocks().find((b) => b.type === 'condition')?.id))
+  await page.getByTestId(`node-${cond}`).click()
+  await page.getByTestId('field-cases-add').click()
+  await page.getByTestId('field-cases-handle-0').fill('long')
+  await page.getByTestId('field-cases-handle-0').press('Enter')
+  await page.getByTestId('field-cases-expression-0').fill('upstream | length > 100')
+  await page.getByTestId('field-cases-expression-0').press('Enter')
+  await until('the case stored', async () => JSON.stringify((await config(cond))?.cases) === JSON.stringify([{ handle: 'long', expression: 'upstream | length > 100' }]))
+  await page.getByTestId(`node-${cond}`).getByTestId('handle-source-long').waitFor()
+
+  // Webhook headers as name → value rows.
+  await page.getByTestId('add-block-webhook').click()
+  const hook = await until('the webhook block', async () => page.evaluate(() => window.__resonant.room.workflow.blocks().find((b) => b.type === 'webhook')?.id))
+  await page.getByTestId(`node-${hook}`).click()
+  await page.getByTestId('field-headers-add').click()
+  await page.getByTestId('field-headers-new-key').fill('Authorization')
+  await page.getByTestId('field-headers-new-key').press('Enter')
+  await page.getByTestId('field-headers-value-0').fill('Bearer {{ input.token }}')
+  await page.getByTestId('field-headers-value-0').press('Enter')
+  await until('the header stored', async () => (await config(hook))?.headers?.Authorization === 'Bearer {{ input.token }}')
+  await ctx.close()
+})
