@@ -287,8 +287,9 @@ test('approve a waiting block, cancel a waiting run, and see a refused run expla
 test('the canvas stays and stays editable while the socket is down', async () => {
   const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } })
   const ctxB = await browser.newContext({ viewport: { width: 1280, height: 800 } })
-  const A = await openEditor(ctxA, `${base}/?new&name=Dora`, 'Dora')
-  const ctlA = await controlSockets(A.page)
+  // Routed before the page navigates: a route added while it loads can miss its socket.
+  const A = await openEditor(ctxA, `${base}/?new&name=Dora`, 'Dora', controlSockets)
+  const ctlA = A.ctl
   await A.ready
   await A.page.waitForURL(/workflow=/)
   await A.page.waitForFunction(() => document.querySelectorAll('[data-testid^="node-"]').length >= 3)

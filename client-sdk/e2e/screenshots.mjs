@@ -1,5 +1,5 @@
 // Screenshots of the demo's views for docs/images/: the workflow list, the editor with the
-// block panel open, comments on a block, version history. Run after building the server:
+// block panel open, comments on a block, version history, the structured field editors. Run after building the server:
 //   RESONANT_BIN=… node e2e/screenshots.mjs
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -52,6 +52,20 @@ try {
   await page.getByTestId('comment').nth(1).waitFor()
   await page.getByTestId('comment-input').fill('Done in the prompt, see v3')
   await page.screenshot({ path: path.join(images, 'demo-comments.png') })
+
+  // The structured editors: a switch's cases as rows.
+  await page.getByTestId('tab-block').click()
+  const cond = await page.evaluate(() => window.__resonant.room.workflow.blocks().find((b) => b.type === 'condition').id)
+  await page.getByTestId(`node-${cond}`).click()
+  await page.getByTestId('field-cases-add').click()
+  await page.getByTestId('field-cases-handle-0').fill('long')
+  await page.getByTestId('field-cases-handle-0').press('Enter')
+  await page.getByTestId('field-cases-expression-0').fill('upstream | length > 280')
+  await page.getByTestId('field-cases-expression-0').press('Enter')
+  await page.getByTestId('field-cases-add').click()
+  await page.getByTestId(`node-${cond}`).getByTestId('handle-source-case2').waitFor()
+  await page.getByTestId('field-retry').scrollIntoViewIfNeeded()
+  await page.screenshot({ path: path.join(images, 'demo-structured-fields.png') })
 
   await page.getByTestId('back-to-list').click()
   await page.getByTestId(`workflow-row-${id}`).waitFor()
