@@ -122,9 +122,12 @@ test('workflow list: create, rename, open by link; versions: save, change, resto
   const stored = await rest(`/workflows/${id}/comments?blockId=ai`)
   assert.equal(stored.items.length, 1)
   assert.equal(stored.items[0].content, 'Shorter prompt, please')
+  // The card shows it has a comment; the badge goes with the comment.
+  await until('the badge on the card', async () => (await page.getByTestId('comment-count-ai').count()) === 1 && (await page.getByTestId('comment-count-ai').textContent()).includes('1'))
   await page.getByTestId(`delete-comment-${stored.items[0].id}`).click()
   await page.getByTestId('no-comments').waitFor()
   assert.equal((await rest(`/workflows/${id}/comments`)).items.length, 0)
+  await page.getByTestId('comment-count-ai').waitFor({ state: 'detached' })
 
   await ctxA.close()
   await ctxB.close()

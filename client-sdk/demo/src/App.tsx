@@ -1,4 +1,4 @@
-import { Component, useCallback, useEffect, useRef, useState, type ReactNode } from 'react'
+import { Component, useCallback, useContext, useEffect, useRef, useState, type ReactNode } from 'react'
 import { ReactFlowProvider, Background, Controls, MiniMap, useReactFlow } from '@xyflow/react'
 import { blockSchema, type BlockType, type ResonantClient } from '@resonant/client'
 import {
@@ -21,15 +21,21 @@ import { WorkflowHeader } from './WorkflowHeader'
 import { VersionsPanel } from './VersionsPanel'
 import { CommentsPanel } from './CommentsPanel'
 import { placeNewBlock } from './placement'
+import { CommentCounts, CommentCountsContext } from './commentCounts'
+import { useDemo } from './nav'
 
 type SideTab = 'block' | 'comments' | 'versions'
 
 export function App({ client, workflowId, seed }: { client: ResonantClient; workflowId: string; seed: boolean }) {
+  const { rest } = useDemo()
+  const [commentCounts] = useState(() => new CommentCounts(rest, workflowId))
   return (
     <ResonantProvider client={client}>
       <RoomProvider workflowId={workflowId} fallback={<div className="boot">Connecting…</div>}>
         <ReactFlowProvider>
-          <Editor seed={seed} workflowId={workflowId} />
+          <CommentCountsContext.Provider value={commentCounts}>
+            <Editor seed={seed} workflowId={workflowId} />
+          </CommentCountsContext.Provider>
         </ReactFlowProvider>
       </RoomProvider>
     </ResonantProvider>
@@ -97,6 +103,14 @@ function Editor({ seed, workflowId }: { seed: boolean; workflowId: string }) {
   const execution = useLatestExecution()
   const [selected, setSelected] = useState<string[]>([])
   const [tab, setTab] = useState<SideTab>('block')
+  const commentCounts = useContext(CommentCountsContext)!
+  useEffect(() => {
+    const load = () => commentCounts.refresh().catch((e: unknown) => console.warn('comment counts', e))
+    void load()
+    // Others' comments come over REST only: look again now and then.
+    const t = setInterval(load, 30_000)
+    return () => clearInterval(t)
+  }, [commentCounts])
   const canvas = useRef<HTMLDivElement>(null)
 
   useEffect(() => {
@@ -174,7 +188,11 @@ function Editor({ seed, workflowId }: { seed: boolean; workflowId: string }) {
                 </>
               )}
               {tab === 'comments' && (
-                <CommentsPanel workflowId={workflowId} blockId={selected.length === 1 ? selected[0] : undefined} />
+                <CommentsPanel
+                  workflowId={workflowId}
+                  blockId={selected.length === 1 ? selected[0] : undefined}
+                  onChanged={() => void commentCounts.refresh().catch(() => {})}
+                />
               )}
               {tab === 'versions' && <VersionsPanel workflowId={workflowId} />}
             </Guard>

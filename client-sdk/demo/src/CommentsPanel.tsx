@@ -12,7 +12,8 @@ const labelsOf = (blocks: Block[]) =>
  * Comments on the workflow and its blocks (REST). With one block selected the panel shows and
  * adds that block's comments; with none, every comment, each naming its block.
  */
-export function CommentsPanel({ workflowId, blockId }: { workflowId: string; blockId: string | undefined }) {
+export function CommentsPanel(props: { workflowId: string; blockId: string | undefined; onChanged?: () => void }) {
+  const { workflowId, blockId, onChanged } = props
   const { rest } = useDemo()
   const labels = useBlocks(labelsOf, jsonEqual)
   const [comments, setComments] = useState<Comment[] | null>(null)
@@ -44,6 +45,7 @@ export function CommentsPanel({ workflowId, blockId }: { workflowId: string; blo
     setBusy(true)
     try {
       await f()
+      onChanged?.()
       await refresh()
     } catch (e) {
       setError(errorText(e))

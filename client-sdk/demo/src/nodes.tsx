@@ -3,6 +3,7 @@ import { Handle, Position, useUpdateNodeInternals, type NodeProps, type NodeType
 import { specOf, type BlockRunState } from '@resonant/client'
 import { useBlockExecution, type BlockNode } from '@resonant/react'
 import { BLOCK_TYPES, renderStats, useCurrentExecution } from './shared'
+import { useCommentCount } from './commentCounts'
 
 /** The schema's handles; "" is a block's default handle (no id: connections carry no handle). */
 function handles(names: string[] | undefined): (string | null)[] {
@@ -135,6 +136,7 @@ export const BlockNodeView = memo(function BlockNodeView({ id, data, selected }:
     updateNodeInternals(id)
   }, [id, handleKey, updateNodeInternals])
   const ring = data.draggedBy?.color ?? data.selectedBy[0]?.color
+  const comments = useCommentCount(id)
   return (
     <div
       className={`block-node type-${type}${selected ? ' selected' : ''}${data.draggedBy ? ' remote-drag' : ''}`}
@@ -146,7 +148,14 @@ export const BlockNodeView = memo(function BlockNodeView({ id, data, selected }:
       <HandleColumn ids={inputs} type="target" />
       <div className="block-head">
         <span className="block-label">{data.label}</span>
-        <span className="block-type">{spec?.label ?? type}</span>
+        <span className="block-type">
+          {comments > 0 && (
+            <span className="comment-count" data-testid={`comment-count-${id}`} title={`${comments} open comment${comments > 1 ? 's' : ''}`}>
+              💬 {comments}
+            </span>
+          )}
+          {spec?.label ?? type}
+        </span>
       </div>
       {data.selectedBy.length > 0 && (
         <div className="selected-by">{data.selectedBy.map((u) => u.name).join(', ')}</div>
