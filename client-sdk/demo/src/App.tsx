@@ -104,6 +104,7 @@ function Editor({ seed, workflowId }: { seed: boolean; workflowId: string }) {
   const [selected, setSelected] = useState<string[]>([])
   const [tab, setTab] = useState<SideTab>('block')
   const commentCounts = useContext(CommentCountsContext)!
+  const refreshCounts = useCallback(() => void commentCounts.refresh().catch(() => {}), [commentCounts])
   useEffect(() => {
     const load = () => commentCounts.refresh().catch((e: unknown) => console.warn('comment counts', e))
     void load()
@@ -191,7 +192,7 @@ function Editor({ seed, workflowId }: { seed: boolean; workflowId: string }) {
                 <CommentsPanel
                   workflowId={workflowId}
                   blockId={selected.length === 1 ? selected[0] : undefined}
-                  onChanged={() => void commentCounts.refresh().catch(() => {})}
+                  onChanged={refreshCounts}
                 />
               )}
               {tab === 'versions' && <VersionsPanel workflowId={workflowId} />}

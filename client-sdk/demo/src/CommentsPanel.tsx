@@ -28,10 +28,12 @@ export function CommentsPanel(props: { workflowId: string; blockId: string | und
       all.sort((a, b) => a.createdAt - b.createdAt)
       setComments(all)
       setError(null)
+      // What I see here and the cards' badges agree (others may have commented meanwhile).
+      onChanged?.()
     } catch (e) {
       setError(errorText(e))
     }
-  }, [rest, workflowId, blockId])
+  }, [rest, workflowId, blockId, onChanged])
 
   useEffect(() => {
     setComments(null)
@@ -45,7 +47,6 @@ export function CommentsPanel(props: { workflowId: string; blockId: string | und
     setBusy(true)
     try {
       await f()
-      onChanged?.()
       await refresh()
     } catch (e) {
       setError(errorText(e))

@@ -151,7 +151,10 @@ export const BlockNodeView = memo(function BlockNodeView({ id, data, selected }:
         <span className="block-type">
           {comments > 0 && (
             <span className="comment-count" data-testid={`comment-count-${id}`} title={`${comments} open comment${comments > 1 ? 's' : ''}`}>
-              💬 {comments}
+              <svg width="10" height="10" viewBox="0 0 16 16" aria-hidden="true">
+                <path d="M2 2h12v9H7l-4 3v-3H2z" fill="currentColor" />
+              </svg>{' '}
+              {comments}
             </span>
           )}
           {spec?.label ?? type}
