@@ -125,7 +125,7 @@ async function nodeCount(page) {
 test('two users edit, see each other, survive a cut, run and reload mid-run', async () => {
   const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } })
   const ctxB = await browser.newContext({ viewport: { width: 1280, height: 800 } })
-  const A = await openEditor(ctxA, `${base}/?name=Ada`, 'Ada', controlSockets)
+  const A = await openEditor(ctxA, `${base}/?new&name=Ada`, 'Ada', controlSockets)
   const ctlA = A.ctl
   await A.ready
   // The first page creates and seeds a workflow and puts its id in the URL.
@@ -239,7 +239,7 @@ test('two users edit, see each other, survive a cut, run and reload mid-run', as
 test('approve a waiting block, cancel a waiting run, and see a refused run explained', async () => {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 } })
   const page = await ctx.newPage()
-  await page.goto(`${base}/?name=Cleo`)
+  await page.goto(`${base}/?new&name=Cleo`)
   await page.waitForURL(/workflow=/)
   await page.waitForFunction(() => window.__resonant?.room?.synced && window.__resonant.room.workflow.blocks().length >= 3)
 
@@ -287,8 +287,9 @@ test('approve a waiting block, cancel a waiting run, and see a refused run expla
 test('the canvas stays and stays editable while the socket is down', async () => {
   const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } })
   const ctxB = await browser.newContext({ viewport: { width: 1280, height: 800 } })
-  const A = await openEditor(ctxA, `${base}/?name=Dora`, 'Dora')
-  const ctlA = await controlSockets(A.page)
+  // Routed before the page navigates: a route added while it loads can miss its socket.
+  const A = await openEditor(ctxA, `${base}/?new&name=Dora`, 'Dora', controlSockets)
+  const ctlA = A.ctl
   await A.ready
   await A.page.waitForURL(/workflow=/)
   await A.page.waitForFunction(() => document.querySelectorAll('[data-testid^="node-"]').length >= 3)

@@ -38,7 +38,7 @@ try {
   const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage()
   const sockets = []
   page.on('websocket', (ws) => ws.url().includes('/sync/') && sockets.push(Date.now()))
-  await page.goto(`http://127.0.0.1:${port}/?name=Solo`)
+  await page.goto(`http://127.0.0.1:${port}/?new&name=Solo`)
   await page.waitForFunction(() => window.__resonant?.room?.synced)
   await page.evaluate(() => {
     window.__drops = []

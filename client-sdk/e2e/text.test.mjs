@@ -56,7 +56,7 @@ async function open(url) {
 const promptOf = (page) => page.getByTestId('field-userPromptTemplate')
 
 test('two users typing in one prompt keep every keystroke and their carets, and see who types where', async () => {
-  const A = await open(`${base}/?name=Ada`)
+  const A = await open(`${base}/?new&name=Ada`)
   const workflow = new URL(A.page.url()).searchParams.get('workflow')
   const B = await open(`${base}/?workflow=${workflow}&name=Bob`)
   const ai = await A.page.evaluate(() => window.__resonant.room.workflow.blocks().find((b) => b.type === 'ai').id)

@@ -1,4 +1,4 @@
-import { Component, useCallback, useEffect, useRef, useState, type ReactNode } from 'react'
+import { Component, useCallback, useContext, useEffect, useRef, useState, type ReactNode } from 'react'
 import { ReactFlowProvider, Background, Controls, MiniMap, useReactFlow } from '@xyflow/react'
 import { blockSchema, type BlockType, type ResonantClient } from '@resonant/client'
 import {
@@ -17,13 +17,25 @@ import { StatusBar } from './StatusBar'
 import { Inspector } from './Inspector'
 import { RunControls, RunLog } from './RunPanel'
 import { BLOCK_TYPES, ExecutionContext } from './shared'
+import { WorkflowHeader } from './WorkflowHeader'
+import { VersionsPanel } from './VersionsPanel'
+import { CommentsPanel } from './CommentsPanel'
+import { placeNewBlock } from './placement'
+import { CommentCounts, CommentCountsContext } from './commentCounts'
+import { useDemo } from './nav'
+
+type SideTab = 'block' | 'comments' | 'versions'
 
 export function App({ client, workflowId, seed }: { client: ResonantClient; workflowId: string; seed: boolean }) {
+  const { rest } = useDemo()
+  const [commentCounts] = useState(() => new CommentCounts(rest, workflowId))
   return (
     <ResonantProvider client={client}>
       <RoomProvider workflowId={workflowId} fallback={<div className="boot">Connecting…</div>}>
         <ReactFlowProvider>
-          <Editor seed={seed} />
+          <CommentCountsContext.Provider value={commentCounts}>
+            <Editor seed={seed} workflowId={workflowId} />
+          </CommentCountsContext.Provider>
         </ReactFlowProvider>
       </RoomProvider>
     </ResonantProvider>
@@ -81,7 +93,7 @@ function useUndoShortcuts() {
   }, [undo, redo])
 }
 
-function Editor({ seed }: { seed: boolean }) {
+function Editor({ seed, workflowId }: { seed: boolean; workflowId: string }) {
   const room = useRoom()
   // Rendered from the first load on, through disconnects: the canvas (and the selection, and
   // the inspector's draft) stay while the socket reconnects, and offline edits are visible.
@@ -90,6 +102,16 @@ function Editor({ seed }: { seed: boolean }) {
   const error = useRoomError()
   const execution = useLatestExecution()
   const [selected, setSelected] = useState<string[]>([])
+  const [tab, setTab] = useState<SideTab>('block')
+  const commentCounts = useContext(CommentCountsContext)!
+  const refreshCounts = useCallback(() => void commentCounts.refresh().catch(() => {}), [commentCounts])
+  useEffect(() => {
+    const load = () => commentCounts.refresh().catch((e: unknown) => console.warn('comment counts', e))
+    void load()
+    // Others' comments come over REST only: look again now and then.
+    const t = setInterval(load, 30_000)
+    return () => clearInterval(t)
+  }, [commentCounts])
   const canvas = useRef<HTMLDivElement>(null)
 
   useEffect(() => {
@@ -102,10 +124,12 @@ function Editor({ seed }: { seed: boolean }) {
     <ExecutionContext.Provider value={execution}>
       <div className="app">
         <header className="topbar">
-          <Toolbar canvas={canvas} selected={selected} />
+          <WorkflowHeader workflowId={workflowId} />
+          <History selected={selected} />
           <StatusBar />
         </header>
         <div className="main">
+          <Palette canvas={canvas} />
           <div className="canvas" ref={canvas}>
             <Guard what="canvas">
             {error?.fatal ? (
@@ -122,7 +146,10 @@ function Editor({ seed }: { seed: boolean }) {
                 onlyRenderVisibleElements
                 minZoom={0.2}
                 maxZoom={2}
-                proOptions={{ hideAttribution: true }}
+                // The whole workflow in view when it opens (a new one is seeded after the
+                // first render, and React Flow fits once its nodes are measured).
+                fitView
+                fitViewOptions={{ padding: 0.25, maxZoom: 1 }}
               >
                 <Background gap={16} />
                 <Controls showInteractive={false} />
@@ -139,10 +166,36 @@ function Editor({ seed }: { seed: boolean }) {
             </Guard>
           </div>
           <aside className="side">
+            <nav className="tabs" role="tablist">
+              {(['block', 'comments', 'versions'] as const).map((t) => (
+                <button
+                  key={t}
+                  role="tab"
+                  aria-selected={tab === t}
+                  className={tab === t ? 'active' : undefined}
+                  data-testid={`tab-${t}`}
+                  onClick={() => setTab(t)}
+                >
+                  {t === 'block' ? 'Block & run' : t === 'comments' ? 'Comments' : 'History'}
+                </button>
+              ))}
+            </nav>
             <Guard what="side panel">
-              <Inspector blockId={selected.length === 1 ? selected[0] : undefined} count={selected.length} />
-              <RunControls />
-              <RunLog />
+              {tab === 'block' && (
+                <>
+                  <Inspector blockId={selected.length === 1 ? selected[0] : undefined} count={selected.length} />
+                  <RunControls />
+                  <RunLog />
+                </>
+              )}
+              {tab === 'comments' && (
+                <CommentsPanel
+                  workflowId={workflowId}
+                  blockId={selected.length === 1 ? selected[0] : undefined}
+                  onChanged={refreshCounts}
+                />
+              )}
+              {tab === 'versions' && <VersionsPanel workflowId={workflowId} />}
             </Guard>
           </aside>
         </div>
@@ -151,16 +204,15 @@ function Editor({ seed }: { seed: boolean }) {
   )
 }
 
-function Toolbar({ canvas, selected }: { canvas: React.RefObject<HTMLDivElement | null>; selected: string[] }) {
+/** The blocks to add, in a column beside the canvas; each lands in the middle of what I look at. */
+function Palette({ canvas }: { canvas: React.RefObject<HTMLDivElement | null> }) {
   const room = useRoom()
   const { screenToFlowPosition } = useReactFlow()
-  const { undo, redo, canUndo, canRedo } = useUndoRedo()
   const loaded = useLoaded()
   const error = useRoomError()
   // Before the stored document arrived, a new block would land in an empty document nobody
   // sees; after a fatal error, nothing can be saved.
   const editable = loaded && !error?.fatal
-  const added = useRef(0)
 
   const add = useCallback(
     (type: BlockType) => {
@@ -168,43 +220,48 @@ function Toolbar({ canvas, selected }: { canvas: React.RefObject<HTMLDivElement 
       const center = rect
         ? screenToFlowPosition({ x: rect.left + rect.width / 2, y: rect.top + rect.height / 2 })
         : { x: 0, y: 0 }
-      const offset = (added.current++ % 8) * 24
-      room.workflow.addBlock({ type, position: { x: Math.round(center.x - 90 + offset), y: Math.round(center.y - 30 + offset) } })
+      room.workflow.addBlock({ type, position: placeNewBlock(center, room.workflow.blocks()) })
     },
     [room, canvas, screenToFlowPosition],
   )
 
   return (
-    <div className="toolbar">
-      <div className="add-blocks">
-        {BLOCK_TYPES.map((t) => (
-          <button
-            key={t}
-            data-testid={`add-block-${t}`}
-            title={blockSchema.types[t]?.description ?? t}
-            disabled={!editable}
-            onClick={() => add(t)}
-          >
-            + {blockSchema.types[t]?.label ?? t}
-          </button>
-        ))}
-      </div>
-      <div className="history">
-        <button data-testid="undo" onClick={undo} disabled={!canUndo} title="Undo (Ctrl+Z)">
-          Undo
-        </button>
-        <button data-testid="redo" onClick={redo} disabled={!canRedo} title="Redo (Ctrl+Shift+Z)">
-          Redo
-        </button>
+    <div className="palette" data-testid="palette">
+      <div className="palette-title">Add block</div>
+      {BLOCK_TYPES.map((t) => (
         <button
-          data-testid="delete-block"
-          onClick={() => room.workflow.removeBlocks(selected)}
-          disabled={selected.length === 0}
-          title="Delete the selected blocks (Delete)"
+          key={t}
+          data-testid={`add-block-${t}`}
+          title={blockSchema.types[t]?.description ?? t}
+          disabled={!editable}
+          onClick={() => add(t)}
         >
-          Delete
+          {blockSchema.types[t]?.label ?? t}
         </button>
-      </div>
+      ))}
+    </div>
+  )
+}
+
+function History({ selected }: { selected: string[] }) {
+  const room = useRoom()
+  const { undo, redo, canUndo, canRedo } = useUndoRedo()
+  return (
+    <div className="history">
+      <button data-testid="undo" onClick={undo} disabled={!canUndo} title="Undo (Ctrl+Z)">
+        Undo
+      </button>
+      <button data-testid="redo" onClick={redo} disabled={!canRedo} title="Redo (Ctrl+Shift+Z)">
+        Redo
+      </button>
+      <button
+        data-testid="delete-block"
+        onClick={() => room.workflow.removeBlocks(selected)}
+        disabled={selected.length === 0}
+        title="Delete the selected blocks (Delete)"
+      >
+        Delete
+      </button>
     </div>
   )
 }

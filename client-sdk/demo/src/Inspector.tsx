@@ -1,6 +1,7 @@
 import { useEffect, useRef, useState } from 'react'
 import { bindTextInput, blockSchema, checkConfig, specOf, type FieldPart, type FieldSpec, type Peer } from '@resonant/client'
 import { useBlock, useOthers, useRoom } from '@resonant/react'
+import { CasesEditor, isStringMap, RetryEditor, StringMapEditor } from './StructuredFields'
 
 /** Someone else's focus in a text field of the inspected block. */
 interface Typist {
@@ -38,7 +39,7 @@ export function Inspector({ blockId, count }: { blockId: string | undefined; cou
   return (
     <section className="panel inspector" data-testid="inspector">
       <h2>
-        {spec?.label ?? block.type} <span className="muted">· {block.id}</span>
+        {spec?.label ?? block.type} <span className="muted block-id">· {block.id}</span>
       </h2>
       {spec?.description && <p className="muted small">{spec.description}</p>}
       <label className="field">
@@ -83,8 +84,10 @@ interface FieldProps {
 
 function Field({ blockId, typists, name, spec, value, problem, onChange }: FieldProps) {
   const label = spec.label ?? name
+  // Structured editors hold several inputs and buttons: a <label> would send clicks to the first.
+  const Wrapper = spec.kind === 'retry' || spec.kind === 'cases' || spec.kind === 'object' ? 'div' : 'label'
   return (
-    <label className={`field${problem ? ' invalid' : ''}`}>
+    <Wrapper className={`field${problem ? ' invalid' : ''}`}>
       <span>
         {label}
         {spec.required && <em className="req"> *</em>}
@@ -93,7 +96,7 @@ function Field({ blockId, typists, name, spec, value, problem, onChange }: Field
       <FieldInput blockId={blockId} name={name} spec={spec} value={value} onChange={onChange} />
       {spec.help && <small className="muted">{spec.help}</small>}
       {problem && <small className="problem">{problem}</small>}
-    </label>
+    </Wrapper>
   )
 }
 
@@ -204,25 +207,35 @@ function FieldInput({ blockId, name, spec, value, onChange }: Omit<FieldProps, '
           onChange={onChange}
         />
       )
-    default:
-      // object, cases, retry: JSON
-      return (
-        <DraftInput
-          testid={testid}
-          multiline
-          value={value === undefined ? '' : JSON.stringify(value, null, 2)}
-          parse={(s) => {
-            if (s.trim() === '') return { ok: true, value: undefined }
-            try {
-              return { ok: true, value: JSON.parse(s) as unknown }
-            } catch {
-              return { ok: false }
-            }
-          }}
-          onChange={onChange}
-        />
-      )
+    case 'retry':
+      if (value === undefined || (typeof value === 'object' && value !== null && !Array.isArray(value))) {
+        return <RetryEditor testid={testid} spec={spec} value={value} onChange={onChange} />
+      }
+      break
+    case 'cases':
+      if (value === undefined || Array.isArray(value)) return <CasesEditor testid={testid} value={value} onChange={onChange} />
+      break
+    case 'object':
+      if (isStringMap(value)) return <StringMapEditor testid={testid} value={value} onChange={onChange} />
+      break
   }
+  // Anything else (or a value the forms cannot show): JSON.
+  return (
+    <DraftInput
+      testid={testid}
+      multiline
+      value={value === undefined ? '' : JSON.stringify(value, null, 2)}
+      parse={(s) => {
+        if (s.trim() === '') return { ok: true, value: undefined }
+        try {
+          return { ok: true, value: JSON.parse(s) as unknown }
+        } catch {
+          return { ok: false }
+        }
+      }}
+      onChange={onChange}
+    />
+  )
 }
 
 function NumberInput({ testid, spec, value, onChange }: { testid: string; spec: FieldSpec; value: unknown; onChange: (v: unknown) => void }) {

@@ -3,6 +3,7 @@ import { Handle, Position, useUpdateNodeInternals, type NodeProps, type NodeType
 import { specOf, type BlockRunState } from '@resonant/client'
 import { useBlockExecution, type BlockNode } from '@resonant/react'
 import { BLOCK_TYPES, renderStats, useCurrentExecution } from './shared'
+import { useCommentCount } from './commentCounts'
 
 /** The schema's handles; "" is a block's default handle (no id: connections carry no handle). */
 function handles(names: string[] | undefined): (string | null)[] {
@@ -82,7 +83,12 @@ function RunState({ blockId, isAi, state }: { blockId: string; isAi: boolean; st
   const status = state?.status ?? 'idle'
   return (
     <div className="run-state">
-      <span className={`badge status-${status}`} data-testid={`block-state-${blockId}`}>
+      {/* Idle (no run yet) is said by nothing at all; the element stays for the tests to read. */}
+      <span
+        className={`badge status-${status}`}
+        data-testid={`block-state-${blockId}`}
+        hidden={status === 'idle'}
+      >
         {status}
         {state && state.attempt > 1 ? ` (attempt ${state.attempt})` : ''}
       </span>
@@ -130,17 +136,29 @@ export const BlockNodeView = memo(function BlockNodeView({ id, data, selected }:
     updateNodeInternals(id)
   }, [id, handleKey, updateNodeInternals])
   const ring = data.draggedBy?.color ?? data.selectedBy[0]?.color
+  const comments = useCommentCount(id)
   return (
     <div
       className={`block-node type-${type}${selected ? ' selected' : ''}${data.draggedBy ? ' remote-drag' : ''}`}
       data-testid={`node-${id}`}
-      style={ring ? { boxShadow: `0 0 0 2px ${ring}` } : undefined}
+      // Room for every handle, so their labels never overlap each other.
+      style={{ minHeight: Math.max(inputs.length, outputs.length) * 22 + 12, ...(ring ? { boxShadow: `0 0 0 2px ${ring}` } : {}) }}
       title={data.draggedBy ? `${data.draggedBy.name} is moving this block` : undefined}
     >
       <HandleColumn ids={inputs} type="target" />
       <div className="block-head">
         <span className="block-label">{data.label}</span>
-        <span className="block-type">{spec?.label ?? type}</span>
+        <span className="block-type">
+          {comments > 0 && (
+            <span className="comment-count" data-testid={`comment-count-${id}`} title={`${comments} open comment${comments > 1 ? 's' : ''}`}>
+              <svg width="10" height="10" viewBox="0 0 16 16" aria-hidden="true">
+                <path d="M2 2h12v9H7l-4 3v-3H2z" fill="currentColor" />
+              </svg>{' '}
+              {comments}
+            </span>
+          )}
+          {spec?.label ?? type}
+        </span>
       </div>
       {data.selectedBy.length > 0 && (
         <div className="selected-by">{data.selectedBy.map((u) => u.name).join(', ')}</div>

@@ -1,0 +1,123 @@
+import { useCallback, useEffect, useState } from 'react'
+import type { Schemas } from '@resonant/client'
+import { useRoom } from '@resonant/react'
+import { errorText, timeAgo, useDemo } from './nav'
+
+type Version = Schemas['VersionInfo']
+
+/**
+ * Version history: save the document as a named version, restore an older one. Both wait until
+ * my edits are stored on the server first, so a version holds what I see. A restore reaches
+ * every editor (mine too) as one remote change.
+ */
+export function VersionsPanel({ workflowId }: { workflowId: string }) {
+  const { rest } = useDemo()
+  const room = useRoom()
+  const [versions, setVersions] = useState<Version[] | null>(null)
+  const [name, setName] = useState('')
+  const [busy, setBusy] = useState<string | null>(null)
+  const [confirm, setConfirm] = useState<number | null>(null)
+  const [error, setError] = useState<string | null>(null)
+  const [restored, setRestored] = useState<number | null>(null)
+
+  const refresh = useCallback(async () => {
+    try {
+      const page = await rest.versions.list(workflowId, { limit: 100 })
+      setVersions(page.items)
+    } catch (e) {
+      setError(errorText(e))
+    }
+  }, [rest, workflowId])
+
+  useEffect(() => {
+    void refresh()
+  }, [refresh])
+
+  const act = async (what: string, f: () => Promise<unknown>) => {
+    setBusy(what)
+    setError(null)
+    try {
+      await room.whenSaved()
+      await f()
+      await refresh()
+    } catch (e) {
+      setError(errorText(e))
+    } finally {
+      setBusy(null)
+    }
+  }
+
+  const save = () =>
+    act('save', async () => {
+      await rest.versions.create(workflowId, { name: name.trim() || null })
+      setName('')
+      setRestored(null)
+    })
+
+  const restore = (v: number) =>
+    act(`restore-${v}`, async () => {
+      setConfirm(null)
+      await rest.versions.restore(workflowId, v)
+      // My older edits are not undoable across the restore (undo would mix two documents).
+      room.undo.clear()
+      setRestored(v)
+    })
+
+  return (
+    <section className="panel versions" data-testid="versions-panel">
+      <h2>Version history</h2>
+      <form
+        className="inline-form"
+        onSubmit={(e) => {
+          e.preventDefault()
+          void save()
+        }}
+      >
+        <input
+          data-testid="version-name"
+          placeholder="Version name (optional)"
+          maxLength={200}
+          value={name}
+          onChange={(e) => setName(e.target.value)}
+        />
+        <button type="submit" className="primary" data-testid="save-version" disabled={busy !== null}>
+          {busy === 'save' ? 'Saving…' : 'Save version'}
+        </button>
+      </form>
+      {error && <p className="problem" data-testid="versions-error">{error}</p>}
+      {restored !== null && (
+        <p className="muted small" data-testid="restored-note">
+          Restored version {restored}. Undo does not reach past a restore; restore another version to go back.
+        </p>
+      )}
+      {versions?.length === 0 && <p className="muted small">No saved versions yet.</p>}
+      <ol className="version-list">
+        {versions?.map((v) => (
+          <li key={v.id} data-testid={`version-${v.version}`}>
+            <div className="version-head">
+              <span className="version-no">v{v.version}</span>
+              <span className="version-name">{v.name || <span className="muted">Unnamed</span>}</span>
+            </div>
+            <div className="version-meta muted small" title={new Date(v.createdAt).toLocaleString()}>
+              {timeAgo(v.createdAt)}
+              {v.message ? ` · ${v.message}` : ''}
+            </div>
+            {confirm === v.version ? (
+              <div className="confirm">
+                <span className="small">Replace the workflow with v{v.version} for everyone?</span>
+                <button className="primary" data-testid={`confirm-restore-${v.version}`} onClick={() => void restore(v.version)}>
+                  Restore
+                </button>
+                <button onClick={() => setConfirm(null)}>Cancel</button>
+              </div>
+            ) : (
+              <button data-testid={`restore-${v.version}`} disabled={busy !== null} onClick={() => setConfirm(v.version)}>
+                {busy === `restore-${v.version}` ? 'Restoring…' : 'Restore…'}
+              </button>
+            )}
+          </li>
+        ))}
+      </ol>
+    </section>
+  )
+}
