@@ -108,5 +108,5 @@ export class ResonantClient {
 }
 
 function unsaved(room: Room): boolean {
-  return room.saveStatus === 'saving' || room.saveStatus === 'offline'
+  return room.saveStatus === 'saving' || room.saveStatus === 'offline' || room.saveStatus === 'local'
 }
