@@ -198,7 +198,7 @@ test('two users edit, see each other, survive a cut, run and reload mid-run', as
   await A.page.getByTestId('connection-status').filter({ hasText: /reconnecting|connecting/i }).waitFor()
   const before = await nodeCount(B.page)
   await A.page.getByTestId('add-block-delay').click()
-  await A.page.getByTestId('save-status').filter({ hasText: /unsaved/i }).waitFor()
+  await A.page.getByTestId('save-status').filter({ hasText: /stored on this device/i }).waitFor()
   assert.equal(await nodeCount(B.page), before, 'B does not get it while A is offline')
   await ctlA.restore()
   await A.page.getByTestId('save-status').filter({ hasText: 'Saved' }).waitFor()
@@ -287,8 +287,8 @@ test('approve a waiting block, cancel a waiting run, and see a refused run expla
 test('the canvas stays and stays editable while the socket is down', async () => {
   const ctxA = await browser.newContext({ viewport: { width: 1280, height: 800 } })
   const ctxB = await browser.newContext({ viewport: { width: 1280, height: 800 } })
-  const A = await openEditor(ctxA, `${base}/?name=Dora`, 'Dora')
-  const ctlA = await controlSockets(A.page)
+  const A = await openEditor(ctxA, `${base}/?name=Dora`, 'Dora', controlSockets)
+  const ctlA = A.ctl
   await A.ready
   await A.page.waitForURL(/workflow=/)
   await A.page.waitForFunction(() => document.querySelectorAll('[data-testid^="node-"]').length >= 3)
@@ -309,7 +309,7 @@ test('the canvas stays and stays editable while the socket is down', async () =>
   // Adding a block offline shows it at once.
   await A.page.getByTestId('add-block-transform').click()
   await A.page.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n + 1, seeded)
-  await A.page.getByTestId('save-status').filter({ hasText: /unsaved/i }).waitFor()
+  await A.page.getByTestId('save-status').filter({ hasText: /stored on this device/i }).waitFor()
   assert.equal(await nodeCount(B.page), seeded, 'B does not have it yet')
 
   await ctlA.restore()
