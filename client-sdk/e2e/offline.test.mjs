@@ -112,15 +112,19 @@ test('offline edits survive a reload and a closed tab, say "stored on this devic
   assert.deepEqual(await blockIds(page), edited)
   await page.getByTestId('save-status').filter({ hasText: 'stored on this device' }).waitFor()
   await page.screenshot({ path: path.join(artifacts, 'offline-reload.png') })
+  // The reloaded editor is editable offline too.
+  await page.getByTestId('add-block-transform').click()
+  await page.waitForFunction((n) => window.__resonant.room.workflow.blocks().length === n, seeded + 2)
+  const edited2 = await blockIds(page)
 
-  // The tab is closed; Bob has not got the edit.
+  // The tab is closed; Bob has got neither edit.
   await page.close()
   const bob = await ctxB.newPage()
   bob.on('pageerror', (e) => console.error('[Bob] page error:', e))
   await bob.goto(`${base}/?workflow=${workflowId}&name=Bob`)
   await bob.waitForFunction(() => window.__resonant?.room?.synced)
   await bob.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n, seeded)
-  assert.deepEqual((await blockIds(bob)).length, seeded, 'Bob does not have the offline edit yet')
+  assert.equal((await blockIds(bob)).length, seeded, 'Bob does not have the offline edits yet')
 
   // A new tab with the network back: the stored edit goes to the server and reaches Bob.
   page = await ctxA.newPage()
@@ -128,9 +132,9 @@ test('offline edits survive a reload and a closed tab, say "stored on this devic
   await page.goto(url)
   await page.waitForFunction(() => window.__resonant?.room?.synced)
   await page.getByTestId('save-status').filter({ hasText: 'Saved' }).waitFor()
-  assert.deepEqual(await blockIds(page), edited)
-  await bob.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n, seeded + 1)
-  assert.deepEqual(await blockIds(bob), edited)
+  assert.deepEqual(await blockIds(page), edited2)
+  await bob.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n, seeded + 2)
+  assert.deepEqual(await blockIds(bob), edited2)
   await ctxA.close()
   await ctxB.close()
 })
