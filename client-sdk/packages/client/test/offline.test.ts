@@ -1,10 +1,12 @@
 // Offline persistence (IndexedDB through fake-indexeddb, the browser's API in memory): the
 // local copy, the `local` save status, and clearing the copy when the workflow is gone.
 import 'fake-indexeddb/auto'
+import crypto from 'node:crypto'
+import * as Y from 'yjs'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { ResonantClient, Room } from '../src/index.js'
-import { localName } from '../src/offline.js'
-import { api, client, newWorkflow, Proxy, startServer, until, untilRoom, type Server } from './helpers.js'
+import { LocalCopy, localName } from '../src/offline.js'
+import { api, client, mintToken, newWorkflow, Proxy, startServer, until, untilRoom, type Server } from './helpers.js'
 
 let server: Server
 const clients: ResonantClient[] = []
@@ -118,6 +120,31 @@ describe('offline persistence', () => {
     await untilRoom(room, 'error', () => room.error?.code === 'deleted', 'the 4410 close')
     await room.localCleared
     expect(await databases()).not.toContain(localName(server.url, 'ada', wf))
+  })
+
+  it('access lost (4403): the stale copy opens offline, then is cleared when the server refuses', async () => {
+    const secret = crypto.randomBytes(32).toString('hex')
+    const authed = await startServer(['--jwt-secret', secret])
+    try {
+      const wf = await newWorkflow(authed, mintToken(secret, 'owner', 600))
+      // A copy eve kept from when she had access.
+      const name = localName(authed.url, 'eve', wf)
+      const doc = new Y.Doc()
+      const copy = new LocalCopy(name, doc)
+      expect(await copy.load()).toEqual({ synced: false, unsaved: false })
+      copy.markSynced()
+      doc.getArray('blocks').push([new Y.Map([['id', 'old']])])
+      copy.destroy()
+
+      const { room } = open(authed.url, 'eve', wf, { getToken: () => mintToken(secret, 'eve', 600) })
+      await untilLoaded(room)
+      expect(room.workflow.blocks().map((b) => b.id)).toEqual(['old'])
+      await untilRoom(room, 'error', () => room.error?.code === 'forbidden', 'the 4403 close')
+      await room.localCleared
+      expect(await databases()).not.toContain(name)
+    } finally {
+      await authed.stop()
+    }
   })
 
   it('`offline: false` keeps nothing and says `offline`', async () => {
