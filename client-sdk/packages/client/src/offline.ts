@@ -23,6 +23,20 @@ export function localName(serverUrl: string, userId: string, workflowId: string)
   return `resonant:${serverUrl}:${encodeURIComponent(userId)}:${encodeURIComponent(workflowId)}`
 }
 
+/**
+ * Deletes every local copy of one user on one server (sign-out on a shared browser). Copies
+ * still open (rooms not destroyed) are deleted once they close. Needs `indexedDB.databases()`
+ * (Chromium, Firefox 126+, Safari 14+); resolves with how many copies were deleted.
+ */
+export async function clearLocalCopies(serverUrl: string, userId: string): Promise<number> {
+  const idb = (globalThis as { indexedDB?: IDBFactory }).indexedDB
+  if (!idb || typeof idb.databases !== 'function') return 0
+  const prefix = `resonant:${serverUrl}:${encodeURIComponent(userId)}:`
+  const names = (await idb.databases()).map((d) => d.name ?? '').filter((n) => n.startsWith(prefix))
+  await Promise.all(names.map((n) => clearDocument(n)))
+  return names.length
+}
+
 /** Whether this environment has IndexedDB (a browser, or a test with fake-indexeddb). */
 export function hasIndexedDb(): boolean {
   return typeof (globalThis as { indexedDB?: unknown }).indexedDB === 'object' && (globalThis as { indexedDB?: unknown }).indexedDB !== null

@@ -886,7 +886,8 @@ export class Room implements ExecutionHost {
   }
 }
 
-function httpUrl(url: string): string {
+/** The server's http(s) base URL, whatever form `url` was given in. */
+export function httpUrl(url: string): string {
   return url.replace(/\/+$/, '').replace(/^ws/, 'http').replace(/\/sync$/, '')
 }
 

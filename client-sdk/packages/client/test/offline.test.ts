@@ -147,6 +147,20 @@ describe('offline persistence', () => {
     }
   })
 
+  it('clearLocalData() (sign-out) deletes only this user\'s copies on this server', async () => {
+    const [w1, w2] = [await newWorkflow(server), await newWorkflow(server)]
+    const ada = open(server.url, 'ada', w1).c
+    const ada2 = ada.enterRoom(w2).room
+    const dan = open(server.url, 'dan', w1)
+    await Promise.all([ada.room(w1)!.whenSynced(), ada2.whenSynced(), dan.room.whenSynced()])
+    await until((cb) => ada2.on('loaded', cb), () => ada2.persisted && dan.room.persisted, 'the copies to open')
+    // Earlier tests left Ada's copies of other workflows: those go too.
+    expect(await ada.clearLocalData()).toBeGreaterThanOrEqual(2)
+    const names = await databases()
+    expect(names.filter((n) => n.startsWith(`resonant:${server.url}:ada:`))).toEqual([])
+    expect(names).toContain(localName(server.url, 'dan', w1))
+  })
+
   it('`offline: false` keeps nothing and says `offline`', async () => {
     const wf = await newWorkflow(server)
     const proxy = new Proxy(server.url)
