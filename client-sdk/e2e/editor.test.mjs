@@ -198,7 +198,7 @@ test('two users edit, see each other, survive a cut, run and reload mid-run', as
   await A.page.getByTestId('connection-status').filter({ hasText: /reconnecting|connecting/i }).waitFor()
   const before = await nodeCount(B.page)
   await A.page.getByTestId('add-block-delay').click()
-  await A.page.getByTestId('save-status').filter({ hasText: /unsaved/i }).waitFor()
+  await A.page.getByTestId('save-status').filter({ hasText: /stored on this device/i }).waitFor()
   assert.equal(await nodeCount(B.page), before, 'B does not get it while A is offline')
   await ctlA.restore()
   await A.page.getByTestId('save-status').filter({ hasText: 'Saved' }).waitFor()
@@ -310,7 +310,7 @@ test('the canvas stays and stays editable while the socket is down', async () =>
   // Adding a block offline shows it at once.
   await A.page.getByTestId('add-block-transform').click()
   await A.page.waitForFunction((n) => document.querySelectorAll('[data-testid^="node-"]').length === n + 1, seeded)
-  await A.page.getByTestId('save-status').filter({ hasText: /unsaved/i }).waitFor()
+  await A.page.getByTestId('save-status').filter({ hasText: /stored on this device/i }).waitFor()
   assert.equal(await nodeCount(B.page), seeded, 'B does not have it yet')
 
   await ctlA.restore()

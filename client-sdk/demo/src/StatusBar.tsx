@@ -5,6 +5,7 @@ const SAVE_TEXT: Record<SaveStatus, string> = {
   saved: 'Saved',
   saving: 'Saving…',
   offline: 'Offline — unsaved changes',
+  local: 'Offline — stored on this device',
   unknown: 'Save status unknown',
 }
 

@@ -1,4 +1,5 @@
-import { Room } from './room.js'
+import { Room, httpUrl } from './room.js'
+import { clearLocalCopies } from './offline.js'
 import type { ClientOptions } from './types.js'
 
 /** How long a room outlives its last holder, so StrictMode's unmount-remount reuses its socket. */
@@ -97,6 +98,17 @@ export class ResonantClient {
     await Promise.all(pending)
   }
 
+  /**
+   * Signing out on a shared browser: destroys every room now (like `destroy()`, dropping what
+   * the server has not confirmed), then deletes this user's offline copies of this server's
+   * workflows from IndexedDB. Resolves with how many were deleted. Call `await close()` first
+   * to give unsaved changes their chance.
+   */
+  async clearLocalData(): Promise<number> {
+    this.destroy()
+    return clearLocalCopies(httpUrl(this.options.url), this.options.user.id)
+  }
+
   /** Closes every room now, dropping changes the server has not confirmed. */
   destroy() {
     for (const e of this.rooms.values()) {
@@ -108,5 +120,5 @@ export class ResonantClient {
 }
 
 function unsaved(room: Room): boolean {
-  return room.saveStatus === 'saving' || room.saveStatus === 'offline'
+  return room.saveStatus === 'saving' || room.saveStatus === 'offline' || room.saveStatus === 'local'
 }

@@ -9,6 +9,7 @@ import { WorkflowDoc } from './workflow.js'
 import { Presence } from './presence.js'
 import { UndoController } from './undo.js'
 import { Execution, type ExecutionHandle, type ExecutionHost } from './executions.js'
+import { LocalCopy, hasIndexedDb, localName } from './offline.js'
 import {
   ResonantError,
   RoomError,
@@ -32,6 +33,8 @@ const TERMINAL_CLOSES = new Map<number, RoomErrorCode>([
   [4410, 'deleted'],
   [1008, 'invalid-room'],
 ])
+/** Fatal errors after which the local copy is deleted: the workflow is gone or not ours. */
+const CLEARS_LOCAL = new Set<RoomErrorCode>(['forbidden', 'deleted', 'invalid-room', 'not-found'])
 /** Events a room emits; read the getters in the callback. */
 export type RoomEvent = 'status' | 'save' | 'synced' | 'loaded' | 'error'
 
@@ -124,6 +127,10 @@ export class Room implements ExecutionHost {
   private frameScheduled = false
   private windowCleanup: (() => void) | null = null
   private destroyed = false
+  /** The copy in IndexedDB (`offline` option), or null. */
+  private local: LocalCopy | null = null
+  /** Settles once a deleted workflow's (or lost access's) local copy is gone. */
+  localCleared: Promise<void> = Promise.resolve()
 
   constructor(
     readonly workflowId: string,
@@ -170,14 +177,44 @@ export class Room implements ExecutionHost {
     )
     this.provider.on('sync', (synced: boolean) => this.onSync(synced))
     this.doc.on('update', (_u: Uint8Array, origin: unknown) => {
+      // Read from the local copy: neither new nor the server's (its flag says if it is unsaved).
+      if (this.local && origin === this.local.persistence) return
+      if (origin === this.provider) return
       // A change the provider did not bring is local; with no open socket it waits for the next one.
-      if (origin !== this.provider && !(this.conn && this.conn.socket.readyState === 1)) {
+      this.local?.setUnsaved(true)
+      if (!(this.conn && this.conn.socket.readyState === 1)) {
         this.dirty = true
         this.recompute()
       }
     })
     this.installWindowHooks()
+    const offline = options.offline ?? hasIndexedDb()
+    if (offline && hasIndexedDb()) {
+      this.local = new LocalCopy(localName(httpUrl(options.url), options.user.id, workflowId), this.doc)
+      // Connect once the local copy is in the document, so the handshake's step 2 carries its
+      // unsaved edits and is counted like any other unacknowledged update.
+      void this.local.load().then((state) => this.localLoaded(state))
+    } else this.provider.connect()
+  }
+
+  private localLoaded(state: { synced: boolean; unsaved: boolean } | null) {
+    if (this.destroyed || this._error?.fatal) return
+    if (state) {
+      if (state.unsaved) this.dirty = true
+      // Edits made while the copy was opening.
+      if (this.dirty) this.local!.setUnsaved(true)
+      if (state.synced && !this._loaded) {
+        this._loaded = true
+        this.emit('loaded')
+      }
+      this.recompute()
+    } else this.local = null
     this.provider.connect()
+  }
+
+  /** Whether the room keeps a copy in this browser's IndexedDB (see the `offline` option). */
+  get persisted(): boolean {
+    return this.local?.ready ?? false
   }
 
   /** Connection status. */
@@ -300,6 +337,11 @@ export class Room implements ExecutionHost {
     this._error = err
     this.emit('error')
     if (!err.fatal) return
+    if (this.local && CLEARS_LOCAL.has(err.code)) {
+      const local = this.local
+      this.local = null
+      this.localCleared = local.clear()
+    }
     this.stop(err)
     this.provider.disconnect()
     this.setStatus('disconnected')
@@ -455,11 +497,12 @@ export class Room implements ExecutionHost {
     this._synced = true
     this.failures = 0
     this.presence.markConnected()
+    this.local?.markSynced()
     this.emit('synced')
+    void this.checkWorkflow()
     if (!this._loaded) {
       this._loaded = true
       this.emit('loaded')
-      void this.checkWorkflow()
     }
     const waiters = this.syncWaiters
     this.syncWaiters = []
@@ -470,12 +513,13 @@ export class Room implements ExecutionHost {
     const conn = this.conn
     let next: SaveStatus
     if (!conn || conn.socket.readyState !== 1) {
-      next = this.dirty ? 'offline' : this.acks ? 'saved' : 'unknown'
+      next = this.dirty ? (this.local?.ready ? 'local' : 'offline') : this.acks ? 'saved' : 'unknown'
     } else if (!(conn.extensions || this.acks) || this.refused) {
       next = 'unknown'
     } else {
       next = conn.sent > conn.acked || this.dirty ? 'saving' : 'saved'
     }
+    if (next === 'saved') this.local?.setUnsaved(false)
     if (next !== this._save) {
       this._save = next
       this.emit('save')
@@ -836,13 +880,15 @@ export class Room implements ExecutionHost {
     if (this.gapTimer) clearTimeout(this.gapTimer)
     this.presence.destroy()
     this.undo.destroy()
+    this.local?.destroy()
     this.provider.destroy()
     this.doc.destroy()
     this.setStatus('disconnected')
   }
 }
 
-function httpUrl(url: string): string {
+/** The server's http(s) base URL, whatever form `url` was given in. */
+export function httpUrl(url: string): string {
   return url.replace(/\/+$/, '').replace(/^ws/, 'http').replace(/\/sync$/, '')
 }
 

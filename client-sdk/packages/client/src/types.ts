@@ -8,10 +8,13 @@ export type ConnectionStatus = 'connecting' | 'connected' | 'reconnecting' | 'di
  * Whether the server has stored every local change.
  * - `saved`: every update sent on this connection was acknowledged and nothing is pending.
  * - `saving`: updates were sent and are not acknowledged yet.
- * - `offline`: the socket is down and there are local changes the server has not stored.
+ * - `offline`: the socket is down and there are local changes the server has not stored,
+ *   held only in this page's memory.
+ * - `local`: the same, but they are stored in this browser (IndexedDB, the `offline` option):
+ *   they survive a reload or closing the tab and are sent on the next connection.
  * - `unknown`: the server does not acknowledge saves (a stock y-websocket server), so nobody knows.
  */
-export type SaveStatus = 'saved' | 'saving' | 'offline' | 'unknown'
+export type SaveStatus = 'saved' | 'saving' | 'offline' | 'local' | 'unknown'
 
 /** Who I am in presence: shown to others next to my cursor. */
 export interface PresenceUser {
@@ -93,6 +96,13 @@ export interface ClientOptions {
    * them before it is destroyed anyway. Default 300000 (5 minutes).
    */
   unsavedGraceMs?: number
+  /**
+   * Keep each room's document in this browser's IndexedDB (y-indexeddb), one database per
+   * server, `user.id` and workflow: a reload while offline shows the last state, and edits made
+   * offline survive closing the tab (save status `local`). Default: on where `indexedDB`
+   * exists (browsers), so off in Node.
+   */
+  offline?: boolean
 }
 
 /** A block as the document holds it (a React Flow node plus `type` and `config`). */

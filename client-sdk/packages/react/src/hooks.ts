@@ -39,7 +39,8 @@ export function useSynced(): boolean {
 }
 
 /**
- * True once the room first had the server's state, and from then on through disconnects
+ * True once the room first had the server's state (or its copy stored in this browser, see the
+ * `offline` option), and from then on through disconnects
  * (sticky): render the editor when this is true, not only while `synced`, so it stays usable
  * offline.
  */
