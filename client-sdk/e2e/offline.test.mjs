@@ -88,7 +88,7 @@ test('offline edits survive a reload and a closed tab, say "stored on this devic
   let page = await ctxA.newPage()
   page.on('pageerror', (e) => console.error('[Ada] page error:', e))
   let ctl = await routeSockets(page)
-  await page.goto(`${base}/?name=Ada`)
+  await page.goto(`${base}/?new&name=Ada`)
   await page.waitForURL(/workflow=/)
   await page.waitForFunction(() => window.__resonant?.room?.synced && window.__resonant.room.workflow.blocks().length >= 3)
   await page.getByTestId('save-status').filter({ hasText: 'Saved' }).waitFor()
