@@ -24,7 +24,7 @@ export class Presence {
     private readonly throttleMs: number,
     private readonly staleGraceMs: number,
   ) {
-    this.state = { user, cursor: null, selected: null, drag: null, editing: null }
+    this.state = { user, cursor: null, selected: null, drag: null, editing: null, custom: {} }
     awareness.setLocalState(this.state)
     awareness.on('change', this.onChange)
   }
@@ -40,6 +40,16 @@ export class Presence {
     const wait = this.lastSent + this.throttleMs - Date.now()
     if (wait <= 0 && !this.timer) this.flush()
     else if (!this.timer) this.timer = setTimeout(() => this.flush(), Math.max(0, wait))
+  }
+
+  /** Merges keys into my custom presence fields (`undefined` removes one); sent like `update`. */
+  updateCustom(patch: Record<string, unknown>) {
+    const custom = { ...this.state.custom }
+    for (const [k, v] of Object.entries(patch)) {
+      if (v === undefined) delete custom[k]
+      else custom[k] = v
+    }
+    this.update({ custom })
   }
 
   /** Replaces my user (name, colour). */
@@ -129,6 +139,7 @@ export class Presence {
         selected: st.selected ?? null,
         drag: st.drag ?? null,
         editing: st.editing ?? null,
+        custom: typeof st.custom === 'object' && st.custom !== null && !Array.isArray(st.custom) ? st.custom : {},
         stale: false,
       }
       if (!prev || prev.stale || JSON.stringify(prev) !== JSON.stringify(next)) {

@@ -13,6 +13,7 @@ import { LocalCopy, hasIndexedDb, localName } from './offline.js'
 import {
   ResonantError,
   RoomError,
+  type BroadcastSender,
   type ClientOptions,
   type ConnectionStatus,
   type ExecutionEvent,
@@ -26,6 +27,8 @@ const MSG_SYNC = 0
 const MSG_QUERY_AWARENESS = 3
 const MSG_STATELESS = 5
 const MSG_SYNC_STATUS = 8
+/** Largest broadcast event the server relays, in bytes of JSON (docs/protocol.md). */
+const MAX_BROADCAST_BYTES = 8 << 10
 const REQUEST_TIMEOUT_MS = 15000
 /** Close codes after which reconnecting with the same credentials is pointless. */
 const TERMINAL_CLOSES = new Map<number, RoomErrorCode>([
@@ -109,6 +112,7 @@ export class Room implements ExecutionHost {
   private acks: boolean | null = null
   private tokenReason: 'connect' | 'expired' = 'connect'
   private listeners = new Map<RoomEvent, Set<() => void>>()
+  private broadcastListeners = new Set<(event: unknown, from: BroadcastSender) => void>()
   private syncWaiters: Waiter[] = []
   private saveWaiters = new Set<Waiter>()
   private pending = new Map<string, Pending>()
@@ -255,6 +259,29 @@ export class Room implements ExecutionHost {
     if (!set) this.listeners.set(event, (set = new Set()))
     set.add(cb)
     return () => set!.delete(cb)
+  }
+
+  /**
+   * Sends an ephemeral event to the room's other editors (a reaction, "I am running this"):
+   * relayed by the server, never stored, not part of the document or undo. Returns false when
+   * there is no open connection to send it on (it is dropped, not queued: an event that
+   * arrives late is usually wrong). Throws a RangeError over 8 KiB of JSON (the server's cap).
+   */
+  broadcast(event: unknown): boolean {
+    const json = JSON.stringify(event ?? null)
+    if (new TextEncoder().encode(json).length > MAX_BROADCAST_BYTES) {
+      throw new RangeError(`a broadcast event may be ${MAX_BROADCAST_BYTES} bytes of JSON`)
+    }
+    const socket = this.conn?.socket
+    if (!socket || socket.readyState !== 1) return false
+    this.sendJson(socket, { type: 'broadcast', event: event ?? null })
+    return true
+  }
+
+  /** Calls `cb` with each event another editor broadcasts, and who sent it. */
+  onBroadcast(cb: (event: unknown, from: BroadcastSender) => void): Unsubscribe {
+    this.broadcastListeners.add(cb)
+    return () => this.broadcastListeners.delete(cb)
   }
 
   /**
@@ -657,6 +684,11 @@ export class Room implements ExecutionHost {
     }
     if (msg.type === 'access') {
       this.setReadOnly(msg.readOnly === true)
+      return
+    }
+    if (msg.type === 'broadcast') {
+      const from = (typeof msg.from === 'object' && msg.from !== null ? msg.from : {}) as BroadcastSender
+      for (const l of [...this.broadcastListeners]) l(msg.event, from)
       return
     }
     if (msg.type === 'error' && !requestId && msg.code === 'read-only') {

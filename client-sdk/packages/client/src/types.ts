@@ -42,6 +42,13 @@ export interface PresenceState {
   drag: { blockId: string; position: FlowPoint } | null
   /** The text field being edited (focused), for per-field presence: `part` is `data` or `config`. */
   editing: { block: string; part: 'data' | 'config'; field: string } | null
+  /** The app's own presence fields (a status, a viewport, a colour theme): any JSON, kept small. */
+  custom: Record<string, unknown>
+}
+
+/** Who sent a broadcast event (`Room.onBroadcast`): the server stamps it, the sender cannot. */
+export interface BroadcastSender {
+  userId?: string
 }
 
 /** Another editor in the room. */

@@ -1,6 +1,7 @@
 import { useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore } from 'react'
 import type {
   Block,
+  BroadcastSender,
   BlockRunState,
   Connection,
   ConnectionStatus,
@@ -48,6 +49,30 @@ export function useLoaded(): boolean {
   const room = useRoom()
   const subscribe = useSubscribe((cb) => room.on('loaded', cb), [room])
   return useSyncExternalStore(subscribe, () => room.loaded, () => room.loaded)
+}
+
+/** Whether the server treats this connection as read-only (a viewer): hide or disable editing. */
+export function useReadOnly(): boolean {
+  const room = useRoom()
+  const subscribe = useSubscribe((cb) => room.on('status', cb), [room])
+  return useSyncExternalStore(subscribe, () => room.readOnly, () => room.readOnly)
+}
+
+/** A stable function that broadcasts an ephemeral event to the room's other editors (`Room.broadcast`). */
+export function useBroadcastEvent(): (event: unknown) => boolean {
+  const room = useRoom()
+  return useCallback((event: unknown) => room.broadcast(event), [room])
+}
+
+/**
+ * Calls `listener` with every event another editor broadcasts. The latest `listener` is
+ * called (no need to memoise it); subscribing happens once per room.
+ */
+export function useEventListener(listener: (event: unknown, from: BroadcastSender) => void) {
+  const room = useRoom()
+  const latest = useRef(listener)
+  latest.current = listener
+  useEffect(() => room.onBroadcast((event, from) => latest.current(event, from)), [room])
 }
 
 /** Why the room stopped for good (`fatal`), or cannot connect right now; null when fine. */

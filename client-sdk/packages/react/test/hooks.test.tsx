@@ -1,6 +1,7 @@
 // @vitest-environment jsdom
 // The hooks against a real server, rendered with Testing Library in jsdom: each test watches
 // what a component renders while another client (plain SDK, no React) edits the same room.
+import * as React from 'react'
 import { act, cleanup, render, screen, waitFor } from '@testing-library/react'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
@@ -11,10 +12,14 @@ import {
   RoomProvider,
   useBlock,
   useBlocks,
+  useBroadcastEvent,
+  useEventListener,
   useLoaded,
+  useReadOnly,
   useOthers,
   useRoom,
   useSaveStatus,
+  useSynced,
   useUndoRedo,
 } from '../src/core.js'
 
@@ -154,5 +159,32 @@ describe('@resonant/react hooks', () => {
     act(() => api!.undo())
     await screen.findByText('blocks:1 canUndo:false')
     await untilDoc(bob, () => bob.workflow.blocks().map((b) => b.id).join() === 'theirs', 'bob sees only his block')
+  })
+
+  it('useEventListener hears the others’ broadcasts, useBroadcastEvent sends mine; useReadOnly', async () => {
+    const wf = await newWorkflow(server)
+    const bob = await otherEditor(wf)
+    const atBob: unknown[] = []
+    bob.onBroadcast((e) => atBob.push(e))
+    let send: ((e: unknown) => boolean) | null = null
+    function Reactions() {
+      const [last, setLast] = React.useState('none')
+      useEventListener((e) => setLast(JSON.stringify(e)))
+      send = useBroadcastEvent()
+      const readOnly = useReadOnly()
+      const synced = useSynced()
+      return <p>{`synced:${synced} readOnly:${readOnly} last:${last}`}</p>
+    }
+    render(
+      <Harness workflowId={wf}>
+        <Reactions />
+      </Harness>,
+    )
+    await waitFor(() => expect(screen.getByText(/synced:/).textContent).toContain('synced:true'))
+    act(() => void bob.broadcast({ emoji: '👋' }))
+    await screen.findByText(/last:\{"emoji":"👋"\}/)
+    expect(screen.getByText(/readOnly:false/)).toBeTruthy()
+    act(() => void send!('hello bob'))
+    await waitFor(() => expect(atBob).toEqual(['hello bob']))
   })
 })
