@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Print the REST API's OpenAPI document (what `/api/v1/openapi.json` serves) and exit;
     /// the TypeScript SDK generates its REST types from it.
     Openapi,
@@ -375,7 +375,7 @@ impl ServeConfig {
         };
         config.data_dir = data_dir;
         config.database_url = None;
-        config
+        *config
     }
 
     /// Whether the server listens on a loopback address only.
@@ -526,8 +526,10 @@ mod tests {
 
     fn config(args: &[&str]) -> ServeConfig {
         let cli = Cli::parse_from(["resonant", "serve"].iter().chain(args));
-        let Command::Serve(config) = cli.command;
-        config
+        let Command::Serve(config) = cli.command else {
+            unreachable!("parsed `serve`")
+        };
+        *config
     }
 
     #[test]

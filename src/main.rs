@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = match cli.command {
-        Command::Serve(config) => config,
+        Command::Serve(config) => *config,
         Command::Openapi => {
             let mut doc = resonant::api::router().1.to_pretty_json()?;
             doc.push('\n');
