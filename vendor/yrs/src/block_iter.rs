@@ -466,6 +466,7 @@ impl<'a, 'txn> Iterator for Values<'a, 'txn> {
 mod test {
     use crate::block::{ClientID, CHAR_DECODES};
     use crate::doc::OffsetKind;
+    use crate::types::ToJson;
     use crate::{Any, Array, Doc, GetString, Options, Out, Text, Transact};
 
     const KINDS: [OffsetKind; 2] = [OffsetKind::Bytes, OffsetKind::Utf16];
@@ -541,6 +542,20 @@ mod test {
             expected.extend(chars("aé😀x"));
             expected.push(Out::Any(Any::from(1)));
             assert_eq!(got, expected, "{:?}", kind);
+        }
+    }
+
+    #[test]
+    fn array_to_json_has_each_character_of_string_items() {
+        for kind in KINDS {
+            for cut in 0..=4 {
+                let doc = list_with_cut(kind, cut, true);
+                let array = doc.get_or_insert_array("list");
+                let json = array.to_json(&doc.transact());
+                let expected =
+                    Any::Array("aé😀x".chars().map(|c| Any::from(c.to_string())).collect());
+                assert_eq!(json, expected, "{:?}, cut at {}", kind, cut);
+            }
         }
     }
 
