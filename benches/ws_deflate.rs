@@ -1,17 +1,16 @@
 //! What `permessage-deflate` (RFC 7692) would cost the server per outgoing WebSocket message,
 //! and what it would save, measured on messages shaped like an editing session's: a block
 //! dragged (one `position` map set per update, as the demo editor sends), cursor presence
-//! (awareness), and a first sync's step 2 of a 1400-block workflow (220 KB). Compression is flate2 raw
-//! deflate at level 6 with a sync flush per message, as the extension frames it, in its two
-//! modes: with context takeover (one compressor per connection, so a fan-out compresses each
-//! message once per receiver) and without (a fresh window per message, so one compressed
-//! frame could be shared by every receiver, as the uncompressed one is today).
+//! (awareness), and a first sync's step 2 of a 1400-block workflow (220 KB). Compression is
+//! flate2 raw deflate at level 6 with a sync flush per message, as the extension frames it, in
+//! its two modes: with context takeover (one compressor per connection, so a fan-out
+//! compresses each message once per receiver) and without (a fresh window per message, so one
+//! compressed frame could be shared by every receiver, as the uncompressed one is today).
 //! Run with `cargo bench --bench ws_deflate`; a measurement, not an enabled feature.
 
 use std::time::Instant;
 
 use flate2::{Compress, Compression, FlushCompress};
-use yrs::updates::encoder::Encode;
 use yrs::{Doc, Map, MapPrelim, ReadTxn, Transact};
 
 /// A y-websocket sync message (type 0, sub-type 2 = update) around `update`.
