@@ -40,8 +40,10 @@ pub enum ContentError {
     TextInList,
 }
 
-/// The items of a list, refusing one that holds text: yrs reads text in a list one character
-/// at a time from the start of its item, so a 1 MB paste would take minutes to read.
+/// The items of a list, refusing one that holds text: no workflow editor writes text into a
+/// list, so such a document is not a workflow. (Unpatched yrs read text in a list in quadratic
+/// time, or forever for non-ASCII text; `vendor/yrs` reads it linearly, see its PATCHES.md §3,
+/// so this is a product rule, no longer a guard for the worker.)
 fn items<'a, T: ReadTxn>(
     txn: &'a T,
     array: &'a yrs::ArrayRef,

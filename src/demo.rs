@@ -1,7 +1,9 @@
 //! The demo editor: the Vite build in `client-sdk/demo/dist`, compiled into the binary, served
 //! at `/` with its hashed assets under `/assets/`. Any other extension-less GET outside the
 //! server's own prefixes gets `index.html`, so the editor's client-side routes (`/w/abc`)
-//! survive a reload. Everything else stays the API's JSON 404.
+//! survive a reload. Everything else stays the API's JSON 404. Files are sent brotli- or
+//! gzip-compressed when the browser accepts it, from copies compressed when the demo was
+//! built (see `client-sdk/scripts/precompress.mjs` for why then and not here).
 
 use std::borrow::Cow;
 
@@ -52,7 +54,7 @@ pub async fn fallback(req: Request) -> Response {
                 "no-cache"
             };
             let mime = file.metadata.mimetype().to_owned();
-            respond(req.headers(), file, &mime, cache)
+            respond(req.headers(), path, file, &mime, cache)
         }
         // Not index.html: a missing script served as HTML fails far less clearly than a 404.
         None => (StatusCode::NOT_FOUND, "no such file").into_response(),
@@ -63,7 +65,7 @@ pub async fn fallback(req: Request) -> Response {
 /// at once; its assets' names change with their content.
 fn index(headers: &HeaderMap) -> Response {
     match Dist::get("index.html") {
-        Some(file) => respond(headers, file, "text/html", "no-cache"),
+        Some(file) => respond(headers, "index.html", file, "text/html", "no-cache"),
         None => send(
             headers,
             Bytes::from_static(PLACEHOLDER.as_bytes()),
@@ -74,14 +76,107 @@ fn index(headers: &HeaderMap) -> Response {
     }
 }
 
-/// An embedded file, without copying it (it is `'static` data in the binary).
-fn respond(headers: &HeaderMap, file: EmbeddedFile, mime: &str, cache: &'static str) -> Response {
-    let etag = format!("\"{}\"", hex::encode(&file.metadata.sha256_hash()[..16]));
-    let body = match file.data {
+/// An embedded file, without copying it (it is `'static` data in the binary), in the best
+/// content coding the request accepts of those precompressed next to it (`NAME.br`,
+/// `NAME.gz`, written by `client-sdk/scripts/precompress.mjs` when the demo is built).
+fn respond(
+    headers: &HeaderMap,
+    path: &str,
+    file: EmbeddedFile,
+    mime: &str,
+    cache: &'static str,
+) -> Response {
+    let br = Dist::get(&format!("{path}.br"));
+    let gz = Dist::get(&format!("{path}.gz"));
+    let varies = br.is_some() || gz.is_some();
+    let accept = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let coding = choose_coding(accept, br.is_some(), gz.is_some());
+    // One strong ETag per representation: the same tag for two encodings would let a cache
+    // answer a gzip request's revalidation with a brotli body.
+    let tag = hex::encode(&file.metadata.sha256_hash()[..16]);
+    let (body, etag, encoding) = match (coding, br, gz) {
+        (Coding::Br, Some(f), _) => (f.data, format!("\"{tag}-br\""), Some("br")),
+        (Coding::Gzip, _, Some(f)) => (f.data, format!("\"{tag}-gz\""), Some("gzip")),
+        _ => (file.data, format!("\"{tag}\""), None),
+    };
+    let body = match body {
         Cow::Borrowed(b) => Bytes::from_static(b),
         Cow::Owned(v) => Bytes::from(v),
     };
-    send(headers, body, mime, cache, &etag)
+    let mut response = send(headers, body, mime, cache, &etag);
+    let ok = response.status() == StatusCode::OK;
+    let h = response.headers_mut();
+    if varies {
+        h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    if let (Some(encoding), true) = (encoding, ok) {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+    }
+    response
+}
+
+/// A content coding a file may be sent in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Coding {
+    Br,
+    Gzip,
+    Identity,
+}
+
+/// The coding to send, given the request's `Accept-Encoding` and which precompressed copies
+/// exist: the acceptable one (q > 0) with the highest q-value, the smaller body on a tie
+/// (brotli, then gzip, then identity). A coding not listed takes `*`'s q-value; identity is
+/// acceptable unless excluded (RFC 9110 §12.5.3), at the lowest weight unless listed. When nothing is acceptable the file goes
+/// out uncompressed rather than as a 406, which no browser sends a request to provoke.
+fn choose_coding(accept: Option<&str>, has_br: bool, has_gzip: bool) -> Coding {
+    let Some(accept) = accept else {
+        return Coding::Identity;
+    };
+    let (mut br, mut gzip, mut identity, mut star) = (None, None, None, None);
+    for entry in accept.split(',') {
+        let mut parts = entry.split(';');
+        let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let mut q = 1.0f32;
+        for param in parts {
+            if let Some((k, v)) = param.split_once('=') {
+                if k.trim().eq_ignore_ascii_case("q") {
+                    // An unreadable weight counts as a refusal: better uncompressed than a
+                    // coding the client did not ask for.
+                    q = v
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|q: &f32| (0.0..=1.0).contains(q))
+                        .unwrap_or(0.0);
+                }
+            }
+        }
+        match name.as_str() {
+            "br" => br = Some(q),
+            "gzip" | "x-gzip" => gzip = Some(q),
+            "identity" => identity = Some(q),
+            "*" => star = Some(q),
+            _ => {}
+        }
+    }
+    let br = br.or(star).unwrap_or(0.0);
+    let gzip = gzip.or(star).unwrap_or(0.0);
+    // Unlisted, identity is acceptable but last: a client that lists a coding at any weight
+    // would rather have it than the uncompressed file.
+    let identity = identity.or(star).unwrap_or(f32::MIN_POSITIVE);
+    let mut best = (Coding::Identity, 0.0f32);
+    for (coding, q, available) in [
+        (Coding::Br, br, has_br),
+        (Coding::Gzip, gzip, has_gzip),
+        (Coding::Identity, identity, true),
+    ] {
+        if available && q > best.1 {
+            best = (coding, q);
+        }
+    }
+    best.0
 }
 
 /// The body, or 304 when the browser's copy is current (`no-cache` revalidates every load).
@@ -113,4 +208,44 @@ fn send(headers: &HeaderMap, body: Bytes, mime: &str, cache: &'static str, etag:
         h.insert(header::ETAG, v);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{choose_coding, Coding};
+
+    #[test]
+    fn the_coding_follows_accept_encoding_and_its_q_values() {
+        let cases = [
+            (None, Coding::Identity),
+            (Some(""), Coding::Identity),
+            (Some("gzip, deflate, br, zstd"), Coding::Br),
+            (Some("gzip"), Coding::Gzip),
+            (Some("x-gzip"), Coding::Gzip),
+            (Some("BR"), Coding::Br),
+            (Some("br;q=0, gzip"), Coding::Gzip),
+            (Some("br; q=0.0, gzip;q=0.1"), Coding::Gzip),
+            (Some("br;q=0.4, gzip;q=0.5"), Coding::Gzip),
+            (Some("gzip;q=0.5, br;q=0.5"), Coding::Br),
+            (Some("br;q=0, gzip;q=0"), Coding::Identity),
+            (Some("identity;q=1, br;q=0.9"), Coding::Identity),
+            (Some("*"), Coding::Br),
+            (Some("*;q=0.5, br;q=0"), Coding::Gzip),
+            (Some("deflate, zstd"), Coding::Identity),
+            (Some("br;q=abc, gzip"), Coding::Gzip),
+            (Some("br;q=2"), Coding::Identity),
+            // Nothing acceptable: sent as is rather than refused.
+            (Some("identity;q=0"), Coding::Identity),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(choose_coding(accept, true, true), want, "{accept:?}");
+        }
+        // Only what exists is chosen.
+        assert_eq!(choose_coding(Some("br, gzip"), false, true), Coding::Gzip);
+        assert_eq!(choose_coding(Some("br"), false, true), Coding::Identity);
+        assert_eq!(
+            choose_coding(Some("br, gzip"), false, false),
+            Coding::Identity
+        );
+    }
 }

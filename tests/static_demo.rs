@@ -3,8 +3,12 @@
 mod common;
 
 use common::*;
-use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use reqwest::header::{
+    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG,
+    IF_NONE_MATCH, VARY,
+};
 use reqwest::{Response, StatusCode};
+use std::io::Read;
 
 /// What `/` serves: the Vite build's page, or the placeholder when none was built.
 fn is_editor_page(body: &str) -> bool {
@@ -117,6 +121,93 @@ async fn the_editor_is_served_beside_the_api() {
     assert!(!paths.is_empty());
     for path in paths.keys() {
         assert!(path.starts_with("/api/"), "{path} in the OpenAPI document");
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// One GET of `path` with `Accept-Encoding: accept` (none if `None`), checked for the headers
+/// every encoding shares; returns the response's headers and raw body.
+async fn fetch_encoded(
+    http: &reqwest::Client,
+    url: &str,
+    accept: Option<&str>,
+) -> (reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = http.get(url);
+    if let Some(accept) = accept {
+        req = req.header(ACCEPT_ENCODING, accept);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "{url} {accept:?}");
+    let headers = r.headers().clone();
+    let body = r.bytes().await.unwrap().to_vec();
+    let len: usize = headers[CONTENT_LENGTH].to_str().unwrap().parse().unwrap();
+    assert_eq!(len, body.len(), "{url} {accept:?}: Content-Length");
+    assert_eq!(headers[VARY], "accept-encoding", "{url} {accept:?}");
+    (headers, body)
+}
+
+#[tokio::test]
+async fn assets_are_sent_compressed_as_the_browser_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), |_| {}).await;
+    let base = format!("http://{}", server.addr());
+    let http = reqwest::Client::new();
+    let html = http
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let assets: Vec<&str> = html
+        .split(['"', '\''])
+        .filter(|s| s.starts_with("/assets/"))
+        .collect();
+    assert!(
+        !assets.is_empty(),
+        "the committed demo build names no assets: {html}"
+    );
+    for asset in assets {
+        let url = format!("{base}{asset}");
+        let (plain_h, plain) = fetch_encoded(&http, &url, None).await;
+        assert!(plain_h.get(CONTENT_ENCODING).is_none(), "{asset}");
+
+        let (br_h, br) = fetch_encoded(&http, &url, Some("gzip, deflate, br, zstd")).await;
+        assert_eq!(br_h[CONTENT_ENCODING], "br", "{asset}");
+        let mut decoded = Vec::new();
+        brotli_decompressor::Decompressor::new(&br[..], 4096)
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, plain, "{asset}: brotli body");
+        assert!(br.len() < plain.len(), "{asset}");
+
+        let (gz_h, gz) = fetch_encoded(&http, &url, Some("br;q=0, gzip")).await;
+        assert_eq!(gz_h[CONTENT_ENCODING], "gzip", "{asset}");
+        let mut decoded = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut decoded)
+            .unwrap();
+        assert_eq!(decoded, plain, "{asset}: gzip body");
+
+        let (none_h, none) = fetch_encoded(&http, &url, Some("br;q=0, gzip;q=0")).await;
+        assert!(none_h.get(CONTENT_ENCODING).is_none(), "{asset}");
+        assert_eq!(none, plain);
+
+        // Each representation has its own tag: a brotli tag does not revalidate a gzip copy.
+        let (plain_tag, br_tag) = (&plain_h[ETAG], &br_h[ETAG]);
+        assert_ne!(plain_tag, br_tag);
+        assert_ne!(br_tag, &gz_h[ETAG]);
+        let revalidate = |accept: &'static str| {
+            http.get(&url)
+                .header(ACCEPT_ENCODING, accept)
+                .header(IF_NONE_MATCH, br_tag.clone())
+                .send()
+        };
+        let same = revalidate("br").await.unwrap();
+        assert_eq!(same.status(), StatusCode::NOT_MODIFIED, "{asset}");
+        assert!(same.headers().get(CONTENT_ENCODING).is_none());
+        assert_eq!(revalidate("gzip").await.unwrap().status(), StatusCode::OK);
     }
     server.shutdown().await.unwrap();
 }

@@ -391,10 +391,10 @@ pub(crate) fn deepest(doc: &Doc, cache: &mut DepthCache, limit: u32) -> u32 {
     deepest
 }
 
-/// The shared types in a branch's list part, in order. Read as text on purpose: yrs's array
-/// iterator copies a string item once per character it yields (`chars().skip(offset)`), so a
-/// list a client filled with text costs quadratic time (a 1 MB paste took minutes to load);
-/// a text diff reads each item once and still hands back every nested type.
+/// The shared types in a branch's list part, in order. Read as text on purpose: a text diff
+/// hands back a string item as one value and still every nested type, where the array
+/// iterator yields a value per character (unpatched yrs did that in quadratic time; see
+/// `vendor/yrs/PATCHES.md` §3).
 fn list_types<T: ReadTxn>(txn: &T, branch: &Branch) -> impl Iterator<Item = Out> {
     yrs::TextRef::from(BranchPtr::from(branch))
         .diff(txn, YChange::identity)
@@ -404,8 +404,7 @@ fn list_types<T: ReadTxn>(txn: &T, branch: &Branch) -> impl Iterator<Item = Out>
 }
 
 /// Whether a list (an array, or a root read as one) holds text items. Honest Yjs clients
-/// never put text in an array; reading one that holds text item by item is quadratic (see
-/// [`list_types`]), so readers refuse it instead.
+/// never put text in an array, so readers of workflow lists refuse one that does.
 pub fn list_holds_text<T: ReadTxn>(txn: &T, branch: &Branch) -> bool {
     !yrs::TextRef::from(BranchPtr::from(branch))
         .get_string(txn)

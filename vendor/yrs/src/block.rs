@@ -1700,6 +1700,74 @@ impl SplittableString {
     pub fn push_str(&mut self, str: &str) {
         self.content.push_str(str);
     }
+
+    /// RESONANT PATCH (array_iter_linear): where the character at `offset` (counted in `kind`,
+    /// the unit of [Item::content_len]) starts, as `(byte offset, offset in kind)`. An offset
+    /// inside a character (a UTF-8 continuation byte, the second half of a surrogate pair)
+    /// gives that character's start; one at or past the end gives the end.
+    pub(crate) fn char_start(&self, offset: u32, kind: OffsetKind) -> (usize, u32) {
+        let s = self.as_str();
+        match kind {
+            OffsetKind::Bytes => {
+                let mut byte = (offset as usize).min(s.len());
+                while !s.is_char_boundary(byte) {
+                    byte -= 1;
+                }
+                (byte, byte as u32)
+            }
+            OffsetKind::Utf16 => {
+                let mut units = 0u32;
+                for (byte, c) in s.char_indices() {
+                    count_char_decodes(1);
+                    let next = units + c.len_utf16() as u32;
+                    if next > offset {
+                        return (byte, units);
+                    }
+                    units = next;
+                }
+                (s.len(), units)
+            }
+        }
+    }
+
+    /// RESONANT PATCH (array_iter_linear): reads the characters from byte `from` on into
+    /// `buf`, each as a one-character string (as [ItemContent::read] does), and returns how
+    /// many it read, the byte offset after the last one and their length in `kind`.
+    pub(crate) fn read_chars(
+        &self,
+        from: usize,
+        buf: &mut [Out],
+        kind: OffsetKind,
+    ) -> (usize, usize, u32) {
+        let mut read = 0;
+        let mut end = from;
+        let mut units = 0u32;
+        for (slot, c) in buf.iter_mut().zip(self.as_str()[from..].chars()) {
+            *slot = Out::Any(Any::from(c.to_string()));
+            read += 1;
+            end += c.len_utf8();
+            units += match kind {
+                OffsetKind::Bytes => c.len_utf8(),
+                OffsetKind::Utf16 => c.len_utf16(),
+            } as u32;
+        }
+        count_char_decodes(read);
+        (read, end, units)
+    }
+}
+
+// RESONANT PATCH (array_iter_linear): how many characters the string reads of this thread
+// decoded, so that tests can tell a linear read of a string item from a quadratic one without
+// measuring time.
+#[cfg(test)]
+thread_local! {
+    pub(crate) static CHAR_DECODES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[inline(always)]
+fn count_char_decodes(_n: usize) {
+    #[cfg(test)]
+    CHAR_DECODES.with(|c| c.set(c.get() + _n));
 }
 
 impl std::fmt::Display for SplittableString {
@@ -1933,6 +2001,11 @@ impl ItemContent {
                         buf[j] = Out::Any(Any::from(c.to_string()));
                         j += 1;
                     }
+                    // RESONANT PATCH (array_iter_linear): `skip` decodes the `offset` characters
+                    // before the first one read (counted for tests only: the count is a pass of
+                    // its own). `BlockIter::slice` no longer reads strings here.
+                    #[cfg(test)]
+                    count_char_decodes(offset.min(v.chars().count()) + j);
                     j
                 }
                 ItemContent::JSON(elements) => {

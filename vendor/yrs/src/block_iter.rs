@@ -1,5 +1,6 @@
-use crate::block::{Block, Item, ItemContent, ItemPtr, Prelim};
+use crate::block::{Block, Item, ItemContent, ItemPtr, Prelim, SplittableString};
 use crate::branch::BranchPtr;
+use crate::doc::OffsetKind;
 use crate::transaction::{ReadTxn, TransactionMut};
 use crate::types::TypePtr;
 use crate::{Out, ID};
@@ -13,6 +14,20 @@ pub(crate) struct BlockIter {
     rel: u32,
     next_item: Option<ItemPtr>,
     reached_end: bool,
+    /// RESONANT PATCH (array_iter_linear): where the last read of a string item stopped, so
+    /// that the next read resumes there instead of counting `rel` out from the item's start.
+    str_pos: Option<StrPos>,
+}
+
+/// RESONANT PATCH (array_iter_linear): `rel` (in the document's offset kind) inside the string
+/// item `id` is at byte `byte` of its content. Keyed by the item's ID, not its pointer, so a
+/// stale position is never dereferenced; an item keeps its start (splits truncate it on the
+/// right), so the pair stays true for as long as the item exists.
+#[derive(Debug, Clone, Copy)]
+struct StrPos {
+    id: ID,
+    rel: u32,
+    byte: usize,
 }
 
 impl BlockIter {
@@ -25,6 +40,7 @@ impl BlockIter {
             reached_end,
             index: 0,
             rel: 0,
+            str_pos: None,
         }
     }
 
@@ -253,16 +269,27 @@ impl BlockIter {
                     if item.is_countable() && !self.reached_end && len > 0 {
                         if !item.is_deleted() {
                             // we're iterating inside of a block
-                            let r = item
-                                .content
-                                .read(self.rel as usize, &mut buf[read as usize..])
-                                as u32;
+                            // RESONANT PATCH (array_iter_linear): a string item is read from
+                            // where the last read stopped, and `rel` advances by the length of
+                            // what was read in the offset kind (as `try_forward` counts it), not
+                            // by the number of characters: `ItemContent::read` counted the
+                            // offset out in characters from the item's start (quadratic when
+                            // iterating), and a character longer than one unit left `rel`
+                            // short of the item's length forever (the loop never ended).
+                            let dst = &mut buf[read as usize..];
+                            let (r, next_rel) = match &item.content {
+                                ItemContent::String(s) => self.read_str(item, s, encoding, dst),
+                                content => {
+                                    let r = content.read(self.rel as usize, dst) as u32;
+                                    (r, self.rel + r)
+                                }
+                            };
                             read += r;
                             len -= r;
-                            if self.rel + r == item.content_len(encoding) {
+                            if next_rel >= item.content_len(encoding) {
                                 self.rel = 0;
                             } else {
-                                self.rel += r;
+                                self.rel = next_rel;
                                 continue; // do not iterate to item.right
                             }
                         }
@@ -293,6 +320,38 @@ impl BlockIter {
         self.next_item = next_item;
         self.index -= len;
         read
+    }
+
+    /// RESONANT PATCH (array_iter_linear): reads characters of the string item `item` from
+    /// `self.rel` into `buf`; returns how many it read and the `rel` after them.
+    fn read_str(
+        &mut self,
+        item: ItemPtr,
+        s: &SplittableString,
+        kind: OffsetKind,
+        buf: &mut [Out],
+    ) -> (u32, u32) {
+        let (from, at) = match self.str_pos {
+            // In bytes, `rel` is the position itself; in UTF-16 units it has to be counted out
+            // from the start unless the last read stopped there.
+            Some(pos)
+                if kind == OffsetKind::Utf16
+                    && pos.id == item.id
+                    && pos.rel == self.rel
+                    && s.as_str().is_char_boundary(pos.byte) =>
+            {
+                (pos.byte, pos.rel)
+            }
+            _ => s.char_start(self.rel, kind),
+        };
+        let (read, end, units) = s.read_chars(from, buf, kind);
+        let next_rel = at + units;
+        self.str_pos = Some(StrPos {
+            id: item.id,
+            rel: next_rel,
+            byte: end,
+        });
+        (read as u32, next_rel)
     }
 
     fn split_rel(&mut self, txn: &mut TransactionMut) {
@@ -398,6 +457,165 @@ impl<'a, 'txn> Iterator for Values<'a, 'txn> {
             } else {
                 None
             }
+        }
+    }
+}
+
+/// RESONANT PATCH (array_iter_linear): string items read through an array.
+#[cfg(test)]
+mod test {
+    use crate::block::{ClientID, CHAR_DECODES};
+    use crate::doc::OffsetKind;
+    use crate::types::ToJson;
+    use crate::{Any, Array, Doc, GetString, Options, Out, Text, Transact};
+
+    const KINDS: [OffsetKind; 2] = [OffsetKind::Bytes, OffsetKind::Utf16];
+
+    fn doc(kind: OffsetKind) -> Doc {
+        let mut options = Options::with_client_id(ClientID::new(1));
+        options.offset_kind = kind;
+        Doc::with_options(options)
+    }
+
+    fn units(c: char, kind: OffsetKind) -> u32 {
+        match kind {
+            OffsetKind::Bytes => c.len_utf8() as u32,
+            OffsetKind::Utf16 => c.len_utf16() as u32,
+        }
+    }
+
+    fn chars(s: &str) -> Vec<Out> {
+        s.chars()
+            .map(|c| Out::Any(Any::from(c.to_string())))
+            .collect()
+    }
+
+    /// Text "aé😀x" (1, 2 and 4 UTF-8 bytes; the emoji is a surrogate pair in UTF-16) in the
+    /// root "list", cut into items at character `cut` in one of two ways: written as two
+    /// inserts, or written whole and split by an insert at `cut` that is then deleted.
+    fn list_with_cut(kind: OffsetKind, cut: usize, split_by_delete: bool) -> Doc {
+        const S: &str = "aé😀x";
+        let doc = doc(kind);
+        let text = doc.get_or_insert_text("list");
+        let at = S.chars().take(cut).map(|c| units(c, kind)).sum::<u32>();
+        let byte = S.char_indices().nth(cut).map_or(S.len(), |(b, _)| b);
+        if split_by_delete {
+            text.insert(&mut doc.transact_mut(), 0, S);
+            text.insert(&mut doc.transact_mut(), at, "!");
+            text.remove_range(&mut doc.transact_mut(), at, units('!', kind));
+        } else {
+            text.insert(&mut doc.transact_mut(), 0, &S[byte..]);
+            text.insert(&mut doc.transact_mut(), 0, &S[..byte]);
+        }
+        assert_eq!(text.get_string(&doc.transact()), S);
+        doc
+    }
+
+    #[test]
+    fn array_iter_yields_each_character_of_string_items_once() {
+        for kind in KINDS {
+            for cut in 0..=4 {
+                for split_by_delete in [false, true] {
+                    let doc = list_with_cut(kind, cut, split_by_delete);
+                    let array = doc.get_or_insert_array("list");
+                    let txn = doc.transact();
+                    let got: Vec<Out> = array.iter(&txn).collect();
+                    assert_eq!(got, chars("aé😀x"), "{:?}, cut at {}", kind, cut);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn array_iter_reaches_values_after_multi_unit_characters() {
+        for kind in KINDS {
+            let doc = list_with_cut(kind, 2, false);
+            let array = doc.get_or_insert_array("list");
+            array.insert(&mut doc.transact_mut(), 0, 0);
+            // The end as `BlockIter` counts (in the offset kind); `Array::len` counts UTF-16
+            // units whatever the kind, which lands inside the text under `Bytes`.
+            let end = 1 + "aé😀x".chars().map(|c| units(c, kind)).sum::<u32>();
+            array.insert(&mut doc.transact_mut(), end, 1);
+            let txn = doc.transact();
+            let got: Vec<Out> = array.iter(&txn).collect();
+            let mut expected = vec![Out::Any(Any::from(0))];
+            expected.extend(chars("aé😀x"));
+            expected.push(Out::Any(Any::from(1)));
+            assert_eq!(got, expected, "{:?}", kind);
+        }
+    }
+
+    #[test]
+    fn array_to_json_has_each_character_of_string_items() {
+        for kind in KINDS {
+            for cut in 0..=4 {
+                let doc = list_with_cut(kind, cut, true);
+                let array = doc.get_or_insert_array("list");
+                let json = array.to_json(&doc.transact());
+                let expected =
+                    Any::Array("aé😀x".chars().map(|c| Any::from(c.to_string())).collect());
+                assert_eq!(json, expected, "{:?}, cut at {}", kind, cut);
+            }
+        }
+    }
+
+    #[test]
+    fn array_get_at_every_offset_is_the_character_covering_it() {
+        // `BlockIter` counts string items in the document's offset kind, so an index may fall
+        // inside a character: it reads that character.
+        for kind in KINDS {
+            for cut in 0..=4 {
+                for split_by_delete in [false, true] {
+                    let doc = list_with_cut(kind, cut, split_by_delete);
+                    let array = doc.get_or_insert_array("list");
+                    let txn = doc.transact();
+                    let covering: Vec<Option<Out>> = "aé😀x"
+                        .chars()
+                        .flat_map(|c| {
+                            let v = Out::Any(Any::from(c.to_string()));
+                            std::iter::repeat(Some(v)).take(units(c, kind) as usize)
+                        })
+                        .collect();
+                    let end = covering.len() as u32;
+                    let got: Vec<Option<Out>> = (0..end).map(|i| array.get(&txn, i)).collect();
+                    assert_eq!(got, covering, "{:?}, cut at {}", kind, cut);
+                    assert_eq!(array.get(&txn, end), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn array_iter_decodes_each_character_of_a_long_string_item_once() {
+        // Before the patch every element was read with `chars().skip(i)`: n(n+1)/2 decodes
+        // (500 500 here) instead of about n. The first two cases are the ones the old code
+        // finished at all (one unit per character); with the others it never returned.
+        const N: usize = 1000;
+        let cases = [
+            (OffsetKind::Bytes, "ab"),
+            (OffsetKind::Utf16, "aé"),
+            (OffsetKind::Bytes, "aé😀"),
+            (OffsetKind::Utf16, "aé😀"),
+        ];
+        for (kind, pattern) in cases {
+            let s: String = pattern.chars().cycle().take(N).collect();
+            let doc = doc(kind);
+            doc.get_or_insert_text("list")
+                .insert(&mut doc.transact_mut(), 0, &s);
+            let array = doc.get_or_insert_array("list");
+            let txn = doc.transact();
+            CHAR_DECODES.with(|c| c.set(0));
+            assert_eq!(array.iter(&txn).collect::<Vec<_>>(), chars(&s));
+            let decodes = CHAR_DECODES.with(|c| c.get());
+            // Each character once, plus (in UTF-16) the first character found from the start.
+            assert!(
+                decodes <= N + 1,
+                "{:?} {:?}: {} decodes for {} characters",
+                kind,
+                pattern,
+                decodes,
+                N
+            );
         }
     }
 }

@@ -94,7 +94,11 @@ impl ToJson for ArrayRef {
         let len = self.0.len();
         let mut buf = vec![Out::default(); len as usize];
         let read = walker.slice(txn, &mut buf);
-        if read == len {
+        // RESONANT PATCH (array_iter_linear): `len` counts a string item's UTF-16 units, the
+        // walker yields one element per character, so a character outside the BMP makes it
+        // read fewer elements than `len` (it used to loop forever there, then panicked here).
+        if read == len || (read < len && walker.finished()) {
+            buf.truncate(read as usize);
             let res = buf.into_iter().map(|v| v.to_json(txn)).collect();
             Any::Array(res)
         } else {
