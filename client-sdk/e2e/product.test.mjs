@@ -114,11 +114,17 @@ test('workflow list: create, rename, open by link; versions: save, change, resto
   await page.getByTestId('tab-comments').click()
   await until('the panel on the ai block', async () => (await page.getByTestId('comments-panel').getAttribute('data-block')) === 'ai')
   await page.getByTestId('no-comments').waitFor()
+  // Jon watches every comment of the workflow (no block selected).
+  await other.getByTestId('tab-comments').click()
+  await other.getByTestId('no-comments').waitFor()
   await page.getByTestId('comment-input').fill('Shorter prompt, please')
   await page.getByTestId('add-comment').click()
   const comment = page.getByTestId('comment').filter({ hasText: 'Shorter prompt, please' })
   await comment.waitFor()
   assert.equal(await comment.getAttribute('data-block'), 'ai')
+  // It reaches Jon's open panel and card at once (a broadcast event), well inside the 15 s poll.
+  await until('the comment at Jon', async () => (await other.getByTestId('comment').filter({ hasText: 'Shorter prompt, please' }).count()) === 1, 5000)
+  await until('the badge at Jon', async () => (await other.getByTestId('comment-count-ai').count()) === 1, 5000)
   const stored = await rest(`/workflows/${id}/comments?blockId=ai`)
   assert.equal(stored.items.length, 1)
   assert.equal(stored.items[0].content, 'Shorter prompt, please')

@@ -11,6 +11,7 @@ import {
   useSynced,
   useUndoRedo,
   useLatestExecution,
+  useEventListener,
 } from '@resonant/react'
 import { nodeTypes } from './nodes'
 import { StatusBar } from './StatusBar'
@@ -22,7 +23,7 @@ import { VersionsPanel } from './VersionsPanel'
 import { CommentsPanel } from './CommentsPanel'
 import { placeNewBlock } from './placement'
 import { CommentCounts, CommentCountsContext } from './commentCounts'
-import { useDemo } from './nav'
+import { isPanelEvent, useDemo } from './nav'
 
 type SideTab = 'block' | 'comments' | 'versions'
 
@@ -108,10 +109,14 @@ function Editor({ seed, workflowId }: { seed: boolean; workflowId: string }) {
   useEffect(() => {
     const load = () => commentCounts.refresh().catch((e: unknown) => console.warn('comment counts', e))
     void load()
-    // Others' comments come over REST only: look again now and then.
+    // Editors announce comment changes (CommentsPanel); REST-only writers do not: look again
+    // now and then.
     const t = setInterval(load, 30_000)
     return () => clearInterval(t)
   }, [commentCounts])
+  useEventListener((e) => {
+    if (isPanelEvent(e, 'comments-changed')) refreshCounts()
+  })
   const canvas = useRef<HTMLDivElement>(null)
 
   useEffect(() => {

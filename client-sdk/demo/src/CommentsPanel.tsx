@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useState } from 'react'
 import type { Block, Schemas } from '@resonant/client'
-import { jsonEqual, useBlocks } from '@resonant/react'
-import { errorText, timeAgo, useDemo } from './nav'
+import { jsonEqual, useBlocks, useBroadcastEvent, useEventListener } from '@resonant/react'
+import { errorText, isPanelEvent, timeAgo, useDemo } from './nav'
 
 type Comment = Schemas['Comment']
 
@@ -38,15 +38,21 @@ export function CommentsPanel(props: { workflowId: string; blockId: string | und
   useEffect(() => {
     setComments(null)
     void refresh()
-    // Others' comments arrive over REST only: look again now and then while the panel is open.
+    // Editors in the room announce their changes (below); REST-only writers do not, so look
+    // again now and then while the panel is open.
     const t = setInterval(() => void refresh(), 15_000)
     return () => clearInterval(t)
   }, [refresh])
+  useEventListener((e) => {
+    if (isPanelEvent(e, 'comments-changed')) void refresh()
+  })
+  const broadcast = useBroadcastEvent()
 
   const run = async (f: () => Promise<unknown>) => {
     setBusy(true)
     try {
       await f()
+      broadcast({ kind: 'comments-changed' })
       await refresh()
     } catch (e) {
       setError(errorText(e))

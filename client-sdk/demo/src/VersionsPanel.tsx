@@ -1,7 +1,7 @@
 import { useCallback, useEffect, useState } from 'react'
 import type { Schemas } from '@resonant/client'
-import { useRoom } from '@resonant/react'
-import { errorText, timeAgo, useDemo } from './nav'
+import { useBroadcastEvent, useEventListener, useRoom } from '@resonant/react'
+import { errorText, isPanelEvent, timeAgo, useDemo } from './nav'
 
 type Version = Schemas['VersionInfo']
 
@@ -32,6 +32,10 @@ export function VersionsPanel({ workflowId }: { workflowId: string }) {
   useEffect(() => {
     void refresh()
   }, [refresh])
+  useEventListener((e) => {
+    if (isPanelEvent(e, 'versions-changed')) void refresh()
+  })
+  const broadcast = useBroadcastEvent()
 
   const act = async (what: string, f: () => Promise<unknown>) => {
     setBusy(what)
@@ -39,6 +43,7 @@ export function VersionsPanel({ workflowId }: { workflowId: string }) {
     try {
       await room.whenSaved()
       await f()
+      broadcast({ kind: 'versions-changed' })
       await refresh()
     } catch (e) {
       setError(errorText(e))

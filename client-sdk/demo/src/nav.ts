@@ -59,3 +59,11 @@ export function timeAgo(ms: number, now = Date.now()): string {
   if (h < 24) return `${h} h ago`
   return new Date(ms).toLocaleDateString()
 }
+
+/** Broadcast to the room's other editors when comments or versions change, so their panels reload at once. */
+export type PanelEvent = { kind: 'comments-changed' } | { kind: 'versions-changed' }
+
+/** Whether a broadcast event is a {@link PanelEvent} of `kind`. */
+export function isPanelEvent(e: unknown, kind: PanelEvent['kind']): boolean {
+  return typeof e === 'object' && e !== null && (e as { kind?: unknown }).kind === kind
+}

@@ -233,6 +233,12 @@ export function CursorTracker() {
 export interface RemoteCursorsProps {
   /** Draws one cursor; the default is an arrow with the name in the user's colour. */
   renderCursor?: (peer: Peer) => ReactNode
+  /**
+   * Milliseconds over which a remote cursor glides to its next reported position (reports
+   * come at most every `presenceThrottleMs`, 50 ms, so without it cursors jump). 0 turns it off.
+   * Default 80.
+   */
+  smoothMs?: number
 }
 
 function DefaultCursor({ peer }: { peer: Peer }) {
@@ -268,29 +274,37 @@ const withCursor = (others: Peer[]) => others.filter((p) => p.cursor)
  * Other editors' cursors over the flow. Render inside `<ReactFlow>`: only this overlay
  * re-renders when a cursor moves or the viewport changes.
  */
-export function RemoteCursors({ renderCursor }: RemoteCursorsProps) {
+export function RemoteCursors({ renderCursor, smoothMs = 80 }: RemoteCursorsProps) {
   const peers = useOthers(withCursor)
   const [tx, ty, zoom] = useStore((s) => s.transform)
+  // Two layers: the viewport transform (pans and zooms apply at once) and, inside it, each
+  // cursor at its flow position with a transition, so only the cursor's own moves are eased.
   return (
     <div
       className="resonant-cursors"
       style={{ position: 'absolute', inset: 0, pointerEvents: 'none', zIndex: 1000, overflow: 'hidden' }}
     >
-      {peers.map((p) => (
-        <div
-          key={p.clientId}
-          style={{
-            position: 'absolute',
-            left: 0,
-            top: 0,
-            transform: `translate(${p.cursor!.x * zoom + tx}px, ${p.cursor!.y * zoom + ty}px)`,
-            opacity: p.stale ? 0.4 : 1,
-            willChange: 'transform',
-          }}
-        >
-          {renderCursor ? renderCursor(p) : <DefaultCursor peer={p} />}
-        </div>
-      ))}
+      <div style={{ position: 'absolute', left: 0, top: 0, transformOrigin: '0 0', transform: `translate(${tx}px, ${ty}px) scale(${zoom})` }}>
+        {peers.map((p) => (
+          <div
+            key={p.clientId}
+            data-cursor={p.user.name}
+            style={{
+              position: 'absolute',
+              left: 0,
+              top: 0,
+              transform: `translate(${p.cursor!.x}px, ${p.cursor!.y}px)`,
+              transition: smoothMs > 0 ? `transform ${smoothMs}ms linear` : undefined,
+              opacity: p.stale ? 0.4 : 1,
+              willChange: 'transform',
+            }}
+          >
+            <div style={{ transformOrigin: '0 0', transform: `scale(${1 / zoom})` }}>
+              {renderCursor ? renderCursor(p) : <DefaultCursor peer={p} />}
+            </div>
+          </div>
+        ))}
+      </div>
     </div>
   )
 }

@@ -6,6 +6,8 @@ import { act, cleanup, render, screen, waitFor } from '@testing-library/react'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import WebSocket from 'ws'
 import type { ClientOptions, ResonantClient } from '@resonant/client'
+import { ReactFlowProvider } from '@xyflow/react'
+import { RemoteCursors } from '../src/flow.js'
 import { client, newWorkflow, startServer, untilDoc, type Server } from '../../client/test/helpers.js'
 import {
   ResonantProvider,
@@ -186,5 +188,26 @@ describe('@resonant/react hooks', () => {
     expect(screen.getByText(/readOnly:false/)).toBeTruthy()
     act(() => void send!('hello bob'))
     await waitFor(() => expect(atBob).toEqual(['hello bob']))
+  })
+
+  it('RemoteCursors eases each cursor between reports; the viewport is applied apart, at once', async () => {
+    const wf = await newWorkflow(server)
+    const bob = await otherEditor(wf)
+    render(
+      <Harness workflowId={wf}>
+        <ReactFlowProvider>
+          <RemoteCursors />
+        </ReactFlowProvider>
+      </Harness>,
+    )
+    bob.presence.update({ cursor: { x: 120, y: 45 } })
+    const el = await waitFor(() => {
+      const e = document.querySelector<HTMLElement>('[data-cursor="bob"]')
+      if (!e || !e.style.transform.includes('120px')) throw new Error('no cursor for bob yet')
+      return e
+    })
+    expect(el.style.transform).toBe('translate(120px, 45px)')
+    expect(el.style.transition).toBe('transform 80ms linear')
+    expect(el.parentElement!.style.transform).toBe('translate(0px, 0px) scale(1)')
   })
 })
