@@ -1,12 +1,14 @@
 // Screenshots of the demo's views for docs/images/: the workflow list, the editor with the
-// block panel open, comments on a block, version history, the structured field editors. Run after building the server:
+// block panel open, comments on a block, version history, the structured field editors, two
+// users mid-run. Run after building the server:
 //   RESONANT_BIN=… node e2e/screenshots.mjs
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { startServerAndBrowser } from './harness.mjs'
 
 const images = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs/images')
-const env = await startServerAndBrowser()
+// The demo provider streams slowly enough that a run can be caught half way.
+const env = await startServerAndBrowser({ serverArgs: ['--demo-delay-ms', '40'] })
 const { base, browser } = env
 const api = async (p, body, method = body ? 'POST' : 'GET') => {
   const res = await fetch(`${base}/api/v1${p}`, { method, headers: { 'content-type': 'application/json' }, body: body && JSON.stringify(body) })
@@ -66,6 +68,25 @@ try {
   await page.getByTestId(`node-${cond}`).getByTestId('handle-source-case2').waitFor()
   await page.getByTestId('field-retry').scrollIntoViewIfNeeded()
   await page.screenshot({ path: path.join(images, 'demo-structured-fields.png') })
+
+  // Two users mid-run: Grace watches (her cursor on the canvas) while Ada's run streams.
+  await page.getByTestId(`node-${cond}`).click()
+  await page.getByTestId('delete-block').click()
+  const human = await page.evaluate(() => window.__resonant.room.workflow.blocks().find((b) => b.type === 'human')?.id)
+  if (human) await page.evaluate((h) => window.__resonant.room.workflow.removeBlocks([h]), human)
+  const ctxG = await browser.newContext({ viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1 })
+  const grace = await ctxG.newPage()
+  await grace.goto(`${base}/?workflow=${id}&name=Grace%20Hopper`)
+  await grace.getByTestId('node-ai').waitFor()
+  const box = await page.locator('.react-flow__pane').boundingBox()
+  await page.mouse.move(box.x + box.width * 0.55, box.y + box.height * 0.6)
+  await page.mouse.move(box.x + box.width * 0.57, box.y + box.height * 0.62)
+  await grace.getByTestId('remote-cursor-Ada Lovelace').waitFor()
+  await page.getByTestId('tab-block').click()
+  await page.getByTestId('run').click()
+  await grace.waitForFunction(() => (document.querySelector('[data-testid="block-text-ai"]')?.textContent ?? '').length > 40)
+  await grace.screenshot({ path: path.join(images, 'demo-two-users-mid-run.png') })
+  await ctxG.close()
 
   await page.getByTestId('back-to-list').click()
   await page.getByTestId(`workflow-row-${id}`).waitFor()
