@@ -3,44 +3,25 @@
 // caret stays where its user types, and each sees who is typing in which field.
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync } from 'node:fs'
-import os from 'node:os'
+import { mkdirSync } from 'node:fs'
 import path from 'node:path'
-import readline from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
+import { startServerAndBrowser } from './harness.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const artifacts = path.join(here, 'artifacts')
 mkdirSync(artifacts, { recursive: true })
-let server, base, browser
+
+let env, base, browser
 
 before(async () => {
-  const bins = [process.env.RESONANT_BIN, process.env.CARGO_TARGET_DIR && path.join(process.env.CARGO_TARGET_DIR, 'debug/resonant'), path.resolve(here, '../../target/debug/resonant')].filter(Boolean)
-  const bin = bins.find((p) => existsSync(p))
-  if (!bin) throw new Error(`resonant binary not found (tried ${bins.join(', ')})`)
-  server = spawn(bin, ['serve', '--port', '0', '--data-dir', mkdtempSync(path.join(os.tmpdir(), 'resonant-e2e-text-'))], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, RESONANT_LOG: 'warn' },
-  })
-  const port = await new Promise((resolve, reject) => {
-    readline.createInterface({ input: server.stdout }).on('line', (l) => {
-      const m = /^resonant listening on 127\.0\.0\.1:(\d+)$/.exec(l)
-      if (m) resolve(Number(m[1]))
-    })
-    server.once('exit', (code) => reject(new Error(`server exited ${code}`)))
-  })
-  base = `http://127.0.0.1:${port}`
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  })
+  env = await startServerAndBrowser()
+  base = env.base
+  browser = env.browser
 })
 
 after(async () => {
-  await browser?.close()
-  server?.kill('SIGTERM')
+  await env?.stop()
 })
 
 async function open(url) {
