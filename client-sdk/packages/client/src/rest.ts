@@ -5,6 +5,7 @@
  * what the server accepts.
  */
 import type { components, operations } from './api-types.js'
+import { httpUrl } from './room.js'
 import { ResonantError, type Block, type Connection } from './types.js'
 
 /** Every schema the REST API names (`Schemas['Workflow']`, `Schemas['Execution']`, …). */
@@ -31,7 +32,7 @@ export interface WorkflowContent {
 
 /** Options of a {@link RestClient}. */
 export interface RestOptions {
-  /** `http(s)://host:port` of the server (`ws(s)://` is accepted and mapped). */
+  /** `http(s)://host:port` of the server (`ws(s)://…` and a trailing `/sync` are accepted). */
   url: string
   /** The caller's token (sent as `Authorization: Bearer`); null in development mode. */
   getToken?: () => Promise<string | null> | string | null
@@ -66,7 +67,8 @@ export class RestClient {
   private readonly fetchImpl: typeof fetch
 
   constructor(private readonly options: RestOptions) {
-    this.base = options.url.replace(/^ws(s?):/, 'http$1:').replace(/\/+$/, '') + '/api/v1'
+    // The same forms the socket accepts: http(s) or ws(s), with or without `/sync`.
+    this.base = httpUrl(options.url) + '/api/v1'
     this.fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis)
   }
 

@@ -37,7 +37,9 @@ const TERMINAL_CLOSES = new Map<number, RoomErrorCode>([
   [1008, 'invalid-room'],
 ])
 /** Fatal errors after which the local copy is deleted: the workflow is gone or not ours. */
-const CLEARS_LOCAL = new Set<RoomErrorCode>(['forbidden', 'deleted', 'invalid-room', 'not-found'])
+// Not `invalid-room`: a copy for a name the server refuses never synced, and a 1008 from an
+// intermediary must not delete offline edits.
+const CLEARS_LOCAL = new Set<RoomErrorCode>(['forbidden', 'deleted', 'not-found'])
 /** Events a room emits; read the getters in the callback. */
 export type RoomEvent = 'status' | 'save' | 'synced' | 'loaded' | 'error'
 
@@ -212,7 +214,12 @@ export class Room implements ExecutionHost {
         this.emit('loaded')
       }
       this.recompute()
-    } else this.local = null
+    } else {
+      // Timed out or refused: stop the half-open copy, or it could apply a stale state later
+      // and would never be cleared.
+      this.local?.destroy()
+      this.local = null
+    }
     this.provider.connect()
   }
 
@@ -398,7 +405,13 @@ export class Room implements ExecutionHost {
       const res = await f(`${httpUrl(this.options.url)}/api/v1/workflows/${encodeURIComponent(this.workflowId)}`, {
         headers: token ? { authorization: `Bearer ${token}` } : {},
       })
-      if (res.status === 404 && !this.destroyed) this.fail(new RoomError('not-found', `no workflow ${this.workflowId}`))
+      if (res.status !== 404 || this.destroyed) return
+      // Only the server's own answer counts: a proxy or static host that lacks the API also
+      // says 404, and this verdict stops the room and deletes its offline copy.
+      const body = (await res.json().catch(() => null)) as { error?: { code?: unknown } } | null
+      if (body?.error?.code === 'not_found' && !this.destroyed) {
+        this.fail(new RoomError('not-found', `no workflow ${this.workflowId}`))
+      }
     } catch {
       // Unreachable API: the socket is the judge.
     }
@@ -700,7 +713,7 @@ export class Room implements ExecutionHost {
       this.setReadOnly(true)
       return
     }
-    if (msg.type === 'error' && !requestId && this.hasGaps()) {
+    if (msg.type === 'error' && !requestId && (msg.code === 'replay-busy' || msg.code === 'replay-failed') && this.hasGaps()) {
       // A replay the server could not serve now (busy with another, or failed): ask again.
       this.retryGaps()
       return

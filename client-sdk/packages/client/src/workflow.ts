@@ -151,6 +151,9 @@ export class WorkflowDoc {
         this.unindexConn(type)
         this.indexConn(type)
         suspectConns.add(type)
+        // Like a block's id: a map that becomes a valid connection in place (keys set after
+        // the push, by another client) must be listed, and the list's patch skips it.
+        this.connectionList.reset()
       }
     }
     for (const type of txn.changedParentTypes.keys()) {

@@ -79,10 +79,10 @@ describe('RestClient', () => {
     expect([e.status, e.code]).toEqual([0, 'network'])
   })
 
-  it('sends the token and maps ws:// URLs', async () => {
+  it('sends the token and maps ws://…/sync URLs', async () => {
     const seen: string[] = []
     const rest = new RestClient({
-      url: server.url.replace('http:', 'ws:'),
+      url: server.url.replace('http:', 'ws:') + '/sync',
       getToken: () => 'not-a-real-token',
       fetch: (input, init) => {
         seen.push(`${String(input)} ${(init?.headers as Record<string, string>).authorization}`)

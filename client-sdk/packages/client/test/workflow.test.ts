@@ -333,3 +333,36 @@ describe('undo steps', () => {
     expect(text.toString()).toBe('')
   })
 })
+
+describe('connections written in two steps by another client', () => {
+  it('a connection map whose keys arrive after the map itself is listed (by a viewer, which does not repair)', () => {
+    const a = peer(1)
+    a.wf.repairs = false
+    const foreign = new Y.Doc()
+    foreign.clientID = 2
+    const send = () => Y.applyUpdate(a.doc, Y.encodeStateAsUpdate(foreign, Y.encodeStateVector(a.doc)), 'remote')
+    const blocks = foreign.getArray<Y.Map<unknown>>('blocks')
+    const conns = foreign.getArray<Y.Map<unknown>>('connections')
+    foreign.transact(() => {
+      for (const [id, type] of [['x', 'input'], ['y', 'output']]) {
+        const b = new Y.Map<unknown>()
+        blocks.push([b])
+        b.set('id', id)
+        b.set('type', type)
+        b.set('position', { x: 0, y: 0 })
+      }
+    })
+    // Not the SDK: an empty map first, its keys in a later transaction.
+    const m = new Y.Map<unknown>()
+    foreign.transact(() => conns.push([m]))
+    send()
+    expect(a.wf.connections()).toEqual([])
+    foreign.transact(() => {
+      m.set('id', 'e-late')
+      m.set('source', 'x')
+      m.set('target', 'y')
+    })
+    send()
+    expect(a.wf.connections().map((c) => c.id)).toEqual(['e-late'])
+  })
+})
