@@ -2,60 +2,28 @@
 // playwright-core, two browser contexts as two users. Screenshots go to e2e/artifacts/.
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import http from 'node:http'
-import { existsSync, mkdirSync, mkdtempSync } from 'node:fs'
-import os from 'node:os'
+import { mkdirSync } from 'node:fs'
 import path from 'node:path'
-import readline from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
+import { startServerAndBrowser } from './harness.mjs'
 import { build } from 'esbuild'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
 const artifacts = path.join(here, 'artifacts')
 mkdirSync(artifacts, { recursive: true })
 
-function resonantBin() {
-  const c = [process.env.RESONANT_BIN, process.env.CARGO_TARGET_DIR && path.join(process.env.CARGO_TARGET_DIR, 'debug/resonant'), path.resolve(here, '../../target/debug/resonant')].filter(Boolean)
-  const found = c.find((p) => existsSync(p))
-  if (!found) throw new Error(`resonant binary not found (tried ${c.join(', ')})`)
-  return found
-}
-
-function chromiumPath() {
-  const c = [process.env.CHROMIUM_PATH, '/usr/bin/chromium', '/usr/bin/chromium-browser'].filter(Boolean)
-  const found = c.find((p) => existsSync(p))
-  if (!found) throw new Error('Chromium not found: apt-get install chromium (or set CHROMIUM_PATH)')
-  return found
-}
-
-let server, base, browser
+let env, base, browser
 
 before(async () => {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'resonant-e2e-'))
   // Slow demo tokens so a run lasts long enough to reload in the middle of it.
-  server = spawn(resonantBin(), ['serve', '--port', '0', '--data-dir', dir, '--demo-delay-ms', '60'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, RESONANT_LOG: 'warn' },
-  })
-  const port = await new Promise((resolve, reject) => {
-    readline.createInterface({ input: server.stdout }).on('line', (l) => {
-      const m = /^resonant listening on 127\.0\.0\.1:(\d+)$/.exec(l)
-      if (m) resolve(Number(m[1]))
-    })
-    server.once('exit', (code) => reject(new Error(`server exited ${code}`)))
-  })
-  base = `http://127.0.0.1:${port}`
-  browser = await chromium.launch({
-    executablePath: chromiumPath(),
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  })
+  env = await startServerAndBrowser({ serverArgs: ['--demo-delay-ms', '60'] })
+  base = env.base
+  browser = env.browser
 })
 
 after(async () => {
-  await browser?.close()
-  server?.kill('SIGTERM')
+  await env?.stop()
 })
 
 /**

@@ -3,42 +3,17 @@
 // another 75 s. Before the fix it reconnected at ~32 s and ~65 s idle (issue 16).
 //
 //   node e2e/liveness-soak.mjs            # RESONANT_BIN, SOAK_IDLE_MS, SOAK_EDIT_MS to override
-import { spawn } from 'node:child_process'
-import { existsSync, mkdtempSync } from 'node:fs'
-import os from 'node:os'
-import path from 'node:path'
-import readline from 'node:readline'
-import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
+import { startServerAndBrowser } from './harness.mjs'
 
-const here = path.dirname(fileURLToPath(import.meta.url))
 const idleMs = Number(process.env.SOAK_IDLE_MS ?? 75000)
 const editMs = Number(process.env.SOAK_EDIT_MS ?? 75000)
-const bin = [process.env.RESONANT_BIN, process.env.CARGO_TARGET_DIR && path.join(process.env.CARGO_TARGET_DIR, 'debug/resonant'), path.resolve(here, '../../target/debug/resonant')]
-  .filter(Boolean)
-  .find((p) => existsSync(p))
-if (!bin) throw new Error('resonant binary not found')
-
-const server = spawn(bin, ['serve', '--port', '0', '--data-dir', mkdtempSync(path.join(os.tmpdir(), 'resonant-soak-'))], {
-  stdio: ['ignore', 'pipe', 'inherit'],
-  env: { ...process.env, RESONANT_LOG: 'warn' },
-})
-const port = await new Promise((resolve, reject) => {
-  readline.createInterface({ input: server.stdout }).on('line', (l) => {
-    const m = /^resonant listening on 127\.0\.0\.1:(\d+)$/.exec(l)
-    if (m) resolve(Number(m[1]))
-  })
-  server.once('exit', (code) => reject(new Error(`server exited ${code}`)))
-})
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-})
+const env = await startServerAndBrowser()
+const { base, browser } = env
 try {
   const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage()
   const sockets = []
   page.on('websocket', (ws) => ws.url().includes('/sync/') && sockets.push(Date.now()))
-  await page.goto(`http://127.0.0.1:${port}/?new&name=Solo`)
+  await page.goto(`${base}/?new&name=Solo`)
   await page.waitForFunction(() => window.__resonant?.room?.synced)
   await page.evaluate(() => {
     window.__drops = []
@@ -60,6 +35,5 @@ try {
   console.log(`editing alone every 2 s for ${editMs / 1000} s (${edits} edits): ${drops - idleDrops} reconnects, ${sockets.length} sockets in ${Math.round((Date.now() - t0) / 1000)} s`)
   process.exitCode = drops === 0 && sockets.length === 1 ? 0 : 1
 } finally {
-  await browser.close()
-  server.kill('SIGTERM')
+  await env.stop()
 }
