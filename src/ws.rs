@@ -67,6 +67,8 @@ static BYTES_OUT: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_bytes_out_total"));
 static SOCKET_THROTTLED: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_socket_throttled_total"));
+static BROADCASTS_REFUSED: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_broadcasts_refused_total"));
 static CLOSES: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_protocol_error_closes_total"));
 static REFUSED_FULL: LazyLock<metrics::Counter> = LazyLock::new(
@@ -505,6 +507,42 @@ enum ConnectionMessage {
 /// it is kept far below the 64 KiB a stateless message may carry.
 const MAX_BROADCAST_BYTES: usize = 8 << 10;
 
+/// Broadcast events one connection may relay each second. Every event is copied to each other
+/// editor of the room, so a sender (a viewer too) gets far less than the socket's own budget:
+/// at the socket's rate a flood would fill its peers' outboxes until they are closed as slow.
+const BROADCASTS_PER_SEC: u32 = 20;
+
+/// Bytes of broadcast JSON one connection may relay each second, in KiB (an event counts at
+/// least 1 KiB).
+const BROADCAST_KIB_PER_SEC: u32 = 64;
+
+/// A connection's broadcast allowance: events and KiB a second, bursts of twice that.
+struct BroadcastBudget {
+    events: DefaultDirectRateLimiter,
+    kib: DefaultDirectRateLimiter,
+}
+
+impl BroadcastBudget {
+    fn new() -> BroadcastBudget {
+        let quota = |per_sec: u32| {
+            let rate = NonZeroU32::new(per_sec).expect("non-zero");
+            let burst = NonZeroU32::new(2 * per_sec).expect("non-zero");
+            RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+        };
+        BroadcastBudget {
+            events: quota(BROADCASTS_PER_SEC),
+            kib: quota(BROADCAST_KIB_PER_SEC),
+        }
+    }
+
+    /// Whether an event of `bytes` fits now; a refused event spends nothing.
+    fn allows(&self, bytes: usize) -> bool {
+        let kib = NonZeroU32::new((bytes.div_ceil(1024) as u32).max(1)).expect("at least 1");
+        // Checked on the byte bucket first: an event it refuses must not spend an event slot.
+        self.kib.check_n(kib) == Ok(Ok(())) && self.events.check().is_ok()
+    }
+}
+
 /// What [`connection_message`] did with a frame.
 enum Handled {
     /// Not a connection message: someone else may handle it.
@@ -521,6 +559,7 @@ async fn connection_message(
     app: &AppState,
     session: &Session,
     auth: &mut SocketAuth,
+    broadcasts: &BroadcastBudget,
     frame: &[u8],
 ) -> Handled {
     if frame.first() != Some(&(protocol::MSG_STATELESS as u8)) {
@@ -551,6 +590,16 @@ async fn connection_message(
                     &format!(
                         "a broadcast event may be {MAX_BROADCAST_BYTES} bytes of JSON, this one is {}",
                         event.len()
+                    ),
+                );
+                return Handled::Yes;
+            }
+            if !broadcasts.allows(event.len()) {
+                BROADCASTS_REFUSED.increment(1);
+                session.send_error(
+                    "broadcast-rate-limited",
+                    &format!(
+                        "at most {BROADCASTS_PER_SEC} broadcast events and {BROADCAST_KIB_PER_SEC} KiB a second; this event was dropped"
                     ),
                 );
                 return Handled::Yes;
@@ -617,6 +666,8 @@ async fn reader(
         app.config.socket_bytes_per_sec,
         app.config.max_message_bytes,
     );
+    let broadcasts = BroadcastBudget::new();
+    let mut access_told = false;
     loop {
         let next = tokio::select! {
             next = stream.next() => next,
@@ -725,9 +776,18 @@ async fn reader(
                     }
                 }
                 crate::ws_exec::before_handle(app, &session, &auth.exec(), &frame);
-                let result = session.handle(&frame);
+                let result = handle_frame(&mut session, &frame);
+                if !access_told && peer.extensions() {
+                    access_told = true;
+                    // A viewer's editor learns it is read-only before it edits: otherwise its
+                    // first repair or offline edit is refused and its save status turns unknown.
+                    if !peer.can_write() {
+                        let notice = serde_json::json!({ "type": "access", "role": auth.role.as_str(), "readOnly": true });
+                        peer.reply(&protocol::encode_stateless(&notice.to_string()));
+                    }
+                }
                 if result.is_ok() {
-                    match connection_message(app, &session, &mut auth, &frame).await {
+                    match connection_message(app, &session, &mut auth, &broadcasts, &frame).await {
                         Handled::No => {}
                         Handled::Yes => continue,
                         Handled::Refreshed => {
@@ -965,4 +1025,23 @@ fn close_message(close: &Close) -> Message {
         code: close.code.into(),
         reason: close.reason.to_string().into(),
     }))
+}
+
+/// Frames at least this large are handled with the worker thread handed over to the runtime's
+/// other tasks: validating, decoding and integrating a megabyte update (or refusing a
+/// million-level nesting) takes long enough in one call to stall every socket queued behind it.
+const HEAVY_FRAME: usize = 64 * 1024;
+
+/// Handles one frame of `session`, off the worker's task queue when it is heavy.
+fn handle_frame(
+    session: &mut Session,
+    frame: &[u8],
+) -> Result<Option<Ticket>, resonant_sync::SessionError> {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if frame.len() >= HEAVY_FRAME && multi_thread {
+        tokio::task::block_in_place(|| session.handle(frame))
+    } else {
+        session.handle(frame)
+    }
 }

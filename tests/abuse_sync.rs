@@ -36,24 +36,43 @@ fn nested(root: &'static str, levels: usize, client: u64) -> (Doc, MapRef, Vec<u
         .unwrap()
 }
 
+/// The full update of a client doc nesting `levels` maps under `root`, its document dropped on
+/// the large-stack thread that built it.
+fn nested_update(root: &'static str, levels: usize, client: u64) -> Vec<u8> {
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(move || nested(root, levels, client).2)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
 /// Item 3: one update nesting 100k, 400k or 1M maps is refused with 1007 before yrs
 /// integrates it (each used to abort the process at the next delete or content read); the
 /// server's memory stays bounded and another room never notices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_updates_are_refused_with_1007() {
+    let mut sizes = vec![400_000, 1_000_000];
+    sizes.extend([100_000; 12]);
+    // Built (and their documents dropped) before the canary starts: the attack measured is
+    // the server's work, not this process building million-level documents beside the canary.
+    let updates = tokio::task::spawn_blocking(move || {
+        let built: Vec<_> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &levels)| (levels, nested_update("m", levels, 100 + i as u64)))
+            .collect();
+        built
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let server = sqlite_server(dir.path(), &[]);
     let pid = server.pid();
     let mut canary = Canary::start(server.addr).await;
     canary.beat().await;
     let rss_before = rss_kib(pid);
-    let mut sizes = vec![400_000, 1_000_000];
-    sizes.extend([100_000; 12]);
-    for (i, levels) in sizes.into_iter().enumerate() {
-        let (_, _, update) =
-            tokio::task::spawn_blocking(move || nested("m", levels, 100 + i as u64))
-                .await
-                .unwrap();
+    for (levels, update) in updates {
         let mut c = Client::connect_synced(&room_url(server.addr, "deep")).await;
         c.send(protocol::encode_sync_update(&update)).await;
         let (code, reason) = c.until_closed().await.expect("a close frame");
@@ -195,7 +214,7 @@ async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
     let first = sqlite_server(dir.path(), &[]);
     let workflow = new_workflow(first.addr).await;
     first.terminate();
-    let (_, _, update) = tokio::task::spawn_blocking(|| nested("meta", 400_000, 7))
+    let update = tokio::task::spawn_blocking(|| nested_update("meta", 400_000, 7))
         .await
         .unwrap();
     {

@@ -461,6 +461,22 @@ async fn socket_matrix_viewers_read_members_write_outsiders_refused() {
         let mut viewer = clients.pop().unwrap();
         let mut member = clients.pop().unwrap();
         let mut admin = clients.pop().unwrap();
+        // The viewer was told it is read-only when it opted in, before it tried to edit; the
+        // others were told nothing (they may write, as a client assumes).
+        viewer
+            .until("the access notice", |s| {
+                s.stateless
+                    .iter()
+                    .any(|m| m.contains("\"access\"") && m.contains("\"readOnly\":true"))
+            })
+            .await;
+        for c in [&admin, &member] {
+            assert!(
+                !c.stateless.iter().any(|m| m.contains("\"access\"")),
+                "{:?}",
+                c.stateless
+            );
+        }
         // Admin and member edits reach the owner and the store.
         set_meta(&mut admin, "from-admin", "1").await;
         set_meta(&mut member, "from-member", "1").await;

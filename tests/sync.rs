@@ -159,6 +159,48 @@ async fn broadcast_events_reach_the_other_opted_in_editors_only_and_are_bounded(
     assert!(stock.stateless.is_empty(), "{:?}", stock.stateless);
 }
 
+/// A flood of broadcasts (a viewer may send them too) is relayed only up to the connection's
+/// allowance, 20 events a second with bursts of 40: before, all 500 were copied to every
+/// editor's outbox. The sender hears why; the others keep syncing.
+#[tokio::test]
+async fn a_broadcast_flood_is_cut_to_the_allowance() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), |_| {}).await;
+    let url = room_url(server.addr(), "broadcast-flood");
+    let mut a = Client::connect_synced(&url).await;
+    let mut b = Client::connect_synced(&url).await;
+    for c in [&mut a, &mut b] {
+        c.opt_in().await;
+        let ping = serde_json::json!({ "type": "ping", "id": 1 }).to_string();
+        c.send(resonant_client::protocol::encode_stateless(&ping))
+            .await;
+        c.until("the pong", |c| !pongs(c).is_empty()).await;
+    }
+    let started = std::time::Instant::now();
+    for i in 0..500 {
+        let msg = serde_json::json!({ "type": "broadcast", "event": { "n": i } }).to_string();
+        a.send(resonant_client::protocol::encode_stateless(&msg))
+            .await;
+    }
+    // An edit after the flood reaches b behind every broadcast that was relayed.
+    a.edit(|_, txn| add_block(txn, "after the flood", 0.0))
+        .await;
+    b.until("a's block", |c| block_count(c) == 1).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let relayed = broadcasts(&b).len();
+    let allowed = 40 + (20.0 * elapsed).ceil() as usize;
+    assert!(
+        (40..=allowed).contains(&relayed),
+        "{relayed} of 500 relayed in {elapsed:.2} s (allowance {allowed})"
+    );
+    a.until("the refusal", |c| {
+        c.stateless
+            .iter()
+            .any(|m| m.contains("broadcast-rate-limited"))
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn ping_is_answered_with_its_id_and_leaves_sync_alone() {
     let dir = tempfile::tempdir().unwrap();
