@@ -84,8 +84,13 @@ impl Drop for Presence {
 }
 
 impl Access {
-    /// Creates the registry and starts its sweep, which stops with `stop`.
-    pub fn new(db: Db, recheck: Duration, stop: CancellationToken) -> Access {
+    /// Creates the registry and starts its sweep in `tasks`; the sweep stops with `stop`.
+    pub fn new(
+        db: Db,
+        recheck: Duration,
+        stop: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Access {
         let access = Access {
             watchers: Arc::default(),
             seq: Arc::default(),
@@ -93,7 +98,7 @@ impl Access {
             deleted: Arc::default(),
         };
         let sweeper = access.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(recheck);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -266,7 +271,12 @@ mod tests {
 
     async fn access() -> Access {
         let db = Db::memory().await.unwrap();
-        Access::new(db, Duration::from_secs(3600), CancellationToken::new())
+        Access::new(
+            db,
+            Duration::from_secs(3600),
+            CancellationToken::new(),
+            &tokio_util::task::TaskTracker::new(),
+        )
     }
 
     #[tokio::test]

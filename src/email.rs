@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::api::ApiError;
-
 /// Why an email was not sent.
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
@@ -23,16 +21,6 @@ pub enum MailError {
         /// Resend's error message.
         message: String,
     },
-}
-
-impl From<MailError> for ApiError {
-    fn from(e: MailError) -> Self {
-        tracing::warn!(error = %e, "invitation email not sent");
-        match e {
-            MailError::NotConfigured => ApiError::Conflict(e.to_string()),
-            other => ApiError::BadGateway(other.to_string()),
-        }
-    }
 }
 
 /// Sends email through Resend; cheap to clone.

@@ -82,14 +82,6 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Charges one API call to `user`'s budget: 429 when it is spent.
-    pub(crate) async fn limit_api(&self, user: &str) -> Result<(), api::ApiError> {
-        match self.limit(ratelimit::Bucket::ApiUser, user).await {
-            None => Ok(()),
-            Some(retry) => Err(api::ApiError::TooManyRequests(retry)),
-        }
-    }
-
     /// Charges one unit of `bucket` to `key`: the wait before retrying when over budget.
     pub(crate) async fn limit(&self, bucket: ratelimit::Bucket, key: &str) -> Option<Duration> {
         match self.limiter.as_ref()?.check(bucket, key).await {
@@ -220,6 +212,7 @@ pub async fn start_with_store(
         db.clone(),
         config::secs(config.access_recheck_secs),
         stop.clone(),
+        &tracker,
     );
     let mailer = email::Mailer::new(
         config.resend_api_key.clone(),
@@ -285,29 +278,35 @@ pub async fn start_with_store(
     let serve_stop = stop.clone();
     let serve_rooms = rooms.clone();
     let task = tokio::spawn(async move {
-        let result = serve::serve(listener, app, serve_stop, http_limits).await;
+        let result = serve::serve(listener, app, serve_stop.clone(), http_limits).await;
+        // Serving may also end by failing: the tracked background loops stop either way.
+        serve_stop.cancel();
         // Accepting has stopped; close the sockets (1012) and commit everything. Executions
         // stop without an end recorded: the next start resumes them.
-        engine.shutdown().await;
+        // One budget for all of it, so the process exits within SHUTDOWN_BUDGET: each step may
+        // use what the ones before it left, up to its own share.
+        let begun = tokio::time::Instant::now();
+        let end = begun + SHUTDOWN_BUDGET;
+        engine.shutdown(begun + Duration::from_secs(3)).await;
         let drain = async {
             serve_rooms.shutdown().await;
             tracker.close();
             tracker.wait().await;
         };
-        if tokio::time::timeout(Duration::from_secs(8), drain)
+        if tokio::time::timeout_at(end - Duration::from_secs(2), drain)
             .await
             .is_err()
         {
             tracing::warn!("connections did not finish within the shutdown budget");
         }
-        if tokio::time::timeout(Duration::from_secs(1), serve_rooms.journal().flush())
+        if tokio::time::timeout_at(end - Duration::from_secs(1), serve_rooms.journal().flush())
             .await
             .is_err()
         {
             tracing::error!("journal not flushed at shutdown; uncommitted updates are lost");
         }
         serve_rooms.journal().close();
-        let _ = tokio::time::timeout(Duration::from_secs(1), journal_task).await;
+        let _ = tokio::time::timeout_at(end, journal_task).await;
         result.context("serving HTTP")
     });
     tracing::info!(%addr, "listening");
@@ -405,15 +404,15 @@ fn router(state: AppState) -> Router {
 
 /// The soft file-descriptor limit, less headroom for the store, logs and listeners.
 fn default_max_connections() -> usize {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit with a pointer to a local struct.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
-    let fds = if ok { lim.rlim_cur } else { 1024 };
+    let fds = rlimit::Resource::NOFILE
+        .get()
+        .map_or(1024, |(soft, _)| soft);
     (fds.min(1 << 20) as usize).saturating_sub(256).max(16)
 }
+
+/// From the stop signal to the exit: executions stopped, sockets closed (1012), the journal
+/// committed (docs/protocol.md promises it).
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 
 /// Readiness fails once a write has waited this long for its commit.
 const MAX_UNACKNOWLEDGED_AGE: Duration = Duration::from_secs(5);

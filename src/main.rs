@@ -84,22 +84,12 @@ async fn shutdown_signal() {
 /// Every connection is a file descriptor: lift the soft limit as far as allowed (root may
 /// also lift the hard limit), so the connection count is not capped by a default of 1024.
 fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit with a pointer to a local struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        let want = libc::rlimit {
-            rlim_cur: 1 << 20,
-            rlim_max: lim.rlim_max.max(1 << 20),
-        };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
+    use rlimit::Resource;
+    const WANT: u64 = 1 << 20;
+    let Ok((soft, hard)) = Resource::NOFILE.get() else {
+        return;
+    };
+    if Resource::NOFILE.set(WANT, hard.max(WANT)).is_err() && soft < hard {
+        let _ = Resource::NOFILE.set(hard, hard);
     }
 }

@@ -14,7 +14,8 @@
 //! worse than one that is briefly N times as generous.
 //!
 //! Callers answer a [`Decision::Deny`] with `429 Too Many Requests` and a `Retry-After` of
-//! [`Decision::retry_after_secs`] over REST, and close sockets with [`SOCKET_CLOSE_CODE`]:
+//! [`Decision::retry_after_secs`] over REST, and close sockets with
+//! `resonant_sync::close_code::RATE_LIMITED` (4429, mirroring HTTP 429):
 //!
 //! ```text
 //! let limiter = Limiter::new(redis_url.as_deref(), Quotas::default()).await?; // at start
@@ -32,13 +33,6 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::time::Instant;
-
-/// WebSocket close code for a connection closed because its user sent messages over budget.
-///
-/// In the 4000–4999 private range like the server's other own codes; 4429 mirrors HTTP 429
-/// so it reads as "rate limited" in any client log. Clients should reconnect after a delay
-/// (the close reason may carry the retry hint) rather than at once.
-pub const SOCKET_CLOSE_CODE: u16 = 4429;
 
 /// A budget: `per_second` on average, with bursts of up to `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -224,40 +224,13 @@ fn token_of(req: &Request) -> (Option<String>, Option<String>) {
         .filter(|p| !p.is_empty())
         .collect();
     let selected = offered.iter().find(|p| *p == SUBPROTOCOL).cloned();
-    let from_query = req
-        .uri()
-        .query()
-        .and_then(|q| url_params(q).find_map(|(k, v)| (k == "token").then_some(v)));
+    let from_query = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find_map(|(k, v)| (k == "token").then(|| v.into_owned()))
+    });
     let from_protocol = offered.into_iter().find(|p| p != SUBPROTOCOL);
     let selected = selected.or_else(|| from_protocol.clone());
     (from_query.or(from_protocol), selected)
-}
-
-/// `application/x-www-form-urlencoded` pairs of a query string.
-fn url_params(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        Some((decode_component(k)?, decode_component(v)?))
-    })
-}
-
-fn decode_component(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// What a connection may do in its room, and how to hear when that changes.
@@ -278,10 +251,7 @@ async fn authorize(app: &AppState, principal: &Principal, room: &str) -> Result<
         });
     }
     let forbidden = || Close::new(close_code::FORBIDDEN, "no access to this room");
-    let id = room
-        .strip_prefix("workflow-")
-        .filter(|id| db::valid_id(id))
-        .ok_or_else(forbidden)?;
+    let id = db::workflow_of_room(room).ok_or_else(forbidden)?;
     let since = app.access.seq();
     match db::workflow_with_role(&app.db, id, &principal.user.id).await {
         Ok(Some((wf, Some(read)))) => {
@@ -412,10 +382,7 @@ async fn connection(
         );
         let abort = writer.abort_handle();
         // Editors of a workflow get its execution events (once they opt in to extensions).
-        let workflow = room
-            .strip_prefix("workflow-")
-            .filter(|id| db::valid_id(id))
-            .map(str::to_owned);
+        let workflow = db::workflow_of_room(&room).map(str::to_owned);
         let _events = workflow
             .as_deref()
             .map(|wf| app.engine.events().subscribe(wf, peer.clone()));

@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::db::DbError;
+use crate::email::MailError;
 use crate::identity::AuthFailure;
 
 /// An API error; every handler returns `Result<_, ApiError>`.
@@ -256,5 +257,15 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+impl From<MailError> for ApiError {
+    fn from(e: MailError) -> Self {
+        tracing::warn!(error = %e, "invitation email not sent");
+        match e {
+            MailError::NotConfigured => ApiError::Conflict(e.to_string()),
+            other => ApiError::BadGateway(other.to_string()),
+        }
     }
 }

@@ -135,7 +135,15 @@ impl FromRequestParts<AppState> for Caller {
             });
         let principal = app.auth.authenticate(token).await.map_err(ApiError::auth)?;
         // Keyed by the identity provider's id: the same on every node, whatever its database.
-        app.limit_api(&principal.user.external_id).await?;
+        if let Some(retry) = app
+            .limit(
+                crate::ratelimit::Bucket::ApiUser,
+                &principal.user.external_id,
+            )
+            .await
+        {
+            return Err(ApiError::TooManyRequests(retry));
+        }
         Ok(Caller(principal))
     }
 }

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use super::{
     require, role_in, text, ApiError, Caller, ErrorBody, Json, Page, PageQuery, Path, Query,
 };
-use crate::db::{self, Action, Role, VersionInfo, Workflow};
+use crate::db::{self, room_of, Action, Role, VersionInfo, Workflow};
 use crate::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -22,11 +22,6 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_versions, create_version))
         .routes(routes!(get_version))
         .routes(routes!(restore_version))
-}
-
-/// The room name of a workflow's document.
-pub fn room_of(workflow: &str) -> String {
-    format!("workflow-{workflow}")
 }
 
 /// A workflow the caller can see, with its role; 404 otherwise (including for a workflow

@@ -7,6 +7,7 @@
 
 pub mod models;
 mod queries;
+pub mod usage;
 
 pub use models::*;
 pub use queries::*;

@@ -234,3 +234,17 @@ pub struct Comment {
     /// Last change (Unix ms).
     pub updated_at: i64,
 }
+
+/// The room name of a workflow's document: the sync layer knows documents only by room.
+pub fn room_of(workflow: &str) -> String {
+    format!("{ROOM_PREFIX}{workflow}")
+}
+
+/// The workflow whose document `room` is, when the room is named for a valid workflow id.
+pub fn workflow_of_room(room: &str) -> Option<&str> {
+    room.strip_prefix(ROOM_PREFIX)
+        .filter(|id| super::valid_id(id))
+}
+
+/// What every workflow's room name starts with.
+const ROOM_PREFIX: &str = "workflow-";

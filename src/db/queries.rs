@@ -79,18 +79,6 @@ pub async fn upsert_user(
         .await?))
 }
 
-/// Marks a user deleted (the identity provider deleted it): its tokens stop working and it
-/// leaves every workspace it does not own alone.
-pub async fn mark_user_deleted(db: &Db, external_id: &str) -> Result<Option<String>> {
-    let now = now_ms();
-    with_pool!(db, p => {
-        let id: Option<(String,)> = sqlx::query_as(
-            "UPDATE users SET deleted_at = $2, updated_at = $2 WHERE external_id = $1 RETURNING id")
-            .bind(external_id).bind(now).fetch_optional(p).await?;
-        Ok(id.map(|(id,)| id))
-    })
-}
-
 /// A user by our id.
 pub async fn user_by_id(db: &Db, id: &str) -> Result<Option<User>> {
     let sql = format!("SELECT {USER_COLS} FROM users WHERE id = $1 AND deleted_at IS NULL");

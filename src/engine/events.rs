@@ -15,6 +15,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use resonant_sync::{protocol, Peer};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 use super::store::{self, Write};
 use crate::db::Db;
@@ -46,6 +47,8 @@ enum Msg {
     },
     Flush(oneshot::Sender<()>),
     Replay(Replay),
+    /// Shutdown: the writer commits what came before and ends.
+    Close,
 }
 
 /// A reconnecting editor's request: the last seq it saw per execution.
@@ -78,15 +81,8 @@ struct Hub {
     workflows: Mutex<HashMap<Arc<str>, Editors>>,
     /// Turns to read the log for a replay.
     replays: Arc<tokio::sync::Semaphore>,
-}
-
-impl Default for Hub {
-    fn default() -> Hub {
-        Hub {
-            workflows: Mutex::default(),
-            replays: Arc::new(tokio::sync::Semaphore::new(MAX_REPLAYS)),
-        }
-    }
+    /// The engine's tasks: replays run in it, so shutdown can wait for them.
+    tasks: TaskTracker,
 }
 
 /// The handle runners and sockets use; cheap to clone.
@@ -117,14 +113,23 @@ impl Drop for Subscription {
 }
 
 impl Events {
-    /// Starts the writer task on `db`. It lives as long as a handle does; shutdown waits for
-    /// it with [`Events::flush`], not by joining it.
-    pub fn start(db: Db) -> Events {
+    /// Starts the writer task on `db` in `tasks`. It runs until [`Events::close`] (or until
+    /// no handle is left).
+    pub fn start(db: Db, tasks: &TaskTracker) -> Events {
         let (tx, rx) = mpsc::unbounded_channel();
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub {
+            workflows: Mutex::default(),
+            replays: Arc::new(tokio::sync::Semaphore::new(MAX_REPLAYS)),
+            tasks: tasks.clone(),
+        });
         let backlog = Arc::new(Backlog::default());
-        tokio::spawn(writer(db, rx, hub.clone(), backlog.clone()));
+        tasks.spawn(writer(db, rx, hub.clone(), backlog.clone()));
         Events { tx, hub, backlog }
+    }
+
+    /// Ends the writer once what was sent before is committed; later messages are dropped.
+    pub fn close(&self) {
+        let _ = self.send(Msg::Close);
     }
 
     fn send(&self, msg: Msg) -> bool {
@@ -257,7 +262,14 @@ async fn writer(
             }
         }
         let n = batch.len();
+        let close = batch.iter().position(|m| matches!(m, Msg::Close));
+        if let Some(at) = close {
+            batch.truncate(at);
+        }
         process_in_order(&db, &hub, std::mem::take(&mut batch)).await;
+        if close.is_some() {
+            return;
+        }
         backlog
             .queued
             .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
@@ -273,8 +285,9 @@ async fn process_in_order(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
             Msg::Replay(r) => {
                 // What was queued before the request is in the log before the replay reads it.
                 settle(db, hub, std::mem::take(&mut pending)).await;
-                let (db, hub) = (db.clone(), hub.clone());
-                tokio::spawn(async move {
+                let (db, turns) = (db.clone(), hub.clone());
+                hub.tasks.spawn(async move {
+                    let hub = turns;
                     let Ok(_turn) = hub.replays.clone().acquire_owned().await else {
                         return;
                     };
@@ -324,7 +337,7 @@ async fn settle(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
             Msg::Flush(done) => {
                 let _ = done.send(());
             }
-            Msg::Replay(_) => {}
+            Msg::Replay(_) | Msg::Close => {}
         }
     }
 }

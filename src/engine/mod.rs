@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
 use crate::db::{new_id, now_ms, Db, DbError};
@@ -191,6 +192,8 @@ pub(crate) struct Inner {
     /// Template output bytes running executions may still render, server-wide
     /// (`--template-server-bytes`); each execution gives back what it took when it ends.
     template_pool: Arc<std::sync::atomic::AtomicUsize>,
+    /// Executions, the event writer and replays: shutdown waits for them.
+    tasks: TaskTracker,
     pub(crate) config: EngineConfig,
     pub(crate) io: io::Io,
 }
@@ -198,9 +201,11 @@ pub(crate) struct Inner {
 impl Engine {
     /// Starts the engine (its event writer) over `db`.
     pub fn new(db: Db, rooms: Rooms, config: EngineConfig, io: io::Io) -> Engine {
-        let events = Events::start(db.clone());
+        let tasks = TaskTracker::new();
+        let events = Events::start(db.clone(), &tasks);
         Engine {
             inner: Arc::new(Inner {
+                tasks,
                 db,
                 rooms,
                 events,
@@ -266,7 +271,7 @@ impl Engine {
         }
         self.check_tokens(user).await?;
         let admission = self.admit(user, &workflow.workspace_id, false)?;
-        let room = crate::api::workflows::room_of(&workflow.id);
+        let room = crate::db::room_of(&workflow.id);
         let state = self
             .inner
             .rooms
@@ -423,7 +428,7 @@ impl Engine {
         let mut running = self.inner.running.lock();
         let inner = self.inner.clone();
         let exec_id = id.clone();
-        let task = tokio::spawn(async move {
+        let task = self.inner.tasks.spawn(async move {
             let _admission = admission;
             run.execute().await;
             inner.running.lock().remove(&exec_id);
@@ -440,11 +445,6 @@ impl Engine {
             }
             None => false,
         }
-    }
-
-    /// Whether an execution is running on this server.
-    pub fn is_running(&self, execution: &str) -> bool {
-        self.inner.running.lock().contains_key(execution)
     }
 
     /// Records `user`'s decision on a waiting human block (its key: the block id, prefixed
@@ -723,8 +723,8 @@ impl Engine {
     }
 
     /// Stops every execution without recording an end (they resume at the next start),
-    /// then waits for the log to be written.
-    pub async fn shutdown(&self) {
+    /// then waits until `deadline` for the log to be written and the engine's tasks to end.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) {
         let tasks: Vec<_> = self
             .inner
             .running
@@ -735,13 +735,22 @@ impl Engine {
         for t in tasks {
             t.abort();
         }
-        if tokio::time::timeout(std::time::Duration::from_secs(3), self.inner.events.flush())
+        let events = &self.inner.events;
+        if tokio::time::timeout_at(deadline, events.flush())
             .await
             .is_err()
         {
             tracing::error!(
                 "execution log not flushed at shutdown; the restart replays from what is stored"
             );
+        }
+        events.close();
+        self.inner.tasks.close();
+        if tokio::time::timeout_at(deadline, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("engine tasks still running at the end of the shutdown budget");
         }
     }
 
