@@ -19,7 +19,8 @@
 
 #![warn(missing_docs)]
 
-pub mod protocol;
+/// The wire format, from the `resonant-protocol` crate (re-exported under its old name).
+pub use resonant_protocol as protocol;
 mod state;
 #[cfg(feature = "ws")]
 pub mod ws;

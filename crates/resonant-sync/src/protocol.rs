@@ -12,9 +12,9 @@ use yrs::StateVector;
 
 use crate::validate;
 
-// The message numbers and the encoders are the client crate's: one definition of the bytes
+// The message numbers and the encoders are the protocol crate's: one definition of the bytes
 // for both ends of the wire.
-pub use resonant_client::protocol::{
+pub use resonant_protocol::{
     encode_awareness, encode_stateless, encode_sync_step1, encode_sync_step2, encode_sync_update,
     MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_STATELESS, MSG_SYNC, MSG_SYNC_STATUS,
     SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE,

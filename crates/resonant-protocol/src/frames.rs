@@ -1,10 +1,6 @@
-//! The y-websocket wire format from the client's side: encoders for what a client sends and a
-//! decoder for what a server sends.
-//!
-//! `docs/protocol.md` is the prose version. The server's half lives in
-//! `resonant_sync::protocol`; this crate does not depend on it, because that would pull the
-//! server's storage stack (sqlx) into the load tester, which must stay a generic y-websocket
-//! client able to drive other servers too.
+//! The y-websocket frames: message numbers, the client's encoders and the decoder for what a
+//! server sends. The server's decoder, which validates before yrs decodes, lives in
+//! `resonant_sync::protocol`.
 
 use bytes::Bytes;
 use yrs::encoding::read::{Cursor, Read};
