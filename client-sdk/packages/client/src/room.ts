@@ -554,7 +554,8 @@ export class Room implements ExecutionHost {
     let next: SaveStatus
     if (!conn || conn.socket.readyState !== 1) {
       next = this.dirty ? (this.local?.ready ? 'local' : 'offline') : this.acks ? 'saved' : 'unknown'
-    } else if (!(conn.extensions || this.acks) || this.refused) {
+    } else if (!(conn.extensions || this.acks) || this.refused || (this._readOnly && (conn.sent > conn.acked || this.dirty))) {
+      // A read-only connection's own edits are never stored, so they are never "saving".
       next = 'unknown'
     } else {
       next = conn.sent > conn.acked || this.dirty ? 'saving' : 'saved'
@@ -711,6 +712,9 @@ export class Room implements ExecutionHost {
       if (conn) conn.acked = Math.min(conn.acked + 1, conn.sent)
       this.refused = true
       this.setReadOnly(true)
+      // The count changed even when the status did not (already read-only at opt-in).
+      this.recompute()
+      this.emit('save')
       return
     }
     if (msg.type === 'error' && !requestId && (msg.code === 'replay-busy' || msg.code === 'replay-failed') && this.hasGaps()) {

@@ -75,8 +75,11 @@ it('a viewer is saved after connecting, and its refused edit is never reported a
   await room.whenSynced()
   // The handshake's empty step 2 is acknowledged: nothing is pending.
   await untilRoom(room, 'save', () => room.saveStatus === 'saved', 'a viewer to be saved')
+  // The server says so at opt-in, before any edit is refused.
+  await untilRoom(room, 'status', () => room.readOnly, 'the read-only notice')
   room.workflow.addBlock({ type: 'input', position: { x: 0, y: 0 } })
-  await untilRoom(room, 'status', () => room.readOnly, 'the refusal')
+  expect(room.saveStatus).toBe('unknown')
+  await untilRoom(room, 'save', () => room.unacknowledged === 0, 'the refusal')
   expect(room.saveStatus).toBe('unknown')
   expect(room.unacknowledged).toBe(0)
 })
