@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::db::{self, Action, Role};
-use crate::engine::{store, EngineError, StartRequest};
+use crate::db::executions as store;
+use crate::engine::{EngineError, StartRequest};
 use crate::AppState;
 
 /// The connection's identity, as execution messages need it.

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use super::workflows::visible;
 use super::{require, ApiError, Caller, Json, Page, PageQuery, Path, Query};
 use crate::db::{self, Action};
-use crate::engine::store::{self, BlockRow, ExecutionRow};
+use crate::db::executions::{self as store, BlockRow, ExecutionRow};
 use crate::engine::{EngineError, StartRequest};
 use crate::AppState;
 

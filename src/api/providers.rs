@@ -2,8 +2,8 @@
 //!
 //! Keys are sealed with AES-256-GCM ([`crate::crypto::KeyCipher`]) before they reach the
 //! database, with the row's id as associated data, and are never returned: the API shows the
-//! last four characters only. [`provider_keys`] is the one way back to a plaintext key, for
-//! the executions engine.
+//! last four characters only. `db::providers::provider_keys` is the one way back to a
+//! plaintext key, for the executions engine.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,9 +13,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{require, role_in, ApiError, Caller, Json, Page, Path};
-use crate::crypto::{last_four, KeyCipher};
-use crate::db::{new_id, now_ms, Action, Db, DbError};
-use crate::{with_pool, AppState};
+use crate::crypto::last_four;
+use crate::db::providers::{self, ProviderChange, ProviderConfig};
+use crate::db::{new_id, Action};
+use crate::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -61,34 +62,6 @@ impl Provider {
         Provider::ALL.into_iter().find(|p| p.as_str() == s)
     }
 }
-
-/// A workspace's configuration of one provider. The key itself is never shown.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ProviderConfig {
-    /// Id.
-    pub id: String,
-    /// The workspace.
-    pub workspace_id: String,
-    /// claude, openai, gemini or llama.
-    pub provider: String,
-    /// The last four characters of the stored API key (empty for a key under eight
-    /// characters; absent without a key).
-    pub api_key_last4: Option<String>,
-    /// Whether executions may use it.
-    pub is_enabled: bool,
-    /// Order of preference: lower numbers are tried first.
-    pub priority: i64,
-    /// Cap on the tokens of one request to this provider.
-    pub max_tokens_per_request: Option<i64>,
-    /// Creation time (Unix ms).
-    pub created_at: i64,
-    /// Last change (Unix ms).
-    pub updated_at: i64,
-}
-
-const COLS: &str = "id, workspace_id, provider, api_key_last4, is_enabled, priority, \
-    max_tokens_per_request, created_at, updated_at";
 
 /// `PUT /workspaces/{id}/providers/{provider}` body. Absent fields keep their value.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -146,14 +119,7 @@ async fn list_providers(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Page<ProviderConfig>>, ApiError> {
     role_in(&app, &caller, &id).await?;
-    let sql = format!(
-        "SELECT {COLS} FROM ai_provider_configs WHERE workspace_id = $1 ORDER BY priority, provider"
-    );
-    let items: Vec<ProviderConfig> = with_pool!(&app.db, p => sqlx::query_as(&sql)
-        .bind(&id)
-        .fetch_all(p)
-        .await
-        .map_err(DbError::from)?);
+    let items = providers::providers(&app.db, &id).await?;
     // Four providers at most: one page always holds them all.
     Ok(axum::Json(Page {
         items,
@@ -201,64 +167,34 @@ async fn set_provider(
         })?),
         None => None,
     };
-    let sealed = |row_id: &str| -> Option<(String, String)> {
-        let key = key?;
-        Some((cipher?.encrypt(row_id, key), last_four(key)))
+    let change = |row_id: &str| ProviderChange {
+        key: key
+            .zip(cipher)
+            .map(|(key, c)| (c.encrypt(row_id, key), last_four(key))),
+        is_enabled: body.is_enabled,
+        priority: body.priority,
+        max_tokens_per_request: body.max_tokens_per_request,
     };
     // The key is sealed to the row id, so the id must be known before writing: update the
     // existing row, or insert with a fresh id. A concurrent insert or delete of the same
     // provider sends us round again.
     for _ in 0..3 {
-        let existing: Option<(String,)> = with_pool!(&app.db, p => sqlx::query_as(
-            "SELECT id FROM ai_provider_configs WHERE workspace_id = $1 AND provider = $2")
-            .bind(&id).bind(provider.as_str())
-            .fetch_optional(p).await.map_err(DbError::from)?);
-        let now = now_ms();
-        match existing {
-            Some((row_id,)) => {
-                let (secret, last4) = sealed(&row_id).unzip();
-                let sql = format!(
-                    "UPDATE ai_provider_configs SET api_key = COALESCE($2, api_key), \
-                     api_key_last4 = COALESCE($3, api_key_last4), is_enabled = COALESCE($4, is_enabled), \
-                     priority = COALESCE($5, priority), \
-                     max_tokens_per_request = CASE WHEN $6 THEN $7 ELSE max_tokens_per_request END, \
-                     updated_at = $8 WHERE id = $1 RETURNING {COLS}"
-                );
-                let row: Option<ProviderConfig> = with_pool!(&app.db, p => sqlx::query_as(&sql)
-                    .bind(&row_id)
-                    .bind(secret)
-                    .bind(last4)
-                    .bind(body.is_enabled)
-                    .bind(body.priority)
-                    .bind(body.max_tokens_per_request.is_some())
-                    .bind(body.max_tokens_per_request.flatten())
-                    .bind(now)
-                    .fetch_optional(p).await.map_err(DbError::from)?);
+        match providers::provider_id(&app.db, &id, provider.as_str()).await? {
+            Some(row_id) => {
+                let row = providers::update_provider(&app.db, &row_id, &change(&row_id)).await?;
                 if let Some(row) = row {
                     return Ok((StatusCode::OK, axum::Json(row)));
                 }
             }
             None => {
                 let row_id = new_id();
-                let (secret, last4) = sealed(&row_id)
-                    .ok_or_else(|| ApiError::field("apiKey", "required when adding a provider"))?;
-                let sql = format!(
-                    "INSERT INTO ai_provider_configs (id, workspace_id, provider, api_key, api_key_last4, \
-                     is_enabled, priority, max_tokens_per_request, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
-                     ON CONFLICT (workspace_id, provider) DO NOTHING RETURNING {COLS}"
-                );
-                let row: Option<ProviderConfig> = with_pool!(&app.db, p => sqlx::query_as(&sql)
-                    .bind(&row_id)
-                    .bind(&id)
-                    .bind(provider.as_str())
-                    .bind(secret)
-                    .bind(last4)
-                    .bind(body.is_enabled.unwrap_or(true))
-                    .bind(body.priority.unwrap_or(0))
-                    .bind(body.max_tokens_per_request.flatten())
-                    .bind(now)
-                    .fetch_optional(p).await.map_err(DbError::from)?);
+                let change = change(&row_id);
+                if change.key.is_none() {
+                    return Err(ApiError::field("apiKey", "required when adding a provider"));
+                }
+                let row =
+                    providers::insert_provider(&app.db, &row_id, &id, provider.as_str(), &change)
+                        .await?;
                 if let Some(row) = row {
                     return Ok((StatusCode::CREATED, axum::Json(row)));
                 }
@@ -283,43 +219,8 @@ async fn delete_provider(
     let role = role_in(&app, &caller, &id).await?;
     require(role, Action::ManageMembers)?;
     let provider = provider_param(&provider)?;
-    let deleted = with_pool!(&app.db, p => sqlx::query(
-        "DELETE FROM ai_provider_configs WHERE workspace_id = $1 AND provider = $2")
-        .bind(&id).bind(provider.as_str())
-        .execute(p).await.map_err(DbError::from)?.rows_affected());
-    if deleted == 0 {
+    if !providers::delete_provider(&app.db, &id, provider.as_str()).await? {
         return Err(ApiError::NotFound);
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// A workspace's usable keys for the executions engine: `(provider, priority,
-/// max_tokens_per_request, plaintext key)` of its enabled providers, lowest priority number
-/// first. A stored key that does not decrypt (another server key, a tampered row) is left
-/// out and logged, never returned.
-pub async fn provider_keys(
-    db: &Db,
-    cipher: &KeyCipher,
-    workspace: &str,
-) -> Result<Vec<(String, i64, Option<i64>, String)>, DbError> {
-    type Stored = (String, String, i64, Option<i64>, String);
-    let rows: Vec<Stored> = with_pool!(db, p => sqlx::query_as(
-        "SELECT id, provider, priority, max_tokens_per_request, api_key FROM ai_provider_configs \
-         WHERE workspace_id = $1 AND is_enabled = TRUE AND api_key IS NOT NULL \
-         ORDER BY priority, provider")
-        .bind(workspace)
-        .fetch_all(p)
-        .await?);
-    Ok(rows
-        .into_iter()
-        .filter_map(
-            |(id, provider, priority, max, sealed)| match cipher.decrypt(&id, &sealed) {
-                Ok(key) => Some((provider, priority, max, key)),
-                Err(e) => {
-                    tracing::error!(workspace, provider, error = %e, "stored provider key unusable");
-                    None
-                }
-            },
-        )
-        .collect())
 }

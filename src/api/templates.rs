@@ -11,8 +11,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{text, ApiError, Caller, Json, Page, PageQuery, Path, Query};
-use crate::db::{self, new_id, now_ms, DbError};
-use crate::{with_pool, AppState};
+use crate::db;
+use crate::db::templates::{NewTemplate, TemplateRow};
+use crate::engine::graph::BlockKind;
+use crate::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -23,45 +25,6 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 
 /// Largest accepted `config`, serialised as JSON.
 const MAX_CONFIG_BYTES: usize = 64 * 1024;
-
-/// The kind of block a template configures (the seed's block types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum BlockType {
-    /// Takes the workflow's input.
-    Input,
-    /// Calls an AI model.
-    Ai,
-    /// Produces the workflow's output.
-    Output,
-    /// Branches on a condition.
-    Condition,
-    /// Reshapes data.
-    Transform,
-}
-
-impl BlockType {
-    fn as_str(self) -> &'static str {
-        match self {
-            BlockType::Input => "input",
-            BlockType::Ai => "ai",
-            BlockType::Output => "output",
-            BlockType::Condition => "condition",
-            BlockType::Transform => "transform",
-        }
-    }
-
-    fn parse(s: &str) -> Option<BlockType> {
-        Some(match s {
-            "input" => BlockType::Input,
-            "ai" => BlockType::Ai,
-            "output" => BlockType::Output,
-            "condition" => BlockType::Condition,
-            "transform" => BlockType::Transform,
-            _ => return None,
-        })
-    }
-}
 
 /// A published block template.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -79,7 +42,7 @@ pub struct BlockTemplate {
     pub category: String,
     /// The block type it configures.
     #[serde(rename = "type")]
-    pub block_type: BlockType,
+    pub block_type: BlockKind,
     /// The block's configuration (a JSON object).
     #[schema(value_type = Object)]
     pub config: Value,
@@ -95,52 +58,31 @@ pub struct BlockTemplate {
     pub updated_at: i64,
 }
 
-/// The row as stored: `config` is JSON text.
-#[derive(sqlx::FromRow)]
-struct Row {
-    id: String,
-    created_by: String,
-    name: String,
-    description: String,
-    category: String,
-    block_type: String,
-    config: String,
-    is_public: bool,
-    downloads: i64,
-    rating: Option<f64>,
-    created_at: i64,
-    updated_at: i64,
-}
-
-const COLS: &str = "id, created_by, name, description, category, block_type, config, is_public, \
-    downloads, rating, created_at, updated_at";
-
-impl Row {
-    fn into_template(self) -> Result<BlockTemplate, ApiError> {
-        // Both only fail if the row was written by something other than this module.
-        let config = serde_json::from_str(&self.config).map_err(|e| {
-            tracing::error!(template = %self.id, error = %e, "stored template config is not JSON");
-            ApiError::Internal
-        })?;
-        let block_type = BlockType::parse(&self.block_type).ok_or_else(|| {
-            tracing::error!(template = %self.id, "stored template has an unknown block type");
-            ApiError::Internal
-        })?;
-        Ok(BlockTemplate {
-            id: self.id,
-            created_by: self.created_by,
-            name: self.name,
-            description: self.description,
-            category: self.category,
-            block_type,
-            config,
-            is_public: self.is_public,
-            downloads: self.downloads,
-            rating: self.rating,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
+/// Reads a stored row back.
+fn from_row(row: TemplateRow) -> Result<BlockTemplate, ApiError> {
+    // Both only fail if the row was written by something other than this module.
+    let config = serde_json::from_str(&row.config).map_err(|e| {
+        tracing::error!(template = %row.id, error = %e, "stored template config is not JSON");
+        ApiError::Internal
+    })?;
+    let block_type = BlockKind::parse(&row.block_type).ok_or_else(|| {
+        tracing::error!(template = %row.id, "stored template has an unknown block type");
+        ApiError::Internal
+    })?;
+    Ok(BlockTemplate {
+        id: row.id,
+        created_by: row.created_by,
+        name: row.name,
+        description: row.description,
+        category: row.category,
+        block_type,
+        config,
+        is_public: row.is_public,
+        downloads: row.downloads,
+        rating: row.rating,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
 }
 
 /// `POST /templates` body.
@@ -155,7 +97,7 @@ pub struct PublishTemplate {
     pub category: String,
     /// The block type it configures.
     #[serde(rename = "type")]
-    pub block_type: BlockType,
+    pub block_type: BlockKind,
     /// The block's configuration: a JSON object of at most 64 KiB.
     #[schema(value_type = Object)]
     pub config: Value,
@@ -185,26 +127,20 @@ async fn publish_template(
             format!("must be at most {MAX_CONFIG_BYTES} bytes as JSON"),
         ));
     }
-    let now = now_ms();
-    let sql = format!(
-        "INSERT INTO block_templates (id, created_by, name, description, category, block_type, config, \
-         is_public, downloads, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $9) \
-         RETURNING {COLS}"
-    );
-    let row: Row = with_pool!(&app.db, p => sqlx::query_as(&sql)
-        .bind(new_id())
-        .bind(caller.id())
-        .bind(&name)
-        .bind(&description)
-        .bind(&category)
-        .bind(body.block_type.as_str())
-        .bind(&config)
-        .bind(body.is_public)
-        .bind(now)
-        .fetch_one(p)
-        .await
-        .map_err(DbError::from)?);
-    Ok((StatusCode::CREATED, axum::Json(row.into_template()?)))
+    let row = db::templates::insert_template(
+        &app.db,
+        &NewTemplate {
+            created_by: caller.id(),
+            name: &name,
+            description: &description,
+            category: &category,
+            block_type: body.block_type.as_str(),
+            config: &config,
+            is_public: body.is_public,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(from_row(row)?)))
 }
 
 /// Filters of the template list.
@@ -241,24 +177,10 @@ async fn list_templates(
         .map(str::trim)
         .filter(|c| !c.is_empty());
     let mine = q.mine.unwrap_or(false).then(|| caller.id());
-    // Public ones, or the caller's own: the caller's id decides which.
-    let sql = format!(
-        "SELECT {COLS} FROM block_templates \
-         WHERE (CASE WHEN $1 IS NULL THEN is_public = TRUE ELSE created_by = $1 END) \
-         AND ($2 IS NULL OR category = $2) AND ($3 IS NULL OR id < $3) \
-         ORDER BY id DESC LIMIT $4"
-    );
-    let rows: Vec<Row> = with_pool!(&app.db, p => sqlx::query_as(&sql)
-        .bind(mine)
-        .bind(category)
-        .bind(cursor)
-        .bind(limit)
-        .fetch_all(p)
-        .await
-        .map_err(DbError::from)?);
+    let rows = db::templates::list_templates(&app.db, mine, category, cursor, limit).await?;
     let items = rows
         .into_iter()
-        .map(Row::into_template)
+        .map(from_row)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(axum::Json(Page::new(items, limit, |t| t.id.clone())))
 }
@@ -276,16 +198,8 @@ async fn get_template(
     if !db::valid_id(&id) {
         return Err(ApiError::NotFound);
     }
-    let sql = format!(
-        "SELECT {COLS} FROM block_templates WHERE id = $1 AND (is_public = TRUE OR created_by = $2)"
-    );
-    let row: Option<Row> = with_pool!(&app.db, p => sqlx::query_as(&sql)
-        .bind(&id)
-        .bind(caller.id())
-        .fetch_optional(p)
-        .await
-        .map_err(DbError::from)?);
-    Ok(axum::Json(row.ok_or(ApiError::NotFound)?.into_template()?))
+    let row = db::templates::template(&app.db, &id, caller.id()).await?;
+    Ok(axum::Json(from_row(row.ok_or(ApiError::NotFound)?)?))
 }
 
 /// Downloads a template: counts the download (once per user) and returns the template with
@@ -301,31 +215,6 @@ async fn download_template(
     if !db::valid_id(&id) {
         return Err(ApiError::NotFound);
     }
-    // Counted once per user, so one account cannot inflate a template's popularity: the
-    // (template, user) row and the count change in one transaction, and concurrent
-    // downloads by different users each add one. The template's `updatedAt` is about its
-    // content, so a download leaves it alone.
-    // The first statement writes, so SQLite takes the write lock at once (waiting its
-    // turn) rather than upgrading a read lock, which concurrent downloads deadlock on.
-    let select = format!(
-        "SELECT {COLS} FROM block_templates WHERE id = $1 AND (is_public = TRUE OR created_by = $2)"
-    );
-    let row: Option<Row> = with_pool!(&app.db, p => {
-        let mut tx = p.begin().await.map_err(DbError::from)?;
-        let first = sqlx::query(
-            "INSERT INTO template_downloads (template_id, user_id, downloaded_at) \
-             SELECT id, $2, $3 FROM block_templates WHERE id = $1 AND (is_public = TRUE OR created_by = $2) \
-             ON CONFLICT (template_id, user_id) DO NOTHING")
-            .bind(&id).bind(caller.id()).bind(db::now_ms())
-            .execute(&mut *tx).await.map_err(DbError::from)?.rows_affected() == 1;
-        if first {
-            sqlx::query("UPDATE block_templates SET downloads = downloads + 1 WHERE id = $1")
-                .bind(&id).execute(&mut *tx).await.map_err(DbError::from)?;
-        }
-        let row = sqlx::query_as(&select).bind(&id).bind(caller.id())
-            .fetch_optional(&mut *tx).await.map_err(DbError::from)?;
-        tx.commit().await.map_err(DbError::from)?;
-        row
-    });
-    Ok(axum::Json(row.ok_or(ApiError::NotFound)?.into_template()?))
+    let row = db::templates::download_template(&app.db, &id, caller.id()).await?;
+    Ok(axum::Json(from_row(row.ok_or(ApiError::NotFound)?)?))
 }

@@ -5,9 +5,13 @@
 //! `ON CONFLICT`, `RETURNING`), and [`with_pool!`] runs the same code through whichever pool
 //! the store has: the driver types differ, the text does not.
 
+pub mod executions;
 pub mod models;
+pub mod providers;
 mod queries;
+pub mod templates;
 pub mod usage;
+pub mod webhooks;
 
 pub use models::*;
 pub use queries::*;

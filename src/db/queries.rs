@@ -173,6 +173,14 @@ pub async fn members(db: &Db, ws: &str, cursor: Option<&str>, limit: i64) -> Res
         .bind(ws).bind(cursor).bind(limit).fetch_all(p).await?))
 }
 
+/// Every member of a workspace as (user id, email): the people an approval may notify.
+pub async fn member_emails(db: &Db, ws: &str) -> Result<Vec<(String, Option<String>)>> {
+    with_pool!(db, p => Ok(sqlx::query_as(
+        "SELECT u.id, u.email FROM workspace_members m JOIN users u ON u.id = m.user_id \
+         WHERE m.workspace_id = $1")
+        .bind(ws).fetch_all(p).await?))
+}
+
 /// One member of a workspace.
 pub async fn member(db: &Db, ws: &str, user: &str) -> Result<Option<Member>> {
     with_pool!(db, p => Ok(sqlx::query_as(

@@ -17,7 +17,7 @@ use resonant_sync::{protocol, Peer};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use super::store::{self, Write};
+use crate::db::executions::{self as store, Write};
 use crate::db::Db;
 
 /// Most writes in one transaction.

@@ -12,9 +12,8 @@ use super::ai::{
     AiEvents, AiRequest, CallRecord, OutputFormat, Priority, ProviderKey, Router, RouterConfig,
 };
 use super::run::Usage;
-use super::store::{UsageRow, Write};
 use crate::crypto::KeyCipher;
-use crate::with_pool;
+use crate::db::executions::{UsageRow, Write};
 
 use super::http::{send_with_retry, WebhookClient, WebhookRequest};
 use super::retry::{BlockError, RetryPolicy};
@@ -61,30 +60,14 @@ impl Io {
         let Some(cipher) = &self.cipher else {
             return Vec::new();
         };
-        type Row = (String, String, String, Option<String>);
-        let rows: Result<Vec<Row>, sqlx::Error> = with_pool!(db, p => sqlx::query_as(
-            "SELECT id, provider, api_key, base_url FROM ai_provider_configs \
-             WHERE workspace_id = $1 AND is_enabled = TRUE AND api_key IS NOT NULL \
-             ORDER BY priority, provider")
-            .bind(workspace)
-            .fetch_all(p)
-            .await);
-        match rows {
-            Ok(rows) => rows
+        match crate::db::providers::provider_keys(db, cipher, workspace).await {
+            Ok(keys) => keys
                 .into_iter()
-                .filter_map(
-                    |(id, family, sealed, base_url)| match cipher.decrypt(&id, &sealed) {
-                        Ok(api_key) => Some(ProviderKey {
-                            family,
-                            api_key,
-                            base_url,
-                        }),
-                        Err(e) => {
-                            tracing::error!(workspace, error = %e, "stored provider key unusable");
-                            None
-                        }
-                    },
-                )
+                .map(|k| ProviderKey {
+                    family: k.provider,
+                    api_key: k.api_key,
+                    base_url: k.base_url,
+                })
                 .collect(),
             Err(e) => {
                 tracing::error!(workspace, error = %e, "reading provider keys failed");
@@ -259,7 +242,7 @@ pub(super) async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
     {
         // The count the limit is checked against includes these calls.
         ctx.run.engine.events.flush().await;
-        match super::store::user_tokens(&ctx.run.engine.db, &ctx.run.user).await {
+        match crate::db::executions::user_tokens(&ctx.run.engine.db, &ctx.run.user).await {
             Ok((used, limit)) if used >= limit => ctx.run.abort(format!(
                 "token limit reached: {used} of {limit} tokens used this period"
             )),
@@ -328,7 +311,7 @@ pub(super) async fn reserve_tokens(
     loop {
         tries += 1;
         let before = engine.ledger.lock().settled;
-        let (used, limit) = super::store::user_tokens(&engine.db, &ctx.run.user)
+        let (used, limit) = crate::db::executions::user_tokens(&engine.db, &ctx.run.user)
             .await
             .map_err(|e| format!("reading the token allowance failed: {e}"))?;
         let mut ledger = engine.ledger.lock();
@@ -496,12 +479,7 @@ pub(super) async fn ask_for_approval(ctx: &BlockCtx<'_>, _wake_at: i64) {
         return;
     }
     let config = &ctx.run.engine.config;
-    let members: Result<Vec<(String, Option<String>)>, sqlx::Error> = with_pool!(&ctx.run.engine.db, p => sqlx::query_as(
-        "SELECT u.id, u.email FROM workspace_members m JOIN users u ON u.id = m.user_id \
-         WHERE m.workspace_id = $1")
-        .bind(&ctx.run.workspace)
-        .fetch_all(p)
-        .await);
+    let members = crate::db::member_emails(&ctx.run.engine.db, &ctx.run.workspace).await;
     let members = match members {
         Ok(m) => m,
         Err(e) => {

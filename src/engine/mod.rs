@@ -12,7 +12,6 @@ pub use io::Io;
 mod plan;
 pub mod retry;
 mod run;
-pub mod store;
 pub mod template;
 
 use std::collections::{HashMap, HashSet};
@@ -33,7 +32,7 @@ use events::Events;
 use graph::{Problem, Workflow};
 pub use run::Decision;
 use run::{Control, Run};
-use store::{BlockRow, ExecutionRow, NewExecution, Write};
+use crate::db::executions::{self as store, BlockRow, ExecutionRow, NewExecution, Write};
 
 /// How executions run on this server.
 #[derive(Clone, Debug)]

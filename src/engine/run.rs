@@ -13,9 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::graph::{Block, BlockKind};
 use super::plan::Plan;
-use super::store::{BlockRow, StatusUpdate, Write};
 use super::template;
 use super::{Inner, Options};
+use crate::db::executions::{BlockRow, StatusUpdate, Write};
 use crate::db::now_ms;
 
 /// Outputs larger than this travel by reference in events (fetched over REST).

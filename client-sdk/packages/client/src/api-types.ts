@@ -698,10 +698,10 @@ export interface components {
             updatedAt: number;
         };
         /**
-         * @description The kind of block a template configures (the seed's block types).
+         * @description The seed's block types.
          * @enum {string}
          */
-        BlockType: "input" | "ai" | "output" | "condition" | "transform";
+        BlockType: "input" | "ai" | "output" | "condition" | "transform" | "loop" | "merge" | "split" | "human" | "webhook" | "delay";
         /** @description `PATCH /workspaces/{id}/members/{userId}` body. */
         ChangeMember: {
             /** @description The new role. */

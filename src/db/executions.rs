@@ -4,7 +4,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::{now_ms, Db, DbError};
+use super::{now_ms, Db, DbError};
 use crate::with_pool;
 
 type Result<T> = std::result::Result<T, DbError>;
