@@ -698,7 +698,7 @@ export interface components {
             updatedAt: number;
         };
         /**
-         * @description The seed's block types.
+         * @description A block's type, as documents and templates name it (the seed's block types).
          * @enum {string}
          */
         BlockType: "input" | "ai" | "output" | "condition" | "transform" | "loop" | "merge" | "split" | "human" | "webhook" | "delay";
