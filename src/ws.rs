@@ -32,6 +32,9 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper_util::rt::TokioIo;
+use resonant_protocol::{
+    BadRequest, ClientMsg, ConnectionMsg, Sender, ServerMsg, MAX_BROADCAST_BYTES,
+};
 use resonant_store::Ticket;
 use resonant_sync::{close_code, protocol, Close, Outbox, Outgoing, Peer, Session};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
@@ -449,31 +452,6 @@ impl SocketAuth {
     }
 }
 
-/// A stateless message about the connection itself, answered here rather than by the
-/// execution handlers.
-#[derive(serde::Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum ConnectionMessage {
-    /// A fresh token before the current one expires.
-    Auth { token: Option<String> },
-    /// A liveness probe: a browser cannot send a WebSocket ping, and after a laptop sleeps
-    /// it needs an answer within a moment to know whether its socket is still alive.
-    Ping {
-        #[serde(default)]
-        id: serde_json::Value,
-    },
-    /// An ephemeral event for the room's other editors (a reaction, "I am running this"):
-    /// relayed, never stored, not part of the document.
-    Broadcast {
-        #[serde(default)]
-        event: serde_json::Value,
-    },
-}
-
-/// Largest broadcast event, in bytes of JSON: each is copied to every editor in the room, so
-/// it is kept far below the 64 KiB a stateless message may carry.
-const MAX_BROADCAST_BYTES: usize = 8 << 10;
-
 /// Broadcast events one connection may relay each second. Every event is copied to each other
 /// editor of the room, so a sender (a viewer too) gets far less than the socket's own budget:
 /// at the socket's rate a flood would fill its peers' outboxes until they are closed as slow.
@@ -510,58 +488,58 @@ impl BroadcastBudget {
     }
 }
 
-/// What [`connection_message`] did with a frame.
+/// What [`connection_message`] did.
 enum Handled {
-    /// Not a connection message: someone else may handle it.
-    No,
     /// Answered.
     Yes,
     /// A token refresh was accepted: the expiry timer must move.
     Refreshed,
 }
 
-/// Handles `{"type":"auth","token":…}`, `{"type":"ping","id":…}` and
-/// `{"type":"broadcast","event":…}`.
+/// A client's stateless message, decoded once for everyone who acts on it. `Ok(None)` when
+/// the frame is not one the server answers (or is over the stateless limit, which the
+/// session refuses before anything is decoded).
+fn stateless_message(frame: &[u8]) -> Result<Option<ClientMsg>, BadRequest> {
+    if frame.first() != Some(&(protocol::MSG_STATELESS as u8))
+        || frame.len() > resonant_protocol::MAX_STATELESS_BYTES
+    {
+        return Ok(None);
+    }
+    match protocol::decode(frame) {
+        Ok(protocol::Incoming::Stateless(text)) => ClientMsg::decode(text),
+        _ => Ok(None),
+    }
+}
+
+/// Answers `{"type":"auth","token":…}`, `{"type":"ping","id":…}` and
+/// `{"type":"broadcast","event":…}`: messages about the connection itself, answered here
+/// rather than by the execution handlers.
 async fn connection_message(
     app: &AppState,
     session: &Session,
     auth: &mut SocketAuth,
     broadcasts: &BroadcastBudget,
-    frame: &[u8],
+    msg: ConnectionMsg,
 ) -> Handled {
-    if frame.first() != Some(&(protocol::MSG_STATELESS as u8)) {
-        return Handled::No;
-    }
-    let Ok(resonant_sync::protocol::Incoming::Stateless(text)) = protocol::decode(frame) else {
-        return Handled::No;
-    };
-    let Ok(msg) = serde_json::from_str::<ConnectionMessage>(text) else {
-        return Handled::No;
-    };
-    let reply = |msg: serde_json::Value| {
-        session
-            .peer()
-            .reply(&protocol::encode_stateless(&msg.to_string()));
-    };
+    let reply = |msg: ServerMsg| session.peer().reply(&msg.encode());
     match msg {
-        ConnectionMessage::Ping { id } => {
-            reply(serde_json::json!({ "type": "pong", "id": id }));
+        ConnectionMsg::Ping { id } => {
+            reply(ServerMsg::Pong { id });
             Handled::Yes
         }
-        ConnectionMessage::Broadcast { event } => {
+        ConnectionMsg::Broadcast { event } => {
             // The event's own size, as the others will receive it.
-            let event = event.to_string();
-            if event.len() > MAX_BROADCAST_BYTES {
+            let size = event.to_string().len();
+            if size > MAX_BROADCAST_BYTES {
                 session.send_error(
                     "broadcast-too-large",
                     &format!(
-                        "a broadcast event may be {MAX_BROADCAST_BYTES} bytes of JSON, this one is {}",
-                        event.len()
+                        "a broadcast event may be {MAX_BROADCAST_BYTES} bytes of JSON, this one is {size}"
                     ),
                 );
                 return Handled::Yes;
             }
-            if !broadcasts.allows(event.len()) {
+            if !broadcasts.allows(size) {
                 BROADCASTS_REFUSED.increment(1);
                 session.send_error(
                     "broadcast-rate-limited",
@@ -571,21 +549,24 @@ async fn connection_message(
                 );
                 return Handled::Yes;
             }
-            let msg = format!(
-                r#"{{"type":"broadcast","event":{event},"from":{{"userId":{}}}}}"#,
-                serde_json::Value::from(auth.user.as_str())
-            );
+            let msg = ServerMsg::Broadcast {
+                event,
+                from: Sender {
+                    user_id: auth.user.clone(),
+                },
+            };
             session
                 .room()
-                .send_to_extended_peers(&protocol::encode_stateless(&msg), session.peer().id());
+                .send_to_extended_peers(&msg.encode(), session.peer().id());
             Handled::Yes
         }
-        ConnectionMessage::Auth { token } => match app.auth.authenticate(token.as_deref()).await {
+        ConnectionMsg::Auth { token } => match app.auth.authenticate(token.as_deref()).await {
             Ok(p) if p.user.id == auth.user => {
                 auth.expires_at = p.expires_at;
-                reply(
-                    serde_json::json!({ "type": "auth", "status": "ok", "expiresAt": p.expires_at }),
-                );
+                reply(ServerMsg::Auth {
+                    status: "ok".into(),
+                    expires_at: p.expires_at,
+                });
                 Handled::Refreshed
             }
             Ok(_) => {
@@ -677,8 +658,11 @@ async fn reader(
                             peer.reply(&protocol::encode_sync_step1(&sv));
                         }
                         if peer.extensions() {
-                            let notice = serde_json::json!({ "type": "access", "role": role.as_str(), "readOnly": !can_write });
-                            peer.reply(&protocol::encode_stateless(&notice.to_string()));
+                            let notice = ServerMsg::Access {
+                                role: role.as_str().into(),
+                                read_only: !can_write,
+                            };
+                            peer.reply(&notice.encode());
                         }
                     }
                 }
@@ -742,31 +726,46 @@ async fn reader(
                         _ = peer.closed() => return,
                     }
                 }
-                crate::ws_exec::before_handle(app, &session, &auth.exec(), &frame);
+                // Decoded before the session sees the frame: a replay request must pause live
+                // events before the frame opts the connection in to extensions.
+                let msg = stateless_message(&frame);
+                if let Ok(Some(ClientMsg::Execution(request))) = &msg {
+                    crate::ws_exec::before_handle(app, &session, &auth.exec(), request);
+                }
                 let result = handle_frame(&mut session, &frame);
                 if !access_told && peer.extensions() {
                     access_told = true;
                     // A viewer's editor learns it is read-only before it edits: otherwise its
                     // first repair or offline edit is refused and its save status turns unknown.
                     if !peer.can_write() {
-                        let notice = serde_json::json!({ "type": "access", "role": auth.role.as_str(), "readOnly": true });
-                        peer.reply(&protocol::encode_stateless(&notice.to_string()));
+                        let notice = ServerMsg::Access {
+                            role: auth.role.as_str().into(),
+                            read_only: true,
+                        };
+                        peer.reply(&notice.encode());
                     }
                 }
                 if result.is_ok() {
-                    match connection_message(app, &session, &mut auth, &broadcasts, &frame).await {
-                        Handled::No => {}
-                        Handled::Yes => continue,
-                        Handled::Refreshed => {
-                            expiry.as_mut().reset(auth.deadline());
+                    match msg {
+                        Ok(None) => {}
+                        Ok(Some(ClientMsg::Connection(msg))) => {
+                            match connection_message(app, &session, &mut auth, &broadcasts, msg)
+                                .await
+                            {
+                                Handled::Yes => {}
+                                Handled::Refreshed => expiry.as_mut().reset(auth.deadline()),
+                            }
+                            continue;
+                        }
+                        Ok(Some(ClientMsg::Execution(request))) => {
+                            crate::ws_exec::handle(app, &session, &auth.exec(), request).await;
+                            continue;
+                        }
+                        Err(bad) => {
+                            crate::ws_exec::refuse_bad(&session, &auth.exec(), &bad);
                             continue;
                         }
                     }
-                }
-                if result.is_ok()
-                    && crate::ws_exec::handle(app, &session, &auth.exec(), &frame).await
-                {
-                    continue;
                 }
                 match result {
                     Ok(Some(ticket)) => {

@@ -1,14 +1,12 @@
 //! Execution messages on the socket (`[5, json]`, see docs/protocol.md): start, cancel,
 //! decide, re-run, and the replay a reconnecting editor asks for.
 
-use std::collections::HashMap;
+use resonant_protocol::{BadRequest, ExecutionRequest as Request, ServerMsg, MAX_RESUME};
+use resonant_sync::Session;
+use serde_json::Value;
 
-use resonant_sync::{protocol, Session};
-use serde::Deserialize;
-use serde_json::{json, Value};
-
-use crate::db::{self, Action, Role};
 use crate::db::executions as store;
+use crate::db::{self, Action, Role};
 use crate::engine::{EngineError, StartRequest};
 use crate::AppState;
 
@@ -19,81 +17,39 @@ pub(crate) struct Who<'a> {
     pub workflow: Option<&'a str>,
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all_fields = "camelCase")]
-enum Request {
-    #[serde(rename = "execution.start")]
-    Start {
-        #[serde(default)]
-        input: Option<Value>,
-        #[serde(default)]
-        priority: Option<String>,
-        #[serde(default)]
-        idempotency_key: Option<String>,
-        #[serde(default)]
-        max_concurrency: Option<usize>,
-        #[serde(default)]
-        request_id: Option<Value>,
-    },
-    #[serde(rename = "execution.cancel")]
-    Cancel {
-        execution_id: String,
-        #[serde(default)]
-        request_id: Option<Value>,
-    },
-    #[serde(rename = "execution.decide")]
-    Decide {
-        execution_id: String,
-        block_id: String,
-        approved: bool,
-        #[serde(default)]
-        comment: Option<String>,
-        #[serde(default)]
-        request_id: Option<Value>,
-    },
-    #[serde(rename = "execution.rerun")]
-    Rerun {
-        execution_id: String,
-        #[serde(default)]
-        from_block: Option<String>,
-        #[serde(default)]
-        request_id: Option<Value>,
-    },
-    #[serde(rename = "executions.resume")]
-    Resume {
-        #[serde(default)]
-        after: HashMap<String, i64>,
-        #[serde(default = "yes")]
-        running: bool,
-    },
+fn reply(session: &Session, msg: ServerMsg) {
+    session.peer().reply(&msg.encode());
 }
 
-fn yes() -> bool {
-    true
+fn refuse(session: &Session, request_id: &Option<Value>, code: &str, message: &str) {
+    refuse_with(session, request_id, code, message, None);
 }
 
-/// Most executions one replay request may name (each costs a read of the log).
-const MAX_RESUME: usize = 100;
-
-fn reply(session: &Session, msg: Value) {
-    session
-        .peer()
-        .reply(&protocol::encode_stateless(&msg.to_string()));
-}
-
-fn refuse(session: &Session, request_id: &Option<Value>, code: &str, message: &str, extra: Value) {
-    let mut msg =
-        json!({"type": "error", "code": code, "message": message, "requestId": request_id});
-    if let (Value::Object(m), Value::Object(e)) = (&mut msg, extra) {
-        m.extend(e);
-    }
-    reply(session, msg);
+/// Refusals of execution requests always carry `requestId` (`null` when there was none).
+fn refuse_with(
+    session: &Session,
+    request_id: &Option<Value>,
+    code: &str,
+    message: &str,
+    problems: Option<Value>,
+) {
+    reply(
+        session,
+        ServerMsg::Error {
+            code: code.into(),
+            message: message.into(),
+            request_id: Some(request_id.clone().unwrap_or(Value::Null)),
+            problems,
+        },
+    );
 }
 
 fn refuse_engine(session: &Session, request_id: &Option<Value>, e: EngineError) {
-    let extra = match &e {
-        EngineError::Invalid(problems) => json!({ "problems": problems }),
-        _ => json!({}),
+    let problems = match &e {
+        EngineError::Invalid(problems) => {
+            Some(serde_json::to_value(problems).expect("problems are plain JSON"))
+        }
+        _ => None,
     };
     let code = match &e {
         EngineError::Invalid(_) => "invalid-workflow",
@@ -107,78 +63,49 @@ fn refuse_engine(session: &Session, request_id: &Option<Value>, e: EngineError) 
     if matches!(e, EngineError::Document(_) | EngineError::Db(_)) {
         tracing::error!(error = %e, "execution request failed");
     }
-    refuse(session, request_id, code, &e.to_string(), extra);
+    refuse_with(session, request_id, code, &e.to_string(), problems);
 }
 
 /// Called before the session handles a frame: a replay request pauses live events for this
 /// socket before the request opts it in to extensions, so no live event overtakes the replay.
-pub(crate) fn before_handle(app: &AppState, session: &Session, who: &Who<'_>, frame: &[u8]) {
-    let (Some(workflow), Some(&first)) = (who.workflow, frame.first()) else {
+pub(crate) fn before_handle(app: &AppState, session: &Session, who: &Who<'_>, request: &Request) {
+    let Some(workflow) = who.workflow else {
         return;
     };
-    if first != protocol::MSG_STATELESS as u8 {
-        return;
-    }
-    if let Ok(protocol::Incoming::Stateless(text)) = protocol::decode(frame) {
-        // Only a request that will be answered pauses: a malformed one is refused, and must
-        // not leave the connection without events.
-        if text.contains("executions.resume")
-            && matches!(serde_json::from_str::<Request>(text), Ok(Request::Resume { after, .. }) if after.len() <= MAX_RESUME)
-        {
-            app.engine.events().pause(workflow, session.peer().id());
-        }
+    // Only a request that will be answered pauses: a malformed one is refused, and must not
+    // leave the connection without events.
+    if matches!(request, Request::Resume { after, .. } if after.len() <= MAX_RESUME) {
+        app.engine.events().pause(workflow, session.peer().id());
     }
 }
 
-/// Handles an execution message; false when `frame` is not one (so others may handle it).
-pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, frame: &[u8]) -> bool {
-    if frame.first() != Some(&(protocol::MSG_STATELESS as u8)) {
-        return false;
-    }
-    let Ok(protocol::Incoming::Stateless(text)) = protocol::decode(frame) else {
-        return false;
+/// Refuses an execution request that did not parse, matched to its caller (who otherwise
+/// waits out its own timeout).
+pub(crate) fn refuse_bad(session: &Session, who: &Who<'_>, bad: &BadRequest) {
+    let message = if who.workflow.is_none() {
+        NO_WORKFLOW
+    } else {
+        &bad.message
     };
-    let parsed = serde_json::from_str::<Value>(text).ok();
-    let kind = parsed
-        .as_ref()
-        .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_owned));
-    let Some(kind) = kind.filter(|k| k.starts_with("execution.") || k.starts_with("executions."))
-    else {
-        return false;
-    };
-    // Read before the typed parse, so even a refusal of a request that names no workflow or
-    // does not parse is matched to its caller, who otherwise waits out its own timeout.
-    let early_id = parsed
-        .as_ref()
-        .and_then(|v| v.get("requestId"))
-        .filter(|id| !id.is_null())
-        .cloned();
+    refuse(session, &bad.request_id, "bad-request", message);
+}
+
+const NO_WORKFLOW: &str = "executions need a workflow-<id> room";
+
+/// Handles an execution request.
+pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, request: Request) {
     let Some(workflow) = who.workflow else {
         refuse(
             session,
-            &early_id,
+            &request.request_id().cloned(),
             "bad-request",
-            "executions need a workflow-<id> room",
-            json!({}),
+            NO_WORKFLOW,
         );
-        return true;
-    };
-    let request: Request = match serde_json::from_str(text) {
-        Ok(r) => r,
-        Err(e) => {
-            refuse(
-                session,
-                &early_id,
-                "bad-request",
-                &format!("{kind}: {e}"),
-                json!({}),
-            );
-            return true;
-        }
+        return;
     };
     let may_execute = who.role.allows(Action::Execute);
     match request {
-        Request::Resume { after, running } => {
+        Request::Resume { after, running, .. } => {
             if after.len() <= MAX_RESUME
                 && app
                     .engine
@@ -190,9 +117,8 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
                     &None,
                     "replay-busy",
                     "a replay for this connection is still being sent",
-                    json!({}),
                 );
-                return true;
+                return;
             }
             if after.len() > MAX_RESUME {
                 refuse(
@@ -200,9 +126,8 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
                     &None,
                     "bad-request",
                     &format!("executions.resume: at most {MAX_RESUME} executions"),
-                    json!({}),
                 );
-                return true;
+                return;
             }
             app.engine
                 .events()
@@ -221,18 +146,12 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             let wf = match db::workflow(&app.db, workflow).await {
                 Ok(Some(wf)) => wf,
                 Ok(None) => {
-                    refuse(
-                        session,
-                        &request_id,
-                        "not-found",
-                        "no such workflow",
-                        json!({}),
-                    );
-                    return true;
+                    refuse(session, &request_id, "not-found", "no such workflow");
+                    return;
                 }
                 Err(e) => {
                     refuse_engine(session, &request_id, e.into());
-                    return true;
+                    return;
                 }
             };
             let req = StartRequest {
@@ -244,7 +163,12 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             match app.engine.start(&wf, who.user, req).await {
                 Ok((id, created)) => reply(
                     session,
-                    json!({"type": "execution.accepted", "executionId": id, "created": created, "requestId": request_id}),
+                    ServerMsg::ExecutionAccepted {
+                        execution_id: id,
+                        created,
+                        rerun_of: None,
+                        request_id,
+                    },
                 ),
                 Err(e) => refuse_engine(session, &request_id, e),
             }
@@ -263,14 +187,17 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             )
             .await
             else {
-                return true;
+                return;
             };
             if app.engine.cancel(&execution_id) {
                 // Acknowledged at once, so a client can tell "asked" from "lost"; the
                 // `execution.cancelled` event follows once the blocks have wound down.
                 reply(
                     session,
-                    json!({"type": "execution.cancelling", "executionId": execution_id, "requestId": request_id}),
+                    ServerMsg::ExecutionCancelling {
+                        execution_id,
+                        request_id,
+                    },
                 );
             } else {
                 refuse(
@@ -278,7 +205,6 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
                     &request_id,
                     "conflict",
                     "the execution is not running",
-                    json!({}),
                 );
             }
         }
@@ -299,7 +225,7 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             )
             .await
             else {
-                return true;
+                return;
             };
             let user = match db::user_by_id(&app.db, who.user).await {
                 Ok(Some(u)) => u,
@@ -309,9 +235,8 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
                         &request_id,
                         "unavailable",
                         "could not read your user",
-                        json!({}),
                     );
-                    return true;
+                    return;
                 }
             };
             match app
@@ -321,7 +246,11 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             {
                 Ok(()) => reply(
                     session,
-                    json!({"type": "execution.decided", "executionId": execution_id, "blockId": block_id, "requestId": request_id}),
+                    ServerMsg::ExecutionDecided {
+                        execution_id,
+                        block_id,
+                        request_id,
+                    },
                 ),
                 Err(e) => refuse_engine(session, &request_id, e),
             }
@@ -341,7 +270,7 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             )
             .await
             else {
-                return true;
+                return;
             };
             match app
                 .engine
@@ -350,24 +279,26 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, fra
             {
                 Ok(id) => reply(
                     session,
-                    json!({"type": "execution.accepted", "executionId": id, "created": true, "rerunOf": execution_id, "requestId": request_id}),
+                    ServerMsg::ExecutionAccepted {
+                        execution_id: id,
+                        created: true,
+                        rerun_of: Some(execution_id),
+                        request_id,
+                    },
                 ),
                 Err(e) => refuse_engine(session, &request_id, e),
             }
         }
     }
-    true
 }
 
-fn forbid(session: &Session, request_id: &Option<Value>) -> bool {
+fn forbid(session: &Session, request_id: &Option<Value>) {
     refuse(
         session,
         request_id,
         "forbidden",
         "your role may not run or control executions",
-        json!({}),
     );
-    true
 }
 
 /// The execution, if this connection may control executions and it belongs to this socket's
@@ -397,7 +328,6 @@ async fn controlled(
                 request_id,
                 "not-found",
                 "no such execution in this workflow",
-                json!({}),
             );
             None
         }

@@ -374,6 +374,35 @@ async fn human_blocks_wait_for_approval_rejection_or_their_timeout() {
                 .any(|m| m.contains(&exec) && m.contains("block.waiting"))
         })
         .await;
+        // A comment over 2000 characters is refused on the socket as on REST, and decides
+        // nothing.
+        let long = "c".repeat(2001);
+        let (s, body) = env
+            .call(
+                &env.owner,
+                Method::POST,
+                &format!("/api/v1/executions/{id}/blocks/ok%3F/decision"),
+                Some(json!({"approved": true, "comment": long})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(
+            body.to_string()
+                .contains("comment: at most 2000 characters"),
+            "{body}"
+        );
+        w.send(resonant_client::protocol::encode_stateless(
+            &json!({"type": "execution.decide", "executionId": id, "blockId": "ok?", "approved": true, "comment": long, "requestId": 6}).to_string(),
+        ))
+        .await;
+        w.until("long comment refused", |s| {
+            s.stateless.iter().any(|m| {
+                m.contains("\"requestId\":6")
+                    && m.contains("bad-request")
+                    && m.contains("comment: at most 2000 characters")
+            })
+        })
+        .await;
         w.send(resonant_client::protocol::encode_stateless(
             &json!({"type": "execution.decide", "executionId": id, "blockId": "ok?", "approved": false, "requestId": 7}).to_string(),
         ))

@@ -11,8 +11,8 @@ use utoipa_axum::routes;
 
 use super::workflows::visible;
 use super::{require, ApiError, Caller, Json, Page, PageQuery, Path, Query};
-use crate::db::{self, Action};
 use crate::db::executions::{self as store, BlockRow, ExecutionRow};
+use crate::db::{self, Action};
 use crate::engine::{EngineError, StartRequest};
 use crate::AppState;
 
@@ -435,13 +435,6 @@ async fn decide(
 ) -> Result<StatusCode, ApiError> {
     let (row, role) = visible_execution(&app, &caller, &id).await?;
     require(role, Action::Execute)?;
-    if body
-        .comment
-        .as_ref()
-        .is_some_and(|c| c.chars().count() > 2000)
-    {
-        return Err(ApiError::field("comment", "at most 2000 characters"));
-    }
     app.engine
         .decide(&row, &block, &caller.0.user, body.approved, body.comment)
         .await?;

@@ -27,12 +27,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
+use crate::db::executions::{self as store, BlockRow, ExecutionRow, NewExecution, Write};
 use crate::db::{new_id, now_ms, Db, DbError};
 use events::Events;
 use graph::{Problem, Workflow};
 pub use run::Decision;
 use run::{Control, Run};
-use crate::db::executions::{self as store, BlockRow, ExecutionRow, NewExecution, Write};
 
 /// How executions run on this server.
 #[derive(Clone, Debug)]
@@ -457,6 +457,13 @@ impl Engine {
         approved: bool,
         comment: Option<String>,
     ) -> Result<(), EngineError> {
+        let max = resonant_protocol::MAX_DECISION_COMMENT_CHARS;
+        if comment.as_ref().is_some_and(|c| c.chars().count() > max) {
+            return Err(EngineError::BadRequest {
+                field: "comment",
+                message: format!("at most {max} characters"),
+            });
+        }
         let control = self
             .inner
             .running

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
+use resonant_protocol::MAX_STATELESS_BYTES;
 use resonant_store::Ticket;
 use yrs::ClientID;
 
@@ -164,7 +165,6 @@ impl Session {
 /// message of megabytes is an attack, not a document.
 const MAX_STEP1_BYTES: usize = 1 << 20;
 const MAX_AWARENESS_BYTES: usize = 1 << 20;
-const MAX_STATELESS_BYTES: usize = 64 << 10;
 
 /// Checked on the raw frame, before anything is decoded (and allocated) from it. Message
 /// and sub-types below 128 are one-byte varints, which is all the types limited here.
@@ -187,8 +187,7 @@ fn check_size(frame: &[u8]) -> Result<(), SessionError> {
 
 /// `{"type":"error","code":…,"message":…}` as a stateless message.
 pub fn error_message(code: &str, message: &str) -> Bytes {
-    let json = serde_json::json!({ "type": "error", "code": code, "message": message });
-    protocol::encode_stateless(&json.to_string())
+    resonant_protocol::ServerMsg::error(code, message).encode()
 }
 
 impl Drop for Session {

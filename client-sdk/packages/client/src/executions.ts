@@ -1,3 +1,4 @@
+import type { ExecutionRequest } from './protocol.js'
 import type {
   BlockRunState,
   ExecutionEvent,
@@ -8,7 +9,7 @@ import type {
 
 /** What an execution handle needs from its room. */
 export interface ExecutionHost {
-  request(msg: Record<string, unknown>): Promise<Record<string, unknown>>
+  request(msg: ExecutionRequest): Promise<Record<string, unknown>>
   /** Asks the server for the events after `seq` (a gap, or attaching). */
   resume(executionId: string, afterSeq: number): void
   /** Opens a handle for another execution (a re-run). */

@@ -21,6 +21,7 @@ export {
   type Selection,
 } from './text.js'
 export { Presence } from './presence.js'
+export { CLOSE, type ClientMsg, type ServerMsg, type ExecutionRequest } from './protocol.js'
 export { fold as foldExecutionEvent, type ExecutionHandle } from './executions.js'
 export {
   blockSchema,

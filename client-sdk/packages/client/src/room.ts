@@ -22,19 +22,24 @@ import {
   type SaveStatus,
   type Unsubscribe,
 } from './types.js'
+import {
+  CLOSE,
+  MAX_BROADCAST_BYTES,
+  MAX_RESUME,
+  MSG_QUERY_AWARENESS,
+  MSG_STATELESS,
+  MSG_SYNC,
+  MSG_SYNC_STATUS,
+  type ClientMsg,
+  type ExecutionRequest,
+} from './protocol.js'
 
-const MSG_SYNC = 0
-const MSG_QUERY_AWARENESS = 3
-const MSG_STATELESS = 5
-const MSG_SYNC_STATUS = 8
-/** Largest broadcast event the server relays, in bytes of JSON (docs/protocol.md). */
-const MAX_BROADCAST_BYTES = 8 << 10
 const REQUEST_TIMEOUT_MS = 15000
 /** Close codes after which reconnecting with the same credentials is pointless. */
 const TERMINAL_CLOSES = new Map<number, RoomErrorCode>([
-  [4403, 'forbidden'],
-  [4410, 'deleted'],
-  [1008, 'invalid-room'],
+  [CLOSE.FORBIDDEN, 'forbidden'],
+  [CLOSE.GONE, 'deleted'],
+  [CLOSE.POLICY_VIOLATION, 'invalid-room'],
 ])
 /** Fatal errors after which the local copy is deleted: the workflow is gone or not ours. */
 // Not `invalid-room`: a copy for a name the server refuses never synced, and a 1008 from an
@@ -67,8 +72,6 @@ interface Pending {
   socket: ManagedSocket | null
 }
 
-/** At most this many executions are listed in one resume request (the server's limit). */
-const MAX_RESUME = 100
 /** Retries of a gap replay the server could not serve, before falling back to REST. */
 const GAP_RETRIES = 5
 
@@ -118,7 +121,7 @@ export class Room implements ExecutionHost {
   private syncWaiters: Waiter[] = []
   private saveWaiters = new Set<Waiter>()
   private pending = new Map<string, Pending>()
-  private queue: Array<{ msg: Record<string, unknown>; requestId: string | null }> = []
+  private queue: Array<{ msg: ClientMsg; requestId: string | null }> = []
   private gapTries = 0
   private gapTimer: ReturnType<typeof setTimeout> | null = null
   private _readOnly = false
@@ -499,7 +502,7 @@ export class Room implements ExecutionHost {
     if (this.probe?.socket === socket) this.endProbe()
     this.stopHeartbeat()
     this.failures++
-    this.retryFloorMs = retryHint(code, reason) ?? (code === 1013 || !socket.everOpened ? BUSY_FLOOR_MS : 0)
+    this.retryFloorMs = retryHint(code, reason) ?? (code === CLOSE.TRY_AGAIN_LATER || !socket.everOpened ? BUSY_FLOOR_MS : 0)
     if (this.conn?.socket === socket) {
       if (this.conn.sent > this.conn.acked) this.dirty = true
       this.conn = null
@@ -517,7 +520,7 @@ export class Room implements ExecutionHost {
       p.reject(new ResonantError('disconnected', 'the connection closed before the server answered'))
       this.pending.delete(id)
     }
-    if (code === 4401) this.tokenReason = 'expired'
+    if (code === CLOSE.UNAUTHORIZED) this.tokenReason = 'expired'
     const terminal = TERMINAL_CLOSES.get(code)
     if (socket.tokenError !== undefined && !this.destroyed) {
       const e = socket.tokenError
@@ -681,7 +684,7 @@ export class Room implements ExecutionHost {
     socket.send(new Uint8Array(bytes), true)
   }
 
-  private sendJson(socket: ManagedSocket, msg: Record<string, unknown>) {
+  private sendJson(socket: ManagedSocket, msg: ClientMsg) {
     const e = encoding.createEncoder()
     encoding.writeVarUint(e, MSG_STATELESS)
     encoding.writeVarString(e, JSON.stringify(msg))
@@ -797,7 +800,7 @@ export class Room implements ExecutionHost {
   }
 
   /** Sends a request now, or after the next connect when the socket is down. */
-  private sendRequest(msg: Record<string, unknown>, requestId: string | null = null) {
+  private sendRequest(msg: ClientMsg, requestId: string | null = null) {
     const conn = this.conn
     if (conn && conn.socket.readyState === 1) {
       const p = requestId ? this.pending.get(requestId) : undefined
@@ -807,7 +810,7 @@ export class Room implements ExecutionHost {
   }
 
   /** Sends a request and waits for its reply (`ResonantError` on a refusal). */
-  request(msg: Record<string, unknown>): Promise<Record<string, unknown>> {
+  request(msg: ExecutionRequest): Promise<Record<string, unknown>> {
     const requestId = `r${this.nextRequest++}`
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
