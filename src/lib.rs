@@ -14,8 +14,6 @@ pub mod auth;
 pub mod client_ip;
 pub mod config;
 pub mod content;
-pub mod crypto;
-pub mod db;
 mod demo;
 pub mod email;
 pub mod engine;
@@ -52,6 +50,10 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use config::ServeConfig;
+/// The relational side (every SQL statement), as `crate::db`.
+pub use resonant_db as db;
+/// Provider-key sealing, as `crate::crypto`.
+pub use resonant_db::crypto;
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]

@@ -130,45 +130,44 @@ fn non_empty(s: Option<String>) -> Option<String> {
     s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-impl ClerkChange {
-    fn of(event: ClerkEvent) -> Result<ClerkChange, ApiError> {
-        let bad =
-            |e: serde_json::Error| ApiError::bad_request(Some("data".into()), format!("data: {e}"));
-        Ok(match event.kind.as_str() {
-            "user.created" | "user.updated" => {
-                let user: ClerkUser = serde_json::from_value(event.data).map_err(bad)?;
-                id_field("data.id", Some(&user.id))?;
-                let email = user
-                    .primary_email_address_id
-                    .as_deref()
-                    .and_then(|primary| {
-                        user.email_addresses
-                            .iter()
-                            .find(|e| e.id == primary)
-                            .map(|e| e.email_address.clone())
-                    });
-                let name = [user.first_name, user.last_name]
-                    .into_iter()
-                    .filter_map(non_empty)
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                ClerkChange::Upsert {
-                    restore: event.kind == "user.created",
-                    external_id: user.id,
-                    email: non_empty(email),
-                    name: Some(name).filter(|n| !n.is_empty()),
-                    image_url: non_empty(user.image_url),
-                }
+/// What a Clerk event asks of the users table.
+fn clerk_change(event: ClerkEvent) -> Result<ClerkChange, ApiError> {
+    let bad =
+        |e: serde_json::Error| ApiError::bad_request(Some("data".into()), format!("data: {e}"));
+    Ok(match event.kind.as_str() {
+        "user.created" | "user.updated" => {
+            let user: ClerkUser = serde_json::from_value(event.data).map_err(bad)?;
+            id_field("data.id", Some(&user.id))?;
+            let email = user
+                .primary_email_address_id
+                .as_deref()
+                .and_then(|primary| {
+                    user.email_addresses
+                        .iter()
+                        .find(|e| e.id == primary)
+                        .map(|e| e.email_address.clone())
+                });
+            let name = [user.first_name, user.last_name]
+                .into_iter()
+                .filter_map(non_empty)
+                .collect::<Vec<_>>()
+                .join(" ");
+            ClerkChange::Upsert {
+                restore: event.kind == "user.created",
+                external_id: user.id,
+                email: non_empty(email),
+                name: Some(name).filter(|n| !n.is_empty()),
+                image_url: non_empty(user.image_url),
             }
-            "user.deleted" => {
-                let id = event.data.get("id").and_then(Value::as_str);
-                ClerkChange::Delete {
-                    external_id: id_field("data.id", id)?.to_string(),
-                }
+        }
+        "user.deleted" => {
+            let id = event.data.get("id").and_then(Value::as_str);
+            ClerkChange::Delete {
+                external_id: id_field("data.id", id)?.to_string(),
             }
-            _ => ClerkChange::Ignore,
-        })
-    }
+        }
+        _ => ClerkChange::Ignore,
+    })
 }
 
 /// `POST /webhooks/clerk`: keeps users in step with Clerk.
@@ -197,7 +196,7 @@ async fn clerk(
     let event: ClerkEvent = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(None, format!("not a Clerk event: {e}")))?;
     let kind = event.kind.clone();
-    let change = ClerkChange::of(event)?;
+    let change = clerk_change(event)?;
     let free_tokens = app.config.plan_tokens.tokens("free");
     let (outcome, changed) = apply_clerk(&app.db, event_id, &change, free_tokens).await?;
     if let Some(external_id) = changed {
@@ -240,60 +239,63 @@ fn text_at(v: &Value, pointer: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-impl Subscription {
-    fn of(app: &AppState, kind: &str, data: &Value) -> Result<Option<Subscription>, ApiError> {
-        let deleted = match kind {
-            "customer.subscription.created" | "customer.subscription.updated" => false,
-            "customer.subscription.deleted" => true,
-            _ => return Ok(None),
-        };
-        let object = data
-            .get("object")
-            .filter(|o| o.is_object())
-            .ok_or_else(|| ApiError::field("data.object", "must be a subscription object"))?;
-        let id = id_field("data.object.id", object.get("id").and_then(Value::as_str))?;
-        // `customer` is an id, or the customer object when the event was expanded.
-        let customer = text_at(object, "/customer").or_else(|| text_at(object, "/customer/id"));
-        let plans = &app.config.plan_tokens;
-        let status = if deleted {
-            Some("canceled".to_string())
-        } else {
-            text_at(object, "/status")
-        };
-        let paying = status
-            .as_deref()
-            .is_some_and(|s| PAYING_STATUSES.contains(&s));
-        let plan = if deleted || !paying {
-            Some(("free".to_string(), plans.tokens("free")))
-        } else {
-            let candidates = [
-                text_at(object, "/items/data/0/price/lookup_key"),
-                text_at(object, "/items/data/0/price/metadata/plan"),
-                text_at(object, "/metadata/plan"),
-            ];
-            let known = candidates
-                .iter()
-                .flatten()
-                .find(|c| plans.0.iter().any(|(name, _)| name == *c));
-            if known.is_none() && candidates.iter().any(Option::is_some) {
-                tracing::warn!(
-                    subscription = id,
-                    ?candidates,
-                    "subscription names no plan of the plan table; plan left unchanged"
-                );
-            }
-            known.map(|p| (p.clone(), plans.tokens(p)))
-        };
-        Ok(Some(Subscription {
-            id: id.to_string(),
-            customer,
-            user_id: text_at(object, "/metadata/userId"),
-            clerk_id: text_at(object, "/metadata/clerkId"),
-            status,
-            plan,
-            deleted,
-        }))
-    }
+/// What a subscription event says, or `None` for other events.
+fn subscription(
+    app: &AppState,
+    kind: &str,
+    data: &Value,
+) -> Result<Option<Subscription>, ApiError> {
+    let deleted = match kind {
+        "customer.subscription.created" | "customer.subscription.updated" => false,
+        "customer.subscription.deleted" => true,
+        _ => return Ok(None),
+    };
+    let object = data
+        .get("object")
+        .filter(|o| o.is_object())
+        .ok_or_else(|| ApiError::field("data.object", "must be a subscription object"))?;
+    let id = id_field("data.object.id", object.get("id").and_then(Value::as_str))?;
+    // `customer` is an id, or the customer object when the event was expanded.
+    let customer = text_at(object, "/customer").or_else(|| text_at(object, "/customer/id"));
+    let plans = &app.config.plan_tokens;
+    let status = if deleted {
+        Some("canceled".to_string())
+    } else {
+        text_at(object, "/status")
+    };
+    let paying = status
+        .as_deref()
+        .is_some_and(|s| PAYING_STATUSES.contains(&s));
+    let plan = if deleted || !paying {
+        Some(("free".to_string(), plans.tokens("free")))
+    } else {
+        let candidates = [
+            text_at(object, "/items/data/0/price/lookup_key"),
+            text_at(object, "/items/data/0/price/metadata/plan"),
+            text_at(object, "/metadata/plan"),
+        ];
+        let known = candidates
+            .iter()
+            .flatten()
+            .find(|c| plans.0.iter().any(|(name, _)| name == *c));
+        if known.is_none() && candidates.iter().any(Option::is_some) {
+            tracing::warn!(
+                subscription = id,
+                ?candidates,
+                "subscription names no plan of the plan table; plan left unchanged"
+            );
+        }
+        known.map(|p| (p.clone(), plans.tokens(p)))
+    };
+    Ok(Some(Subscription {
+        id: id.to_string(),
+        customer,
+        user_id: text_at(object, "/metadata/userId"),
+        clerk_id: text_at(object, "/metadata/clerkId"),
+        status,
+        plan,
+        deleted,
+    }))
 }
 
 /// `POST /webhooks/stripe`: keeps subscriptions, plans and token allowances in step with
@@ -320,7 +322,7 @@ async fn stripe(
     let event: StripeEvent = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(None, format!("not a Stripe event: {e}")))?;
     let event_id = id_field("id", event.id.as_deref())?;
-    let subscription = Subscription::of(&app, &event.kind, &event.data)?;
+    let subscription = subscription(&app, &event.kind, &event.data)?;
     let (outcome, changed) =
         apply_stripe(&app.db, event_id, event.created, subscription.as_ref()).await?;
     if let Some(external_id) = changed {

@@ -20,7 +20,7 @@ use resonant::db::providers::provider_keys;
 use resonant::db::usage::{record_usage, NewUsage};
 use resonant::db::Db;
 use resonant::webhook_sig::{sign_stripe, sign_svix};
-use resonant::with_pool;
+use resonant_db::with_pool;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 

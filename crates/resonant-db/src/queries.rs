@@ -455,14 +455,14 @@ pub struct VersionQuota {
 pub async fn latest_version_state(
     db: &Db,
     workflow: &str,
-) -> Result<Option<crate::version_state::Base>> {
+) -> Result<Option<crate::versions::Base>> {
     with_pool!(db, p => {
         let row: Option<(String, i64, Option<Vec<u8>>)> = sqlx::query_as(
             "SELECT s.key, s.depth, s.state_vector FROM workflow_versions v \
              JOIN version_states s ON s.workflow_id = v.workflow_id AND s.key = v.state_key \
              WHERE v.workflow_id = $1 ORDER BY v.version DESC LIMIT 1")
             .bind(workflow).fetch_optional(p).await?;
-        Ok(row.map(|(key, depth, state_vector)| crate::version_state::Base { key, depth, state_vector }))
+        Ok(row.map(|(key, depth, state_vector)| crate::versions::Base { key, depth, state_vector }))
     })
 }
 
@@ -476,7 +476,7 @@ pub async fn create_version(
     user: &str,
     name: Option<&str>,
     message: Option<&str>,
-    state: &crate::version_state::Prepared,
+    state: &crate::versions::Prepared,
     quota: VersionQuota,
 ) -> Result<VersionInfo> {
     let now = now_ms();
@@ -548,7 +548,7 @@ pub async fn versions(
 }
 
 /// A stored version state's chain, full state first, ready for
-/// [`crate::version_state::rebuild`].
+/// the server's `version_state::rebuild`.
 #[derive(Debug)]
 pub struct StateChain {
     /// The state's key.
@@ -589,7 +589,7 @@ pub async fn version(
                 .bind(workflow).bind(&k).fetch_one(p).await?;
             parts.push(data);
             // The chain is bounded when written; a longer one is corrupt, not a reason to loop.
-            if parts.len() as i64 > crate::version_state::MAX_CHAIN + 1 {
+            if parts.len() as i64 > crate::versions::MAX_CHAIN + 1 {
                 return Err(DbError::Sqlx(sqlx::Error::Protocol(format!("version state chain of {key} is too long"))));
             }
             next = base;

@@ -118,7 +118,7 @@ pub enum Write {
     Usage(UsageRow),
 }
 
-/// A usage record to write (owned [`crate::db::usage::NewUsage`]).
+/// A usage record to write (owned [`crate::usage::NewUsage`]).
 #[derive(Clone, Debug)]
 pub struct UsageRow {
     /// Its id.
@@ -193,7 +193,7 @@ pub async fn apply(db: &Db, writes: &[Write]) -> Result<()> {
                         .execute(&mut *tx).await?;
                 }
                 Write::Usage(r) => {
-                    let u = crate::db::usage::NewUsage {
+                    let u = crate::usage::NewUsage {
                         workspace_id: &r.workspace_id,
                         user_id: &r.user_id,
                         execution_id: Some(&r.execution_id),

@@ -4,13 +4,22 @@
 //! Queries are written once, in the dialect both backends accept (`$n` placeholders,
 //! `ON CONFLICT`, `RETURNING`), and [`with_pool!`] runs the same code through whichever pool
 //! the store has: the driver types differ, the text does not.
+//!
+//! A crate of its own so that the compiler keeps SQL out of the server's other layers: the
+//! REST handlers, the socket and the engine call functions here, and nothing here knows
+//! about them. Provider keys are sealed here too ([`crypto`]): the only way back to a
+//! plaintext key is [`providers::provider_keys`].
 
+#![warn(missing_docs)]
+
+pub mod crypto;
 pub mod executions;
 pub mod models;
 pub mod providers;
 mod queries;
 pub mod templates;
 pub mod usage;
+pub mod versions;
 pub mod webhooks;
 
 pub use models::*;

@@ -34,7 +34,7 @@ pub struct NewUsage<'a> {
 #[macro_export]
 macro_rules! write_usage {
     ($tx:ident, $id:expr, $u:expr) => {{
-        let u: &$crate::db::usage::NewUsage<'_> = $u;
+        let u: &$crate::usage::NewUsage<'_> = $u;
         let total = u.input_tokens.saturating_add(u.output_tokens);
         sqlx::query(
             "INSERT INTO usage_records (id, workspace_id, user_id, execution_id, provider, model, \
@@ -59,7 +59,7 @@ macro_rules! write_usage {
         )
         .bind(u.user_id)
         .bind(if u.provider == "demo" { 0 } else { total })
-        .bind($crate::db::now_ms())
+        .bind($crate::now_ms())
         .execute(&mut *$tx)
         .await?;
     }};
