@@ -270,7 +270,7 @@ mod tests {
     use super::*;
 
     async fn access() -> Access {
-        let db = Db::memory().await.unwrap();
+        let db = crate::db::memory().await.unwrap();
         Access::new(
             db,
             Duration::from_secs(3600),

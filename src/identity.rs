@@ -199,7 +199,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_user_cache_is_bounded() {
-        let db = Db::memory().await.unwrap();
+        let db = crate::db::memory().await.unwrap();
         let secret = "s".repeat(32);
         let config = JwtConfig {
             secret: Some(secret.clone()),

@@ -172,10 +172,19 @@ pub async fn start_with_store(
     };
     let db = match store.db() {
         Some(db) => db,
-        None => db::Db::memory()
+        // Only the memory store keeps nothing on disk; any other backend without a database
+        // would lose users and executions on every restart without a word.
+        None if store.backend() == "memory" => db::memory()
             .await
             .context("opening the in-memory database")?,
+        None => anyhow::bail!(
+            "the {} store has no relational database for users and executions",
+            store.backend()
+        ),
     };
+    db::migrate(&db)
+        .await
+        .context("migrating the application's tables")?;
     let auth = identity::Authenticator::new(
         db.clone(),
         config.jwt_config(),

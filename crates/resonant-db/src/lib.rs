@@ -26,6 +26,44 @@ pub use models::*;
 pub use queries::*;
 pub use resonant_store::Db;
 
+/// Brings the application's tables up to date: migrations 0003 onwards (`migrations/`).
+/// The document log's tables (0001–0002) belong to `resonant-store`, which migrates them
+/// when it opens; the two share one migration history, so each ignores the other's versions.
+pub async fn migrate(db: &Db) -> std::result::Result<(), sqlx::migrate::MigrateError> {
+    match db {
+        Db::Sqlite(p) => {
+            let mut m = sqlx::migrate!("./migrations/sqlite");
+            m.set_ignore_missing(true);
+            m.run(p).await
+        }
+        Db::Postgres(p) => {
+            let mut m = sqlx::migrate!("./migrations/postgres");
+            m.set_ignore_missing(true);
+            m.run(p).await
+        }
+    }
+}
+
+/// A private in-memory SQLite database with the application's tables: the relational side of
+/// the `memory:` store (whose documents are not durable either) and of unit tests.
+pub async fn memory() -> std::result::Result<Db, DbError> {
+    use std::str::FromStr;
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite::memory:")?;
+    // One connection that never closes: each in-memory connection is its own database.
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(opts)
+        .await?;
+    let db = Db::Sqlite(pool);
+    migrate(&db)
+        .await
+        .map_err(|e| DbError::Sqlx(sqlx::Error::Migrate(Box::new(e))))?;
+    Ok(db)
+}
+
 /// Runs `$body` with `$p` bound to the concrete pool of `$db` (SQLite or Postgres).
 #[macro_export]
 macro_rules! with_pool {

@@ -221,23 +221,6 @@ pub enum Db {
 }
 
 impl Db {
-    /// A private in-memory SQLite database with every migration applied (for the `memory:`
-    /// store, whose documents are not durable either).
-    pub async fn memory() -> Result<Db, StoreError> {
-        use std::str::FromStr;
-        let opts = sqlx::sqlite::SqliteConnectOptions::from_str("sqlite::memory:")?;
-        // One connection that never closes: each in-memory connection is its own database.
-        let pool = sqlx::sqlite::SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(opts)
-            .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Db::Sqlite(pool))
-    }
-
     /// The backend's name.
     pub fn backend(&self) -> &'static str {
         match self {
@@ -245,6 +228,23 @@ impl Db {
             Db::Postgres(_) => "postgres",
         }
     }
+}
+
+/// Runs the document log's own migrations (0001–0002). The application's tables share the
+/// database and its migration history but are migrated by `resonant-db` (0003 onwards), so
+/// each side ignores the versions the other applied.
+async fn migrate_doc_log<'c, DB, A>(
+    mut migrator: sqlx::migrate::Migrator,
+    conn: A,
+) -> Result<(), StoreError>
+where
+    A: sqlx::Acquire<'c, Database = DB>,
+    <A::Connection as std::ops::Deref>::Target: sqlx::migrate::Migrate,
+    DB: sqlx::Database,
+{
+    migrator.set_ignore_missing(true);
+    migrator.run(conn).await?;
+    Ok(())
 }
 
 /// Opens the store a server is configured for: Postgres when `database_url` is a

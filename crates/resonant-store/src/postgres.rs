@@ -63,7 +63,7 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts.clone())
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        crate::migrate_doc_log(sqlx::migrate!("./migrations/postgres"), &pool).await?;
         Ok(PostgresStore {
             pool,
             opts,

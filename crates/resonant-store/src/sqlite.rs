@@ -97,7 +97,7 @@ impl SqliteStore {
             .after_release(|conn, _| Box::pin(async move { Ok(!in_transaction(conn).await?) }))
             .connect_with(opts)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        crate::migrate_doc_log(sqlx::migrate!("./migrations/sqlite"), &pool).await?;
         Ok(SqliteStore {
             pool,
             path,

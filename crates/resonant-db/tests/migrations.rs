@@ -1,5 +1,6 @@
 //! Upgrading a database that holds data: each migration that rebuilds or alters a table keeps
-//! its rows and the rows that point at them. SQLite in a temporary file; Postgres at
+//! its rows and the rows that point at them, and a database migrated before the document log's
+//! and the application's migrations were split opens with both. SQLite in a temporary file; Postgres at
 //! `TEST_DATABASE_URL` in a schema of its own (the test fails, not skips, when it is set and
 //! unreachable; it skips, saying so, when it is unset).
 
@@ -129,4 +130,55 @@ async fn postgres_0007_keeps_templates_and_takes_every_block_type() {
         .execute(&admin)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_database_migrated_as_one_history_opens_with_the_split_migrators() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(dir.path().join("t.db"))
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    // Before the split, resonant-store ran 0001–0007 as one migrator.
+    let mut before = sqlx::migrate!("../resonant-store/migrations/sqlite");
+    let app = sqlx::migrate!("./migrations/sqlite");
+    let mut all = before.migrations.to_vec();
+    all.extend(app.migrations.iter().cloned());
+    before.migrations = all.into();
+    before.run(&pool).await.unwrap();
+    for sql in SEED {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let applied = |pool: sqlx::SqlitePool| async move {
+        sqlx::query_as::<_, (i64,)>("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(v,)| v)
+            .collect::<Vec<_>>()
+    };
+    let history = applied(pool.clone()).await;
+    assert_eq!(history, [1, 2, 3, 4, 5, 6, 7]);
+
+    // Now: the store's migrator (0001–0002), then the application's (0003 onwards).
+    let mut store = sqlx::migrate!("../resonant-store/migrations/sqlite");
+    store.set_ignore_missing(true);
+    store.run(&pool).await.unwrap();
+    resonant_db::migrate(&resonant_db::Db::Sqlite(pool.clone()))
+        .await
+        .unwrap();
+    assert_eq!(applied(pool.clone()).await, history, "nothing ran twice");
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM template_downloads")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // And a fresh database gets both halves, in order.
+    let fresh = resonant_db::memory().await.unwrap();
+    let resonant_db::Db::Sqlite(fresh) = fresh else {
+        unreachable!()
+    };
+    assert_eq!(applied(fresh).await, [3, 4, 5, 6, 7]);
 }
