@@ -177,15 +177,7 @@ export interface ExecutionDecidedMsg {
   requestId: unknown
 }
 
-/** An execution event; the fields after `ts` depend on `type` (docs/protocol.md). */
-export interface ExecutionEvent {
-  type: string
-  executionId: string
-  workflowId: string
-  seq: number
-  ts: number
-  [field: string]: unknown
-}
+// Execution events are `ExecutionEvent` in types.ts: the fields after `ts` depend on `type`.
 
 /** Everything the server sends in a stateless frame, execution events aside. */
 export type ServerMsg =
