@@ -13,10 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod client_ip;
 pub mod config;
-pub mod content;
 mod demo;
-pub mod email;
-pub mod engine;
 pub mod identity;
 mod origins;
 pub mod ratelimit;
@@ -54,6 +51,10 @@ pub use config::ServeConfig;
 pub use resonant_db as db;
 /// Provider-key sealing, as `crate::crypto`.
 pub use resonant_db::crypto;
+/// The execution engine, as `crate::engine`.
+pub use resonant_engine as engine;
+/// Document ↔ JSON and approval emails, which the engine and the REST API share.
+pub use resonant_engine::{content, email};
 
 /// Shared state of the HTTP handlers.
 #[derive(Clone)]

@@ -48,7 +48,7 @@ function equalBytes(a: Uint8Array, b: Uint8Array) {
 }
 
 /**
- * The server's validation rules that concurrent edits can break (src/engine/graph.rs:
+ * The server's validation rules that concurrent edits can break (crates/resonant-engine/src/graph.rs:
  * `parse_blocks` refuses a repeated block id, `parse_connections` a connection naming a
  * missing block), plus what makes an edge invisible or undeletable in the editor (a repeated
  * connection id, two edges with the same ends and handles).

@@ -1,7 +1,7 @@
 //! The provider adapters: one streamed HTTP call in each provider's wire format (requests,
 //! SSE events, usage, errors), with the first-token and whole-call timeouts and cancellation.
 
-use crate::engine::http::truncate;
+use crate::http::truncate;
 use std::time::{Duration, SystemTime};
 
 use eventsource_stream::{Event, EventStreamError, Eventsource};
@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::config::{ProviderKind, ProviderSpec};
-use crate::engine::retry::{BlockError, ErrorClass};
+use crate::retry::{BlockError, ErrorClass};
 
 /// Appended to the system prompt when the block wants JSON.
 pub(crate) const JSON_INSTRUCTION: &str =

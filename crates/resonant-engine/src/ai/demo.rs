@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, WireRequest};
 use super::{estimate_tokens, AiEvents, CallRecord, Done, PlannedCall};
-use crate::engine::retry::BlockError;
+use crate::retry::BlockError;
 
 const WORDS: &[&str] = &[
     "workflow",

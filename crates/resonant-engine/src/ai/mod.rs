@@ -47,7 +47,7 @@ pub(crate) fn wire_default_max_tokens() -> u32 {
     wire::DEFAULT_MAX_TOKENS
 }
 
-use crate::engine::retry::{BlockError, ErrorClass, RetryPolicy};
+use crate::retry::{BlockError, ErrorClass, RetryPolicy};
 use breaker::Breakers;
 use wire::{Deadlines, Endpoint, Progress, WireRequest, DEFAULT_MAX_TOKENS};
 

@@ -110,7 +110,8 @@ impl AllowRule {
         Ok(AllowRule::Host(host))
     }
 
-    pub(crate) fn allows(&self, host: Option<&str>, ip: IpAddr) -> bool {
+    /// Whether this rule lets a request to `host` (if named) at `ip` through.
+    pub fn allows(&self, host: Option<&str>, ip: IpAddr) -> bool {
         match self {
             AllowRule::Host(name) => host.is_some_and(|h| normalise_host(h) == *name),
             AllowRule::Network { addr, prefix } => mask(ip, *prefix) == *addr,

@@ -2,8 +2,20 @@
 //! document, validates it, and runs its blocks as their inputs become ready, streaming
 //! events to the workflow's editors over their sockets. Executions, block states and events
 //! are stored as they advance, so a restart resumes them where they were.
+//!
+//! A crate of its own so that the engine cannot reach into the server: it is given a
+//! database (`resonant-db`), the rooms (`resonant-sync`) and its outside world ([`Io`]), and
+//! the REST handlers and the socket call its API ([`Engine`]).
+
+#![warn(missing_docs)]
+
+// The server's names for its layers, so paths read the same on both sides.
+pub(crate) use resonant_db as db;
+pub(crate) use resonant_db::crypto;
 
 pub mod ai;
+pub mod content;
+pub mod email;
 pub mod events;
 pub mod graph;
 pub mod http;

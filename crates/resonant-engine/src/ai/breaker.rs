@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::config::BreakerConfig;
-use crate::engine::retry::ErrorClass;
+use crate::retry::ErrorClass;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum State {
