@@ -547,3 +547,56 @@ async fn frames_claiming_huge_counts_are_refused_without_allocating() {
         "peak RSS {peak_before} KiB -> {peak_after} KiB"
     );
 }
+
+/// A durable-looking store that has no relational database: the server used to put users and
+/// executions in a private in-memory SQLite without a word, losing them on every restart.
+struct NoDatabase(resonant_store::MemoryStore);
+
+#[async_trait::async_trait]
+impl Store for NoDatabase {
+    async fn load(
+        &self,
+        room: &str,
+    ) -> Result<resonant_store::StoredDoc, resonant_store::StoreError> {
+        self.0.load(room).await
+    }
+    async fn write_batch(
+        &self,
+        ops: &[resonant_store::WriteOp],
+    ) -> Result<(), resonant_store::StoreError> {
+        self.0.write_batch(ops).await
+    }
+    async fn ping(&self) -> Result<(), resonant_store::StoreError> {
+        self.0.ping().await
+    }
+    fn backend(&self) -> &'static str {
+        "custom"
+    }
+    async fn delete_room(&self, room: &str) -> Result<(), resonant_store::StoreError> {
+        self.0.delete_room(room).await
+    }
+}
+
+#[tokio::test]
+async fn a_store_without_a_database_is_refused_unless_it_is_the_memory_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = resonant::ServeConfig::for_tests(dir.path().to_path_buf());
+    let err = match resonant::start_with_store(
+        config,
+        Arc::new(NoDatabase(resonant_store::MemoryStore::default())),
+    )
+    .await
+    {
+        Ok(_) => panic!("a store without a relational database was accepted"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("no relational database"), "{err}");
+    // The memory store says what it is: its users and executions live in memory, as its
+    // documents do.
+    let config = resonant::ServeConfig::for_tests(dir.path().to_path_buf());
+    let server =
+        resonant::start_with_store(config, Arc::new(resonant_store::MemoryStore::default()))
+            .await
+            .unwrap();
+    server.shutdown().await.unwrap();
+}
