@@ -230,23 +230,6 @@ impl Db {
     }
 }
 
-/// Runs the document log's own migrations (0001–0002). The application's tables share the
-/// database and its migration history but are migrated by `resonant-db` (0003 onwards), so
-/// each side ignores the versions the other applied.
-async fn migrate_doc_log<'c, DB, A>(
-    mut migrator: sqlx::migrate::Migrator,
-    conn: A,
-) -> Result<(), StoreError>
-where
-    A: sqlx::Acquire<'c, Database = DB>,
-    <A::Connection as std::ops::Deref>::Target: sqlx::migrate::Migrate,
-    DB: sqlx::Database,
-{
-    migrator.set_ignore_missing(true);
-    migrator.run(conn).await?;
-    Ok(())
-}
-
 /// Opens the store a server is configured for: Postgres when `database_url` is a
 /// `postgres://` URL, nothing durable for `memory:` (benchmarks only), otherwise SQLite
 /// (`sqlite:` URL, or `resonant.db` in `data_dir`).

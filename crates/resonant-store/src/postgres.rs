@@ -63,7 +63,11 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts.clone())
             .await?;
-        crate::migrate_doc_log(sqlx::migrate!("./migrations/postgres"), &pool).await?;
+        // The application's tables share this database and its migration history but are
+        // migrated by resonant-db (0003 onwards): their versions are not missing, just not ours.
+        let mut migrator = sqlx::migrate!("./migrations/postgres");
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         Ok(PostgresStore {
             pool,
             opts,

@@ -97,7 +97,11 @@ impl SqliteStore {
             .after_release(|conn, _| Box::pin(async move { Ok(!in_transaction(conn).await?) }))
             .connect_with(opts)
             .await?;
-        crate::migrate_doc_log(sqlx::migrate!("./migrations/sqlite"), &pool).await?;
+        // The application's tables share this database and its migration history but are
+        // migrated by resonant-db (0003 onwards): their versions are not missing, just not ours.
+        let mut migrator = sqlx::migrate!("./migrations/sqlite");
+        migrator.set_ignore_missing(true);
+        migrator.run(&pool).await?;
         Ok(SqliteStore {
             pool,
             path,
