@@ -295,7 +295,7 @@ async fn templates_publish_validate_visibility_pages_downloads() {
 
         // Every block type the engine runs can be a template (the API once knew only 5 of
         // them), and reads back as the same type.
-        for kind in resonant::engine::graph::BlockKind::ALL {
+        for kind in resonant::engine::block::BlockKind::ALL {
             let mut t = template("Of a kind", "kinds", false);
             t["type"] = json!(kind.as_str());
             let (s, made) = publish(&alice, t).await;

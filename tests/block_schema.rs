@@ -2,7 +2,8 @@
 //! editor's forms) against the server's own validation: a type, required field, enum value,
 //! bound or default changed on one side and not the other fails here.
 
-use resonant::engine::graph::{BlockKind, Problem};
+use resonant::engine::block::BlockKind;
+use resonant::engine::graph::Problem;
 use resonant::engine::retry::RetryPolicy;
 use serde_json::{json, Map, Value};
 

@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use super::{text, ApiError, Caller, Json, Page, PageQuery, Path, Query};
 use crate::db;
 use crate::db::templates::{NewTemplate, TemplateRow};
-use crate::engine::graph::BlockKind;
+use crate::engine::block::BlockKind;
 use crate::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {

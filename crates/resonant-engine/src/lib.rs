@@ -14,6 +14,7 @@ pub(crate) use resonant_db as db;
 pub(crate) use resonant_db::crypto;
 
 pub mod ai;
+pub mod block;
 pub mod content;
 pub mod email;
 pub mod events;
@@ -24,6 +25,7 @@ pub use io::Io;
 mod plan;
 pub mod retry;
 mod run;
+mod scheduler;
 pub mod template;
 
 use std::collections::{HashMap, HashSet};
@@ -196,8 +198,8 @@ pub(crate) struct Inner {
     running: Mutex<HashMap<String, (Arc<Control>, tokio::task::AbortHandle)>>,
     /// Executions running (or being started) per user and per workspace, for the caps.
     admitted: Arc<Mutex<HashMap<String, usize>>>,
-    /// Tokens reserved by AI calls in progress, per user (see [`io::reserve_tokens`]).
-    pub(crate) ledger: Arc<Mutex<io::Ledger>>,
+    /// Tokens reserved by AI calls in progress, per user (see `block/ai.rs`).
+    pub(crate) ledger: Arc<Mutex<block::Ledger>>,
     /// Approval emails sent today per workspace: (day number, count).
     pub(crate) emails_today: Mutex<HashMap<String, (i64, usize)>>,
     /// Template output bytes running executions may still render, server-wide
@@ -223,7 +225,7 @@ impl Engine {
                 global: Arc::new(Semaphore::new(config.max_concurrent_blocks.max(1))),
                 running: Mutex::new(HashMap::new()),
                 admitted: Arc::new(Mutex::new(HashMap::new())),
-                ledger: Arc::new(Mutex::new(io::Ledger::default())),
+                ledger: Arc::new(Mutex::new(block::Ledger::default())),
                 emails_today: Mutex::new(HashMap::new()),
                 template_pool: Arc::new(config.template_server_bytes.into()),
                 config,
@@ -441,7 +443,7 @@ impl Engine {
         let exec_id = id.clone();
         let task = self.inner.tasks.spawn(async move {
             let _admission = admission;
-            run.execute().await;
+            scheduler::execute(run).await;
             inner.running.lock().remove(&exec_id);
         });
         running.insert(id, (control, task.abort_handle()));

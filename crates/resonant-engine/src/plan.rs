@@ -3,7 +3,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::graph::{BlockKind, Problem, Workflow};
+use super::block::BlockKind;
+use super::graph::{Problem, Workflow};
 
 /// One scope: the blocks it runs and the connections between them.
 #[derive(Debug, Default)]

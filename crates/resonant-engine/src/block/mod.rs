@@ -1,0 +1,359 @@
+//! Block types, one file each: what a type checks in its configuration, what it does when it
+//! runs, and how the scheduler treats it. Adding a type is a file here, a variant of
+//! [`BlockKind`] with its line in [`BlockKind::ALL`], `as_str` and `behaviour`, and its
+//! config in the SDK's `block-schema.ts` (`tests/block_schema.rs` holds the two together).
+
+mod ai;
+mod condition;
+mod delay;
+mod human;
+mod input;
+mod r#loop;
+mod merge;
+mod output;
+mod split;
+mod transform;
+mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use self::ai::Ledger;
+pub use self::condition::handles as condition_handles;
+pub use self::r#loop::MAX_ITERATIONS;
+use crate::db::executions::BlockRow;
+use crate::db::now_ms;
+use crate::run::{LoopCtx, Run, ScopeRunner};
+use crate::template;
+
+/// A block's type, as documents and templates name it (the seed's block types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = BlockType)]
+pub enum BlockKind {
+    /// The execution's input.
+    Input,
+    /// An AI generation through the router.
+    Ai,
+    /// Collects a result.
+    Output,
+    /// Routes to its `true` / `false` handle.
+    Condition,
+    /// A template over earlier outputs.
+    Transform,
+    /// Runs its body once per array item; its body returns through the `next` handle.
+    Loop,
+    /// Joins branches.
+    Merge,
+    /// Fans out.
+    Split,
+    /// Waits for a person's approval.
+    Human,
+    /// An HTTP request.
+    Webhook,
+    /// Waits.
+    Delay,
+}
+
+impl BlockKind {
+    /// Every type, in the docs' order. `parse` reads this list, so a type missing here is
+    /// refused everywhere rather than half-supported.
+    pub const ALL: [BlockKind; 11] = [
+        BlockKind::Input,
+        BlockKind::Ai,
+        BlockKind::Output,
+        BlockKind::Condition,
+        BlockKind::Transform,
+        BlockKind::Loop,
+        BlockKind::Merge,
+        BlockKind::Split,
+        BlockKind::Human,
+        BlockKind::Webhook,
+        BlockKind::Delay,
+    ];
+
+    /// The name a document uses (`"ai"`, `"loop"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlockKind::Input => "input",
+            BlockKind::Ai => "ai",
+            BlockKind::Output => "output",
+            BlockKind::Condition => "condition",
+            BlockKind::Transform => "transform",
+            BlockKind::Loop => "loop",
+            BlockKind::Merge => "merge",
+            BlockKind::Split => "split",
+            BlockKind::Human => "human",
+            BlockKind::Webhook => "webhook",
+            BlockKind::Delay => "delay",
+        }
+    }
+
+    /// The type a document names, if the engine knows it.
+    pub fn parse(s: &str) -> Option<BlockKind> {
+        BlockKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// What blocks of this type do.
+    pub(crate) fn behaviour(self) -> &'static dyn Behaviour {
+        match self {
+            BlockKind::Input => &input::Input,
+            BlockKind::Ai => &ai::Ai,
+            BlockKind::Output => &output::Output,
+            BlockKind::Condition => &condition::Condition,
+            BlockKind::Transform => &transform::Transform,
+            BlockKind::Loop => &r#loop::Loop,
+            BlockKind::Merge => &merge::Merge,
+            BlockKind::Split => &split::Split,
+            BlockKind::Human => &human::Human,
+            BlockKind::Webhook => &webhook::Webhook,
+            BlockKind::Delay => &delay::Delay,
+        }
+    }
+}
+
+/// A block of a validated workflow.
+#[derive(Debug, Clone)]
+pub struct Block {
+    /// Its id in the document.
+    pub id: String,
+    /// Its type.
+    pub kind: BlockKind,
+    /// Its type-specific configuration.
+    pub config: Value,
+}
+
+/// One block type: its configuration check, its behaviour, and what the scheduler needs to
+/// know of it. The defaults are those of a plain block: it works (holds a concurrency
+/// slot), starts when all its live inputs have arrived, and passes its output on every
+/// outgoing connection.
+pub(crate) trait Behaviour: Sync {
+    /// Checks the type's own configuration fields (the retry policy is checked for all).
+    fn check(&self, _c: &mut Check<'_>) {}
+
+    /// Configuration fields holding templates: compiled when the workflow is validated, so a
+    /// syntax error is reported before anything runs.
+    fn templates(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Configuration fields holding expressions, compiled when the workflow is validated.
+    fn expressions(&self, _config: &Map<String, Value>) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Whether it waits rather than works (on a timer, a person, its loop body): waiting
+    /// holds none of the execution's or the server's concurrency slots.
+    fn waits(&self) -> bool {
+        false
+    }
+
+    /// When it runs given its inputs' states: `all` live, `any` one live, or
+    /// `all-non-skipped` (the default: runs once every input settled, if any is live).
+    fn join<'c>(&self, _config: &'c Value) -> &'c str {
+        "all-non-skipped"
+    }
+
+    /// Whether it receives its live inputs as one object keyed by target handle (else by
+    /// source block id) even when only one arrives.
+    fn gathers(&self) -> bool {
+        false
+    }
+
+    /// Whether, when it routes, a connection without a source handle is left untaken (a
+    /// condition's every exit is a handle; other blocks' plain exits always carry on).
+    fn routes_only(&self) -> bool {
+        false
+    }
+
+    /// The value a connection leaving through `handle` carries.
+    fn branch(&self, output: &Value, _handle: Option<&str>) -> Value {
+        output.clone()
+    }
+
+    /// Whether its result is committed before anything depends on it: it acted outside the
+    /// server, and a crash must not make it act twice.
+    fn acts_outside(&self) -> bool {
+        false
+    }
+
+    /// Runs one block of this type.
+    fn run<'a>(&'a self, ctx: &'a BlockCtx<'a>) -> BoxFuture<'a, Result<BlockDone, String>>;
+}
+
+/// A block's configuration while it is checked: typed reads, and the problems found as
+/// `(field, message)`.
+pub(crate) struct Check<'a> {
+    c: &'a Map<String, Value>,
+    problems: Vec<(String, String)>,
+}
+
+impl<'a> Check<'a> {
+    /// The raw field.
+    pub(crate) fn get(&self, field: &str) -> Option<&'a Value> {
+        self.c.get(field)
+    }
+
+    /// `None` when absent, else whether it is a string.
+    pub(crate) fn string(&self, field: &str) -> Option<bool> {
+        self.c.get(field).map(|v| v.as_str().is_some())
+    }
+
+    /// `None` when absent, else the number it holds, if it is one.
+    pub(crate) fn number(&self, field: &str) -> Option<Option<f64>> {
+        self.c.get(field).map(Value::as_f64)
+    }
+
+    /// `None` when absent, else whether it is one of `allowed`.
+    pub(crate) fn one_of(&self, field: &str, allowed: &[&str]) -> Option<bool> {
+        self.c
+            .get(field)
+            .map(|v| v.as_str().is_some_and(|s| allowed.contains(&s)))
+    }
+
+    /// Records a problem with `field`.
+    pub(crate) fn bad(&mut self, field: &str, message: &str) {
+        self.problems.push((field.into(), message.into()));
+    }
+}
+
+/// The longest delay or approval timeout (ten years): deadlines stay far from overflow.
+pub(crate) const MAX_WAIT_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
+
+/// Checks a block's configuration for its type; every problem found, as `(field, message)`.
+pub(crate) fn check(kind: BlockKind, config: &Value) -> Vec<(String, String)> {
+    let Some(c) = config.as_object() else {
+        return vec![("config".into(), "must be an object".into())];
+    };
+    let behaviour = kind.behaviour();
+    let mut check = Check {
+        c,
+        problems: Vec::new(),
+    };
+    behaviour.check(&mut check);
+    for field in behaviour.templates() {
+        if let Some(Value::String(t)) = c.get(*field) {
+            if let Err(e) = template::check_template(t) {
+                check.bad(field, &e.to_string());
+            }
+        }
+    }
+    for field in behaviour.expressions(c) {
+        match c.get(*field) {
+            Some(Value::String(e)) => {
+                if let Err(err) = template::check_expression(e) {
+                    check.bad(field, &err.to_string());
+                }
+            }
+            Some(_) => check.bad(field, "must be a string (an expression)"),
+            None => {}
+        }
+    }
+    // `timeoutMs` is the retry policy's attempt timeout, but an editor shows it as a field
+    // of its own, so its problem names it; the policy is then checked without it.
+    let retry = match c
+        .get("timeoutMs")
+        .filter(|v| !v.is_null())
+        .map(Value::as_u64)
+    {
+        Some(Some(ms)) if ms > 0 => crate::retry::RetryPolicy::from_config(config),
+        None => crate::retry::RetryPolicy::from_config(config),
+        Some(_) => {
+            check.bad("timeoutMs", "must be a positive integer (milliseconds)");
+            let retry = c.get("retry").cloned().unwrap_or(Value::Null);
+            crate::retry::RetryPolicy::from_config(&serde_json::json!({ "retry": retry }))
+        }
+    };
+    if let Err(e) = retry {
+        check.bad("retry", &e);
+    }
+    check.problems
+}
+
+/// Usage of a block that called a provider.
+pub(crate) struct Usage {
+    pub provider: String,
+    pub model: String,
+    pub tokens: i64,
+    pub cost: f64,
+    pub estimated: bool,
+}
+
+/// A finished block: its output (`None`: it decided to skip itself), the handle it routes
+/// to, and what it used.
+pub(crate) struct BlockDone {
+    pub output: Option<Value>,
+    pub route: Option<String>,
+    pub usage: Option<Usage>,
+}
+
+impl BlockDone {
+    /// A plain result: an output, no route, no usage.
+    pub(crate) fn value(output: Value) -> BlockDone {
+        BlockDone {
+            output: Some(output),
+            route: None,
+            usage: None,
+        }
+    }
+}
+
+/// Everything a block's behaviour needs.
+pub(crate) struct BlockCtx<'a> {
+    pub run: &'a Arc<Run>,
+    pub block: &'a Block,
+    /// Its key in the execution's rows: the id, under its loop iterations (`loop[2]/id`).
+    pub key: &'a str,
+    /// The iterations it runs in (`loop[2]/`), empty at the top level.
+    pub prefix: &'a str,
+    pub attempt: i64,
+    pub upstream: Value,
+    pub lp: Option<&'a LoopCtx>,
+    pub cancel: &'a CancellationToken,
+    /// Its waiting state from before a restart (a delay's or approval's deadline).
+    pub waiting: Option<BlockRow>,
+    /// Runs a scope of the execution: how a loop runs its body.
+    pub scope: ScopeRunner,
+}
+
+impl BlockCtx<'_> {
+    /// A string field of its configuration.
+    pub(crate) fn config_str(&self, field: &str) -> Option<&str> {
+        self.block.config.get(field).and_then(|v| v.as_str())
+    }
+
+    /// Its template context.
+    pub(crate) fn context(&self) -> minijinja::Value {
+        self.run.context(self.prefix, &self.upstream, self.lp)
+    }
+
+    /// Renders a template field, charged to the template allowances; `None` when unset.
+    pub(crate) async fn render(&self, field: &str) -> Result<Option<String>, String> {
+        match self.config_str(field) {
+            None => Ok(None),
+            Some(t) => {
+                let text = template::render_async(t, &self.context())
+                    .await
+                    .map_err(|e| format!("{field}: {e}"))?;
+                self.run
+                    .spend_template(text.len())
+                    .map_err(|e| format!("{field}: {e}"))?;
+                Ok(Some(text))
+            }
+        }
+    }
+}
+
+/// Sleeps until a wall-clock deadline (a restart keeps it), or fails when cancelled.
+pub(crate) async fn sleep_until_ms(wake_at: i64, cancel: &CancellationToken) -> Result<(), String> {
+    let wait = Duration::from_millis((wake_at - now_ms()).max(0) as u64);
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => Ok(()),
+        _ = cancel.cancelled() => Err("cancelled".into()),
+    }
+}
