@@ -3,13 +3,13 @@ import type { WebsocketProvider } from 'y-websocket'
 import type { Awareness } from 'y-protocols/awareness'
 import type { ManagedSocket } from './socket.js'
 import { Connection, TERMINAL_CLOSES, sendJson, sendRaw } from './connection.js'
+import { Rpc } from './rpc.js'
 import { WorkflowDoc } from './workflow.js'
 import { Presence } from './presence.js'
 import { UndoController } from './undo.js'
 import { Execution, type ExecutionHandle, type ExecutionHost } from './executions.js'
 import { LocalCopy, hasIndexedDb, localName } from './offline.js'
 import {
-  ResonantError,
   RoomError,
   type BroadcastSender,
   type ClientOptions,
@@ -20,9 +20,8 @@ import {
   type SaveStatus,
   type Unsubscribe,
 } from './types.js'
-import { MAX_BROADCAST_BYTES, MAX_RESUME, MSG_SYNC, MSG_SYNC_STATUS, type ClientMsg, type ExecutionRequest } from './protocol.js'
+import { MAX_BROADCAST_BYTES, MAX_RESUME, MSG_SYNC, MSG_SYNC_STATUS, type ExecutionRequest } from './protocol.js'
 
-const REQUEST_TIMEOUT_MS = 15000
 /** Fatal errors after which the local copy is deleted: the workflow is gone or not ours. */
 // Not `invalid-room`: a copy for a name the server refuses never synced, and a 1008 from an
 // intermediary must not delete offline edits.
@@ -42,14 +41,6 @@ interface Conn {
   acked: number
   /** The handshake's step 2 (everything the server lacked) has been sent. */
   handshakeSent: boolean
-}
-
-interface Pending {
-  resolve: (v: Record<string, unknown>) => void
-  reject: (e: Error) => void
-  timer: ReturnType<typeof setTimeout>
-  /** The socket it went out on; null while it waits in the queue for a connection. */
-  socket: ManagedSocket | null
 }
 
 /** Retries of a gap replay the server could not serve, before falling back to REST. */
@@ -92,14 +83,12 @@ export class Room implements ExecutionHost {
   private broadcastListeners = new Set<(event: unknown, from: BroadcastSender) => void>()
   private syncWaiters: Waiter[] = []
   private saveWaiters = new Set<Waiter>()
-  private pending = new Map<string, Pending>()
-  private queue: Array<{ msg: ClientMsg; requestId: string | null }> = []
+  private readonly rpc = new Rpc(() => this.conn?.socket ?? null)
   private gapTries = 0
   private gapTimer: ReturnType<typeof setTimeout> | null = null
   private _readOnly = false
   /** Edits of this connection the server refused (read-only): in the local document, never stored. */
   private refused = false
-  private nextRequest = 1
   private execs = new Map<string, Execution>()
   private execOrder: Execution[] = []
   private execListeners = new Set<() => void>()
@@ -378,14 +367,7 @@ export class Room implements ExecutionHost {
     // Ask for acknowledgements explicitly too, and learn at once whether the server speaks them.
     sendRaw(socket, [MSG_SYNC_STATUS, 1])
     this.connection.startLiveness(socket)
-    const queued = this.queue
-    this.queue = []
-    for (const { msg, requestId } of queued) {
-      const p = requestId ? this.pending.get(requestId) : undefined
-      if (requestId && !p) continue
-      if (p) p.socket = socket
-      sendJson(socket, msg)
-    }
+    this.rpc.opened(socket)
     this.setStatus('connected')
   }
 
@@ -419,14 +401,7 @@ export class Room implements ExecutionHost {
       this.emit('synced')
     }
     this.presence.markDisconnected()
-    for (const [id, p] of this.pending) {
-      // Requests sent on this socket may or may not have arrived: tell the caller. Queued
-      // ones wait for the next connection (or their timeout).
-      if (p.socket !== socket) continue
-      clearTimeout(p.timer)
-      p.reject(new ResonantError('disconnected', 'the connection closed before the server answered'))
-      this.pending.delete(id)
-    }
+    this.rpc.closed(socket)
     const terminal = TERMINAL_CLOSES.get(code)
     if (socket.tokenError !== undefined && !this.destroyed) {
       const e = socket.tokenError
@@ -533,16 +508,7 @@ export class Room implements ExecutionHost {
       this.retryGaps()
       return
     }
-    if (requestId && this.pending.has(requestId)) {
-      const p = this.pending.get(requestId)!
-      this.pending.delete(requestId)
-      clearTimeout(p.timer)
-      if (msg.type === 'error') {
-        const { code, message, ...rest } = msg
-        p.reject(new ResonantError(String(code), String(message), rest))
-      } else p.resolve(msg)
-      return
-    }
+    if (requestId && this.rpc.reply(requestId, msg)) return
     if (msg.type === 'error') console.warn(`resonant: ${msg.code}: ${msg.message}`)
   }
 
@@ -567,7 +533,7 @@ export class Room implements ExecutionHost {
   private resumeGaps() {
     const after: Record<string, number> = {}
     for (const e of this.execs.values()) if (e.gapRequested) after[e.id] = e.state().seq
-    if (Object.keys(after).length > 0) this.sendRequest({ type: 'executions.resume', after, running: false })
+    if (Object.keys(after).length > 0) this.rpc.send({ type: 'executions.resume', after, running: false })
   }
 
   /**
@@ -607,29 +573,9 @@ export class Room implements ExecutionHost {
     }
   }
 
-  /** Sends a request now, or after the next connect when the socket is down. */
-  private sendRequest(msg: ClientMsg, requestId: string | null = null) {
-    const conn = this.conn
-    if (conn && conn.socket.readyState === 1) {
-      const p = requestId ? this.pending.get(requestId) : undefined
-      if (p) p.socket = conn.socket
-      sendJson(conn.socket, msg)
-    } else this.queue.push({ msg, requestId })
-  }
-
   /** Sends a request and waits for its reply (`ResonantError` on a refusal). */
   request(msg: ExecutionRequest): Promise<Record<string, unknown>> {
-    const requestId = `r${this.nextRequest++}`
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(requestId)
-        // A request that never went out must not go out later, after its caller gave up.
-        this.queue = this.queue.filter((q) => q.requestId !== requestId)
-        reject(new ResonantError('timeout', `no answer to ${String(msg.type)} in ${REQUEST_TIMEOUT_MS} ms`))
-      }, REQUEST_TIMEOUT_MS)
-      this.pending.set(requestId, { resolve, reject, timer, socket: null })
-      this.sendRequest({ ...msg, requestId }, requestId)
-    })
+    return this.rpc.request(msg)
   }
 
   // --- executions -------------------------------------------------------------------------
@@ -694,7 +640,7 @@ export class Room implements ExecutionHost {
 
   /** Asks for the events of one execution after `afterSeq`. */
   resume(executionId: string, afterSeq: number) {
-    this.sendRequest({ type: 'executions.resume', after: { [executionId]: afterSeq }, running: false })
+    this.rpc.send({ type: 'executions.resume', after: { [executionId]: afterSeq }, running: false })
   }
 
   /** A replayed or live event was applied: gap retries start over. */
