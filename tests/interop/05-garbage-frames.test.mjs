@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 
 import {
   Y, harness, uniqueRoom, waitSynced, waitFor, makeBlock, blockIds, prng, encoding,
-  syncProtocol, MSG_SYNC, withTimeout
+  MSG_SYNC, SYNC_UPDATE, CLOSE, withTimeout
 } from './helpers.mjs'
 
 const MAX_MESSAGE_BYTES = 64 * 1024
@@ -14,7 +14,7 @@ const MAX_MESSAGE_BYTES = 64 * 1024
 function syncUpdateFrame (payload) {
   const enc = encoding.createEncoder()
   encoding.writeVarUint(enc, MSG_SYNC)
-  encoding.writeVarUint(enc, syncProtocol.messageYjsUpdate)
+  encoding.writeVarUint(enc, SYNC_UPDATE)
   encoding.writeVarUint8Array(enc, payload)
   return encoding.toUint8Array(enc)
 }
@@ -41,15 +41,15 @@ test('garbage frames get the documented close codes; the room and the server sur
   fullyRandom[0] = 0x49 // message type 73: not a y-websocket or extension message
 
   const cases = [
-    { name: 'random bytes (unknown message type)', frame: fullyRandom, code: 1007 },
-    { name: 'random bytes as a sync update', frame: syncUpdateFrame(randomPayload), code: 1007 },
-    { name: 'truncated sync update [0,2,50,1,2]', frame: new Uint8Array([0, 2, 50, 1, 2]), code: 1007 },
-    { name: 'truncated sync step 1 [0,0,5]', frame: new Uint8Array([0, 0, 5]), code: 1007 },
-    { name: 'unknown sync sub-type [0,9,0]', frame: new Uint8Array([0, 9, 0]), code: 1007 },
-    { name: 'malformed awareness [1,3,255,255,255]', frame: new Uint8Array([1, 3, 255, 255, 255]), code: 1007 },
-    { name: 'empty binary frame', frame: new Uint8Array(0), code: 1007 },
-    { name: 'text frame', frame: 'hello, this is text', code: 1003 },
-    { name: `oversized frame (${4 * MAX_MESSAGE_BYTES} bytes > --max-message-bytes ${MAX_MESSAGE_BYTES})`, frame: new Uint8Array(4 * MAX_MESSAGE_BYTES), code: 1009 }
+    { name: 'random bytes (unknown message type)', frame: fullyRandom, code: CLOSE.INVALID_PAYLOAD },
+    { name: 'random bytes as a sync update', frame: syncUpdateFrame(randomPayload), code: CLOSE.INVALID_PAYLOAD },
+    { name: 'truncated sync update [0,2,50,1,2]', frame: new Uint8Array([0, 2, 50, 1, 2]), code: CLOSE.INVALID_PAYLOAD },
+    { name: 'truncated sync step 1 [0,0,5]', frame: new Uint8Array([0, 0, 5]), code: CLOSE.INVALID_PAYLOAD },
+    { name: 'unknown sync sub-type [0,9,0]', frame: new Uint8Array([0, 9, 0]), code: CLOSE.INVALID_PAYLOAD },
+    { name: 'malformed awareness [1,3,255,255,255]', frame: new Uint8Array([1, 3, 255, 255, 255]), code: CLOSE.INVALID_PAYLOAD },
+    { name: 'empty binary frame', frame: new Uint8Array(0), code: CLOSE.INVALID_PAYLOAD },
+    { name: 'text frame', frame: 'hello, this is text', code: CLOSE.UNSUPPORTED_DATA },
+    { name: `oversized frame (${4 * MAX_MESSAGE_BYTES} bytes > --max-message-bytes ${MAX_MESSAGE_BYTES})`, frame: new Uint8Array(4 * MAX_MESSAGE_BYTES), code: CLOSE.MESSAGE_TOO_BIG }
   ]
 
   for (const c of cases) {
@@ -67,7 +67,7 @@ test('garbage frames get the documented close codes; the room and the server sur
   for (const bad of ['bad%20name', 'x'.repeat(129), 'semi%3Bcolon']) {
     const raw = h.raw(`${server.wsUrl}/${bad}`)
     const { code } = await withTimeout(raw.closed, 10000, `the server to refuse room name ${bad.slice(0, 20)}`)
-    assert.equal(code, 1008, `room name ${JSON.stringify(bad.slice(0, 20))}`)
+    assert.equal(code, CLOSE.POLICY_VIOLATION, `room name ${JSON.stringify(bad.slice(0, 20))}`)
   }
   // Sanity: a 128-character name is fine.
   const long = h.raw(`${server.wsUrl}/${'y'.repeat(128)}`)
@@ -105,7 +105,7 @@ test('a full room refuses the next connection with 1013 and keeps serving the ot
   await Promise.all([waitSynced(a), waitSynced(b)])
   const third = h.raw(server.roomUrl(room))
   const { code } = await withTimeout(third.closed, 10000, 'the third connection to be refused')
-  assert.equal(code, 1013)
+  assert.equal(code, CLOSE.TRY_AGAIN_LATER)
   // Another room is not affected by this one being full.
   const elsewhere = h.provider(server, uniqueRoom('not-full'))
   await waitSynced(elsewhere)

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 
 import {
   harness, uniqueRoom, waitSynced, waitFor, waitContent, makeBlock, makeConnection,
-  workflowJSON, blockIds, enableAcks, TEST_DATABASE_URL
+  workflowJSON, blockIds, enableAcks, TEST_DATABASE_URL, CLOSE
 } from './helpers.mjs'
 
 /** Separate transactions: each one is its own update message (and its own save ack). */
@@ -41,7 +41,7 @@ async function cleanRestart (t, databaseUrl) {
   const exit = await server.stop()
   assert.deepEqual(exit, { code: 0, signal: null }, `clean shutdown exit status\n${server.stderr()}`)
   await waitFor([[w, 'connection-close']], () => closeCodes.length > 0, { label: 'the client to see its socket closed' })
-  assert.equal(closeCodes[0], 1012, 'close code on shutdown')
+  assert.equal(closeCodes[0], CLOSE.SERVICE_RESTART, 'close code on shutdown')
   h.destroyProvider(w)
   h.destroyProvider(observer)
 

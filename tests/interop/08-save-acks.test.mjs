@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 
 import {
   harness, uniqueRoom, waitSynced, waitFor, makeBlock, blockIds, enableAcks, withTimeout,
-  MSG_SYNC, MSG_AWARENESS, MSG_STATELESS, MSG_SYNC_STATUS
+  MSG_SYNC, SYNC_UPDATE, MSG_AWARENESS, MSG_STATELESS, MSG_SYNC_STATUS, CLOSE
 } from './helpers.mjs'
 
 /**
@@ -97,7 +97,7 @@ test('a raw opted-in client gets one ack per update and step 2, duplicates inclu
     }
   })
   // Alone in the room, the raw client never gets its own updates echoed back.
-  assert.equal(raw.received.filter((f) => f[0] === MSG_SYNC && f[1] === 2).length, 0, 'own updates echoed')
+  assert.equal(raw.received.filter((f) => f[0] === MSG_SYNC && f[1] === SYNC_UPDATE).length, 0, 'own updates echoed')
   // Every ack is exactly the two bytes [8, 1].
   for (const frame of raw.received.filter((f) => f[0] === MSG_SYNC_STATUS)) {
     assert.deepEqual([...frame], [MSG_SYNC_STATUS, 1])
@@ -142,9 +142,9 @@ test('clients that never opt in never receive type 5 or type 8 messages', async 
 
   // Finally the raw client sends an invalid update: it is closed with 1007, and an error
   // message (type 5) is only for clients that opted in, so none may precede the close.
-  raw.ws.send(new Uint8Array([MSG_SYNC, 2, 3, 0xff, 0xff, 0x7f]))
+  raw.ws.send(new Uint8Array([MSG_SYNC, SYNC_UPDATE, 3, 0xff, 0xff, 0x7f]))
   const { code } = await withTimeout(raw.closed, 10000, 'the raw client to be closed')
-  assert.equal(code, 1007)
+  assert.equal(code, CLOSE.INVALID_PAYLOAD)
 
   const rawExtensions = raw.receivedTypes.filter((x) => x === MSG_STATELESS || x === MSG_SYNC_STATUS)
   assert.deepEqual(rawExtensions, [], `raw stock client received extension messages (types ${raw.receivedTypes.join(',')})`)

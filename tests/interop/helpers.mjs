@@ -20,16 +20,13 @@ import * as decoding from 'lib0/decoding'
 import * as syncProtocol from 'y-protocols/sync'
 import * as awarenessProtocol from 'y-protocols/awareness'
 
+import { MSG_SYNC, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC_STATUS, SYNC_STEP2, SYNC_UPDATE } from './protocol.mjs'
+
 export { Y, WebSocket, WebsocketProvider, encoding, decoding, syncProtocol, awarenessProtocol }
+// The protocol's constants, from the SDK's protocol.ts.
+export * from './protocol.mjs'
 
 const here = path.dirname(fileURLToPath(import.meta.url))
-
-export const MSG_SYNC = 0
-export const MSG_AWARENESS = 1
-export const MSG_AUTH = 2
-export const MSG_QUERY_AWARENESS = 3
-export const MSG_STATELESS = 5
-export const MSG_SYNC_STATUS = 8
 
 // ---------------------------------------------------------------------------------------------
 // The server binary
@@ -370,7 +367,7 @@ export function isDocumentMessage (bytes) {
   const d = decoding.createDecoder(bytes)
   if (decoding.readVarUint(d) !== MSG_SYNC) return false
   const sub = decoding.readVarUint(d)
-  return sub === syncProtocol.messageYjsSyncStep2 || sub === syncProtocol.messageYjsUpdate
+  return sub === SYNC_STEP2 || sub === SYNC_UPDATE
 }
 
 /** The top-level message type of a frame (varuint). */
@@ -456,7 +453,7 @@ export class RawClient extends EventEmitter {
       const encoder = encoding.createEncoder()
       encoding.writeVarUint(encoder, MSG_SYNC)
       const sub = syncProtocol.readSyncMessage(decoder, encoder, this.doc, this)
-      if (sub === syncProtocol.messageYjsSyncStep2) {
+      if (sub === SYNC_STEP2) {
         this.synced = true
         this.emit('synced')
       }

@@ -1,17 +1,15 @@
 import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
+import type { WebsocketProvider } from 'y-websocket'
 import type { Awareness } from 'y-protocols/awareness'
-import * as encoding from 'lib0/encoding'
-import * as decoding from 'lib0/decoding'
-import { ManagedSocket, socketClass } from './socket.js'
-import { BUSY_FLOOR_MS, backoffDelay, retryHint } from './backoff.js'
+import type { ManagedSocket } from './socket.js'
+import { Connection, TERMINAL_CLOSES, sendJson, sendRaw } from './connection.js'
+import { Rpc } from './rpc.js'
 import { WorkflowDoc } from './workflow.js'
 import { Presence } from './presence.js'
 import { UndoController } from './undo.js'
 import { Execution, type ExecutionHandle, type ExecutionHost } from './executions.js'
 import { LocalCopy, hasIndexedDb, localName } from './offline.js'
 import {
-  ResonantError,
   RoomError,
   type BroadcastSender,
   type ClientOptions,
@@ -22,25 +20,8 @@ import {
   type SaveStatus,
   type Unsubscribe,
 } from './types.js'
-import {
-  CLOSE,
-  MAX_BROADCAST_BYTES,
-  MAX_RESUME,
-  MSG_QUERY_AWARENESS,
-  MSG_STATELESS,
-  MSG_SYNC,
-  MSG_SYNC_STATUS,
-  type ClientMsg,
-  type ExecutionRequest,
-} from './protocol.js'
+import { MAX_BROADCAST_BYTES, MAX_RESUME, MSG_SYNC, MSG_SYNC_STATUS, type ExecutionRequest } from './protocol.js'
 
-const REQUEST_TIMEOUT_MS = 15000
-/** Close codes after which reconnecting with the same credentials is pointless. */
-const TERMINAL_CLOSES = new Map<number, RoomErrorCode>([
-  [CLOSE.FORBIDDEN, 'forbidden'],
-  [CLOSE.GONE, 'deleted'],
-  [CLOSE.POLICY_VIOLATION, 'invalid-room'],
-])
 /** Fatal errors after which the local copy is deleted: the workflow is gone or not ours. */
 // Not `invalid-room`: a copy for a name the server refuses never synced, and a 1008 from an
 // intermediary must not delete offline edits.
@@ -60,16 +41,6 @@ interface Conn {
   acked: number
   /** The handshake's step 2 (everything the server lacked) has been sent. */
   handshakeSent: boolean
-  /** A pong, ack or other extension message arrived: this server speaks the extensions. */
-  extensions: boolean
-}
-
-interface Pending {
-  resolve: (v: Record<string, unknown>) => void
-  reject: (e: Error) => void
-  timer: ReturnType<typeof setTimeout>
-  /** The socket it went out on; null while it waits in the queue for a connection. */
-  socket: ManagedSocket | null
 }
 
 /** Retries of a gap replay the server could not serve, before falling back to REST. */
@@ -83,7 +54,7 @@ const GAP_RETRIES = 5
 export class Room implements ExecutionHost {
   /** The workflow's Yjs document. */
   readonly doc = new Y.Doc()
-  /** The y-websocket provider (its socket is managed by the room). */
+  /** The y-websocket provider (its socket is managed by the room's connection). */
   readonly provider: WebsocketProvider
   /** The room's awareness (presence) instance. */
   readonly awareness: Awareness
@@ -103,35 +74,24 @@ export class Room implements ExecutionHost {
   private _error: RoomError | null = null
   /** Set once the room stopped for good (fatal error or destroyed): waiters reject with it. */
   private stopped: RoomError | null = null
-  /** Consecutive failed connections (reset once one syncs): the backoff's exponent. */
-  private failures = 0
-  /** The least wait before the next attempt, from the server's hint or a refused upgrade. */
-  private retryFloorMs = 0
-  private lastToken: string | null = null
+  private readonly connection: Connection
   private workflowChecked = false
-  private heartbeat: ReturnType<typeof setInterval> | null = null
   private conn: Conn | null = null
   /** Local changes not yet known to be stored (made offline, or unacknowledged when a socket died). */
   private dirty = false
-  /** Whether this server acknowledges saves: null until known. */
-  private acks: boolean | null = null
-  private tokenReason: 'connect' | 'expired' = 'connect'
   private listeners = new Map<RoomEvent, Set<() => void>>()
   private broadcastListeners = new Set<(event: unknown, from: BroadcastSender) => void>()
   private syncWaiters: Waiter[] = []
   private saveWaiters = new Set<Waiter>()
-  private pending = new Map<string, Pending>()
-  private queue: Array<{ msg: ClientMsg; requestId: string | null }> = []
+  private readonly rpc = new Rpc(() => this.conn?.socket ?? null)
   private gapTries = 0
   private gapTimer: ReturnType<typeof setTimeout> | null = null
   private _readOnly = false
   /** Edits of this connection the server refused (read-only): in the local document, never stored. */
   private refused = false
-  private nextRequest = 1
   private execs = new Map<string, Execution>()
   private execOrder: Execution[] = []
   private execListeners = new Set<() => void>()
-  private probe: { timer: ReturnType<typeof setTimeout>; socket: ManagedSocket } | null = null
   private flushes: Array<() => void> = []
   private frameScheduled = false
   private windowCleanup: (() => void) | null = null
@@ -145,36 +105,18 @@ export class Room implements ExecutionHost {
     readonly workflowId: string,
     private readonly options: ClientOptions,
   ) {
-    const Impl = options.WebSocket ?? (globalThis as { WebSocket?: typeof WebSocket }).WebSocket
-    if (!Impl) throw new Error('no WebSocket implementation: pass options.WebSocket (the `ws` package in Node)')
-    const WS = socketClass(
-      {
-        delay: () => this.nextDelay(),
-        token: () => this.token(),
-        opened: (s) => this.opened(s),
-        received: (s, f) => this.received(s, f),
-        sent: (s, f) => this.sentFrame(s, f),
-        closed: (s, code, reason) => this.closed(s, code, reason),
-      },
-      Impl,
-    )
     // Encoded: an id with `/` or `%` in it must reach the server as one path segment (it then
     // refuses the name with 1008) rather than miss the route and fail every upgrade with a 404.
-    this.provider = new WebsocketProvider(syncUrl(options.url), `workflow-${encodeURIComponent(workflowId)}`, this.doc, {
-      connect: false,
-      WebSocketPolyfill: WS as unknown as typeof WebSocket,
-      // Cross-tab broadcast would move updates past the acknowledgement count.
-      disableBc: true,
-      // The provider reconnects at once; the managed socket waits out the room's backoff,
-      // which has jitter and honours the server's hints (nextDelay).
-      maxBackoffTime: 0,
-      // y-websocket stops on any 44xx; 4401 means "refresh the token", not "give up".
-      shouldReconnect: (ev: CloseEvent) => !TERMINAL_CLOSES.has(ev.code),
-    } as ConstructorParameters<typeof WebsocketProvider>[3])
-    // The provider's own watchdog closes a socket after 30 s without a frame *it* saw; it never
-    // sees the acknowledgements and pongs taken out for the room, so a lone editor was
-    // reconnected every ~33 s. The room's heartbeat replaces it (startHeartbeat).
-    clearInterval((this.provider as unknown as { _checkInterval: ReturnType<typeof setInterval> })._checkInterval)
+    this.connection = new Connection(options.url, `workflow-${encodeURIComponent(workflowId)}`, this.doc, options, {
+      live: () => !this.destroyed && !this._error?.fatal,
+      opened: (s) => this.opened(s),
+      sent: (s, f) => this.sentFrame(s, f),
+      acked: (s) => this.acked(s),
+      message: (msg) => this.onJson(msg),
+      capabilities: () => this.recompute(),
+      closed: (s, code, reason) => this.closed(s, code, reason),
+    })
+    this.provider = this.connection.provider
     this.awareness = this.provider.awareness
     this.workflow = new WorkflowDoc(this.doc, this.localOrigin, this.viewOrigin)
     this.undo = new UndoController(this.workflow, this.localOrigin)
@@ -196,7 +138,7 @@ export class Room implements ExecutionHost {
         this.recompute()
       }
     })
-    this.installWindowHooks()
+    this.installUnloadGuard()
     const offline = options.offline ?? hasIndexedDb()
     if (offline && hasIndexedDb()) {
       this.local = new LocalCopy(localName(httpUrl(options.url), options.user.id, workflowId), this.doc)
@@ -284,7 +226,7 @@ export class Room implements ExecutionHost {
     }
     const socket = this.conn?.socket
     if (!socket || socket.readyState !== 1) return false
-    this.sendJson(socket, { type: 'broadcast', event: event ?? null })
+    sendJson(socket, { type: 'broadcast', event: event ?? null })
     return true
   }
 
@@ -348,22 +290,7 @@ export class Room implements ExecutionHost {
     this.recompute()
   }
 
-  // --- the socket -------------------------------------------------------------------------
-
-  private async token(): Promise<string | null> {
-    const reason = this.tokenReason
-    this.tokenReason = 'connect'
-    const token = this.options.getToken ? await this.options.getToken(reason) : null
-    this.lastToken = token
-    return token
-  }
-
-  /** How long the next connection attempt waits: jittered exponential backoff, at least the floor. */
-  private nextDelay(): number {
-    const floor = this.retryFloorMs
-    this.retryFloorMs = 0
-    return backoffDelay(this.failures, floor, this.options.maxBackoffMs ?? 5000)
-  }
+  // --- the connection ---------------------------------------------------------------------
 
   /**
    * Stops the room for good (a fatal error) or reports a transient one. A fatal error rejects
@@ -404,7 +331,7 @@ export class Room implements ExecutionHost {
     const f = (globalThis as { fetch?: typeof fetch }).fetch
     if (!f) return
     try {
-      const token = this.lastToken
+      const token = this.connection.lastToken
       const res = await f(`${httpUrl(this.options.url)}/api/v1/workflows/${encodeURIComponent(this.workflowId)}`, {
         headers: token ? { authorization: `Bearer ${token}` } : {},
       })
@@ -421,7 +348,7 @@ export class Room implements ExecutionHost {
   }
 
   private opened(socket: ManagedSocket) {
-    this.conn = { socket, sent: 0, acked: 0, handshakeSent: false, extensions: false }
+    this.conn = { socket, sent: 0, acked: 0, handshakeSent: false }
     if (this._error && !this._error.fatal) {
       this._error = null
       this.emit('error')
@@ -436,19 +363,11 @@ export class Room implements ExecutionHost {
     const after: Record<string, number> = {}
     const open = [...this.execs.values()].filter((e) => !e.finished).slice(-MAX_RESUME)
     for (const e of open) after[e.id] = e.state().seq
-    this.sendJson(socket, { type: 'executions.resume', after, running: true })
+    sendJson(socket, { type: 'executions.resume', after, running: true })
     // Ask for acknowledgements explicitly too, and learn at once whether the server speaks them.
-    this.sendRaw(socket, [MSG_SYNC_STATUS, 1])
-    this.startProbe(socket, true)
-    this.startHeartbeat(socket)
-    const queued = this.queue
-    this.queue = []
-    for (const { msg, requestId } of queued) {
-      const p = requestId ? this.pending.get(requestId) : undefined
-      if (requestId && !p) continue
-      if (p) p.socket = socket
-      this.sendJson(socket, msg)
-    }
+    sendRaw(socket, [MSG_SYNC_STATUS, 1])
+    this.connection.startLiveness(socket)
+    this.rpc.opened(socket)
     this.setStatus('connected')
   }
 
@@ -462,47 +381,17 @@ export class Room implements ExecutionHost {
     }
   }
 
-  private received(socket: ManagedSocket, frame: Uint8Array): boolean {
+  /** The server acknowledged a save (`[8, 1]`). */
+  private acked(socket: ManagedSocket) {
     const conn = this.conn
-    if (conn && conn.socket === socket && this.probe?.socket === socket) this.endProbe()
-    if (frame[0] === MSG_SYNC_STATUS || frame[0] === MSG_STATELESS) {
-      // Belt and braces: should the provider's watchdog run after all, frames it never sees
-      // still count as life.
-      ;(this.provider as unknown as { wsLastMessageReceived: number }).wsLastMessageReceived = Date.now()
+    if (conn && conn.socket === socket) {
+      conn.acked = Math.min(conn.acked + 1, conn.sent)
+      if (conn.handshakeSent && conn.acked >= conn.sent) this.dirty = false
+      this.recompute()
     }
-    if (frame[0] === MSG_SYNC_STATUS) {
-      if (conn && conn.socket === socket) {
-        conn.extensions = true
-        this.acks = true
-        conn.acked = Math.min(conn.acked + 1, conn.sent)
-        if (conn.handshakeSent && conn.acked >= conn.sent) this.dirty = false
-        this.recompute()
-      }
-      return true
-    }
-    if (frame[0] === MSG_STATELESS) {
-      if (conn && conn.socket === socket && !conn.extensions) {
-        conn.extensions = true
-        this.acks = true
-        this.recompute()
-      }
-      try {
-        const d = decoding.createDecoder(frame)
-        decoding.readVarUint(d)
-        this.onJson(JSON.parse(decoding.readVarString(d)))
-      } catch (e) {
-        console.warn('resonant: unreadable extension message', e)
-      }
-      return true
-    }
-    return false
   }
 
   private closed(socket: ManagedSocket, code: number, reason: string) {
-    if (this.probe?.socket === socket) this.endProbe()
-    this.stopHeartbeat()
-    this.failures++
-    this.retryFloorMs = retryHint(code, reason) ?? (code === CLOSE.TRY_AGAIN_LATER || !socket.everOpened ? BUSY_FLOOR_MS : 0)
     if (this.conn?.socket === socket) {
       if (this.conn.sent > this.conn.acked) this.dirty = true
       this.conn = null
@@ -512,15 +401,7 @@ export class Room implements ExecutionHost {
       this.emit('synced')
     }
     this.presence.markDisconnected()
-    for (const [id, p] of this.pending) {
-      // Requests sent on this socket may or may not have arrived: tell the caller. Queued
-      // ones wait for the next connection (or their timeout).
-      if (p.socket !== socket) continue
-      clearTimeout(p.timer)
-      p.reject(new ResonantError('disconnected', 'the connection closed before the server answered'))
-      this.pending.delete(id)
-    }
-    if (code === CLOSE.UNAUTHORIZED) this.tokenReason = 'expired'
+    this.rpc.closed(socket)
     const terminal = TERMINAL_CLOSES.get(code)
     if (socket.tokenError !== undefined && !this.destroyed) {
       const e = socket.tokenError
@@ -538,7 +419,7 @@ export class Room implements ExecutionHost {
   private onSync(synced: boolean) {
     if (!synced || this._synced) return
     this._synced = true
-    this.failures = 0
+    this.connection.resetBackoff()
     this.presence.markConnected()
     this.local?.markSynced()
     this.emit('synced')
@@ -554,10 +435,11 @@ export class Room implements ExecutionHost {
 
   private recompute() {
     const conn = this.conn
+    const { extensions, acks } = this.connection
     let next: SaveStatus
     if (!conn || conn.socket.readyState !== 1) {
-      next = this.dirty ? (this.local?.ready ? 'local' : 'offline') : this.acks ? 'saved' : 'unknown'
-    } else if (!(conn.extensions || this.acks) || this.refused || (this._readOnly && (conn.sent > conn.acked || this.dirty))) {
+      next = this.dirty ? (this.local?.ready ? 'local' : 'offline') : acks ? 'saved' : 'unknown'
+    } else if (!(extensions || acks) || this.refused || (this._readOnly && (conn.sent > conn.acked || this.dirty))) {
       // A read-only connection's own edits are never stored, so they are never "saving".
       next = 'unknown'
     } else {
@@ -572,124 +454,25 @@ export class Room implements ExecutionHost {
 
   // --- liveness ---------------------------------------------------------------------------
 
-  /**
-   * Sends a probe on the socket and closes it if nothing at all comes back in time (a socket
-   * can look open for minutes after a laptop slept). The first probe of a connection also
-   * tells whether the server speaks the extensions: if not, it is not a liveness failure.
-   */
-  private startProbe(socket: ManagedSocket, initial = false) {
-    if (this.probe) return
-    const seen = socket.framesReceived
-    if (this.conn?.extensions || initial) this.sendJson(socket, { type: 'ping', id: Date.now() })
-    else this.sendRaw(socket, [MSG_QUERY_AWARENESS])
-    const timer = setTimeout(() => {
-      if (this.probe?.socket !== socket) return
-      this.probe = null
-      if (initial) {
-        // No answer to the ping: a server without the extensions; saves are unknown.
-        if (!this.conn?.extensions) {
-          this.acks = false
-          this.recompute()
-        }
-        return
-      }
-      if (socket.framesReceived === seen) socket.close(4000, 'liveness probe unanswered')
-    }, this.options.probeTimeoutMs ?? 4000)
-    this.probe = { timer, socket }
-  }
-
-  private endProbe() {
-    if (!this.probe) return
-    clearTimeout(this.probe.timer)
-    this.probe = null
-  }
-
-  /**
-   * While a socket is open: after `pingIntervalMs` without a frame, ping (the server answers,
-   * so a lone editor's idle socket keeps hearing from it); after `livenessTimeoutMs` without
-   * one, probe, and drop the socket if the probe goes unanswered. Probing first, rather than
-   * closing at once, keeps a tab whose timers were throttled in the background from dropping
-   * a healthy socket when it wakes.
-   */
-  private startHeartbeat(socket: ManagedSocket) {
-    this.stopHeartbeat()
-    const timeout = this.options.livenessTimeoutMs ?? 30000
-    const every = this.options.pingIntervalMs ?? 15000
-    let lastPing = Date.now()
-    this.heartbeat = setInterval(
-      () => {
-        if (this.conn?.socket !== socket || socket.readyState !== 1) return this.stopHeartbeat()
-        const now = Date.now()
-        const idle = now - socket.lastReceivedAt
-        if (idle >= timeout) this.startProbe(socket)
-        else if (idle >= every && now - lastPing >= every) {
-          lastPing = now
-          this.ping(socket)
-        }
-      },
-      Math.max(50, Math.min(every, timeout) / 4),
-    )
-  }
-
-  private stopHeartbeat() {
-    if (this.heartbeat) clearInterval(this.heartbeat)
-    this.heartbeat = null
-  }
-
-  private ping(socket: ManagedSocket) {
-    if (this.conn?.extensions || this.acks !== false) this.sendJson(socket, { type: 'ping', id: Date.now() })
-    else this.sendRaw(socket, [MSG_QUERY_AWARENESS])
-  }
-
   /** Checks the socket is alive now (called on `online`, `visibilitychange` and `pageshow`). */
   checkLiveness() {
-    const conn = this.conn
-    if (conn && conn.socket.readyState === 1) this.startProbe(conn.socket)
-    else if (!this.destroyed && !this._error?.fatal) {
-      // Waiting out a backoff: the network is back, so try now.
-      const waiting = this.provider.ws as unknown as ManagedSocket | null
-      if (waiting) waiting.skipWait()
-      else this.provider.connect()
-    }
+    this.connection.checkLiveness()
   }
 
-  private installWindowHooks() {
+  private installUnloadGuard() {
     const w = (globalThis as { window?: Window }).window
     if (!w || typeof w.addEventListener !== 'function') return
-    const check = () => this.checkLiveness()
-    const visible = () => {
-      if (w.document?.visibilityState === 'visible') check()
-    }
     const unload = (e: BeforeUnloadEvent) => {
       if (this._save === 'saving' || this._save === 'offline') {
         e.preventDefault()
         e.returnValue = ''
       }
     }
-    w.addEventListener('online', check)
-    w.addEventListener('pageshow', check)
-    w.document?.addEventListener('visibilitychange', visible)
     if (this.options.guardUnload) w.addEventListener('beforeunload', unload)
-    this.windowCleanup = () => {
-      w.removeEventListener('online', check)
-      w.removeEventListener('pageshow', check)
-      w.document?.removeEventListener('visibilitychange', visible)
-      w.removeEventListener('beforeunload', unload)
-    }
+    this.windowCleanup = () => w.removeEventListener('beforeunload', unload)
   }
 
   // --- extension messages -----------------------------------------------------------------
-
-  private sendRaw(socket: ManagedSocket, bytes: number[]) {
-    socket.send(new Uint8Array(bytes), true)
-  }
-
-  private sendJson(socket: ManagedSocket, msg: ClientMsg) {
-    const e = encoding.createEncoder()
-    encoding.writeVarUint(e, MSG_STATELESS)
-    encoding.writeVarString(e, JSON.stringify(msg))
-    socket.send(encoding.toUint8Array(e), true)
-  }
 
   private onJson(msg: Record<string, unknown>) {
     if (typeof msg !== 'object' || msg === null) return
@@ -725,16 +508,7 @@ export class Room implements ExecutionHost {
       this.retryGaps()
       return
     }
-    if (requestId && this.pending.has(requestId)) {
-      const p = this.pending.get(requestId)!
-      this.pending.delete(requestId)
-      clearTimeout(p.timer)
-      if (msg.type === 'error') {
-        const { code, message, ...rest } = msg
-        p.reject(new ResonantError(String(code), String(message), rest))
-      } else p.resolve(msg)
-      return
-    }
+    if (requestId && this.rpc.reply(requestId, msg)) return
     if (msg.type === 'error') console.warn(`resonant: ${msg.code}: ${msg.message}`)
   }
 
@@ -759,7 +533,7 @@ export class Room implements ExecutionHost {
   private resumeGaps() {
     const after: Record<string, number> = {}
     for (const e of this.execs.values()) if (e.gapRequested) after[e.id] = e.state().seq
-    if (Object.keys(after).length > 0) this.sendRequest({ type: 'executions.resume', after, running: false })
+    if (Object.keys(after).length > 0) this.rpc.send({ type: 'executions.resume', after, running: false })
   }
 
   /**
@@ -799,29 +573,9 @@ export class Room implements ExecutionHost {
     }
   }
 
-  /** Sends a request now, or after the next connect when the socket is down. */
-  private sendRequest(msg: ClientMsg, requestId: string | null = null) {
-    const conn = this.conn
-    if (conn && conn.socket.readyState === 1) {
-      const p = requestId ? this.pending.get(requestId) : undefined
-      if (p) p.socket = conn.socket
-      this.sendJson(conn.socket, msg)
-    } else this.queue.push({ msg, requestId })
-  }
-
   /** Sends a request and waits for its reply (`ResonantError` on a refusal). */
   request(msg: ExecutionRequest): Promise<Record<string, unknown>> {
-    const requestId = `r${this.nextRequest++}`
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(requestId)
-        // A request that never went out must not go out later, after its caller gave up.
-        this.queue = this.queue.filter((q) => q.requestId !== requestId)
-        reject(new ResonantError('timeout', `no answer to ${String(msg.type)} in ${REQUEST_TIMEOUT_MS} ms`))
-      }, REQUEST_TIMEOUT_MS)
-      this.pending.set(requestId, { resolve, reject, timer, socket: null })
-      this.sendRequest({ ...msg, requestId }, requestId)
-    })
+    return this.rpc.request(msg)
   }
 
   // --- executions -------------------------------------------------------------------------
@@ -886,7 +640,7 @@ export class Room implements ExecutionHost {
 
   /** Asks for the events of one execution after `afterSeq`. */
   resume(executionId: string, afterSeq: number) {
-    this.sendRequest({ type: 'executions.resume', after: { [executionId]: afterSeq }, running: false })
+    this.rpc.send({ type: 'executions.resume', after: { [executionId]: afterSeq }, running: false })
   }
 
   /** A replayed or live event was applied: gap retries start over. */
@@ -927,8 +681,7 @@ export class Room implements ExecutionHost {
     this.destroyed = true
     this.stop(new RoomError('destroyed', ''))
     this.windowCleanup?.()
-    this.stopHeartbeat()
-    if (this.probe) clearTimeout(this.probe.timer)
+    this.connection.destroy()
     if (this.gapTimer) clearTimeout(this.gapTimer)
     this.presence.destroy()
     this.undo.destroy()
@@ -942,9 +695,4 @@ export class Room implements ExecutionHost {
 /** The server's http(s) base URL, whatever form `url` was given in. */
 export function httpUrl(url: string): string {
   return url.replace(/\/+$/, '').replace(/^ws/, 'http').replace(/\/sync$/, '')
-}
-
-function syncUrl(url: string): string {
-  const u = url.replace(/\/+$/, '').replace(/^http/, 'ws')
-  return u.endsWith('/sync') ? u : `${u}/sync`
 }
