@@ -1,4 +1,4 @@
-//! Makes cargo re-embed the demo editor (`client-sdk/demo/dist`, see `src/demo.rs`) when a
+//! Makes cargo re-embed the demo editor (`client-sdk/demo/dist`, see `src/http/demo.rs`) when a
 //! front-end build adds or removes files: rust-embed's `include_bytes!` only tracks files
 //! that already existed when the crate was compiled.
 

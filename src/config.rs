@@ -355,7 +355,7 @@ impl ServeConfig {
         if self.jwt_secret.as_deref().is_some_and(|s| s.len() < 32) {
             return Err("--jwt-secret must be at least 32 bytes".into());
         }
-        crate::client_ip::TrustedProxies::parse(&self.trusted_proxies)
+        crate::limits::client_ip::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| format!("--trusted-proxies: {e}"))?;
         if self.idle_timeout_secs <= self.ping_interval_secs {
             return Err(format!(
@@ -404,9 +404,9 @@ impl ServeConfig {
     }
 
     /// The rate-limit quotas.
-    pub fn quotas(&self) -> crate::ratelimit::Quotas {
-        use crate::ratelimit::Quota;
-        crate::ratelimit::Quotas {
+    pub fn quotas(&self) -> crate::limits::ratelimit::Quotas {
+        use crate::limits::ratelimit::Quota;
+        crate::limits::ratelimit::Quotas {
             connect_ip: Quota::new(self.rate_connect_per_sec, self.rate_connect_burst),
             api_user: Quota::new(self.rate_api_per_sec, self.rate_api_burst),
             socket_user: Quota::new(self.rate_socket_per_sec, self.rate_socket_burst),

@@ -7,35 +7,22 @@
 
 #![warn(missing_docs)]
 
-pub mod access;
-mod admission;
-pub mod api;
 pub mod auth;
-pub mod client_ip;
 pub mod config;
-mod demo;
-pub mod identity;
-mod origins;
-pub mod ratelimit;
-mod read_ahead;
-mod serve;
-mod unfinished;
-pub mod version_state;
-pub mod webhook_sig;
-mod webhooks;
+pub mod http;
+pub mod limits;
+mod state;
 mod ws;
-mod ws_exec;
+
+use auth::{access, identity};
+use http::serve;
+use limits::{admission, client_ip, ratelimit};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use resonant_store::{Journal, JournalConfig};
 use resonant_sync::Rooms;
@@ -43,8 +30,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 pub use config::ServeConfig;
 /// The relational side (every SQL statement), as `crate::db`.
@@ -55,44 +40,7 @@ pub use resonant_db::crypto;
 pub use resonant_engine as engine;
 /// Document ↔ JSON and approval emails, which the engine and the REST API share.
 pub use resonant_engine::{content, email};
-
-/// Shared state of the HTTP handlers.
-#[derive(Clone)]
-pub struct AppState {
-    rooms: Rooms,
-    config: Arc<ServeConfig>,
-    tracker: TaskTracker,
-    metrics: PrometheusHandle,
-    /// One permit per WebSocket connection (`--max-connections`).
-    connections: Arc<Semaphore>,
-    admission: Arc<admission::Admission>,
-    /// Users, workspaces, workflows…
-    db: db::Db,
-    /// Turns tokens into users.
-    auth: identity::Authenticator,
-    /// Seals provider API keys; `None` without `--encryption-key` (storing keys is refused).
-    cipher: Option<crypto::KeyCipher>,
-    /// Live sockets' roles.
-    access: access::Access,
-    /// Invitation emails.
-    mailer: email::Mailer,
-    /// Rate limits (off in development mode: one user and one IP would share every budget).
-    limiter: Option<ratelimit::Limiter>,
-    /// Runs workflows.
-    engine: engine::Engine,
-    /// Whose `X-Forwarded-For` names the client (`--trusted-proxies`).
-    proxies: client_ip::TrustedProxies,
-}
-
-impl AppState {
-    /// Charges one unit of `bucket` to `key`: the wait before retrying when over budget.
-    pub(crate) async fn limit(&self, bucket: ratelimit::Bucket, key: &str) -> Option<Duration> {
-        match self.limiter.as_ref()?.check(bucket, key).await {
-            ratelimit::Decision::Allow => None,
-            ratelimit::Decision::Deny { retry_after } => Some(retry_after),
-        }
-    }
-}
+pub use state::AppState;
 
 /// A running server.
 pub struct Server {
@@ -286,7 +234,7 @@ pub async fn start_with_store(
         header_read_timeout: config::secs(state.config.header_read_timeout_secs),
         proxies: state.proxies.clone(),
     };
-    let app = router(state);
+    let app = http::router(state);
     let serve_stop = stop.clone();
     let serve_rooms = rooms.clone();
     let task = tokio::spawn(async move {
@@ -368,52 +316,6 @@ fn router_config(config: &ServeConfig) -> anyhow::Result<engine::ai::RouterConfi
     Ok(rc)
 }
 
-fn router(state: AppState) -> Router {
-    let (api, openapi) = api::router();
-    let openapi = Arc::new(openapi);
-    let api = api
-        .route(
-            "/api/v1/openapi.json",
-            get(move || {
-                let doc = openapi.clone();
-                async move { axum::Json(doc.as_ref().clone()) }
-            }),
-        )
-        .layer(axum::extract::DefaultBodyLimit::max(1 << 20));
-    // Every request gets an `x-request-id` (the caller's, or a new UUID), echoed in the
-    // response and carried by the request's log span, so a client's report can be matched to
-    // the server's logs. The layers wrap everything, fallbacks included, so they come last;
-    // the last added runs first.
-    let request_id = axum::http::HeaderName::from_static("x-request-id");
-    let guard = axum::middleware::from_fn_with_state(state.clone(), origins::guard);
-    Router::new()
-        .merge(api)
-        .merge(webhooks::router())
-        .route("/sync/{room}", get(ws::sync_handler))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        // The demo editor answers the GETs no route took (outside the prefixes above); it is
-        // not an API route, so it stays out of the OpenAPI document.
-        .fallback(demo::fallback)
-        .method_not_allowed_fallback(|| async { api::ApiError::MethodNotAllowed })
-        // Before any route: development mode serves loopback pages only (see origins.rs).
-        .layer(guard)
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::extract::Request| {
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-            }),
-        )
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-        .with_state(state)
-}
-
 /// The soft file-descriptor limit, less headroom for the store, logs and listeners.
 fn default_max_connections() -> usize {
     let fds = rlimit::Resource::NOFILE
@@ -425,47 +327,3 @@ fn default_max_connections() -> usize {
 /// From the stop signal to the exit: executions stopped, sockets closed (1012), the journal
 /// committed (docs/protocol.md promises it).
 const SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
-
-/// Readiness fails once a write has waited this long for its commit.
-const MAX_UNACKNOWLEDGED_AGE: Duration = Duration::from_secs(5);
-
-async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
-    if app.rooms.journal().is_dead() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store writer died: nothing is being committed; restart the process".to_string(),
-        );
-    }
-    // Each commit attempt may look fine while nothing gets acknowledged (a stuck connection,
-    // a full disk being retried): the age of the oldest unacknowledged write catches both.
-    let oldest = app.rooms.journal().oldest_unacknowledged();
-    if oldest > MAX_UNACKNOWLEDGED_AGE {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "store commits are stuck: the oldest unacknowledged write is {:.1} s old",
-                oldest.as_secs_f64()
-            ),
-        );
-    }
-    let ping = tokio::time::timeout(Duration::from_secs(2), app.rooms.store().ping()).await;
-    match ping {
-        Ok(Ok(())) if app.rooms.journal().is_healthy() => (StatusCode::OK, "ready".to_string()),
-        Ok(Ok(())) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store commits are failing".to_string(),
-        ),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("store error: {e}")),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store did not answer within 2 s".to_string(),
-        ),
-    }
-}
-
-async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        app.metrics.render(),
-    )
-}

@@ -45,7 +45,7 @@ async fn run() -> anyhow::Result<()> {
     let config = match cli.command {
         Command::Serve(config) => *config,
         Command::Openapi => {
-            let mut doc = resonant::api::router().1.to_pretty_json()?;
+            let mut doc = resonant::http::api::router().1.to_pretty_json()?;
             doc.push('\n');
             // write_all, not println!: a closed pipe (`| head`) is an error, not a panic.
             std::io::Write::write_all(&mut std::io::stdout().lock(), doc.as_bytes())?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use reqwest::{Method, StatusCode};
-use resonant::webhook_sig::{sign_stripe, sign_svix};
+use resonant::auth::webhook_sig::{sign_stripe, sign_svix};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

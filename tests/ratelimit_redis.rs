@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use resonant::ratelimit::{Bucket, Decision, Limiter, Quota, Quotas, RateLimitError, RedisOptions};
+use resonant::limits::ratelimit::{
+    Bucket, Decision, Limiter, Quota, Quotas, RateLimitError, RedisOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

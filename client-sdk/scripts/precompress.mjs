@@ -1,6 +1,6 @@
 // Writes `NAME.br` and `NAME.gz` next to every file of the built demo (`node precompress.mjs
 // DIR`) that compresses to less than 90% of its size, for the server to send to browsers
-// that accept them (src/demo.rs). Compressed here, once per build, rather than in the
+// that accept them (src/http/demo.rs). Compressed here, once per build, rather than in the
 // server's build.rs: brotli at quality 11 over half a megabyte takes seconds, which a
 // build script (compiled without optimisation) would add to every server build that touches
 // the demo, and the committed bytes are what CI's "dist equals a fresh build" check compares,

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::client_ip::{canonical, TrustedProxies};
+use crate::limits::client_ip::{canonical, TrustedProxies};
 
 /// Most bytes hyper buffers for one connection's request head (tokens included).
 pub const MAX_BUF_SIZE: usize = 64 << 10;

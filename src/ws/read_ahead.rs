@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::unfinished::Watcher;
+use crate::ws::unfinished::Watcher;
 
 /// Bytes read per syscall at most.
 const READ_AHEAD: usize = 64 << 10;

@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::identity::AuthFailure;
 use crate::db::DbError;
 use crate::email::MailError;
-use crate::identity::AuthFailure;
 
 /// An API error; every handler returns `Result<_, ApiError>`.
 #[derive(Debug, thiserror::Error)]

@@ -305,7 +305,7 @@ async fn snapshot_version(
     let base = db::latest_version_state(&app.db, id).await?;
     // Decoding, hashing and walking a large document is CPU work: off the async workers.
     let prepared = tokio::task::spawn_blocking(move || {
-        let (prepared, doc) = crate::version_state::prepare(&state, base.as_ref())?;
+        let (prepared, doc) = crate::http::api::version_state::prepare(&state, base.as_ref())?;
         // The content is derived on read; reading it now refuses, as before, a document no
         // one could read back.
         crate::content::doc_to_json(&doc)?;
@@ -416,7 +416,7 @@ async fn find_version(
     tokio::task::spawn_blocking(move || {
         // States moved from before B16 have keys that are not hashes: nothing to check.
         let key = (!chain.key.starts_with("legacy:")).then_some(chain.key.as_str());
-        crate::version_state::rebuild(&chain.parts, key)
+        crate::http::api::version_state::rebuild(&chain.parts, key)
     })
     .await
     .map_err(|e| {

@@ -7,6 +7,7 @@ mod executions;
 pub mod providers;
 mod templates;
 pub mod usage;
+pub(crate) mod version_state;
 pub(crate) mod workflows;
 mod workspaces;
 
@@ -20,8 +21,8 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::{ApiError, ErrorBody};
 
+use crate::auth::identity::Principal;
 use crate::db::{self, Action, Role};
-use crate::identity::Principal;
 use crate::AppState;
 
 /// The API router and its OpenAPI document.
@@ -137,7 +138,7 @@ impl FromRequestParts<AppState> for Caller {
         // Keyed by the identity provider's id: the same on every node, whatever its database.
         if let Some(retry) = app
             .limit(
-                crate::ratelimit::Bucket::ApiUser,
+                crate::limits::ratelimit::Bucket::ApiUser,
                 &principal.user.external_id,
             )
             .await

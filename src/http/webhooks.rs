@@ -1,7 +1,7 @@
 //! Incoming webhooks: Clerk (users, delivered through Svix) at `POST /webhooks/clerk` and
 //! Stripe (subscriptions) at `POST /webhooks/stripe`.
 //!
-//! Neither takes a bearer token: the signature over the raw body ([`crate::webhook_sig`]) is
+//! Neither takes a bearer token: the signature over the raw body ([`crate::auth::webhook_sig`]) is
 //! the authentication, and a request whose signature or timestamp does not check out is a
 //! 400 that changes nothing. An endpoint whose secret is not configured does not exist (404).
 //!
@@ -19,10 +19,10 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::ApiError;
+use crate::auth::webhook_sig::{self, SignatureError};
 use crate::db::now_ms;
 use crate::db::webhooks::{apply_clerk, apply_stripe, ClerkChange, Outcome, Subscription};
-use crate::webhook_sig::{self, SignatureError};
+use crate::http::api::ApiError;
 use crate::AppState;
 
 /// Largest accepted webhook body (Clerk and Stripe events are a few KiB).

@@ -18,6 +18,10 @@
 //! outgoing frame into a per-socket buffer that never shrinks, so sending a 10 MB document
 //! whole would leave every joiner's connection holding 10 MB for the rest of its life.
 
+mod exec;
+mod read_ahead;
+mod unfinished;
+
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
 use std::sync::{Arc, LazyLock};
@@ -47,11 +51,11 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
+use crate::auth::identity::Principal;
 use crate::db::{self, Action, Role};
-use crate::identity::Principal;
-use crate::ratelimit::{self, Bucket};
-use crate::read_ahead::ReadAhead;
-use crate::unfinished::Watcher;
+use crate::limits::ratelimit::{self, Bucket};
+use crate::ws::read_ahead::ReadAhead;
+use crate::ws::unfinished::Watcher;
 use crate::AppState;
 
 /// The subprotocol a client offers next to its token in `Sec-WebSocket-Protocol`; the server
@@ -160,7 +164,7 @@ pub async fn sync_handler(
         // memory; larger frames still arrive in one allocation of their announced size.
         .read_buffer_size(1 << 10)
         .write_buffer_size(0);
-    let unfinished = crate::unfinished::Limits {
+    let unfinished = crate::ws::unfinished::Limits {
         budget: app.config.max_unfinished_bytes,
         deadline: crate::config::secs(app.config.message_deadline_secs),
     };
@@ -202,7 +206,7 @@ pub async fn sync_handler(
 /// The answer to a join refused for the join rate: 503 with `Retry-After` at the slot booked
 /// for it, and the TCP connection closed, so a refused client holds nothing here.
 fn busy(retry: Duration) -> Response {
-    let secs = crate::admission::retry_after_secs(retry);
+    let secs = crate::limits::admission::retry_after_secs(retry);
     (
         StatusCode::SERVICE_UNAVAILABLE,
         [
@@ -428,13 +432,13 @@ struct SocketAuth {
     expires_at: Option<i64>,
     watch: Option<watch::Receiver<Option<Role>>>,
     /// Ends the connection when the user is deleted at the identity provider.
-    presence: crate::access::Presence,
+    presence: crate::auth::access::Presence,
 }
 
 impl SocketAuth {
     /// What execution messages need to know about the connection.
-    fn exec(&self) -> crate::ws_exec::Who<'_> {
-        crate::ws_exec::Who {
+    fn exec(&self) -> crate::ws::exec::Who<'_> {
+        crate::ws::exec::Who {
             user: &self.user,
             role: self.role,
             workflow: self.workflow.as_deref(),
@@ -730,7 +734,7 @@ async fn reader(
                 // events before the frame opts the connection in to extensions.
                 let msg = stateless_message(&frame);
                 if let Ok(Some(ClientMsg::Execution(request))) = &msg {
-                    crate::ws_exec::before_handle(app, &session, &auth.exec(), request);
+                    crate::ws::exec::before_handle(app, &session, &auth.exec(), request);
                 }
                 let result = handle_frame(&mut session, &frame);
                 if !access_told && peer.extensions() {
@@ -758,11 +762,11 @@ async fn reader(
                             continue;
                         }
                         Ok(Some(ClientMsg::Execution(request))) => {
-                            crate::ws_exec::handle(app, &session, &auth.exec(), request).await;
+                            crate::ws::exec::handle(app, &session, &auth.exec(), request).await;
                             continue;
                         }
                         Err(bad) => {
-                            crate::ws_exec::refuse_bad(&session, &auth.exec(), &bad);
+                            crate::ws::exec::refuse_bad(&session, &auth.exec(), &bad);
                             continue;
                         }
                     }
@@ -811,7 +815,7 @@ fn classify_read_error(e: tungstenite::Error) -> Option<Close> {
         )),
         tungstenite::Error::Io(e)
             if e.get_ref()
-                .is_some_and(|r| r.is::<crate::unfinished::Refused>()) =>
+                .is_some_and(|r| r.is::<crate::ws::unfinished::Refused>()) =>
         {
             Some(Close::new(
                 close_code::MESSAGE_TOO_BIG,

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use rust_embed::{EmbeddedFile, RustEmbed};
 
-use crate::api::ApiError;
+use crate::http::api::ApiError;
 
 /// The built editor. `allow_missing`: a checkout without a front-end build still compiles,
 /// and serves [`PLACEHOLDER`] instead.
