@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use resonant_protocol::{
-    close_code, ClientMsg, ConnectionMsg, ExecutionRequest, Sender, ServerMsg,
+    close_code, ClientMsg, ConnectionMsg, ExecutionRequest, RawJson, Sender, ServerMsg,
 };
 use serde_json::{json, Value};
 
@@ -189,13 +189,13 @@ fn server_messages() -> Vec<(ServerMsg, ServerMsg)> {
         ),
         (
             ServerMsg::Broadcast {
-                event: json!({"a": 1}),
+                event: RawJson::new(&json!({"a": 1})),
                 from: Sender {
                     user_id: "u".into(),
                 },
             },
             ServerMsg::Broadcast {
-                event: Value::Null,
+                event: RawJson::new(&Value::Null),
                 from: Sender {
                     user_id: "u".into(),
                 },

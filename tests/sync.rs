@@ -97,6 +97,22 @@ fn pongs(c: &ClientState) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Opts in to extension messages and waits for a pong: the server has taken the opt-in
+/// before anything that depends on it is sent.
+async fn opt_in_confirmed(c: &mut Client) {
+    c.opt_in().await;
+    let ping = serde_json::json!({ "type": "ping", "id": 1 }).to_string();
+    c.send(resonant_client::protocol::encode_stateless(&ping))
+        .await;
+    c.until("the pong", |c| !pongs(c).is_empty()).await;
+}
+
+/// A `broadcast` request carrying `event`.
+fn broadcast(event: serde_json::Value) -> Bytes {
+    let msg = serde_json::json!({ "type": "broadcast", "event": event }).to_string();
+    resonant_client::protocol::encode_stateless(&msg)
+}
+
 fn broadcasts(c: &ClientState) -> Vec<serde_json::Value> {
     c.stateless
         .iter()
@@ -115,18 +131,10 @@ async fn broadcast_events_reach_the_other_opted_in_editors_only_and_are_bounded(
     let mut stock = Client::connect_synced(&url).await;
     // A pong proves the server has taken each opt-in before anything is broadcast.
     for c in [&mut a, &mut b] {
-        c.opt_in().await;
-        let ping = serde_json::json!({ "type": "ping", "id": 1 }).to_string();
-        c.send(resonant_client::protocol::encode_stateless(&ping))
-            .await;
-        c.until("the pong", |c| !pongs(c).is_empty()).await;
+        opt_in_confirmed(c).await;
     }
-    let send = |event: serde_json::Value| {
-        let msg = serde_json::json!({ "type": "broadcast", "event": event }).to_string();
-        resonant_client::protocol::encode_stateless(&msg)
-    };
     let event = serde_json::json!({ "kind": "reaction", "emoji": "👍", "at": [1, 2] });
-    a.send(send(event.clone())).await;
+    a.send(broadcast(event.clone())).await;
     b.until("a's event", |c| !broadcasts(c).is_empty()).await;
     let got = broadcasts(&b);
     assert_eq!(got.len(), 1);
@@ -135,14 +143,14 @@ async fn broadcast_events_reach_the_other_opted_in_editors_only_and_are_bounded(
 
     // Too large: refused with an error to the sender alone; its connection and the room go on.
     let big = serde_json::json!({ "blob": "x".repeat(9000) });
-    a.send(send(big)).await;
+    a.send(broadcast(big)).await;
     a.until("the refusal", |c| {
         c.stateless
             .iter()
             .any(|m| m.contains("broadcast-too-large"))
     })
     .await;
-    a.send(send(serde_json::json!("second"))).await;
+    a.send(broadcast(serde_json::json!("second"))).await;
     b.until("a's second event", |c| broadcasts(c).len() == 2)
         .await;
     assert_eq!(
@@ -170,17 +178,11 @@ async fn a_broadcast_flood_is_cut_to_the_allowance() {
     let mut a = Client::connect_synced(&url).await;
     let mut b = Client::connect_synced(&url).await;
     for c in [&mut a, &mut b] {
-        c.opt_in().await;
-        let ping = serde_json::json!({ "type": "ping", "id": 1 }).to_string();
-        c.send(resonant_client::protocol::encode_stateless(&ping))
-            .await;
-        c.until("the pong", |c| !pongs(c).is_empty()).await;
+        opt_in_confirmed(c).await;
     }
     let started = std::time::Instant::now();
     for i in 0..500 {
-        let msg = serde_json::json!({ "type": "broadcast", "event": { "n": i } }).to_string();
-        a.send(resonant_client::protocol::encode_stateless(&msg))
-            .await;
+        a.send(broadcast(serde_json::json!({ "n": i }))).await;
     }
     // An edit after the flood reaches b behind every broadcast that was relayed.
     a.edit(|_, txn| add_block(txn, "after the flood", 0.0))

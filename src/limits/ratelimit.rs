@@ -13,6 +13,12 @@
 //! than failing the request: a rate limiter that takes the service down with Redis would be
 //! worse than one that is briefly N times as generous.
 //!
+//! Why a GCRA of our own when `admission.rs` uses the `governor` crate's: this one must run
+//! the same arithmetic in Redis's Lua and in process, and fall back from one to the other
+//! without a client seeing its budget reset, so both read one TAT in milliseconds that we
+//! compute; `governor` keeps its state private in its own clock's units. Admission is one
+//! server-wide in-process rate, where `governor` fits as it is.
+//!
 //! Callers answer a [`Decision::Deny`] with `429 Too Many Requests` and a `Retry-After` of
 //! [`Decision::retry_after_secs`] over REST, and close sockets with
 //! `resonant_sync::close_code::RATE_LIMITED` (4429, mirroring HTTP 429):

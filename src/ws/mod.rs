@@ -37,7 +37,7 @@ use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper_util::rt::TokioIo;
 use resonant_protocol::{
-    BadRequest, ClientMsg, ConnectionMsg, Sender, ServerMsg, MAX_BROADCAST_BYTES,
+    BadRequest, ClientMsg, ConnectionMsg, RawJson, Sender, ServerMsg, MAX_BROADCAST_BYTES,
 };
 use resonant_store::Ticket;
 use resonant_sync::{close_code, protocol, Close, Outbox, Outgoing, Peer, Session};
@@ -532,8 +532,10 @@ async fn connection_message(
             Handled::Yes
         }
         ConnectionMsg::Broadcast { event } => {
-            // The event's own size, as the others will receive it.
-            let size = event.to_string().len();
+            // The event's own size, as the others will receive it: written once, and that
+            // text is what they receive.
+            let event = RawJson::new(&event);
+            let size = event.get().len();
             if size > MAX_BROADCAST_BYTES {
                 session.send_error(
                     "broadcast-too-large",

@@ -211,6 +211,30 @@ impl ClientMsg {
     }
 }
 
+/// JSON text written once and sent as it stands: a broadcast event is serialised when its
+/// size is checked, and that text is what every editor receives (not a second encoding).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// The value's JSON text, as `Value::to_string` writes it.
+    pub fn new(value: &Value) -> RawJson {
+        RawJson(serde_json::value::to_raw_value(value).expect("a Value is always JSON"))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
+}
+
 /// Who sent a broadcast.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sender {
@@ -263,8 +287,8 @@ pub enum ServerMsg {
     /// Another editor's broadcast event.
     #[serde(rename = "broadcast")]
     Broadcast {
-        /// The event as its sender wrote it.
-        event: Value,
+        /// The event as its sender wrote it (parsed, then written once).
+        event: RawJson,
         /// Who sent it.
         from: Sender,
     },
@@ -454,7 +478,7 @@ mod tests {
             Value::from("u\"1")
         );
         let msg = ServerMsg::Broadcast {
-            event,
+            event: RawJson::new(&event),
             from: Sender {
                 user_id: "u\"1".into(),
             },
