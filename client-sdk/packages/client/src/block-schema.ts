@@ -1,9 +1,9 @@
 // Block types and their config fields as the server validates them. The object below is JSON
-// (tests/block_schema.rs parses it out of this file and checks it against crates/resonant-engine/src/graph.rs);
+// (tests/block_schema.rs parses it out of this file and checks it against crates/resonant-engine/src/block/, one file per type);
 // it is a module rather than a .json file so the built package has no JSON import attribute,
 // which older bundlers and Node before 20.10 cannot load.
 export default {
-  "$comment": "Block types and their config fields as the server validates them (crates/resonant-engine/src/graph.rs); checked against that validation by tests/block_schema.rs. Handle \"\" is a block's default handle (no sourceHandle/targetHandle). A condition with cases leaves through each case's handle and casesOutputs instead of outputs. commonFields apply to every type. min/max are inclusive, exclusiveMin is not.",
+  "$comment": "Block types and their config fields as the server validates them (crates/resonant-engine/src/block/, one file per type); checked against that validation by tests/block_schema.rs. Handle \"\" is a block's default handle (no sourceHandle/targetHandle). A condition with cases leaves through each case's handle and casesOutputs instead of outputs. commonFields apply to every type. min/max are inclusive, exclusiveMin is not.",
   "version": 1,
   "commonFields": {
     "retry": {

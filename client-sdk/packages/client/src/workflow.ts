@@ -715,7 +715,7 @@ class ListView<T> {
 
 /**
  * The handles a condition block leaves through, as the server's engine reads them
- * (`condition_handles` in crates/resonant-engine/src/graph.rs): its cases' handles and `default`, or
+ * (`handles` in crates/resonant-engine/src/block/condition.rs): its cases' handles and `default`, or
  * `true` and `false` without cases.
  */
 export function conditionHandles(config: Record<string, unknown>): string[] {
