@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use resonant_sync::protocol::{self, Incoming};
+use resonant_sync::protocol::ClientMessage;
 use resonant_sync::validate::validate_update_v1;
 use yrs::updates::decoder::Decode;
 
@@ -17,7 +17,9 @@ fn decode_update(update: &[u8]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(Incoming::SyncStep2(update) | Incoming::Update(update)) = protocol::decode(data) {
+    if let Ok(ClientMessage::SyncStep2(update) | ClientMessage::Update(update)) =
+        ClientMessage::decode(data)
+    {
         decode_update(update);
     }
     // The raw input as an update body too, so mutations need not keep a frame header intact.

@@ -37,7 +37,8 @@ use futures_util::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use hyper_util::rt::TokioIo;
 use resonant_protocol::{
-    BadRequest, ClientMsg, ConnectionMsg, RawJson, Sender, ServerMsg, MAX_BROADCAST_BYTES,
+    BadRequest, ClientMessage, ClientMsg, ConnectionMsg, RawJson, Sender, ServerMsg,
+    MAX_BROADCAST_BYTES,
 };
 use resonant_store::Ticket;
 use resonant_sync::{close_code, protocol, Close, Outbox, Outgoing, Peer, Session};
@@ -509,8 +510,8 @@ fn stateless_message(frame: &[u8]) -> Result<Option<ClientMsg>, BadRequest> {
     {
         return Ok(None);
     }
-    match protocol::decode(frame) {
-        Ok(protocol::Incoming::Stateless(text)) => ClientMsg::decode(text),
+    match ClientMessage::decode(frame) {
+        Ok(ClientMessage::Stateless(text)) => ClientMsg::decode(text),
         _ => Ok(None),
     }
 }

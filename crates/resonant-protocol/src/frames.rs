@@ -88,6 +88,89 @@ pub enum DecodeError {
     /// An auth sub-type we do not know.
     #[error("unknown auth message type {0}")]
     UnknownAuthType(u32),
+    /// The payload failed [`crate::validate`]'s checks, made before any yrs decoder runs: a
+    /// count the remaining bytes cannot hold, a truncated structure, or nesting too deep.
+    #[error("{what} {reason}")]
+    Invalid {
+        /// Which payload was being checked.
+        what: &'static str,
+        /// What is wrong with it, e.g. "claims 268435456 entries in 5 bytes".
+        reason: String,
+    },
+}
+
+/// A decoded client-to-server message. Document updates stay as bytes here; they are
+/// validated ([`crate::validate::validate_update_v1`]) and decoded by the room, where a
+/// failure can be contained.
+#[derive(Debug)]
+pub enum ClientMessage<'a> {
+    /// The client's state vector; answered with step 2.
+    SyncStep1(StateVector),
+    /// What the client has that we lack.
+    SyncStep2(&'a [u8]),
+    /// An incremental edit.
+    Update(&'a [u8]),
+    /// A change to the client's presence.
+    Awareness(AwarenessUpdate),
+    /// An auth message; clients do not send these to servers, and a server ignores them.
+    Auth,
+    /// The client wants everyone's awareness state.
+    QueryAwareness,
+    /// The client asks for save acknowledgements (opts in to extension messages).
+    SyncStatus,
+    /// A JSON message for the server (opts in to extension messages).
+    Stateless(&'a str),
+}
+
+impl ClientMessage<'_> {
+    /// Decodes one client frame. State vectors and awareness updates are validated before
+    /// yrs decodes them (its decoders reserve memory from counts read off the wire).
+    pub fn decode(frame: &[u8]) -> Result<ClientMessage<'_>, DecodeError> {
+        if frame.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        let mut c = Cursor::new(frame);
+        let tag: u32 = c.read_var().map_err(malformed("message type"))?;
+        match tag {
+            MSG_SYNC => {
+                let sub: u32 = c.read_var().map_err(malformed("sync"))?;
+                match sub {
+                    SYNC_STEP1 => {
+                        let buf = c.read_buf().map_err(malformed("sync step 1"))?;
+                        crate::validate::validate_state_vector_v1(buf)?;
+                        let sv = StateVector::decode_v1(buf).map_err(malformed("sync step 1"))?;
+                        Ok(ClientMessage::SyncStep1(sv))
+                    }
+                    SYNC_STEP2 => Ok(ClientMessage::SyncStep2(read_buf(
+                        frame,
+                        &mut c,
+                        "sync step 2",
+                    )?)),
+                    SYNC_UPDATE => Ok(ClientMessage::Update(read_buf(
+                        frame,
+                        &mut c,
+                        "sync update",
+                    )?)),
+                    other => Err(DecodeError::UnknownSyncType(other)),
+                }
+            }
+            MSG_AWARENESS => {
+                let buf = c.read_buf().map_err(malformed("awareness"))?;
+                crate::validate::validate_awareness_v1(buf)?;
+                let update = AwarenessUpdate::decode_v1(buf).map_err(malformed("awareness"))?;
+                Ok(ClientMessage::Awareness(update))
+            }
+            MSG_AUTH => Ok(ClientMessage::Auth),
+            MSG_QUERY_AWARENESS => Ok(ClientMessage::QueryAwareness),
+            MSG_SYNC_STATUS => Ok(ClientMessage::SyncStatus),
+            MSG_STATELESS => Ok(ClientMessage::Stateless(read_str(
+                frame,
+                &mut c,
+                "stateless",
+            )?)),
+            other => Err(DecodeError::UnknownType(other)),
+        }
+    }
 }
 
 impl ServerMessage<'_> {

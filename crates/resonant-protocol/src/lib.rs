@@ -3,8 +3,9 @@
 //! - The y-websocket frame numbers and sub-types ([`MSG_SYNC`], [`SYNC_STEP1`], …), shared by
 //!   the server (`resonant-sync`) and every Rust client.
 //! - The WebSocket close codes ([`close_code`]).
-//! - The client's side of the frames: encoders for what a client sends and [`ServerMessage`],
-//!   a decoder for what a server sends.
+//! - Both sides of the frames: encoders, [`ServerMessage`] (a client's decoder) and
+//!   [`ClientMessage`] (the server's), and [`validate`], the structural checks the server
+//!   runs on client payloads before any yrs decoder.
 //!
 //! `docs/protocol.md` is the prose version. It is a crate of its own so that the server and
 //! the clients (the test client `resonant-client`, the load tester) share one definition of
@@ -15,6 +16,7 @@
 
 mod frames;
 mod messages;
+pub mod validate;
 
 /// Close codes the server uses.
 pub mod close_code {

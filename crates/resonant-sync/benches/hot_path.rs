@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use resonant_store::{Journal, JournalConfig, MemoryStore, Store};
-use resonant_sync::protocol::{self, Incoming};
+use resonant_sync::protocol::{self, ClientMessage};
 use resonant_sync::{Outbox, Rooms, Session, SyncConfig};
 use tokio::runtime::Runtime;
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
@@ -133,8 +133,8 @@ fn bench_codec(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(frame.len() as u64));
     // protocol::decode reads the header and borrows the update; it does not parse it.
     g.bench_function("decode", |b| {
-        b.iter(|| match protocol::decode(black_box(&frame)) {
-            Ok(Incoming::Update(u)) => black_box(u.len()),
+        b.iter(|| match ClientMessage::decode(black_box(&frame)) {
+            Ok(ClientMessage::Update(u)) => black_box(u.len()),
             _ => unreachable!(),
         })
     });

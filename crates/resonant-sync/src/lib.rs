@@ -14,13 +14,14 @@ pub mod protocol;
 mod room;
 mod rooms;
 mod session;
-pub mod validate;
 
 use std::time::Duration;
 
 pub use awareness::{AwarenessLimits, AwarenessRefusal};
 pub use nesting::{list_holds_text, NestingError};
 pub use peer::{close_code, Close, Outbox, Outgoing, Peer};
+/// The structural checks run on client payloads before any yrs decoder (the protocol crate's).
+pub use resonant_protocol::validate;
 pub use room::{ApplyError, LoadError, Room};
 pub use rooms::{valid_room_name, JoinError, Rooms, ServerUpdateError};
 pub use session::{error_message, Session, SessionError};

@@ -33,7 +33,7 @@ use yrs::{
 };
 
 // The struct format's bits and kinds, shared with the validator (yrs's `block.rs`).
-use crate::validate::{
+use resonant_protocol::validate::format::{
     BLOCK_GC, BLOCK_SKIP, CONTENT_ANY, CONTENT_BINARY, CONTENT_DELETED, CONTENT_DOC, CONTENT_EMBED,
     CONTENT_FORMAT, CONTENT_JSON, CONTENT_STRING, CONTENT_TYPE, HAS_ORIGIN, HAS_PARENT_SUB,
     HAS_RIGHT_ORIGIN, TYPE_XML_ELEMENT,

@@ -9,7 +9,7 @@ use resonant_store::Ticket;
 use yrs::ClientID;
 
 use crate::peer::{close_code, Close, Peer};
-use crate::protocol::{self, DecodeError, Incoming};
+use crate::protocol::{ClientMessage, DecodeError};
 use crate::room::{ApplyError, Room};
 use crate::rooms::Rooms;
 
@@ -90,12 +90,12 @@ impl Session {
     /// `[8, 1]` once the journal has committed that ticket.
     pub fn handle(&mut self, frame: &[u8]) -> Result<Option<Ticket>, SessionError> {
         check_size(frame)?;
-        match protocol::decode(frame)? {
-            Incoming::SyncStep1(sv) => {
+        match ClientMessage::decode(frame)? {
+            ClientMessage::SyncStep1(sv) => {
                 self.peer.reply(&self.room.step2_for(&sv)?);
                 Ok(None)
             }
-            Incoming::SyncStep2(update) | Incoming::Update(update) => {
+            ClientMessage::SyncStep2(update) | ClientMessage::Update(update) => {
                 if !self.peer.can_write() {
                     // Every client answers the greeting with a step 2; from a read-only client
                     // with nothing new it is the empty update, which is not an edit. It is
@@ -117,7 +117,7 @@ impl Session {
                     .extensions()
                     .then(|| self.rooms.journal().last_ticket()))
             }
-            Incoming::Awareness(update) => {
+            ClientMessage::Awareness(update) => {
                 let refusal =
                     self.room
                         .apply_awareness(self.peer.id(), update, &mut self.awareness_ids);
@@ -128,14 +128,14 @@ impl Session {
                 }
                 Ok(None)
             }
-            Incoming::QueryAwareness => {
+            ClientMessage::QueryAwareness => {
                 if let Some(msg) = self.room.awareness_message() {
                     self.peer.reply(&msg);
                 }
                 Ok(None)
             }
-            Incoming::Auth => Ok(None),
-            Incoming::SyncStatus | Incoming::Stateless(_) => {
+            ClientMessage::Auth => Ok(None),
+            ClientMessage::SyncStatus | ClientMessage::Stateless(_) => {
                 self.peer.enable_extensions();
                 Ok(None)
             }

@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use resonant_sync::protocol::{self, DecodeError};
+use resonant_sync::protocol::{ClientMessage, DecodeError};
 use resonant_sync::validate::validate_update_v1;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Text, Transact, Update};
@@ -85,13 +85,13 @@ fn hostile_counts_are_refused_without_allocating() {
 
     // Sync step 1 claiming 2^28 entries (8 bytes in all).
     let frame = [0, 0, 5, 0x80, 0x80, 0x80, 0x80, 0x01];
-    let (r, peak) = peak_during(|| protocol::decode(&frame).map(|_| ()));
+    let (r, peak) = peak_during(|| ClientMessage::decode(&frame).map(|_| ()));
     assert!(matches!(r, Err(DecodeError::Invalid { .. })), "{r:?}");
     assert!(peak < SMALL, "step 1: {peak} bytes");
 
     // Awareness claiming 2^30 clients.
     let frame = [1, 5, 0x80, 0x80, 0x80, 0x80, 0x04];
-    let (r, peak) = peak_during(|| protocol::decode(&frame).map(|_| ()));
+    let (r, peak) = peak_during(|| ClientMessage::decode(&frame).map(|_| ()));
     assert!(matches!(r, Err(DecodeError::Invalid { .. })), "{r:?}");
     assert!(peak < SMALL, "awareness: {peak} bytes");
 

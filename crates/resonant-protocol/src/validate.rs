@@ -20,31 +20,38 @@
 //! overflow, client ids over 53 bits, over-long signed varints), none of which an encoder
 //! produces, and they refuse legacy JSON content, which yrs cannot round-trip.
 
-use crate::protocol::DecodeError;
+use crate::DecodeError;
 
 /// Deepest nesting of Any arrays and maps accepted; serde_json's default recursion limit,
 /// which yrs already applies to the JSON-encoded content kinds (embeds, formats).
 pub const MAX_ANY_DEPTH: usize = 128;
 
-// Struct info byte (low four bits: content kind), as in yrs's `block.rs`.
-pub(crate) const BLOCK_GC: u8 = 0;
-pub(crate) const BLOCK_SKIP: u8 = 10;
-pub(crate) const HAS_ORIGIN: u8 = 0b1000_0000;
-pub(crate) const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
-pub(crate) const HAS_PARENT_SUB: u8 = 0b0010_0000;
+/// The struct format's bits and kinds, as in yrs's `block.rs` and `types/mod.rs` (the
+/// server's nesting check reads the same format).
+#[allow(missing_docs)]
+pub mod format {
+    // Struct info byte (low four bits: content kind), as in yrs's `block.rs`.
+    pub const BLOCK_GC: u8 = 0;
+    pub const BLOCK_SKIP: u8 = 10;
+    pub const HAS_ORIGIN: u8 = 0b1000_0000;
+    pub const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+    pub const HAS_PARENT_SUB: u8 = 0b0010_0000;
 
-pub(crate) const CONTENT_DELETED: u8 = 1;
-pub(crate) const CONTENT_JSON: u8 = 2;
-pub(crate) const CONTENT_BINARY: u8 = 3;
-pub(crate) const CONTENT_STRING: u8 = 4;
-pub(crate) const CONTENT_EMBED: u8 = 5;
-pub(crate) const CONTENT_FORMAT: u8 = 6;
-pub(crate) const CONTENT_TYPE: u8 = 7;
-pub(crate) const CONTENT_ANY: u8 = 8;
-pub(crate) const CONTENT_DOC: u8 = 9;
+    pub const CONTENT_DELETED: u8 = 1;
+    pub const CONTENT_JSON: u8 = 2;
+    pub const CONTENT_BINARY: u8 = 3;
+    pub const CONTENT_STRING: u8 = 4;
+    pub const CONTENT_EMBED: u8 = 5;
+    pub const CONTENT_FORMAT: u8 = 6;
+    pub const CONTENT_TYPE: u8 = 7;
+    pub const CONTENT_ANY: u8 = 8;
+    pub const CONTENT_DOC: u8 = 9;
 
-// Type refs of `ContentType` (yrs `types/mod.rs`).
-pub(crate) const TYPE_XML_ELEMENT: u8 = 3;
+    // Type refs of `ContentType` (yrs `types/mod.rs`).
+    pub const TYPE_XML_ELEMENT: u8 = 3;
+}
+
+use format::*;
 
 /// Checks a v1 state vector (the body of sync step 1) before `StateVector::decode_v1`.
 pub fn validate_state_vector_v1(bytes: &[u8]) -> Result<(), DecodeError> {
@@ -486,7 +493,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::protocol::{self, Incoming};
+    use crate::{self as protocol, ClientMessage as Incoming};
 
     /// lib0 varuint (yrs's own encoder).
     fn var(n: u64) -> Vec<u8> {
@@ -678,10 +685,10 @@ mod tests {
             .insert(&mut other.transact_mut(), 0, "x");
         let sv = other.transact().state_vector();
         let msg = protocol::encode_sync_step1(&sv);
-        assert!(matches!(protocol::decode(&msg).unwrap(), Incoming::SyncStep1(got) if got == sv));
+        assert!(matches!(Incoming::decode(&msg).unwrap(), Incoming::SyncStep1(got) if got == sv));
         let msg = protocol::encode_sync_step1(&StateVector::default());
         assert!(matches!(
-            protocol::decode(&msg).unwrap(),
+            Incoming::decode(&msg).unwrap(),
             Incoming::SyncStep1(_)
         ));
 
@@ -693,32 +700,32 @@ mod tests {
             .unwrap();
         let update = awareness.update().unwrap();
         let msg = protocol::encode_awareness(&update);
-        assert!(matches!(protocol::decode(&msg).unwrap(), Incoming::Awareness(u) if u == update));
+        assert!(matches!(Incoming::decode(&msg).unwrap(), Incoming::Awareness(u) if u == update));
         awareness.clean_local_state();
         let removal = awareness.update().unwrap();
-        protocol::decode(&protocol::encode_awareness(&removal)).unwrap();
+        Incoming::decode(&protocol::encode_awareness(&removal)).unwrap();
     }
 
     #[test]
     fn rejects_step1_claiming_2_pow_28_entries() {
         let frame = [0, 0, 5, 0x80, 0x80, 0x80, 0x80, 0x01];
-        let err = reason(protocol::decode(&frame).unwrap_err());
+        let err = reason(Incoming::decode(&frame).unwrap_err());
         assert_eq!(err, "sync step 1 claims 268435456 entries in 0 bytes");
         // Still rejected with some entries present.
         let frame = cat(&[&[0, 0, 9], &var(1 << 20), &[1, 1, 2, 2, 3, 3]]);
-        reason(protocol::decode(&frame).unwrap_err());
+        reason(Incoming::decode(&frame).unwrap_err());
     }
 
     #[test]
     fn rejects_awareness_claiming_2_pow_30_clients() {
         let frame = [1, 5, 0x80, 0x80, 0x80, 0x80, 0x04];
-        let err = reason(protocol::decode(&frame).unwrap_err());
+        let err = reason(Incoming::decode(&frame).unwrap_err());
         assert_eq!(err, "awareness update claims 1073741824 clients in 0 bytes");
         let frame = cat(&[&[1, 11], &var(u64::MAX), &[1, 1, 0]]);
-        reason(protocol::decode(&frame).unwrap_err());
+        reason(Incoming::decode(&frame).unwrap_err());
         // One real entry whose string runs past the end.
         let frame = [1, 4, 1, 1, 1, 9];
-        reason(protocol::decode(&frame).unwrap_err());
+        reason(Incoming::decode(&frame).unwrap_err());
     }
 
     /// `[clients=1][structs][client=1][clock=0]` followed by `body`, then an empty delete set.
@@ -939,7 +946,7 @@ mod tests {
         for _ in 0..20_000 {
             let len = (next() % 64) as usize;
             let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
-            let _ = protocol::decode(&bytes);
+            let _ = Incoming::decode(&bytes);
             if validate_update_v1(&bytes).is_ok() {
                 let _ = Update::decode_v1(&bytes);
             }
