@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::block::{condition_handles, Block, BlockKind};
+use crate::block::kind::{Block, BlockKind};
 
 /// A connection between two blocks.
 #[derive(Debug, Clone)]
@@ -94,6 +94,15 @@ pub enum Problem {
     },
 }
 
+/// What validation asks of the block types (`block::Rules`): passed in, so the graph does
+/// not depend on the block behaviours, which act on a running execution of a graph.
+pub(crate) trait TypeRules {
+    /// Problems with a block's configuration for its type, as `(field, message)`.
+    fn check(&self, kind: BlockKind, config: &Value) -> Vec<(String, String)>;
+    /// The handles a condition leaves through.
+    fn condition_handles(&self, config: &Value) -> Vec<String>;
+}
+
 /// A validated workflow: blocks, connections and an order in which to start them.
 #[derive(Debug, Clone)]
 pub struct Workflow {
@@ -105,15 +114,15 @@ pub struct Workflow {
 
 impl Workflow {
     /// Parses and validates a document's content; every problem found is returned.
-    pub fn parse(content: &Value) -> Result<Workflow, Vec<Problem>> {
+    pub(crate) fn parse(content: &Value, rules: &dyn TypeRules) -> Result<Workflow, Vec<Problem>> {
         let mut problems = Vec::new();
-        let blocks = parse_blocks(content.get("blocks"), &mut problems);
+        let blocks = parse_blocks(content.get("blocks"), rules, &mut problems);
         let ids: HashMap<&str, BlockKind> =
             blocks.iter().map(|b| (b.id.as_str(), b.kind)).collect();
         let handles: HashMap<&str, Vec<String>> = blocks
             .iter()
             .filter(|b| b.kind == BlockKind::Condition)
-            .map(|b| (b.id.as_str(), condition_handles(&b.config)))
+            .map(|b| (b.id.as_str(), rules.condition_handles(&b.config)))
             .collect();
         let connections =
             parse_connections(content.get("connections"), &ids, &handles, &mut problems);
@@ -142,7 +151,11 @@ fn malformed(problems: &mut Vec<Problem>, message: impl Into<String>) {
     });
 }
 
-fn parse_blocks(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<Block> {
+fn parse_blocks(
+    value: Option<&Value>,
+    rules: &dyn TypeRules,
+    problems: &mut Vec<Problem>,
+) -> Vec<Block> {
     let Some(items) = value.and_then(Value::as_array) else {
         malformed(problems, "`blocks` must be an array");
         return Vec::new();
@@ -192,7 +205,7 @@ fn parse_blocks(value: Option<&Value>, problems: &mut Vec<Problem>) -> Vec<Block
             .get("config")
             .cloned()
             .unwrap_or(Value::Object(Default::default()));
-        for (field, message) in crate::block::check(kind, &config) {
+        for (field, message) in rules.check(kind, &config) {
             problems.push(Problem::BadConfig {
                 block: id.into(),
                 field,
@@ -360,6 +373,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn parse(content: &Value) -> Result<Workflow, Vec<Problem>> {
+        Workflow::parse(content, &crate::block::Rules)
+    }
+
     fn block(id: &str, kind: &str, config: Value) -> Value {
         json!({ "id": id, "type": kind, "config": config, "position": { "x": 0, "y": 0 } })
     }
@@ -393,7 +410,7 @@ mod tests {
                 json!({ "id": "e4", "source": "check", "target": "no", "sourceHandle": "false" }),
             ],
         });
-        let wf = Workflow::parse(&content).expect("valid");
+        let wf = parse(&content).expect("valid");
         assert_eq!(wf.blocks.len(), 5);
         assert_eq!(wf.connections.len(), 4);
     }
@@ -411,7 +428,7 @@ mod tests {
             ],
             "connections": [edge("e1", "in", "gen"), edge("e2", "gen", "ghost")],
         });
-        let problems = Workflow::parse(&content).unwrap_err();
+        let problems = parse(&content).unwrap_err();
         let has = |p: &Problem| problems.contains(p);
         assert!(
             has(&Problem::UnknownType {
@@ -448,7 +465,7 @@ mod tests {
             ],
             "connections": [edge("e1", "in", "out")],
         });
-        let problems = Workflow::parse(&content).unwrap_err();
+        let problems = parse(&content).unwrap_err();
         for (b, f) in [
             ("t", "template"),
             ("c", "expression"),
@@ -473,7 +490,7 @@ mod tests {
             "blocks": [block("in", "input", json!({})), ai("a"), ai("b"), ai("c"), block("out", "output", json!({}))],
             "connections": [edge("1", "in", "a"), edge("2", "a", "b"), edge("3", "b", "c"), edge("4", "c", "a"), edge("5", "c", "out")],
         });
-        let problems = Workflow::parse(&content).unwrap_err();
+        let problems = parse(&content).unwrap_err();
         let Some(Problem::Cycle { blocks }) = problems.first() else {
             panic!("{problems:?}")
         };
@@ -498,7 +515,7 @@ mod tests {
                 json!({ "id": "4", "source": "each", "target": "out", "sourceHandle": "done" }),
             ],
         });
-        let wf = Workflow::parse(&content).expect("a loop's back edge is not a cycle");
+        let wf = parse(&content).expect("a loop's back edge is not a cycle");
         assert!(wf.is_back_edge(&wf.connections[2]));
         assert!(!wf.is_back_edge(&wf.connections[0]));
     }
@@ -510,13 +527,13 @@ mod tests {
             "connections": [edge("1", "in", "a"), edge("2", "a", "out")],
         });
         assert_eq!(
-            Workflow::parse(&content).unwrap_err(),
+            parse(&content).unwrap_err(),
             vec![Problem::UnreachableOutput {
                 block: "lost".into()
             }]
         );
         let none = json!({ "blocks": [block("in", "input", json!({}))], "connections": [] });
-        assert_eq!(Workflow::parse(&none).unwrap_err(), vec![Problem::NoOutput]);
+        assert_eq!(parse(&none).unwrap_err(), vec![Problem::NoOutput]);
     }
 
     #[test]
@@ -525,13 +542,13 @@ mod tests {
             "blocks": [block("c", "condition", json!({ "expression": "true" })), block("o", "output", json!({}))],
             "connections": [edge("e", "c", "o")],
         });
-        let problems = Workflow::parse(&content).unwrap_err();
+        let problems = parse(&content).unwrap_err();
         assert!(
             matches!(&problems[..], [Problem::DanglingConnection { connection, .. }] if connection == "e"),
             "{problems:?}"
         );
         let junk = json!({ "blocks": 7, "connections": [1] });
-        assert_eq!(Workflow::parse(&junk).unwrap_err().len(), 2);
+        assert_eq!(parse(&junk).unwrap_err().len(), 2);
     }
 
     #[test]
@@ -552,6 +569,6 @@ mod tests {
             ));
         }
         let content = json!({ "blocks": blocks, "connections": connections });
-        assert!(Workflow::parse(&content).is_ok());
+        assert!(parse(&content).is_ok());
     }
 }

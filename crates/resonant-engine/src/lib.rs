@@ -792,7 +792,7 @@ pub fn validate(graph: &Value) -> Result<(), Vec<Problem>> {
 
 /// Validates a graph and plans its run.
 fn prepare(graph: &Value) -> Result<plan::Plan, Vec<Problem>> {
-    plan::Plan::new(Workflow::parse(graph)?)
+    plan::Plan::new(Workflow::parse(graph, &block::Rules)?)
 }
 
 /// The block id of a block key (`loop[2]/inner[0]/x` → `x`).

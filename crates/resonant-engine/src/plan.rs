@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use super::block::BlockKind;
+use super::block::kind::BlockKind;
 use super::graph::{Problem, Workflow};
 
 /// One scope: the blocks it runs and the connections between them.

@@ -8,6 +8,7 @@ mod condition;
 mod delay;
 mod human;
 mod input;
+pub(crate) mod kind;
 mod r#loop;
 mod merge;
 mod output;
@@ -19,86 +20,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::ai::Ledger;
-pub use self::condition::handles as condition_handles;
+pub use self::kind::{Block, BlockKind};
 pub use self::r#loop::MAX_ITERATIONS;
 use crate::db::executions::BlockRow;
 use crate::db::now_ms;
+use crate::graph::TypeRules;
 use crate::run::{LoopCtx, Run, ScopeRunner};
 use crate::template;
 
-/// A block's type, as documents and templates name it (the seed's block types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[schema(as = BlockType)]
-pub enum BlockKind {
-    /// The execution's input.
-    Input,
-    /// An AI generation through the router.
-    Ai,
-    /// Collects a result.
-    Output,
-    /// Routes to its `true` / `false` handle.
-    Condition,
-    /// A template over earlier outputs.
-    Transform,
-    /// Runs its body once per array item; its body returns through the `next` handle.
-    Loop,
-    /// Joins branches.
-    Merge,
-    /// Fans out.
-    Split,
-    /// Waits for a person's approval.
-    Human,
-    /// An HTTP request.
-    Webhook,
-    /// Waits.
-    Delay,
-}
-
 impl BlockKind {
-    /// Every type, in the docs' order. `parse` reads this list, so a type missing here is
-    /// refused everywhere rather than half-supported.
-    pub const ALL: [BlockKind; 11] = [
-        BlockKind::Input,
-        BlockKind::Ai,
-        BlockKind::Output,
-        BlockKind::Condition,
-        BlockKind::Transform,
-        BlockKind::Loop,
-        BlockKind::Merge,
-        BlockKind::Split,
-        BlockKind::Human,
-        BlockKind::Webhook,
-        BlockKind::Delay,
-    ];
-
-    /// The name a document uses (`"ai"`, `"loop"`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BlockKind::Input => "input",
-            BlockKind::Ai => "ai",
-            BlockKind::Output => "output",
-            BlockKind::Condition => "condition",
-            BlockKind::Transform => "transform",
-            BlockKind::Loop => "loop",
-            BlockKind::Merge => "merge",
-            BlockKind::Split => "split",
-            BlockKind::Human => "human",
-            BlockKind::Webhook => "webhook",
-            BlockKind::Delay => "delay",
-        }
-    }
-
-    /// The type a document names, if the engine knows it.
-    pub fn parse(s: &str) -> Option<BlockKind> {
-        BlockKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
     /// What blocks of this type do.
     pub(crate) fn behaviour(self) -> &'static dyn Behaviour {
         match self {
@@ -115,17 +49,6 @@ impl BlockKind {
             BlockKind::Delay => &delay::Delay,
         }
     }
-}
-
-/// A block of a validated workflow.
-#[derive(Debug, Clone)]
-pub struct Block {
-    /// Its id in the document.
-    pub id: String,
-    /// Its type.
-    pub kind: BlockKind,
-    /// Its type-specific configuration.
-    pub config: Value,
 }
 
 /// One block type: its configuration check, its behaviour, and what the scheduler needs to
@@ -225,8 +148,21 @@ impl<'a> Check<'a> {
 /// The longest delay or approval timeout (ten years): deadlines stay far from overflow.
 pub(crate) const MAX_WAIT_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
 
+/// The block types' rules, as validation asks for them.
+pub(crate) struct Rules;
+
+impl TypeRules for Rules {
+    fn check(&self, kind: BlockKind, config: &Value) -> Vec<(String, String)> {
+        check(kind, config)
+    }
+
+    fn condition_handles(&self, config: &Value) -> Vec<String> {
+        condition::handles(config)
+    }
+}
+
 /// Checks a block's configuration for its type; every problem found, as `(field, message)`.
-pub(crate) fn check(kind: BlockKind, config: &Value) -> Vec<(String, String)> {
+fn check(kind: BlockKind, config: &Value) -> Vec<(String, String)> {
     let Some(c) = config.as_object() else {
         return vec![("config".into(), "must be an object".into())];
     };
