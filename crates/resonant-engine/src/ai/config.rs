@@ -8,27 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::providers::ProviderKind;
 use crate::retry::RetryPolicy;
-
-/// Which wire format a provider speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ProviderKind {
-    /// Anthropic Messages API (`POST {base}/v1/messages`).
-    #[serde(rename = "anthropic")]
-    Anthropic,
-    /// OpenAI Chat Completions (`POST {base}/v1/chat/completions`).
-    #[serde(rename = "openai")]
-    OpenAi,
-    /// Google Gemini (`POST {base}/v1beta/models/{model}:streamGenerateContent?alt=sse`).
-    #[serde(rename = "gemini")]
-    Gemini,
-    /// Any server speaking the OpenAI Chat Completions wire format (Groq, Together, vLLM, …).
-    #[serde(rename = "openai-compatible")]
-    OpenAiCompatible,
-    /// The built-in demo provider: no network, no key, deterministic text.
-    #[serde(rename = "demo")]
-    Demo,
-}
 
 /// One row of the provider table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,27 +72,15 @@ impl ProviderSpec {
         if self.name.is_empty() {
             self.name = self.id.clone();
         }
+        let family = self.kind.family();
         if self.family.is_empty() {
-            self.family = match self.kind {
-                ProviderKind::Anthropic => "claude",
-                ProviderKind::OpenAi => "openai",
-                ProviderKind::Gemini => "gemini",
-                ProviderKind::OpenAiCompatible => "llama",
-                ProviderKind::Demo => "demo",
-            }
-            .into();
+            self.family = family.key_family().into();
         }
         if self.base_url.is_empty() {
-            self.base_url = match self.kind {
-                ProviderKind::Anthropic => "https://api.anthropic.com",
-                ProviderKind::OpenAi => "https://api.openai.com",
-                ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
-                ProviderKind::OpenAiCompatible => {
-                    return Err(format!("provider {}: baseUrl is required", self.id))
-                }
-                ProviderKind::Demo => "",
-            }
-            .into();
+            self.base_url = family
+                .base_url()
+                .ok_or_else(|| format!("provider {}: baseUrl is required", self.id))?
+                .into();
         }
         let prices = [self.input_price_per_m, self.output_price_per_m];
         if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
@@ -212,108 +181,38 @@ pub struct RouterConfig {
     pub first_token_timeout: Duration,
 }
 
-/// The seed's table (docs: architecture.md, "AI Router Architecture") plus the demo provider.
+/// The seed's table (docs: architecture.md, "AI Router Architecture") plus the demo provider:
+/// one row per family ([`ProviderKind::ALL`]'s order), each family's in its file.
 ///
 /// The seed has one `costPer1MTokens` per provider; real providers bill input and output
 /// separately, so the defaults are each model's published list prices per million tokens
-/// (input / output): Claude 3.5 Sonnet 3 / 15, GPT-4 Turbo 10 / 30, Gemini 1.5 Pro 1.25 / 5
-/// (prompts up to 128k), Llama 3 70B as served by Groq 0.59 / 0.79. The seed's number is
-/// close to the output price for most of them, and ranking by cost uses input + output, which
-/// orders the providers exactly as the seed did (llama < gemini < claude < gpt-4-turbo).
+/// (input / output). The seed's number is close to the output price for most of them, and
+/// ranking by cost uses input + output, which orders the providers exactly as the seed did
+/// (llama < gemini < claude < gpt-4-turbo).
 pub fn default_providers() -> Vec<ProviderSpec> {
-    #[allow(clippy::too_many_arguments)]
-    fn spec(
-        id: &str,
-        name: &str,
-        kind: ProviderKind,
-        model: &str,
-        prices: (f64, f64),
-        ctx: u64,
-        strengths: &[&str],
-        latency_ms: u64,
-        reliability: f64,
-    ) -> ProviderSpec {
-        let mut s = ProviderSpec {
-            id: id.into(),
-            name: name.into(),
-            family: String::new(),
-            kind,
-            model: model.into(),
-            input_price_per_m: prices.0,
-            output_price_per_m: prices.1,
-            max_context_tokens: ctx,
-            strengths: strengths.iter().map(|s| s.to_string()).collect(),
-            latency_ms,
-            reliability,
-            base_url: String::new(),
-        };
-        if kind == ProviderKind::OpenAiCompatible {
-            s.base_url = "https://api.groq.com/openai".into();
-        }
-        s.fill_defaults().expect("default table is valid");
-        s
-    }
-    vec![
-        spec(
-            "claude-3-5-sonnet",
-            "Claude 3.5 Sonnet",
-            ProviderKind::Anthropic,
-            "claude-3-5-sonnet-20241022",
-            (3.0, 15.0),
-            200_000,
-            &["nuance", "long-form", "analysis", "coding"],
-            800,
-            0.99,
-        ),
-        spec(
-            "gpt-4-turbo",
-            "GPT-4 Turbo",
-            ProviderKind::OpenAi,
-            "gpt-4-turbo",
-            (10.0, 30.0),
-            128_000,
-            &["creative", "brainstorm", "general"],
-            1200,
-            0.98,
-        ),
-        spec(
-            "gemini-1.5-pro",
-            "Gemini 1.5 Pro",
-            ProviderKind::Gemini,
-            "gemini-1.5-pro",
-            (1.25, 5.0),
-            1_000_000,
-            &["long-context", "research", "multimodal"],
-            600,
-            0.97,
-        ),
-        spec(
-            "llama-3-70b",
-            "Llama 3 70B",
-            ProviderKind::OpenAiCompatible,
-            "llama3-70b-8192",
-            (0.59, 0.79),
-            8192,
-            &["bulk", "simple", "cost-effective"],
-            400,
-            0.95,
-        ),
-        spec(
-            DEMO_ID,
-            "Demo (offline, no key)",
-            ProviderKind::Demo,
-            "demo",
-            (0.0, 0.0),
-            u32::MAX as u64,
-            &[],
-            0,
-            1.0,
-        ),
-    ]
+    ProviderKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let seed = kind.family().seed();
+            let mut s = ProviderSpec {
+                id: seed.id.into(),
+                name: seed.name.into(),
+                family: String::new(),
+                kind,
+                model: seed.model.into(),
+                input_price_per_m: seed.prices.0,
+                output_price_per_m: seed.prices.1,
+                max_context_tokens: seed.max_context_tokens,
+                strengths: seed.strengths.iter().map(|s| s.to_string()).collect(),
+                latency_ms: seed.latency_ms,
+                reliability: seed.reliability,
+                base_url: seed.base_url.into(),
+            };
+            s.fill_defaults().expect("default table is valid");
+            s
+        })
+        .collect()
 }
-
-/// The demo provider's id and family.
-pub const DEMO_ID: &str = "demo";
 
 /// The seed's fallback chains.
 pub fn default_fallback() -> HashMap<String, Vec<String>> {
