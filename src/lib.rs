@@ -357,11 +357,11 @@ fn router_config(config: &ServeConfig) -> anyhow::Result<engine::ai::RouterConfi
     ];
     for (family, key, base_url) in families {
         if let Some(key) = key {
-            rc.server_keys.push(engine::ai::ProviderKey {
-                family: family.into(),
-                api_key: key.clone(),
-                base_url: base_url.clone(),
-            });
+            rc.server_keys.push(engine::ai::ProviderKey::new(
+                family,
+                key.clone(),
+                base_url.clone(),
+            ));
         }
     }
     rc.demo_delay = Duration::from_millis(config.demo_delay_ms);

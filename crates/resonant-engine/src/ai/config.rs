@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::providers::ProviderKind;
+use crate::db::providers::ProviderKey;
 use crate::retry::RetryPolicy;
 
 /// One row of the provider table.
@@ -136,28 +137,16 @@ mod millis {
     }
 }
 
-/// A key usable for a provider family ("claude","openai","gemini","llama"), from the workspace
-/// BYOK config or server config.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// A `serverKeys` entry of the config file: a server key of a provider family ("claude",
+/// "openai", "gemini", "llama": a provider's `family`).
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ProviderKey {
-    /// "claude", "openai", "gemini", "llama" (a provider's `family`).
-    pub family: String,
-    /// The secret.
-    pub api_key: String,
+struct FileKey {
+    family: String,
+    api_key: String,
     /// Replaces the provider's base URL (a proxy, a self-hosted OpenAI-compatible server).
     #[serde(default)]
-    pub base_url: Option<String>,
-}
-
-impl std::fmt::Debug for ProviderKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderKey")
-            .field("family", &self.family)
-            .field("api_key", &"<redacted>")
-            .field("base_url", &self.base_url)
-            .finish()
-    }
+    base_url: Option<String>,
 }
 
 /// The router's settings.
@@ -167,7 +156,8 @@ pub struct RouterConfig {
     pub providers: Vec<ProviderSpec>,
     /// Provider id → the ids tried after it, in order.
     pub fallback: HashMap<String, Vec<String>>,
-    /// Keys used when the workspace has none of a family.
+    /// Keys used when the workspace has none of a family (their `priority` and
+    /// `max_tokens_per_request` are not used).
     pub server_keys: Vec<ProviderKey>,
     /// Wait between two demo tokens (0 for benchmarks).
     pub demo_delay: Duration,
@@ -265,7 +255,7 @@ struct FileConfig {
     #[serde(default)]
     fallback: HashMap<String, Vec<String>>,
     #[serde(default)]
-    server_keys: Vec<ProviderKey>,
+    server_keys: Vec<FileKey>,
     demo_delay_ms: Option<u64>,
     breaker: Option<BreakerConfig>,
     retry: Option<RetryPolicy>,
@@ -330,7 +320,11 @@ impl RouterConfig {
             }
         }
         config.fallback.extend(file.fallback);
-        config.server_keys = file.server_keys;
+        config.server_keys = file
+            .server_keys
+            .into_iter()
+            .map(|k| ProviderKey::new(k.family, k.api_key, k.base_url))
+            .collect();
         if let Some(ms) = file.demo_delay_ms {
             config.demo_delay = Duration::from_millis(ms);
         }

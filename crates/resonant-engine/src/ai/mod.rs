@@ -38,9 +38,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{
-    default_fallback, default_providers, BreakerConfig, ProviderKey, ProviderSpec, RouterConfig,
-};
+pub use crate::db::providers::ProviderKey;
+pub use config::{default_fallback, default_providers, BreakerConfig, ProviderSpec, RouterConfig};
 pub use providers::{ProviderKind, DEMO_ID};
 pub use wire::parse_retry_after;
 
@@ -233,7 +232,7 @@ impl Router {
     }
 
     fn key_for<'a>(&'a self, family: &str, keys: &'a [ProviderKey]) -> Option<&'a ProviderKey> {
-        let usable = |k: &&ProviderKey| k.family == family && !k.api_key.trim().is_empty();
+        let usable = |k: &&ProviderKey| k.provider == family && !k.api_key.trim().is_empty();
         keys.iter()
             .find(usable)
             .or_else(|| self.config.server_keys.iter().find(usable))

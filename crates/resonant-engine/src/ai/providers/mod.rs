@@ -64,7 +64,7 @@ impl ProviderKind {
     }
 
     /// The key family this kind's providers use unless their row names another ("claude",
-    /// "openai", "gemini", "llama", "demo"): a `ProviderKey` of that family unlocks them.
+    /// "openai", "gemini", "llama", "demo"): a `ProviderKey` whose `provider` is that name unlocks them.
     pub fn key_family(self) -> &'static str {
         self.family().key_family()
     }
