@@ -43,6 +43,10 @@ impl Family for Demo {
         }
     }
 
+    fn needs_key(&self) -> bool {
+        false
+    }
+
     fn build_request(
         &self,
         _client: &reqwest::Client,

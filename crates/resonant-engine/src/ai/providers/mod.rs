@@ -5,7 +5,8 @@
 //! and the HTTP/SSE framing (`super::wire`) are the same for every family.
 //!
 //! Adding a family is a file here with a unit type implementing [`Family`], a variant of
-//! [`ProviderKind`] with its line in [`ProviderKind::ALL`] and [`ProviderKind::family`].
+//! [`ProviderKind`] with its line in [`ProviderKind::ALL`] and [`ProviderKind::family`]. The
+//! server's REST API (`/providers/{provider}`) lists the families' key families from here.
 
 mod anthropic;
 pub(crate) mod demo;
@@ -43,7 +44,7 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    /// Every family, in the order of the default table.
+    /// Every family, in the order of the default table (and of the REST API's list).
     pub const ALL: [ProviderKind; 5] = [
         ProviderKind::Anthropic,
         ProviderKind::OpenAi,
@@ -68,6 +69,15 @@ impl ProviderKind {
     pub fn key_family(self) -> &'static str {
         self.family().key_family()
     }
+}
+
+/// The key families a workspace can store a key for (`PUT /providers/{provider}`): those of
+/// the families that take one, in [`ProviderKind::ALL`]'s order.
+pub fn key_families() -> impl Iterator<Item = &'static str> {
+    ProviderKind::ALL
+        .into_iter()
+        .filter(|k| k.family().needs_key())
+        .map(ProviderKind::key_family)
 }
 
 /// A family's row of the default table (see [`super::default_providers`]).
@@ -102,6 +112,11 @@ pub(crate) trait Family: Sync {
     /// outside the table (lowercase).
     fn model_prefixes(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// Whether its providers need a key (workspaces can store one, the server can have one).
+    fn needs_key(&self) -> bool {
+        true
     }
 
     /// The HTTP request of one streamed call.
