@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::db::providers::ProviderKey;
 pub use config::{default_fallback, default_providers, BreakerConfig, ProviderSpec, RouterConfig};
-pub use providers::{key_families, ProviderKind, DEMO_ID};
+pub use providers::{key_families, ProviderKind, ServerKey, DEMO_ID};
 pub use wire::parse_retry_after;
 
 /// The `max_tokens` sent when a block gives none.

@@ -4,12 +4,21 @@ use eventsource_stream::Event;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::{Family, Seed};
+use super::{Family, Seed, ServerKey};
 use crate::ai::wire::DEFAULT_MAX_TOKENS;
 use crate::ai::wire::{parse, system_text, u64_at, Endpoint, Progress, WireRequest};
 use crate::retry::{BlockError, ErrorClass};
 
 pub(crate) struct Anthropic;
+
+static SERVER_KEY: ServerKey = ServerKey {
+    api_key_flag: "anthropic-api-key",
+    api_key_env: "ANTHROPIC_API_KEY",
+    api_key_help: "Server-wide Anthropic key, used when a workspace has none of its own",
+    base_url_flag: "anthropic-base-url",
+    base_url_env: "ANTHROPIC_BASE_URL",
+    base_url_help: "Anthropic API base URL",
+};
 
 impl Family for Anthropic {
     fn key_family(&self) -> &'static str {
@@ -40,6 +49,10 @@ impl Family for Anthropic {
     }
 
     /// Anthropic requires `max_tokens`: [`DEFAULT_MAX_TOKENS`] when the block sets none.
+    fn server_key(&self) -> Option<&'static ServerKey> {
+        Some(&SERVER_KEY)
+    }
+
     fn build_request(
         &self,
         client: &reqwest::Client,

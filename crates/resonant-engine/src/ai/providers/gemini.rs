@@ -4,11 +4,20 @@
 use eventsource_stream::Event;
 use serde_json::{json, Value};
 
-use super::{Family, Seed};
+use super::{Family, Seed, ServerKey};
 use crate::ai::wire::{parse, system_text, u64_at, Endpoint, Progress, WireRequest};
 use crate::retry::{BlockError, ErrorClass};
 
 pub(crate) struct Gemini;
+
+static SERVER_KEY: ServerKey = ServerKey {
+    api_key_flag: "gemini-api-key",
+    api_key_env: "GEMINI_API_KEY",
+    api_key_help: "Server-wide Google Gemini key",
+    base_url_flag: "gemini-base-url",
+    base_url_env: "GEMINI_BASE_URL",
+    base_url_help: "Gemini API base URL",
+};
 
 impl Family for Gemini {
     fn key_family(&self) -> &'static str {
@@ -37,6 +46,10 @@ impl Family for Gemini {
 
     fn model_prefixes(&self) -> &'static [&'static str] {
         &["gemini"]
+    }
+
+    fn server_key(&self) -> Option<&'static ServerKey> {
+        Some(&SERVER_KEY)
     }
 
     fn build_request(

@@ -6,7 +6,8 @@
 //!
 //! Adding a family is a file here with a unit type implementing [`Family`], a variant of
 //! [`ProviderKind`] with its line in [`ProviderKind::ALL`] and [`ProviderKind::family`]. The
-//! server's REST API (`/providers/{provider}`) lists the families' key families from here.
+//! server's REST API (`/providers/{provider}`) lists the families' key families from here, and
+//! its server-key flags (`--anthropic-api-key`, …) are the families' [`ServerKey`]s.
 
 mod anthropic;
 pub(crate) mod demo;
@@ -69,6 +70,12 @@ impl ProviderKind {
     pub fn key_family(self) -> &'static str {
         self.family().key_family()
     }
+
+    /// The flags and environment variables that give the server its own key of this family
+    /// (`None` for the demo).
+    pub fn server_key(self) -> Option<&'static ServerKey> {
+        self.family().server_key()
+    }
 }
 
 /// The key families a workspace can store a key for (`PUT /providers/{provider}`): those of
@@ -78,6 +85,24 @@ pub fn key_families() -> impl Iterator<Item = &'static str> {
         .into_iter()
         .filter(|k| k.family().needs_key())
         .map(ProviderKind::key_family)
+}
+
+/// How the server is given its own key of a family: the flags and environment variables of
+/// the key and of the base URL, with their help lines as `--help` shows them.
+#[derive(Debug)]
+pub struct ServerKey {
+    /// The key's flag, without the dashes (`anthropic-api-key`).
+    pub api_key_flag: &'static str,
+    /// The key's environment variable (`ANTHROPIC_API_KEY`).
+    pub api_key_env: &'static str,
+    /// The key's help line.
+    pub api_key_help: &'static str,
+    /// The base URL's flag, without the dashes (`anthropic-base-url`).
+    pub base_url_flag: &'static str,
+    /// The base URL's environment variable (`ANTHROPIC_BASE_URL`).
+    pub base_url_env: &'static str,
+    /// The base URL's help line.
+    pub base_url_help: &'static str,
 }
 
 /// A family's row of the default table (see [`super::default_providers`]).
@@ -117,6 +142,11 @@ pub(crate) trait Family: Sync {
     /// Whether its providers need a key (workspaces can store one, the server can have one).
     fn needs_key(&self) -> bool {
         true
+    }
+
+    /// How the server is given its own key of this family (`None`: it takes none).
+    fn server_key(&self) -> Option<&'static ServerKey> {
+        None
     }
 
     /// The HTTP request of one streamed call.

@@ -4,11 +4,20 @@
 use eventsource_stream::Event;
 use serde_json::{json, Value};
 
-use super::{Family, Seed};
+use super::{Family, Seed, ServerKey};
 use crate::ai::wire::{parse, system_text, u64_at, Endpoint, Progress, WireRequest};
 use crate::retry::{BlockError, ErrorClass};
 
 pub(crate) struct OpenAi;
+
+static SERVER_KEY: ServerKey = ServerKey {
+    api_key_flag: "openai-api-key",
+    api_key_env: "OPENAI_API_KEY",
+    api_key_help: "Server-wide OpenAI key",
+    base_url_flag: "openai-base-url",
+    base_url_env: "OPENAI_BASE_URL",
+    base_url_help: "OpenAI API base URL",
+};
 
 impl Family for OpenAi {
     fn key_family(&self) -> &'static str {
@@ -36,6 +45,10 @@ impl Family for OpenAi {
 
     fn model_prefixes(&self) -> &'static [&'static str] {
         &["gpt", "o1", "o3", "o4", "chatgpt"]
+    }
+
+    fn server_key(&self) -> Option<&'static ServerKey> {
+        Some(&SERVER_KEY)
     }
 
     fn build_request(

@@ -3,11 +3,20 @@
 
 use eventsource_stream::Event;
 
-use super::{openai, Family, Seed};
+use super::{openai, Family, Seed, ServerKey};
 use crate::ai::wire::{Endpoint, Progress, WireRequest};
 use crate::retry::BlockError;
 
 pub(crate) struct OpenAiCompatible;
+
+static SERVER_KEY: ServerKey = ServerKey {
+    api_key_flag: "llama-api-key",
+    api_key_env: "LLAMA_API_KEY",
+    api_key_help: "Server-wide key of the OpenAI-compatible endpoint serving Llama-class models",
+    base_url_flag: "llama-base-url",
+    base_url_env: "LLAMA_BASE_URL",
+    base_url_help: "Base URL of the OpenAI-compatible endpoint serving Llama-class models",
+};
 
 impl Family for OpenAiCompatible {
     fn key_family(&self) -> &'static str {
@@ -37,6 +46,10 @@ impl Family for OpenAiCompatible {
 
     fn model_prefixes(&self) -> &'static [&'static str] {
         &["llama", "meta-llama"]
+    }
+
+    fn server_key(&self) -> Option<&'static ServerKey> {
+        Some(&SERVER_KEY)
     }
 
     fn build_request(
