@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Arg, ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
+use resonant_engine::ai::ProviderKind;
 use resonant_store::SqliteSync;
 use resonant_sync::SyncConfig;
 
@@ -259,30 +260,11 @@ pub struct ServeConfig {
     /// table and chains when absent); see docs/workflow-schema.md.
     #[arg(long, env = "RESONANT_AI_CONFIG")]
     pub ai_config: Option<PathBuf>,
-    /// Server-wide Anthropic key, used when a workspace has none of its own.
-    #[arg(long, env = "ANTHROPIC_API_KEY", hide_env_values = true)]
-    pub anthropic_api_key: Option<String>,
-    /// Anthropic API base URL.
-    #[arg(long, env = "ANTHROPIC_BASE_URL")]
-    pub anthropic_base_url: Option<String>,
-    /// Server-wide OpenAI key.
-    #[arg(long, env = "OPENAI_API_KEY", hide_env_values = true)]
-    pub openai_api_key: Option<String>,
-    /// OpenAI API base URL.
-    #[arg(long, env = "OPENAI_BASE_URL")]
-    pub openai_base_url: Option<String>,
-    /// Server-wide Google Gemini key.
-    #[arg(long, env = "GEMINI_API_KEY", hide_env_values = true)]
-    pub gemini_api_key: Option<String>,
-    /// Gemini API base URL.
-    #[arg(long, env = "GEMINI_BASE_URL")]
-    pub gemini_base_url: Option<String>,
-    /// Server-wide key of the OpenAI-compatible endpoint serving Llama-class models.
-    #[arg(long, env = "LLAMA_API_KEY", hide_env_values = true)]
-    pub llama_api_key: Option<String>,
-    /// Base URL of the OpenAI-compatible endpoint serving Llama-class models.
-    #[arg(long, env = "LLAMA_BASE_URL")]
-    pub llama_base_url: Option<String>,
+    /// The server's own AI provider keys and base URLs: `--anthropic-api-key` /
+    /// `ANTHROPIC_API_KEY`, `--anthropic-base-url` / `ANTHROPIC_BASE_URL`, and the same for
+    /// every provider family of the engine's (`ServerKey`).
+    #[command(flatten)]
+    pub server_keys: ServerKeys,
     /// Milliseconds between the words the keyless `demo` AI provider streams.
     #[arg(long, env = "RESONANT_DEMO_DELAY_MS", default_value_t = 15)]
     pub demo_delay_ms: u64,
@@ -443,6 +425,115 @@ impl ServeConfig {
     }
 }
 
+/// The server's own key and base URL of each provider family, from the flags and environment
+/// variables the family names (`engine::ai::ServerKey`): one pair of flags per family in
+/// `ProviderKind::ALL`, without a list here.
+#[derive(Clone, Default)]
+pub struct ServerKeys(Vec<ServerKeyValue>);
+
+/// One family's server key and base URL.
+#[derive(Clone)]
+struct ServerKeyValue {
+    family: String,
+    api_key: Option<String>,
+    base_url: Option<String>,
+}
+
+impl ServerKeys {
+    /// Sets a family's key and base URL ("claude", "openai", … as `ProviderKind::key_family`).
+    pub fn set(&mut self, family: &str, api_key: Option<String>, base_url: Option<String>) {
+        self.0.retain(|v| v.family != family);
+        self.0.push(ServerKeyValue {
+            family: family.to_string(),
+            api_key,
+            base_url,
+        });
+    }
+
+    /// The families given a key, with the key and the base URL (if given).
+    pub fn keys(&self) -> impl Iterator<Item = (&str, &str, Option<&str>)> {
+        self.0.iter().filter_map(|v| {
+            v.api_key
+                .as_deref()
+                .map(|k| (v.family.as_str(), k, v.base_url.as_deref()))
+        })
+    }
+}
+
+impl std::fmt::Debug for ServerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for v in &self.0 {
+            m.entry(
+                &v.family,
+                &(v.api_key.as_ref().map(|_| "<redacted>"), &v.base_url),
+            );
+        }
+        m.finish()
+    }
+}
+
+impl Args for ServerKeys {
+    fn augment_args(mut cmd: clap::Command) -> clap::Command {
+        for flags in ProviderKind::ALL
+            .into_iter()
+            .filter_map(ProviderKind::server_key)
+        {
+            // What the derive gave the fields these flags were: the value is named after the
+            // field (which is the environment variable's name).
+            cmd = cmd
+                .arg(
+                    Arg::new(flags.api_key_flag)
+                        .long(flags.api_key_flag)
+                        .env(flags.api_key_env)
+                        .hide_env_values(true)
+                        .value_name(flags.api_key_env)
+                        .help(flags.api_key_help)
+                        .action(ArgAction::Set)
+                        .value_parser(clap::value_parser!(String))
+                        .required(false),
+                )
+                .arg(
+                    Arg::new(flags.base_url_flag)
+                        .long(flags.base_url_flag)
+                        .env(flags.base_url_env)
+                        .value_name(flags.base_url_env)
+                        .help(flags.base_url_help)
+                        .action(ArgAction::Set)
+                        .value_parser(clap::value_parser!(String))
+                        .required(false),
+                );
+        }
+        cmd
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for ServerKeys {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut keys = ServerKeys::default();
+        keys.update_from_arg_matches(m)?;
+        Ok(keys)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        for kind in ProviderKind::ALL {
+            let Some(flags) = kind.server_key() else {
+                continue;
+            };
+            let api_key = m.get_one::<String>(flags.api_key_flag).cloned();
+            let base_url = m.get_one::<String>(flags.base_url_flag).cloned();
+            if api_key.is_some() || base_url.is_some() {
+                self.set(kind.key_family(), api_key, base_url);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Converts (possibly fractional) seconds from the command line into a duration.
 pub fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
@@ -555,6 +646,28 @@ mod tests {
         .is_ok());
         let err = config(&["--jwt-secret", "short"]).validate().unwrap_err();
         assert!(err.contains("32 bytes"), "{err}");
+    }
+
+    #[test]
+    fn server_keys_come_from_each_familys_flags() {
+        let c = config(&[
+            "--anthropic-api-key",
+            "sk-anthropic",
+            "--anthropic-base-url",
+            "http://a.test",
+            "--llama-api-key",
+            "sk-llama",
+            "--gemini-base-url",
+            "http://g.test",
+        ]);
+        let keys: Vec<_> = c.server_keys.keys().collect();
+        assert!(keys.contains(&("claude", "sk-anthropic", Some("http://a.test"))));
+        assert!(keys.contains(&("llama", "sk-llama", None)));
+        // A base URL without a key is no key.
+        if std::env::var_os("GEMINI_API_KEY").is_none() {
+            assert!(!keys.iter().any(|(family, ..)| *family == "gemini"));
+        }
+        assert!(!format!("{c:?}").contains("sk-anthropic"));
     }
 
     #[test]

@@ -293,24 +293,12 @@ fn router_config(config: &ServeConfig) -> anyhow::Result<engine::ai::RouterConfi
         }
         None => engine::ai::RouterConfig::default(),
     };
-    let families = [
-        (
-            "claude",
-            &config.anthropic_api_key,
-            &config.anthropic_base_url,
-        ),
-        ("openai", &config.openai_api_key, &config.openai_base_url),
-        ("gemini", &config.gemini_api_key, &config.gemini_base_url),
-        ("llama", &config.llama_api_key, &config.llama_base_url),
-    ];
-    for (family, key, base_url) in families {
-        if let Some(key) = key {
-            rc.server_keys.push(engine::ai::ProviderKey {
-                family: family.into(),
-                api_key: key.clone(),
-                base_url: base_url.clone(),
-            });
-        }
+    for (family, key, base_url) in config.server_keys.keys() {
+        rc.server_keys.push(engine::ai::ProviderKey::new(
+            family,
+            key,
+            base_url.map(str::to_string),
+        ));
     }
     rc.demo_delay = Duration::from_millis(config.demo_delay_ms);
     Ok(rc)

@@ -110,11 +110,7 @@ fn config(mock: &MockAi) -> RouterConfig {
 }
 
 fn key(family: &str) -> ProviderKey {
-    ProviderKey {
-        family: family.into(),
-        api_key: format!("key-{family}"),
-        base_url: None,
-    }
+    ProviderKey::new(family, format!("key-{family}"), None)
 }
 
 fn req(provider: &str) -> AiRequest {

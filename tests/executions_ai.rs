@@ -15,13 +15,11 @@ use serde_json::{json, Value};
 /// Server keys for `families` ("claude", "openai"), their base URLs on the mock's lanes.
 fn keyed(c: &mut resonant::ServeConfig, mock: &MockAi, families: &[&str]) {
     for family in families {
-        let (key, url) = match *family {
-            "claude" => (&mut c.anthropic_api_key, &mut c.anthropic_base_url),
-            "openai" => (&mut c.openai_api_key, &mut c.openai_base_url),
-            other => panic!("no mock lane for {other}"),
-        };
-        *key = Some(format!("test-key-{family}"));
-        *url = Some(mock.base_url(family));
+        c.server_keys.set(
+            family,
+            Some(format!("test-key-{family}")),
+            Some(mock.base_url(family)),
+        );
     }
 }
 

@@ -136,7 +136,8 @@ pub async fn delete_provider(db: &Db, workspace: &str, provider: &str) -> Result
     Ok(n > 0)
 }
 
-/// A usable provider key, decrypted, for the executions engine.
+/// A usable provider key, decrypted, as the AI router takes it: a workspace's (from
+/// [`provider_keys`]) or the server's own ([`ProviderKey::new`]).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProviderKey {
     /// claude, openai, gemini or llama.
@@ -149,6 +150,24 @@ pub struct ProviderKey {
     pub api_key: String,
     /// Replaces the provider's base URL, when set.
     pub base_url: Option<String>,
+}
+
+impl ProviderKey {
+    /// A key that is not a workspace's (the server's flags, the router's config file):
+    /// priority 0, no token cap.
+    pub fn new(
+        provider: impl Into<String>,
+        api_key: impl Into<String>,
+        base_url: Option<String>,
+    ) -> ProviderKey {
+        ProviderKey {
+            provider: provider.into(),
+            priority: 0,
+            max_tokens_per_request: None,
+            api_key: api_key.into(),
+            base_url,
+        }
+    }
 }
 
 impl std::fmt::Debug for ProviderKey {

@@ -9,7 +9,8 @@ use crate::crypto::KeyCipher;
 use crate::db::Db;
 use crate::email::Mailer;
 
-/// Provider keys usable by one execution (the workspace's own, decrypted).
+/// Provider keys usable by one execution (the workspace's own, decrypted, as the database
+/// gives them: the router takes them as they are).
 pub type Keys = Vec<ProviderKey>;
 
 /// The outside world, as the engine reaches it.
@@ -46,14 +47,7 @@ impl Io {
             return Vec::new();
         };
         match crate::db::providers::provider_keys(db, cipher, workspace).await {
-            Ok(keys) => keys
-                .into_iter()
-                .map(|k| ProviderKey {
-                    family: k.provider,
-                    api_key: k.api_key,
-                    base_url: k.base_url,
-                })
-                .collect(),
+            Ok(keys) => keys,
             Err(e) => {
                 tracing::error!(workspace, error = %e, "reading provider keys failed");
                 Vec::new()

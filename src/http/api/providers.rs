@@ -7,7 +7,9 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -16,6 +18,7 @@ use super::{require, role_in, ApiError, Caller, Json, Page, Path};
 use crate::crypto::last_four;
 use crate::db::providers::{self, ProviderChange, ProviderConfig};
 use crate::db::{new_id, Action};
+use crate::engine::ai::key_families;
 use crate::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -24,44 +27,50 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(set_provider, delete_provider))
 }
 
-/// The AI providers a workspace can configure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    /// Anthropic Claude.
-    Claude,
-    /// OpenAI.
-    Openai,
-    /// Google Gemini.
-    Gemini,
-    /// Meta Llama (through a hosted API).
-    Llama,
-}
+/// The AI providers a workspace can configure: the key families of the engine's provider
+/// families ([`key_families`]), so that the API lists none of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Provider(&'static str);
 
 impl Provider {
-    /// Every provider, in the order of the documentation.
-    pub const ALL: [Provider; 4] = [
-        Provider::Claude,
-        Provider::Openai,
-        Provider::Gemini,
-        Provider::Llama,
-    ];
+    /// Every provider, in the engine's order.
+    pub fn all() -> impl Iterator<Item = Provider> {
+        key_families().map(Provider)
+    }
 
     /// The name stored in the database and used in paths.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Claude => "claude",
-            Provider::Openai => "openai",
-            Provider::Gemini => "gemini",
-            Provider::Llama => "llama",
-        }
+        self.0
     }
 
     /// Parses a provider name.
     pub fn parse(s: &str) -> Option<Provider> {
-        Provider::ALL.into_iter().find(|p| p.as_str() == s)
+        Provider::all().find(|p| p.as_str() == s)
+    }
+
+    /// "claude, openai, gemini or llama" (`last` is the word before the last name).
+    fn names(last: &str) -> String {
+        let names: Vec<&str> = key_families().collect();
+        match names.split_last() {
+            Some((tail, [])) => tail.to_string(),
+            Some((tail, rest)) => format!("{}{last}{tail}", rest.join(", ")),
+            None => String::new(),
+        }
     }
 }
+
+/// The schema a derived `ToSchema` gave the enum this was: a string, one of the names.
+impl utoipa::PartialSchema for Provider {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("The AI providers a workspace can configure."))
+            .enum_values(Some(key_families()))
+            .into()
+    }
+}
+
+impl ToSchema for Provider {}
 
 /// `PUT /workspaces/{id}/providers/{provider}` body. Absent fields keep their value.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -89,8 +98,12 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 
 /// The validated provider named in a path.
 fn provider_param(name: &str) -> Result<Provider, ApiError> {
-    Provider::parse(name)
-        .ok_or_else(|| ApiError::field("provider", "must be one of claude, openai, gemini, llama"))
+    Provider::parse(name).ok_or_else(|| {
+        ApiError::field(
+            "provider",
+            format!("must be one of {}", Provider::names(", ")),
+        )
+    })
 }
 
 /// The validated API key: surrounding whitespace (a pasted newline) is dropped.
@@ -120,7 +133,7 @@ async fn list_providers(
 ) -> Result<axum::Json<Page<ProviderConfig>>, ApiError> {
     role_in(&app, &caller, &id).await?;
     let items = providers::providers(&app.db, &id).await?;
-    // Four providers at most: one page always holds them all.
+    // One row per provider at most: one page always holds them all.
     Ok(axum::Json(Page {
         items,
         next_cursor: None,
@@ -132,7 +145,7 @@ async fn list_providers(
 /// key (`--encryption-key`): without it, 409.
 #[utoipa::path(put, path = "/api/v1/workspaces/{id}/providers/{provider}", tag = "providers",
     params(("id" = String, Path, description = "Workspace id"),
-           ("provider" = inline(Provider), Path, description = "claude, openai, gemini or llama")),
+           ("provider" = inline(Provider), Path, description = Provider::names(" or "))),
     request_body = SetProvider,
     responses((status = 200, body = ProviderConfig, description = "Changed"),
               (status = 201, body = ProviderConfig, description = "Added")))]
@@ -209,7 +222,7 @@ async fn set_provider(
 /// Removes a provider's configuration and its key (owner or admin).
 #[utoipa::path(delete, path = "/api/v1/workspaces/{id}/providers/{provider}", tag = "providers",
     params(("id" = String, Path, description = "Workspace id"),
-           ("provider" = inline(Provider), Path, description = "claude, openai, gemini or llama")),
+           ("provider" = inline(Provider), Path, description = Provider::names(" or "))),
     responses((status = 204, description = "Deleted")))]
 async fn delete_provider(
     State(app): State<AppState>,
@@ -223,4 +236,19 @@ async fn delete_provider(
         return Err(ApiError::NotFound);
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_providers_are_the_engines_key_families_under_their_old_names() {
+        let names: Vec<&str> = Provider::all().map(Provider::as_str).collect();
+        assert_eq!(names, ["claude", "openai", "gemini", "llama"]);
+        assert_eq!(Provider::names(" or "), "claude, openai, gemini or llama");
+        assert_eq!(Provider::parse("gemini"), Some(Provider("gemini")));
+        // The demo takes no key.
+        assert_eq!(Provider::parse("demo"), None);
+    }
 }

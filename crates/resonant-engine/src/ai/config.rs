@@ -8,27 +8,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::providers::ProviderKind;
+use crate::db::providers::ProviderKey;
 use crate::retry::RetryPolicy;
-
-/// Which wire format a provider speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ProviderKind {
-    /// Anthropic Messages API (`POST {base}/v1/messages`).
-    #[serde(rename = "anthropic")]
-    Anthropic,
-    /// OpenAI Chat Completions (`POST {base}/v1/chat/completions`).
-    #[serde(rename = "openai")]
-    OpenAi,
-    /// Google Gemini (`POST {base}/v1beta/models/{model}:streamGenerateContent?alt=sse`).
-    #[serde(rename = "gemini")]
-    Gemini,
-    /// Any server speaking the OpenAI Chat Completions wire format (Groq, Together, vLLM, …).
-    #[serde(rename = "openai-compatible")]
-    OpenAiCompatible,
-    /// The built-in demo provider: no network, no key, deterministic text.
-    #[serde(rename = "demo")]
-    Demo,
-}
 
 /// One row of the provider table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,27 +73,15 @@ impl ProviderSpec {
         if self.name.is_empty() {
             self.name = self.id.clone();
         }
+        let family = self.kind.family();
         if self.family.is_empty() {
-            self.family = match self.kind {
-                ProviderKind::Anthropic => "claude",
-                ProviderKind::OpenAi => "openai",
-                ProviderKind::Gemini => "gemini",
-                ProviderKind::OpenAiCompatible => "llama",
-                ProviderKind::Demo => "demo",
-            }
-            .into();
+            self.family = family.key_family().into();
         }
         if self.base_url.is_empty() {
-            self.base_url = match self.kind {
-                ProviderKind::Anthropic => "https://api.anthropic.com",
-                ProviderKind::OpenAi => "https://api.openai.com",
-                ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
-                ProviderKind::OpenAiCompatible => {
-                    return Err(format!("provider {}: baseUrl is required", self.id))
-                }
-                ProviderKind::Demo => "",
-            }
-            .into();
+            self.base_url = family
+                .base_url()
+                .ok_or_else(|| format!("provider {}: baseUrl is required", self.id))?
+                .into();
         }
         let prices = [self.input_price_per_m, self.output_price_per_m];
         if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
@@ -167,28 +137,16 @@ mod millis {
     }
 }
 
-/// A key usable for a provider family ("claude","openai","gemini","llama"), from the workspace
-/// BYOK config or server config.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+/// A `serverKeys` entry of the config file: a server key of a provider family ("claude",
+/// "openai", "gemini", "llama": a provider's `family`).
+#[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ProviderKey {
-    /// "claude", "openai", "gemini", "llama" (a provider's `family`).
-    pub family: String,
-    /// The secret.
-    pub api_key: String,
+struct FileKey {
+    family: String,
+    api_key: String,
     /// Replaces the provider's base URL (a proxy, a self-hosted OpenAI-compatible server).
     #[serde(default)]
-    pub base_url: Option<String>,
-}
-
-impl std::fmt::Debug for ProviderKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderKey")
-            .field("family", &self.family)
-            .field("api_key", &"<redacted>")
-            .field("base_url", &self.base_url)
-            .finish()
-    }
+    base_url: Option<String>,
 }
 
 /// The router's settings.
@@ -198,7 +156,8 @@ pub struct RouterConfig {
     pub providers: Vec<ProviderSpec>,
     /// Provider id → the ids tried after it, in order.
     pub fallback: HashMap<String, Vec<String>>,
-    /// Keys used when the workspace has none of a family.
+    /// Keys used when the workspace has none of a family (their `priority` and
+    /// `max_tokens_per_request` are not used).
     pub server_keys: Vec<ProviderKey>,
     /// Wait between two demo tokens (0 for benchmarks).
     pub demo_delay: Duration,
@@ -212,108 +171,38 @@ pub struct RouterConfig {
     pub first_token_timeout: Duration,
 }
 
-/// The seed's table (docs: architecture.md, "AI Router Architecture") plus the demo provider.
+/// The seed's table (docs: architecture.md, "AI Router Architecture") plus the demo provider:
+/// one row per family ([`ProviderKind::ALL`]'s order), each family's in its file.
 ///
 /// The seed has one `costPer1MTokens` per provider; real providers bill input and output
 /// separately, so the defaults are each model's published list prices per million tokens
-/// (input / output): Claude 3.5 Sonnet 3 / 15, GPT-4 Turbo 10 / 30, Gemini 1.5 Pro 1.25 / 5
-/// (prompts up to 128k), Llama 3 70B as served by Groq 0.59 / 0.79. The seed's number is
-/// close to the output price for most of them, and ranking by cost uses input + output, which
-/// orders the providers exactly as the seed did (llama < gemini < claude < gpt-4-turbo).
+/// (input / output). The seed's number is close to the output price for most of them, and
+/// ranking by cost uses input + output, which orders the providers exactly as the seed did
+/// (llama < gemini < claude < gpt-4-turbo).
 pub fn default_providers() -> Vec<ProviderSpec> {
-    #[allow(clippy::too_many_arguments)]
-    fn spec(
-        id: &str,
-        name: &str,
-        kind: ProviderKind,
-        model: &str,
-        prices: (f64, f64),
-        ctx: u64,
-        strengths: &[&str],
-        latency_ms: u64,
-        reliability: f64,
-    ) -> ProviderSpec {
-        let mut s = ProviderSpec {
-            id: id.into(),
-            name: name.into(),
-            family: String::new(),
-            kind,
-            model: model.into(),
-            input_price_per_m: prices.0,
-            output_price_per_m: prices.1,
-            max_context_tokens: ctx,
-            strengths: strengths.iter().map(|s| s.to_string()).collect(),
-            latency_ms,
-            reliability,
-            base_url: String::new(),
-        };
-        if kind == ProviderKind::OpenAiCompatible {
-            s.base_url = "https://api.groq.com/openai".into();
-        }
-        s.fill_defaults().expect("default table is valid");
-        s
-    }
-    vec![
-        spec(
-            "claude-3-5-sonnet",
-            "Claude 3.5 Sonnet",
-            ProviderKind::Anthropic,
-            "claude-3-5-sonnet-20241022",
-            (3.0, 15.0),
-            200_000,
-            &["nuance", "long-form", "analysis", "coding"],
-            800,
-            0.99,
-        ),
-        spec(
-            "gpt-4-turbo",
-            "GPT-4 Turbo",
-            ProviderKind::OpenAi,
-            "gpt-4-turbo",
-            (10.0, 30.0),
-            128_000,
-            &["creative", "brainstorm", "general"],
-            1200,
-            0.98,
-        ),
-        spec(
-            "gemini-1.5-pro",
-            "Gemini 1.5 Pro",
-            ProviderKind::Gemini,
-            "gemini-1.5-pro",
-            (1.25, 5.0),
-            1_000_000,
-            &["long-context", "research", "multimodal"],
-            600,
-            0.97,
-        ),
-        spec(
-            "llama-3-70b",
-            "Llama 3 70B",
-            ProviderKind::OpenAiCompatible,
-            "llama3-70b-8192",
-            (0.59, 0.79),
-            8192,
-            &["bulk", "simple", "cost-effective"],
-            400,
-            0.95,
-        ),
-        spec(
-            DEMO_ID,
-            "Demo (offline, no key)",
-            ProviderKind::Demo,
-            "demo",
-            (0.0, 0.0),
-            u32::MAX as u64,
-            &[],
-            0,
-            1.0,
-        ),
-    ]
+    ProviderKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let seed = kind.family().seed();
+            let mut s = ProviderSpec {
+                id: seed.id.into(),
+                name: seed.name.into(),
+                family: String::new(),
+                kind,
+                model: seed.model.into(),
+                input_price_per_m: seed.prices.0,
+                output_price_per_m: seed.prices.1,
+                max_context_tokens: seed.max_context_tokens,
+                strengths: seed.strengths.iter().map(|s| s.to_string()).collect(),
+                latency_ms: seed.latency_ms,
+                reliability: seed.reliability,
+                base_url: seed.base_url.into(),
+            };
+            s.fill_defaults().expect("default table is valid");
+            s
+        })
+        .collect()
 }
-
-/// The demo provider's id and family.
-pub const DEMO_ID: &str = "demo";
 
 /// The seed's fallback chains.
 pub fn default_fallback() -> HashMap<String, Vec<String>> {
@@ -366,7 +255,7 @@ struct FileConfig {
     #[serde(default)]
     fallback: HashMap<String, Vec<String>>,
     #[serde(default)]
-    server_keys: Vec<ProviderKey>,
+    server_keys: Vec<FileKey>,
     demo_delay_ms: Option<u64>,
     breaker: Option<BreakerConfig>,
     retry: Option<RetryPolicy>,
@@ -431,7 +320,11 @@ impl RouterConfig {
             }
         }
         config.fallback.extend(file.fallback);
-        config.server_keys = file.server_keys;
+        config.server_keys = file
+            .server_keys
+            .into_iter()
+            .map(|k| ProviderKey::new(k.family, k.api_key, k.base_url))
+            .collect();
         if let Some(ms) = file.demo_delay_ms {
             config.demo_delay = Duration::from_millis(ms);
         }

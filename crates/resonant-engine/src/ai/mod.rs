@@ -3,6 +3,8 @@
 //!
 //! * **Provider table as data** ([`RouterConfig`], [`ProviderSpec`]): the seed's four providers
 //!   and fallback chains are the defaults, plus a `demo` provider that needs no key.
+//! * **Provider families** (`providers/`, one file each): a family's defaults, request, stream
+//!   events and error quirks; everything else here is the same for every family.
 //! * **Selection** (seed's `selectProvider`): only providers with a key are candidates (the
 //!   workspace's keys first, then the server's); those whose context window is smaller than the
 //!   estimated tokens (≈4 characters a token of system + prompt, plus `max_tokens`) are dropped;
@@ -23,7 +25,7 @@
 
 mod breaker;
 mod config;
-mod demo;
+mod providers;
 mod wire;
 
 #[cfg(test)]
@@ -36,10 +38,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{
-    default_fallback, default_providers, BreakerConfig, ProviderKey, ProviderKind, ProviderSpec,
-    RouterConfig, DEMO_ID,
-};
+pub use crate::db::providers::ProviderKey;
+pub use config::{default_fallback, default_providers, BreakerConfig, ProviderSpec, RouterConfig};
+pub use providers::{key_families, ProviderKind, ServerKey, DEMO_ID};
 pub use wire::parse_retry_after;
 
 /// The `max_tokens` sent when a block gives none.
@@ -49,6 +50,7 @@ pub(crate) fn wire_default_max_tokens() -> u32 {
 
 use crate::retry::{BlockError, ErrorClass, RetryPolicy};
 use breaker::Breakers;
+use providers::{demo, model_family_guess};
 use wire::{Deadlines, Endpoint, Progress, WireRequest, DEFAULT_MAX_TOKENS};
 
 /// What shape the block wants its output in.
@@ -208,24 +210,6 @@ struct Done {
 const REPAIR_SYSTEM: &str = "You fix malformed JSON. Reply with only the corrected, valid JSON \
      value: no explanation, no code fences.";
 
-fn model_family_guess(model: &str) -> Option<&'static str> {
-    let m = model.to_ascii_lowercase();
-    if m.starts_with("claude") {
-        Some("claude")
-    } else if ["gpt", "o1", "o3", "o4", "chatgpt"]
-        .iter()
-        .any(|p| m.starts_with(p))
-    {
-        Some("openai")
-    } else if m.starts_with("gemini") {
-        Some("gemini")
-    } else if m.starts_with("llama") || m.starts_with("meta-llama") {
-        Some("llama")
-    } else {
-        None
-    }
-}
-
 impl Router {
     /// A router with `config`'s table. Its HTTP client never retries or follows redirects on
     /// its own: the router's loop is the only place a call is repeated.
@@ -248,7 +232,7 @@ impl Router {
     }
 
     fn key_for<'a>(&'a self, family: &str, keys: &'a [ProviderKey]) -> Option<&'a ProviderKey> {
-        let usable = |k: &&ProviderKey| k.family == family && !k.api_key.trim().is_empty();
+        let usable = |k: &&ProviderKey| k.provider == family && !k.api_key.trim().is_empty();
         keys.iter()
             .find(usable)
             .or_else(|| self.config.server_keys.iter().find(usable))
@@ -600,7 +584,10 @@ impl Router {
                 .unwrap_or(&spec.base_url),
             api_key: key.map(|k| k.api_key.as_str()).unwrap_or(""),
         };
-        let request = wire::build_request(&self.client, spec.kind, &endpoint, wreq);
+        let request = spec
+            .kind
+            .family()
+            .build_request(&self.client, &endpoint, wreq);
         let mut progress = Progress::default();
         let result = {
             let stream = emitted.is_some();

@@ -11,11 +11,7 @@ use super::breaker::Breakers;
 use super::*;
 
 fn key(family: &str) -> ProviderKey {
-    ProviderKey {
-        family: family.into(),
-        api_key: format!("key-{family}"),
-        base_url: None,
-    }
+    ProviderKey::new(family, format!("key-{family}"), None)
 }
 
 fn all_keys() -> Vec<ProviderKey> {
@@ -476,7 +472,13 @@ fn the_config_file_changes_adds_and_removes_providers() {
         ("mixtral", 1.0)
     );
     assert_eq!(c.fallback["mixtral"], ["gemini-1.5-pro"]);
-    assert_eq!(c.server_keys[0].api_key, "sk");
+    assert_eq!(
+        (
+            c.server_keys[0].provider.as_str(),
+            c.server_keys[0].api_key.as_str()
+        ),
+        ("claude", "sk")
+    );
     assert_eq!(c.demo_delay, Duration::ZERO);
     assert_eq!(c.breaker.failure_threshold, 3);
     assert_eq!(c.breaker.cooldown, Duration::from_secs(1));

@@ -1,26 +1,27 @@
-//! The provider adapters: one streamed HTTP call in each provider's wire format (requests,
-//! SSE events, usage, errors), with the first-token and whole-call timeouts and cancellation.
+//! One streamed HTTP call, whatever the family: sending the family's request, HTTP errors
+//! (the family classes the status), `Retry-After`, the SSE framing, the first-token and
+//! whole-call timeouts and cancellation. What differs per family (the request, the events)
+//! is in `super::providers`.
 
 use crate::http::truncate;
 use std::time::{Duration, SystemTime};
 
-use eventsource_stream::{Event, EventStreamError, Eventsource};
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use reqwest::header::HeaderMap;
-use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::config::{ProviderKind, ProviderSpec};
+use super::config::ProviderSpec;
 use crate::retry::{BlockError, ErrorClass};
 
 /// Appended to the system prompt when the block wants JSON.
 pub(crate) const JSON_INSTRUCTION: &str =
     "Respond with only valid JSON: no prose before or after it, no code fences.";
 
-/// Anthropic requires `max_tokens`; this is sent (and reserved in the context estimate) when
-/// the block sets none.
+/// Anthropic requires `max_tokens`; this is sent to it (and reserved in the context estimate
+/// for every family) when the block sets none.
 pub(crate) const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 /// What one call sends, whatever the wire format.
@@ -71,96 +72,6 @@ pub(crate) fn system_text(req: &WireRequest<'_>) -> Option<String> {
     }
 }
 
-/// The HTTP request of one streamed call.
-pub(crate) fn build_request(
-    client: &reqwest::Client,
-    kind: ProviderKind,
-    endpoint: &Endpoint<'_>,
-    req: &WireRequest<'_>,
-) -> reqwest::RequestBuilder {
-    let base = endpoint.base_url.trim_end_matches('/');
-    let system = system_text(req);
-    match kind {
-        ProviderKind::Anthropic => {
-            let mut body = json!({
-                "model": req.model,
-                "max_tokens": req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-                "messages": [{"role": "user", "content": req.prompt}],
-                "stream": true,
-            });
-            if let Some(s) = system {
-                body["system"] = json!(s);
-            }
-            if let Some(t) = req.temperature {
-                body["temperature"] = json!(t);
-            }
-            client
-                .post(format!("{base}/v1/messages"))
-                .header("x-api-key", endpoint.api_key)
-                .header("anthropic-version", "2023-06-01")
-                .header("accept", "text/event-stream")
-                .json(&body)
-        }
-        ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
-            let mut messages = Vec::new();
-            if let Some(s) = system {
-                messages.push(json!({"role": "system", "content": s}));
-            }
-            messages.push(json!({"role": "user", "content": req.prompt}));
-            let mut body = json!({
-                "model": req.model,
-                "messages": messages,
-                "stream": true,
-                "stream_options": {"include_usage": true},
-            });
-            if let Some(t) = req.temperature {
-                body["temperature"] = json!(t);
-            }
-            if let Some(m) = req.max_tokens {
-                body["max_tokens"] = json!(m);
-            }
-            if req.json && kind == ProviderKind::OpenAi {
-                body["response_format"] = json!({"type": "json_object"});
-            }
-            client
-                .post(format!("{base}/v1/chat/completions"))
-                .bearer_auth(endpoint.api_key)
-                .header("accept", "text/event-stream")
-                .json(&body)
-        }
-        ProviderKind::Gemini => {
-            let mut generation = serde_json::Map::new();
-            if let Some(t) = req.temperature {
-                generation.insert("temperature".into(), json!(t));
-            }
-            if let Some(m) = req.max_tokens {
-                generation.insert("maxOutputTokens".into(), json!(m));
-            }
-            if req.json {
-                generation.insert("responseMimeType".into(), json!("application/json"));
-            }
-            let mut body = json!({
-                "contents": [{"role": "user", "parts": [{"text": req.prompt}]}],
-            });
-            if let Some(s) = system {
-                body["systemInstruction"] = json!({"parts": [{"text": s}]});
-            }
-            if !generation.is_empty() {
-                body["generationConfig"] = Value::Object(generation);
-            }
-            client
-                .post(format!(
-                    "{base}/v1beta/models/{}:streamGenerateContent?alt=sse",
-                    req.model
-                ))
-                .header("x-goog-api-key", endpoint.api_key)
-                .header("accept", "text/event-stream")
-                .json(&body)
-        }
-        ProviderKind::Demo => unreachable!("the demo provider makes no HTTP calls"),
-    }
-}
-
 /// `Retry-After` (seconds or an HTTP date), or OpenAI's `retry-after-ms`.
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = headers
@@ -193,17 +104,6 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
-/// The class of a non-success HTTP status.
-pub(crate) fn status_class(status: StatusCode) -> ErrorClass {
-    match status.as_u16() {
-        429 => ErrorClass::RateLimited,
-        408 => ErrorClass::Timeout,
-        // 529 is Anthropic's "overloaded".
-        500..=599 => ErrorClass::Server,
-        _ => ErrorClass::Client,
-    }
-}
-
 /// The provider's own error message in an error body, if it has one.
 fn error_message(body: &str) -> Option<String> {
     let v: Value = serde_json::from_str(body).ok()?;
@@ -225,6 +125,7 @@ pub(crate) async fn stream_call(
     deadlines: Deadlines,
 ) -> Result<(), BlockError> {
     let who = &spec.id;
+    let family = spec.kind.family();
     let first_deadline = deadlines.first_token.min(deadlines.end);
     let timeout_error = |first: bool| {
         BlockError::new(
@@ -248,7 +149,7 @@ pub(crate) async fn stream_call(
 
     let status = response.status();
     if !status.is_success() {
-        let class = status_class(status);
+        let class = family.status_class(status);
         let after = retry_after(response.headers());
         let body = tokio::select! {
             biased;
@@ -318,7 +219,8 @@ pub(crate) async fn stream_call(
                 ))
             }
         };
-        if let Some(text) = handle_event(spec.kind, &event, progress)
+        if let Some(text) = family
+            .handle_event(&event, progress)
             .map_err(|e| BlockError::new(e.class, format!("{who}: {}", e.message)))?
         {
             if !text.is_empty() {
@@ -371,7 +273,8 @@ fn send_error(who: &str, e: &reqwest::Error) -> BlockError {
     BlockError::new(class, message)
 }
 
-fn parse(data: &str) -> Result<Value, BlockError> {
+/// A stream event's JSON data.
+pub(crate) fn parse(data: &str) -> Result<Value, BlockError> {
     serde_json::from_str(data).map_err(|e| {
         BlockError::new(
             ErrorClass::Server,
@@ -380,135 +283,7 @@ fn parse(data: &str) -> Result<Value, BlockError> {
     })
 }
 
-fn u64_at(v: &Value, pointer: &str) -> Option<u64> {
+/// A count in a stream event.
+pub(crate) fn u64_at(v: &Value, pointer: &str) -> Option<u64> {
     v.pointer(pointer).and_then(Value::as_u64)
-}
-
-/// Reads one SSE event: returns the text it carries, records usage and the terminal event.
-pub(crate) fn handle_event(
-    kind: ProviderKind,
-    event: &Event,
-    p: &mut Progress,
-) -> Result<Option<String>, BlockError> {
-    match kind {
-        ProviderKind::Anthropic => {
-            if event.data.trim().is_empty() {
-                return Ok(None);
-            }
-            let v = parse(&event.data)?;
-            let kind = if event.event.is_empty() || event.event == "message" {
-                v.get("type").and_then(Value::as_str).unwrap_or("")
-            } else {
-                event.event.as_str()
-            };
-            match kind {
-                "message_start" => {
-                    p.input_tokens = u64_at(&v, "/message/usage/input_tokens").or(p.input_tokens);
-                }
-                "content_block_delta" => {
-                    if let Some(t) = v.pointer("/delta/text").and_then(Value::as_str) {
-                        return Ok(Some(t.to_string()));
-                    }
-                }
-                "message_delta" => {
-                    p.output_tokens = u64_at(&v, "/usage/output_tokens").or(p.output_tokens);
-                    p.input_tokens = u64_at(&v, "/usage/input_tokens").or(p.input_tokens);
-                }
-                "message_stop" => p.done = true,
-                "error" => {
-                    let kind = v
-                        .pointer("/error/type")
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let class = match kind {
-                        "rate_limit_error" => ErrorClass::RateLimited,
-                        "invalid_request_error"
-                        | "authentication_error"
-                        | "permission_error"
-                        | "not_found_error"
-                        | "request_too_large" => ErrorClass::Client,
-                        _ => ErrorClass::Server,
-                    };
-                    let msg = v
-                        .pointer("/error/message")
-                        .and_then(Value::as_str)
-                        .unwrap_or(kind);
-                    return Err(BlockError::new(class, format!("stream error: {msg}")));
-                }
-                _ => {}
-            }
-            Ok(None)
-        }
-        ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => {
-            let data = event.data.trim();
-            if data == "[DONE]" {
-                p.done = true;
-                return Ok(None);
-            }
-            if data.is_empty() {
-                return Ok(None);
-            }
-            let v = parse(data)?;
-            if let Some(e) = v.get("error") {
-                let msg = e.get("message").and_then(Value::as_str).unwrap_or("error");
-                return Err(BlockError::new(
-                    ErrorClass::Server,
-                    format!("stream error: {msg}"),
-                ));
-            }
-            if let Some(usage) = v.get("usage").filter(|u| u.is_object()) {
-                p.input_tokens = u64_at(usage, "/prompt_tokens").or(p.input_tokens);
-                p.output_tokens = u64_at(usage, "/completion_tokens").or(p.output_tokens);
-            }
-            Ok(v.pointer("/choices/0/delta/content")
-                .and_then(Value::as_str)
-                .map(str::to_string))
-        }
-        ProviderKind::Gemini => {
-            if event.data.trim().is_empty() {
-                return Ok(None);
-            }
-            let v = parse(&event.data)?;
-            if let Some(e) = v.get("error") {
-                let msg = e.get("message").and_then(Value::as_str).unwrap_or("error");
-                return Err(BlockError::new(
-                    ErrorClass::Server,
-                    format!("stream error: {msg}"),
-                ));
-            }
-            if let Some(reason) = v
-                .pointer("/promptFeedback/blockReason")
-                .and_then(Value::as_str)
-            {
-                return Err(BlockError::new(
-                    ErrorClass::Refused,
-                    format!("the prompt was blocked ({reason})"),
-                ));
-            }
-            if let Some(usage) = v.get("usageMetadata") {
-                p.input_tokens = u64_at(usage, "/promptTokenCount").or(p.input_tokens);
-                p.output_tokens = u64_at(usage, "/candidatesTokenCount").or(p.output_tokens);
-            }
-            let mut text = String::new();
-            if let Some(parts) = v
-                .pointer("/candidates/0/content/parts")
-                .and_then(Value::as_array)
-            {
-                for part in parts {
-                    if let Some(t) = part.get("text").and_then(Value::as_str) {
-                        text.push_str(t);
-                    }
-                }
-            }
-            // Gemini's stream has no terminal event: the chunk with a finish reason is the last.
-            if v.pointer("/candidates/0/finishReason")
-                .and_then(Value::as_str)
-                .is_some_and(|r| !r.is_empty() && r != "FINISH_REASON_UNSPECIFIED")
-            {
-                p.done = true;
-            }
-            Ok(Some(text))
-        }
-        ProviderKind::Demo => Ok(None),
-    }
 }

@@ -1,15 +1,69 @@
 //! The demo provider: no network and no key. Its text is derived from the prompt (the same
 //! request always gets the same words), starts with "[demo] " so that it is never mistaken for
-//! a model's answer, and is streamed word by word with the configured delay.
+//! a model's answer, and is streamed word by word with the configured delay. The router calls
+//! [`run`] instead of making an HTTP call, never uses it as a fallback, and chooses it only
+//! when asked for or when no provider has a key.
 
 use std::time::Duration;
 
+use eventsource_stream::Event;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{self, WireRequest};
-use super::{estimate_tokens, AiEvents, CallRecord, Done, PlannedCall};
+use super::{Family, Seed};
+use crate::ai::wire::{self, Endpoint, Progress, WireRequest};
+use crate::ai::{estimate_tokens, AiEvents, CallRecord, Done, PlannedCall};
 use crate::retry::BlockError;
+
+/// The demo provider's id and family.
+pub const DEMO_ID: &str = "demo";
+
+pub(crate) struct Demo;
+
+impl Family for Demo {
+    fn key_family(&self) -> &'static str {
+        DEMO_ID
+    }
+
+    fn base_url(&self) -> Option<&'static str> {
+        Some("")
+    }
+
+    fn seed(&self) -> Seed {
+        Seed {
+            id: DEMO_ID,
+            name: "Demo (offline, no key)",
+            model: "demo",
+            prices: (0.0, 0.0),
+            max_context_tokens: u32::MAX as u64,
+            strengths: &[],
+            latency_ms: 0,
+            reliability: 1.0,
+            base_url: "",
+        }
+    }
+
+    fn needs_key(&self) -> bool {
+        false
+    }
+
+    fn build_request(
+        &self,
+        _client: &reqwest::Client,
+        _endpoint: &Endpoint<'_>,
+        _req: &WireRequest<'_>,
+    ) -> reqwest::RequestBuilder {
+        unreachable!("the demo provider makes no HTTP calls")
+    }
+
+    fn handle_event(
+        &self,
+        _event: &Event,
+        _p: &mut Progress,
+    ) -> Result<Option<String>, BlockError> {
+        Ok(None)
+    }
+}
 
 const WORDS: &[&str] = &[
     "workflow",
