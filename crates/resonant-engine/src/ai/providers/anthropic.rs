@@ -48,11 +48,11 @@ impl Family for Anthropic {
         &["claude"]
     }
 
-    /// Anthropic requires `max_tokens`: [`DEFAULT_MAX_TOKENS`] when the block sets none.
     fn server_key(&self) -> Option<&'static ServerKey> {
         Some(&SERVER_KEY)
     }
 
+    /// Anthropic requires `max_tokens`: [`DEFAULT_MAX_TOKENS`] when the block sets none.
     fn build_request(
         &self,
         client: &reqwest::Client,
