@@ -286,6 +286,20 @@ async fn a_lost_postgres_lock_stops_acknowledgements() {
         .execute(&admin)
         .await
         .unwrap();
+    // pg_terminate_backend only signals: the session holds the lock until it has exited, and
+    // a commit fenced-checked before that is rightly acknowledged. The test is about writes
+    // after the lock is gone.
+    eventually("the terminated session to release the lock", || async {
+        let held: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = $1)",
+        )
+        .bind(lock_pid)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+        !held
+    })
+    .await;
 
     send_paste(&mut writer, 1).await;
     eventually("/readyz to report 503 once the lock is lost", || async {

@@ -267,6 +267,9 @@ impl Store for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // A fenced store is not ready even when no write has failed yet (the watchdog found
+        // the lock gone while nothing was being written).
+        self.check_fence()?;
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
