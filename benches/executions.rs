@@ -514,7 +514,19 @@ async fn fanout(sizes: &Sizes) {
 
 /// Part 3: many executions at once.
 async fn concurrent(sizes: &Sizes) {
-    let server = Server::start(&["--demo-delay-ms", "15"]);
+    // One user from one address starts them all: the per-IP connection cap (64) and the
+    // running caps per user and workspace (10, 50) would refuse most, and this part measures
+    // the engine, not those limits (tests/abuse_engine.rs covers them).
+    let server = Server::start(&[
+        "--demo-delay-ms",
+        "15",
+        "--max-http-connections-per-ip",
+        "0",
+        "--max-running-per-user",
+        "0",
+        "--max-running-per-workspace",
+        "0",
+    ]);
     let api = Arc::new(Api::new(server.addr).await);
     let graph = chain(&[("ai", ai_config()), ("transform", transform_config())]);
     let wf = api.workflow(&graph).await;
