@@ -324,4 +324,9 @@ async fn the_lock_watchdog_notices_a_lost_lock_without_writes() {
         started.elapsed().as_secs_f64(),
         store.fenced().unwrap()
     );
+    // With no write failing, the health check is all /readyz has to go on.
+    assert!(
+        store.ping().await.is_err(),
+        "a fenced store answered its health check as ready"
+    );
 }
