@@ -25,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 
 pub(crate) use self::ai::Ledger;
 pub use self::kind::{Block, BlockKind};
-pub use self::r#loop::MAX_ITERATIONS;
 use crate::db::executions::BlockRow;
 use crate::db::now_ms;
 use crate::graph::TypeRules;
