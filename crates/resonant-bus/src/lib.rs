@@ -38,6 +38,14 @@
 //! MemoryHub::new() -> MemoryHub;  hub.node(NodeId) -> Arc<MemoryBus>;  hub.kill(NodeId)
 //! hub.drop_every(k)  hub.duplicate_every(k)  hub.set_reorder(bool)  hub.stall()  hub.resume()
 //! hub.set_up(bool)
+//!
+//! // Over Redis streams (keys `{prefix}:{topic}`; see `redis_bus.rs` for all keys):
+//! RedisBus::connect(url: &str, prefix: &str, node: NodeId, config: RedisBusConfig)
+//!     -> Result<Arc<RedisBus>, BusError>      // never waits for Redis; errs on a bad URL/prefix
+//! bus.reader_names() -> Vec<String>           // reader connections as named in CLIENT LIST
+//! pub struct RedisBusConfig { block, anchor_timeout, keys_per_reader, node_ttl, node_info,
+//!                             stream_check, command_timeout }   // Default: 2 s, 250 ms, 1000,
+//!                                                               // 10 s, "{}", 5 s, 250 ms
 //! ```
 //!
 //! # Delivery contract
@@ -54,8 +62,13 @@
 
 #![warn(missing_docs)]
 
+mod codec;
 mod memory;
+mod publisher;
 mod queue;
+mod reader;
+mod redis_bus;
+mod topics;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,6 +77,7 @@ use futures_util::future::BoxFuture;
 
 pub use memory::{MemoryBus, MemoryHub};
 pub use queue::{Subscription, QUEUE_CAPACITY};
+pub use redis_bus::{RedisBus, RedisBusConfig};
 
 /// Random per process incarnation (a restarted process is a new node); never 0.
 pub type NodeId = u64;
@@ -134,6 +148,25 @@ impl Default for PublishOptions {
             ttl: None,
         }
     }
+}
+
+/// Errors the bus reports (only at construction: publishing and reading never fail visibly).
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The Redis URL could not be parsed.
+    #[error("invalid Redis URL {url}: {source}")]
+    InvalidUrl {
+        /// The URL with any password replaced.
+        url: String,
+        /// What redis-rs said.
+        source: redis::RedisError,
+    },
+    /// The prefix is not a valid topic-like name (it is the first part of every key).
+    #[error("invalid bus key prefix {0:?}: use 1 to 512 of [A-Za-z0-9._:-]")]
+    InvalidPrefix(String),
+    /// The bus runs background tasks and must be created inside a Tokio runtime.
+    #[error("the Redis bus must be started inside a Tokio runtime")]
+    NoRuntime,
 }
 
 /// A news bus: topics of opaque bytes between nodes, each message possibly lost, duplicated,
