@@ -223,13 +223,14 @@ async fn a_stored_document_nested_too_deep_is_read_as_a_clear_error() {
             .await
             .unwrap();
         let room: std::sync::Arc<str> = format!("workflow-{workflow}").into();
-        let last = store.load(&room).await.unwrap().last_seq();
         store
-            .write_batch(&[WriteOp::Append {
-                room,
-                seq: last + 1,
-                data: update.into(),
-            }])
+            .write_batch(
+                1,
+                &[WriteOp::Append {
+                    room,
+                    data: update.into(),
+                }],
+            )
             .await
             .unwrap();
     }

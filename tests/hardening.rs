@@ -562,9 +562,10 @@ impl Store for NoDatabase {
     }
     async fn write_batch(
         &self,
+        batch: resonant_store::BatchId,
         ops: &[resonant_store::WriteOp],
-    ) -> Result<(), resonant_store::StoreError> {
-        self.0.write_batch(ops).await
+    ) -> Result<Vec<Option<i64>>, resonant_store::StoreError> {
+        self.0.write_batch(batch, ops).await
     }
     async fn ping(&self) -> Result<(), resonant_store::StoreError> {
         self.0.ping().await

@@ -511,10 +511,9 @@ async fn corrupt_stored_document_is_refused_not_replaced() {
         .unwrap();
     let garbage = resonant_store::WriteOp::Append {
         room: "broken".into(),
-        seq: 1,
         data: Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7]),
     };
-    resonant_store::Store::write_batch(&store, &[garbage])
+    resonant_store::Store::write_batch(&store, 1, &[garbage])
         .await
         .unwrap();
     let server = start_server(dir.path(), |c| c.room_grace_secs = 0.05).await;

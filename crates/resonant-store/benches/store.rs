@@ -69,7 +69,6 @@ fn appends(room: &Arc<str>, next_seq: &mut i64, count: usize) -> Vec<WriteOp> {
             *next_seq += 1;
             WriteOp::Append {
                 room: room.clone(),
-                seq: *next_seq,
                 data: payload(APPEND_BYTES, *next_seq as u64),
             }
         })
@@ -95,7 +94,8 @@ fn bench_write_batch(c: &mut Criterion) {
                         // Untimed: building the batch (the journal has it ready).
                         let batch = appends(&room, &mut next_seq, ops);
                         let start = Instant::now();
-                        rt.block_on(store.write_batch(&batch)).expect("commit");
+                        rt.block_on(store.write_batch(next_seq as u64, &batch))
+                            .expect("commit");
                         timed += start.elapsed();
                     }
                     timed
@@ -125,17 +125,20 @@ fn bench_snapshot(c: &mut Criterion) {
                     // Untimed: the log the compaction replaces, committed as the journal
                     // would have (one batch here, for speed).
                     let log = appends(&room, &mut next_seq, LOG_PER_SNAPSHOT as usize);
-                    rt.block_on(store.write_batch(&log)).expect("commit log");
+                    rt.block_on(store.write_batch(next_seq as u64, &log))
+                        .expect("commit log");
                     // Timed: upsert the 1 MB snapshot and delete the log it covers, in one
                     // transaction, as the journal writes a `WriteOp::Snapshot`.
                     let op = WriteOp::Snapshot(Snapshot {
                         room: room.clone(),
                         state: state.clone(),
-                        up_to_seq: next_seq,
+                        up_to_seq: Some(next_seq),
                     });
                     let start = Instant::now();
-                    rt.block_on(store.write_batch(std::slice::from_ref(&op)))
-                        .expect("commit snapshot");
+                    rt.block_on(
+                        store.write_batch(u64::MAX - next_seq as u64, std::slice::from_ref(&op)),
+                    )
+                    .expect("commit snapshot");
                     timed += start.elapsed();
                 }
                 timed
@@ -153,9 +156,13 @@ impl Store for NullStore {
     async fn load(&self, _room: &str) -> Result<StoredDoc, StoreError> {
         Ok(StoredDoc::default())
     }
-    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+    async fn write_batch(
+        &self,
+        _batch: resonant_store::BatchId,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         black_box(ops);
-        Ok(())
+        Ok(vec![Some(0); ops.len()])
     }
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
@@ -192,7 +199,6 @@ fn bench_journal(c: &mut Criterion) {
             Journal::start(store, JournalConfig::default())
         };
         let room: Arc<str> = Arc::from("bench");
-        let mut next_seq = 0i64;
         g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut timed = Duration::ZERO;
@@ -205,8 +211,7 @@ fn bench_journal(c: &mut Criterion) {
                     // waits for the writer to commit everything, in as many batches as
                     // group commit makes of it.
                     for d in data {
-                        next_seq += 1;
-                        journal.append(room.clone(), next_seq, d);
+                        journal.append(room.clone(), d);
                     }
                     rt.block_on(journal.flush());
                     timed += start.elapsed();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::{Store, StoreError, StoredDoc, WriteOp};
+use crate::{BatchId, Store, StoreError, StoredDoc, WriteOp};
 
 /// One fault, applied to the next `write_batch` call.
 #[derive(Debug, Clone)]
@@ -131,9 +131,14 @@ impl FaultStore {
 }
 
 impl FaultStore {
-    async fn full_disk(&self, at: FullAt, ops: &[WriteOp]) -> Result<(), StoreError> {
+    async fn full_disk(
+        &self,
+        at: FullAt,
+        batch: BatchId,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         if self.inner.inject_full_disk(at) {
-            self.inner.write_batch(ops).await
+            self.inner.write_batch(batch, ops).await
         } else {
             Err(full_disk_error())
         }
@@ -157,39 +162,45 @@ impl Store for FaultStore {
         self.inner.load(room).await
     }
 
-    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+    async fn write_batch(
+        &self,
+        batch: BatchId,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
         let poisoned = {
             let rooms = self.poisoned_rooms.lock().unwrap();
             ops.iter()
-                .find(|op| rooms.contains(&**op.room()))
-                .map(|op| {
-                    let seq = match op {
-                        WriteOp::Append { seq, .. } => *seq,
-                        WriteOp::Snapshot(s) => s.up_to_seq,
-                    };
-                    (op.room().to_string(), seq)
-                })
+                .position(|op| rooms.contains(&**op.room()))
+                .map(|i| (ops[i].room().to_string(), i as i64))
         };
         if let Some((room, seq)) = poisoned {
             return Err(StoreError::Conflict { room, seq });
         }
         let fault = self.script.lock().unwrap().pop_front();
         match fault {
-            None => self.inner.write_batch(ops).await,
+            None => self.inner.write_batch(batch, ops).await,
             Some(Fault::Transient) => Err(lost_connection()),
             Some(Fault::CommitThenFail) => {
-                self.inner.write_batch(ops).await?;
+                self.inner.write_batch(batch, ops).await?;
                 Err(lost_connection())
             }
             Some(Fault::Slow(d)) => {
                 tokio::time::sleep(d).await;
-                self.inner.write_batch(ops).await
+                self.inner.write_batch(batch, ops).await
             }
             Some(Fault::Panic) => panic!("injected store panic"),
-            Some(Fault::CommitFull) => self.full_disk(FullAt::Commit, ops).await,
-            Some(Fault::WriteFull) => self.full_disk(FullAt::Write, ops).await,
+            Some(Fault::CommitFull) => self.full_disk(FullAt::Commit, batch, ops).await,
+            Some(Fault::WriteFull) => self.full_disk(FullAt::Write, batch, ops).await,
         }
+    }
+
+    async fn read_since(&self, room: &str, after: i64) -> Result<crate::Tail, StoreError> {
+        self.inner.read_since(room, after).await
+    }
+
+    async fn heads(&self, rooms: &[Arc<str>]) -> Result<Vec<i64>, StoreError> {
+        self.inner.heads(rooms).await
     }
 
     async fn lock_exclusive(&self, wait: Duration) -> Result<(), StoreError> {

@@ -9,7 +9,8 @@
 //! Failures come in two kinds. A transient one (lost connection, timeout, busy database) is
 //! retried with backoff, keeping the batch in memory: nothing is dropped while the process
 //! lives, readiness reports the store as unhealthy meanwhile, and a retry of a batch whose
-//! first attempt did commit is harmless (the store skips identical rows). A permanent one
+//! first attempt did commit is harmless (the batch keeps its id across retries, and the store
+//! answers a retry of a batch that did commit with the seqs it got). A permanent one
 //! (a conflicting log entry, data the database refuses) would fail forever and stall every
 //! room behind it, so the batch is split by room: every other room commits, and the rooms
 //! whose writes cannot commit are dropped from the batch and reported to the failure
@@ -26,11 +27,26 @@ use futures_util::FutureExt;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::{Snapshot, Store, StoreError, WriteOp};
+use crate::{BatchId, Snapshot, Store, StoreError, WriteOp};
 
 /// Called with each room whose writes failed permanently and were dropped, before the batch
 /// they were part of is reported committed.
 pub type FailureHandler = Box<dyn Fn(&str, &StoreError) + Send + Sync>;
+
+/// One append of a committed batch: its room, the seq the store gave it, and its bytes.
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// The room.
+    pub room: Arc<str>,
+    /// The sequence number the store assigned.
+    pub seq: i64,
+    /// The update bytes, as stored.
+    pub data: Bytes,
+}
+
+/// Called with every append of each committed batch, in commit order, before the batch is
+/// reported committed (so whatever it records is in place before any acknowledgement).
+pub type CommitHandler = Box<dyn Fn(&[Committed]) + Send + Sync>;
 
 /// Position of a write in the journal; committed tickets only ever grow.
 pub type Ticket = u64;
@@ -75,6 +91,7 @@ struct Inner {
     /// The writer task ended without being closed (it panicked): nothing commits any more.
     dead: AtomicBool,
     on_failure: OnceLock<FailureHandler>,
+    on_commit: OnceLock<CommitHandler>,
     /// Payload bytes enqueued and not yet committed (read on every incoming message, so
     /// kept outside the queue's lock).
     backlog_bytes: AtomicUsize,
@@ -104,6 +121,7 @@ impl Journal {
             healthy: AtomicBool::new(true),
             dead: AtomicBool::new(false),
             on_failure: OnceLock::new(),
+            on_commit: OnceLock::new(),
             backlog_bytes: AtomicUsize::new(0),
             in_flight_since: Mutex::new(None),
             config,
@@ -129,9 +147,14 @@ impl Journal {
         let _ = self.inner.on_failure.set(handler);
     }
 
-    /// Enqueues one update for `room` with its per-room sequence number.
-    pub fn append(&self, room: Arc<str>, seq: i64, data: Bytes) -> Ticket {
-        self.push(WriteOp::Append { room, seq, data })
+    /// Sets what is told of every committed append (only the first call counts).
+    pub fn set_commit_handler(&self, handler: CommitHandler) {
+        let _ = self.inner.on_commit.set(handler);
+    }
+
+    /// Enqueues one update for `room`; the store numbers it when it commits.
+    pub fn append(&self, room: Arc<str>, data: Bytes) -> Ticket {
+        self.push(WriteOp::Append { room, data })
     }
 
     /// Enqueues a snapshot that replaces the log up to `snapshot.up_to_seq`.
@@ -255,6 +278,7 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
     let backlog_gauge = metrics::gauge!("resonant_store_backlog_bytes");
     let mut ops: Vec<WriteOp> = Vec::new();
     let mut last_start: Option<tokio::time::Instant> = None;
+    let mut done: Vec<Committed> = Vec::new();
     loop {
         if let Some(due) = last_start.map(|t| t + inner.config.min_commit_interval) {
             if due > tokio::time::Instant::now() {
@@ -271,11 +295,14 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
         };
         last_start = Some(tokio::time::Instant::now());
         let started = Instant::now();
-        let failed = match commit(&inner, &*store, &ops, &commit_errors).await {
-            Ok(()) => Vec::new(),
+        let failed = match commit(&inner, &*store, next_batch_id(), &ops, &commit_errors).await {
+            Ok(seqs) => {
+                collect_appends(&ops, &seqs, &mut done);
+                Vec::new()
+            }
             Err(e) => {
                 tracing::warn!(error = %e, ops = ops.len(), "batch cannot commit; committing room by room");
-                commit_by_room(&inner, &*store, &ops, &commit_errors).await
+                commit_by_room(&inner, &*store, &ops, &commit_errors, &mut done).await
             }
         };
         commit_seconds.record(started.elapsed().as_secs_f64());
@@ -288,6 +315,12 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
                 handler(room, error);
             }
         }
+        if let Some(handler) = inner.on_commit.get() {
+            if !done.is_empty() {
+                handler(&done);
+            }
+        }
+        done.clear();
         ops.clear();
         *inner
             .in_flight_since
@@ -302,18 +335,41 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
     }
 }
 
-/// Writes `ops` in one transaction, retrying transient failures with backoff until it
-/// commits; returns the first permanent failure.
+/// A batch id no other batch of this process has: a store shared by several journals (tests
+/// that restart a journal over the same store) must not take one journal's batch for a retry
+/// of another's.
+fn next_batch_id() -> BatchId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The appends of a committed batch with the seqs the store gave them.
+fn collect_appends(ops: &[WriteOp], seqs: &[Option<i64>], into: &mut Vec<Committed>) {
+    for (op, seq) in ops.iter().zip(seqs) {
+        if let (WriteOp::Append { room, data }, Some(seq)) = (op, seq) {
+            into.push(Committed {
+                room: room.clone(),
+                seq: *seq,
+                data: data.clone(),
+            });
+        }
+    }
+}
+
+/// Writes `ops` in one transaction, retrying transient failures with backoff (under the same
+/// batch id, so a store can recognise a retry of a batch that did commit) until it commits;
+/// returns the seqs per op, or the first permanent failure.
 async fn commit(
     inner: &Inner,
     store: &dyn Store,
+    batch: BatchId,
     ops: &[WriteOp],
     errors: &metrics::Counter,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Option<i64>>, StoreError> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match store.write_batch(ops).await {
-            Ok(()) => return Ok(()),
+        match store.write_batch(batch, ops).await {
+            Ok(seqs) => return Ok(seqs),
             Err(e) => {
                 errors.increment(1);
                 inner.healthy.store(false, Ordering::Relaxed);
@@ -335,6 +391,7 @@ async fn commit_by_room(
     store: &dyn Store,
     ops: &[WriteOp],
     errors: &metrics::Counter,
+    done: &mut Vec<Committed>,
 ) -> Vec<(Arc<str>, StoreError)> {
     let mut groups: Vec<(Arc<str>, Vec<WriteOp>)> = Vec::new();
     for op in ops {
@@ -346,10 +403,13 @@ async fn commit_by_room(
     }
     let mut failed = Vec::new();
     for (room, group) in groups {
-        if let Err(e) = commit(inner, store, &group, errors).await {
-            tracing::error!(room = %room, error = %e, ops = group.len(), "room's writes cannot commit; dropping them and reloading the room");
-            metrics::counter!("resonant_store_room_failures_total").increment(1);
-            failed.push((room, e));
+        match commit(inner, store, next_batch_id(), &group, errors).await {
+            Ok(seqs) => collect_appends(&group, &seqs, done),
+            Err(e) => {
+                tracing::error!(room = %room, error = %e, ops = group.len(), "room's writes cannot commit; dropping them and reloading the room");
+                metrics::counter!("resonant_store_room_failures_total").increment(1);
+                failed.push((room, e));
+            }
         }
     }
     failed

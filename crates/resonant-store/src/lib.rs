@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-pub use journal::{FailureHandler, Journal, JournalConfig, Ticket};
+pub use journal::{CommitHandler, Committed, FailureHandler, Journal, JournalConfig, Ticket};
 pub use memory::MemoryStore;
 pub use postgres::PostgresStore;
 pub use sqlite::{SqliteStore, SqliteSync};
@@ -41,15 +41,18 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
-    /// An append reused a sequence number the room's log already holds with different bytes
-    /// (another writer served the room). Retrying cannot help; the room must be reloaded.
-    #[error("room {room} already has a different log entry {seq}")]
+    /// A room's write was refused for good (the fault store's poisoned room; data the
+    /// database will never take). Retrying cannot help; the room must be reloaded.
+    #[error("room {room} refused log entry {seq}")]
     Conflict {
         /// The room.
         room: String,
         /// The sequence number.
         seq: i64,
     },
+    /// The room's workflow was deleted: its log takes nothing more.
+    #[error("room {0} was deleted")]
+    RoomDeleted(String),
     /// Another server process holds this database (see [`PostgresStore::lock_exclusive`]).
     #[error("another resonant process is already serving this database ({0}); two processes must not serve the same rooms until scale-out exists")]
     Locked(String),
@@ -84,6 +87,7 @@ impl StoreError {
             StoreError::DataDir { .. } | StoreError::Fenced(_) => true,
             StoreError::Migrate(_)
             | StoreError::Conflict { .. }
+            | StoreError::RoomDeleted(_)
             | StoreError::Locked(_)
             | StoreError::UnsupportedUrl(_) => false,
         }
@@ -107,6 +111,9 @@ fn transient_code(code: &str) -> bool {
 /// What the store holds for one room: the latest snapshot and the log written after it.
 #[derive(Debug, Default, Clone)]
 pub struct StoredDoc {
+    /// The highest sequence number the room's log has used, read in the same view as the
+    /// rest: every seq up to it is in `snapshot` or `updates`.
+    pub head_seq: i64,
     /// The compacted state (a Yjs v1 update), if the room was ever compacted.
     pub snapshot: Option<Vec<u8>>,
     /// The sequence number of the last update the snapshot includes (0 when there is none).
@@ -123,7 +130,21 @@ impl StoredDoc {
             .map(|(seq, _)| *seq)
             .unwrap_or(self.snapshot_seq)
             .max(self.snapshot_seq)
+            .max(self.head_seq)
     }
+}
+
+/// What a room's log holds after a given seq, for a copy of the room that has applied every
+/// seq up to it (another node's updates it missed).
+#[derive(Debug, Default, Clone)]
+pub struct Tail {
+    /// The room's head when read: with what is returned, the copy has every seq up to it.
+    pub head_seq: i64,
+    /// The snapshot and the seq it covers, when compaction removed rows past `after`: applied
+    /// in place (a full state merges into a document holding part of it).
+    pub snapshot: Option<(i64, Vec<u8>)>,
+    /// The rows after `after` (and after the snapshot, when there is one), in seq order.
+    pub updates: Vec<(i64, Vec<u8>)>,
 }
 
 /// A snapshot of a room: its full state, covering updates up to `up_to_seq`.
@@ -133,21 +154,26 @@ pub struct Snapshot {
     pub room: Arc<str>,
     /// The full document state as a Yjs v1 update.
     pub state: Bytes,
-    /// Every update with a sequence number up to this one is contained in `state`.
-    pub up_to_seq: i64,
+    /// Every update with a sequence number up to this one is contained in `state`. `None`:
+    /// every update the room's log holds where the snapshot stands in its batch — true only
+    /// when this process is the room's one writer (a single node), since the log then holds
+    /// nothing the state has not applied.
+    pub up_to_seq: Option<i64>,
 }
+
+/// Identifies a group-commit batch across its retries, so a store can tell a retry of a
+/// batch whose first attempt did commit (its reply was lost) from a new batch.
+pub type BatchId = u64;
 
 /// One write in a group-commit batch.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    /// Append one update to a room's log. Appending the same bytes at the same sequence
-    /// number again is a no-op (a retried commit whose first attempt did succeed); different
-    /// bytes fail with [`StoreError::Conflict`].
+    /// Append one update to a room's log. The store gives it the room's next sequence number
+    /// when the batch commits: seqs are gapless per room and commit in seq order, whichever
+    /// process wrote them.
     Append {
         /// The room.
         room: Arc<str>,
-        /// Its per-room sequence number.
-        seq: i64,
         /// The update bytes (Yjs v1).
         data: Bytes,
     },
@@ -181,14 +207,50 @@ pub trait Store: Send + Sync + 'static {
     /// Reads a room's snapshot and the log tail after it, both from one consistent view of the
     /// database (a snapshot committed between the two reads must not hide the tail).
     async fn load(&self, room: &str) -> Result<StoredDoc, StoreError>;
-    /// Applies a batch of writes atomically, in order.
-    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError>;
+    /// What the room's log holds after seq `after`, read in one consistent view.
+    async fn read_since(&self, room: &str, after: i64) -> Result<Tail, StoreError> {
+        let doc = self.load(room).await?;
+        let head_seq = doc.last_seq();
+        let snapshot = doc
+            .snapshot
+            .filter(|_| doc.snapshot_seq > after)
+            .map(|s| (doc.snapshot_seq, s));
+        let from = after.max(snapshot.as_ref().map_or(0, |(seq, _)| *seq));
+        Ok(Tail {
+            head_seq,
+            snapshot,
+            updates: doc.updates.into_iter().filter(|(s, _)| *s > from).collect(),
+        })
+    }
+    /// The head seq of each of `rooms` (0 for a room with no log), in their order.
+    async fn heads(&self, rooms: &[Arc<str>]) -> Result<Vec<i64>, StoreError> {
+        let mut heads = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            heads.push(self.load(room).await?.last_seq());
+        }
+        Ok(heads)
+    }
+    /// Applies a batch of writes atomically, in order; returns, per op, the sequence number
+    /// an append got (`None` for snapshots). Called again with the same `batch` after an
+    /// error, it must not write the batch twice: a first attempt that did commit (its reply
+    /// was lost) is answered with the seqs it got.
+    async fn write_batch(
+        &self,
+        batch: BatchId,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Option<i64>>, StoreError>;
     /// Claims the database for this process until it exits, so that a second server pointed
     /// at the same data cannot serve (and corrupt) the same rooms. Waits up to `wait` for a
     /// previous process that is still going away; then fails with [`StoreError::Locked`].
     async fn lock_exclusive(&self, wait: std::time::Duration) -> Result<(), StoreError> {
         let _ = wait;
         Ok(())
+    }
+    /// Like [`Store::lock_exclusive`], for a node of a cluster: any number of cluster nodes
+    /// hold it together, while a single-node process (which asks for the exclusive lock) is
+    /// kept out, and keeps them out. Backends that cannot be shared take it exclusively.
+    async fn lock_shared(&self, wait: std::time::Duration) -> Result<(), StoreError> {
+        self.lock_exclusive(wait).await
     }
     /// Checks that the backend answers (for readiness probes).
     async fn ping(&self) -> Result<(), StoreError>;
@@ -253,6 +315,25 @@ pub async fn open(
         None => Ok(Arc::new(
             SqliteStore::open_dir(data_dir, sqlite_sync).await?,
         )),
+    }
+}
+
+/// The outcome of the last batch this store committed, so that a retry of it (its success
+/// reply was lost on the way to the journal) is answered with the seqs it got instead of
+/// being written a second time under new seqs.
+#[derive(Default)]
+pub(crate) struct LastCommit(std::sync::Mutex<Option<(BatchId, Vec<Option<i64>>)>>);
+
+impl LastCommit {
+    pub(crate) fn get(&self, batch: BatchId) -> Option<Vec<Option<i64>>> {
+        match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((b, seqs)) if *b == batch => Some(seqs.clone()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn set(&self, batch: BatchId, seqs: &[Option<i64>]) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((batch, seqs.to_vec()));
     }
 }
 

@@ -6,12 +6,13 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::{Store, StoreError, StoredDoc, WriteOp};
+use crate::{BatchId, LastCommit, Store, StoreError, StoredDoc, WriteOp};
 
 /// In-memory [`Store`]; applies batches exactly as the database backends do.
 #[derive(Default)]
 pub struct MemoryStore {
     rooms: Mutex<HashMap<String, StoredDoc>>,
+    last: LastCommit,
 }
 
 #[async_trait]
@@ -26,55 +27,39 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
-        let mut rooms = self.rooms.lock().unwrap();
-        // All or nothing, like a transaction: check every append before applying any. The
-        // same bytes at a taken sequence number are a retry of a committed batch (skipped);
-        // different bytes are a conflict.
-        let mut fresh = std::collections::HashMap::new();
-        let mut skip = std::collections::HashSet::new();
-        for (i, op) in ops.iter().enumerate() {
-            if let WriteOp::Append { room, seq, data } = op {
-                let existing = rooms
-                    .get(&**room)
-                    .and_then(|d| d.updates.iter().find(|(s, _)| s == seq))
-                    .map(|(_, d)| &d[..])
-                    .or_else(|| fresh.get(&(room.clone(), *seq)).copied());
-                match existing {
-                    Some(old) if old == &data[..] => {
-                        skip.insert(i);
-                    }
-                    Some(_) => {
-                        return Err(StoreError::Conflict {
-                            room: room.to_string(),
-                            seq: *seq,
-                        })
-                    }
-                    None => {
-                        fresh.insert((room.clone(), *seq), &data[..]);
-                    }
-                }
-            }
+    async fn write_batch(
+        &self,
+        batch: BatchId,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        if let Some(seqs) = self.last.get(batch) {
+            return Ok(seqs);
         }
-        for (i, op) in ops.iter().enumerate() {
+        // Nothing here can fail half-way, so applying op by op is all or nothing.
+        let mut rooms = self.rooms.lock().unwrap();
+        let mut seqs = Vec::with_capacity(ops.len());
+        for op in ops {
             match op {
-                WriteOp::Append { .. } if skip.contains(&i) => {}
-                WriteOp::Append { room, seq, data } => rooms
-                    .entry(room.to_string())
-                    .or_default()
-                    .updates
-                    .push((*seq, data.to_vec())),
+                WriteOp::Append { room, data } => {
+                    let doc = rooms.entry(room.to_string()).or_default();
+                    doc.head_seq += 1;
+                    doc.updates.push((doc.head_seq, data.to_vec()));
+                    seqs.push(Some(doc.head_seq));
+                }
                 WriteOp::Snapshot(s) => {
                     let doc = rooms.entry(s.room.to_string()).or_default();
-                    if s.up_to_seq >= doc.snapshot_seq {
+                    let up_to = s.up_to_seq.unwrap_or(doc.head_seq);
+                    if up_to >= doc.snapshot_seq {
                         doc.snapshot = Some(s.state.to_vec());
-                        doc.snapshot_seq = s.up_to_seq;
+                        doc.snapshot_seq = up_to;
+                        doc.updates.retain(|(seq, _)| *seq > up_to);
                     }
-                    doc.updates.retain(|(seq, _)| *seq > s.up_to_seq);
+                    seqs.push(None);
                 }
             }
         }
-        Ok(())
+        self.last.set(batch, &seqs);
+        Ok(seqs)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
 
-use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp};
+use crate::{now_millis, BatchId, LastCommit, Store, StoreError, StoredDoc, WriteOp};
 
 /// Longest one `write_batch` attempt may take (connect, write, commit) before its connection
 /// is closed and the journal retries: a connection that went silent (a half-dead NAT, a
@@ -51,7 +51,26 @@ pub struct PostgresStore {
     lock_pid: Arc<AtomicI32>,
     /// Why this process lost its lock, once it has: every write is refused from then on.
     fenced: Arc<StdMutex<Option<String>>>,
+    /// The last batch that committed, answered again if the journal retries it.
+    last: Arc<LastCommit>,
+    /// A batch whose COMMIT was sent but whose reply never came: it may have committed.
+    uncertain: Arc<StdMutex<Option<Uncertain>>>,
 }
+
+/// What settles whether a batch whose COMMIT reply was lost did commit.
+struct Uncertain {
+    batch: BatchId,
+    /// Its transaction id (`pg_current_xact_id`), for `pg_xact_status`.
+    xid: String,
+    /// Its session, ended if the transaction is still in progress.
+    pid: i32,
+    /// The seqs it would have given, which are the answer if it committed.
+    seqs: Vec<Option<i64>>,
+}
+
+/// How many times a still-running uncertain transaction is waited for (its session is told
+/// to end between checks) before the attempt gives up and the journal retries later.
+const RESOLVE_TRIES: u32 = 20;
 
 impl PostgresStore {
     /// Connects to `url` and applies migrations (serialised across nodes by sqlx's advisory
@@ -76,6 +95,8 @@ impl PostgresStore {
             lock: Arc::default(),
             lock_pid: Arc::default(),
             fenced: Arc::default(),
+            last: Arc::default(),
+            uncertain: Arc::default(),
         })
     }
 
@@ -112,34 +133,162 @@ impl PostgresStore {
     async fn attempt(
         &self,
         writer: &mut Option<PgConnection>,
+        batch: BatchId,
         ops: &[WriteOp],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Option<i64>>, StoreError> {
         if writer.is_none() {
             *writer = Some(PgConnection::connect_with(&self.opts).await?);
         }
         let conn = writer.as_mut().expect("just opened");
         sqlx::query("BEGIN").execute(&mut *conn).await?;
-        write_ops(conn, ops, now_millis()).await?;
+        let seqs = write_ops(conn, ops, now_millis()).await?;
         // Fencing: commit only while the lock's session still holds the lock, checked in
-        // this very transaction (the watchdog alone would leave a second's window).
+        // this very transaction (the watchdog alone would leave a second's window). The same
+        // round trip names the transaction, in case its COMMIT reply is lost.
         let lock_pid = self.lock_pid.load(Ordering::Relaxed);
-        if lock_pid != 0 {
-            let held: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks
-                  WHERE locktype = 'advisory' AND pid = $1 AND granted)",
-            )
-            .bind(lock_pid)
-            .fetch_one(&mut *conn)
-            .await?;
-            if !held {
-                self.fence(format!(
-                    "the advisory lock's session (backend {lock_pid}) no longer holds it"
-                ));
-            }
-            self.check_fence()?;
+        let (xid, pid, held): (String, i32, bool) = sqlx::query_as(
+            "SELECT pg_current_xact_id()::text, pg_backend_pid(),
+                    $1 = 0 OR EXISTS (SELECT 1 FROM pg_locks
+                      WHERE locktype = 'advisory' AND pid = $1 AND granted)",
+        )
+        .bind(lock_pid)
+        .fetch_one(&mut *conn)
+        .await?;
+        if !held {
+            self.fence(format!(
+                "the advisory lock's session (backend {lock_pid}) no longer holds it"
+            ));
         }
-        sqlx::query("COMMIT").execute(&mut *conn).await?;
-        Ok(())
+        self.check_fence()?;
+        // From here until the reply, the batch may commit without our knowing: a retry must
+        // first find out (see `resolve`), or it would write every row again under new seqs.
+        *self.uncertain.lock().unwrap() = Some(Uncertain {
+            batch,
+            xid,
+            pid,
+            seqs: seqs.clone(),
+        });
+        // The simple protocol: one message holding the text, one reply (a prepared COMMIT
+        // is a Parse, then a Bind/Execute by name), which the lost-reply test relies on.
+        match sqlx::Executor::execute(&mut *conn, "COMMIT").await {
+            Ok(_) => {
+                self.uncertain.lock().unwrap().take();
+                Ok(seqs)
+            }
+            // The server answered with an error: the transaction did not commit.
+            Err(e @ sqlx::Error::Database(_)) => {
+                self.uncertain.lock().unwrap().take();
+                Err(e.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Finds out whether the uncertain batch committed: `Ok(true)` it did, `Ok(false)` it did
+    /// not and never will. A transaction still in progress (its session has not noticed the
+    /// lost connection yet) has its session ended first, so the answer is final.
+    async fn resolve(
+        &self,
+        writer: &mut Option<PgConnection>,
+        u: &Uncertain,
+    ) -> Result<bool, StoreError> {
+        if writer.is_none() {
+            *writer = Some(PgConnection::connect_with(&self.opts).await?);
+        }
+        let conn = writer.as_mut().expect("just opened");
+        for _ in 0..RESOLVE_TRIES {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT pg_xact_status($1::xid8)::text")
+                    .bind(&u.xid)
+                    .fetch_one(&mut *conn)
+                    .await?;
+            match status.as_deref() {
+                Some("committed") => return Ok(true),
+                // NULL: too old to know, or never assigned — it wrote nothing we could see.
+                Some("aborted") | None => return Ok(false),
+                _ => {
+                    sqlx::query("SELECT pg_terminate_backend($1)")
+                        .bind(u.pid)
+                        .execute(&mut *conn)
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "transaction {} of an unacknowledged commit is still in progress",
+                u.xid
+            ),
+        ))))
+    }
+
+    /// One attempt at `batch`, settling first whether an earlier attempt of it committed.
+    async fn attempt_once(
+        &self,
+        writer: &mut Option<PgConnection>,
+        batch: BatchId,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        let pending = self.uncertain.lock().unwrap().take();
+        if let Some(u) = pending.filter(|u| u.batch == batch) {
+            match self.resolve(writer, &u).await {
+                Ok(true) => {
+                    tracing::warn!(batch, xid = %u.xid, "a commit whose reply was lost did commit; not writing it again");
+                    metrics::counter!("resonant_store_uncertain_commits_total", "outcome" => "committed").increment(1);
+                    return Ok(u.seqs);
+                }
+                Ok(false) => {
+                    metrics::counter!("resonant_store_uncertain_commits_total", "outcome" => "aborted").increment(1);
+                }
+                Err(e) => {
+                    *self.uncertain.lock().unwrap() = Some(u);
+                    return Err(e);
+                }
+            }
+        }
+        self.attempt(writer, batch, ops).await
+    }
+
+    /// Takes the process's advisory lock (shared by cluster nodes, or exclusive) on a
+    /// session of its own, and starts the watchdog that fences the store if it is lost.
+    async fn take_lock(&self, wait: Duration, shared: bool) -> Result<(), StoreError> {
+        let mut held = self.lock.lock().await;
+        if held.is_some() {
+            return Ok(());
+        }
+        let mut conn = PgConnection::connect_with(&self.opts).await?;
+        // Keyed by schema, so separate schemas (separate deployments, parallel tests) in one
+        // database do not exclude each other.
+        let started = Instant::now();
+        loop {
+            let (got, schema): (bool, String) = sqlx::query_as(if shared {
+                "SELECT pg_try_advisory_lock_shared(hashtextextended('resonant-server:' || current_schema(), 0)),
+                        current_database() || '.' || current_schema()"
+            } else {
+                "SELECT pg_try_advisory_lock(hashtextextended('resonant-server:' || current_schema(), 0)),
+                        current_database() || '.' || current_schema()"
+            })
+            .fetch_one(&mut conn)
+            .await?;
+            if got {
+                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                    .fetch_one(&mut conn)
+                    .await?;
+                *held = Some(conn);
+                self.lock_pid.store(pid, Ordering::Relaxed);
+                tokio::spawn(lock_watchdog(
+                    Arc::downgrade(&self.lock),
+                    self.fenced.clone(),
+                ));
+                return Ok(());
+            }
+            if started.elapsed() >= wait {
+                return Err(StoreError::Locked(format!("Postgres schema {schema}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -207,11 +356,62 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+    async fn read_since(&self, room: &str, after: i64) -> Result<crate::Tail, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        match tokio::time::timeout(LOAD_TIMEOUT, read_since_on(&mut conn, room, after)).await {
+            Ok(Ok(tail)) => Ok(tail),
+            Ok(Err(e)) => {
+                drop(conn.detach());
+                Err(e)
+            }
+            Err(_) => {
+                drop(conn.detach());
+                Err(StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("reading a room's tail took longer than {LOAD_TIMEOUT:?}"),
+                ))))
+            }
+        }
+    }
+
+    async fn heads(&self, rooms: &[Arc<str>]) -> Result<Vec<i64>, StoreError> {
+        let names: Vec<&str> = rooms.iter().map(|r| &**r).collect();
+        let found: Vec<(String, i64)> =
+            sqlx::query_as("SELECT room, head_seq FROM rooms WHERE room = ANY($1)")
+                .bind(&names[..])
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rooms
+            .iter()
+            .map(|r| {
+                found
+                    .iter()
+                    .find(|(name, _)| name == &**r)
+                    .map_or(0, |(_, h)| *h)
+            })
+            .collect())
+    }
+
+    async fn write_batch(
+        &self,
+        batch: BatchId,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        if let Some(seqs) = self.last.get(batch) {
+            return Ok(seqs);
+        }
         self.check_fence()?;
         let mut writer = self.writer.lock().await;
-        match tokio::time::timeout(self.attempt_timeout, self.attempt(&mut writer, ops)).await {
-            Ok(Ok(())) => Ok(()),
+        match tokio::time::timeout(
+            self.attempt_timeout,
+            self.attempt_once(&mut writer, batch, ops),
+        )
+        .await
+        {
+            Ok(Ok(seqs)) => {
+                self.last.set(batch, &seqs);
+                Ok(seqs)
+            }
             Ok(Err(e)) => {
                 // Never reuse a connection after an error inside a write transaction: its
                 // state is unknown. Dropping it closes the socket; the server rolls back.
@@ -232,38 +432,11 @@ impl Store for PostgresStore {
     }
 
     async fn lock_exclusive(&self, wait: Duration) -> Result<(), StoreError> {
-        let mut held = self.lock.lock().await;
-        if held.is_some() {
-            return Ok(());
-        }
-        let mut conn = PgConnection::connect_with(&self.opts).await?;
-        // Keyed by schema, so separate schemas (separate deployments, parallel tests) in one
-        // database do not exclude each other.
-        let started = Instant::now();
-        loop {
-            let (got, schema): (bool, String) = sqlx::query_as(
-                "SELECT pg_try_advisory_lock(hashtextextended('resonant-server:' || current_schema(), 0)),
-                        current_database() || '.' || current_schema()",
-            )
-            .fetch_one(&mut conn)
-            .await?;
-            if got {
-                let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-                    .fetch_one(&mut conn)
-                    .await?;
-                *held = Some(conn);
-                self.lock_pid.store(pid, Ordering::Relaxed);
-                tokio::spawn(lock_watchdog(
-                    Arc::downgrade(&self.lock),
-                    self.fenced.clone(),
-                ));
-                return Ok(());
-            }
-            if started.elapsed() >= wait {
-                return Err(StoreError::Locked(format!("Postgres schema {schema}")));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.take_lock(wait, false).await
+    }
+
+    async fn lock_shared(&self, wait: Duration) -> Result<(), StoreError> {
+        self.take_lock(wait, true).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -273,7 +446,6 @@ impl Store for PostgresStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
-
     fn backend(&self) -> &'static str {
         "postgres"
     }
@@ -295,6 +467,45 @@ impl Store for PostgresStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Reads what a room's log holds after `after`, in one read-only snapshot: the snapshot
+/// state only when it covers seqs the reader lacks, and the rows after both.
+async fn read_since_on(
+    conn: &mut PgConnection,
+    room: &str,
+    after: i64,
+) -> Result<crate::Tail, StoreError> {
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *conn)
+        .await?;
+    let head_seq: Option<i64> = sqlx::query_scalar("SELECT head_seq FROM rooms WHERE room = $1")
+        .bind(room)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let snap: Option<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT up_to_seq, CASE WHEN up_to_seq > $2 THEN state END
+         FROM doc_snapshots WHERE room = $1",
+    )
+    .bind(room)
+    .bind(after)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let snapshot = snap.and_then(|(seq, state)| state.map(|s| (seq, s)));
+    let from = after.max(snapshot.as_ref().map_or(0, |(seq, _)| *seq));
+    let updates: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT seq, data FROM doc_updates WHERE room = $1 AND seq > $2 ORDER BY seq",
+    )
+    .bind(room)
+    .bind(from)
+    .fetch_all(&mut *conn)
+    .await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    Ok(crate::Tail {
+        head_seq: head_seq.unwrap_or(0),
+        snapshot,
+        updates,
+    })
 }
 
 /// Reads a room in one read-only transaction on `conn`.
@@ -321,34 +532,50 @@ async fn load_on(conn: &mut PgConnection, room: &str) -> Result<StoredDoc, Store
             .bind(snapshot_seq)
             .fetch_all(&mut *conn)
             .await?;
+    let head_seq: Option<i64> = sqlx::query_scalar("SELECT head_seq FROM rooms WHERE room = $1")
+        .bind(room)
+        .fetch_optional(&mut *conn)
+        .await?;
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     let updates = rows
         .into_iter()
         .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?)))
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
     Ok(StoredDoc {
+        head_seq: head_seq.unwrap_or(0),
         snapshot,
         snapshot_seq,
         updates,
     })
 }
 
-/// Writes `ops` inside the open transaction on `conn`.
-async fn write_ops(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> Result<(), StoreError> {
-    // Consecutive appends go in as one multi-row insert (UNNEST); snapshots break the run so
+/// Writes `ops` inside the open transaction on `conn`; returns the seq of each append.
+async fn write_ops(
+    conn: &mut PgConnection,
+    ops: &[WriteOp],
+    now: i64,
+) -> Result<Vec<Option<i64>>, StoreError> {
+    // Consecutive appends go in as one `resonant_append` call; snapshots break the run so
     // that ops keep their order.
+    let mut seqs = Vec::with_capacity(ops.len());
     let mut rooms: Vec<&str> = Vec::new();
-    let mut seqs: Vec<i64> = Vec::new();
     let mut datas: Vec<&[u8]> = Vec::new();
     for op in ops {
         match op {
-            WriteOp::Append { room, seq, data } => {
+            WriteOp::Append { room, data } => {
                 rooms.push(room);
-                seqs.push(*seq);
                 datas.push(data);
             }
             WriteOp::Snapshot(s) => {
-                insert_appends(conn, &mut rooms, &mut seqs, &mut datas, now).await?;
+                insert_appends(conn, &mut rooms, &mut datas, now, &mut seqs).await?;
+                let up_to_seq = match s.up_to_seq {
+                    Some(seq) => seq,
+                    None => sqlx::query_scalar("SELECT head_seq FROM rooms WHERE room = $1")
+                        .bind(&*s.room)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                        .unwrap_or(0),
+                };
                 sqlx::query(
                     "INSERT INTO doc_snapshots (room, state, up_to_seq, updated_at)
                      VALUES ($1, $2, $3, $4)
@@ -359,62 +586,60 @@ async fn write_ops(conn: &mut PgConnection, ops: &[WriteOp], now: i64) -> Result
                 )
                 .bind(&*s.room)
                 .bind(&s.state[..])
-                .bind(s.up_to_seq)
+                .bind(up_to_seq)
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
                 sqlx::query("DELETE FROM doc_updates WHERE room = $1 AND seq <= $2")
                     .bind(&*s.room)
-                    .bind(s.up_to_seq)
+                    .bind(up_to_seq)
                     .execute(&mut *conn)
                     .await?;
+                seqs.push(None);
             }
         }
     }
-    insert_appends(conn, &mut rooms, &mut seqs, &mut datas, now).await
+    insert_appends(conn, &mut rooms, &mut datas, now, &mut seqs).await?;
+    Ok(seqs)
 }
 
+/// Appends a run of updates through `resonant_append` (numbered under the rooms' row locks)
+/// and pushes each one's seq onto `seqs`.
 async fn insert_appends(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     rooms: &mut Vec<&str>,
-    seqs: &mut Vec<i64>,
     datas: &mut Vec<&[u8]>,
     now: i64,
+    seqs: &mut Vec<Option<i64>>,
 ) -> Result<(), StoreError> {
     if rooms.is_empty() {
         return Ok(());
     }
-    // A retried batch that did commit meets its own rows: skip them here and check below
-    // that they hold the same bytes.
-    let inserted = sqlx::query(
-        "INSERT INTO doc_updates (room, seq, data, created_at)
-         SELECT r, s, d, $4 FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS t(r, s, d)
-         ON CONFLICT (room, seq) DO NOTHING",
-    )
-    .bind(&rooms[..])
-    .bind(&seqs[..])
-    .bind(&datas[..])
-    .bind(now)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted < rooms.len() as u64 {
-        let conflict: Option<(String, i64)> = sqlx::query_as(
-            "SELECT t.r, t.s FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS t(r, s, d)
-             JOIN doc_updates u ON u.room = t.r AND u.seq = t.s
-             WHERE u.data <> t.d LIMIT 1",
-        )
-        .bind(&rooms[..])
-        .bind(&seqs[..])
-        .bind(&datas[..])
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((room, seq)) = conflict {
-            return Err(StoreError::Conflict { room, seq });
-        }
+    let firsts: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT out_room, out_first, out_count FROM resonant_append($1, $2, $3)")
+            .bind(&rooms[..])
+            .bind(&datas[..])
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut next: Vec<(&str, i64)> = Vec::with_capacity(firsts.len());
+    for room in rooms.iter() {
+        let seq = match next.iter_mut().find(|(r, _)| r == room) {
+            Some(slot) => {
+                slot.1 += 1;
+                slot.1
+            }
+            None => {
+                let Some((_, first, _)) = firsts.iter().find(|(r, _, _)| r == room) else {
+                    return Err(StoreError::RoomDeleted(room.to_string()));
+                };
+                next.push((room, *first));
+                *first
+            }
+        };
+        seqs.push(Some(seq));
     }
     rooms.clear();
-    seqs.clear();
     datas.clear();
     Ok(())
 }

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row};
 
 use crate::fault::{full_disk_error, FullAt};
-use crate::{now_millis, Store, StoreError, StoredDoc, WriteOp};
+use crate::{now_millis, BatchId, LastCommit, Store, StoreError, StoredDoc, WriteOp};
 
 /// How hard SQLite syncs a commit to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,6 +40,7 @@ pub struct SqliteStore {
     lock: Arc<Mutex<Option<std::fs::File>>>,
     /// A simulated full disk for the next write transaction (see [`Store::inject_full_disk`]).
     full_disk: Arc<Mutex<Option<FullAt>>>,
+    last: Arc<LastCommit>,
 }
 
 impl SqliteStore {
@@ -107,6 +108,7 @@ impl SqliteStore {
             path,
             lock: Arc::default(),
             full_disk: Arc::default(),
+            last: Arc::default(),
         })
     }
 }
@@ -139,19 +141,35 @@ impl Store for SqliteStore {
             .into_iter()
             .map(|r| Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?)))
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let head_seq: Option<i64> = sqlx::query_scalar("SELECT head_seq FROM rooms WHERE room = ?")
+            .bind(room)
+            .fetch_optional(&mut *conn)
+            .await?;
         conn.commit().await?;
         Ok(StoredDoc {
+            head_seq: head_seq.unwrap_or(0),
             snapshot,
             snapshot_seq,
             updates,
         })
     }
 
-    async fn write_batch(&self, ops: &[WriteOp]) -> Result<(), StoreError> {
+    async fn write_batch(
+        &self,
+        batch: BatchId,
+        ops: &[WriteOp],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        if let Some(seqs) = self.last.get(batch) {
+            return Ok(seqs);
+        }
         let now = now_millis();
         let mut tx = WriteTx::begin(&self.pool).await?;
         match write_ops(tx.conn(), ops, now).await {
-            Ok(()) => self.commit(tx).await,
+            Ok(seqs) => {
+                self.commit(tx).await?;
+                self.last.set(batch, &seqs);
+                Ok(seqs)
+            }
             Err(e) => {
                 tx.abandon().await;
                 Err(e)
@@ -355,25 +373,34 @@ async fn in_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error
     Ok(autocommit == 0 || conn.is_in_transaction())
 }
 
-/// Writes `ops` inside the open transaction on `conn`.
+/// Writes `ops` inside the open transaction on `conn`; returns the seq of each append.
 async fn write_ops(
     conn: &mut SqliteConnection,
     ops: &[WriteOp],
     now: i64,
-) -> Result<(), StoreError> {
-    // Runs of appends go in as multi-row INSERTs: one statement per row costs ~25 µs in
+) -> Result<Vec<Option<i64>>, StoreError> {
+    // Runs of appends go in as multi-row statements: one statement per row costs ~25 µs in
     // sqlx, which would cap the journal far below what the sync path produces.
-    let mut run: Vec<(&str, i64, &[u8])> = Vec::new();
+    let mut seqs = Vec::with_capacity(ops.len());
+    let mut run: Vec<(&str, &[u8])> = Vec::new();
     for op in ops {
         match op {
-            WriteOp::Append { room, seq, data } => {
-                run.push((room, *seq, data));
+            WriteOp::Append { room, data } => {
+                run.push((room, data));
                 if run.len() == APPEND_ROWS_PER_STATEMENT {
-                    insert_appends(conn, &mut run, now).await?;
+                    insert_appends(conn, &mut run, now, &mut seqs).await?;
                 }
             }
             WriteOp::Snapshot(s) => {
-                insert_appends(conn, &mut run, now).await?;
+                insert_appends(conn, &mut run, now, &mut seqs).await?;
+                let up_to_seq = match s.up_to_seq {
+                    Some(seq) => seq,
+                    None => sqlx::query_scalar("SELECT head_seq FROM rooms WHERE room = ?")
+                        .bind(&*s.room)
+                        .fetch_optional(&mut *conn)
+                        .await?
+                        .unwrap_or(0),
+                };
                 // Never move a snapshot backwards: an older compaction that lost a race
                 // must not replace a newer one.
                 sqlx::query(
@@ -386,60 +413,95 @@ async fn write_ops(
                 )
                 .bind(&*s.room)
                 .bind(&s.state[..])
-                .bind(s.up_to_seq)
+                .bind(up_to_seq)
                 .bind(now)
                 .execute(&mut *conn)
                 .await?;
                 sqlx::query("DELETE FROM doc_updates WHERE room = ? AND seq <= ?")
                     .bind(&*s.room)
-                    .bind(s.up_to_seq)
+                    .bind(up_to_seq)
                     .execute(&mut *conn)
                     .await?;
+                seqs.push(None);
             }
         }
     }
-    insert_appends(conn, &mut run, now).await
+    insert_appends(conn, &mut run, now, &mut seqs).await?;
+    Ok(seqs)
 }
 
 /// Rows per multi-row INSERT (4 bound parameters each, far below SQLite's limit).
 const APPEND_ROWS_PER_STATEMENT: usize = 256;
 
+/// Numbers a run of appends from their rooms' `head_seq` (one upsert for every room of the
+/// run) and inserts them; pushes each one's seq onto `seqs`.
 async fn insert_appends(
     conn: &mut SqliteConnection,
-    run: &mut Vec<(&str, i64, &[u8])>,
+    run: &mut Vec<(&str, &[u8])>,
     now: i64,
+    seqs: &mut Vec<Option<i64>>,
 ) -> Result<(), StoreError> {
     if run.is_empty() {
         return Ok(());
     }
-    // A retried batch that did commit meets its own rows: skip them here and check below
-    // that they hold the same bytes.
+    let mut counts: Vec<(&str, i64)> = Vec::new();
+    for (room, _) in run.iter() {
+        match counts.iter_mut().find(|(r, _)| r == room) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((room, 1)),
+        }
+    }
+    let mut bump = sqlx::QueryBuilder::new("INSERT INTO rooms (room, head_seq) ");
+    bump.push_values(counts.iter(), |mut row, (room, n)| {
+        row.push_bind(*room).push_bind(*n);
+    });
+    bump.push(
+        " ON CONFLICT (room) DO UPDATE SET head_seq = rooms.head_seq + excluded.head_seq
+          RETURNING room, head_seq, deleted_at IS NOT NULL",
+    );
+    let heads: Vec<(String, i64, bool)> = bump.build_query_as().fetch_all(&mut *conn).await?;
+    // The caller rolls the transaction back, bump included.
+    if let Some((room, _, _)) = heads.iter().find(|(_, _, deleted)| *deleted) {
+        return Err(StoreError::RoomDeleted(room.clone()));
+    }
+    // Each room's next seq: its new head minus what this run adds, plus one.
+    let mut next: Vec<(&str, i64)> = counts
+        .iter()
+        .map(|(room, n)| {
+            let head = heads
+                .iter()
+                .find(|(r, _, _)| r == room)
+                .map(|(_, h, _)| *h)
+                .ok_or_else(|| {
+                    StoreError::Database(sqlx::Error::Protocol(format!(
+                        "no head_seq returned for room {room}"
+                    )))
+                })?;
+            Ok((*room, head - n + 1))
+        })
+        .collect::<Result<_, StoreError>>()?;
     let mut builder =
         sqlx::QueryBuilder::new("INSERT INTO doc_updates (room, seq, data, created_at) ");
-    builder.push_values(run.iter(), |mut row, (room, seq, data)| {
+    let numbered: Vec<(&str, i64, &[u8])> = run
+        .iter()
+        .map(|(room, data)| {
+            let slot = next
+                .iter_mut()
+                .find(|(r, _)| r == room)
+                .expect("every room of the run was counted");
+            let seq = slot.1;
+            slot.1 += 1;
+            (*room, seq, *data)
+        })
+        .collect();
+    builder.push_values(numbered.iter(), |mut row, (room, seq, data)| {
         row.push_bind(*room)
             .push_bind(*seq)
             .push_bind(*data)
             .push_bind(now);
     });
-    builder.push(" ON CONFLICT (room, seq) DO NOTHING");
-    let inserted = builder.build().execute(&mut *conn).await?.rows_affected();
-    if inserted < run.len() as u64 {
-        for (room, seq, data) in run.iter() {
-            let stored: Vec<u8> =
-                sqlx::query_scalar("SELECT data FROM doc_updates WHERE room = ? AND seq = ?")
-                    .bind(*room)
-                    .bind(*seq)
-                    .fetch_one(&mut *conn)
-                    .await?;
-            if stored != *data {
-                return Err(StoreError::Conflict {
-                    room: room.to_string(),
-                    seq: *seq,
-                });
-            }
-        }
-    }
+    builder.build().execute(&mut *conn).await?;
+    seqs.extend(numbered.iter().map(|(_, seq, _)| Some(*seq)));
     run.clear();
     Ok(())
 }

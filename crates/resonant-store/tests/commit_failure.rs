@@ -45,7 +45,7 @@ async fn run(faults: Vec<Fault>) {
     let mut seq = 0;
     let mut write = |journal: &Journal| {
         seq += 1;
-        (seq, journal.append(room.clone(), seq, payload.clone()))
+        (seq, journal.append(room.clone(), payload.clone()))
     };
     for _ in 0..20 {
         let (s, t) = write(&journal);
@@ -126,7 +126,7 @@ async fn oldest_unacknowledged_write_ages_while_a_commit_hangs() {
     let (journal, _task) = Journal::start(faulty.clone(), JournalConfig::default());
     assert_eq!(journal.oldest_unacknowledged(), Duration::ZERO);
     faulty.push([Fault::Slow(Duration::from_millis(600))]);
-    let t = journal.append("slow".into(), 1, Bytes::from_static(b"x"));
+    let t = journal.append("slow".into(), Bytes::from_static(b"x"));
     // Queued writes behind the slow commit count too.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while journal.oldest_unacknowledged() < Duration::from_millis(300) {

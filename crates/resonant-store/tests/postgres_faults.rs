@@ -160,7 +160,7 @@ async fn a_connection_gone_silent_mid_commit_does_not_stall_commits() {
     let mut seq = 0;
     for _ in 0..20 {
         seq += 1;
-        let t = journal.append(room.clone(), seq, Bytes::from(vec![1u8; 1000]));
+        let t = journal.append(room.clone(), Bytes::from(vec![1u8; 1000]));
         journal.wait(t).await;
     }
     // Everything open now goes silent, the writer's connection included.
@@ -170,7 +170,7 @@ async fn a_connection_gone_silent_mid_commit_does_not_stall_commits() {
     let mut tickets = Vec::new();
     for _ in 0..10 {
         seq += 1;
-        tickets.push(journal.append(room.clone(), seq, Bytes::from(vec![2u8; 1000])));
+        tickets.push(journal.append(room.clone(), Bytes::from(vec![2u8; 1000])));
     }
     let last = *tickets.last().unwrap();
     if tokio::time::timeout(Duration::from_secs(20), journal.wait(last))
@@ -216,12 +216,17 @@ async fn a_connection_gone_silent_mid_commit_does_not_stall_commits() {
     );
 }
 
-fn append(room: &Arc<str>, seq: i64) -> WriteOp {
+fn append(room: &Arc<str>) -> WriteOp {
     WriteOp::Append {
         room: room.clone(),
-        seq,
         data: Bytes::from(vec![3u8; 100]),
     }
+}
+
+/// A batch id no other write in this test process uses.
+fn batch() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 40);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +238,7 @@ async fn losing_the_advisory_lock_fences_every_write() {
     store.lock_exclusive(Duration::ZERO).await.unwrap();
     let pid = store.lock_backend_pid().expect("the lock's session");
     let room: Arc<str> = "fenced".into();
-    store.write_batch(&[append(&room, 1)]).await.unwrap();
+    store.write_batch(batch(), &[append(&room)]).await.unwrap();
 
     // The lock's session ends (Postgres restarted, an operator's pg_terminate_backend): the
     // very next write must be refused, before the watchdog has had its turn.
@@ -263,7 +268,7 @@ async fn losing_the_advisory_lock_fences_every_write() {
         tokio::task::yield_now().await;
     }
     let err = store
-        .write_batch(&[append(&room, 2)])
+        .write_batch(batch(), &[append(&room)])
         .await
         .expect_err("a write after the lock was lost");
     assert!(matches!(err, StoreError::Fenced(_)), "{err}");
@@ -279,10 +284,10 @@ async fn losing_the_advisory_lock_fences_every_write() {
         .lock_exclusive(Duration::from_secs(5))
         .await
         .expect("the lock is free");
-    other.write_batch(&[append(&room, 2)]).await.unwrap();
+    other.write_batch(batch(), &[append(&room)]).await.unwrap();
     let store: Arc<dyn Store> = Arc::new(store);
     let (journal, _task) = Journal::start(store.clone(), JournalConfig::default());
-    let t = journal.append(room.clone(), 3, Bytes::from_static(b"late"));
+    let t = journal.append(room.clone(), Bytes::from_static(b"late"));
     assert!(
         tokio::time::timeout(Duration::from_secs(2), journal.wait(t))
             .await
@@ -329,4 +334,273 @@ async fn the_lock_watchdog_notices_a_lost_lock_without_writes() {
         store.ping().await.is_err(),
         "a fenced store answered its health check as ready"
     );
+}
+
+/// Where the commit trap cuts the writer's connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Cut {
+    /// The COMMIT reaches Postgres; its reply never reaches us (it did commit).
+    AfterCommit,
+    /// The COMMIT never reaches Postgres, and the session is held open, idle in its
+    /// transaction, until it is ended (it never commits).
+    BeforeCommit,
+}
+
+/// A proxy whose next connection to send a COMMIT is cut there, once.
+struct CommitTrap {
+    port: u16,
+    armed: Arc<parking_lot_free::Slot<Cut>>,
+    sprung: Arc<tokio::sync::Notify>,
+}
+
+/// A one-value slot without another dependency.
+mod parking_lot_free {
+    use std::sync::Mutex;
+
+    pub struct Slot<T>(Mutex<Option<T>>);
+
+    impl<T> Default for Slot<T> {
+        fn default() -> Self {
+            Slot(Mutex::new(None))
+        }
+    }
+
+    impl<T> Slot<T> {
+        pub fn set(&self, v: T) {
+            *self.0.lock().unwrap() = Some(v);
+        }
+        pub fn take(&self) -> Option<T> {
+            self.0.lock().unwrap().take()
+        }
+        pub fn is_set(&self) -> bool {
+            self.0.lock().unwrap().is_some()
+        }
+    }
+}
+
+impl CommitTrap {
+    async fn start(upstream: String) -> CommitTrap {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let armed: Arc<parking_lot_free::Slot<Cut>> = Arc::default();
+        let sprung = Arc::new(tokio::sync::Notify::new());
+        let (armed2, sprung2) = (armed.clone(), sprung.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (armed, sprung) = (armed2.clone(), sprung2.clone());
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let stop_replies = Arc::new(tokio::sync::Notify::new());
+                    let stop = stop_replies.clone();
+                    let replies = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 << 10];
+                        loop {
+                            let n = tokio::select! {
+                                _ = stop.notified() => return,
+                                r = sr.read(&mut buf) => match r {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => n,
+                                },
+                            };
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Returning drops `cw`: the client sees its connection end.
+                    });
+                    let mut buf = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        let commit = chunk.windows(6).any(|w| w == b"COMMIT");
+                        if commit && armed.is_set() {
+                            let cut = armed.take().unwrap();
+                            if cut == Cut::AfterCommit {
+                                let _ = sw.write_all(chunk).await;
+                            }
+                            stop_replies.notify_one();
+                            sprung.notify_one();
+                            if cut == Cut::BeforeCommit {
+                                // Hold the server side open: the transaction stays in progress.
+                                std::future::pending::<()>().await;
+                            }
+                            // The COMMIT's reply arrives and is dropped; wait for the client
+                            // to go away.
+                            client_gone(&mut cr).await;
+                            break;
+                        }
+                        if sw.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = replies.await;
+                });
+            }
+        });
+        CommitTrap {
+            port,
+            armed,
+            sprung,
+        }
+    }
+
+    fn arm(&self, cut: Cut) {
+        self.armed.set(cut);
+    }
+}
+
+/// Reads the client until it goes away (it will, once it sees its connection end).
+async fn client_gone(cr: &mut tokio::net::tcp::OwnedReadHalf) {
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = cr.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
+}
+
+fn ops(room: &Arc<str>, n: usize, tag: u8) -> Vec<WriteOp> {
+    (0..n)
+        .map(|i| WriteOp::Append {
+            room: room.clone(),
+            data: Bytes::from(vec![tag, i as u8]),
+        })
+        .collect()
+}
+
+/// Issue 18: seqs come from the store, so a retry of a batch whose COMMIT reply was lost must
+/// not write it again under new seqs. Before the fix the retry duplicated every row (and the
+/// clients were told seqs that named other rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_reply_is_settled_not_written_twice() {
+    let Some(base) = postgres_url() else { return };
+    let url = scoped_url(&base, "uncertain").await;
+    let trap = CommitTrap::start(upstream_addr(&url)).await;
+    let store = PostgresStore::connect(&proxied(&url, trap.port))
+        .await
+        .expect("connect through the trap");
+    let direct = PostgresStore::connect(&url).await.unwrap();
+    let room: Arc<str> = "uncertain".into();
+    store.write_batch(batch(), &ops(&room, 2, 0)).await.unwrap();
+
+    for (cut, tag) in [(Cut::AfterCommit, 1u8), (Cut::BeforeCommit, 2u8)] {
+        let head = direct.load(&room).await.unwrap().head_seq;
+        let id = batch();
+        let batch_ops = ops(&room, 3, tag);
+        trap.arm(cut);
+        let err = store
+            .write_batch(id, &batch_ops)
+            .await
+            .expect_err("the connection was cut at the COMMIT");
+        assert!(err.is_transient(), "{err}");
+        tokio::time::timeout(Duration::from_secs(1), trap.sprung.notified())
+            .await
+            .expect("the trap was sprung");
+        // What the database holds before the retry: the batch committed, or is still open.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let expect_head = if cut == Cut::AfterCommit {
+            head + 3
+        } else {
+            head
+        };
+        while direct.load(&room).await.unwrap().head_seq != expect_head {
+            assert!(Instant::now() < deadline, "the cut batch never settled");
+            tokio::task::yield_now().await;
+        }
+        // The journal's retry: same batch, fresh connection.
+        let seqs = store
+            .write_batch(id, &batch_ops)
+            .await
+            .expect("the retry settles the batch");
+        let want: Vec<Option<i64>> = (head + 1..=head + 3).map(Some).collect();
+        assert_eq!(
+            seqs,
+            want,
+            "{:?}: the seqs of the one copy stored",
+            cut == Cut::AfterCommit
+        );
+        let stored = direct.load(&room).await.unwrap();
+        let tagged: Vec<i64> = stored
+            .updates
+            .iter()
+            .filter(|(_, d)| d[0] == tag)
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(
+            tagged,
+            (head + 1..=head + 3).collect::<Vec<_>>(),
+            "stored once"
+        );
+        assert_eq!(stored.head_seq, head + 3);
+    }
+}
+
+/// Two processes appending to one room concurrently (two nodes): every seq is used once,
+/// with no gap, and each names the bytes its writer was told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_share_one_gapless_log() {
+    let Some(base) = postgres_url() else { return };
+    let url = scoped_url(&base, "twowriters").await;
+    let a = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let b = Arc::new(PostgresStore::connect(&url).await.unwrap());
+    let shared: Arc<str> = "shared".into();
+    let mut tasks = Vec::new();
+    for (w, store) in [(1u8, a.clone()), (2u8, b.clone())] {
+        let shared = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            let own: Arc<str> = format!("own-{w}").into();
+            let mut told = Vec::new();
+            for i in 0..40u8 {
+                let data = |k: u8| Bytes::from(vec![w, i, k]);
+                let batch_ops = vec![
+                    WriteOp::Append {
+                        room: shared.clone(),
+                        data: data(0),
+                    },
+                    WriteOp::Append {
+                        room: own.clone(),
+                        data: data(1),
+                    },
+                    WriteOp::Append {
+                        room: shared.clone(),
+                        data: data(2),
+                    },
+                ];
+                let seqs = store.write_batch(batch(), &batch_ops).await.unwrap();
+                told.push((seqs[0].unwrap(), data(0)));
+                told.push((seqs[2].unwrap(), data(2)));
+                assert_eq!(
+                    seqs[2],
+                    seqs[0].map(|s| s + 1),
+                    "one batch's rows are adjacent"
+                );
+            }
+            told
+        }));
+    }
+    let mut told = Vec::new();
+    for t in tasks {
+        told.extend(t.await.unwrap());
+    }
+    told.sort_by_key(|(s, _)| *s);
+    assert_eq!(
+        told.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=160).collect::<Vec<_>>(),
+        "gapless, each seq given once"
+    );
+    let stored = a.load(&shared).await.unwrap();
+    let stored: Vec<(i64, Bytes)> = stored
+        .updates
+        .into_iter()
+        .map(|(s, d)| (s, Bytes::from(d)))
+        .collect();
+    assert_eq!(stored, told, "each seq holds what its writer was told");
+    assert_eq!(b.load("own-2").await.unwrap().head_seq, 40);
 }

@@ -49,41 +49,60 @@ async fn stores() -> Vec<(Arc<dyn Store>, Option<tempfile::TempDir>)> {
     all
 }
 
-fn append(room: &Arc<str>, seq: i64, data: &'static [u8]) -> WriteOp {
+fn append(room: &Arc<str>, data: &'static [u8]) -> WriteOp {
     WriteOp::Append {
         room: room.clone(),
-        seq,
         data: Bytes::from_static(data),
     }
+}
+
+/// A batch id no other write in this test process uses.
+fn batch() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 40);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[tokio::test]
 async fn log_snapshot_and_tail_round_trip() {
     for (store, _dir) in stores().await {
         let r = room("contract");
+        let other = room("contract-other");
         assert!(store.load(&r).await.unwrap().snapshot.is_none());
-        store
-            .write_batch(&[
-                append(&r, 1, b"one"),
-                append(&r, 2, b"two"),
-                append(&r, 3, b"three"),
-            ])
+        // The store numbers appends per room, in op order, whatever other rooms share the batch.
+        let seqs = store
+            .write_batch(
+                batch(),
+                &[
+                    append(&r, b"one"),
+                    append(&other, b"o1"),
+                    append(&r, b"two"),
+                    append(&r, b"three"),
+                ],
+            )
             .await
             .unwrap();
+        assert_eq!(
+            seqs,
+            vec![Some(1), Some(1), Some(2), Some(3)],
+            "{}",
+            store.backend()
+        );
         let loaded = store.load(&r).await.unwrap();
         assert_eq!(loaded.updates.len(), 3);
         assert_eq!(loaded.last_seq(), 3);
+        assert_eq!(loaded.head_seq, 3);
 
         // A snapshot covering seq 2 drops entries 1–2 in the same transaction; 3 stays.
         let snap = WriteOp::Snapshot(Snapshot {
             room: r.clone(),
             state: Bytes::from_static(b"state@2"),
-            up_to_seq: 2,
+            up_to_seq: Some(2),
         });
-        store
-            .write_batch(&[snap, append(&r, 4, b"four")])
+        let seqs = store
+            .write_batch(batch(), &[snap, append(&r, b"four")])
             .await
             .unwrap();
+        assert_eq!(seqs, vec![None, Some(4)]);
         let loaded = store.load(&r).await.unwrap();
         assert_eq!(loaded.snapshot.as_deref(), Some(&b"state@2"[..]));
         assert_eq!(loaded.snapshot_seq, 2);
@@ -94,10 +113,40 @@ async fn log_snapshot_and_tail_round_trip() {
         let old = WriteOp::Snapshot(Snapshot {
             room: r.clone(),
             state: Bytes::from_static(b"state@1"),
-            up_to_seq: 1,
+            up_to_seq: Some(1),
         });
-        store.write_batch(&[old]).await.unwrap();
+        store.write_batch(batch(), &[old]).await.unwrap();
         assert_eq!(store.load(&r).await.unwrap().snapshot_seq, 2);
+
+        // A snapshot without a seq covers whatever the log holds where it stands in its
+        // batch: here the append before it, not the one after.
+        let seqs = store
+            .write_batch(
+                batch(),
+                &[
+                    append(&r, b"five"),
+                    WriteOp::Snapshot(Snapshot {
+                        room: r.clone(),
+                        state: Bytes::from_static(b"state@5"),
+                        up_to_seq: None,
+                    }),
+                    append(&r, b"six"),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(seqs, vec![Some(5), None, Some(6)]);
+        let loaded = store.load(&r).await.unwrap();
+        assert_eq!(loaded.snapshot_seq, 5);
+        assert_eq!(loaded.updates, vec![(6, b"six".to_vec())]);
+        assert_eq!(loaded.head_seq, 6);
+        // Compaction never lowers the head: the next append gets 7.
+        let seqs = store
+            .write_batch(batch(), &[append(&r, b"seven")])
+            .await
+            .unwrap();
+        assert_eq!(seqs, vec![Some(7)]);
+        assert_eq!(store.load(&other).await.unwrap().head_seq, 1);
         store.ping().await.unwrap();
     }
 }
@@ -105,49 +154,68 @@ async fn log_snapshot_and_tail_round_trip() {
 #[tokio::test]
 async fn a_failed_batch_leaves_nothing_behind() {
     for (store, _dir) in stores().await {
-        let r = room("atomic");
-        store.write_batch(&[append(&r, 1, b"one")]).await.unwrap();
-        // The duplicate key fails the batch; the new entry before it must not survive.
+        let Some(db) = store.db() else { continue };
+        let (r, dead) = (room("atomic"), room("atomic-dead"));
+        store
+            .write_batch(batch(), &[append(&r, b"one")])
+            .await
+            .unwrap();
+        // A room marked deleted refuses appends; the batch fails after its first append ran.
+        let mark = "INSERT INTO rooms (room, head_seq, deleted_at) VALUES ($1, 0, 1)";
+        match &db {
+            resonant_store::Db::Sqlite(p) => {
+                sqlx::query(mark).bind(&*dead).execute(p).await.map(drop)
+            }
+            resonant_store::Db::Postgres(p) => {
+                sqlx::query(mark).bind(&*dead).execute(p).await.map(drop)
+            }
+        }
+        .unwrap();
         let err = store
-            .write_batch(&[append(&r, 2, b"two"), append(&r, 1, b"dup")])
-            .await;
-        assert!(err.is_err());
+            .write_batch(batch(), &[append(&r, b"two"), append(&dead, b"x")])
+            .await
+            .expect_err("a deleted room's append fails the batch");
+        assert!(
+            matches!(err, StoreError::RoomDeleted(_)),
+            "{}: {err}",
+            store.backend()
+        );
+        assert!(!err.is_transient());
         let loaded = store.load(&r).await.unwrap();
         assert_eq!(loaded.updates, vec![(1, b"one".to_vec())]);
+        assert_eq!(
+            loaded.head_seq, 1,
+            "the head's bump rolled back with the rows"
+        );
+        let seqs = store
+            .write_batch(batch(), &[append(&r, b"two")])
+            .await
+            .unwrap();
+        assert_eq!(seqs, vec![Some(2)], "no seq lost to the failed batch");
     }
 }
 
 #[tokio::test]
-async fn a_retried_batch_is_a_no_op_and_different_bytes_conflict() {
+async fn a_retried_batch_is_answered_not_written_twice() {
     for (store, _dir) in stores().await {
         let r = room("retry");
-        let batch = [append(&r, 1, b"one"), append(&r, 2, b"two")];
-        store.write_batch(&batch).await.unwrap();
-        // The same batch again, as a retry after a lost COMMIT reply would send it.
-        store
-            .write_batch(&batch)
+        let id = batch();
+        let ops = [append(&r, b"one"), append(&r, b"two")];
+        let first = store.write_batch(id, &ops).await.unwrap();
+        // The same batch again, as the journal retries it after a lost COMMIT reply.
+        let again = store
+            .write_batch(id, &ops)
             .await
-            .expect("identical retry is harmless");
+            .expect("a retry of a committed batch is answered");
+        assert_eq!(first, again, "{}", store.backend());
         let loaded = store.load(&r).await.unwrap();
         assert_eq!(
             loaded.updates,
             vec![(1, b"one".to_vec()), (2, b"two".to_vec())]
         );
-        let err = store
-            .write_batch(&[append(&r, 3, b"three"), append(&r, 2, b"other")])
-            .await
-            .expect_err("different bytes at a taken seq");
-        assert!(
-            matches!(err, StoreError::Conflict { seq: 2, .. }),
-            "{}: {err}",
-            store.backend()
-        );
-        assert!(!err.is_transient());
-        assert_eq!(
-            store.load(&r).await.unwrap().last_seq(),
-            2,
-            "all or nothing"
-        );
+        // The same bytes in a new batch are new updates.
+        let next = store.write_batch(batch(), &ops).await.unwrap();
+        assert_eq!(next, vec![Some(3), Some(4)]);
     }
 }
 
@@ -230,9 +298,16 @@ async fn transient_failures_and_lost_commit_replies_lose_and_duplicate_nothing()
             Fault::CommitThenFail,
         ]);
         let r = room("transient");
+        let told = Arc::new(Mutex::new(Vec::<(i64, Bytes)>::new()));
+        let sink = told.clone();
+        journal.set_commit_handler(Box::new(move |done| {
+            sink.lock()
+                .unwrap()
+                .extend(done.iter().map(|c| (c.seq, c.data.clone())));
+        }));
         let mut last = 0;
         for seq in 1..=50i64 {
-            last = journal.append(r.clone(), seq, Bytes::from(seq.to_string()));
+            last = journal.append(r.clone(), Bytes::from(seq.to_string()));
         }
         tokio::time::timeout(Duration::from_secs(60), journal.wait(last))
             .await
@@ -241,6 +316,13 @@ async fn transient_failures_and_lost_commit_replies_lose_and_duplicate_nothing()
         let loaded = faulty.inner().load(&r).await.unwrap();
         let want: Vec<(i64, Vec<u8>)> = (1..=50).map(|s| (s, s.to_string().into_bytes())).collect();
         assert_eq!(loaded.updates, want, "{}", faulty.backend());
+        let told: Vec<(i64, Vec<u8>)> = told
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, d)| (*s, d.to_vec()))
+            .collect();
+        assert_eq!(told, want, "each commit told once, with the seqs stored");
         assert_eq!(journal.backlog_bytes(), 0);
         journal.close();
         task.await.unwrap();
@@ -265,11 +347,11 @@ async fn a_room_that_cannot_commit_does_not_stall_the_others() {
         faulty.poison_room(&bad);
         // One batch holding both rooms' writes.
         faulty.push([Fault::Slow(Duration::from_millis(50))]);
-        journal.append(good.clone(), 1, Bytes::from_static(b"warm-up"));
+        journal.append(good.clone(), Bytes::from_static(b"warm-up"));
         let mut last = 0;
-        for seq in 2..=20 {
-            journal.append(bad.clone(), seq, Bytes::from_static(b"b"));
-            last = journal.append(good.clone(), seq, Bytes::from_static(b"g"));
+        for _ in 2..=20 {
+            journal.append(bad.clone(), Bytes::from_static(b"b"));
+            last = journal.append(good.clone(), Bytes::from_static(b"g"));
         }
         tokio::time::timeout(Duration::from_secs(30), journal.wait(last))
             .await
@@ -283,7 +365,7 @@ async fn a_room_that_cannot_commit_does_not_stall_the_others() {
         assert!(faulty.inner().load(&bad).await.unwrap().updates.is_empty());
         // The healed room commits again.
         faulty.heal(&bad);
-        let t = journal.append(bad.clone(), 1, Bytes::from_static(b"again"));
+        let t = journal.append(bad.clone(), Bytes::from_static(b"again"));
         journal.wait(t).await;
         assert_eq!(faulty.inner().load(&bad).await.unwrap().last_seq(), 1);
         assert!(journal.is_healthy());
@@ -296,7 +378,7 @@ async fn a_room_that_cannot_commit_does_not_stall_the_others() {
 async fn a_dead_writer_is_reported() {
     let (faulty, journal, task) = journal_on(Arc::new(MemoryStore::default()));
     faulty.push([Fault::Panic]);
-    journal.append(room("dead"), 1, Bytes::from_static(b"x"));
+    journal.append(room("dead"), Bytes::from_static(b"x"));
     task.await
         .expect("the panic is caught and reported, not propagated");
     assert!(journal.is_dead());

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 mod awareness;
+mod cluster;
 mod nesting;
 mod peer;
 pub mod protocol;
@@ -18,6 +19,7 @@ mod session;
 use std::time::Duration;
 
 pub use awareness::{AwarenessLimits, AwarenessRefusal};
+pub use cluster::ClusterConfig;
 pub use nesting::{list_holds_text, NestingError};
 pub use peer::{close_code, Close, Outbox, Outgoing, Peer};
 /// The structural checks run on client payloads before any yrs decoder (the protocol crate's).

@@ -16,13 +16,15 @@
 
 use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use resonant_store::{Journal, Snapshot, StoredDoc, Ticket};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use yrs::error::UpdateError;
 use yrs::sync::awareness::AwarenessUpdate;
@@ -32,6 +34,7 @@ use yrs::{
 };
 
 use crate::awareness::{AwarenessRefusal, Presence};
+use crate::cluster::Watermark;
 use crate::nesting::{self, DepthCache};
 use crate::peer::{close_code, Close, Peer};
 use crate::protocol;
@@ -96,6 +99,16 @@ pub struct Room {
     /// A panic interrupted an operation: the in-memory document may be inconsistent, so it
     /// is never snapshotted (the store's log stays the truth).
     poisoned: AtomicBool,
+    /// Other nodes write this room too (scale-out): its snapshots cover what W says, not
+    /// the whole log.
+    clustered: bool,
+    /// Which seqs of the log the document has applied (own ones as they commit, other
+    /// nodes' as they arrive or are healed).
+    wm: Mutex<Watermark>,
+    /// Cancelled when the room closes: ends the tasks that feed it.
+    stop: CancellationToken,
+    /// Asks the room's feeder to read what it lacks from the store.
+    heal: Notify,
     #[cfg(feature = "fault-injection")]
     inject_panic: AtomicBool,
 }
@@ -121,8 +134,6 @@ struct Shared {
     name: Arc<str>,
     peers: Mutex<Peers>,
     journal: Journal,
-    /// Last sequence number appended for this room.
-    last_seq: AtomicI64,
     /// Log entries and bytes since the last snapshot (compaction trigger).
     log_updates: AtomicU64,
     log_bytes: AtomicU64,
@@ -145,9 +156,10 @@ impl Room {
         journal: Journal,
         config: Arc<SyncConfig>,
         tasks: TaskTracker,
+        clustered: bool,
     ) -> Result<Arc<Room>, LoadError> {
         let doc = Doc::new();
-        let last_seq = stored.last_seq();
+        let head = stored.last_seq();
         let tail = stored.updates.len() as u64;
         let tail_bytes: u64 = stored.updates.iter().map(|(_, u)| u.len() as u64).sum();
         let applied = catch_unwind(AssertUnwindSafe(|| -> Result<(), LoadError> {
@@ -190,7 +202,6 @@ impl Room {
             name: name.clone(),
             peers: Mutex::new(Peers::default()),
             journal,
-            last_seq: AtomicI64::new(last_seq),
             log_updates: AtomicU64::new(tail),
             log_bytes: AtomicU64::new(tail_bytes),
             full_state: Mutex::new(None),
@@ -214,6 +225,10 @@ impl Room {
             config,
             tasks,
             poisoned: AtomicBool::new(false),
+            clustered,
+            wm: Mutex::new(Watermark::new(head)),
+            stop: CancellationToken::new(),
+            heal: Notify::new(),
             #[cfg(feature = "fault-injection")]
             inject_panic: AtomicBool::new(false),
         }))
@@ -305,6 +320,7 @@ impl Room {
         }
         peers.closed = true;
         drop(peers);
+        self.stop.cancel();
         Unload::Closed(self.final_snapshot(&st))
     }
 
@@ -319,6 +335,7 @@ impl Room {
                 p.close(close.clone());
             }
         }
+        self.stop.cancel();
         self.final_snapshot(&st)
     }
 
@@ -446,7 +463,9 @@ impl Room {
 
     fn snapshot_locked(&self, st: &RoomState) -> Ticket {
         // Holding the state lock: no update can be applied (and so none logged) while we
-        // encode, so `last_seq` is exactly what the snapshot contains. The encoding includes
+        // encode, so the log up to where the journal queues this snapshot is exactly what it
+        // contains — the store resolves `up_to_seq: None` to that point, as this process is
+        // the room's only writer. The encoding includes
         // structs and deletes still waiting for their dependencies (yrs merges the pending
         // update and delete set into it), so nothing acknowledged but not yet integrated is
         // lost with the log entries the snapshot replaces.
@@ -458,10 +477,12 @@ impl Room {
         if let Ok(n) = nesting::count_structs(&state) {
             st.items.store(n as u64, Ordering::Relaxed);
         }
-        let up_to_seq = self.shared.last_seq.load(Ordering::Relaxed);
         self.shared.log_updates.store(0, Ordering::Relaxed);
         self.shared.log_bytes.store(0, Ordering::Relaxed);
-        tracing::debug!(room = %self.name, up_to_seq, bytes = state.len(), "snapshot");
+        tracing::debug!(room = %self.name, bytes = state.len(), "snapshot");
+        // On a cluster the log may hold other nodes' rows this document lacks: the
+        // snapshot covers only what W says it has.
+        let up_to_seq = self.clustered.then(|| self.wm.lock().w());
         self.shared.journal.snapshot(Snapshot {
             room: self.name.clone(),
             state: state.into(),
@@ -581,6 +602,102 @@ impl Room {
         }
     }
 
+    /// Records seqs the store gave this room's own updates (they are in the document since
+    /// before they were journaled).
+    pub(crate) fn committed_own(&self, seqs: impl IntoIterator<Item = i64>) {
+        let mut wm = self.wm.lock();
+        for seq in seqs {
+            wm.mark(seq);
+        }
+    }
+
+    /// Every seq up to this one is in the document.
+    pub fn watermark(&self) -> i64 {
+        self.wm.lock().w()
+    }
+
+    pub(crate) fn gap_since(&self) -> Option<Instant> {
+        self.wm.lock().gap_since()
+    }
+
+    pub(crate) fn stopped(&self) -> &CancellationToken {
+        &self.stop
+    }
+
+    pub(crate) fn heal_requested(&self) -> &Notify {
+        &self.heal
+    }
+
+    /// Applies committed updates from the log that other nodes wrote (from the bus or a
+    /// heal), skipping seqs already applied; every local peer gets what they change, and
+    /// nothing is journaled. Returns how many were new.
+    pub(crate) fn apply_remote(&self, entries: &[(i64, Bytes)]) -> Result<usize, ApplyError> {
+        self.contained("apply_remote", || {
+            let st = self.state.lock();
+            if self.shared.peers.lock().closed {
+                return Err(ApplyError::Closed);
+            }
+            let mut wm = self.wm.lock();
+            let mut applied = 0;
+            for (seq, bytes) in entries {
+                if wm.is_applied(*seq) {
+                    continue;
+                }
+                self.apply_stored(&st, *seq, bytes)?;
+                wm.mark(*seq);
+                applied += 1;
+            }
+            Ok(applied)
+        })?
+    }
+
+    /// Applies a heal read: the snapshot (when compaction removed rows this document
+    /// lacks) in place, then the rows; afterwards everything up to `tail.head_seq` is in.
+    pub(crate) fn apply_tail(&self, tail: &resonant_store::Tail) -> Result<usize, ApplyError> {
+        self.contained("apply_tail", || {
+            let st = self.state.lock();
+            if self.shared.peers.lock().closed {
+                return Err(ApplyError::Closed);
+            }
+            let mut wm = self.wm.lock();
+            let mut applied = 0;
+            if let Some((up_to, state)) = &tail.snapshot {
+                self.apply_stored(&st, *up_to, state)?;
+                wm.raise_to(*up_to);
+                applied += 1;
+            }
+            for (seq, bytes) in &tail.updates {
+                if wm.is_applied(*seq) {
+                    continue;
+                }
+                self.apply_stored(&st, *seq, bytes)?;
+                wm.mark(*seq);
+                applied += 1;
+            }
+            wm.raise_to(tail.head_seq);
+            Ok(applied)
+        })?
+    }
+
+    /// Applies one committed log entry with the remote origin. The origin node checked it;
+    /// bytes that do not decode are a corrupt log, and the room closes (1011) as a load of
+    /// it would fail.
+    fn apply_stored(&self, st: &RoomState, seq: i64, bytes: &[u8]) -> Result<(), ApplyError> {
+        let corrupt = |e: String| {
+            tracing::error!(room = %self.name, seq, error = %e, "a committed update from another node does not apply; closing the room");
+            self.poisoned.store(true, Ordering::Relaxed);
+            ApplyError::Internal
+        };
+        let update = Update::decode_v1(bytes).map_err(|e| corrupt(e.to_string()))?;
+        st.items.fetch_add(
+            nesting::count_structs(bytes).unwrap_or(0) as u64,
+            Ordering::Relaxed,
+        );
+        st.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let mut txn = st.doc.transact_mut_with(REMOTE_ORIGIN);
+        apply_retrying(&mut txn, update).map_err(|e| corrupt(e.to_string()))
+    }
+
     /// Runs `f` with read access to the document (for tests and, later, executions).
     pub fn with_doc<R>(&self, f: impl FnOnce(&Doc) -> R) -> R {
         f(&self.state.lock().doc)
@@ -589,27 +706,32 @@ impl Room {
 
 impl Shared {
     /// The room's single update observer: called inside the committing transaction, with
-    /// the room's state lock held, so sequence numbers follow the order of application.
+    /// the room's state lock held, so the journal gets updates in the order of application.
     fn on_update(&self, origin: Option<&Origin>, update: &[u8]) {
         let msg = protocol::encode_sync_update(update);
+        let exclude = origin.and_then(origin_peer);
+        if exclude == Some(REMOTE_ORIGIN) {
+            // Another node's committed update: already in the log, so only the local peers
+            // need it.
+            *self.full_state.lock() = None;
+            self.send_all(&msg, None);
+            return;
+        }
         let body = msg.slice(msg.len() - update.len()..);
-        let seq = self.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.log_updates.fetch_add(1, Ordering::Relaxed);
         self.log_bytes
             .fetch_add(body.len() as u64, Ordering::Relaxed);
-        self.journal.append(self.name.clone(), seq, body);
+        self.journal.append(self.name.clone(), body);
         *self.full_state.lock() = None;
-        let exclude = origin.and_then(origin_peer);
         self.send_all(&msg, exclude);
     }
 
     /// Appends an update to the room's log. Callers hold the room's state lock.
     fn append(&self, update: Bytes) -> Ticket {
-        let seq = self.last_seq.fetch_add(1, Ordering::Relaxed) + 1;
         self.log_updates.fetch_add(1, Ordering::Relaxed);
         self.log_bytes
             .fetch_add(update.len() as u64, Ordering::Relaxed);
-        self.journal.append(self.name.clone(), seq, update)
+        self.journal.append(self.name.clone(), update)
     }
 
     fn send_all(&self, msg: &Bytes, exclude: Option<u64>) {
@@ -650,6 +772,10 @@ fn apply_retrying(txn: &mut TransactionMut, update: Update) -> Result<(), Update
     }
     Ok(())
 }
+
+/// The origin of transactions that apply other nodes' committed updates: never a peer id
+/// (those count up from 1).
+const REMOTE_ORIGIN: u64 = u64::MAX;
 
 /// Transactions applied for a peer carry its id (big-endian u64) as origin.
 fn origin_peer(origin: &Origin) -> Option<u64> {

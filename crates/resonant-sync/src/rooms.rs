@@ -13,6 +13,7 @@ use resonant_store::{Journal, Store};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::{decode_entries, doc_topic, encode_entries, ClusterConfig};
 use crate::peer::{close_code, Close, Outbox, Peer};
 use crate::room::{AddPeerError, ApplyError, LoadError, Room, Unload};
 use crate::session::Session;
@@ -23,6 +24,10 @@ static LOADS: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_room_loads_total"));
 static LOAD_FAILURES: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_room_load_failures_total"));
+static REMOTE_UPDATES: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_bus_updates_applied_total"));
+static MALFORMED: LazyLock<metrics::Counter> =
+    LazyLock::new(|| metrics::counter!("resonant_bus_entries_malformed_total"));
 
 type LoadFuture = Shared<BoxFuture<'static, Result<Arc<Room>, LoadError>>>;
 
@@ -106,6 +111,8 @@ struct Inner {
     shutting_down: AtomicBool,
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// Set when other nodes serve the same rooms (scale-out).
+    cluster: Option<ClusterConfig>,
 }
 
 impl Rooms {
@@ -113,6 +120,39 @@ impl Rooms {
     /// (presence expiry). Rooms whose writes the journal cannot commit are closed (1011) and
     /// reloaded from the store by their next joiner.
     pub fn new(store: Arc<dyn Store>, journal: Journal, config: SyncConfig) -> Rooms {
+        Self::build(store, journal, config, None)
+    }
+
+    /// A registry whose rooms other nodes serve too: committed updates are published on the
+    /// cluster's bus, other nodes' are applied as they arrive, and whatever the bus loses is
+    /// read back from the store (`docs/scale-out.md` §4).
+    pub fn clustered(
+        store: Arc<dyn Store>,
+        journal: Journal,
+        config: SyncConfig,
+        cluster: ClusterConfig,
+    ) -> Rooms {
+        let rooms = Self::build(store, journal, config, Some(cluster));
+        let weak = Arc::downgrade(&rooms.inner);
+        rooms
+            .inner
+            .journal
+            .set_commit_handler(Box::new(move |done| {
+                if let Some(inner) = weak.upgrade() {
+                    (Rooms { inner }).committed(done);
+                }
+            }));
+        let weak = Arc::downgrade(&rooms.inner);
+        rooms.spawn(probe(weak));
+        rooms
+    }
+
+    fn build(
+        store: Arc<dyn Store>,
+        journal: Journal,
+        config: SyncConfig,
+        cluster: Option<ClusterConfig>,
+    ) -> Rooms {
         let rooms = Rooms {
             inner: Arc::new(Inner {
                 slots: DashMap::new(),
@@ -123,6 +163,7 @@ impl Rooms {
                 shutting_down: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
                 stop: CancellationToken::new(),
+                cluster,
             }),
         };
         let weak = Arc::downgrade(&rooms.inner);
@@ -187,6 +228,45 @@ impl Rooms {
             "storage error: room reset, reconnect to resync",
         ));
         self.remove_slot(&room);
+    }
+
+    /// A batch committed: each room's instance learns the seqs its updates got, and the
+    /// other nodes learn of the updates. Called by the journal's writer before the batch's
+    /// acknowledgements go out; never waits (the bus queues).
+    fn committed(&self, done: &[resonant_store::Committed]) {
+        let Some(cluster) = &self.inner.cluster else {
+            return;
+        };
+        let mut start = 0;
+        while start < done.len() {
+            let room = &done[start].room;
+            // A batch's appends of one room are usually together; when they are not, each
+            // run is its own entry.
+            let end = start
+                + done[start..]
+                    .iter()
+                    .take_while(|c| Arc::ptr_eq(&c.room, room) || c.room == *room)
+                    .count();
+            let run = &done[start..end];
+            if let Some(Slot::Ready(instance)) = self.inner.slots.get(&**room).as_deref() {
+                instance.committed_own(run.iter().map(|c| c.seq));
+            }
+            let payload = encode_entries(run.iter().map(|c| (c.seq, &c.data[..])));
+            cluster.bus.publish(
+                &doc_topic(room),
+                payload,
+                resonant_bus::PublishOptions {
+                    max_len: cluster.stream_max_len,
+                    ttl: Some(cluster.stream_ttl),
+                },
+            );
+            start = end;
+        }
+    }
+
+    /// The bus to the other nodes, when this registry is part of a cluster.
+    pub fn bus(&self) -> Option<&Arc<dyn resonant_bus::Bus>> {
+        self.inner.cluster.as_ref().map(|c| &c.bus)
     }
 
     /// The journal every room appends to.
@@ -336,6 +416,13 @@ impl Rooms {
             LOADS.increment(1);
             // A previous instance of this room may still have writes in the journal.
             rooms.inner.journal.flush().await;
+            // On a cluster: first the position in the room's stream, then the stored
+            // document (W is its head); entries published after that position and not
+            // already in the document are applied by the feeder (`docs/scale-out.md` §4.5).
+            let subscription = match &rooms.inner.cluster {
+                Some(cluster) => Some(cluster.bus.subscribe(&doc_topic(&name)).await),
+                None => None,
+            };
             let stored = rooms.inner.store.load(&name).await.map_err(|e| {
                 LOAD_FAILURES.increment(1);
                 tracing::error!(room = %name, error = %e, "room load failed");
@@ -347,11 +434,21 @@ impl Rooms {
                 rooms.inner.journal.clone(),
                 rooms.inner.config.clone(),
                 rooms.inner.tasks.clone(),
+                subscription.is_some(),
             )
             .inspect_err(|e| {
                 LOAD_FAILURES.increment(1);
                 tracing::error!(room = %name, error = %e, "room load failed");
             })?;
+            if let (Some(subscription), Some(cluster)) = (subscription, &rooms.inner.cluster) {
+                rooms.spawn(feed(
+                    rooms.inner.store.clone(),
+                    room.clone(),
+                    subscription,
+                    cluster.bus.node(),
+                    cluster.gap_heal,
+                ));
+            }
             tracing::debug!(room = %name, "room loaded");
             // If the joiner that triggered the load never arrives, the room still unloads.
             rooms.schedule_unload(room.clone(), 0);
@@ -419,4 +516,155 @@ impl Rooms {
 
 fn shutdown_close() -> Close {
     Close::new(close_code::SERVICE_RESTART, "server shutting down")
+}
+
+/// Why a room reads what it lacks from the store.
+#[derive(Clone, Copy)]
+enum HealReason {
+    /// A gap in the seqs received outlasted the gap bound.
+    Gap,
+    /// The bus may have lost entries (reconnect, overflow, a malformed entry).
+    Resync,
+    /// The probe found the room's head above W.
+    Probe,
+}
+
+impl HealReason {
+    fn label(self) -> &'static str {
+        match self {
+            HealReason::Gap => "gap",
+            HealReason::Resync => "resync",
+            HealReason::Probe => "probe",
+        }
+    }
+}
+
+/// Feeds one room instance on a cluster: other nodes' updates from its stream, and heals
+/// from the store when the stream cannot be trusted. Ends when the room closes or the bus
+/// shuts down (its subscription, dropped with it, unregisters only this instance's).
+async fn feed(
+    store: Arc<dyn Store>,
+    room: Arc<Room>,
+    mut subscription: resonant_bus::Subscription,
+    own_node: resonant_bus::NodeId,
+    gap_heal: Duration,
+) {
+    let far = Duration::from_secs(3600);
+    loop {
+        let gap_due = room.gap_since().map_or_else(
+            || tokio::time::Instant::now() + far,
+            |t| (t + gap_heal).into(),
+        );
+        let reason = tokio::select! {
+            _ = room.stopped().cancelled() => return,
+            _ = room.heal_requested().notified() => HealReason::Probe,
+            _ = tokio::time::sleep_until(gap_due) => HealReason::Gap,
+            delivery = subscription.recv() => match delivery {
+                None => return,
+                Some(resonant_bus::Delivery::Resync) => HealReason::Resync,
+                Some(resonant_bus::Delivery::Message(m)) => {
+                    // Own updates are in the document since before they were committed.
+                    if m.origin == own_node {
+                        continue;
+                    }
+                    match decode_entries(&m.payload) {
+                        Some(entries) => match room.apply_remote(&entries) {
+                            Ok(n) => {
+                                REMOTE_UPDATES.increment(n as u64);
+                                continue;
+                            }
+                            Err(ApplyError::Closed) => return,
+                            Err(_) => {
+                                room.abandon(Close::new(
+                                    close_code::INTERNAL_ERROR,
+                                    "internal error; reconnect",
+                                ));
+                                return;
+                            }
+                        },
+                        None => {
+                            MALFORMED.increment(1);
+                            tracing::warn!(room = %room.name(), "malformed entry on the room's stream; healing from the store");
+                            HealReason::Resync
+                        }
+                    }
+                }
+            },
+        };
+        if !heal(&*store, &room, reason).await {
+            return;
+        }
+    }
+}
+
+/// Reads what the room lacks from the store and applies it. False when the room is done.
+async fn heal(store: &dyn Store, room: &Arc<Room>, reason: HealReason) -> bool {
+    let started = std::time::Instant::now();
+    let after = room.watermark();
+    let tail = match store.read_since(room.name(), after).await {
+        Ok(tail) => tail,
+        Err(e) => {
+            // The probe asks again; meanwhile the room keeps serving what it has.
+            tracing::warn!(room = %room.name(), error = %e, "healing a room from the store failed");
+            return true;
+        }
+    };
+    match room.apply_tail(&tail) {
+        Ok(applied) => {
+            metrics::counter!("resonant_bus_gaps_healed_total", "reason" => reason.label())
+                .increment(1);
+            metrics::histogram!("resonant_bus_heal_seconds")
+                .record(started.elapsed().as_secs_f64());
+            if applied > 0 {
+                tracing::debug!(room = %room.name(), reason = reason.label(), after, applied, "healed from the store");
+            }
+            true
+        }
+        Err(ApplyError::Closed) => false,
+        Err(_) => {
+            room.abandon(Close::new(
+                close_code::INTERNAL_ERROR,
+                "internal error; reconnect",
+            ));
+            false
+        }
+    }
+}
+
+/// Every probe interval, one query for the heads of every loaded room: a room whose head is
+/// above its W lacks something the bus never brought (a lost last update, a bus outage).
+async fn probe(inner: std::sync::Weak<Inner>) {
+    loop {
+        let wait = match inner.upgrade() {
+            Some(inner) => {
+                let cluster = inner.cluster.as_ref().expect("a clustered registry");
+                if cluster.bus.is_up() {
+                    cluster.probe
+                } else {
+                    cluster.probe_when_down
+                }
+            }
+            None => return,
+        };
+        tokio::time::sleep(wait).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let registry = Rooms { inner };
+        let rooms = registry.loaded();
+        if rooms.is_empty() {
+            continue;
+        }
+        let names: Vec<Arc<str>> = rooms.iter().map(|r| r.name().clone()).collect();
+        let heads = match registry.inner.store.heads(&names).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "probing the rooms' heads failed");
+                continue;
+            }
+        };
+        for (room, head) in rooms.iter().zip(heads) {
+            if head > room.watermark() {
+                room.heal_requested().notify_one();
+            }
+        }
+    }
 }
