@@ -196,9 +196,25 @@ pub struct ServeConfig {
     /// Without it, storing provider keys is refused.
     #[arg(long, env = "RESONANT_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
-    /// Redis URL: rate limits are shared by every node through it.
+    /// Redis URL: rate limits are shared by every node through it. With a Postgres
+    /// `--database-url` too, this node joins a cluster: any number of nodes serve the same
+    /// rooms, Postgres ordering every document and Redis carrying the news between them.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Prefix of this deployment's keys in Redis (deployments sharing one Redis differ here).
+    #[arg(long, env = "RESONANT_REDIS_PREFIX", default_value = "resonant")]
+    pub redis_prefix: String,
+    /// A name for this node in logs (cluster mode); each process also draws a random node id.
+    #[arg(long, env = "RESONANT_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Cluster mode: how often (ms) a node compares its loaded rooms with the store's heads,
+    /// which catches whatever Redis lost (500 ms while Redis is down).
+    #[arg(long, env = "RESONANT_BUS_PROBE_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub bus_probe_ms: u64,
+    /// Cluster mode: how long (ms) a gap in a room's updates from other nodes may last before
+    /// the room reads the missing ones from the store.
+    #[arg(long, env = "RESONANT_BUS_GAP_HEAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub bus_gap_heal_ms: u64,
     /// Resend API key for invitation emails (without it, inviting a new address is refused).
     #[arg(long, env = "RESEND_API_KEY", hide_env_values = true)]
     pub resend_api_key: Option<String>,

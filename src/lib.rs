@@ -84,6 +84,35 @@ fn metrics_handle() -> PrometheusHandle {
 /// process that was just killed takes a moment to release its lock).
 const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// The bus to the other nodes of the cluster: a random node id per process start (a
+/// restarted process is a new node), keys under `--redis-prefix`.
+fn cluster_bus(config: &ServeConfig, url: &str) -> anyhow::Result<Arc<dyn resonant_bus::Bus>> {
+    let node = resonant_bus::new_node_id();
+    let info = serde_json::json!({
+        "name": config.node_name,
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string();
+    let bus = resonant_bus::RedisBus::connect(
+        url,
+        &config.redis_prefix,
+        node,
+        resonant_bus::RedisBusConfig {
+            node_info: info,
+            ..Default::default()
+        },
+    )
+    .context("starting the cluster bus on Redis (REDIS_URL, --redis-prefix)")?;
+    tracing::info!(
+        node = %resonant_bus::node_hex(node),
+        name = config.node_name.as_deref().unwrap_or(""),
+        prefix = %config.redis_prefix,
+        "cluster node: rooms are shared with every node on this Postgres and Redis"
+    );
+    Ok(bus)
+}
+
 /// Opens the store, binds the listener and starts serving.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     config.validate().map_err(anyhow::Error::msg)?;
@@ -110,11 +139,20 @@ pub async fn start_with_store(
         .transpose()
         .context("invalid --encryption-key (RESONANT_ENCRYPTION_KEY)")?;
     let metrics = metrics_handle();
-    store
-        .lock_exclusive(STORE_LOCK_WAIT)
-        .await
-        .context("claiming the store for this process")?;
-    tracing::info!(backend = store.backend(), "store ready");
+    // Postgres and Redis together make a cluster node: other nodes may serve the same rooms.
+    let clustered = store.backend() == "postgres" && config.redis_url.is_some();
+    if clustered {
+        store
+            .lock_shared(STORE_LOCK_WAIT)
+            .await
+            .context("joining the cluster on this store")?;
+    } else {
+        store
+            .lock_exclusive(STORE_LOCK_WAIT)
+            .await
+            .context("claiming the store for this process")?;
+    }
+    tracing::info!(backend = store.backend(), clustered, "store ready");
     let journal_config = JournalConfig {
         min_commit_interval: config::secs(config.commit_interval_ms / 1000.0),
         ..JournalConfig::default()
@@ -157,7 +195,20 @@ pub async fn start_with_store(
         Some(limiter)
     };
     let (journal, journal_task) = Journal::start(store.clone(), journal_config);
-    let rooms = Rooms::new(store, journal.clone(), config.sync_config());
+    let bus = match (clustered, config.redis_url.as_deref()) {
+        (true, Some(url)) => Some(cluster_bus(&config, url)?),
+        _ => None,
+    };
+    let rooms = match &bus {
+        Some(bus) => {
+            let mut cluster = resonant_sync::ClusterConfig::new(bus.clone());
+            cluster.probe = Duration::from_millis(config.bus_probe_ms);
+            cluster.probe_when_down = cluster.probe.min(Duration::from_millis(500));
+            cluster.gap_heal = Duration::from_millis(config.bus_gap_heal_ms);
+            Rooms::clustered(store, journal.clone(), config.sync_config(), cluster)
+        }
+        None => Rooms::new(store, journal.clone(), config.sync_config()),
+    };
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;
@@ -267,6 +318,10 @@ pub async fn start_with_store(
         }
         serve_rooms.journal().close();
         let _ = tokio::time::timeout_at(end, journal_task).await;
+        // The other nodes drop this node's presence at once instead of after its key lapses.
+        if let Some(bus) = serve_rooms.bus() {
+            let _ = tokio::time::timeout_at(end, bus.shutdown()).await;
+        }
         result.context("serving HTTP")
     });
     tracing::info!(%addr, "listening");

@@ -91,7 +91,16 @@ async fn readyz(State(app): State<AppState>) -> impl IntoResponse {
     }
     let ping = tokio::time::timeout(Duration::from_secs(2), app.rooms.store().ping()).await;
     match ping {
-        Ok(Ok(())) if app.rooms.journal().is_healthy() => (StatusCode::OK, "ready".to_string()),
+        // Redis down does not make a cluster node unready: it keeps serving correctly from
+        // Postgres (rooms heal from it), and failing here would take every node out at once.
+        Ok(Ok(())) if app.rooms.journal().is_healthy() => match app.rooms.bus() {
+            Some(bus) if bus.is_up() => (StatusCode::OK, "ready\nbus: up".to_string()),
+            Some(_) => (
+                StatusCode::OK,
+                "ready\nbus: down (rooms catch up from the store instead)".to_string(),
+            ),
+            None => (StatusCode::OK, "ready".to_string()),
+        },
         Ok(Ok(())) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "store commits are failing".to_string(),
