@@ -73,6 +73,8 @@ struct Entry {
     /// `None` once removed; kept until the timeout so an older update cannot revive it.
     state: Option<Arc<str>>,
     updated: Instant,
+    /// Set by another node (scale-out): that node renews and announces it, not this one.
+    remote: bool,
 }
 
 /// The presence table of one room, plus its broadcast coalescing state.
@@ -95,6 +97,18 @@ impl Presence {
         owned: &mut HashSet<ClientID>,
         limits: &AwarenessLimits,
         now: Instant,
+    ) -> (Vec<ClientID>, Option<AwarenessRefusal>) {
+        self.apply_from(update, owned, limits, now, false)
+    }
+
+    /// [`Presence::apply`] for states another node announced (`remote`), or a local peer's.
+    pub(crate) fn apply_from(
+        &mut self,
+        update: AwarenessUpdate,
+        owned: &mut HashSet<ClientID>,
+        limits: &AwarenessLimits,
+        now: Instant,
+        remote: bool,
     ) -> (Vec<ClientID>, Option<AwarenessRefusal>) {
         if update.clients.len() > limits.max_entries_per_message {
             let refusal = AwarenessRefusal::TooManyEntries {
@@ -143,6 +157,7 @@ impl Presence {
                     clock,
                     state,
                     updated: now,
+                    remote,
                 },
             );
             changed.push(id);
@@ -195,6 +210,24 @@ impl Presence {
 
     /// Encodes the current entries of `ids` (removed ones as `null`) as one message.
     pub(crate) fn encode(&self, ids: impl IntoIterator<Item = ClientID>) -> Option<Bytes> {
+        self.update_for(ids)
+            .map(|update| protocol::encode_awareness(&update))
+    }
+
+    /// The present states this node's own peers set, for another node that asks.
+    pub(crate) fn local_present(&self) -> Vec<ClientID> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.state.is_some() && !e.remote)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The current entries of `ids` (removed ones as `null`) as an awareness update.
+    pub(crate) fn update_for(
+        &self,
+        ids: impl IntoIterator<Item = ClientID>,
+    ) -> Option<AwarenessUpdate> {
         let clients: HashMap<ClientID, AwarenessUpdateEntry> = ids
             .into_iter()
             .filter_map(|id| {
@@ -209,7 +242,7 @@ impl Presence {
                 ))
             })
             .collect();
-        (!clients.is_empty()).then(|| protocol::encode_awareness(&AwarenessUpdate { clients }))
+        (!clients.is_empty()).then_some(AwarenessUpdate { clients })
     }
 
     /// Everyone's present state, for a joiner's greeting or a query.

@@ -50,6 +50,24 @@ pub(crate) fn doc_topic(room: &str) -> String {
     format!("doc:{room}")
 }
 
+/// The bus topic of a room's presence changes.
+pub(crate) fn aw_topic(room: &str) -> String {
+    format!("aw:{room}")
+}
+
+/// A presence payload: a y-protocols awareness update follows.
+pub(crate) const AW_UPDATE: u8 = 0;
+/// A presence payload: a node that just loaded the room asks for everyone's presence.
+pub(crate) const AW_QUERY: u8 = 1;
+
+/// Presence streams are short: nothing in them outlives the awareness timeout.
+pub(crate) fn aw_publish_options() -> resonant_bus::PublishOptions {
+    resonant_bus::PublishOptions {
+        max_len: 1000,
+        ttl: Some(Duration::from_secs(300)),
+    }
+}
+
 /// Encodes committed updates of one room as a bus payload: a count, then per update its seq
 /// and bytes (lib0 var-ints, like the rest of the wire).
 pub(crate) fn encode_entries<'a>(entries: impl ExactSizeIterator<Item = (i64, &'a [u8])>) -> Bytes {

@@ -34,11 +34,13 @@ use yrs::{
 };
 
 use crate::awareness::{AwarenessRefusal, Presence};
-use crate::cluster::Watermark;
+use crate::cluster::{self, Watermark};
 use crate::nesting::{self, DepthCache};
 use crate::peer::{close_code, Close, Peer};
 use crate::protocol;
 use crate::SyncConfig;
+use resonant_bus::Bus;
+use yrs::updates::encoder::Encode;
 
 static FANOUT_SECONDS: LazyLock<metrics::Histogram> =
     LazyLock::new(|| metrics::histogram!("resonant_fanout_seconds"));
@@ -102,6 +104,8 @@ pub struct Room {
     /// Other nodes write this room too (scale-out): its snapshots cover what W says, not
     /// the whole log.
     clustered: bool,
+    /// The other nodes serving this room hear of its presence changes here.
+    bus: Option<Arc<dyn Bus>>,
     /// Which seqs of the log the document has applied (own ones as they commit, other
     /// nodes' as they arrive or are healed).
     wm: Mutex<Watermark>,
@@ -156,7 +160,7 @@ impl Room {
         journal: Journal,
         config: Arc<SyncConfig>,
         tasks: TaskTracker,
-        clustered: bool,
+        bus: Option<Arc<dyn Bus>>,
     ) -> Result<Arc<Room>, LoadError> {
         let doc = Doc::new();
         let head = stored.last_seq();
@@ -225,7 +229,8 @@ impl Room {
             config,
             tasks,
             poisoned: AtomicBool::new(false),
-            clustered,
+            clustered: bus.is_some(),
+            bus,
             wm: Mutex::new(Watermark::new(head)),
             stop: CancellationToken::new(),
             heal: Notify::new(),
@@ -504,6 +509,7 @@ impl Room {
             st.presence
                 .apply(update, owned, &self.config.awareness, Instant::now());
         if !changed.is_empty() {
+            self.publish_awareness(&st, &changed);
             self.broadcast_awareness(&mut st, changed, Some(origin));
         }
         refusal
@@ -514,6 +520,7 @@ impl Room {
         let mut st = self.state.lock();
         let removed = st.presence.remove(ids, Instant::now());
         if !removed.is_empty() {
+            self.publish_awareness(&st, &removed);
             self.broadcast_awareness(&mut st, removed, None);
         }
     }
@@ -599,6 +606,76 @@ impl Room {
             if p.id() != from && p.extensions() {
                 p.send(msg);
             }
+        }
+    }
+
+    /// Tells the other nodes serving this room what this node's peers changed in its
+    /// presence (never persisted; lost messages are renewed by the clients within 15 s).
+    fn publish_awareness(&self, st: &RoomState, ids: &[ClientID]) {
+        let Some(bus) = &self.bus else { return };
+        if let Some(update) = st.presence.update_for(ids.iter().copied()) {
+            let mut payload = vec![cluster::AW_UPDATE];
+            payload.extend(update.encode_v1());
+            bus.publish(
+                &cluster::aw_topic(&self.name),
+                payload.into(),
+                cluster::aw_publish_options(),
+            );
+        }
+    }
+
+    /// Asks the other nodes serving this room to announce their peers' presence (a node
+    /// that just loaded the room has none of it).
+    pub(crate) fn ask_for_presence(&self) {
+        if let Some(bus) = &self.bus {
+            bus.publish(
+                &cluster::aw_topic(&self.name),
+                Bytes::from_static(&[cluster::AW_QUERY]),
+                cluster::aw_publish_options(),
+            );
+        }
+    }
+
+    /// Applies a presence message from another node: states are relayed to the local
+    /// peers; a query is answered with this node's peers' states. False when malformed.
+    pub(crate) fn apply_remote_awareness(self: &Arc<Self>, payload: &[u8]) -> bool {
+        match payload.split_first() {
+            Some((&cluster::AW_UPDATE, body)) => {
+                if crate::validate::validate_awareness_v1(body).is_err() {
+                    return false;
+                }
+                let Ok(update) = AwarenessUpdate::decode_v1(body) else {
+                    return false;
+                };
+                // Other nodes enforced their peers' limits; only the state size is checked
+                // again, so no node can make this one hold more than a peer could.
+                let limits = crate::AwarenessLimits {
+                    max_ids_per_connection: usize::MAX,
+                    max_entries_per_message: usize::MAX,
+                    ..self.config.awareness
+                };
+                let mut st = self.state.lock();
+                let (changed, _) = st.presence.apply_from(
+                    update,
+                    &mut HashSet::new(),
+                    &limits,
+                    Instant::now(),
+                    true,
+                );
+                if !changed.is_empty() {
+                    self.broadcast_awareness(&mut st, changed, None);
+                }
+                true
+            }
+            Some((&cluster::AW_QUERY, [])) => {
+                let st = self.state.lock();
+                let local = st.presence.local_present();
+                if !local.is_empty() {
+                    self.publish_awareness(&st, &local);
+                }
+                true
+            }
+            _ => false,
         }
     }
 

@@ -13,7 +13,7 @@ use resonant_store::{Journal, Store};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{decode_entries, doc_topic, encode_entries, ClusterConfig};
+use crate::cluster::{aw_topic, decode_entries, doc_topic, encode_entries, ClusterConfig};
 use crate::peer::{close_code, Close, Outbox, Peer};
 use crate::room::{AddPeerError, ApplyError, LoadError, Room, Unload};
 use crate::session::Session;
@@ -419,8 +419,14 @@ impl Rooms {
             // On a cluster: first the position in the room's stream, then the stored
             // document (W is its head); entries published after that position and not
             // already in the document are applied by the feeder (`docs/scale-out.md` §4.5).
-            let subscription = match &rooms.inner.cluster {
-                Some(cluster) => Some(cluster.bus.subscribe(&doc_topic(&name)).await),
+            let subscriptions = match &rooms.inner.cluster {
+                Some(cluster) => Some(
+                    futures_util::future::join(
+                        cluster.bus.subscribe(&doc_topic(&name)),
+                        cluster.bus.subscribe(&aw_topic(&name)),
+                    )
+                    .await,
+                ),
                 None => None,
             };
             let stored = rooms.inner.store.load(&name).await.map_err(|e| {
@@ -434,20 +440,22 @@ impl Rooms {
                 rooms.inner.journal.clone(),
                 rooms.inner.config.clone(),
                 rooms.inner.tasks.clone(),
-                subscription.is_some(),
+                rooms.inner.cluster.as_ref().map(|c| c.bus.clone()),
             )
             .inspect_err(|e| {
                 LOAD_FAILURES.increment(1);
                 tracing::error!(room = %name, error = %e, "room load failed");
             })?;
-            if let (Some(subscription), Some(cluster)) = (subscription, &rooms.inner.cluster) {
+            if let (Some((docs, presence)), Some(cluster)) = (subscriptions, &rooms.inner.cluster) {
                 rooms.spawn(feed(
                     rooms.inner.store.clone(),
                     room.clone(),
-                    subscription,
+                    docs,
+                    presence,
                     cluster.bus.node(),
                     cluster.gap_heal,
                 ));
+                room.ask_for_presence();
             }
             tracing::debug!(room = %name, "room loaded");
             // If the joiner that triggered the load never arrives, the room still unloads.
@@ -546,6 +554,7 @@ async fn feed(
     store: Arc<dyn Store>,
     room: Arc<Room>,
     mut subscription: resonant_bus::Subscription,
+    mut presence: resonant_bus::Subscription,
     own_node: resonant_bus::NodeId,
     gap_heal: Duration,
 ) {
@@ -559,6 +568,19 @@ async fn feed(
             _ = room.stopped().cancelled() => return,
             _ = room.heal_requested().notified() => HealReason::Probe,
             _ = tokio::time::sleep_until(gap_due) => HealReason::Gap,
+            delivery = presence.recv() => {
+                match delivery {
+                    None => return,
+                    Some(resonant_bus::Delivery::Message(m)) if m.origin != own_node => {
+                        if !room.apply_remote_awareness(&m.payload) {
+                            MALFORMED.increment(1);
+                        }
+                    }
+                    // Lost presence is renewed by its clients; nothing to heal.
+                    Some(_) => {}
+                }
+                continue;
+            }
             delivery = subscription.recv() => match delivery {
                 None => return,
                 Some(resonant_bus::Delivery::Resync) => HealReason::Resync,

@@ -314,3 +314,63 @@ async fn a_node_joining_while_another_writes_misses_nothing() {
         let _ = Bytes::new();
     }
 }
+
+impl Editor {
+    fn set_presence(&mut self, json: &str) -> u64 {
+        let frame = self.client.set_awareness(json);
+        self.session
+            .handle(&frame)
+            .expect("server accepts presence");
+        self.client.awareness_id()
+    }
+
+    fn sees(&self, id: u64) -> Option<String> {
+        self.client
+            .peers
+            .get(&id)
+            .and_then(|s| s.as_deref().map(str::to_owned))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_crosses_nodes_reaches_late_joiners_and_is_removed_when_its_editor_leaves() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let hub = MemoryHub::new();
+    let nodes: Vec<Node> = (1..=3)
+        .map(|id| node(&store, &hub, id, SyncConfig::default()))
+        .collect();
+    let room = format!("presence-{}", rand::random::<u32>());
+    let mut a = Editor::join(&nodes[0].rooms, &room).await;
+    let mut b = Editor::join(&nodes[1].rooms, &room).await;
+    let id = a.set_presence(r#"{"user":"ann","cursor":3}"#);
+    let mut pair = [a, b];
+    until(
+        &mut pair,
+        Duration::from_secs(5),
+        "presence on node 2",
+        |es| es[1].sees(id).is_some_and(|s| s.contains("ann")),
+    )
+    .await;
+    [a, b] = pair;
+    // A node that loads the room later asks, and node 1 answers with ann's cursor.
+    let c = Editor::join(&nodes[2].rooms, &room).await;
+    let mut trio = [a, b, c];
+    until(
+        &mut trio,
+        Duration::from_secs(5),
+        "presence for a late joiner",
+        |es| es[2].sees(id).is_some_and(|s| s.contains("ann")),
+    )
+    .await;
+    // Ann leaves: the others see her cursor go (a removal, not a 30 s expiry).
+    let [a, b, c] = trio;
+    drop(a);
+    let mut rest = [b, c];
+    until(
+        &mut rest,
+        Duration::from_secs(5),
+        "the removal on other nodes",
+        |es| es.iter().all(|e| e.sees(id).is_none()),
+    )
+    .await;
+}
