@@ -199,7 +199,7 @@ impl Store for FaultStore {
         self.inner.read_since(room, after).await
     }
 
-    async fn heads(&self, rooms: &[Arc<str>]) -> Result<Vec<i64>, StoreError> {
+    async fn heads(&self, rooms: &[Arc<str>]) -> Result<Vec<crate::Head>, StoreError> {
         self.inner.heads(rooms).await
     }
 

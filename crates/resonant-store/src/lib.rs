@@ -134,6 +134,15 @@ impl StoredDoc {
     }
 }
 
+/// Where a room's log stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The highest seq it has used.
+    pub seq: i64,
+    /// Its workflow was deleted: it takes no more appends.
+    pub deleted: bool,
+}
+
 /// What a room's log holds after a given seq, for a copy of the room that has applied every
 /// seq up to it (another node's updates it missed).
 #[derive(Debug, Default, Clone)]
@@ -222,11 +231,14 @@ pub trait Store: Send + Sync + 'static {
             updates: doc.updates.into_iter().filter(|(s, _)| *s > from).collect(),
         })
     }
-    /// The head seq of each of `rooms` (0 for a room with no log), in their order.
-    async fn heads(&self, rooms: &[Arc<str>]) -> Result<Vec<i64>, StoreError> {
+    /// The head of each of `rooms` (seq 0 for a room with no log), in their order.
+    async fn heads(&self, rooms: &[Arc<str>]) -> Result<Vec<Head>, StoreError> {
         let mut heads = Vec::with_capacity(rooms.len());
         for room in rooms {
-            heads.push(self.load(room).await?.last_seq());
+            heads.push(Head {
+                seq: self.load(room).await?.last_seq(),
+                deleted: false,
+            });
         }
         Ok(heads)
     }

@@ -374,20 +374,24 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn heads(&self, rooms: &[Arc<str>]) -> Result<Vec<i64>, StoreError> {
+    async fn heads(&self, rooms: &[Arc<str>]) -> Result<Vec<crate::Head>, StoreError> {
         let names: Vec<&str> = rooms.iter().map(|r| &**r).collect();
-        let found: Vec<(String, i64)> =
-            sqlx::query_as("SELECT room, head_seq FROM rooms WHERE room = ANY($1)")
-                .bind(&names[..])
-                .fetch_all(&self.pool)
-                .await?;
+        let found: Vec<(String, i64, bool)> = sqlx::query_as(
+            "SELECT room, head_seq, deleted_at IS NOT NULL FROM rooms WHERE room = ANY($1)",
+        )
+        .bind(&names[..])
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rooms
             .iter()
             .map(|r| {
-                found
-                    .iter()
-                    .find(|(name, _)| name == &**r)
-                    .map_or(0, |(_, h)| *h)
+                found.iter().find(|(name, _, _)| name == &**r).map_or(
+                    crate::Head::default(),
+                    |(_, seq, deleted)| crate::Head {
+                        seq: *seq,
+                        deleted: *deleted,
+                    },
+                )
             })
             .collect())
     }
@@ -456,6 +460,18 @@ impl Store for PostgresStore {
 
     async fn delete_room(&self, room: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The tombstone: from now on appends to the room are refused (`resonant_append`
+        // leaves it out), on every node, so one that missed the deletion cannot bring the
+        // document back; its probe finds the room deleted and closes it. The row lock also
+        // waits for appends in flight.
+        sqlx::query(
+            "INSERT INTO rooms (room, deleted_at) VALUES ($1, $2)
+             ON CONFLICT (room) DO UPDATE SET deleted_at = excluded.deleted_at",
+        )
+        .bind(room)
+        .bind(now_millis())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM doc_updates WHERE room = $1")
             .bind(room)
             .execute(&mut *tx)

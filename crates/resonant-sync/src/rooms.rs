@@ -220,13 +220,18 @@ impl Rooms {
             Some(Slot::Ready(room)) => room.clone(),
             _ => return,
         };
-        tracing::error!(room = %name, error = %error, "closing room after a storage failure; it reloads on the next join");
         // No final snapshot: the store's log is the truth, and a snapshot of this instance
         // would stand in for log entries it does not hold.
-        room.abandon(Close::new(
-            close_code::INTERNAL_ERROR,
-            "storage error: room reset, reconnect to resync",
-        ));
+        if matches!(error, resonant_store::StoreError::RoomDeleted(_)) {
+            tracing::info!(room = %name, "room deleted (on another node); closing it");
+            room.abandon(Close::new(close_code::GONE, "workflow deleted"));
+        } else {
+            tracing::error!(room = %name, error = %error, "closing room after a storage failure; it reloads on the next join");
+            room.abandon(Close::new(
+                close_code::INTERNAL_ERROR,
+                "storage error: room reset, reconnect to resync",
+            ));
+        }
         self.remove_slot(&room);
     }
 
@@ -684,7 +689,13 @@ async fn probe(inner: std::sync::Weak<Inner>) {
             }
         };
         for (room, head) in rooms.iter().zip(heads) {
-            if head > room.watermark() {
+            if head.deleted {
+                // Deleted on another node (whose message this node never got): the store
+                // refuses its writes already; close it as the deleting node did.
+                tracing::info!(room = %room.name(), "room deleted on another node; closing it");
+                room.abandon(Close::new(close_code::GONE, "workflow deleted"));
+                registry.remove_slot(room);
+            } else if head.seq > room.watermark() {
                 room.heal_requested().notify_one();
             }
         }

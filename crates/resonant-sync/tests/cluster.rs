@@ -374,3 +374,55 @@ async fn presence_crosses_nodes_reaches_late_joiners_and_is_removed_when_its_edi
     )
     .await;
 }
+
+/// Deleting a room on one node closes it on the others (4410) within a probe interval, even
+/// though no message told them, and nothing they write afterwards is stored: the store keeps
+/// a tombstone and refuses appends to the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_deleted_on_one_node_closes_on_the_others_and_stays_deleted() {
+    for (backend, store) in stores().await {
+        if backend == "memory" {
+            continue; // the memory store keeps no tombstone (it never serves a cluster)
+        }
+        let hub = MemoryHub::new();
+        let nodes: Vec<Node> = (1..=2)
+            .map(|id| node(&store, &hub, id, SyncConfig::default()))
+            .collect();
+        let room = format!("deleted-{}", rand::random::<u32>());
+        let mut a = Editor::join(&nodes[0].rooms, &room).await;
+        let b = Editor::join(&nodes[1].rooms, &room).await;
+        a.type_text("kept?");
+        let mut pair = [a, b];
+        until(&mut pair, Duration::from_secs(5), backend, |es| {
+            es[1].text() == "kept?"
+        })
+        .await;
+        let [a, mut b] = pair;
+        drop(a);
+        nodes[0]
+            .rooms
+            .delete(&room, resonant_sync::Close::new(4410, "workflow deleted"))
+            .await
+            .unwrap();
+        // Node 2 never heard of it; its editor types on.
+        b.type_text(" more");
+        let close = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let resonant_sync::Outgoing::Close { close, .. } =
+                    b.outbox.recv(b.session.peer()).await
+                {
+                    return close;
+                }
+            }
+        })
+        .await
+        .expect("node 2 closes the deleted room");
+        assert_eq!(close.code, 4410, "{backend}: {close:?}");
+        nodes[1].journal.flush().await;
+        let stored = store.load(&room).await.unwrap();
+        assert!(
+            stored.updates.is_empty() && stored.snapshot.is_none(),
+            "{backend}: nothing of the deleted room is stored again"
+        );
+    }
+}
