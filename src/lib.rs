@@ -258,6 +258,9 @@ pub async fn start_with_store(
             public_url: config.public_url.clone(),
         },
     );
+    if let Some(bus) = &bus {
+        engine.set_bus(bus.clone());
+    }
     let resumed = engine.recover().await.context("resuming executions")?;
     if resumed > 0 {
         tracing::info!(resumed, "executions resumed");

@@ -355,3 +355,61 @@ async fn cursors_cross_nodes_and_leave_with_their_editor() {
     })
     .await;
 }
+
+/// An execution started on one node streams its events to an editor on another, gapless,
+/// as they are stored (`docs/scale-out.md` §7.5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execution_events_reach_editors_on_other_nodes() {
+    use common::api::Backend;
+    use common::exec::*;
+    use serde_json::json;
+    if postgres_url().is_none() {
+        return;
+    }
+    let Ok(redis) = std::env::var("TEST_REDIS_URL") else {
+        eprintln!("TEST_REDIS_URL is not set: skipping");
+        return;
+    };
+    let prefix = format!("test-exec-{}-{}", std::process::id(), rand::random::<u32>());
+    let cluster = |c: &mut resonant::ServeConfig| {
+        c.redis_url = Some(redis.clone());
+        c.redis_prefix = prefix.clone();
+        c.bus_probe_ms = 200;
+    };
+    let node1 = Env::with(Backend::Postgres, cluster).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = resonant::ServeConfig::for_tests(dir.path().into());
+    config.jwt_secret = Some(SECRET.into());
+    config.database_url = node1.database_url();
+    config.demo_delay_ms = 0;
+    cluster(&mut config);
+    let node2 = resonant::start(config).await.expect("a second node starts");
+    let graph = json!({
+        "blocks": [
+            block("in", "input", json!({})),
+            block("shape", "transform", json!({"template": "n={{ input.n }}"})),
+            block("out", "output", json!({})),
+        ],
+        "connections": [edge("in", "shape"), edge("shape", "out")],
+    });
+    let workflow = node1.workflow(graph).await;
+    let url = format!(
+        "{}?token={}",
+        room_url(node2.addr(), &format!("workflow-{workflow}")),
+        node1.owner.token
+    );
+    let mut far = Client::connect_synced(&url).await;
+    far.opt_in().await;
+    let mut near = node1.watcher(&workflow).await;
+    let execution = node1.run(&workflow, json!({"n": 1})).await;
+    let near_events = until_finished(&mut near, &execution).await;
+    let far_events = until_finished(&mut far, &execution).await;
+    assert_gapless(&far_events);
+    assert_eq!(
+        kinds(&far_events),
+        kinds(&near_events),
+        "the same events on both nodes"
+    );
+    node2.shutdown().await.unwrap();
+    node1.cleanup().await;
+}

@@ -76,6 +76,11 @@ impl Env {
         }
     }
 
+    /// The Postgres URL of its schema (`None` on SQLite), for a second node on it.
+    pub fn database_url(&self) -> Option<String> {
+        self.schema.as_ref().map(|(url, _, _)| url.clone())
+    }
+
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()

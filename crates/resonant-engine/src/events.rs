@@ -83,6 +83,10 @@ struct Hub {
     replays: Arc<tokio::sync::Semaphore>,
     /// The engine's tasks: replays run in it, so shutdown can wait for them.
     tasks: TaskTracker,
+    /// On a cluster: stored events go to the other nodes' editors through this bus.
+    bus: std::sync::OnceLock<Arc<dyn resonant_bus::Bus>>,
+    /// On a cluster: per workflow with editors here, what stops its bus subscription.
+    remote: Mutex<HashMap<Arc<str>, tokio_util::sync::CancellationToken>>,
 }
 
 /// The handle runners and sockets use; cheap to clone.
@@ -107,6 +111,9 @@ impl Drop for Subscription {
             list.retain(|(p, _)| p.id() != self.peer);
             if list.is_empty() {
                 map.remove(&self.workflow);
+                if let Some(stop) = self.hub.remote.lock().remove(&self.workflow) {
+                    stop.cancel();
+                }
             }
         }
     }
@@ -121,6 +128,8 @@ impl Events {
             workflows: Mutex::default(),
             replays: Arc::new(tokio::sync::Semaphore::new(MAX_REPLAYS)),
             tasks: tasks.clone(),
+            bus: std::sync::OnceLock::new(),
+            remote: Mutex::default(),
         });
         let backlog = Arc::new(Backlog::default());
         tasks.spawn(writer(db, rx, hub.clone(), backlog.clone()));
@@ -179,22 +188,83 @@ impl Events {
         }
     }
 
+    /// Joins a cluster: stored events are published for the other nodes' editors, and
+    /// theirs reach the editors here (only the first call counts).
+    pub fn set_bus(&self, bus: Arc<dyn resonant_bus::Bus>) {
+        let _ = self.hub.bus.set(bus);
+    }
+
     /// Registers an editor's socket for `workflow`'s events (delivered once it opts in to
     /// extension messages).
     pub fn subscribe(&self, workflow: &str, peer: Arc<Peer>) -> Subscription {
         let workflow: Arc<str> = workflow.into();
         let id = peer.id();
-        self.hub
-            .workflows
-            .lock()
-            .entry(workflow.clone())
-            .or_default()
-            .push((peer, Sub::default()));
+        let first = {
+            let mut map = self.hub.workflows.lock();
+            let list = map.entry(workflow.clone()).or_default();
+            list.push((peer, Sub::default()));
+            list.len() == 1
+        };
+        if first {
+            self.follow_other_nodes(&workflow);
+        }
         Subscription {
             hub: self.hub.clone(),
             workflow,
             peer: id,
         }
+    }
+
+    /// On a cluster, while `workflow` has editors here: the events other nodes store for it
+    /// are sent to them too. A lost one shows as a gap the editor's client fills by replay.
+    fn follow_other_nodes(&self, workflow: &Arc<str>) {
+        let Some(bus) = self.hub.bus.get().cloned() else {
+            return;
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        if let Some(old) = self
+            .hub
+            .remote
+            .lock()
+            .insert(workflow.clone(), stop.clone())
+        {
+            old.cancel();
+        }
+        let hub = self.hub.clone();
+        let workflow = workflow.clone();
+        self.hub.tasks.spawn(async move {
+            let own = bus.node();
+            let mut sub = tokio::select! {
+                _ = stop.cancelled() => return,
+                sub = bus.subscribe(&wf_topic(&workflow)) => sub,
+            };
+            loop {
+                let delivery = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    d = sub.recv() => d,
+                };
+                match delivery {
+                    None => return,
+                    Some(resonant_bus::Delivery::Message(m)) if m.origin != own => {
+                        let Ok(json) = std::str::from_utf8(&m.payload) else {
+                            continue;
+                        };
+                        #[derive(serde::Deserialize)]
+                        #[serde(rename_all = "camelCase")]
+                        struct Head {
+                            execution_id: String,
+                            seq: i64,
+                        }
+                        match serde_json::from_str::<Head>(json) {
+                            Ok(h) => fan_out(&hub, &workflow, &h.execution_id, h.seq, json),
+                            Err(_) => metrics::counter!("resonant_bus_entries_malformed_total")
+                                .increment(1),
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        });
     }
 
     /// Holds live events back from `peer` until its replay is answered; called before the
@@ -332,6 +402,16 @@ async fn settle(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
                 ) = (write, workflow, stored)
                 {
                     fan_out(hub, &workflow, &execution, seq, &json);
+                    if let Some(bus) = hub.bus.get() {
+                        bus.publish(
+                            &wf_topic(&workflow),
+                            Bytes::from(json),
+                            resonant_bus::PublishOptions {
+                                max_len: 1000,
+                                ttl: Some(Duration::from_secs(3600)),
+                            },
+                        );
+                    }
                 }
             }
             Msg::Flush(done) => {
@@ -397,6 +477,11 @@ async fn commit(db: &Db, writes: &[Write]) -> Vec<bool> {
         }
     }
     kept
+}
+
+/// The bus topic of a workflow's execution events.
+fn wf_topic(workflow: &str) -> String {
+    format!("wf:{workflow}")
 }
 
 fn fan_out(hub: &Hub, workflow: &str, execution: &str, seq: i64, json: &str) {

@@ -774,6 +774,12 @@ impl Engine {
         }
     }
 
+    /// Joins a cluster: execution events reach editors on every node (`docs/scale-out.md`
+    /// §7.5); a lost one is a gap the editor's client fills by replay from the database.
+    pub fn set_bus(&self, bus: Arc<dyn resonant_bus::Bus>) {
+        self.inner.events.set_bus(bus);
+    }
+
     /// Cancels every running execution of `workflow` (it is being deleted).
     pub fn cancel_workflow(&self, workflow: &str) {
         for (control, _) in self.inner.running.lock().values() {
