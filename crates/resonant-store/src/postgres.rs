@@ -51,6 +51,8 @@ pub struct PostgresStore {
     lock_pid: Arc<AtomicI32>,
     /// Why this process lost its lock, once it has: every write is refused from then on.
     fenced: Arc<StdMutex<Option<String>>>,
+    /// The lock is a cluster node's shared one (taken again when lost, not fenced).
+    shared: Arc<std::sync::atomic::AtomicBool>,
     /// The last batch that committed, answered again if the journal retries it.
     last: Arc<LastCommit>,
     /// A batch whose COMMIT was sent but whose reply never came: it may have committed.
@@ -95,6 +97,7 @@ impl PostgresStore {
             lock: Arc::default(),
             lock_pid: Arc::default(),
             fenced: Arc::default(),
+            shared: Arc::default(),
             last: Arc::default(),
             uncertain: Arc::default(),
         })
@@ -140,6 +143,9 @@ impl PostgresStore {
             *writer = Some(PgConnection::connect_with(&self.opts).await?);
         }
         let conn = writer.as_mut().expect("just opened");
+        if self.lock_pid.load(Ordering::Relaxed) == REJOINING {
+            return Err(rejoining());
+        }
         sqlx::query("BEGIN").execute(&mut *conn).await?;
         let seqs = write_ops(conn, ops, now_millis()).await?;
         // Fencing: commit only while the lock's session still holds the lock, checked in
@@ -155,6 +161,11 @@ impl PostgresStore {
         .fetch_one(&mut *conn)
         .await?;
         if !held {
+            // A cluster node's watchdog takes a lost shared lock again; meanwhile the batch
+            // waits (a single node's lost lock means another process may be writing).
+            if self.shared.load(Ordering::Relaxed) {
+                return Err(rejoining());
+            }
             self.fence(format!(
                 "the advisory lock's session (backend {lock_pid}) no longer holds it"
             ));
@@ -278,9 +289,11 @@ impl PostgresStore {
                     .await?;
                 *held = Some(conn);
                 self.lock_pid.store(pid, Ordering::Relaxed);
+                self.shared.store(shared, Ordering::Relaxed);
                 tokio::spawn(lock_watchdog(
                     Arc::downgrade(&self.lock),
                     self.fenced.clone(),
+                    shared.then(|| (self.opts.clone(), self.lock_pid.clone())),
                 ));
                 return Ok(());
             }
@@ -290,6 +303,13 @@ impl PostgresStore {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+fn rejoining() -> StoreError {
+    StoreError::Database(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "the cluster's shared store lock is being taken again",
+    )))
 }
 
 fn fence(fenced: &StdMutex<Option<String>>, why: String) {
@@ -302,9 +322,13 @@ fn fence(fenced: &StdMutex<Option<String>>, why: String) {
 }
 
 /// Every second: does the lock's session still hold the lock? Ends when the store is dropped.
+/// A cluster node's shared lock (`rejoin`: how to reconnect, and where the lock's pid is
+/// published) is taken again when its session is lost — a Postgres restart must not fence
+/// every node of the cluster — unless an exclusive holder got in meanwhile.
 async fn lock_watchdog(
     lock: Weak<tokio::sync::Mutex<Option<PgConnection>>>,
     fenced: Arc<StdMutex<Option<String>>>,
+    rejoin: Option<(PgConnectOptions, Arc<AtomicI32>)>,
 ) {
     loop {
         tokio::time::sleep(LOCK_CHECK_INTERVAL).await;
@@ -326,12 +350,51 @@ async fn lock_watchdog(
             Ok(Err(e)) => format!("the lock's session failed: {e}"),
             Err(_) => "the lock's session did not answer within 5 s".to_string(),
         };
-        fence(&fenced, why);
         // The session is gone or useless; closing it releases whatever it still holds.
         held.take();
-        return;
+        let Some((opts, lock_pid)) = &rejoin else {
+            fence(&fenced, why);
+            return;
+        };
+        // Writes wait (a transient error, retried by the journal) while the lock is retaken.
+        lock_pid.store(REJOINING, Ordering::Relaxed);
+        tracing::warn!(reason = %why, "lost the cluster's shared store lock; taking it again");
+        loop {
+            tokio::time::sleep(LOCK_CHECK_INTERVAL).await;
+            let attempt = async {
+                let mut conn = PgConnection::connect_with(opts).await?;
+                let (got, pid): (bool, i32) = sqlx::query_as(
+                    "SELECT pg_try_advisory_lock_shared(hashtextextended('resonant-server:' || current_schema(), 0)),
+                            pg_backend_pid()",
+                )
+                .fetch_one(&mut conn)
+                .await?;
+                Ok::<_, sqlx::Error>((got, pid, conn))
+            };
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok((true, pid, conn))) => {
+                    *held = Some(conn);
+                    lock_pid.store(pid, Ordering::Relaxed);
+                    tracing::info!("took the cluster's shared store lock again");
+                    metrics::counter!("resonant_store_lock_rejoined_total").increment(1);
+                    break;
+                }
+                Ok(Ok((false, _, _))) => {
+                    fence(
+                        &fenced,
+                        format!("{why}, and a single-node process holds it now"),
+                    );
+                    return;
+                }
+                // Postgres is still away: keep trying; writes keep waiting.
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
     }
 }
+
+/// `lock_pid` while a cluster node takes its lost shared lock again.
+const REJOINING: i32 = -1;
 
 #[async_trait]
 impl Store for PostgresStore {

@@ -604,3 +604,52 @@ async fn two_writers_share_one_gapless_log() {
     assert_eq!(stored, told, "each seq holds what its writer was told");
     assert_eq!(b.load("own-2").await.unwrap().head_seq, 40);
 }
+
+/// A cluster node's shared lock lost with its session (a Postgres restart ends every
+/// session) is taken again, and writes resume: fencing here would stop every node of the
+/// cluster until an operator restarted them. The retaken lock still keeps a single-node
+/// process out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_nodes_lost_shared_lock_is_taken_again() {
+    let Some(base) = postgres_url() else { return };
+    let url = scoped_url(&base, "rejoin").await;
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let store = PostgresStore::connect(&url).await.unwrap();
+    store.lock_shared(Duration::ZERO).await.unwrap();
+    let other_node = PostgresStore::connect(&url).await.unwrap();
+    other_node
+        .lock_shared(Duration::ZERO)
+        .await
+        .expect("cluster nodes share the lock");
+    let pid = store.lock_backend_pid().expect("the lock's session");
+    let room: Arc<str> = "rejoin".into();
+    store.write_batch(batch(), &[append(&room)]).await.unwrap();
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&admin)
+        .await
+        .unwrap();
+    // Until the watchdog has noticed: it either fenced the store (the old behaviour) or
+    // holds the lock on a new session.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.lock_backend_pid() == Some(pid) && store.fenced().is_none() {
+        assert!(Instant::now() < deadline, "the watchdog never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.fenced().is_none(), "fenced: {:?}", store.fenced());
+    let store: Arc<dyn Store> = Arc::new(store);
+    let (journal, _task) = Journal::start(store.clone(), JournalConfig::default());
+    let t = journal.append(room.clone(), Bytes::from_static(b"after"));
+    tokio::time::timeout(Duration::from_secs(10), journal.wait(t))
+        .await
+        .expect("writes resume once the shared lock is taken again");
+    let stored = store.load(&room).await.unwrap();
+    assert_eq!(stored.head_seq, 2);
+    store.ping().await.expect("not fenced");
+    let single = PostgresStore::connect(&url).await.unwrap();
+    let err = single
+        .lock_exclusive(Duration::from_millis(300))
+        .await
+        .expect_err("the cluster still holds the lock");
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+}
