@@ -319,6 +319,7 @@ impl Engine {
                 state_vector: &sv,
                 idempotency_key: req.idempotency_key.as_deref(),
                 rerun_of: None,
+                lease: None,
             },
         )
         .await?;
@@ -637,6 +638,7 @@ impl Engine {
                 state_vector: &old.state_vector,
                 idempotency_key: None,
                 rerun_of: Some(&old.id),
+                lease: None,
             },
         )
         .await?;
