@@ -579,3 +579,42 @@ async fn a_graceful_shutdown_hands_executions_over_at_once() {
     b.stop().await;
     c.drop_schema().await;
 }
+
+/// A decision stored through another node shortly before a human block's deadline wins over
+/// the timeout, even though the owner's renewal has not handed it to the block yet: the
+/// database arbitrates between the two, as the in-memory map does on a single node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_stored_elsewhere_before_the_deadline_beats_the_timeout() {
+    let Some(c) = Cluster::new("deadline").await else {
+        return;
+    };
+    // Renewals far apart: the decision can only reach the block through the arbitration.
+    let a = c
+        .node_with("node-a", |c| {
+            c.lease_ttl = Duration::from_secs(60);
+            c.renew_every = Duration::from_secs(30);
+        })
+        .await;
+    let b = c.node("node-b").await;
+    let graph = json!({
+        "blocks": [block("in", "input", json!({})), block("gate", "human", json!({"timeoutSeconds": 1.5, "onTimeout": "reject"})), block("out", "output", json!({}))],
+        "connections": [edge("in", "gate"), edge("gate", "out")],
+    });
+    let id = c.start(&a, graph).await;
+    c.until_block(&id, "gate", "waiting").await;
+    let row = c.row(&id).await;
+    b.engine
+        .decide(&row, "gate", &c.user, true, None)
+        .await
+        .unwrap();
+    c.until_status(&id, "completed", Duration::from_secs(10))
+        .await;
+    let gate = store::block(&c.db, &id, "gate").await.unwrap().unwrap();
+    let output: Value = serde_json::from_str(gate.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["approved"], true);
+    assert_eq!(output["timedOut"], false);
+    c.gapless(&id).await;
+    a.stop().await;
+    b.stop().await;
+    c.drop_schema().await;
+}
