@@ -91,6 +91,9 @@ pub(crate) struct Leases {
     lost_tx: mpsc::UnboundedSender<String>,
     lost_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     pub(crate) stop: CancellationToken,
+    /// Renew now rather than at the next tick (a wake-up from another node: a cancel or a
+    /// decision is waiting in the database).
+    pub(crate) poke: tokio::sync::Notify,
     /// Test hook: renewals and sweeps are not sent, as if the database were unreachable.
     paused: AtomicBool,
     /// One sweep at a time (the task's and `Engine::recover`'s).
@@ -111,6 +114,7 @@ impl Leases {
             lost_tx,
             lost_rx: Mutex::new(Some(lost_rx)),
             stop: CancellationToken::new(),
+            poke: tokio::sync::Notify::new(),
             paused: AtomicBool::new(false),
             sweeping: tokio::sync::Mutex::new(()),
             sweeps: 0.into(),
@@ -252,6 +256,11 @@ pub(crate) async fn run(engine: Weak<Inner>, leases: Arc<Leases>) {
             _ = renew.tick() => {
                 let Some(inner) = engine.upgrade() else { return };
                 renew_once(&Engine { inner }, &leases, fence_at).await;
+            }
+            _ = leases.poke.notified() => {
+                let Some(inner) = engine.upgrade() else { return };
+                renew_once(&Engine { inner }, &leases, fence_at).await;
+                renew.reset();
             }
             _ = tokio::time::sleep_until(next_sweep) => {
                 let Some(inner) = engine.upgrade() else { return };

@@ -540,6 +540,16 @@ impl Engine {
         self.inner.running.lock().contains_key(execution)
     }
 
+    /// Renews this node's leases now instead of at the next tick, so a cancel or a decision
+    /// another node stored reaches its run at once: for the cluster's wake-up message to the
+    /// owner (without it, the renewal finds them within `renew_every`). Nothing on a single
+    /// node.
+    pub fn poke_leases(&self) {
+        if let Some(l) = &self.inner.lease {
+            l.poke.notify_one();
+        }
+    }
+
     /// What the lease task did so far; `None` outside cluster mode.
     pub fn lease_stats(&self) -> Option<LeaseStats> {
         self.inner.lease.as_ref().map(|l| l.stats())

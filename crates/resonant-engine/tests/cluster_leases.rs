@@ -618,3 +618,34 @@ async fn a_decision_stored_elsewhere_before_the_deadline_beats_the_timeout() {
     b.stop().await;
     c.drop_schema().await;
 }
+
+/// A wake-up to the owner (what the cluster's control message will call) makes it see a
+/// cancel stored by another node at once, not at its next renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poked_owner_sees_a_cancel_at_once() {
+    let Some(c) = Cluster::new("poke").await else {
+        return;
+    };
+    let a = c
+        .node_with("node-a", |c| {
+            c.lease_ttl = Duration::from_secs(60);
+            c.renew_every = Duration::from_secs(30);
+        })
+        .await;
+    let b = c.node("node-b").await;
+    let graph = json!({
+        "blocks": [block("in", "input", json!({})), block("nap", "delay", json!({"seconds": 60})), block("out", "output", json!({}))],
+        "connections": [edge("in", "nap"), edge("nap", "out")],
+    });
+    let id = c.start(&a, graph).await;
+    c.until_block(&id, "nap", "waiting").await;
+    assert!(b.engine.cancel_anywhere(&id).await.unwrap());
+    a.engine.poke_leases();
+    let took = c
+        .until_status(&id, "cancelled", Duration::from_secs(5))
+        .await;
+    eprintln!("cancelled {took:?} after the poke");
+    a.stop().await;
+    b.stop().await;
+    c.drop_schema().await;
+}
