@@ -168,9 +168,74 @@ pub struct StatusUpdate {
 
 /// Applies `writes` in one transaction, in order.
 pub async fn apply(db: &Db, writes: &[Write]) -> Result<()> {
+    apply_fenced(db, writes, None).await.map(|_| ())
+}
+
+/// The leases a node holds, for [`apply_fenced`]: its node id and, per execution it runs,
+/// the epoch it runs it at.
+#[derive(Clone, Copy, Debug)]
+pub struct Fence<'a> {
+    /// The node.
+    pub owner: &'a str,
+    /// Execution id → the epoch of the lease its run was started or taken over with.
+    pub epochs: &'a std::collections::HashMap<String, i64>,
+}
+
+impl Write {
+    /// The execution the write belongs to.
+    pub fn execution(&self) -> &str {
+        match self {
+            Write::Event { execution, .. } => execution,
+            Write::Block(b) => &b.execution_id,
+            Write::Status(s) => &s.execution,
+            Write::Usage(u) => &u.execution_id,
+        }
+    }
+}
+
+/// Applies `writes` in one transaction, in order, and says which were applied. With a
+/// `fence` (cluster mode), the writes of an execution are applied only if the fence's node
+/// still holds its lease at the epoch the fence gives; the others are left out (`false`):
+/// their execution was taken over, and its new owner continues from what is stored. The lease
+/// rows are read `FOR SHARE`, so a takeover waits for this transaction and its new owner then
+/// reads everything it stored.
+pub async fn apply_fenced(
+    db: &Db,
+    writes: &[Write],
+    fence: Option<Fence<'_>>,
+) -> Result<Vec<bool>> {
+    let mut ids: Vec<&str> = Vec::new();
+    if fence.is_some() {
+        ids = writes.iter().map(Write::execution).collect();
+        ids.sort_unstable();
+        ids.dedup();
+    }
+    let lock = match db {
+        Db::Postgres(_) => " ORDER BY execution_id FOR SHARE",
+        // One writer at a time on SQLite: nothing to lock against.
+        Db::Sqlite(_) => "",
+    };
+    let mut kept = vec![true; writes.len()];
     with_pool!(db, p => {
         let mut tx = p.begin().await?;
-        for w in writes {
+        if let Some(f) = fence {
+            let marks: Vec<String> = (0..ids.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT execution_id, epoch FROM execution_leases WHERE owner = $1                  AND execution_id IN ({}){lock}",
+                if marks.is_empty() { "NULL".to_string() } else { marks.join(", ") }
+            );
+            let mut q = sqlx::query_as::<_, (String, i64)>(&sql).bind(f.owner);
+            for id in &ids {
+                q = q.bind(*id);
+            }
+            let held: std::collections::HashMap<String, i64> =
+                q.fetch_all(&mut *tx).await?.into_iter().collect();
+            for (w, k) in writes.iter().zip(kept.iter_mut()) {
+                let id = w.execution();
+                *k = matches!((held.get(id), f.epochs.get(id)), (Some(a), Some(b)) if a == b);
+            }
+        }
+        for (w, _) in writes.iter().zip(&kept).filter(|(_, k)| **k) {
             match w {
                 Write::Event { execution, seq, json } => {
                     // A retried batch after a lost commit reply re-inserts the same rows.
@@ -219,7 +284,7 @@ pub async fn apply(db: &Db, writes: &[Write]) -> Result<()> {
         }
         tx.commit().await?;
     });
-    Ok(())
+    Ok(kept)
 }
 
 /// A new execution to insert.
@@ -244,6 +309,9 @@ pub struct NewExecution<'a> {
     pub idempotency_key: Option<&'a str>,
     /// The execution re-run.
     pub rerun_of: Option<&'a str>,
+    /// Its lease, written in the same transaction (cluster mode): no other node's takeover
+    /// sweep can see the execution without it.
+    pub lease: Option<crate::leases::NewLease<'a>>,
 }
 
 /// Inserts a pending execution and counts it on the workflow. With an idempotency key that
@@ -251,6 +319,10 @@ pub struct NewExecution<'a> {
 /// (`Err`), so a retried request starts one execution.
 pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result<(), String>> {
     let now = now_ms();
+    let db_now = match db {
+        Db::Postgres(_) => crate::leases::PG_NOW,
+        Db::Sqlite(_) => crate::leases::SQLITE_NOW,
+    };
     with_pool!(db, p => {
         // Looked up before the transaction: on SQLite a transaction that reads first and
         // writes later fails (SQLITE_BUSY_SNAPSHOT, 517) whenever another connection commits
@@ -286,6 +358,13 @@ pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result
         }
         sqlx::query("UPDATE workflows SET execution_count = execution_count + 1, last_executed_at = $2 WHERE id = $1")
             .bind(e.workflow_id).bind(now).execute(&mut *tx).await?;
+        if let Some(lease) = &e.lease {
+            sqlx::query(&format!("INSERT INTO execution_leases (execution_id, owner, epoch, expires_at) \
+                                  VALUES ($1, $2, 1, {db_now} + $3)"))
+                .bind(e.id).bind(lease.owner)
+                .bind(i64::try_from(lease.ttl.as_millis()).unwrap_or(i64::MAX))
+                .execute(&mut *tx).await?;
+        }
         tx.commit().await?;
     });
     Ok(Ok(()))
@@ -403,12 +482,22 @@ pub async fn user_tokens(db: &Db, user: &str) -> Result<(i64, i64)> {
         .bind(user).fetch_one(p).await?))
 }
 
-/// Stores a human decision on a waiting block that has none yet; false when there is no
-/// such block (already decided, or not waiting).
+/// Stores a human decision on a waiting block that has none yet, of an execution that is
+/// still pending or running; false when there is no such block (already decided, not
+/// waiting, or its execution ended: a cancelled run leaves its waiting rows as they were).
 pub async fn set_decision(db: &Db, execution: &str, block: &str, decision: &str) -> Result<bool> {
     let done = with_pool!(db, p => sqlx::query(
         "UPDATE execution_blocks SET decision = $3 WHERE execution_id = $1 AND block_id = $2 \
-         AND status = 'waiting' AND decision IS NULL")
+         AND status = 'waiting' AND decision IS NULL \
+         AND EXISTS (SELECT 1 FROM executions x WHERE x.id = $1 AND x.status IN ('pending', 'running'))")
         .bind(execution).bind(block).bind(decision).execute(p).await?.rows_affected());
     Ok(done == 1)
+}
+
+/// One block state of an execution.
+pub async fn block(db: &Db, execution: &str, block: &str) -> Result<Option<BlockRow>> {
+    let sql = format!(
+        "SELECT {BLOCK_COLS} FROM execution_blocks WHERE execution_id = $1 AND block_id = $2"
+    );
+    with_pool!(db, p => Ok(sqlx::query_as(&sql).bind(execution).bind(block).fetch_optional(p).await?))
 }

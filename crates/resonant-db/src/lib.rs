@@ -14,6 +14,7 @@
 
 pub mod crypto;
 pub mod executions;
+pub mod leases;
 pub mod models;
 pub mod providers;
 mod queries;

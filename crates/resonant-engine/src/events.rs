@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::db::executions::{self as store, Write};
 use crate::db::Db;
+use crate::lease::Leases;
 
 /// Most writes in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -123,6 +124,12 @@ impl Events {
     /// Starts the writer task on `db` in `tasks`. It runs until [`Events::close`] (or until
     /// no handle is left).
     pub fn start(db: Db, tasks: &TaskTracker) -> Events {
+        Events::start_with(db, tasks, None)
+    }
+
+    /// [`Events::start`], fenced by `leases` in cluster mode: writes of an execution are
+    /// stored only while this node holds its lease at the epoch it runs it under.
+    pub(crate) fn start_with(db: Db, tasks: &TaskTracker, leases: Option<Arc<Leases>>) -> Events {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Arc::new(Hub {
             workflows: Mutex::default(),
@@ -132,7 +139,8 @@ impl Events {
             remote: Mutex::default(),
         });
         let backlog = Arc::new(Backlog::default());
-        tasks.spawn(writer(db, rx, hub.clone(), backlog.clone()));
+        let w = Writer { db, leases };
+        tasks.spawn(writer(w, rx, hub.clone(), backlog.clone()));
         Events { tx, hub, backlog }
     }
 
@@ -315,8 +323,14 @@ impl Events {
     }
 }
 
-async fn writer(
+/// What the writer writes to: the database and, in a cluster, the leases that fence it.
+struct Writer {
     db: Db,
+    leases: Option<Arc<Leases>>,
+}
+
+async fn writer(
+    w: Writer,
     mut rx: mpsc::UnboundedReceiver<Msg>,
     hub: Arc<Hub>,
     backlog: Arc<Backlog>,
@@ -336,7 +350,7 @@ async fn writer(
         if let Some(at) = close {
             batch.truncate(at);
         }
-        process_in_order(&db, &hub, std::mem::take(&mut batch)).await;
+        process_in_order(&w, &hub, std::mem::take(&mut batch)).await;
         if close.is_some() {
             return;
         }
@@ -348,14 +362,14 @@ async fn writer(
 }
 
 /// Handles messages strictly in order, committing the writes before each replay or flush.
-async fn process_in_order(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
+async fn process_in_order(w: &Writer, hub: &Arc<Hub>, msgs: Vec<Msg>) {
     let mut pending: Vec<Msg> = Vec::new();
     for m in msgs {
         match m {
             Msg::Replay(r) => {
                 // What was queued before the request is in the log before the replay reads it.
-                settle(db, hub, std::mem::take(&mut pending)).await;
-                let (db, turns) = (db.clone(), hub.clone());
+                settle(w, hub, std::mem::take(&mut pending)).await;
+                let (db, turns) = (w.db.clone(), hub.clone());
                 hub.tasks.spawn(async move {
                     let hub = turns;
                     let Ok(_turn) = hub.replays.clone().acquire_owned().await else {
@@ -367,11 +381,11 @@ async fn process_in_order(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
             other => pending.push(other),
         }
     }
-    settle(db, hub, pending).await;
+    settle(w, hub, pending).await;
 }
 
 /// Commits the writes among `msgs`, then fans out their events and answers their flushes.
-async fn settle(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
+async fn settle(w: &Writer, hub: &Arc<Hub>, msgs: Vec<Msg>) {
     let writes: Vec<Write> = msgs
         .iter()
         .filter_map(|m| match m {
@@ -383,7 +397,7 @@ async fn settle(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
         Vec::new()
     } else {
         metrics::counter!("resonant_execution_writes_total").increment(writes.len() as u64);
-        commit(db, &writes).await
+        commit(w, &writes).await
     };
     let mut kept = kept.into_iter();
     for m in msgs {
@@ -426,6 +440,13 @@ async fn settle(db: &Db, hub: &Arc<Hub>, msgs: Vec<Msg>) {
 /// busy) rather than never (a constraint or a value it refuses).
 fn transient(e: &crate::db::DbError) -> bool {
     match e {
+        // A deadlock or serialization failure (Postgres: the lease rows the writer, the
+        // renewal and a takeover lock) ends one of the transactions; tried again, it passes.
+        crate::db::DbError::Sqlx(sqlx::Error::Database(d))
+            if matches!(d.code().as_deref(), Some("40P01" | "40001")) =>
+        {
+            true
+        }
         crate::db::DbError::Sqlx(sqlx::Error::Database(_))
         | crate::db::DbError::Sqlx(sqlx::Error::Encode(_))
         | crate::db::DbError::Duplicate(_)
@@ -438,11 +459,11 @@ fn transient(e: &crate::db::DbError) -> bool {
 /// stored (so a crash cannot make a sent seq mean something else). A write the database
 /// refuses for good (its execution was deleted with its workflow, say) is dropped alone,
 /// logged, so it cannot stall every other execution. Returns which writes were kept.
-async fn commit(db: &Db, writes: &[Write]) -> Vec<bool> {
+async fn commit(w: &Writer, writes: &[Write]) -> Vec<bool> {
     let mut wait = Duration::from_millis(50);
     loop {
-        match store::apply(db, writes).await {
-            Ok(()) => return vec![true; writes.len()],
+        match apply(w, writes).await {
+            Ok(kept) => return kept,
             Err(e) if transient(&e) => {
                 tracing::error!(error = %e, writes = writes.len(), "execution log write failed; retrying");
                 tokio::time::sleep(wait).await;
@@ -455,12 +476,12 @@ async fn commit(db: &Db, writes: &[Write]) -> Vec<bool> {
         }
     }
     let mut kept = Vec::with_capacity(writes.len());
-    for w in writes {
+    for one in writes {
         let mut wait = Duration::from_millis(50);
         loop {
-            match store::apply(db, std::slice::from_ref(w)).await {
-                Ok(()) => {
-                    kept.push(true);
+            match apply(w, std::slice::from_ref(one)).await {
+                Ok(k) => {
+                    kept.push(k[0]);
                     break;
                 }
                 Err(e) if transient(&e) => {
@@ -468,7 +489,7 @@ async fn commit(db: &Db, writes: &[Write]) -> Vec<bool> {
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, write = ?w, "execution log write refused; dropped");
+                    tracing::error!(error = %e, write = ?one, "execution log write refused; dropped");
                     metrics::counter!("resonant_execution_writes_dropped_total").increment(1);
                     kept.push(false);
                     break;
@@ -477,6 +498,42 @@ async fn commit(db: &Db, writes: &[Write]) -> Vec<bool> {
         }
     }
     kept
+}
+
+/// Applies `writes`, fenced by the node's leases in a cluster; says which were stored. The
+/// writes of an execution this node turns out not to hold any more are dropped and its run
+/// stopped: the node that took it over continues from what is stored.
+async fn apply(w: &Writer, writes: &[Write]) -> Result<Vec<bool>, crate::db::DbError> {
+    let Some(leases) = &w.leases else {
+        return store::apply(&w.db, writes)
+            .await
+            .map(|()| vec![true; writes.len()]);
+    };
+    let epochs = leases.epochs_of(writes.iter().map(Write::execution));
+    let fence = store::Fence {
+        owner: &leases.config.node,
+        epochs: &epochs,
+    };
+    let kept = store::apply_fenced(&w.db, writes, Some(fence)).await?;
+    let mut lost: Vec<&str> = writes
+        .iter()
+        .zip(&kept)
+        .filter(|(_, k)| !**k)
+        .map(|(w, _)| w.execution())
+        .collect();
+    if !lost.is_empty() {
+        metrics::counter!("resonant_execution_writes_fenced_total").increment(lost.len() as u64);
+        lost.sort_unstable();
+        lost.dedup();
+        for id in lost {
+            tracing::warn!(
+                execution = id,
+                "execution writes refused: this node no longer holds its lease"
+            );
+            leases.fenced_out(id);
+        }
+    }
+    Ok(kept)
 }
 
 /// The bus topic of a workflow's execution events.

@@ -22,6 +22,8 @@ pub mod graph;
 pub mod http;
 mod io;
 pub use io::Io;
+mod lease;
+pub use lease::{ClusterConfig, LeaseStats};
 mod plan;
 pub mod retry;
 mod run;
@@ -29,6 +31,7 @@ mod scheduler;
 pub mod template;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use utoipa::ToSchema;
 
 use crate::db::executions::{self as store, BlockRow, ExecutionRow, NewExecution, Write};
+use crate::db::leases::{self as lease_store, NewLease};
 use crate::db::{new_id, now_ms, Db, DbError};
 use events::Events;
 use graph::{Problem, Workflow};
@@ -72,6 +76,10 @@ pub struct EngineConfig {
     pub max_notify_per_block: usize,
     /// Approval emails one workspace may send per day.
     pub max_approval_emails_per_day: usize,
+    /// Cluster mode (several nodes over one Postgres): executions run under leases, and a
+    /// dead node's executions are taken over. `None`: this process runs every execution of
+    /// its database (single node, today's `recover`). Ignored on SQLite.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for EngineConfig {
@@ -87,6 +95,7 @@ impl Default for EngineConfig {
             max_running_per_workspace: 25,
             max_notify_per_block: 10,
             max_approval_emails_per_day: 100,
+            cluster: None,
         }
     }
 }
@@ -196,6 +205,10 @@ pub(crate) struct Inner {
     pub(crate) events: Events,
     pub(crate) global: Arc<Semaphore>,
     running: Mutex<HashMap<String, (Arc<Control>, tokio::task::AbortHandle)>>,
+    /// Set by `shutdown` under the `running` lock: nothing is launched after it.
+    closing: AtomicBool,
+    /// The leases this node holds, in cluster mode.
+    lease: Option<Arc<lease::Leases>>,
     /// Executions running (or being started) per user and per workspace, for the caps.
     admitted: Arc<Mutex<HashMap<String, usize>>>,
     /// Tokens reserved by AI calls in progress, per user (see `block/ai.rs`).
@@ -215,8 +228,16 @@ impl Engine {
     /// Starts the engine (its event writer) over `db`.
     pub fn new(db: Db, rooms: Rooms, config: EngineConfig, io: io::Io) -> Engine {
         let tasks = TaskTracker::new();
-        let events = Events::start(db.clone(), &tasks);
-        Engine {
+        let leases = match (&config.cluster, &db) {
+            (Some(c), Db::Postgres(_)) => Some(lease::Leases::new(c.clone())),
+            (Some(_), Db::Sqlite(_)) => {
+                tracing::error!("execution leases need Postgres: cluster mode ignored");
+                None
+            }
+            (None, _) => None,
+        };
+        let events = Events::start_with(db.clone(), &tasks, leases.clone());
+        let engine = Engine {
             inner: Arc::new(Inner {
                 tasks,
                 db,
@@ -224,6 +245,8 @@ impl Engine {
                 events,
                 global: Arc::new(Semaphore::new(config.max_concurrent_blocks.max(1))),
                 running: Mutex::new(HashMap::new()),
+                closing: AtomicBool::new(false),
+                lease: leases.clone(),
                 admitted: Arc::new(Mutex::new(HashMap::new())),
                 ledger: Arc::new(Mutex::new(block::Ledger::default())),
                 emails_today: Mutex::new(HashMap::new()),
@@ -231,7 +254,21 @@ impl Engine {
                 config,
                 io,
             }),
+        };
+        if let Some(l) = leases {
+            let weak = Arc::downgrade(&engine.inner);
+            engine.inner.tasks.spawn(lease::run(weak, l));
         }
+        engine
+    }
+
+    /// The lease to insert with a new execution, and when its insert is sent.
+    fn new_lease(&self) -> (Option<NewLease<'_>>, tokio::time::Instant) {
+        let lease = self.inner.lease.as_ref().map(|l| NewLease {
+            owner: &l.config.node,
+            ttl: l.config.lease_ttl,
+        });
+        (lease, tokio::time::Instant::now())
     }
 
     /// The event log (socket subscriptions and replays).
@@ -306,6 +343,7 @@ impl Engine {
             rerun_of: None,
         };
         let id = new_id();
+        let (lease, sent) = self.new_lease();
         let inserted = store::insert(
             &self.inner.db,
             &NewExecution {
@@ -319,11 +357,15 @@ impl Engine {
                 state_vector: &sv,
                 idempotency_key: req.idempotency_key.as_deref(),
                 rerun_of: None,
+                lease,
             },
         )
         .await?;
         if let Err(existing) = inserted {
             return Ok((existing, false));
+        }
+        if let Some(l) = &self.inner.lease {
+            l.hold(&id, 1, sent);
         }
         self.launch(
             admission,
@@ -439,14 +481,107 @@ impl Engine {
         });
         // Registered before the task starts, so a cancel right after the start finds it.
         let mut running = self.inner.running.lock();
+        if self.inner.closing.load(Ordering::SeqCst) {
+            // Shutting down: the execution is stored and resumes at the next start (or, in a
+            // cluster, on the node that takes its lease over).
+            drop(running);
+            if let Some(l) = &self.inner.lease {
+                l.forget(&id);
+            }
+            return;
+        }
         let inner = self.inner.clone();
         let exec_id = id.clone();
+        let mine = control.clone();
         let task = self.inner.tasks.spawn(async move {
             let _admission = admission;
             scheduler::execute(run).await;
-            inner.running.lock().remove(&exec_id);
+            let mut running = inner.running.lock();
+            // Only this run's entry: a run stopped by a takeover has left already.
+            if running
+                .get(&exec_id)
+                .is_some_and(|(c, _)| Arc::ptr_eq(c, &mine))
+            {
+                running.remove(&exec_id);
+                if let Some(l) = &inner.lease {
+                    l.forget(&exec_id);
+                }
+            }
         });
         running.insert(id, (control, task.abort_handle()));
+    }
+
+    /// Stops a run of this node without recording anything (its lease is gone or going);
+    /// false when it was not running here.
+    fn stop_run(&self, execution: &str) -> bool {
+        let task = self.inner.running.lock().remove(execution);
+        match task {
+            Some((_, task)) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops a run whose execution another node took over: its lease is no longer ours.
+    fn drop_run(&self, execution: &str, why: &str) {
+        if let Some(l) = &self.inner.lease {
+            l.forget(execution);
+            if self.stop_run(execution) {
+                l.count_lost();
+                tracing::warn!(execution, why, "execution lease lost: run stopped here");
+            }
+        }
+    }
+
+    /// Whether `execution` runs on this node now.
+    pub fn runs_here(&self, execution: &str) -> bool {
+        self.inner.running.lock().contains_key(execution)
+    }
+
+    /// Renews this node's leases now instead of at the next tick, so a cancel or a decision
+    /// another node stored reaches its run at once: for the cluster's wake-up message to the
+    /// owner (without it, the renewal finds them within `renew_every`). Nothing on a single
+    /// node.
+    pub fn poke_leases(&self) {
+        if let Some(l) = &self.inner.lease {
+            l.poke.notify_one();
+        }
+    }
+
+    /// What the lease task did so far; `None` outside cluster mode.
+    pub fn lease_stats(&self) -> Option<LeaseStats> {
+        self.inner.lease.as_ref().map(|l| l.stats())
+    }
+
+    /// Test hook: stops (or resumes) sending lease renewals and takeover sweeps, as a node cut
+    /// off from its database would; its runs go on until it fences itself.
+    #[doc(hidden)]
+    pub fn pause_leases(&self, paused: bool) {
+        if let Some(l) = &self.inner.lease {
+            l.pause(paused);
+        }
+    }
+
+    /// Test hook: stops this engine as a crash of its process would: the lease task ends and
+    /// every run is aborted, and nothing is released, flushed or recorded.
+    #[doc(hidden)]
+    pub fn crash(&self) {
+        if let Some(l) = &self.inner.lease {
+            l.stop.cancel();
+        }
+        self.inner.closing.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = self
+            .inner
+            .running
+            .lock()
+            .drain()
+            .map(|(_, (_, task))| task)
+            .collect();
+        for t in tasks {
+            t.abort();
+        }
     }
 
     /// Cancels a running execution; false when it is not running here.
@@ -460,9 +595,23 @@ impl Engine {
         }
     }
 
+    /// Cancels an execution wherever it runs; false when it is not pending or running. On a
+    /// single node this is [`Engine::cancel`]. In a cluster the request is stored first (so it
+    /// survives its owner dying, and reaches it through its next lease renewal when the
+    /// owner is another node), then applied here if the execution runs here.
+    pub async fn cancel_anywhere(&self, execution: &str) -> Result<bool, EngineError> {
+        if self.inner.lease.is_none() {
+            return Ok(self.cancel(execution));
+        }
+        let requested = lease_store::request_cancel(&self.inner.db, execution).await?;
+        Ok(self.cancel(execution) || requested)
+    }
+
     /// Records `user`'s decision on a waiting human block (its key: the block id, prefixed
     /// inside a loop) and wakes it. The decision is stored before the block learns of it, so
-    /// a crash in between still applies it on resume.
+    /// a crash in between still applies it on resume. In a cluster, a block that does not
+    /// wait on this node is checked against the database instead, and its owner hands the
+    /// stored decision to the block at its next lease renewal.
     pub async fn decide(
         &self,
         execution: &ExecutionRow,
@@ -483,12 +632,21 @@ impl Engine {
             .running
             .lock()
             .get(&execution.id)
-            .map(|(c, _)| c.clone())
-            .ok_or_else(|| EngineError::Conflict("the execution is not running".into()))?;
-        if !control.waiting.lock().contains_key(block) {
-            return Err(EngineError::Conflict(format!(
-                "block {block} is not waiting for a decision"
-            )));
+            .map(|(c, _)| c.clone());
+        let here = control
+            .as_ref()
+            .is_some_and(|c| c.waiting.lock().contains_key(block));
+        if !here {
+            if self.inner.lease.is_none() {
+                return Err(match control {
+                    None => EngineError::Conflict("the execution is not running".into()),
+                    Some(_) => EngineError::Conflict(format!(
+                        "block {block} is not waiting for a decision"
+                    )),
+                });
+            }
+            // Another node runs it (or this one resumes it): the database says what waits.
+            self.decidable(execution, block).await?;
         }
         let graph: Value = serde_json::from_str(&execution.graph).unwrap_or(Value::Null);
         let top = block.rsplit('/').next().unwrap_or(block);
@@ -517,7 +675,9 @@ impl Engine {
             timed_out: false,
             at: now_ms(),
         };
-        self.inner.events.flush().await;
+        if here {
+            self.inner.events.flush().await;
+        }
         let stored = store::set_decision(
             &self.inner.db,
             &execution.id,
@@ -526,14 +686,36 @@ impl Engine {
         )
         .await?;
         if !stored {
+            if !here {
+                // Decided, ended or no longer waiting since the check: say which.
+                self.decidable(execution, block).await?;
+            }
             return Err(EngineError::Conflict(
                 "the block was already decided".into(),
             ));
         }
-        if let Some(tx) = control.waiting.lock().remove(block) {
+        if let Some(tx) = control.and_then(|c| c.waiting.lock().remove(block)) {
             let _ = tx.send(decision);
         }
         Ok(())
+    }
+
+    /// Whether the database has `block` of `execution` waiting for a decision it does not
+    /// have yet, in an execution still running; the conflict says what is wrong otherwise.
+    async fn decidable(&self, execution: &ExecutionRow, block: &str) -> Result<(), EngineError> {
+        let current = store::execution(&self.inner.db, &execution.id).await?;
+        if !current.is_some_and(|x| matches!(x.status.as_str(), "pending" | "running")) {
+            return Err(EngineError::Conflict("the execution is not running".into()));
+        }
+        match store::block(&self.inner.db, &execution.id, block).await? {
+            Some(b) if b.status == "waiting" && b.decision.is_some() => Err(EngineError::Conflict(
+                "the block was already decided".into(),
+            )),
+            Some(b) if b.status == "waiting" => Ok(()),
+            _ => Err(EngineError::Conflict(format!(
+                "block {block} is not waiting for a decision"
+            ))),
+        }
     }
 
     /// Starts a new execution that re-runs `old` from `from` (default: the block that
@@ -624,6 +806,7 @@ impl Engine {
             };
             prior.insert(row.block_id.clone(), row);
         }
+        let (lease, sent) = self.new_lease();
         let inserted = store::insert(
             &self.inner.db,
             &NewExecution {
@@ -637,11 +820,16 @@ impl Engine {
                 state_vector: &old.state_vector,
                 idempotency_key: None,
                 rerun_of: Some(&old.id),
+                lease,
             },
         )
         .await?;
         if inserted.is_err() {
             return Err(EngineError::Conflict("could not create the re-run".into()));
+        }
+        if let Some(l) = &self.inner.lease {
+            // Before the reused rows are queued: the event writer keeps only held executions.
+            l.hold(&id, 1, sent);
         }
         for row in prior.values() {
             self.inner.events.write(Write::Block(row.clone()));
@@ -665,93 +853,157 @@ impl Engine {
     }
 
     /// Resumes the executions that were running when the server stopped: finished blocks
-    /// are not run again, waiting ones keep their deadlines, seqs continue.
+    /// are not run again, waiting ones keep their deadlines, seqs continue. In a cluster it
+    /// resumes only executions whose lease lapsed or that never had one (a node that is
+    /// alive keeps renewing its own), taking their leases first: one takeover sweep, run now
+    /// instead of at the lease task's first turn.
     pub async fn recover(&self) -> Result<usize, DbError> {
+        if self.inner.lease.is_some() {
+            return self.sweep().await;
+        }
         let rows = store::unfinished(&self.inner.db).await?;
         let n = rows.len();
         for row in rows {
-            let graph: Value = serde_json::from_str(&row.graph).unwrap_or(Value::Null);
-            let parsed = match prepare(&graph) {
-                Ok(p) => p,
-                Err(problems) => {
-                    tracing::error!(
-                        execution = row.id,
-                        ?problems,
-                        "stored graph no longer parses"
-                    );
-                    store::finish(
-                        &self.inner.db,
-                        &row.id,
-                        "failed",
-                        Some("the stored workflow no longer validates"),
-                    )
-                    .await?;
-                    continue;
-                }
-            };
-            let seq = store::last_seq(&self.inner.db, &row.id).await?;
-            // The end was sent but its status not stored before the crash: store it, and
-            // do not run again what already ended.
-            let last = store::events(&self.inner.db, &row.workflow_id, &row.id, seq - 1, 1).await?;
-            if let Some((_, event)) = last.first() {
-                let event: Value = serde_json::from_str(event).unwrap_or(Value::Null);
-                let end = match event["type"].as_str() {
-                    Some("execution.completed") => Some("completed"),
-                    Some("execution.failed") => Some("failed"),
-                    Some("execution.cancelled") => Some("cancelled"),
-                    _ => None,
-                };
-                if let Some(status) = end {
-                    store::finish(&self.inner.db, &row.id, status, event["error"].as_str()).await?;
-                    continue;
-                }
-            }
-            let prior: HashMap<String, BlockRow> = store::blocks(&self.inner.db, &row.id)
-                .await?
-                .into_iter()
-                .map(|b| (b.block_id.clone(), b))
-                .collect();
-            let totals = store::execution_usage(&self.inner.db, &row.id).await?;
-            let input: Value = serde_json::from_str(&row.input).unwrap_or_else(|_| json!({}));
-            let options: Options = serde_json::from_str(&row.options).unwrap_or_default();
-            tracing::info!(
-                execution = row.id,
-                seq,
-                blocks = prior.len(),
-                "resuming execution"
-            );
-            let admission = self
-                .admit(&row.user_id, &row.workspace_id, true)
-                .expect("forced admission is not refused");
-            self.launch(
-                admission,
-                row.id.clone(),
-                row.workflow_id.clone(),
-                row.workspace_id.clone(),
-                row.user_id.clone(),
-                parsed,
-                input,
-                options,
-                prior,
-                seq,
-                row.started_at,
-                totals,
-            )
-            .await;
+            self.resume_one(row, None).await?;
         }
         Ok(n)
+    }
+
+    /// Takes over up to a quarter of `max_concurrent_blocks` executions whose lease lapsed
+    /// (or that never had one) and resumes them; returns how many it took.
+    pub(crate) async fn sweep(&self) -> Result<usize, DbError> {
+        let Some(leases) = &self.inner.lease else {
+            return Ok(0);
+        };
+        let _turn = leases.sweep_turn().await;
+        if leases.is_paused() || self.inner.closing.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        let config = &leases.config;
+        let except: Vec<String> = self.inner.running.lock().keys().cloned().collect();
+        let limit = (self.inner.config.max_concurrent_blocks / 4).max(1) as i64;
+        let sent = tokio::time::Instant::now();
+        let claimed = lease_store::claim_expired(
+            &self.inner.db,
+            &config.node,
+            &except,
+            limit,
+            config.lease_ttl,
+        )
+        .await?;
+        leases.count_sweep(claimed.len());
+        let n = claimed.len();
+        for (id, epoch) in claimed {
+            leases.hold(&id, epoch, sent);
+            tracing::info!(execution = id, epoch, "taking over execution");
+            let resumed = match store::execution(&self.inner.db, &id).await {
+                Ok(Some(row)) if matches!(row.status.as_str(), "pending" | "running") => {
+                    self.resume_one(row, Some(epoch)).await
+                }
+                Ok(_) => Ok(false),
+                Err(e) => Err(e),
+            };
+            match resumed {
+                Ok(true) => {}
+                // Its lease lapses again and a later sweep (here or elsewhere) retries.
+                Ok(false) => {
+                    leases.forget(&id);
+                }
+                Err(e) => {
+                    leases.forget(&id);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Resumes one execution from what is stored (read now, after its lease is held); false
+    /// when it did not launch (it had ended, or no longer validates).
+    async fn resume_one(&self, row: ExecutionRow, epoch: Option<i64>) -> Result<bool, DbError> {
+        let graph: Value = serde_json::from_str(&row.graph).unwrap_or(Value::Null);
+        let parsed = match prepare(&graph) {
+            Ok(p) => p,
+            Err(problems) => {
+                tracing::error!(
+                    execution = row.id,
+                    ?problems,
+                    "stored graph no longer parses"
+                );
+                store::finish(
+                    &self.inner.db,
+                    &row.id,
+                    "failed",
+                    Some("the stored workflow no longer validates"),
+                )
+                .await?;
+                return Ok(false);
+            }
+        };
+        let seq = store::last_seq(&self.inner.db, &row.id).await?;
+        // The end was sent but its status not stored before the crash: store it, and
+        // do not run again what already ended.
+        let last = store::events(&self.inner.db, &row.workflow_id, &row.id, seq - 1, 1).await?;
+        if let Some((_, event)) = last.first() {
+            let event: Value = serde_json::from_str(event).unwrap_or(Value::Null);
+            let end = match event["type"].as_str() {
+                Some("execution.completed") => Some("completed"),
+                Some("execution.failed") => Some("failed"),
+                Some("execution.cancelled") => Some("cancelled"),
+                _ => None,
+            };
+            if let Some(status) = end {
+                store::finish(&self.inner.db, &row.id, status, event["error"].as_str()).await?;
+                return Ok(false);
+            }
+        }
+        let prior: HashMap<String, BlockRow> = store::blocks(&self.inner.db, &row.id)
+            .await?
+            .into_iter()
+            .map(|b| (b.block_id.clone(), b))
+            .collect();
+        let totals = store::execution_usage(&self.inner.db, &row.id).await?;
+        let input: Value = serde_json::from_str(&row.input).unwrap_or_else(|_| json!({}));
+        let options: Options = serde_json::from_str(&row.options).unwrap_or_default();
+        tracing::info!(
+            execution = row.id,
+            seq,
+            epoch,
+            blocks = prior.len(),
+            "resuming execution"
+        );
+        let admission = self
+            .admit(&row.user_id, &row.workspace_id, true)
+            .expect("forced admission is not refused");
+        self.launch(
+            admission,
+            row.id.clone(),
+            row.workflow_id.clone(),
+            row.workspace_id.clone(),
+            row.user_id.clone(),
+            parsed,
+            input,
+            options,
+            prior,
+            seq,
+            row.started_at,
+            totals,
+        )
+        .await;
+        Ok(true)
     }
 
     /// Stops every execution without recording an end (they resume at the next start),
     /// then waits until `deadline` for the log to be written and the engine's tasks to end.
     pub async fn shutdown(&self, deadline: tokio::time::Instant) {
-        let tasks: Vec<_> = self
-            .inner
-            .running
-            .lock()
-            .drain()
-            .map(|(_, (_, task))| task)
-            .collect();
+        if let Some(l) = &self.inner.lease {
+            l.stop.cancel();
+        }
+        let (ids, tasks): (Vec<_>, Vec<_>) = {
+            let mut running = self.inner.running.lock();
+            self.inner.closing.store(true, Ordering::SeqCst);
+            running.drain().map(|(id, (_, task))| (id, task)).unzip()
+        };
         for t in tasks {
             t.abort();
         }
@@ -763,6 +1015,22 @@ impl Engine {
             tracing::error!(
                 "execution log not flushed at shutdown; the restart replays from what is stored"
             );
+        }
+        if let Some(l) = &self.inner.lease {
+            // After the flush: what this node wrote is stored before another node may take
+            // over (the epoch fence refuses anything later anyway).
+            let released = tokio::time::timeout_at(
+                deadline,
+                lease_store::release(&self.inner.db, &l.config.node, &ids),
+            )
+            .await;
+            match released {
+                Ok(Ok(n)) => tracing::info!(released = n, "execution leases released"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "releasing execution leases failed; they expire")
+                }
+                Err(_) => tracing::warn!("releasing execution leases timed out; they expire"),
+            }
         }
         events.close();
         self.inner.tasks.close();

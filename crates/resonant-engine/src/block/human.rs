@@ -112,7 +112,7 @@ impl Behaviour for Human {
                             // A decision that took our place just before the deadline wins: its
                             // maker was told it was recorded.
                             if ctx.run.control.waiting.lock().remove(ctx.key).is_some() {
-                                timed_out()
+                                timeout_or_stored(ctx, timed_out()).await
                             } else {
                                 rx.await.unwrap_or_else(|_| timed_out())
                             }
@@ -149,6 +149,34 @@ impl Behaviour for Human {
                 usage: None,
             })
         })
+    }
+}
+
+/// The deadline passed with no decision handed to the block. In a cluster another node may
+/// have stored one (and told its maker so) that this node's renewal has not delivered yet:
+/// the database decides which came first, the stored decision or the timeout's.
+async fn timeout_or_stored(ctx: &BlockCtx<'_>, timeout: Decision) -> Decision {
+    let engine = &ctx.run.engine;
+    if engine.config.cluster.is_none() {
+        return timeout;
+    }
+    // The waiting row must be stored before the timeout's decision can be stored against it.
+    engine.events.flush().await;
+    let db = &engine.db;
+    let json = serde_json::to_string(&timeout).unwrap_or_default();
+    match crate::db::executions::set_decision(db, &ctx.run.id, ctx.key, &json).await {
+        Ok(true) => timeout,
+        Ok(false) => crate::db::executions::block(db, &ctx.run.id, ctx.key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|b| b.decision)
+            .and_then(|d| serde_json::from_str::<Decision>(&d).ok())
+            .unwrap_or(timeout),
+        Err(e) => {
+            tracing::warn!(error = %e, execution = ctx.run.id, block = ctx.key, "storing a timeout's decision failed");
+            timeout
+        }
     }
 }
 
