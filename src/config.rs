@@ -215,6 +215,10 @@ pub struct ServeConfig {
     /// the room reads the missing ones from the store.
     #[arg(long, env = "RESONANT_BUS_GAP_HEAL_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub bus_gap_heal_ms: u64,
+    /// Cluster mode: how long (s) a node's hold on an execution lasts without renewal (it
+    /// renews every fifth of it); a dead node's executions are taken over after about this.
+    #[arg(long, env = "RESONANT_EXECUTION_LEASE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub execution_lease_secs: u64,
     /// Resend API key for invitation emails (without it, inviting a new address is refused).
     #[arg(long, env = "RESEND_API_KEY", hide_env_values = true)]
     pub resend_api_key: Option<String>,

@@ -84,10 +84,12 @@ fn metrics_handle() -> PrometheusHandle {
 /// process that was just killed takes a moment to release its lock).
 const STORE_LOCK_WAIT: Duration = Duration::from_secs(10);
 
-/// The bus to the other nodes of the cluster: a random node id per process start (a
-/// restarted process is a new node), keys under `--redis-prefix`.
-fn cluster_bus(config: &ServeConfig, url: &str) -> anyhow::Result<Arc<dyn resonant_bus::Bus>> {
-    let node = resonant_bus::new_node_id();
+/// The bus to the other nodes of the cluster, as node `node`, keys under `--redis-prefix`.
+fn cluster_bus(
+    config: &ServeConfig,
+    url: &str,
+    node: resonant_bus::NodeId,
+) -> anyhow::Result<Arc<dyn resonant_bus::Bus>> {
     let info = serde_json::json!({
         "name": config.node_name,
         "pid": std::process::id(),
@@ -195,8 +197,11 @@ pub async fn start_with_store(
         Some(limiter)
     };
     let (journal, journal_task) = Journal::start(store.clone(), journal_config);
+    // A random node id per process start: a restarted process is a new node, so nothing
+    // ever has to tell an old incarnation's leases or presence from a new one's.
+    let node = resonant_bus::new_node_id();
     let bus = match (clustered, config.redis_url.as_deref()) {
-        (true, Some(url)) => Some(cluster_bus(&config, url)?),
+        (true, Some(url)) => Some(cluster_bus(&config, url, node)?),
         _ => None,
     };
     let rooms = match &bus {
@@ -244,6 +249,15 @@ pub async fn start_with_store(
             max_running_per_workspace: config.max_running_per_workspace,
             max_notify_per_block: config.max_notify_per_block,
             max_approval_emails_per_day: config.max_approval_emails_per_day,
+            cluster: clustered.then(|| {
+                let ttl = Duration::from_secs(config.execution_lease_secs);
+                engine::ClusterConfig {
+                    lease_ttl: ttl,
+                    renew_every: ttl / 5,
+                    sweep_every: ttl / 5,
+                    ..engine::ClusterConfig::new(resonant_bus::node_hex(node))
+                }
+            }),
             ..engine::EngineConfig::default()
         },
         engine::Io {

@@ -413,3 +413,144 @@ async fn execution_events_reach_editors_on_other_nodes() {
     node2.shutdown().await.unwrap();
     node1.cleanup().await;
 }
+
+/// The node running an execution is killed mid-run: another node takes its lease over once
+/// it lapses and finishes the run, whose events stay gapless and whose finished blocks do
+/// not run again. A cancel sent to a node that does not run an execution stops it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_execution_is_finished_by_another_and_cancels_reach_the_owner() {
+    use common::api::call;
+    use common::exec::{assert_gapless, block, edge, put_graph};
+    use reqwest::{Method, StatusCode};
+    use serde_json::{json, Value};
+    let Some(cluster) = cluster("exec").await else {
+        return;
+    };
+    let start = |c: &Cluster| {
+        ServerProcess::start(&[
+            "--database-url",
+            &c.db,
+            "--redis-url",
+            &c.redis,
+            "--redis-prefix",
+            &c.prefix,
+            "--execution-lease-secs",
+            "2",
+        ])
+    };
+    let n1 = start(&cluster);
+    let n2 = start(&cluster);
+    let http = reqwest::Client::new();
+    let (s, list) = call(
+        &http,
+        n1.addr,
+        None,
+        Method::GET,
+        "/api/v1/workspaces",
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let ws = list["items"][0]["id"]
+        .as_str()
+        .or(list[0]["id"].as_str())
+        .unwrap_or_else(|| panic!("the default workspace: {list}"))
+        .to_string();
+    let nap = |seconds: f64| {
+        json!({
+            "blocks": [block("in", "input", json!({})), block("nap", "delay", json!({"seconds": seconds})), block("out", "output", json!({}))],
+            "connections": [edge("in", "nap"), edge("nap", "out")],
+        })
+    };
+    let mut workflows = Vec::new();
+    for graph in [nap(3.0), nap(600.0)] {
+        let path = format!("/api/v1/workspaces/{ws}/workflows");
+        let (s, wf) = call(
+            &http,
+            n1.addr,
+            None,
+            Method::POST,
+            &path,
+            Some(json!({"name": "nap"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{wf}");
+        let id = wf["id"].as_str().unwrap().to_string();
+        let mut c = Client::connect_synced(&room_url(n1.addr, &format!("workflow-{id}"))).await;
+        c.opt_in().await;
+        put_graph(&mut c, &graph).await;
+        c.close().await;
+        workflows.push(id);
+    }
+    let run_on = |addr, workflow: String| {
+        let http = http.clone();
+        async move {
+            let path = format!("/api/v1/workflows/{workflow}/executions");
+            let (s, e) = call(
+                &http,
+                addr,
+                None,
+                Method::POST,
+                &path,
+                Some(json!({"input": {}})),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED, "{e}");
+            e["id"].as_str().unwrap().to_string()
+        }
+    };
+    let status = |addr, id: String| {
+        let http = http.clone();
+        async move {
+            let path = format!("/api/v1/executions/{id}");
+            let (_, e) = call(&http, addr, None, Method::GET, &path, None).await;
+            e["status"].as_str().unwrap_or_default().to_string()
+        }
+    };
+
+    // A cancel through node 2 stops a run owned by node 1.
+    let long_run = run_on(n1.addr, workflows[1].clone()).await;
+    let path = format!("/api/v1/executions/{long_run}/cancel");
+    let (s, body) = call(&http, n2.addr, None, Method::POST, &path, None).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(n2.addr, long_run.clone()).await != "cancelled" {
+        assert!(
+            Instant::now() < deadline,
+            "the owner never saw the cancel made on node 2"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The owner dies mid-run; node 2 finishes it.
+    let run = run_on(n1.addr, workflows[0].clone()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(n2.addr, run.clone()).await != "running" {
+        assert!(Instant::now() < deadline, "the run never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = Instant::now();
+    n1.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(n2.addr, run.clone()).await != "completed" {
+        assert!(
+            Instant::now() < deadline,
+            "node 2 never finished the dead node's run"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "finished by node 2 {:.1} s after node 1 was killed",
+        killed.elapsed().as_secs_f64()
+    );
+    let path = format!("/api/v1/executions/{run}/events");
+    let (s, events) = call(&http, n2.addr, None, Method::GET, &path, None).await;
+    assert_eq!(s, StatusCode::OK, "{events}");
+    let events: Vec<Value> = events["events"].as_array().cloned().unwrap_or_default();
+    assert_gapless(&events);
+    let input_runs = events
+        .iter()
+        .filter(|e| e["type"] == "block.started" && e["blockId"] == "in")
+        .count();
+    assert_eq!(input_runs, 1, "a finished block is not run again");
+}

@@ -189,7 +189,13 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, req
             else {
                 return;
             };
-            if app.engine.cancel(&execution_id) {
+            // On a cluster the run may be on another node: the request is stored, and its
+            // owner sees it at its next lease renewal.
+            let cancelling = match app.engine.cancel_anywhere(&execution_id).await {
+                Ok(c) => c,
+                Err(e) => return refuse_engine(session, &request_id, e),
+            };
+            if cancelling {
                 // Acknowledged at once, so a client can tell "asked" from "lost"; the
                 // `execution.cancelled` event follows once the blocks have wound down.
                 reply(

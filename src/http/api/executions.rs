@@ -401,7 +401,9 @@ async fn cancel_execution(
 ) -> Result<StatusCode, ApiError> {
     let (row, role) = visible_execution(&app, &caller, &id).await?;
     require(role, Action::Execute)?;
-    if app.engine.cancel(&row.id) {
+    // On a cluster the run may be on another node: the request is stored, and its owner
+    // sees it at its next lease renewal.
+    if app.engine.cancel_anywhere(&row.id).await? {
         Ok(StatusCode::ACCEPTED)
     } else {
         Err(ApiError::Conflict(format!(
