@@ -30,6 +30,7 @@
 //! limiter.check(Bucket::SocketUser, &user_id).await             // per socket message
 //! ```
 
+use resonant_bus::redact;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -702,22 +703,6 @@ impl RedisBackend {
         } else {
             self.unlogged.fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// `url` with any password replaced by `***`, for logs and errors.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_string(),
     }
 }
 

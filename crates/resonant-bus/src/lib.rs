@@ -77,7 +77,7 @@ use futures_util::future::BoxFuture;
 
 pub use memory::{MemoryBus, MemoryHub};
 pub use queue::{Subscription, QUEUE_CAPACITY};
-pub use redis_bus::{RedisBus, RedisBusConfig};
+pub use redis_bus::{redact, RedisBus, RedisBusConfig};
 
 /// Random per process incarnation (a restarted process is a new node); never 0.
 pub type NodeId = u64;

@@ -549,8 +549,8 @@ async fn heartbeat(inner: Arc<Inner>) {
     }
 }
 
-/// `url` with any password masked, for logs and errors.
-fn redact(url: &str) -> String {
+/// `url` with any password masked, for logs and errors (the rate limiter's Redis URL too).
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
