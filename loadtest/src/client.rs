@@ -21,47 +21,78 @@ pub type Ws = ws::WsStream;
 /// Where to connect: the URL template's host and port, resolved once.
 #[derive(Clone, Debug)]
 pub struct Target {
-    template: String,
-    addr: SocketAddr,
+    /// Each server's URL template and resolved address; the first is the writers' node.
+    servers: Arc<Vec<(String, SocketAddr)>>,
+    /// Rooms that already have their first connection (it goes to the first server).
+    seen: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Round-robin position over the other servers.
+    next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Target {
-    /// Parses a template like `ws://127.0.0.1:1234/sync/{room}` (query parameters allowed).
-    pub async fn parse(template: &str, allow_remote: bool) -> anyhow::Result<Target> {
-        if !template.contains("{room}") {
-            return Err(anyhow!(
-                "the URL template must contain {{room}}: {template}"
-            ));
+    /// Parses URL templates like `ws://127.0.0.1:1234/sync/{room}` (query parameters
+    /// allowed). Several are the servers of one cluster: each room's first connection (its writer, or the
+    /// builder of its document) goes to the first, every other connection round-robin to
+    /// the others — so with two servers every reader is on another node than its writer.
+    pub async fn parse_all(templates: &[String], allow_remote: bool) -> anyhow::Result<Target> {
+        let mut servers = Vec::new();
+        for template in templates {
+            servers.push((template.clone(), resolve(template, allow_remote).await?));
         }
-        let rest = template
-            .strip_prefix("ws://")
-            .ok_or_else(|| anyhow!("only ws:// URLs are supported: {template}"))?;
-        let hostport = rest.split('/').next().unwrap_or_default();
-        let addr = tokio::net::lookup_host(hostport)
-            .await
-            .with_context(|| format!("resolving {hostport}"))?
-            .next()
-            .ok_or_else(|| anyhow!("{hostport} does not resolve"))?;
-        if !addr.ip().is_loopback() && !allow_remote {
-            return Err(anyhow!(
-                "{hostport} is not a loopback address; pass --allow-remote to load a remote server"
-            ));
+        if servers.is_empty() {
+            return Err(anyhow!("at least one --url is needed"));
         }
         Ok(Target {
-            template: template.to_string(),
-            addr,
+            servers: Arc::new(servers),
+            seen: Arc::default(),
+            next: Arc::default(),
         })
     }
 
-    /// The resolved server address.
+    /// The first server's address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.servers[0].1
     }
 
-    /// The URL of one room.
-    pub fn url(&self, room: &str) -> String {
-        self.template.replace("{room}", room)
+    /// The server the next connection to `room` goes to: its address and the room's URL.
+    fn pick(&self, room: &str) -> (SocketAddr, String) {
+        let first = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room.to_string());
+        let (template, addr) = if first || self.servers.len() == 1 {
+            &self.servers[0]
+        } else {
+            let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            &self.servers[1 + n % (self.servers.len() - 1)]
+        };
+        (*addr, template.replace("{room}", room))
     }
+}
+
+/// Checks and resolves one URL template.
+async fn resolve(template: &str, allow_remote: bool) -> anyhow::Result<SocketAddr> {
+    if !template.contains("{room}") {
+        return Err(anyhow!(
+            "the URL template must contain {{room}}: {template}"
+        ));
+    }
+    let rest = template
+        .strip_prefix("ws://")
+        .ok_or_else(|| anyhow!("only ws:// URLs are supported: {template}"))?;
+    let hostport = rest.split('/').next().unwrap_or_default();
+    let addr = tokio::net::lookup_host(hostport)
+        .await
+        .with_context(|| format!("resolving {hostport}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{hostport} does not resolve"))?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(anyhow!(
+            "{hostport} is not a loopback address; pass --allow-remote to load a remote server"
+        ));
+    }
+    Ok(addr)
 }
 
 /// Opens a WebSocket to `room`, from `local` if given (to spread connections over several
@@ -85,7 +116,8 @@ pub async fn connect_with(
         local_addr: local,
         timeout: Duration::from_secs(10),
     };
-    Ok(ws::connect_to(target.addr, &target.url(room), &options).await?)
+    let (addr, url) = target.pick(room);
+    Ok(ws::connect_to(addr, &url, &options).await?)
 }
 
 /// What a connection saw, for the scenario to act on.

@@ -26,9 +26,11 @@ struct Cli {
     /// Which scenario to run.
     #[arg(value_enum)]
     scenario: Scenario,
-    /// URL template; `{room}` is replaced by each room's name.
+    /// URL template; `{room}` is replaced by each room's name. Repeat it for the nodes of a
+    /// cluster: each room's writer connects to the first, everyone else round-robin to the
+    /// others (so their latency is the cross-node one).
     #[arg(long, default_value = "ws://127.0.0.1:1234/sync/{room}")]
-    url: String,
+    url: Vec<String>,
     /// Rooms.
     #[arg(long, default_value_t = 1)]
     rooms: usize,
@@ -148,7 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.doc_bytes > 1 << 30 {
         bail!("--doc-bytes is limited to 1 GiB");
     }
-    let target = client::Target::parse(&cli.url, cli.allow_remote).await?;
+    let target = client::Target::parse_all(&cli.url, cli.allow_remote).await?;
     let sources: Vec<IpAddr> = if cli.source_addrs > 1 {
         (1..=cli.source_addrs)
             .map(|i| IpAddr::from([127, 0, 0, i]))
