@@ -73,8 +73,9 @@ struct Entry {
     /// `None` once removed; kept until the timeout so an older update cannot revive it.
     state: Option<Arc<str>>,
     updated: Instant,
-    /// Set by another node (scale-out): that node renews and announces it, not this one.
-    remote: bool,
+    /// The node that announced it (scale-out), `None` for this node's own peers: that node
+    /// renews it, and its states go when it dies.
+    origin: Option<u64>,
 }
 
 /// The presence table of one room, plus its broadcast coalescing state.
@@ -98,17 +99,17 @@ impl Presence {
         limits: &AwarenessLimits,
         now: Instant,
     ) -> (Vec<ClientID>, Option<AwarenessRefusal>) {
-        self.apply_from(update, owned, limits, now, false)
+        self.apply_from(update, owned, limits, now, None)
     }
 
-    /// [`Presence::apply`] for states another node announced (`remote`), or a local peer's.
+    /// [`Presence::apply`] for states another node (`origin`) announced, or a local peer's.
     pub(crate) fn apply_from(
         &mut self,
         update: AwarenessUpdate,
         owned: &mut HashSet<ClientID>,
         limits: &AwarenessLimits,
         now: Instant,
-        remote: bool,
+        origin: Option<u64>,
     ) -> (Vec<ClientID>, Option<AwarenessRefusal>) {
         if update.clients.len() > limits.max_entries_per_message {
             let refusal = AwarenessRefusal::TooManyEntries {
@@ -157,7 +158,7 @@ impl Presence {
                     clock,
                     state,
                     updated: now,
-                    remote,
+                    origin,
                 },
             );
             changed.push(id);
@@ -214,11 +215,32 @@ impl Presence {
             .map(|update| protocol::encode_awareness(&update))
     }
 
+    /// The other nodes whose peers have a present state here.
+    pub(crate) fn origins(&self) -> HashSet<u64> {
+        self.entries
+            .values()
+            .filter(|e| e.state.is_some())
+            .filter_map(|e| e.origin)
+            .collect()
+    }
+
+    /// Removes every state node `origin` announced (it died); returns the ids removed.
+    pub(crate) fn remove_origin(&mut self, origin: u64, now: Instant) -> Vec<ClientID> {
+        let mut removed = Vec::new();
+        for (id, e) in self.entries.iter_mut() {
+            if e.origin == Some(origin) && e.state.take().is_some() {
+                e.updated = now;
+                removed.push(*id);
+            }
+        }
+        removed
+    }
+
     /// The present states this node's own peers set, for another node that asks.
     pub(crate) fn local_present(&self) -> Vec<ClientID> {
         self.entries
             .iter()
-            .filter(|(_, e)| e.state.is_some() && !e.remote)
+            .filter(|(_, e)| e.state.is_some() && e.origin.is_none())
             .map(|(id, _)| *id)
             .collect()
     }

@@ -638,7 +638,7 @@ impl Room {
 
     /// Applies a presence message from another node: states are relayed to the local
     /// peers; a query is answered with this node's peers' states. False when malformed.
-    pub(crate) fn apply_remote_awareness(self: &Arc<Self>, payload: &[u8]) -> bool {
+    pub(crate) fn apply_remote_awareness(self: &Arc<Self>, origin: u64, payload: &[u8]) -> bool {
         match payload.split_first() {
             Some((&cluster::AW_UPDATE, body)) => {
                 if crate::validate::validate_awareness_v1(body).is_err() {
@@ -660,7 +660,7 @@ impl Room {
                     &mut HashSet::new(),
                     &limits,
                     Instant::now(),
-                    true,
+                    Some(origin),
                 );
                 if !changed.is_empty() {
                     self.broadcast_awareness(&mut st, changed, None);
@@ -677,6 +677,23 @@ impl Room {
             }
             _ => false,
         }
+    }
+
+    /// The other nodes whose peers have presence in this room.
+    pub(crate) fn presence_origins(&self) -> std::collections::HashSet<u64> {
+        self.state.lock().presence.origins()
+    }
+
+    /// Removes the presence of every peer of node `origin`, which died, and tells the local
+    /// peers (no ghost cursors until the awareness timeout).
+    pub(crate) fn remove_node_presence(self: &Arc<Self>, origin: u64) -> usize {
+        let mut st = self.state.lock();
+        let removed = st.presence.remove_origin(origin, Instant::now());
+        let n = removed.len();
+        if n > 0 {
+            self.broadcast_awareness(&mut st, removed, None);
+        }
+        n
     }
 
     /// Records seqs the store gave this room's own updates (they are in the document since

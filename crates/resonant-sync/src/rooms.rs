@@ -26,6 +26,8 @@ static LOAD_FAILURES: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_room_load_failures_total"));
 static REMOTE_UPDATES: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_bus_updates_applied_total"));
+static DELIVERY_SECONDS: LazyLock<metrics::Histogram> =
+    LazyLock::new(|| metrics::histogram!("resonant_bus_delivery_seconds"));
 static MALFORMED: LazyLock<metrics::Counter> =
     LazyLock::new(|| metrics::counter!("resonant_bus_entries_malformed_total"));
 
@@ -144,6 +146,8 @@ impl Rooms {
             }));
         let weak = Arc::downgrade(&rooms.inner);
         rooms.spawn(probe(weak));
+        let weak = Arc::downgrade(&rooms.inner);
+        rooms.spawn(sweep_dead_nodes(weak));
         rooms
     }
 
@@ -577,7 +581,7 @@ async fn feed(
                 match delivery {
                     None => return,
                     Some(resonant_bus::Delivery::Message(m)) if m.origin != own_node => {
-                        if !room.apply_remote_awareness(&m.payload) {
+                        if !room.apply_remote_awareness(m.origin, &m.payload) {
                             MALFORMED.increment(1);
                         }
                     }
@@ -594,6 +598,10 @@ async fn feed(
                     if m.origin == own_node {
                         continue;
                     }
+                    // From the origin's publish to here (clock skew included across hosts).
+                    DELIVERY_SECONDS.record(
+                        (now_ms().saturating_sub(m.sent_ms)).max(0) as f64 / 1000.0,
+                    );
                     match decode_entries(&m.payload) {
                         Some(entries) => match room.apply_remote(&entries) {
                             Ok(n) => {
@@ -697,6 +705,51 @@ async fn probe(inner: std::sync::Weak<Inner>) {
                 registry.remove_slot(room);
             } else if head.seq > room.watermark() {
                 room.heal_requested().notify_one();
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// How often a node asks whether the nodes it holds presence from are alive.
+const DEAD_NODE_CHECK: Duration = Duration::from_secs(2);
+
+/// Every [`DEAD_NODE_CHECK`]: the nodes whose peers have presence in a loaded room are looked
+/// up on the bus; the presence of a node whose liveness key lapsed (killed, or cut off from
+/// Redis for longer than its TTL) is removed everywhere, so its editors' cursors do not stay
+/// until the awareness timeout. A node cut off only briefly comes back: its clients renew.
+async fn sweep_dead_nodes(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(DEAD_NODE_CHECK).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let registry = Rooms { inner };
+        let rooms = registry.loaded();
+        let mut origins: Vec<u64> = rooms.iter().flat_map(|r| r.presence_origins()).collect();
+        origins.sort_unstable();
+        origins.dedup();
+        if origins.is_empty() {
+            continue;
+        }
+        let bus = registry.bus().expect("a clustered registry").clone();
+        // Unknown while the bus is down: nobody is declared dead for it.
+        let Some(alive) = bus.alive(&origins).await else {
+            continue;
+        };
+        for (node, alive) in origins.into_iter().zip(alive) {
+            if alive {
+                continue;
+            }
+            let removed: usize = rooms.iter().map(|r| r.remove_node_presence(node)).sum();
+            if removed > 0 {
+                tracing::info!(node = %resonant_bus::node_hex(node), removed, "removed the presence of a node that is gone");
+                metrics::counter!("resonant_presence_ghosts_removed_total")
+                    .increment(removed as u64);
             }
         }
     }

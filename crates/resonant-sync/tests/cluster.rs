@@ -426,3 +426,43 @@ async fn a_room_deleted_on_one_node_closes_on_the_others_and_stays_deleted() {
         );
     }
 }
+
+/// A node that dies takes its editors' cursors with it on the other nodes, well before the
+/// awareness timeout (their liveness lapses; the sweep runs every 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_cursors_are_removed_elsewhere() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let hub = MemoryHub::new();
+    let nodes: Vec<Node> = (1..=2)
+        .map(|id| node(&store, &hub, id, SyncConfig::default()))
+        .collect();
+    let room = format!("ghost-{}", rand::random::<u32>());
+    let mut a = Editor::join(&nodes[0].rooms, &room).await;
+    let b = Editor::join(&nodes[1].rooms, &room).await;
+    let id = a.set_presence(r#"{"user":"gone-soon"}"#);
+    let mut pair = [a, b];
+    until(
+        &mut pair,
+        Duration::from_secs(5),
+        "presence on node 2",
+        |es| es[1].sees(id).is_some(),
+    )
+    .await;
+    let [a, b] = pair;
+    // Node 1 dies without a word: no removal is ever sent for its editor.
+    hub.kill(1);
+    let died = Instant::now();
+    let mut rest = [b];
+    until(
+        &mut rest,
+        Duration::from_secs(6),
+        "the dead node's cursor removed",
+        |es| es[0].sees(id).is_none(),
+    )
+    .await;
+    assert!(
+        died.elapsed() < SyncConfig::default().awareness_timeout,
+        "removed by the sweep, not by expiry"
+    );
+    drop(a);
+}
