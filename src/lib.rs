@@ -230,6 +230,9 @@ pub async fn start_with_store(
         stop.clone(),
         &tracker,
     );
+    if let Some(bus) = &bus {
+        access.follow_cluster(bus.clone(), db.clone(), stop.clone(), &tracker);
+    }
     let mailer = email::Mailer::new(
         config.resend_api_key.clone(),
         &config.resend_api_url,

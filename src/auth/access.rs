@@ -35,6 +35,22 @@ pub struct Access {
     /// Users deleted in the last [`TOMBSTONE`], so that a socket authenticated just before
     /// the deletion but registered just after it is closed too.
     deleted: Arc<DashMap<String, std::time::Instant>>,
+    /// On a cluster: role changes and kicks made here are announced to the other nodes.
+    bus: Arc<std::sync::OnceLock<Arc<dyn resonant_bus::Bus>>>,
+}
+
+/// The bus topic of role changes and kicks between nodes.
+const CONTROL_TOPIC: &str = "ctl:access";
+
+/// What one node tells the others. Invalidations, never values: a role is re-read from the
+/// database, so two quick changes made on two nodes cannot land in the wrong order.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "k", rename_all = "lowercase")]
+enum Control {
+    /// `user`'s role in `workspace` changed (or the membership went).
+    Access { user: String, workspace: String },
+    /// `user` was deleted: close its sockets.
+    Kick { user: String },
 }
 
 /// One watched (user, workspace) pair.
@@ -96,6 +112,7 @@ impl Access {
             seq: Arc::default(),
             users: Arc::default(),
             deleted: Arc::default(),
+            bus: Arc::default(),
         };
         let sweeper = access.clone();
         tasks.spawn(async move {
@@ -109,6 +126,74 @@ impl Access {
             }
         });
         access
+    }
+
+    /// Joins a cluster: changes and kicks made on this node are announced on `bus`, and the
+    /// other nodes' are applied here (a role re-read from `db`) until `stop`. Without it,
+    /// each node's sweep still catches a change within `--access-recheck-secs`.
+    pub fn follow_cluster(
+        &self,
+        bus: Arc<dyn resonant_bus::Bus>,
+        db: Db,
+        stop: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) {
+        if self.bus.set(bus.clone()).is_err() {
+            return;
+        }
+        let access = self.clone();
+        tasks.spawn(async move {
+            let own = bus.node();
+            let mut sub = tokio::select! {
+                _ = stop.cancelled() => return,
+                sub = bus.subscribe(CONTROL_TOPIC) => sub,
+            };
+            loop {
+                let delivery = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    d = sub.recv() => d,
+                };
+                let m = match delivery {
+                    None => return,
+                    Some(resonant_bus::Delivery::Message(m)) if m.origin != own => m,
+                    // A lost announcement is caught by the sweep.
+                    Some(_) => continue,
+                };
+                match serde_json::from_slice::<Control>(&m.payload) {
+                    Ok(Control::Kick { user }) => access.kick_here(&user),
+                    Ok(Control::Access { user, workspace }) => {
+                        let since = access.seq();
+                        match db::memberships(&db, &user).await {
+                            Ok(roles) => {
+                                let role = roles
+                                    .iter()
+                                    .find(|(w, _)| *w == workspace)
+                                    .map(|(_, r)| *r);
+                                access.refreshed(&(user, workspace), role, since);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "could not re-read a role changed on another node; the sweep will")
+                            }
+                        }
+                    }
+                    Err(_) => metrics::counter!("resonant_bus_entries_malformed_total").increment(1),
+                }
+            }
+        });
+    }
+
+    fn announce(&self, control: &Control) {
+        if let Some(bus) = self.bus.get() {
+            let payload = serde_json::to_vec(control).expect("serializes");
+            bus.publish(
+                CONTROL_TOPIC,
+                payload.into(),
+                resonant_bus::PublishOptions {
+                    max_len: 10_000,
+                    ttl: None,
+                },
+            );
+        }
     }
 
     /// The current change count: take it before reading a role from the database and pass
@@ -158,6 +243,11 @@ impl Access {
             let changed = *r != role;
             *r = role;
             changed
+        });
+        drop(entry);
+        self.announce(&Control::Access {
+            user: user.to_string(),
+            workspace: workspace.to_string(),
         });
     }
 
@@ -213,6 +303,14 @@ impl Access {
     /// Closes every live socket of `user` (deleted at the identity provider) and refuses its
     /// sockets that register within the next minute.
     pub fn kick(&self, user: &str) {
+        self.kick_here(user);
+        self.announce(&Control::Kick {
+            user: user.to_string(),
+        });
+    }
+
+    /// [`Access::kick`] on this node only.
+    fn kick_here(&self, user: &str) {
         self.deleted
             .insert(user.to_string(), std::time::Instant::now());
         if let Some((_, sockets)) = self.users.remove(user) {
