@@ -647,6 +647,22 @@ async fn write_ops(
             }
             WriteOp::Snapshot(s) => {
                 insert_appends(conn, &mut rooms, &mut datas, now, &mut seqs).await?;
+                seqs.push(None);
+                // One compactor per room at a time across the cluster: a node whose snapshot
+                // meets another node's compaction of the same room in flight leaves it out
+                // (the log stays the truth; its next trigger tries again). A single node
+                // always gets the lock.
+                let ours: bool = sqlx::query_scalar(
+                    "SELECT pg_try_advisory_xact_lock(
+                        hashtextextended('resonant-compact:' || current_schema() || ':' || $1, 0))",
+                )
+                .bind(&*s.room)
+                .fetch_one(&mut *conn)
+                .await?;
+                if !ours {
+                    metrics::counter!("resonant_compactions_skipped_total").increment(1);
+                    continue;
+                }
                 let up_to_seq = match s.up_to_seq {
                     Some(seq) => seq,
                     None => sqlx::query_scalar("SELECT head_seq FROM rooms WHERE room = $1")
@@ -674,7 +690,6 @@ async fn write_ops(
                     .bind(up_to_seq)
                     .execute(&mut *conn)
                     .await?;
-                seqs.push(None);
             }
         }
     }

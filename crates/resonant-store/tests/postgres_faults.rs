@@ -653,3 +653,50 @@ async fn a_cluster_nodes_lost_shared_lock_is_taken_again() {
         .expect_err("the cluster still holds the lock");
     assert!(matches!(err, StoreError::Locked(_)), "{err}");
 }
+
+/// One compactor per room at a time across the cluster: while another node's compaction of
+/// a room is in flight (its transaction holds the room's compaction lock), a snapshot of the
+/// same room is left out of the batch — the batch's appends still commit — and the next one
+/// goes in once the lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_compactor_per_room_at_a_time() {
+    let Some(base) = postgres_url() else { return };
+    let url = scoped_url(&base, "compactor").await;
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let room: Arc<str> = "compacted".into();
+    store
+        .write_batch(batch(), &[append(&room), append(&room)])
+        .await
+        .unwrap();
+    let other_node = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut tx = other_node.begin().await.unwrap();
+    let got: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(
+            hashtextextended('resonant-compact:' || current_schema() || ':' || $1, 0))",
+    )
+    .bind(&*room)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert!(got);
+    let snapshot = |up_to| {
+        WriteOp::Snapshot(resonant_store::Snapshot {
+            room: room.clone(),
+            state: Bytes::from_static(b"state"),
+            up_to_seq: Some(up_to),
+        })
+    };
+    let seqs = store
+        .write_batch(batch(), &[snapshot(2), append(&room)])
+        .await
+        .unwrap();
+    assert_eq!(seqs, vec![None, Some(3)], "the append commits");
+    let stored = store.load(&room).await.unwrap();
+    assert_eq!(stored.snapshot_seq, 0, "the snapshot was left out");
+    assert_eq!(stored.updates.len(), 3);
+    tx.rollback().await.unwrap();
+    store.write_batch(batch(), &[snapshot(3)]).await.unwrap();
+    let stored = store.load(&room).await.unwrap();
+    assert_eq!(stored.snapshot_seq, 3);
+    assert!(stored.updates.is_empty());
+}
