@@ -209,6 +209,9 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     /// The leases this node holds, in cluster mode.
     lease: Option<Arc<lease::Leases>>,
+    /// In cluster mode: wakes an execution's owner when a cancel or decision for it is
+    /// stored here (without it the owner sees it at its next renewal).
+    bus: std::sync::OnceLock<Arc<dyn resonant_bus::Bus>>,
     /// Executions running (or being started) per user and per workspace, for the caps.
     admitted: Arc<Mutex<HashMap<String, usize>>>,
     /// Tokens reserved by AI calls in progress, per user (see `block/ai.rs`).
@@ -247,6 +250,7 @@ impl Engine {
                 running: Mutex::new(HashMap::new()),
                 closing: AtomicBool::new(false),
                 lease: leases.clone(),
+                bus: std::sync::OnceLock::new(),
                 admitted: Arc::new(Mutex::new(HashMap::new())),
                 ledger: Arc::new(Mutex::new(block::Ledger::default())),
                 emails_today: Mutex::new(HashMap::new()),
@@ -604,7 +608,11 @@ impl Engine {
             return Ok(self.cancel(execution));
         }
         let requested = lease_store::request_cancel(&self.inner.db, execution).await?;
-        Ok(self.cancel(execution) || requested)
+        let here = self.cancel(execution);
+        if requested && !here {
+            self.wake_owner(execution).await;
+        }
+        Ok(here || requested)
     }
 
     /// Records `user`'s decision on a waiting human block (its key: the block id, prefixed
@@ -696,6 +704,9 @@ impl Engine {
         }
         if let Some(tx) = control.and_then(|c| c.waiting.lock().remove(block)) {
             let _ = tx.send(decision);
+        }
+        if !here {
+            self.wake_owner(&execution.id).await;
         }
         Ok(())
     }
@@ -1045,7 +1056,48 @@ impl Engine {
     /// Joins a cluster: execution events reach editors on every node (`docs/scale-out.md`
     /// §7.5); a lost one is a gap the editor's client fills by replay from the database.
     pub fn set_bus(&self, bus: Arc<dyn resonant_bus::Bus>) {
-        self.inner.events.set_bus(bus);
+        self.inner.events.set_bus(bus.clone());
+        let Some(lease) = &self.inner.lease else {
+            return;
+        };
+        if self.inner.bus.set(bus.clone()).is_err() {
+            return;
+        }
+        // Wake-ups for this node's runs: renew (and so see stored cancels and decisions) now.
+        let topic = wake_topic(&lease.config.node);
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.tasks.spawn(async move {
+            let mut sub = bus.subscribe(&topic).await;
+            while let Some(delivery) = sub.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.closing.load(Ordering::Relaxed) {
+                    return;
+                }
+                if matches!(delivery, resonant_bus::Delivery::Message(_)) {
+                    (Engine { inner }).poke_leases();
+                }
+            }
+        });
+    }
+
+    /// Tells the node that owns `execution` (if another) to renew now: a cancel or decision
+    /// for it was just stored here. Lost wake-ups cost up to one renewal interval.
+    async fn wake_owner(&self, execution: &str) {
+        let (Some(bus), Some(lease)) = (self.inner.bus.get(), &self.inner.lease) else {
+            return;
+        };
+        match lease_store::owner_of(&self.inner.db, execution).await {
+            Ok(Some(owner)) if owner.owner != lease.config.node => bus.publish(
+                &wake_topic(&owner.owner),
+                bytes::Bytes::from_static(b"wake"),
+                resonant_bus::PublishOptions {
+                    max_len: 100,
+                    ttl: Some(std::time::Duration::from_secs(60)),
+                },
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "no owner to wake"),
+        }
     }
 
     /// Cancels every running execution of `workflow` (it is being deleted).
@@ -1056,6 +1108,11 @@ impl Engine {
             }
         }
     }
+}
+
+/// The bus topic that wakes node `node`'s lease task.
+fn wake_topic(node: &str) -> String {
+    format!("node:{node}:wake")
 }
 
 /// Validates a workflow's content (`{blocks, connections}`) exactly as an execution start
