@@ -554,3 +554,209 @@ async fn a_killed_nodes_execution_is_finished_by_another_and_cancels_reach_the_o
         .count();
     assert_eq!(input_runs, 1, "a finished block is not run again");
 }
+
+/// A demotion made on one node reaches the member's socket on another at once, not at that
+/// node's next access sweep (set to an hour here, so only the announcement can do it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_change_on_one_node_reaches_sockets_on_another() {
+    use common::api::{invite_and_accept, sign_in, Backend};
+    use common::exec::*;
+    use serde_json::json;
+    if postgres_url().is_none() {
+        return;
+    }
+    let Ok(redis) = std::env::var("TEST_REDIS_URL") else {
+        eprintln!("TEST_REDIS_URL is not set: skipping");
+        return;
+    };
+    let prefix = format!(
+        "test-access-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let cluster = |c: &mut resonant::ServeConfig| {
+        c.redis_url = Some(redis.clone());
+        c.redis_prefix = prefix.clone();
+        c.access_recheck_secs = 3600.0;
+    };
+    let node1 = Env::with(Backend::Postgres, cluster).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = resonant::ServeConfig::for_tests(dir.path().into());
+    config.jwt_secret = Some(SECRET.into());
+    config.database_url = node1.database_url();
+    config.rate_api_per_sec = 0.0;
+    config.rate_socket_per_sec = 0.0;
+    config.rate_connect_per_sec = 0.0;
+    cluster(&mut config);
+    let node2 = resonant::start(config).await.expect("a second node starts");
+    let member = sign_in(&node1.http, node1.addr(), SECRET, "member").await;
+    invite_and_accept(
+        &node1.http,
+        node1.addr(),
+        &node1.owner.token,
+        &node1.ws,
+        &member,
+        "member",
+    )
+    .await;
+    let workflow = node1
+        .workflow(json!({"blocks": [block("in", "input", json!({}))], "connections": []}))
+        .await;
+    let url = format!(
+        "{}?token={}",
+        room_url(node2.addr(), &format!("workflow-{workflow}")),
+        member.token
+    );
+    let mut far = Client::connect_synced(&url).await;
+    far.opt_in().await;
+    let path = format!("/api/v1/workspaces/{}/members/{}", node1.ws, member.id);
+    let (s, body) = node1
+        .call(
+            &node1.owner,
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{body}");
+    let changed = Instant::now();
+    far.until("the demotion on node 2", |s| {
+        s.stateless
+            .iter()
+            .any(|m| m.contains("\"access\"") && m.contains("viewer"))
+    })
+    .await;
+    assert!(
+        changed.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        changed.elapsed()
+    );
+    node2.shutdown().await.unwrap();
+    node1.cleanup().await;
+}
+
+/// A cancel and a decision stored through a node that does not own the run wake its owner
+/// over Redis at once: with a 60 s lease (renewed every 12 s) they still land in well under
+/// a renewal interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_and_decisions_made_elsewhere_wake_the_owner() {
+    use common::api::call;
+    use common::exec::{block, edge, edge_h, put_graph};
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let Some(cluster) = cluster("wake").await else {
+        return;
+    };
+    let start = |c: &Cluster| {
+        ServerProcess::start(&[
+            "--database-url",
+            &c.db,
+            "--redis-url",
+            &c.redis,
+            "--redis-prefix",
+            &c.prefix,
+            "--execution-lease-secs",
+            "60",
+        ])
+    };
+    let n1 = start(&cluster);
+    let n2 = start(&cluster);
+    let http = reqwest::Client::new();
+    let (_, list) = call(
+        &http,
+        n1.addr,
+        None,
+        Method::GET,
+        "/api/v1/workspaces",
+        None,
+    )
+    .await;
+    let ws = list["items"][0]["id"]
+        .as_str()
+        .or(list[0]["id"].as_str())
+        .unwrap_or_else(|| panic!("the default workspace: {list}"))
+        .to_string();
+    let graph = json!({
+        "blocks": [block("in", "input", json!({})), block("ok", "human", json!({"message": "go?"})), block("out", "output", json!({}))],
+        "connections": [edge("in", "ok"), edge_h("ok", "approved", "out")],
+    });
+    let path = format!("/api/v1/workspaces/{ws}/workflows");
+    let (s, wf) = call(
+        &http,
+        n1.addr,
+        None,
+        Method::POST,
+        &path,
+        Some(json!({"name": "ask"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{wf}");
+    let workflow = wf["id"].as_str().unwrap().to_string();
+    let mut c = Client::connect_synced(&room_url(n1.addr, &format!("workflow-{workflow}"))).await;
+    c.opt_in().await;
+    put_graph(&mut c, &graph).await;
+    let status = |addr, id: String| {
+        let http = http.clone();
+        async move {
+            let path = format!("/api/v1/executions/{id}");
+            let (_, e) = call(&http, addr, None, Method::GET, &path, None).await;
+            e["status"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    let waiting = |id: String| {
+        let http = http.clone();
+        async move {
+            let path = format!("/api/v1/executions/{id}/events");
+            let (_, e) = call(&http, n1.addr, None, Method::GET, &path, None).await;
+            e["events"]
+                .as_array()
+                .is_some_and(|es| es.iter().any(|e| e["type"] == "block.waiting"))
+        }
+    };
+    for decide in [false, true] {
+        let path = format!("/api/v1/workflows/{workflow}/executions");
+        let (s, e) = call(
+            &http,
+            n1.addr,
+            None,
+            Method::POST,
+            &path,
+            Some(json!({"input": {}})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        let run = e["id"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !waiting(run.clone()).await {
+            assert!(Instant::now() < deadline, "the block never waited");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let asked = Instant::now();
+        let (path, body, want) = if decide {
+            (
+                format!("/api/v1/executions/{run}/blocks/ok/decision"),
+                Some(json!({"approved": true})),
+                "completed",
+            )
+        } else {
+            (
+                format!("/api/v1/executions/{run}/cancel"),
+                None,
+                "cancelled",
+            )
+        };
+        let (s, reply) = call(&http, n2.addr, None, Method::POST, &path, body).await;
+        assert!(s.is_success(), "{s} {reply}");
+        while status(n2.addr, run.clone()).await != want {
+            assert!(
+                asked.elapsed() < Duration::from_secs(4),
+                "{want} took longer than the wake-up should (renewals are 12 s apart)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "{want} {:.2} s after the request on node 2",
+            asked.elapsed().as_secs_f64()
+        );
+    }
+}
