@@ -60,6 +60,7 @@ pub struct PostgresStore {
 }
 
 /// What settles whether a batch whose COMMIT reply was lost did commit.
+#[derive(Clone)]
 struct Uncertain {
     batch: BatchId,
     /// Its transaction id (`pg_current_xact_id`), for `pg_xact_status`.
@@ -242,22 +243,27 @@ impl PostgresStore {
         batch: BatchId,
         ops: &[WriteOp],
     ) -> Result<Vec<Option<i64>>, StoreError> {
-        let pending = self.uncertain.lock().unwrap().take();
-        if let Some(u) = pending.filter(|u| u.batch == batch) {
-            match self.resolve(writer, &u).await {
-                Ok(true) => {
-                    tracing::warn!(batch, xid = %u.xid, "a commit whose reply was lost did commit; not writing it again");
-                    metrics::counter!("resonant_store_uncertain_commits_total", "outcome" => "committed").increment(1);
-                    return Ok(u.seqs);
-                }
-                Ok(false) => {
-                    metrics::counter!("resonant_store_uncertain_commits_total", "outcome" => "aborted").increment(1);
-                }
-                Err(e) => {
-                    *self.uncertain.lock().unwrap() = Some(u);
-                    return Err(e);
-                }
+        // Cloned, not taken: this attempt may be cut short by its timeout mid-resolution,
+        // and the next one must still know to ask.
+        let pending = {
+            let mut slot = self.uncertain.lock().unwrap();
+            if slot.as_ref().is_some_and(|u| u.batch != batch) {
+                // A batch the journal gave up on (it split the batch after a permanent
+                // failure) is not retried under this id: nothing to settle for it any more.
+                *slot = None;
             }
+            slot.clone()
+        };
+        if let Some(u) = pending {
+            let committed = self.resolve(writer, &u).await?;
+            self.uncertain.lock().unwrap().take();
+            if committed {
+                tracing::warn!(batch, xid = %u.xid, "a commit whose reply was lost did commit; not writing it again");
+                metrics::counter!("resonant_store_uncertain_commits_total", "outcome" => "committed").increment(1);
+                return Ok(u.seqs);
+            }
+            metrics::counter!("resonant_store_uncertain_commits_total", "outcome" => "aborted")
+                .increment(1);
         }
         self.attempt(writer, batch, ops).await
     }
