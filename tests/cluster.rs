@@ -57,16 +57,93 @@ impl Cluster {
     }
 
     fn node_on(&self, redis: &str) -> ServerProcess {
-        ServerProcess::start(&[
+        self.start(redis, &["--bus-probe-ms", "200"])
+    }
+
+    /// A node whose execution leases last `secs` seconds.
+    fn node_with_lease(&self, secs: &str) -> ServerProcess {
+        self.start(&self.redis, &["--execution-lease-secs", secs])
+    }
+
+    fn start(&self, redis: &str, extra: &[&str]) -> ServerProcess {
+        let mut args = vec![
             "--database-url",
             &self.db,
             "--redis-url",
             redis,
             "--redis-prefix",
             &self.prefix,
-            "--bus-probe-ms",
-            "200",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        ServerProcess::start(&args)
+    }
+}
+
+/// REST calls to development-mode nodes (every caller is the default workspace's owner).
+mod rest {
+    use super::*;
+    use common::api::call;
+    use reqwest::{Method, StatusCode};
+    use serde_json::{json, Value};
+
+    /// The default workspace's id.
+    pub async fn workspace(http: &reqwest::Client, addr: std::net::SocketAddr) -> String {
+        let (s, list) = call(http, addr, None, Method::GET, "/api/v1/workspaces", None).await;
+        assert_eq!(s, StatusCode::OK, "{list}");
+        list["items"][0]["id"]
+            .as_str()
+            .or(list[0]["id"].as_str())
+            .unwrap_or_else(|| panic!("the default workspace: {list}"))
+            .to_string()
+    }
+
+    /// A new workflow of `ws` whose document holds `graph`, written through a socket.
+    pub async fn workflow(
+        http: &reqwest::Client,
+        addr: std::net::SocketAddr,
+        ws: &str,
+        graph: &Value,
+    ) -> String {
+        let path = format!("/api/v1/workspaces/{ws}/workflows");
+        let (s, wf) = call(
+            http,
+            addr,
+            None,
+            Method::POST,
+            &path,
+            Some(json!({"name": "flow"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{wf}");
+        let id = wf["id"].as_str().unwrap().to_string();
+        let mut c = Client::connect_synced(&room_url(addr, &format!("workflow-{id}"))).await;
+        c.opt_in().await;
+        common::exec::put_graph(&mut c, graph).await;
+        c.close().await;
+        id
+    }
+
+    /// Starts `workflow` on the node at `addr`; returns the execution's id.
+    pub async fn run(http: &reqwest::Client, addr: std::net::SocketAddr, workflow: &str) -> String {
+        let path = format!("/api/v1/workflows/{workflow}/executions");
+        let (s, e) = call(
+            http,
+            addr,
+            None,
+            Method::POST,
+            &path,
+            Some(json!({"input": {}})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{e}");
+        e["id"].as_str().unwrap().to_string()
+    }
+
+    /// An execution's status as the node at `addr` reads it.
+    pub async fn status(http: &reqwest::Client, addr: std::net::SocketAddr, id: &str) -> String {
+        let path = format!("/api/v1/executions/{id}");
+        let (_, e) = call(http, addr, None, Method::GET, &path, None).await;
+        e["status"].as_str().unwrap_or_default().to_string()
     }
 }
 
@@ -420,42 +497,16 @@ async fn execution_events_reach_editors_on_other_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_execution_is_finished_by_another_and_cancels_reach_the_owner() {
     use common::api::call;
-    use common::exec::{assert_gapless, block, edge, put_graph};
+    use common::exec::{assert_gapless, block, edge};
     use reqwest::{Method, StatusCode};
     use serde_json::{json, Value};
     let Some(cluster) = cluster("exec").await else {
         return;
     };
-    let start = |c: &Cluster| {
-        ServerProcess::start(&[
-            "--database-url",
-            &c.db,
-            "--redis-url",
-            &c.redis,
-            "--redis-prefix",
-            &c.prefix,
-            "--execution-lease-secs",
-            "2",
-        ])
-    };
-    let n1 = start(&cluster);
-    let n2 = start(&cluster);
+    let n1 = cluster.node_with_lease("2");
+    let n2 = cluster.node_with_lease("2");
     let http = reqwest::Client::new();
-    let (s, list) = call(
-        &http,
-        n1.addr,
-        None,
-        Method::GET,
-        "/api/v1/workspaces",
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{list}");
-    let ws = list["items"][0]["id"]
-        .as_str()
-        .or(list[0]["id"].as_str())
-        .unwrap_or_else(|| panic!("the default workspace: {list}"))
-        .to_string();
+    let ws = rest::workspace(&http, n1.addr).await;
     let nap = |seconds: f64| {
         json!({
             "blocks": [block("in", "input", json!({})), block("nap", "delay", json!({"seconds": seconds})), block("out", "output", json!({}))],
@@ -464,57 +515,16 @@ async fn a_killed_nodes_execution_is_finished_by_another_and_cancels_reach_the_o
     };
     let mut workflows = Vec::new();
     for graph in [nap(3.0), nap(600.0)] {
-        let path = format!("/api/v1/workspaces/{ws}/workflows");
-        let (s, wf) = call(
-            &http,
-            n1.addr,
-            None,
-            Method::POST,
-            &path,
-            Some(json!({"name": "nap"})),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{wf}");
-        let id = wf["id"].as_str().unwrap().to_string();
-        let mut c = Client::connect_synced(&room_url(n1.addr, &format!("workflow-{id}"))).await;
-        c.opt_in().await;
-        put_graph(&mut c, &graph).await;
-        c.close().await;
-        workflows.push(id);
+        workflows.push(rest::workflow(&http, n1.addr, &ws, &graph).await);
     }
-    let run_on = |addr, workflow: String| {
-        let http = http.clone();
-        async move {
-            let path = format!("/api/v1/workflows/{workflow}/executions");
-            let (s, e) = call(
-                &http,
-                addr,
-                None,
-                Method::POST,
-                &path,
-                Some(json!({"input": {}})),
-            )
-            .await;
-            assert_eq!(s, StatusCode::CREATED, "{e}");
-            e["id"].as_str().unwrap().to_string()
-        }
-    };
-    let status = |addr, id: String| {
-        let http = http.clone();
-        async move {
-            let path = format!("/api/v1/executions/{id}");
-            let (_, e) = call(&http, addr, None, Method::GET, &path, None).await;
-            e["status"].as_str().unwrap_or_default().to_string()
-        }
-    };
 
     // A cancel through node 2 stops a run owned by node 1.
-    let long_run = run_on(n1.addr, workflows[1].clone()).await;
+    let long_run = rest::run(&http, n1.addr, &workflows[1]).await;
     let path = format!("/api/v1/executions/{long_run}/cancel");
     let (s, body) = call(&http, n2.addr, None, Method::POST, &path, None).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{body}");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status(n2.addr, long_run.clone()).await != "cancelled" {
+    while rest::status(&http, n2.addr, &long_run).await != "cancelled" {
         assert!(
             Instant::now() < deadline,
             "the owner never saw the cancel made on node 2"
@@ -523,16 +533,16 @@ async fn a_killed_nodes_execution_is_finished_by_another_and_cancels_reach_the_o
     }
 
     // The owner dies mid-run; node 2 finishes it.
-    let run = run_on(n1.addr, workflows[0].clone()).await;
+    let run = rest::run(&http, n1.addr, &workflows[0]).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status(n2.addr, run.clone()).await != "running" {
+    while rest::status(&http, n2.addr, &run).await != "running" {
         assert!(Instant::now() < deadline, "the run never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let killed = Instant::now();
     n1.kill9();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while status(n2.addr, run.clone()).await != "completed" {
+    while rest::status(&http, n2.addr, &run).await != "completed" {
         assert!(
             Instant::now() < deadline,
             "node 2 never finished the dead node's run"
@@ -641,68 +651,21 @@ async fn a_role_change_on_one_node_reaches_sockets_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancels_and_decisions_made_elsewhere_wake_the_owner() {
     use common::api::call;
-    use common::exec::{block, edge, edge_h, put_graph};
-    use reqwest::{Method, StatusCode};
+    use common::exec::{block, edge, edge_h};
+    use reqwest::Method;
     use serde_json::json;
     let Some(cluster) = cluster("wake").await else {
         return;
     };
-    let start = |c: &Cluster| {
-        ServerProcess::start(&[
-            "--database-url",
-            &c.db,
-            "--redis-url",
-            &c.redis,
-            "--redis-prefix",
-            &c.prefix,
-            "--execution-lease-secs",
-            "60",
-        ])
-    };
-    let n1 = start(&cluster);
-    let n2 = start(&cluster);
+    let n1 = cluster.node_with_lease("60");
+    let n2 = cluster.node_with_lease("60");
     let http = reqwest::Client::new();
-    let (_, list) = call(
-        &http,
-        n1.addr,
-        None,
-        Method::GET,
-        "/api/v1/workspaces",
-        None,
-    )
-    .await;
-    let ws = list["items"][0]["id"]
-        .as_str()
-        .or(list[0]["id"].as_str())
-        .unwrap_or_else(|| panic!("the default workspace: {list}"))
-        .to_string();
+    let ws = rest::workspace(&http, n1.addr).await;
     let graph = json!({
         "blocks": [block("in", "input", json!({})), block("ok", "human", json!({"message": "go?"})), block("out", "output", json!({}))],
         "connections": [edge("in", "ok"), edge_h("ok", "approved", "out")],
     });
-    let path = format!("/api/v1/workspaces/{ws}/workflows");
-    let (s, wf) = call(
-        &http,
-        n1.addr,
-        None,
-        Method::POST,
-        &path,
-        Some(json!({"name": "ask"})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{wf}");
-    let workflow = wf["id"].as_str().unwrap().to_string();
-    let mut c = Client::connect_synced(&room_url(n1.addr, &format!("workflow-{workflow}"))).await;
-    c.opt_in().await;
-    put_graph(&mut c, &graph).await;
-    let status = |addr, id: String| {
-        let http = http.clone();
-        async move {
-            let path = format!("/api/v1/executions/{id}");
-            let (_, e) = call(&http, addr, None, Method::GET, &path, None).await;
-            e["status"].as_str().unwrap_or_default().to_string()
-        }
-    };
+    let workflow = rest::workflow(&http, n1.addr, &ws, &graph).await;
     let waiting = |id: String| {
         let http = http.clone();
         async move {
@@ -714,18 +677,7 @@ async fn cancels_and_decisions_made_elsewhere_wake_the_owner() {
         }
     };
     for decide in [false, true] {
-        let path = format!("/api/v1/workflows/{workflow}/executions");
-        let (s, e) = call(
-            &http,
-            n1.addr,
-            None,
-            Method::POST,
-            &path,
-            Some(json!({"input": {}})),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{e}");
-        let run = e["id"].as_str().unwrap().to_string();
+        let run = rest::run(&http, n1.addr, &workflow).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while !waiting(run.clone()).await {
             assert!(Instant::now() < deadline, "the block never waited");
@@ -747,7 +699,7 @@ async fn cancels_and_decisions_made_elsewhere_wake_the_owner() {
         };
         let (s, reply) = call(&http, n2.addr, None, Method::POST, &path, body).await;
         assert!(s.is_success(), "{s} {reply}");
-        while status(n2.addr, run.clone()).await != want {
+        while rest::status(&http, n2.addr, &run).await != want {
             assert!(
                 asked.elapsed() < Duration::from_secs(4),
                 "{want} took longer than the wake-up should (renewals are 12 s apart)"
