@@ -190,7 +190,8 @@ impl Access {
                 payload.into(),
                 resonant_bus::PublishOptions {
                     max_len: 10_000,
-                    ttl: None,
+                    // Only news for nodes that are up: nothing in it matters an hour later.
+                    ttl: Some(Duration::from_secs(3600)),
                 },
             );
         }
