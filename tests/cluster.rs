@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use resonant_client::ws::WsClient;
 use yrs::{GetString, ReadTxn, Text, Transact, WriteTxn};
 
 /// A schema of its own on the test Postgres, and a key prefix of its own on the test Redis.
@@ -66,6 +67,20 @@ impl Cluster {
     }
 
     fn start(&self, redis: &str, extra: &[&str]) -> ServerProcess {
+        self.start_env(redis, extra, &[])
+    }
+
+    /// A node (probe every 200 ms) whose fail points are armed by `failpoints` (see
+    /// `crates/resonant-failpoint`).
+    fn node_failing(&self, failpoints: &str) -> ServerProcess {
+        self.start_env(
+            &self.redis,
+            &["--bus-probe-ms", "200"],
+            &[("RESONANT_FAILPOINTS", failpoints)],
+        )
+    }
+
+    fn start_env(&self, redis: &str, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         let mut args = vec![
             "--database-url",
             &self.db,
@@ -75,7 +90,7 @@ impl Cluster {
             &self.prefix,
         ];
         args.extend_from_slice(extra);
-        ServerProcess::start(&args)
+        ServerProcess::start_with_env(&args, env)
     }
 }
 
@@ -711,4 +726,199 @@ async fn cancels_and_decisions_made_elsewhere_wake_the_owner() {
             asked.elapsed().as_secs_f64()
         );
     }
+}
+
+async fn metrics_of(addr: std::net::SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Distinct characters, so a text shows which edits it holds and in what order.
+const MARKS: &str = "abcdefghijklmnopqrstuvwxyz0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_committed_but_never_published_reach_the_other_nodes_and_outlive_their_node() {
+    let Some(cluster) = cluster("xadd").await else {
+        return;
+    };
+    // Node 1 commits and acknowledges, but its publisher hangs before its first XADD: every
+    // acknowledged edit sits between COMMIT and XADD when it is killed.
+    let n1 = cluster.node_failing("bus.before-xadd=stall");
+    let n2 = cluster.node();
+    let room = unique_room("xadd");
+    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
+    let mut b = Client::connect_synced(&room_url(n2.addr, &room)).await;
+    a.opt_in().await;
+    for ch in MARKS[..20].chars() {
+        a.edit(append(&ch.to_string())).await;
+    }
+    a.until("node 1 acknowledged", |s| s.acks >= 20).await;
+    n1.kill9();
+    // Node 2's editor gets them from Postgres (the head probe), without reconnecting.
+    let healed = converge(&mut [&mut b], 20, "node 2 heals what never crossed Redis").await;
+    assert_eq!(healed, MARKS[..20]);
+    assert!(
+        b.close_frame().is_none(),
+        "node 2's editor was never dropped"
+    );
+    let m = metrics_of(n2.addr).await;
+    assert!(
+        metric(&m, "resonant_bus_gaps_healed_total{reason=\"probe\"}") >= 1.0,
+        "the probe healed it: {m}"
+    );
+    let n3 = cluster.node();
+    let c = Client::connect_synced(&room_url(n3.addr, &room)).await;
+    assert_eq!(
+        text(&c),
+        MARKS[..20],
+        "a fresh node holds every acknowledged edit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_between_receive_and_commit_loses_nothing_acknowledged() {
+    let Some(cluster) = cluster("precommit").await else {
+        return;
+    };
+    // Node 1 dies as it is about to commit its fifth batch.
+    let n1 = cluster.node_failing("journal.before-commit=abort@5");
+    let n2 = cluster.node();
+    let room = unique_room("precommit");
+    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
+    a.opt_in().await;
+    // One edit per batch: each waits for its acknowledgement before the next.
+    let mut sent = 0;
+    for ch in MARKS.chars() {
+        a.edit(append(&ch.to_string())).await;
+        sent += 1;
+        let want = sent;
+        if WsClient::until(&mut a, "acknowledged", |s| s.acks >= want)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let acked = a.acks;
+    assert!(
+        sent < MARKS.len() && acked == sent - 1,
+        "node 1 died before committing edit {sent} (acknowledged {acked})"
+    );
+    // The log holds exactly what was acknowledged …
+    let c = Client::connect_synced(&room_url(n2.addr, &room)).await;
+    assert_eq!(text(&c), MARKS[..acked], "the log after the crash");
+    // … and the editor's unacknowledged edit is not lost either: its document still holds
+    // it, and reconnecting (to another node) hands it over.
+    let mut a = a.reconnect(&room_url(n2.addr, &room)).await;
+    a.opt_in().await;
+    for ch in MARKS[sent..].chars() {
+        a.edit(append(&ch.to_string())).await;
+    }
+    let mut c = c;
+    let all = converge(&mut [&mut a, &mut c], MARKS.len(), "after reconnecting").await;
+    assert_eq!(all, MARKS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_on_one_node_while_another_writes_fast_misses_nothing() {
+    let Some(cluster) = cluster("joinwrites").await else {
+        return;
+    };
+    let n1 = cluster.node();
+    // Node 2's joins pause after taking their stream position and again after reading the
+    // stored document, while node 1 keeps committing and publishing.
+    let n2 = cluster.node_failing("join.after-subscribe=sleep:300,join.after-load=sleep:300");
+    let rooms: Vec<String> = (0..3).map(|_| unique_room("joinwrites")).collect();
+    // About a thousand edits a second in all, for two seconds.
+    const EDITS: usize = 700;
+    let mut writers = Vec::new();
+    for room in &rooms {
+        let url = room_url(n1.addr, room);
+        writers.push(tokio::spawn(async move {
+            let mut w = Client::connect_synced(&url).await;
+            w.opt_in().await;
+            let started = Instant::now();
+            let mut pace = tokio::time::interval(Duration::from_micros(2850));
+            for i in 1..=EDITS {
+                pace.tick().await;
+                w.edit(append("w")).await;
+                if i % 50 == 0 {
+                    w.until("acknowledged", |s| s.acks + 200 >= i).await;
+                }
+            }
+            w.until("all acknowledged", |s| s.acks >= EDITS).await;
+            (w, EDITS as f64 / started.elapsed().as_secs_f64())
+        }));
+    }
+    // The joiners arrive at different moments of the writing.
+    let mut joiners = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        tokio::time::sleep(Duration::from_millis(if i == 0 { 100 } else { 500 })).await;
+        joiners.push(Client::connect_synced(&room_url(n2.addr, room)).await);
+    }
+    for (writer, mut j) in writers.into_iter().zip(joiners) {
+        let (mut w, rate) = writer.await.unwrap();
+        eprintln!("writer: {rate:.0} edits/s");
+        converge(&mut [&mut w, &mut j], EDITS, "the joiner has every edit").await;
+        assert!(j.close_frame().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_converge_after_redis_loses_its_streams() {
+    let Some(cluster) = cluster("flush").await else {
+        return;
+    };
+    // Its own Redis: FLUSHALL must not touch other tests' keys.
+    let redis = OwnRedis::start();
+    let n1 = cluster.node_on(&redis.url());
+    let n2 = cluster.node_on(&redis.url());
+    let room = unique_room("flush");
+    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
+    let mut b = Client::connect_synced(&room_url(n2.addr, &room)).await;
+    type_chars(&mut a, 'a', 10).await;
+    converge(&mut [&mut a, &mut b], 10, "before").await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:doc:{room}", cluster.prefix);
+
+    // The room's stream trimmed to nothing under the readers' cursors.
+    let len: usize = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(len > 0, "the room's stream is {stream}");
+    let _: usize = redis::cmd("XTRIM")
+        .arg(&stream)
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let trimmed = Instant::now();
+    type_chars(&mut a, 'x', 10).await;
+    type_chars(&mut b, 'y', 10).await;
+    converge(&mut [&mut a, &mut b], 30, "after XTRIM MAXLEN 0").await;
+    let after_trim = trimmed.elapsed();
+
+    // Everything gone: streams, node keys, presence.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    let flushed = Instant::now();
+    type_chars(&mut a, 'p', 10).await;
+    type_chars(&mut b, 'q', 10).await;
+    converge(&mut [&mut a, &mut b], 50, "after FLUSHALL").await;
+    let after_flush = flushed.elapsed();
+    eprintln!(
+        "converged {:.2} s after XTRIM MAXLEN 0, {:.2} s after FLUSHALL (probe 200 ms)",
+        after_trim.as_secs_f64(),
+        after_flush.as_secs_f64()
+    );
+    assert!(a.close_frame().is_none() && b.close_frame().is_none());
+    // The bound: a few probe intervals, whatever Redis forgot.
+    assert!(after_trim < Duration::from_secs(5) && after_flush < Duration::from_secs(5));
 }

@@ -75,6 +75,22 @@ impl Client {
         Client(WsClient::new(ws, ClientState::default(), WAIT))
     }
 
+    /// Connects to `url` (say, another node) with this client's document, and syncs: the
+    /// server's step 1 draws whatever this document holds that the server lacks.
+    pub async fn reconnect(self, url: &str) -> Client {
+        let options = ConnectOptions {
+            max_message_size: 256 << 20,
+            timeout: WAIT,
+            ..ConnectOptions::default()
+        };
+        let ws = resonant_client::ws::connect(url, &options)
+            .await
+            .expect("connect");
+        let mut c = Client(WsClient::new(ws, self.0.into_state(), WAIT));
+        c.sync().await;
+        c
+    }
+
     /// Connects, sends our step 1 and waits for the server's step 2.
     pub async fn connect_synced(url: &str) -> Client {
         let mut c = Client::connect(url).await;
@@ -173,11 +189,17 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `resonant serve --port 0` with extra arguments and waits for its address.
     pub fn start(args: &[&str]) -> ServerProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Starts it with extra environment variables (`RESONANT_FAILPOINTS`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_resonant"))
             .arg("serve")
             .args(["--port", "0", "--log", "warn"])
             .args(args)
             .env_remove("DATABASE_URL")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

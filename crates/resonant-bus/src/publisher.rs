@@ -122,6 +122,7 @@ pub(crate) async fn run(
                 _ = outbox.notify.notified() => continue,
             }
         }
+        resonant_failpoint::hit("bus.before-xadd").await;
         let sending = send(&control, node, batch);
         tokio::pin!(sending);
         let ok = tokio::select! {

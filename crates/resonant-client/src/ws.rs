@@ -293,6 +293,14 @@ impl WsClient {
         WsClient { ws, state, timeout }
     }
 
+    /// Gives up the socket and keeps the document and counters, to reconnect with them (how
+    /// this connection ended, and whether it synced, stay behind with it).
+    pub fn into_state(mut self) -> ClientState {
+        self.state.end = None;
+        self.state.synced = false;
+        self.state
+    }
+
     /// Sends our step 1 and waits until the server's step 2 is applied.
     pub async fn sync(&mut self) -> Result<(), WaitError> {
         let step1 = self.state.start_sync();

@@ -295,6 +295,9 @@ async fn writer(inner: Arc<Inner>, store: Arc<dyn Store>) {
         };
         last_start = Some(tokio::time::Instant::now());
         let started = Instant::now();
+        if ops.iter().any(|op| matches!(op, WriteOp::Append { .. })) {
+            resonant_failpoint::hit("journal.before-commit").await;
+        }
         let failed = match commit(&inner, &*store, next_batch_id(), &ops, &commit_errors).await {
             Ok(seqs) => {
                 collect_appends(&ops, &seqs, &mut done);

@@ -438,11 +438,13 @@ impl Rooms {
                 ),
                 None => None,
             };
+            resonant_failpoint::hit("join.after-subscribe").await;
             let stored = rooms.inner.store.load(&name).await.map_err(|e| {
                 LOAD_FAILURES.increment(1);
                 tracing::error!(room = %name, error = %e, "room load failed");
                 LoadError::Store(Arc::new(e))
             })?;
+            resonant_failpoint::hit("join.after-load").await;
             let room = Room::from_stored(
                 name.clone(),
                 stored,
