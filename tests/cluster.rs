@@ -7,6 +7,8 @@
 //! for the test that kills Redis.
 
 mod common;
+#[path = "support/netns.rs"]
+mod netns;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,11 +17,34 @@ use common::*;
 use resonant_client::ws::WsClient;
 use yrs::{GetString, ReadTxn, Text, Transact, WriteTxn};
 
-/// A schema of its own on the test Postgres, and a key prefix of its own on the test Redis.
+/// A schema of its own on the test Postgres (dropped with it), and a key prefix of its own
+/// on the test Redis. Declared before its nodes, so they are gone when it drops.
 struct Cluster {
     db: String,
     redis: String,
     prefix: String,
+    admin: String,
+    schema: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let (admin, schema) = (self.admin.clone(), self.schema.clone());
+        // Its own thread and runtime: the test's runtime may be shutting down.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async {
+                    if let Ok(pool) = sqlx::PgPool::connect(&admin).await {
+                        let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+                        let _ = sqlx::query(&drop).execute(&pool).await;
+                    }
+                })
+        })
+        .join();
+    }
 }
 
 async fn cluster(name: &str) -> Option<Cluster> {
@@ -47,7 +72,13 @@ async fn cluster(name: &str) -> Option<Cluster> {
         std::process::id(),
         rand::random::<u32>()
     );
-    Some(Cluster { db, redis, prefix })
+    Some(Cluster {
+        db,
+        redis,
+        prefix,
+        admin: base,
+        schema,
+    })
 }
 
 impl Cluster {
@@ -921,4 +952,176 @@ async fn edits_converge_after_redis_loses_its_streams() {
     assert!(a.close_frame().is_none() && b.close_frame().is_none());
     // The bound: a few probe intervals, whatever Redis forgot.
     assert!(after_trim < Duration::from_secs(5) && after_flush < Duration::from_secs(5));
+}
+
+/// A cluster whose second node lives in a network namespace, reaching Postgres and Redis
+/// over links of its own that the test can cut; clients reach it over a third link.
+struct Partitioned {
+    ns: netns::Netns,
+    pg: netns::Link,
+    redis: netns::Link,
+    _forwards: [netns::Forward; 3],
+    _inside: ServerProcess,
+    /// Where clients reach the node inside.
+    addr: std::net::SocketAddr,
+}
+
+impl Cluster {
+    async fn partitioned(&self) -> Partitioned {
+        let mut ns = netns::Netns::new();
+        let (pg, redis) = (ns.link(), ns.link());
+        let resolve = |url: &str| -> std::net::SocketAddr {
+            let u = reqwest::Url::parse(url).unwrap();
+            let host = u.host_str().unwrap();
+            let host = if host == "localhost" {
+                "127.0.0.1"
+            } else {
+                host
+            };
+            format!("{host}:{}", u.port_or_known_default().unwrap_or(6379))
+                .parse()
+                .expect("the test services are given by IP address or localhost")
+        };
+        let pg_forward = netns::Forward::new(&pg, resolve(&self.db)).await;
+        let redis_forward = netns::Forward::new(&redis, resolve(&self.redis)).await;
+        let through = |url: &str, to: std::net::SocketAddr| {
+            let mut u = reqwest::Url::parse(url).unwrap();
+            u.set_ip_host(to.ip()).unwrap();
+            u.set_port(Some(to.port())).unwrap();
+            u.to_string()
+        };
+        let (db, redis_url) = (
+            through(&self.db, pg_forward.addr),
+            through(&self.redis, redis_forward.addr),
+        );
+        let inside = ServerProcess::start_wrapped(
+            &ns.wrapper(),
+            &[
+                "--database-url",
+                &db,
+                "--redis-url",
+                &redis_url,
+                "--redis-prefix",
+                &self.prefix,
+                "--bus-probe-ms",
+                "200",
+            ],
+            &[],
+        );
+        let clients = netns::Forward::into(&ns, inside.addr).await;
+        Partitioned {
+            addr: clients.addr,
+            ns,
+            pg,
+            redis,
+            _forwards: [pg_forward, redis_forward, clients],
+            _inside: inside,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_keeps_serving_its_editors_from_postgres() {
+    let Some(cluster) = cluster("cutredis").await else {
+        return;
+    };
+    let Some(()) = netns::available() else { return };
+    let n1 = cluster.node();
+    let p = cluster.partitioned().await;
+    let room = unique_room("cutredis");
+    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
+    let mut b = Client::connect_synced(&room_url(p.addr, &room)).await;
+    a.opt_in().await;
+    b.opt_in().await;
+    type_chars(&mut a, 'a', 10).await;
+    converge(&mut [&mut a, &mut b], 10, "before the cut").await;
+
+    p.ns.cut(&p.redis);
+    let cut = Instant::now();
+    type_chars(&mut a, 'x', 10).await;
+    type_chars(&mut b, 'y', 10).await;
+    converge(&mut [&mut a, &mut b], 30, "with node 2 cut off from Redis").await;
+    let while_cut = cut.elapsed();
+    b.until("node 2 acknowledges without Redis", |s| s.acks >= 10)
+        .await;
+    // A second round, once node 2 has had time to notice that Redis is gone.
+    let second = Instant::now();
+    type_chars(&mut a, 'u', 5).await;
+    type_chars(&mut b, 'v', 5).await;
+    converge(&mut [&mut a, &mut b], 40, "still cut off").await;
+    let second = second.elapsed();
+
+    p.ns.mend(&p.redis);
+    let mended = Instant::now();
+    type_chars(&mut a, 'z', 10).await;
+    type_chars(&mut b, 'w', 10).await;
+    converge(&mut [&mut a, &mut b], 60, "after the link came back").await;
+    eprintln!(
+        "converged {:.2} s and {:.2} s after the cut, {:.2} s after the mend (probe 200 ms)",
+        while_cut.as_secs_f64(),
+        second.as_secs_f64(),
+        mended.elapsed().as_secs_f64()
+    );
+    assert!(
+        a.close_frame().is_none() && b.close_frame().is_none(),
+        "no editor was dropped"
+    );
+    // Everything acknowledged on either node is in the log.
+    b.until("every edit acknowledged", |s| s.acks >= 25).await;
+    let fresh = Client::connect_synced(&room_url(cluster.node().addr, &room)).await;
+    assert_eq!(text(&fresh), text(&a));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_postgres_stops_acknowledging_loses_nothing_and_resumes() {
+    let Some(cluster) = cluster("cutpg").await else {
+        return;
+    };
+    let Some(()) = netns::available() else { return };
+    let n1 = cluster.node();
+    let p = cluster.partitioned().await;
+    let room = unique_room("cutpg");
+    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
+    let mut b = Client::connect_synced(&room_url(p.addr, &room)).await;
+    a.opt_in().await;
+    b.opt_in().await;
+    type_chars(&mut a, 'a', 5).await;
+    converge(&mut [&mut a, &mut b], 5, "before the cut").await;
+
+    p.ns.cut(&p.pg);
+    let cut = Instant::now();
+    type_chars(&mut b, 'b', 10).await;
+    // Node 1's edits still reach node 2's editor over Redis.
+    type_chars(&mut a, 'c', 5).await;
+    b.until("node 1's edits over Redis", |s| {
+        text(s).matches('c').count() == 5
+    })
+    .await;
+    // Nothing of node 2's is acknowledged while it cannot commit: asserting an absence
+    // takes a bounded wait.
+    let acked = tokio::time::timeout(
+        Duration::from_secs(2),
+        WsClient::until(&mut b, "an acknowledgement", |s| s.acks > 0),
+    )
+    .await;
+    assert!(acked.is_err(), "node 2 acknowledged without Postgres");
+    assert!(
+        !text(&a).contains('b'),
+        "node 1 saw node 2's uncommitted edits"
+    );
+
+    p.ns.mend(&p.pg);
+    let mended = Instant::now();
+    b.until("node 2 acknowledges after the mend", |s| s.acks >= 10)
+        .await;
+    let resumed = mended.elapsed();
+    converge(&mut [&mut a, &mut b], 20, "after the link came back").await;
+    eprintln!(
+        "cut for {:.2} s; node 2 acknowledged its edits {:.2} s after the mend",
+        (mended - cut).as_secs_f64(),
+        resumed.as_secs_f64()
+    );
+    assert!(a.close_frame().is_none() && b.close_frame().is_none());
+    let fresh = Client::connect_synced(&room_url(cluster.node().addr, &room)).await;
+    assert_eq!(text(&fresh), text(&a), "the log holds every edit");
 }

@@ -194,7 +194,21 @@ impl ServerProcess {
 
     /// Starts it with extra environment variables (`RESONANT_FAILPOINTS`).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_resonant"))
+        Self::start_wrapped(&[], args, env)
+    }
+
+    /// Starts it through `wrapper` (`ip netns exec <ns>`), which must exec the server in its
+    /// own process so that killing the child kills the server.
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_resonant"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_resonant")),
+        };
+        let mut child = command
             .arg("serve")
             .args(["--port", "0", "--log", "warn"])
             .args(args)
