@@ -276,7 +276,7 @@ pub async fn start_with_store(
         },
     );
     if let Some(bus) = &bus {
-        engine.set_bus(bus.clone());
+        engine.set_bus(bus.clone(), Duration::from_millis(config.bus_probe_ms));
     }
     let resumed = engine.recover().await.context("resuming executions")?;
     if resumed > 0 {

@@ -1125,3 +1125,61 @@ async fn a_node_cut_off_from_postgres_stops_acknowledging_loses_nothing_and_resu
     let fresh = Client::connect_synced(&room_url(cluster.node().addr, &room)).await;
     assert_eq!(text(&fresh), text(&a), "the log holds every edit");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executions_last_event_lost_by_redis_still_reaches_editors_elsewhere() {
+    use common::api::call;
+    use common::exec::{assert_gapless, block, edge, edge_h, events_of, until_finished};
+    use reqwest::Method;
+    use serde_json::json;
+    let Some(cluster) = cluster("lastevent").await else {
+        return;
+    };
+    let mut redis = OwnRedis::start();
+    let n1 = cluster.node_on(&redis.url());
+    let n2 = cluster.node_on(&redis.url());
+    let http = reqwest::Client::new();
+    let ws = rest::workspace(&http, n1.addr).await;
+    let graph = json!({
+        "blocks": [block("in", "input", json!({})), block("ok", "human", json!({"message": "go?"})), block("out", "output", json!({}))],
+        "connections": [edge("in", "ok"), edge_h("ok", "approved", "out")],
+    });
+    let workflow = rest::workflow(&http, n1.addr, &ws, &graph).await;
+    let mut far = Client::connect_synced(&room_url(n2.addr, &format!("workflow-{workflow}"))).await;
+    far.opt_in().await;
+    let run = rest::run(&http, n1.addr, &workflow).await;
+    far.until("the approval request, over Redis", |s| {
+        s.stateless.iter().any(|e| e.contains("block.waiting"))
+    })
+    .await;
+
+    // Redis dies; the decision (on the owner) ends the run, and none of its last events can
+    // cross Redis. Node 2's editor gets them from Postgres once the run has been quiet for a
+    // probe interval.
+    redis.kill();
+    let path = format!("/api/v1/executions/{run}/blocks/ok/decision");
+    let (s, reply) = call(
+        &http,
+        n1.addr,
+        None,
+        Method::POST,
+        &path,
+        Some(json!({"approved": true})),
+    )
+    .await;
+    assert!(s.is_success(), "{s} {reply}");
+    let decided = Instant::now();
+    let events = until_finished(&mut far, &run).await;
+    eprintln!(
+        "the run's last events reached the other node {:.2} s after the decision, Redis down (probe 200 ms)",
+        decided.elapsed().as_secs_f64()
+    );
+    assert_gapless(&events);
+    assert_eq!(
+        events.last().unwrap()["type"],
+        "execution.completed",
+        "{events:?}"
+    );
+    assert_eq!(events_of(&far, &run).len(), events.len(), "no event twice");
+    assert!(far.close_frame().is_none());
+}

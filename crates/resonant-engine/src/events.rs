@@ -88,6 +88,11 @@ struct Hub {
     bus: std::sync::OnceLock<Arc<dyn resonant_bus::Bus>>,
     /// On a cluster: per workflow with editors here, what stops its bus subscription.
     remote: Mutex<HashMap<Arc<str>, tokio_util::sync::CancellationToken>>,
+    /// On a cluster: how long another node's execution may stay quiet before its events are
+    /// read from the log (a lost *last* event shows no gap).
+    probe: std::sync::OnceLock<Duration>,
+    /// Where the probe reads.
+    db: Db,
 }
 
 /// The handle runners and sockets use; cheap to clone.
@@ -137,6 +142,8 @@ impl Events {
             tasks: tasks.clone(),
             bus: std::sync::OnceLock::new(),
             remote: Mutex::default(),
+            probe: std::sync::OnceLock::new(),
+            db: db.clone(),
         });
         let backlog = Arc::new(Backlog::default());
         let w = Writer { db, leases };
@@ -197,8 +204,10 @@ impl Events {
     }
 
     /// Joins a cluster: stored events are published for the other nodes' editors, and
-    /// theirs reach the editors here (only the first call counts).
-    pub fn set_bus(&self, bus: Arc<dyn resonant_bus::Bus>) {
+    /// theirs reach the editors here; an execution of another node that stays quiet for
+    /// `probe` has its later events read from the log (only the first call counts).
+    pub fn set_bus(&self, bus: Arc<dyn resonant_bus::Bus>, probe: Duration) {
+        let _ = self.hub.probe.set(probe);
         let _ = self.hub.bus.set(bus);
     }
 
@@ -224,7 +233,9 @@ impl Events {
     }
 
     /// On a cluster, while `workflow` has editors here: the events other nodes store for it
-    /// are sent to them too. A lost one shows as a gap the editor's client fills by replay.
+    /// are sent to them too. A lost one shows as a gap the editor's client fills by replay;
+    /// a lost last one (or a bus that lost everything) shows as an unfinished execution
+    /// gone quiet, whose later events the probe reads from the log.
     fn follow_other_nodes(&self, workflow: &Arc<str>) {
         let Some(bus) = self.hub.bus.get().cloned() else {
             return;
@@ -240,15 +251,28 @@ impl Events {
         }
         let hub = self.hub.clone();
         let workflow = workflow.clone();
+        let probe = self
+            .hub
+            .probe
+            .get()
+            .copied()
+            .unwrap_or(Duration::from_secs(2));
         self.hub.tasks.spawn(async move {
             let own = bus.node();
             let mut sub = tokio::select! {
                 _ = stop.cancelled() => return,
                 sub = bus.subscribe(&wf_topic(&workflow)) => sub,
             };
+            let mut quiet = Quiet::new(probe);
+            let mut tick = tokio::time::interval(probe);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let delivery = tokio::select! {
                     _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        probe_quiet(&hub, &workflow, &mut quiet).await;
+                        continue;
+                    }
                     d = sub.recv() => d,
                 };
                 match delivery {
@@ -257,18 +281,18 @@ impl Events {
                         let Ok(json) = std::str::from_utf8(&m.payload) else {
                             continue;
                         };
-                        #[derive(serde::Deserialize)]
-                        #[serde(rename_all = "camelCase")]
-                        struct Head {
-                            execution_id: String,
-                            seq: i64,
-                        }
                         match serde_json::from_str::<Head>(json) {
-                            Ok(h) => fan_out(&hub, &workflow, &h.execution_id, h.seq, json),
+                            Ok(h) => {
+                                fan_out(&hub, &workflow, &h.execution_id, h.seq, json);
+                                let last = h.is_last();
+                                quiet.heard(h.execution_id, h.seq, last);
+                            }
                             Err(_) => metrics::counter!("resonant_bus_entries_malformed_total")
                                 .increment(1),
                         }
                     }
+                    // Anything may have been lost: every open execution is read at the next tick.
+                    Some(resonant_bus::Delivery::Resync) => quiet.all_due(),
                     Some(_) => {}
                 }
             }
@@ -534,6 +558,102 @@ async fn apply(w: &Writer, writes: &[Write]) -> Result<Vec<bool>, crate::db::DbE
         }
     }
     Ok(kept)
+}
+
+/// What the follower reads of an event: which execution, where, and whether it ends it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    execution_id: String,
+    seq: i64,
+    #[serde(rename = "type", default)]
+    kind: String,
+}
+
+impl Head {
+    fn is_last(&self) -> bool {
+        matches!(
+            self.kind.as_str(),
+            "execution.completed" | "execution.failed" | "execution.cancelled"
+        )
+    }
+}
+
+/// Longest wait between two reads of one quiet execution (one waiting days for an approval
+/// costs a read every half minute while its workflow has editors here).
+const QUIET_MAX: Duration = Duration::from_secs(30);
+
+/// Other nodes' unfinished executions heard of on the bus: the last seq heard and when to
+/// read the log if nothing more is heard (after `probe`, then twice as long each time the
+/// log has nothing new, up to [`QUIET_MAX`]).
+struct Quiet {
+    probe: Duration,
+    open: HashMap<String, (i64, tokio::time::Instant, Duration)>,
+}
+
+impl Quiet {
+    fn new(probe: Duration) -> Quiet {
+        Quiet {
+            probe,
+            open: HashMap::new(),
+        }
+    }
+
+    fn heard(&mut self, execution: String, seq: i64, last: bool) {
+        if last {
+            self.open.remove(&execution);
+            return;
+        }
+        let due = tokio::time::Instant::now() + self.probe;
+        let e = self.open.entry(execution).or_insert((seq, due, self.probe));
+        *e = (e.0.max(seq), due, self.probe);
+    }
+
+    fn all_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        for e in self.open.values_mut() {
+            e.1 = now;
+        }
+    }
+}
+
+/// Reads the log of each quiet execution past its last seq heard, and sends what the bus
+/// lost to this workflow's editors here (each is sent an event once, see [`fan_out`]).
+async fn probe_quiet(hub: &Hub, workflow: &str, quiet: &mut Quiet) {
+    let now = tokio::time::Instant::now();
+    let due: Vec<(String, i64)> = quiet
+        .open
+        .iter()
+        .filter(|(_, e)| e.1 <= now)
+        .map(|(id, e)| (id.clone(), e.0))
+        .collect();
+    for (execution, after) in due {
+        let rows = match store::events(&hub.db, workflow, &execution, after, 1000).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, execution, "reading a quiet execution's events failed");
+                continue;
+            }
+        };
+        metrics::counter!("resonant_execution_events_probed_total").increment(rows.len() as u64);
+        let mut last = after;
+        let mut ended = false;
+        for (seq, json) in &rows {
+            fan_out(hub, workflow, &execution, *seq, json);
+            last = *seq;
+            ended |= serde_json::from_str::<Head>(json).is_ok_and(|h| h.is_last());
+        }
+        if ended {
+            quiet.open.remove(&execution);
+        } else if let Some(e) = quiet.open.get_mut(&execution) {
+            let wait = if rows.is_empty() {
+                (e.2 * 2).min(QUIET_MAX)
+            } else {
+                quiet.probe
+            };
+            *e = (e.0.max(last), now + wait, wait);
+        }
+    }
 }
 
 /// The bus topic of a workflow's execution events.

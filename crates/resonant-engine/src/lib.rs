@@ -1054,9 +1054,10 @@ impl Engine {
     }
 
     /// Joins a cluster: execution events reach editors on every node (`docs/scale-out.md`
-    /// §7.5); a lost one is a gap the editor's client fills by replay from the database.
-    pub fn set_bus(&self, bus: Arc<dyn resonant_bus::Bus>) {
-        self.inner.events.set_bus(bus.clone());
+    /// §7.5); a lost one is a gap the editor's client fills by replay from the database, and
+    /// an execution quiet for `probe` has its later events read from the database.
+    pub fn set_bus(&self, bus: Arc<dyn resonant_bus::Bus>, probe: std::time::Duration) {
+        self.inner.events.set_bus(bus.clone(), probe);
         let Some(lease) = &self.inner.lease else {
             return;
         };
