@@ -1183,3 +1183,90 @@ async fn an_executions_last_event_lost_by_redis_still_reaches_editors_elsewhere(
     assert_eq!(events_of(&far, &run).len(), events.len(), "no event twice");
     assert!(far.close_frame().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_caps_hold_across_nodes_even_for_simultaneous_starts() {
+    use common::api::call;
+    use common::exec::{block, edge, edge_h};
+    use reqwest::{Method, StatusCode};
+    use serde_json::json;
+    let Some(cluster) = cluster("caps").await else {
+        return;
+    };
+    let cap = ["--max-running-per-user", "3"];
+    let n1 = cluster.start(&cluster.redis, &cap);
+    let n2 = cluster.start(&cluster.redis, &cap);
+    let http = reqwest::Client::new();
+    let ws = rest::workspace(&http, n1.addr).await;
+    // Each run waits for an approval, so it stays running.
+    let graph = json!({
+        "blocks": [block("in", "input", json!({})), block("ok", "human", json!({"message": "go?"})), block("out", "output", json!({}))],
+        "connections": [edge("in", "ok"), edge_h("ok", "approved", "out")],
+    });
+    let workflow = rest::workflow(&http, n1.addr, &ws, &graph).await;
+    let path = format!("/api/v1/workflows/{workflow}/executions");
+    // Eight starts at once, half on each node: each node's own count would admit three.
+    let starts = (0..8).map(|i| {
+        let (http, path) = (http.clone(), path.clone());
+        let addr = if i % 2 == 0 { n1.addr } else { n2.addr };
+        async move {
+            call(
+                &http,
+                addr,
+                None,
+                Method::POST,
+                &path,
+                Some(json!({"input": {}})),
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(starts).await;
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| s.as_u16()).collect();
+    assert_eq!(created, 3, "{statuses:?}");
+    assert_eq!(refused.len(), 5, "{statuses:?}");
+    assert!(
+        refused[0].1.to_string().contains("--max-running-per-user"),
+        "{:?}",
+        refused[0]
+    );
+    // One ends (cancelled, from either node): one more may start.
+    let first = answers
+        .iter()
+        .find(|(s, _)| *s == StatusCode::CREATED)
+        .unwrap();
+    let id = first.1["id"].as_str().unwrap();
+    let (s, r) = call(
+        &http,
+        n2.addr,
+        None,
+        Method::POST,
+        &format!("/api/v1/executions/{id}/cancel"),
+        None,
+    )
+    .await;
+    assert!(s.is_success(), "{s} {r}");
+    eventually("the cancelled run ends", || {
+        let http = http.clone();
+        async move { rest::status(&http, n1.addr, id).await == "cancelled" }
+    })
+    .await;
+    let (s, r) = call(
+        &http,
+        n1.addr,
+        None,
+        Method::POST,
+        &path,
+        Some(json!({"input": {}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+}

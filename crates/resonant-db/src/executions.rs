@@ -312,17 +312,45 @@ pub struct NewExecution<'a> {
     /// Its lease, written in the same transaction (cluster mode): no other node's takeover
     /// sweep can see the execution without it.
     pub lease: Option<crate::leases::NewLease<'a>>,
+    /// Running caps counted in the same transaction (cluster mode on Postgres): several
+    /// nodes start executions, and no node's own count sees the others'.
+    pub caps: Option<RunningCaps>,
+}
+
+/// Most executions running at once (pending or running; 0: no cap).
+#[derive(Debug, Clone, Copy)]
+pub struct RunningCaps {
+    /// Per user.
+    pub per_user: usize,
+    /// Per workspace.
+    pub per_workspace: usize,
+}
+
+/// Why [`insert`] started nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotInserted {
+    /// The idempotency key was used before: the earlier execution's id.
+    Existing(String),
+    /// A running cap is reached: the workspace's (`workspace`) or the user's.
+    OverCap {
+        /// Whether it is the workspace's cap rather than the user's.
+        workspace: bool,
+        /// The cap.
+        cap: usize,
+    },
 }
 
 /// Inserts a pending execution and counts it on the workflow. With an idempotency key that
-/// this user already used on this workflow, inserts nothing and returns the earlier one's id
-/// (`Err`), so a retried request starts one execution.
-pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result<(), String>> {
+/// this user already used on this workflow, inserts nothing and returns the earlier one's id,
+/// so a retried request starts one execution; over a cap in `e.caps`, inserts nothing.
+pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result<(), NotInserted>> {
     let now = now_ms();
     let db_now = match db {
         Db::Postgres(_) => crate::leases::PG_NOW,
         Db::Sqlite(_) => crate::leases::SQLITE_NOW,
     };
+    // SQLite serves one node, whose own count is exact.
+    let caps = e.caps.filter(|_| matches!(db, Db::Postgres(_)));
     with_pool!(db, p => {
         // Looked up before the transaction: on SQLite a transaction that reads first and
         // writes later fails (SQLITE_BUSY_SNAPSHOT, 517) whenever another connection commits
@@ -333,10 +361,32 @@ pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result
                 "SELECT id FROM executions WHERE workflow_id = $1 AND user_id = $2 AND idempotency_key = $3")
                 .bind(e.workflow_id).bind(e.user_id).bind(key).fetch_optional(p).await?;
             if let Some((id,)) = existing {
-                return Ok(Err(id));
+                return Ok(Err(NotInserted::Existing(id)));
             }
         }
         let mut tx = p.begin().await?;
+        if let Some(caps) = caps {
+            // Counted under a transaction lock per user and per workspace (always in that
+            // order, so two starts cannot deadlock): a start waits for the one before it to
+            // commit, and its count then sees that one's row.
+            for (workspace, column, id, cap) in [
+                (false, "user_id", e.user_id, caps.per_user),
+                (true, "workspace_id", e.workspace_id, caps.per_workspace),
+            ] {
+                if cap == 0 {
+                    continue;
+                }
+                sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(format!("resonant-running:{column}:{id}"))
+                    .execute(&mut *tx).await?;
+                let (n,): (i64,) = sqlx::query_as(&format!(
+                    "SELECT count(*) FROM executions WHERE {column} = $1 AND status IN ('pending', 'running')"))
+                    .bind(id).fetch_one(&mut *tx).await?;
+                if usize::try_from(n).unwrap_or(usize::MAX) >= cap {
+                    return Ok(Err(NotInserted::OverCap { workspace, cap }));
+                }
+            }
+        }
         let inserted = sqlx::query(&format!("INSERT INTO executions ({EXEC_COLS}) VALUES \
             ($1, $2, $3, $4, 'pending', $5, $6, NULL, $7, $8, NULL, 0, 0, $9, NULL, NULL, NULL, $10, $11, $9)"))
             .bind(e.id).bind(e.workflow_id).bind(e.workspace_id).bind(e.user_id).bind(e.input)
@@ -351,7 +401,7 @@ pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result
                     let (id,): (String,) = sqlx::query_as(
                         "SELECT id FROM executions WHERE workflow_id = $1 AND user_id = $2 AND idempotency_key = $3")
                         .bind(e.workflow_id).bind(e.user_id).bind(key).fetch_one(p).await?;
-                    return Ok(Err(id));
+                    return Ok(Err(NotInserted::Existing(id)));
                 }
             }
             return Err(err.into());

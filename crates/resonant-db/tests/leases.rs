@@ -83,6 +83,7 @@ impl Schema {
                 idempotency_key: None,
                 rerun_of: None,
                 lease: owner.map(|owner| NewLease { owner, ttl: TTL }),
+                caps: None,
             },
         )
         .await
@@ -389,6 +390,7 @@ async fn sqlite_takes_the_lease_with_the_execution_and_refuses_the_cluster_state
                 owner: "solo",
                 ttl: TTL,
             }),
+            caps: None,
         },
     )
     .await

@@ -362,11 +362,16 @@ impl Engine {
                 idempotency_key: req.idempotency_key.as_deref(),
                 rerun_of: None,
                 lease,
+                caps: self.cluster_caps(),
             },
         )
         .await?;
-        if let Err(existing) = inserted {
-            return Ok((existing, false));
+        match inserted {
+            Ok(()) => {}
+            Err(store::NotInserted::Existing(existing)) => return Ok((existing, false)),
+            Err(store::NotInserted::OverCap { workspace, cap }) => {
+                return Err(too_many(workspace, cap))
+            }
         }
         if let Some(l) = &self.inner.lease {
             l.hold(&id, 1, sent);
@@ -402,15 +407,7 @@ impl Engine {
         if !force {
             for (i, (k, cap)) in keys.iter().zip(caps).enumerate() {
                 if cap > 0 && counts.get(k).copied().unwrap_or(0) >= cap {
-                    let (who, flag) = if i == 0 {
-                        ("you have", "--max-running-per-user")
-                    } else {
-                        ("this workspace has", "--max-running-per-workspace")
-                    };
-                    return Err(EngineError::TooMany(format!(
-                        "{who} {cap} executions running (waiting ones included), as many as \
-                         allowed ({flag}); start this one when one of them ends or is cancelled"
-                    )));
+                    return Err(too_many(i == 1, cap));
                 }
             }
         }
@@ -420,6 +417,15 @@ impl Engine {
         Ok(Admission {
             counts: self.inner.admitted.clone(),
             keys,
+        })
+    }
+
+    /// The caps the database counts: in a cluster, where this node's own count (`admit`)
+    /// cannot see the executions other nodes started.
+    fn cluster_caps(&self) -> Option<store::RunningCaps> {
+        self.inner.lease.as_ref().map(|_| store::RunningCaps {
+            per_user: self.inner.config.max_running_per_user,
+            per_workspace: self.inner.config.max_running_per_workspace,
         })
     }
 
@@ -832,11 +838,18 @@ impl Engine {
                 idempotency_key: None,
                 rerun_of: Some(&old.id),
                 lease,
+                caps: self.cluster_caps(),
             },
         )
         .await?;
-        if inserted.is_err() {
-            return Err(EngineError::Conflict("could not create the re-run".into()));
+        match inserted {
+            Ok(()) => {}
+            Err(store::NotInserted::OverCap { workspace, cap }) => {
+                return Err(too_many(workspace, cap))
+            }
+            Err(store::NotInserted::Existing(_)) => {
+                return Err(EngineError::Conflict("could not create the re-run".into()))
+            }
         }
         if let Some(l) = &self.inner.lease {
             // Before the reused rows are queued: the event writer keeps only held executions.
@@ -1130,4 +1143,17 @@ fn prepare(graph: &Value) -> Result<plan::Plan, Vec<Problem>> {
 /// The block id of a block key (`loop[2]/inner[0]/x` → `x`).
 fn last_block(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
+}
+
+/// The refusal of a start over a running cap (`workspace`: the workspace's, else the user's).
+fn too_many(workspace: bool, cap: usize) -> EngineError {
+    let (who, flag) = if workspace {
+        ("this workspace has", "--max-running-per-workspace")
+    } else {
+        ("you have", "--max-running-per-user")
+    };
+    EngineError::TooMany(format!(
+        "{who} {cap} executions running (waiting ones included), as many as allowed ({flag}); \
+         start this one when one of them ends or is cancelled"
+    ))
 }
