@@ -86,6 +86,8 @@ pub(crate) struct Presence {
     pub(crate) dirty: HashSet<ClientID>,
     pub(crate) last_flush: Option<Instant>,
     pub(crate) flush_scheduled: bool,
+    /// Entries other nodes announced (removed ones included), held to a cap per room.
+    remote: usize,
 }
 
 impl Presence {
@@ -103,6 +105,8 @@ impl Presence {
     }
 
     /// [`Presence::apply`] for states another node (`origin`) announced, or a local peer's.
+    /// Other nodes' entries are held to `limits.max_ids_per_connection` in all (their
+    /// origin's id limits do not add up across nodes); ids beyond it are refused.
     pub(crate) fn apply_from(
         &mut self,
         update: AwarenessUpdate,
@@ -143,7 +147,15 @@ impl Presence {
             if state.is_none() && !self.entries.contains_key(&id) {
                 continue;
             }
-            if !owned.contains(&id) {
+            if origin.is_some() {
+                let known = self.entries.get(&id).is_some_and(|e| e.origin.is_some());
+                if !known && self.remote >= limits.max_ids_per_connection {
+                    refusal.get_or_insert(AwarenessRefusal::TooManyIds {
+                        max: limits.max_ids_per_connection,
+                    });
+                    continue;
+                }
+            } else if !owned.contains(&id) {
                 if owned.len() >= limits.max_ids_per_connection {
                     refusal.get_or_insert(AwarenessRefusal::TooManyIds {
                         max: limits.max_ids_per_connection,
@@ -152,7 +164,7 @@ impl Presence {
                 }
                 owned.insert(id);
             }
-            self.entries.insert(
+            let before = self.entries.insert(
                 id,
                 Entry {
                     clock,
@@ -161,6 +173,12 @@ impl Presence {
                     origin,
                 },
             );
+            let was_remote = before.is_some_and(|e| e.origin.is_some());
+            match (was_remote, origin.is_some()) {
+                (false, true) => self.remote += 1,
+                (true, false) => self.remote -= 1,
+                _ => {}
+            }
             changed.push(id);
         }
         (changed, refusal)
@@ -190,6 +208,7 @@ impl Presence {
     /// forgets removed entries older than `timeout`.
     pub(crate) fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<ClientID> {
         let mut expired = Vec::new();
+        let remote = &mut self.remote;
         self.entries.retain(|id, e| {
             if now.saturating_duration_since(e.updated) < timeout {
                 return true;
@@ -198,6 +217,9 @@ impl Presence {
                 e.updated = now;
                 expired.push(*id);
                 return true;
+            }
+            if e.origin.is_some() {
+                *remote -= 1;
             }
             false
         });
@@ -371,6 +393,58 @@ mod tests {
             Some(AwarenessRefusal::TooManyEntries { got: 4, max: 3 })
         ));
         assert_eq!(p.len(), 2);
+    }
+
+    #[test]
+    fn other_nodes_entries_are_capped_per_room_and_freed_by_expiry() {
+        let mut p = Presence::default();
+        let limits = AwarenessLimits {
+            max_ids_per_connection: 3,
+            ..AwarenessLimits::default()
+        };
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(30);
+        // Two nodes, each within its own peers' limits, together over the room's cap.
+        let (changed, refusal) = p.apply_from(
+            update(&[(1, 1, "{}"), (2, 1, "{}")]),
+            &mut HashSet::new(),
+            &limits,
+            t0,
+            Some(7),
+        );
+        assert_eq!((changed.len(), refusal), (2, None));
+        let (changed, refusal) = p.apply_from(
+            update(&[(3, 1, "{}"), (4, 1, "{}")]),
+            &mut HashSet::new(),
+            &limits,
+            t0,
+            Some(8),
+        );
+        assert_eq!(changed.len(), 1, "one of the two fits");
+        assert_eq!(refusal, Some(AwarenessRefusal::TooManyIds { max: 3 }));
+        // Known ids still change, and this node's own peers are not affected.
+        let (changed, _) = p.apply_from(
+            update(&[(1, 2, "{\"x\":1}")]),
+            &mut HashSet::new(),
+            &limits,
+            t0,
+            Some(7),
+        );
+        assert_eq!(changed.len(), 1);
+        let (changed, refusal) = p.apply(update(&[(9, 1, "{}")]), &mut HashSet::new(), &limits, t0);
+        assert_eq!((changed.len(), refusal), (1, None));
+        // Once forgotten, their places are free again.
+        p.expire(t0 + timeout, timeout);
+        p.expire(t0 + timeout * 2, timeout);
+        assert_eq!(p.len(), 0);
+        let (changed, _) = p.apply_from(
+            update(&[(10, 1, "{}"), (11, 1, "{}"), (12, 1, "{}")]),
+            &mut HashSet::new(),
+            &limits,
+            t0 + timeout * 2,
+            Some(8),
+        );
+        assert_eq!(changed.len(), 3);
     }
 
     #[test]

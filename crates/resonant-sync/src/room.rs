@@ -647,21 +647,28 @@ impl Room {
                 let Ok(update) = AwarenessUpdate::decode_v1(body) else {
                     return false;
                 };
-                // Other nodes enforced their peers' limits; only the state size is checked
-                // again, so no node can make this one hold more than a peer could.
+                // Other nodes enforced their peers' limits; the state size is checked again,
+                // and all other nodes' entries together are held to what this room's own
+                // peers could hold (their per-node limits add up with the number of nodes).
                 let limits = crate::AwarenessLimits {
-                    max_ids_per_connection: usize::MAX,
+                    max_ids_per_connection: self
+                        .config
+                        .max_peers_per_room
+                        .saturating_mul(self.config.awareness.max_ids_per_connection),
                     max_entries_per_message: usize::MAX,
                     ..self.config.awareness
                 };
                 let mut st = self.state.lock();
-                let (changed, _) = st.presence.apply_from(
+                let (changed, refusal) = st.presence.apply_from(
                     update,
                     &mut HashSet::new(),
                     &limits,
                     Instant::now(),
                     Some(origin),
                 );
+                if refusal.is_some() {
+                    metrics::counter!("resonant_bus_presence_refused_total").increment(1);
+                }
                 if !changed.is_empty() {
                     self.broadcast_awareness(&mut st, changed, None);
                 }
