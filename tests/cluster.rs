@@ -1270,3 +1270,152 @@ async fn running_caps_hold_across_nodes_even_for_simultaneous_starts() {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_updates_cross_nodes_without_being_parked_in_redis() {
+    let Some(cluster) = cluster("large").await else {
+        return;
+    };
+    let n1 = cluster.node();
+    let n2 = cluster.node();
+    let room = unique_room("large");
+    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
+    let mut b = Client::connect_synced(&room_url(n2.addr, &room)).await;
+    a.opt_in().await;
+    // Three updates of 1 MiB each, and a small one between them.
+    let big = "x".repeat(1 << 20);
+    for _ in 0..3 {
+        a.edit(append(&big)).await;
+        a.edit(append("s")).await;
+    }
+    a.until("acknowledged", |s| s.acks >= 6).await;
+    let want = 3 * ((1 << 20) + 1);
+    converge(&mut [&mut a, &mut b], want, "the large updates crossed").await;
+    assert!(b.close_frame().is_none());
+
+    let client = redis::Client::open(cluster.redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:doc:{room}", cluster.prefix);
+    let bytes: Option<usize> = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&stream)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let bytes = bytes.expect("the room's stream exists");
+    assert!(
+        bytes < 64 << 10,
+        "3 MiB of updates left {bytes} bytes in Redis"
+    );
+    let m = metrics_of(n2.addr).await;
+    assert!(
+        metric(&m, "resonant_bus_gaps_healed_total{reason=\"elided\"}") >= 1.0,
+        "node 2 read them from the store"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_on_one_node_leaves_another_node_bounded_and_its_other_rooms_responsive() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let Some(cluster) = cluster("flood").await else {
+        return;
+    };
+    let n1 = cluster.node();
+    let n2 = cluster.node();
+    let room = unique_room("flood");
+    // Node 2 has the flooded room loaded (an editor there reads it all), and a canary pair
+    // in a room of its own.
+    let target = Arc::new(AtomicUsize::new(usize::MAX));
+    let mut observer = Client::connect_synced(&room_url(n2.addr, &room)).await;
+    let watched = target.clone();
+    let observer = tokio::spawn(async move {
+        // The text's length, not the text: this runs on every frame of a 25 MiB document.
+        WsClient::until(&mut observer, "the whole flood", |s| {
+            let txn = s.doc.transact();
+            let len = txn.get_text("text").map_or(0, |t| t.len(&txn)) as usize;
+            len >= watched.load(Ordering::Relaxed)
+        })
+        .await
+        .map(|()| observer)
+    });
+    let mut canary = Canary::start(n2.addr).await;
+    canary.beat().await;
+    let rss_before = rss_kib(n2.pid());
+
+    // Two hostile editors on node 1: 200 KiB inserts and 30 KiB cursor states as fast as
+    // their sockets take them, for three seconds, reading nothing.
+    let chunk = "f".repeat(200 << 10);
+    let state = format!("{{\"junk\":\"{}\"}}", "j".repeat(30 << 10));
+    let mut flooders = Vec::new();
+    for _ in 0..2 {
+        let (url, chunk, state) = (room_url(n1.addr, &room), chunk.clone(), state.clone());
+        flooders.push(tokio::spawn(async move {
+            let mut h = Client::connect_synced(&url).await;
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut sent = 0usize;
+            while Instant::now() < until {
+                if WsClient::edit(&mut h, append(&chunk)).await.is_err()
+                    || WsClient::set_awareness(&mut h, &state).await.is_err()
+                {
+                    break;
+                }
+                sent += 1;
+            }
+            sent
+        }));
+    }
+    let mut sent = 0;
+    for f in flooders {
+        sent += f.await.unwrap();
+    }
+    canary.beat().await;
+    let (p99, beats) = canary.p99();
+    // What node 1 holds, and one more edit (the observer checks its goal as frames arrive),
+    // is what node 2's editor must end up with.
+    let mut fresh = Client::connect_synced(&room_url(n1.addr, &room)).await;
+    let len = text(&fresh).len() + 1;
+    target.store(len, Ordering::Relaxed);
+    fresh.edit(append("!")).await;
+    let flood_end = Instant::now();
+    let observer = observer
+        .await
+        .unwrap()
+        .expect("node 2's editor got the whole flood");
+    eprintln!(
+        "node 2's editor caught up {:.2} s after the flood",
+        flood_end.elapsed().as_secs_f64()
+    );
+    assert!(observer.close_frame().is_none());
+    let rss_peak = peak_rss_kib(n2.pid());
+    eprintln!(
+        "flood: {sent} inserts of 200 KiB sent, {:.1} MiB in the document; node 2: canary p99 {:?} over {beats} beats, RSS {} -> peak {} MiB",
+        len as f64 / (1 << 20) as f64,
+        p99,
+        rss_before / 1024,
+        rss_peak / 1024
+    );
+    assert!(p99 < Duration::from_millis(500), "canary p99 {p99:?}");
+    // The document itself is on node 2 (as text, as a yrs document and as the encoded state
+    // a joiner would get): a few times its size, and nothing that grows with the flood's
+    // message count.
+    assert!(
+        rss_peak.saturating_sub(rss_before) < (8 * len / 1024 + 64 * 1024) as u64,
+        "node 2 grew from {rss_before} to {rss_peak} KiB for a {len}-byte document"
+    );
+    let client = redis::Client::open(cluster.redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for key in [
+        format!("{}:doc:{room}", cluster.prefix),
+        format!("{}:aw:{room}", cluster.prefix),
+    ] {
+        let bytes: Option<usize> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        eprintln!("{key}: {bytes:?} bytes in Redis");
+        assert!(bytes.unwrap_or(0) < 8 << 20, "{key} holds {bytes:?} bytes");
+    }
+}

@@ -60,13 +60,22 @@ pub(crate) const AW_UPDATE: u8 = 0;
 /// A presence payload: a node that just loaded the room asks for everyone's presence.
 pub(crate) const AW_QUERY: u8 = 1;
 
-/// Presence streams are short: nothing in them outlives the awareness timeout.
+/// Presence streams are short: nothing in them outlives the awareness timeout, and a
+/// reader more than a hundred entries behind has lost only states their clients renew (each
+/// entry may hold a few hundred KiB of states: a longer stream would be Redis memory a
+/// flooding client could fill).
 pub(crate) fn aw_publish_options() -> resonant_bus::PublishOptions {
     resonant_bus::PublishOptions {
-        max_len: 1000,
+        max_len: 100,
         ttl: Some(Duration::from_secs(300)),
     }
 }
+
+/// Updates larger than this cross the bus as their seq alone (an empty update, which Yjs
+/// never produces), and the other nodes read them from the store: Redis keeps up to
+/// `stream_max_len` entries per room, which at the 16 MiB message limit would let one client
+/// park gigabytes in it.
+pub(crate) const INLINE_MAX: usize = 64 << 10;
 
 /// Encodes committed updates of one room as a bus payload: a count, then per update its seq
 /// and bytes (lib0 var-ints, like the rest of the wire).

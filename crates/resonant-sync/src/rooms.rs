@@ -13,7 +13,9 @@ use resonant_store::{Journal, Store};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{aw_topic, decode_entries, doc_topic, encode_entries, ClusterConfig};
+use crate::cluster::{
+    aw_topic, decode_entries, doc_topic, encode_entries, ClusterConfig, INLINE_MAX,
+};
 use crate::peer::{close_code, Close, Outbox, Peer};
 use crate::room::{AddPeerError, ApplyError, LoadError, Room, Unload};
 use crate::session::Session;
@@ -260,7 +262,10 @@ impl Rooms {
             if let Some(Slot::Ready(instance)) = self.inner.slots.get(&**room).as_deref() {
                 instance.committed_own(run.iter().map(|c| c.seq));
             }
-            let payload = encode_entries(run.iter().map(|c| (c.seq, &c.data[..])));
+            let payload = encode_entries(run.iter().map(|c| {
+                let inline = c.data.len() <= INLINE_MAX;
+                (c.seq, if inline { &c.data[..] } else { &[][..] })
+            }));
             cluster.bus.publish(
                 &doc_topic(room),
                 payload,
@@ -546,6 +551,8 @@ enum HealReason {
     Resync,
     /// The probe found the room's head above W.
     Probe,
+    /// An update too large for the bus came as its seq alone.
+    Elided,
 }
 
 impl HealReason {
@@ -554,6 +561,7 @@ impl HealReason {
             HealReason::Gap => "gap",
             HealReason::Resync => "resync",
             HealReason::Probe => "probe",
+            HealReason::Elided => "elided",
         }
     }
 }
@@ -605,10 +613,19 @@ async fn feed(
                         (now_ms().saturating_sub(m.sent_ms)).max(0) as f64 / 1000.0,
                     );
                     match decode_entries(&m.payload) {
-                        Some(entries) => match room.apply_remote(&entries) {
+                        Some(mut entries) => {
+                            // Large updates come as their seq alone: read at once from the store.
+                            let before = entries.len();
+                            entries.retain(|(_, data)| !data.is_empty());
+                            let elided = entries.len() < before;
+                            match room.apply_remote(&entries) {
                             Ok(n) => {
                                 REMOTE_UPDATES.increment(n as u64);
-                                continue;
+                                if elided {
+                                    HealReason::Elided
+                                } else {
+                                    continue;
+                                }
                             }
                             Err(ApplyError::Closed) => return,
                             Err(_) => {
@@ -618,7 +635,8 @@ async fn feed(
                                 ));
                                 return;
                             }
-                        },
+                            }
+                        }
                         None => {
                             MALFORMED.increment(1);
                             tracing::warn!(room = %room.name(), "malformed entry on the room's stream; healing from the store");
