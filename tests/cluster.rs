@@ -1419,3 +1419,59 @@ async fn a_flood_on_one_node_leaves_another_node_bounded_and_its_other_rooms_res
         assert!(bytes.unwrap_or(0) < 8 << 20, "{key} holds {bytes:?} bytes");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_stream_entries_hurt_neither_their_room_nor_any_other() {
+    let Some(cluster) = cluster("malformed").await else {
+        return;
+    };
+    let n1 = cluster.node();
+    let n2 = cluster.node();
+    let (bad, good) = (unique_room("bad"), unique_room("good"));
+    let mut a1 = Client::connect_synced(&room_url(n1.addr, &bad)).await;
+    let mut a2 = Client::connect_synced(&room_url(n2.addr, &bad)).await;
+    let mut b1 = Client::connect_synced(&room_url(n1.addr, &good)).await;
+    let mut b2 = Client::connect_synced(&room_url(n2.addr, &good)).await;
+    type_chars(&mut a1, 'a', 3).await;
+    converge(&mut [&mut a1, &mut a2], 3, "before").await;
+    let client = redis::Client::open(cluster.redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("{}:doc:{bad}", cluster.prefix);
+    // An entry missing its fields, one whose payload is not a list of updates, and one with
+    // a valid list whose update is garbage. (A well-formed forged update is out of reach:
+    // only the nodes write to Redis.)
+    let garbage_update = {
+        let mut p = vec![1u8, 99];
+        p.extend_from_slice(&[5, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        p
+    };
+    for fields in [
+        vec![("n".to_string(), b"oops".to_vec())],
+        vec![
+            ("n".to_string(), b"77".to_vec()),
+            ("m".to_string(), b"\xff\xff\xff".to_vec()),
+        ],
+        vec![
+            ("n".to_string(), b"77".to_vec()),
+            ("m".to_string(), garbage_update),
+        ],
+    ] {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        let _: String = cmd.query_async(&mut conn).await.unwrap();
+    }
+    // The other room never noticed; the bad one heals and keeps its editors.
+    type_chars(&mut b1, 'b', 5).await;
+    converge(&mut [&mut b1, &mut b2], 5, "the other room").await;
+    type_chars(&mut a1, 'c', 3).await;
+    type_chars(&mut a2, 'd', 3).await;
+    converge(&mut [&mut a1, &mut a2], 9, "the room with the bad entries").await;
+    for c in [&a1, &a2, &b1, &b2] {
+        assert!(c.close_frame().is_none(), "{:?}", c.close_frame());
+    }
+    let m = metrics_of(n2.addr).await;
+    assert!(metric(&m, "resonant_bus_malformed_total") >= 1.0, "{m}");
+}

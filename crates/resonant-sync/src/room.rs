@@ -744,7 +744,11 @@ impl Room {
                 if wm.is_applied(*seq) {
                     continue;
                 }
-                self.apply_stored(&st, *seq, bytes)?;
+                // Bytes from the bus that are no update at all are the bus's fault (the store's
+                // copy is read instead), not a sign that this document is corrupt.
+                let update =
+                    Update::decode_v1(bytes).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                self.apply_decoded(&st, *seq, bytes, update)?;
                 wm.mark(*seq);
                 applied += 1;
             }
@@ -784,19 +788,32 @@ impl Room {
     /// bytes that do not decode are a corrupt log, and the room closes (1011) as a load of
     /// it would fail.
     fn apply_stored(&self, st: &RoomState, seq: i64, bytes: &[u8]) -> Result<(), ApplyError> {
-        let corrupt = |e: String| {
-            tracing::error!(room = %self.name, seq, error = %e, "a committed update from another node does not apply; closing the room");
-            self.poisoned.store(true, Ordering::Relaxed);
-            ApplyError::Internal
-        };
-        let update = Update::decode_v1(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let update = Update::decode_v1(bytes).map_err(|e| self.corrupt(seq, e.to_string()))?;
+        self.apply_decoded(st, seq, bytes, update)
+    }
+
+    /// A committed update that does not apply: the document can no longer be trusted.
+    fn corrupt(&self, seq: i64, e: String) -> ApplyError {
+        tracing::error!(room = %self.name, seq, error = %e, "a committed update from another node does not apply; closing the room");
+        self.poisoned.store(true, Ordering::Relaxed);
+        ApplyError::Internal
+    }
+
+    /// Applies committed update `seq` (`bytes`, decoded as `update`) with the remote origin.
+    fn apply_decoded(
+        &self,
+        st: &RoomState,
+        seq: i64,
+        bytes: &[u8],
+        update: Update,
+    ) -> Result<(), ApplyError> {
         st.items.fetch_add(
             nesting::count_structs(bytes).unwrap_or(0) as u64,
             Ordering::Relaxed,
         );
         st.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let mut txn = st.doc.transact_mut_with(REMOTE_ORIGIN);
-        apply_retrying(&mut txn, update).map_err(|e| corrupt(e.to_string()))
+        apply_retrying(&mut txn, update).map_err(|e| self.corrupt(seq, e.to_string()))
     }
 
     /// Runs `f` with read access to the document (for tests and, later, executions).

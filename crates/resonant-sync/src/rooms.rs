@@ -628,6 +628,12 @@ async fn feed(
                                 }
                             }
                             Err(ApplyError::Closed) => return,
+                            // Not an update at all: the store's copy of that seq is the truth.
+                            Err(ApplyError::Invalid(e)) => {
+                                MALFORMED.increment(1);
+                                tracing::warn!(room = %room.name(), error = %e, "an update on the room's stream does not apply; healing from the store");
+                                HealReason::Resync
+                            }
                             Err(_) => {
                                 room.abandon(Close::new(
                                     close_code::INTERNAL_ERROR,
