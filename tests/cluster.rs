@@ -1475,3 +1475,36 @@ async fn malformed_stream_entries_hurt_neither_their_room_nor_any_other() {
     let m = metrics_of(n2.addr).await;
     assert!(metric(&m, "resonant_bus_malformed_total") >= 1.0, "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_cursors_vanish_from_the_others_within_its_liveness_ttl() {
+    let Some(cluster) = cluster("ghost").await else {
+        return;
+    };
+    let n1 = cluster.node();
+    let n2 = cluster.node();
+    let room = unique_room("ghost");
+    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
+    let mut b = Client::connect_synced(&room_url(n2.addr, &room)).await;
+    a.set_awareness(r#"{"user":{"name":"Ann"},"cursor":7}"#)
+        .await;
+    let id = a.awareness_id();
+    b.until("Ann's cursor on node 2", |s| {
+        s.peers.get(&id).is_some_and(|p| p.is_some())
+    })
+    .await;
+    // No goodbye from anyone: the node dies with its editor's socket.
+    n1.kill9();
+    let killed = Instant::now();
+    b.until("Ann's cursor gone after node 1 died", |s| {
+        s.peers.get(&id).is_none_or(|p| p.is_none())
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!(
+        "a dead node's cursor was removed {:.1} s after kill -9 (liveness TTL 10 s, sweep 2 s; the awareness timeout is 30 s)",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(13), "{took:?}");
+    drop(a);
+}
