@@ -227,16 +227,32 @@ async fn type_chars(c: &mut Client, tag: char, n: usize) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn editors_on_different_nodes_see_each_other_and_a_killed_node_loses_nothing_acknowledged() {
-    let Some(cluster) = cluster("edit").await else {
-        return;
-    };
+/// A cluster of two nodes and a fresh room with an editor on each (`a` on node 1, `b` on
+/// node 2), both synced; `None` to skip.
+async fn two_editors(
+    name: &str,
+) -> Option<(
+    Cluster,
+    ServerProcess,
+    ServerProcess,
+    String,
+    Client,
+    Client,
+)> {
+    let cluster = cluster(name).await?;
     let n1 = cluster.node();
     let n2 = cluster.node();
-    let room = unique_room("cluster");
-    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
-    let mut b = Client::connect_synced(&room_url(n2.addr, &room)).await;
+    let room = unique_room(name);
+    let a = Client::connect_synced(&room_url(n1.addr, &room)).await;
+    let b = Client::connect_synced(&room_url(n2.addr, &room)).await;
+    Some((cluster, n1, n2, room, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editors_on_different_nodes_see_each_other_and_a_killed_node_loses_nothing_acknowledged() {
+    let Some((cluster, n1, n2, room, mut a, mut b)) = two_editors("edit").await else {
+        return;
+    };
     a.opt_in().await;
     b.opt_in().await;
     type_chars(&mut a, 'a', 40).await;
@@ -396,14 +412,9 @@ async fn edits_converge_while_redis_is_down_and_after_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_reader_connection_is_healed() {
-    let Some(cluster) = cluster("reader").await else {
+    let Some((cluster, _n1, _n2, _room, mut a, mut b)) = two_editors("reader").await else {
         return;
     };
-    let n1 = cluster.node();
-    let n2 = cluster.node();
-    let room = unique_room("reader");
-    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
-    let mut b = Client::connect_synced(&room_url(n2.addr, &room)).await;
     type_chars(&mut a, 'a', 5).await;
     converge(&mut [&mut a, &mut b], 5, "before").await;
     let client = redis::Client::open(cluster.redis.as_str()).unwrap();
@@ -444,14 +455,9 @@ async fn reqwest_readyz(addr: std::net::SocketAddr) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cursors_cross_nodes_and_leave_with_their_editor() {
-    let Some(cluster) = cluster("cursor").await else {
+    let Some((cluster, _n1, _n2, room, mut a, mut b)) = two_editors("cursor").await else {
         return;
     };
-    let n1 = cluster.node();
-    let n2 = cluster.node();
-    let room = unique_room("cursor");
-    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
-    let mut b = Client::connect_synced(&room_url(n2.addr, &room)).await;
     a.set_awareness(r#"{"user":{"name":"Ann"},"cursor":7}"#)
         .await;
     let id = a.awareness_id();
@@ -1020,21 +1026,32 @@ impl Cluster {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_cut_off_from_redis_keeps_serving_its_editors_from_postgres() {
-    let Some(cluster) = cluster("cutredis").await else {
-        return;
-    };
-    let Some(()) = netns::available() else { return };
+/// A cluster with node 1 outside and node 2 in a namespace, and an opted-in editor on each
+/// of a fresh room (`a` on node 1, `b` on node 2) holding `n` characters; `None` to skip.
+async fn partitioned_editors(
+    name: &str,
+    n: usize,
+) -> Option<(Cluster, ServerProcess, Partitioned, String, Client, Client)> {
+    let cluster = cluster(name).await?;
+    netns::available()?;
     let n1 = cluster.node();
     let p = cluster.partitioned().await;
-    let room = unique_room("cutredis");
+    let room = unique_room(name);
     let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
     let mut b = Client::connect_synced(&room_url(p.addr, &room)).await;
     a.opt_in().await;
     b.opt_in().await;
-    type_chars(&mut a, 'a', 10).await;
-    converge(&mut [&mut a, &mut b], 10, "before the cut").await;
+    type_chars(&mut a, 'a', n).await;
+    converge(&mut [&mut a, &mut b], n, "before the cut").await;
+    Some((cluster, n1, p, room, a, b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_keeps_serving_its_editors_from_postgres() {
+    let Some((cluster, _n1, p, room, mut a, mut b)) = partitioned_editors("cutredis", 10).await
+    else {
+        return;
+    };
 
     p.ns.cut(&p.redis);
     let cut = Instant::now();
@@ -1074,19 +1091,9 @@ async fn a_node_cut_off_from_redis_keeps_serving_its_editors_from_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_postgres_stops_acknowledging_loses_nothing_and_resumes() {
-    let Some(cluster) = cluster("cutpg").await else {
+    let Some((cluster, _n1, p, room, mut a, mut b)) = partitioned_editors("cutpg", 5).await else {
         return;
     };
-    let Some(()) = netns::available() else { return };
-    let n1 = cluster.node();
-    let p = cluster.partitioned().await;
-    let room = unique_room("cutpg");
-    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
-    let mut b = Client::connect_synced(&room_url(p.addr, &room)).await;
-    a.opt_in().await;
-    b.opt_in().await;
-    type_chars(&mut a, 'a', 5).await;
-    converge(&mut [&mut a, &mut b], 5, "before the cut").await;
 
     p.ns.cut(&p.pg);
     let cut = Instant::now();
@@ -1273,14 +1280,9 @@ async fn running_caps_hold_across_nodes_even_for_simultaneous_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_updates_cross_nodes_without_being_parked_in_redis() {
-    let Some(cluster) = cluster("large").await else {
+    let Some((cluster, _n1, n2, room, mut a, mut b)) = two_editors("large").await else {
         return;
     };
-    let n1 = cluster.node();
-    let n2 = cluster.node();
-    let room = unique_room("large");
-    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
-    let mut b = Client::connect_synced(&room_url(n2.addr, &room)).await;
     a.opt_in().await;
     // Three updates of 1 MiB each, and a small one between them.
     let big = "x".repeat(1 << 20);
@@ -1478,14 +1480,9 @@ async fn malformed_stream_entries_hurt_neither_their_room_nor_any_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_cursors_vanish_from_the_others_within_its_liveness_ttl() {
-    let Some(cluster) = cluster("ghost").await else {
+    let Some((_cluster, n1, _n2, _room, mut a, mut b)) = two_editors("ghost").await else {
         return;
     };
-    let n1 = cluster.node();
-    let n2 = cluster.node();
-    let room = unique_room("ghost");
-    let mut a = Client::connect_synced(&room_url(n1.addr, &room)).await;
-    let mut b = Client::connect_synced(&room_url(n2.addr, &room)).await;
     a.set_awareness(r#"{"user":{"name":"Ann"},"cursor":7}"#)
         .await;
     let id = a.awareness_id();

@@ -404,32 +404,23 @@ mod tests {
         };
         let t0 = Instant::now();
         let timeout = Duration::from_secs(30);
+        let from = |p: &mut Presence, node: u64, entries: &[(u64, u32, &str)], at: Instant| {
+            p.apply_from(
+                update(entries),
+                &mut HashSet::new(),
+                &limits,
+                at,
+                Some(node),
+            )
+        };
         // Two nodes, each within its own peers' limits, together over the room's cap.
-        let (changed, refusal) = p.apply_from(
-            update(&[(1, 1, "{}"), (2, 1, "{}")]),
-            &mut HashSet::new(),
-            &limits,
-            t0,
-            Some(7),
-        );
+        let (changed, refusal) = from(&mut p, 7, &[(1, 1, "{}"), (2, 1, "{}")], t0);
         assert_eq!((changed.len(), refusal), (2, None));
-        let (changed, refusal) = p.apply_from(
-            update(&[(3, 1, "{}"), (4, 1, "{}")]),
-            &mut HashSet::new(),
-            &limits,
-            t0,
-            Some(8),
-        );
+        let (changed, refusal) = from(&mut p, 8, &[(3, 1, "{}"), (4, 1, "{}")], t0);
         assert_eq!(changed.len(), 1, "one of the two fits");
         assert_eq!(refusal, Some(AwarenessRefusal::TooManyIds { max: 3 }));
         // Known ids still change, and this node's own peers are not affected.
-        let (changed, _) = p.apply_from(
-            update(&[(1, 2, "{\"x\":1}")]),
-            &mut HashSet::new(),
-            &limits,
-            t0,
-            Some(7),
-        );
+        let (changed, _) = from(&mut p, 7, &[(1, 2, "{\"x\":1}")], t0);
         assert_eq!(changed.len(), 1);
         let (changed, refusal) = p.apply(update(&[(9, 1, "{}")]), &mut HashSet::new(), &limits, t0);
         assert_eq!((changed.len(), refusal), (1, None));
@@ -437,13 +428,8 @@ mod tests {
         p.expire(t0 + timeout, timeout);
         p.expire(t0 + timeout * 2, timeout);
         assert_eq!(p.len(), 0);
-        let (changed, _) = p.apply_from(
-            update(&[(10, 1, "{}"), (11, 1, "{}"), (12, 1, "{}")]),
-            &mut HashSet::new(),
-            &limits,
-            t0 + timeout * 2,
-            Some(8),
-        );
+        let entries = [(10, 1, "{}"), (11, 1, "{}"), (12, 1, "{}")];
+        let (changed, _) = from(&mut p, 8, &entries, t0 + timeout * 2);
         assert_eq!(changed.len(), 3);
     }
 
