@@ -26,8 +26,16 @@ pub fn available() -> Option<()> {
     Some(())
 }
 
+/// iproute2's `ip`: on the PATH, or where Debian puts it (root's PATH has it; others may not).
+fn ip_program() -> &'static str {
+    ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("ip")
+}
+
 fn ip(args: &[&str]) {
-    let out = Command::new("ip")
+    let out = Command::new(ip_program())
         .args(args)
         .output()
         .expect("iproute2's `ip` is installed (or set TEST_NETNS=skip)");
@@ -121,14 +129,14 @@ impl Netns {
 
     /// The command prefix that runs a program inside this namespace.
     pub fn wrapper(&self) -> [&str; 4] {
-        ["ip", "netns", "exec", &self.name]
+        [ip_program(), "netns", "exec", &self.name]
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace deletes its veth ends, and with them the pairs.
-        let _ = Command::new("ip")
+        let _ = Command::new(ip_program())
             .args(["netns", "delete", &self.name])
             .status();
     }
