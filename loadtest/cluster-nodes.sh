@@ -11,6 +11,7 @@
 # writer is on node 1 and its readers alternate between nodes 2 and 3 (`--url` repeated).
 # CPU is read from /proc: the nodes' own, every postgres process's, and Redis's INFO.
 set -euo pipefail
+export PGOPTIONS="--client-min-messages=warning"
 : "${DATABASE_URL:?a postgres:// URL}"
 : "${REDIS_URL:?a redis:// URL}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
