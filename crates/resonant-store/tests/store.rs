@@ -384,3 +384,57 @@ async fn a_dead_writer_is_reported() {
     assert!(journal.is_dead());
     assert!(!journal.is_healthy());
 }
+
+#[tokio::test]
+async fn sqlite_numbering_resumes_after_a_reopen_and_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, compacted, old) = (room("reopen"), room("reopen-compacted"), room("reopen-old"));
+    {
+        let store = SqliteStore::open_dir(dir.path(), SqliteSync::Full)
+            .await
+            .unwrap();
+        let seqs = store
+            .write_batch(batch(), &[append(&r, b"a"), append(&r, b"b")])
+            .await
+            .unwrap();
+        assert_eq!(seqs, vec![Some(1), Some(2)]);
+        // Compacted up to its head: no update row is left to count from.
+        let seqs = store
+            .write_batch(
+                batch(),
+                &[
+                    append(&compacted, b"x"),
+                    append(&compacted, b"y"),
+                    WriteOp::Snapshot(Snapshot {
+                        room: compacted.clone(),
+                        state: Bytes::from_static(b"state"),
+                        up_to_seq: None,
+                    }),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(seqs, vec![Some(1), Some(2), None]);
+        // A database written before heads were kept in memory: only its `rooms` row knows.
+        let Some(resonant_store::Db::Sqlite(pool)) = store.db() else {
+            unreachable!()
+        };
+        sqlx::query("INSERT INTO rooms (room, head_seq) VALUES (?, 41)")
+            .bind(&*old)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let store = SqliteStore::open_dir(dir.path(), SqliteSync::Full)
+        .await
+        .unwrap();
+    for (room, next) in [(&r, 3), (&compacted, 3), (&old, 42)] {
+        let seqs = store
+            .write_batch(batch(), &[append(room, b"next")])
+            .await
+            .unwrap();
+        assert_eq!(seqs, vec![Some(next)], "{room}");
+        assert_eq!(store.load(room).await.unwrap().head_seq, next);
+    }
+}
