@@ -1505,3 +1505,33 @@ async fn a_killed_nodes_cursors_vanish_from_the_others_within_its_liveness_ttl()
     assert!(took < Duration::from_secs(13), "{took:?}");
     drop(a);
 }
+
+/// Open risk (issue 18's closing note): Redis is trusted. A well-formed entry forged into a
+/// room's stream, with the next seq and an empty update, makes the nodes that read it count
+/// that seq as applied; the real update committed under it is then skipped there (the head
+/// probe sees W = head) until the room reloads. Run with `--ignored` to see it fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "open risk: a forged well-formed entry in Redis hides a real update from other nodes"]
+async fn a_forged_entry_in_redis_cannot_hide_a_real_update() {
+    let Some((cluster, _n1, _n2, room, mut a, mut b)) = two_editors("forged").await else {
+        return;
+    };
+    type_chars(&mut a, 'a', 3).await;
+    converge(&mut [&mut a, &mut b], 3, "before").await;
+    let client = redis::Client::open(cluster.redis.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // One entry, seq 4 (the next one), update [0, 0] (no structs, no deletes).
+    let forged: Vec<u8> = vec![1, 4, 2, 0, 0];
+    let _: String = redis::cmd("XADD")
+        .arg(format!("{}:doc:{room}", cluster.prefix))
+        .arg("*")
+        .arg("n")
+        .arg("77")
+        .arg("m")
+        .arg(forged)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    type_chars(&mut a, 'x', 1).await;
+    converge(&mut [&mut a, &mut b], 4, "the real fourth update").await;
+}
