@@ -914,6 +914,16 @@ async fn timed(
     limit: Duration,
     write: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
 ) -> Result<(), tungstenite::Error> {
+    let mut write = std::pin::pin!(write);
+    // Nearly every write finishes at once (a feed only buffers; a flush finds room in the
+    // socket): those need no timer, whose set-up was a fifth of the per-delivery cost.
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(std::future::Future::poll(write.as_mut(), cx))
+    })
+    .await;
+    if let std::task::Poll::Ready(done) = first {
+        return done;
+    }
     match tokio::time::timeout(limit, write).await {
         Ok(r) => r,
         Err(_) => {

@@ -51,7 +51,7 @@ static SLOW_CONSUMER_CLOSES: LazyLock<metrics::Counter> =
 /// The room's handle on one connection.
 pub struct Peer {
     id: u64,
-    tx: mpsc::UnboundedSender<(Bytes, Kind)>,
+    tx: mpsc::UnboundedSender<Queued>,
     /// Broadcast bytes queued and not yet written.
     queued_bytes: AtomicUsize,
     /// Reply bytes queued and not yet written.
@@ -142,7 +142,7 @@ impl Peer {
             ));
             return false;
         }
-        self.tx.send((msg.clone(), kind)).is_ok()
+        self.tx.send(Queued::Message(msg.clone(), kind)).is_ok()
     }
 
     fn cost(&self, len: usize) -> usize {
@@ -160,6 +160,8 @@ impl Peer {
     pub fn close(&self, close: Close) {
         if self.close.set(close).is_ok() {
             self.close_signal.notify_waiters();
+            // Wakes the transport if it is waiting for a message (it then finds the close).
+            let _ = self.tx.send(Queued::Closing);
         }
     }
 
@@ -211,9 +213,18 @@ enum Kind {
     Reply,
 }
 
+/// What a peer's queue carries.
+enum Queued {
+    Message(Bytes, Kind),
+    /// Sent once by [`Peer::close`]. The transport's wait for the next message is then its
+    /// wait for a close too, with no close waiter registered per message (a `Notify` waiter
+    /// takes a lock to register and another to drop, on every delivery).
+    Closing,
+}
+
 /// The transport's end of a peer's queue.
 pub struct Outbox {
-    rx: mpsc::UnboundedReceiver<(Bytes, Kind)>,
+    rx: mpsc::UnboundedReceiver<Queued>,
 }
 
 /// What the transport should do next.
@@ -240,16 +251,18 @@ impl Outbox {
                     last: peer.last_words.get().cloned(),
                 };
             }
-            tokio::select! {
-                biased;
-                _ = peer.closed() => continue,
-                msg = self.rx.recv() => match msg {
-                    Some((msg, kind)) => {
-                        peer.written(msg.len(), kind);
-                        return Outgoing::Message(msg);
+            match self.rx.recv().await {
+                Some(Queued::Message(msg, kind)) => {
+                    peer.written(msg.len(), kind);
+                    return Outgoing::Message(msg);
+                }
+                Some(Queued::Closing) => continue,
+                None => {
+                    return Outgoing::Close {
+                        close: Close::new(1000, ""),
+                        last: None,
                     }
-                    None => return Outgoing::Close { close: Close::new(1000, ""), last: None },
-                },
+                }
             }
         }
     }
@@ -259,9 +272,13 @@ impl Outbox {
         if peer.is_closing() {
             return None;
         }
-        let (msg, kind) = self.rx.try_recv().ok()?;
-        peer.written(msg.len(), kind);
-        Some(msg)
+        match self.rx.try_recv().ok()? {
+            Queued::Message(msg, kind) => {
+                peer.written(msg.len(), kind);
+                Some(msg)
+            }
+            Queued::Closing => None,
+        }
     }
 }
 
