@@ -20,5 +20,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(content) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
     };
-    let _ = resonant::engine::validate(&content);
+    let _ = resonant_engine::validate(&content);
 });

@@ -17,7 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Once;
 
 use libfuzzer_sys::fuzz_target;
-use resonant::content::{restore_update, snapshot, to_json};
+use resonant_engine::content::{restore_update, snapshot, to_json};
 use resonant_sync::validate::validate_update_v1;
 use yrs::updates::decoder::Decode;
 use yrs::{Doc, ReadTxn, StateVector, Transact, Update};
