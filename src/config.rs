@@ -114,7 +114,9 @@ pub struct ServeConfig {
     /// takes a few ms, docs/benchmarks.md).
     #[arg(long, env = "RESONANT_ROOM_GRACE_SECS", default_value_t = 5.0, value_parser = non_negative_secs)]
     pub room_grace_secs: f64,
-    /// Awareness coalescing tick in busy rooms, in milliseconds.
+    /// Longest awareness coalescing tick in busy rooms, in milliseconds: a room's tick is
+    /// 0.15 ms per connection, from 1 ms up to this (a 20-client room coalesces over 3 ms, a
+    /// 100-client one over 15).
     #[arg(long, env = "RESONANT_AWARENESS_TICK_MS", default_value_t = 16, value_parser = at_least::<u64, 1>)]
     pub awareness_tick_ms: u64,
     /// Seconds after which an awareness state that was not renewed is removed.

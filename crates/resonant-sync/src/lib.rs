@@ -35,7 +35,7 @@ pub struct SyncConfig {
     pub max_peers_per_room: usize,
     /// How long a room stays loaded after its last connection leaves.
     pub unload_grace: Duration,
-    /// Awareness coalescing tick in busy rooms.
+    /// Longest awareness coalescing tick in busy rooms (a room's own grows with its size).
     pub awareness_tick: Duration,
     /// Awareness entries not renewed for this long are removed (and removed ones forgotten
     /// after as long again).
