@@ -58,6 +58,10 @@ known_finding() {
 build_start=$SECONDS
 cargo "${toolchain[@]}" fuzz build
 echo "fuzz build: $((SECONDS - build_start)) s"
+# FUZZ_BUILD_ONLY=1: build the targets and stop (CI builds them early, in the background).
+if [[ -n ${FUZZ_BUILD_ONLY:-} ]]; then
+  exit 0
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/resonant-fuzz.XXXXXX")
 failed=()
