@@ -60,6 +60,7 @@ done
 measure() {
   local rev=$1 secs=$2 tag=$3 dir pid addr out ir delivered
   dir=$(mktemp -d "$OUT/data.XXXXXX")
+  rm -f "$OUT/$tag".cg*
   # shellcheck disable=SC2086
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/$tag.cg" \
     "${BIN[$rev]}" serve --port 0 --data-dir "$dir" --log warn $SERVER_ARGS \
