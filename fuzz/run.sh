@@ -3,7 +3,8 @@
 # committed seed corpus, and exits non-zero if any target finds a crash, a timeout or a
 # huge allocation. Usage: bash fuzz/run.sh [SECONDS]. Installs cargo-fuzz from crates.io if
 # it is missing. New inputs found are kept in a scratch directory (printed), not in
-# fuzz/corpus/; crashes are written to fuzz/artifacts/<target>/.
+# fuzz/corpus/; crashes are written to fuzz/artifacts/<target>/. Targets run FUZZ_JOBS at
+# a time (default: one per core).
 set -euo pipefail
 secs="${1:-60}"
 cd "$(dirname "$0")/.."
@@ -64,11 +65,11 @@ if [[ -n ${FUZZ_BUILD_ONLY:-} ]]; then
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/resonant-fuzz.XXXXXX")
-failed=()
-for t in "${targets[@]}"; do
+# Runs target $1 for $secs s; writes its verdict (ok, known or failed) to $work/$1.status
+# and what to print about it to $work/$1.report.
+fuzz_one() {
+  local t=$1 log="$work/$1.log" report="$work/$1.report" known extra asan_options
   mkdir -p "$work/$t"
-  log="$work/$t.log"
-  echo "--- $t: ${secs} s"
   # The first corpus directory receives new inputs; the committed seeds are only read.
   extra=()
   asan_options=${ASAN_OPTIONS:-}
@@ -78,18 +79,46 @@ for t in "${targets[@]}"; do
     extra=(-detect_leaks=0)
     asan_options="detect_leaks=0${asan_options:+:$asan_options}"
   fi
+  echo "--- $t: ${secs} s" >"$report"
   if ASAN_OPTIONS="$asan_options" cargo "${toolchain[@]}" fuzz run "$t" "$work/$t" "fuzz/corpus/$t" \
     -- "${fuzz_opts[@]}" "${extra[@]}" >"$log" 2>&1; then
-    grep -E '^Done [0-9]+ runs' "$log" || true
-    grep -E '^stat::(number_of_executed_units|peak_rss_mb):' "$log" || true
+    grep -E '^Done [0-9]+ runs' "$log" >>"$report" || true
+    grep -E '^stat::(number_of_executed_units|peak_rss_mb):' "$log" >>"$report" || true
+    echo ok >"$work/$t.status"
   elif known=$(known_finding "$t" "$log"); then
-    echo "$t: KNOWN OPEN FINDING (not failing the run; see fuzz/findings/README.md): $known"
-    grep -E 'ERROR|SUMMARY|Test unit written|^Done [0-9]+ runs' "$log" | head -n 5 || true
+    {
+      echo "$t: KNOWN OPEN FINDING (not failing the run; see fuzz/findings/README.md): $known"
+      grep -E 'ERROR|SUMMARY|Test unit written|^Done [0-9]+ runs' "$log" | head -n 5 || true
+    } >>"$report"
+    echo known >"$work/$t.status"
   else
+    {
+      echo "$t FAILED ($log):"
+      grep -E 'ERROR|panicked|escaped|SUMMARY|Test unit written|^Done [0-9]+ runs' "$log" | head -n 20 || true
+      tail -n 40 "$log"
+    } >>"$report"
+    echo failed >"$work/$t.status"
+  fi
+}
+
+# libFuzzer runs on one core, and -max_total_time is wall-clock time: targets run side by
+# side, FUZZ_JOBS at a time (default: one per core), each still getting its full time.
+jobs=${FUZZ_JOBS:-$(nproc)}
+running=0
+for t in "${targets[@]}"; do
+  if ((running >= jobs)); then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  fuzz_one "$t" &
+  running=$((running + 1))
+done
+wait || true
+failed=()
+for t in "${targets[@]}"; do
+  cat "$work/$t.report"
+  if [[ ! -f $work/$t.status || $(cat "$work/$t.status") == failed ]]; then
     failed+=("$t")
-    echo "$t FAILED ($log):"
-    grep -E 'ERROR|panicked|escaped|SUMMARY|Test unit written|^Done [0-9]+ runs' "$log" | head -n 20 || true
-    tail -n 40 "$log"
   fi
 done
 echo "new corpus entries and logs: $work"
