@@ -53,8 +53,9 @@ YJS_VERSION="${YJS_VERSION:-13.6.33}"
 YSWEET_VERSION="${YSWEET_VERSION:-0.9.1}"
 # Resonant limits a room to 1000 connections by default; fanout 1x1000 needs 1001. Every
 # client connects from 127.0.0.1, so the per-address cap on connections still in their
-# handshake (64) is lifted too.
-RESONANT_ARGS="${RESONANT_ARGS:---max-connections-per-room 5000 --max-http-connections-per-ip 0}"
+# handshake (64) is lifted too. The coldload scenario builds documents of more than the
+# default 100,000 items (`--doc-bytes 5000000`), which the server would refuse (1009).
+RESONANT_ARGS="${RESONANT_ARGS:---max-connections-per-room 5000 --max-http-connections-per-ip 0 --max-room-items 2000000}"
 
 LT="$CARGO_TARGET_DIR/release/resonant-loadtest"
 RESONANT="$CARGO_TARGET_DIR/release/resonant"
