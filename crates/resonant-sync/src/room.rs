@@ -560,10 +560,12 @@ impl Room {
         exclude: Option<u64>,
     ) {
         let now = Instant::now();
-        let tick = self.awareness_tick();
         let p = &mut st.presence;
+        // While a flush is scheduled the change only joins it: the tick (a lock on the peer
+        // list) is needed only to decide between sending now and scheduling.
+        let tick = (!p.flush_scheduled).then(|| self.awareness_tick());
         let quiet =
-            !p.flush_scheduled && p.last_flush.is_none_or(|t| now.duration_since(t) >= tick);
+            tick.is_some_and(|tick| p.last_flush.is_none_or(|t| now.duration_since(t) >= tick));
         if quiet {
             p.last_flush = Some(now);
             if let Some(msg) = p.encode(changed) {
@@ -572,7 +574,7 @@ impl Room {
             return;
         }
         p.dirty.extend(changed);
-        if !p.flush_scheduled && !self.tasks.is_closed() {
+        if let Some(tick) = tick.filter(|_| !self.tasks.is_closed()) {
             p.flush_scheduled = true;
             let due = p.last_flush.map_or(now, |t| t + tick);
             let room = Arc::clone(self);
