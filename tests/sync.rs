@@ -322,6 +322,34 @@ async fn awareness_bursts_are_coalesced() {
     server.shutdown().await.unwrap();
 }
 
+/// The coalescing tick grows with the room: in a room of three, a change right behind another
+/// waits about a millisecond, not the configured (longest) tick.
+#[tokio::test]
+async fn a_small_rooms_awareness_is_not_held_for_the_longest_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), |c| c.awareness_tick_ms = 3000).await;
+    let url = room_url(server.addr(), "small");
+    let mut observer = Client::connect_synced(&url).await;
+    let mut a = Client::connect_synced(&url).await;
+    let mut b = Client::connect_synced(&url).await;
+    let started = std::time::Instant::now();
+    a.set_awareness(r#"{"cursor":1}"#).await;
+    b.set_awareness(r#"{"cursor":2}"#).await;
+    let (a_id, b_id) = (a.awareness_id(), b.awareness_id());
+    observer
+        .until("both cursors", |c| {
+            c.peers.get(&a_id).is_some_and(|s| s.is_some())
+                && c.peers.get(&b_id).is_some_and(|s| s.is_some())
+        })
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "the second cursor took {took:?} (a fixed 3 s tick would hold it ~3 s)"
+    );
+    server.shutdown().await.unwrap();
+}
+
 async fn expect_close(url: &str, msg: Message, code: u16) {
     let mut c = Client::connect_synced(url).await;
     c.send_message(msg).await;

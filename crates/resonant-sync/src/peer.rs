@@ -287,6 +287,26 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_close_wakes_a_writer_waiting_for_its_next_message() {
+        let (peer, mut outbox) = Peer::new(1, 1 << 20, true);
+        let peer = std::sync::Arc::new(peer);
+        let waiting = tokio::spawn({
+            let peer = peer.clone();
+            async move { outbox.recv(&peer).await }
+        });
+        tokio::task::yield_now().await;
+        peer.close(Close::new(close_code::FORBIDDEN, "access revoked"));
+        let out = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the close woke the waiting writer")
+            .unwrap();
+        match out {
+            Outgoing::Close { close, .. } => assert_eq!(close.code, close_code::FORBIDDEN),
+            other => panic!("expected close, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn overflowing_peer_is_closed_not_skipped() {
         let (peer, mut outbox) = Peer::new(1, 10, true);
         let msg = Bytes::from_static(&[0u8; 6]);
