@@ -11,7 +11,8 @@
 #
 # Each server: `serve --port 0 --data-dir <fresh> --log warn` (durable SQLite) plus
 # SERVER_ARGS; callgrind instruments it only once it prints its address. Output: one line per
-# run and a summary table on stdout; callgrind files and logs under OUT.
+# run and a summary table on stdout; callgrind files and logs under OUT. Per-function
+# differences between two commits: loadtest/compare/callgrind_diff.py on their dumps.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
