@@ -592,8 +592,9 @@ impl Room {
 
     /// The coalescing tick for this room's size. A flush costs one frame per peer, so the
     /// tick grows with the room ([`AWARENESS_TICK_PER_PEER`], from 1 ms up to the configured
-    /// tick): a room sends at most ~6,700 awareness frames a second whatever its size, and a
-    /// small busy room still gets cursors within a few ms. Measured (docs/benchmarks.md):
+    /// tick): a room of up to ~100 peers sends at most ~6,700 awareness frames a second (a
+    /// larger one is held to the configured tick, as before), and a small busy room still gets
+    /// cursors within a few ms. Measured (docs/benchmarks.md):
     /// 20 clients at 20 Hz, a fixed 16 ms tick gave p99 17.4 ms for 0.29–0.44 s of CPU, 3 ms
     /// gave 4.8 ms for 0.46 s; 50 clients at 10 Hz, 16 ms: 17.6 ms for 0.43 s, 8 ms: 9.5 ms
     /// for 0.50 s, 3 ms: 4.5 ms for 0.91 s.
