@@ -157,8 +157,10 @@ pub async fn release(db: &Db, owner: &str, executions: &[String]) -> Result<u64>
     if executions.is_empty() {
         return Ok(0);
     }
+    // One ms in the past: a sweep in the same millisecond compares `expires_at < now` and
+    // would otherwise see the released lease as still live.
     let sql = format!(
-        "UPDATE execution_leases SET expires_at = {PG_NOW} \
+        "UPDATE execution_leases SET expires_at = {PG_NOW} - 1 \
          WHERE owner = $1 AND execution_id = ANY($2) AND expires_at > {PG_NOW}"
     );
     Ok(sqlx::query(&sql)
