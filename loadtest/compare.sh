@@ -13,6 +13,11 @@
 #                        checkpointed every 10 s)
 #   y-sweet-memory       y-sweet serve without a store (memory only; not in the default list,
 #                        add it for a like-for-like row against resonant-memory)
+#   floor                resonant-floor (loadtest/src/bin/floor.rs): relays each frame to the
+#                        room's other sockets from one blocking thread and does nothing else,
+#                        the least work any server can do per delivery. No document, so
+#                        scenarios that need one (coldload) are n/a for it; the summary gives
+#                        every server's CPU per update as a multiple of the floor's.
 #
 # Scenarios (SCENARIOS): fanout-1x1 (one reader: the server hop alone, without the driver's
 # own fan-in cost), fanout-1x100 fanout-1x1000 fanout-250x2 (many rooms at a load the
@@ -33,7 +38,7 @@ OUT="${OUT:-/tmp/resonant-compare}"
 RUNS="${RUNS:-3}"
 FIRST_RUN="${FIRST_RUN:-1}" # redo runs FIRST_RUN..RUNS only, keeping the others' results
 EXTRA_RUNS="${EXTRA_RUNS:-1}"
-SERVERS="${SERVERS:-resonant-sqlite resonant-memory y-websocket-server y-sweet}"
+SERVERS="${SERVERS:-floor resonant-sqlite resonant-memory y-websocket-server y-sweet}"
 SCENARIOS="${SCENARIOS:-fanout-1x1 fanout-1x100 fanout-1x1000 fanout-250x2 fanout-1000x2 connections-5000 awareness coldload churn}"
 SERVER_CPU="${SERVER_CPU:-0}"
 DRIVER_CPU="${DRIVER_CPU:-1}"
@@ -59,6 +64,7 @@ RESONANT_ARGS="${RESONANT_ARGS:---max-connections-per-room 5000 --max-http-conne
 
 LT="$CARGO_TARGET_DIR/release/resonant-loadtest"
 RESONANT="$CARGO_TARGET_DIR/release/resonant"
+FLOOR="$CARGO_TARGET_DIR/release/resonant-floor"
 YWS_DIR="$PEERS_DIR/y-websocket-server"
 YWS_JS="$YWS_DIR/node_modules/@y/websocket-server/src/server.js"
 YSWEET="$PEERS_DIR/bin/y-sweet"
@@ -97,15 +103,18 @@ wants() { [[ " $SERVERS " == *" $1 "* ]]; }
 if wants y-websocket-server; then install_y_websocket_server; fi
 if wants y-sweet || wants y-sweet-memory; then install_y_sweet; fi
 if [[ "$BUILD" == 1 ]]; then
-  log "building resonant and resonant-loadtest (release)"
+  log "building resonant and resonant-loadtest (release; resonant-floor is one of its binaries)"
   (cd "$ROOT" && cargo build --release -p resonant -p resonant-loadtest)
 fi
 [[ -x "$LT" && -x "$RESONANT" ]] || { echo "missing $LT or $RESONANT" >&2; exit 1; }
+if wants floor; then [[ -x "$FLOOR" ]] || { echo "missing $FLOOR" >&2; exit 1; }; fi
 # Run copies, so that a rebuild in the shared target dir during the run changes nothing.
 mkdir -p "$OUT/bin"
 cp -f "$LT" "$RESONANT" "$OUT/bin/"
+if wants floor; then cp -f "$FLOOR" "$OUT/bin/"; fi
 LT="$OUT/bin/resonant-loadtest"
 RESONANT="$OUT/bin/resonant"
+FLOOR="$OUT/bin/resonant-floor"
 
 # --- scenarios ---------------------------------------------------------------------------
 
@@ -159,6 +168,15 @@ server_mode() {
   y-websocket-server) echo "not durable: in-memory documents (no YPERSISTENCE)" ;;
   y-sweet) echo "durable-ish: local dir store, checkpoint every 10 s (dev mode)" ;;
   y-sweet-memory) echo "not durable: no store" ;;
+  floor) echo "no document: relays frames; a joiner is synced by the room's oldest peer" ;;
+  esac
+}
+
+# Why server $1 cannot serve scenario $2 (exit 1 when it can).
+server_cannot() {
+  case "$1:$2" in
+  floor:coldload) echo "the floor keeps no document, and a cold load has no peer left to sync from" ;;
+  *) return 1 ;;
   esac
 }
 
@@ -169,6 +187,7 @@ server_version() {
     echo "@y/websocket-server $(node -p "require('$YWS_DIR/node_modules/@y/websocket-server/package.json').version") (yjs $(node -p "require('$YWS_DIR/node_modules/yjs/package.json').version"), ws $(node -p "require('$YWS_DIR/node_modules/ws/package.json').version"), node $(node --version))"
     ;;
   y-sweet*) echo "y-sweet $("$YSWEET" version)" ;;
+  floor) echo "$("$FLOOR" --version 2>/dev/null | head -n1) (loadtest/src/bin/floor.rs)" ;;
   esac
 }
 
@@ -199,6 +218,10 @@ start_server() { # name dir log
   y-sweet-memory)
     RUST_LOG=warn taskset -c "$SERVER_CPU" "$YSWEET" serve --port "$PORT" >"$logf" 2>&1 &
     URL="ws://127.0.0.1:$PORT/d/{room}/ws/{room}"
+    ;;
+  floor)
+    taskset -c "$SERVER_CPU" "$FLOOR" --listen "127.0.0.1:$PORT" >"$logf" 2>&1 &
+    URL="ws://127.0.0.1:$PORT/{room}"
     ;;
   *)
     echo "unknown server $name" >&2
@@ -346,6 +369,16 @@ for sc in $SCENARIOS; do
   # machine drifts over all of them alike.
   for ((run = FIRST_RUN; run <= nruns; run++)); do
     for srv in $SERVERS; do
+      if why="$(server_cannot "$srv" "$sc")"; then
+        # Recorded for the summary, which shows the server's row as n/a.
+        if ((run == FIRST_RUN)); then
+          log "$sc $srv: n/a ($why)"
+          mkdir -p "$OUT/raw/$sc/$srv"
+          echo "$why" >"$OUT/raw/$sc/$srv/n-a"
+          printf '%s\t%s\t-\tn/a\n' "$sc" "$srv" >>"$RUNS_TSV"
+        fi
+        continue
+      fi
       for ((attempt = 0; attempt <= RETRY_DISTURBED; attempt++)); do
         run_one
         awk -v o="$OTHER_CORES" -v q="$QUIET_CORES" 'BEGIN{exit !(o > q)}' || break

@@ -4,7 +4,8 @@
     python3 loadtest/compare/summarize.py /tmp/resonant-compare > summary.md
 
 Reads OUT/raw/<scenario>/<server>/run<N>/result.json (resonant-loadtest --json), prints the
-median of each metric over the runs per scenario and server, the ratios Resonant/peer, and
+median of each metric over the runs per scenario and server, each server's CPU per update as
+a multiple of the floor's (resonant-floor, when it ran), the ratios Resonant/peer, and
 Resonant against the spec's targets.
 """
 
@@ -24,7 +25,9 @@ SCENARIO_ORDER = [
     "coldload",
     "churn",
 ]
+FLOOR = "floor"
 SERVER_ORDER = [
+    FLOOR,
     "resonant-sqlite",
     "resonant-memory",
     "y-websocket-server",
@@ -33,6 +36,7 @@ SERVER_ORDER = [
 ]
 OURS = [s for s in SERVER_ORDER if s.startswith("resonant")]
 MODE = {
+    FLOOR: "no document: relay only",
     "resonant-sqlite": "durable (SQLite, fsync/commit)",
     "resonant-memory": "memory only",
     "y-websocket-server": "memory only",
@@ -134,14 +138,40 @@ def fmt(v, kind):
     return str(v)
 
 
+def print_ratios(med):
+    print("## Ratios Resonant / peer (medians; < 1 means Resonant is lower, i.e. better)\n")
+    print("| scenario | ours | theirs | p50 | p99 | CPU/upd | RSS/conn |")
+    print("|---|---|---|---|---|---|---|")
+    for sc in order(med.keys(), SCENARIO_ORDER):
+        for ours in [s for s in order(med[sc].keys(), SERVER_ORDER) if s in OURS]:
+            # The floor is no peer: every server's ratio to it is in the scenario tables.
+            for theirs in [s for s in order(med[sc].keys(), SERVER_ORDER) if s not in OURS + [FLOOR]]:
+                a, b = med[sc][ours], med[sc][theirs]
+
+                def ratio(k):
+                    x, y = a.get(k), b.get(k)
+                    return fmt(x / y, "x") if x is not None and y else "–"
+
+                print(
+                    f"| {sc} | {ours} | {theirs} | {ratio('p50')} | {ratio('p99')} | "
+                    f"{ratio('cpu_us')} | {ratio('rss_conn')} |"
+                )
+    print()
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/resonant-compare")
     raw = out / "raw"
     results = {}  # scenario -> server -> [metrics]
     attempts = {}  # scenario -> server -> runs attempted
     extras = {}  # scenario -> server -> {key: [values]}
+    cpu_by_run = {}  # scenario -> server -> {run name: CPU/upd}, to pair runs with the floor's
+    not_applicable = {}  # scenario -> server -> why compare.sh did not run it
     for sc_dir in sorted(p for p in raw.glob("*") if p.is_dir()):
         for srv_dir in sorted(p for p in sc_dir.glob("*") if p.is_dir()):
+            if (srv_dir / "n-a").exists():
+                why = (srv_dir / "n-a").read_text().strip()
+                not_applicable.setdefault(sc_dir.name, {})[srv_dir.name] = why
             for run_dir in sorted(srv_dir.glob("run*")):
                 attempts.setdefault(sc_dir.name, {}).setdefault(srv_dir.name, 0)
                 attempts[sc_dir.name][srv_dir.name] += 1
@@ -153,6 +183,8 @@ def main():
                 m["driver_us"] = driver_us(run_dir, report)
                 m["driver_cores"], m["other_cores"] = machine_load(run_dir)
                 results.setdefault(sc_dir.name, {}).setdefault(srv_dir.name, []).append(m)
+                if m["cpu_us"] is not None:
+                    cpu_by_run.setdefault(sc_dir.name, {}).setdefault(srv_dir.name, {})[run_dir.name] = m["cpu_us"]
                 ex = extras.setdefault(sc_dir.name, {}).setdefault(srv_dir.name, {})
                 for k, v in (report.get("extra") or {}).items():
                     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -173,11 +205,33 @@ def main():
         "run, connecting included) per delivered update, on its one core; *driver cores*: its CPU seconds per wall second (1.00 = its "
         "core is saturated, so latencies include queueing in the driver). *other load*: cores "
         "used meanwhile by other processes on the machine (other people's builds and tests), "
-        "a quality flag: a run with other load ≳ 0.3 is disturbed.\n"
+        "a quality flag: a run with other load ≳ 0.3 is disturbed. *× floor*: CPU/upd as a "
+        "multiple of the floor's (resonant-floor: each frame written to every other socket of "
+        "the room by one blocking thread, nothing else; the least work any server can do per "
+        "delivery), median over runs paired by run number in this same comparison. *n/a*: a "
+        "scenario the server cannot serve.\n"
     )
 
+    def floor_ratio(sc, srv):
+        """srv's CPU/upd over the floor's: median over the runs both have, else of medians."""
+        by_run = cpu_by_run.get(sc, {})
+        mine, floor = by_run.get(srv, {}), by_run.get(FLOOR, {})
+        if srv == FLOOR or not mine or not floor:
+            return None
+        pairs = [mine[r] / floor[r] for r in mine.keys() & floor.keys() if floor[r]]
+        if pairs:
+            return statistics.median(pairs)
+        f = median(floor.values())
+        return median(mine.values()) / f if f else None
+
+    def cpu_cell(sc, srv, cpu_us):
+        r = floor_ratio(sc, srv) if cpu_us is not None else None
+        if r is None:
+            return fmt(cpu_us, "us")
+        return f"{fmt(cpu_us, 'us')} ({r:.1f}× floor)" if r < 10 else f"{fmt(cpu_us, 'us')} ({r:.0f}× floor)"
+
     med = {}
-    for sc in order(results.keys() | attempts.keys(), SCENARIO_ORDER):
+    for sc in order(results.keys() | attempts.keys() | not_applicable.keys(), SCENARIO_ORDER):
         print(f"## {sc}\n")
         if sc in SIZES:
             print(f"{SIZES[sc]}.\n")
@@ -188,8 +242,12 @@ def main():
         else:
             print("| server | mode | runs | p50 ms | p99 ms | max ms | delivered | CPU/upd µs | cores | errors | driver µs/upd | driver cores | other load |")
             print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        servers = order(attempts.get(sc, {}).keys(), SERVER_ORDER)
+        servers = order(attempts.get(sc, {}).keys() | not_applicable.get(sc, {}).keys(), SERVER_ORDER)
         for srv in servers:
+            if srv not in attempts.get(sc, {}):
+                cols = 5 if conn else 10
+                print(f"| {srv} | {MODE.get(srv, '')} | n/a: {not_applicable[sc][srv]} |" + " – |" * cols)
+                continue
             runs = results.get(sc, {}).get(srv, [])
             n = f"{len(runs)}/{attempts[sc][srv]}"
             m = {k: median([r[k] for r in runs]) for k in (runs[0] if runs else {})}
@@ -207,7 +265,7 @@ def main():
             else:
                 print(
                     f"| {srv} | {MODE.get(srv, '')} | {n} | {fmt(g('p50'), 'ms')} | {fmt(g('p99'), 'ms')} | "
-                    f"{fmt(g('max'), 'ms')} | {fmt(g('delivered'), 'ratio')} | {fmt(g('cpu_us'), 'us')} | "
+                    f"{fmt(g('max'), 'ms')} | {fmt(g('delivered'), 'ratio')} | {cpu_cell(sc, srv, g('cpu_us'))} | "
                     f"{fmt(g('cores'), 'cores')} | {fmt(g('errors'), '')} | {fmt(g('driver_us'), 'us')} | "
                     f"{fmt(g('driver_cores'), 'cores')} | {fmt(g('other_cores'), 'cores')} |"
                 )
@@ -223,24 +281,9 @@ def main():
                 print(f"| {srv} | " + " | ".join("–" if v is None else f"{v:.4g}" for v in vals) + " |")
             print()
 
-    # Ratios ours / theirs.
-    print("## Ratios Resonant / peer (medians; < 1 means Resonant is lower, i.e. better)\n")
-    print("| scenario | ours | theirs | p50 | p99 | CPU/upd | RSS/conn |")
-    print("|---|---|---|---|---|---|---|")
-    for sc in order(med.keys(), SCENARIO_ORDER):
-        for ours in [s for s in order(med[sc].keys(), SERVER_ORDER) if s in OURS]:
-            for theirs in [s for s in order(med[sc].keys(), SERVER_ORDER) if s not in OURS]:
-                a, b = med[sc][ours], med[sc][theirs]
-
-                def ratio(k):
-                    x, y = a.get(k), b.get(k)
-                    return fmt(x / y, "x") if x is not None and y else "–"
-
-                print(
-                    f"| {sc} | {ours} | {theirs} | {ratio('p50')} | {ratio('p99')} | "
-                    f"{ratio('cpu_us')} | {ratio('rss_conn')} |"
-                )
-    print()
+    # Ratios ours / theirs (none when only Resonant and the floor ran).
+    if any(s not in OURS + [FLOOR] for sc in med for s in med[sc]):
+        print_ratios(med)
 
     # Targets.
     print("## Resonant against the targets\n")
