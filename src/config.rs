@@ -161,9 +161,11 @@ pub struct ServeConfig {
     #[arg(long, env = "RESONANT_MESSAGE_DEADLINE_SECS", default_value_t = 60.0, value_parser = positive_secs)]
     pub message_deadline_secs: f64,
     /// Shortest time between two store commits, in milliseconds: under load, updates arriving
-    /// meanwhile share one transaction (an idle server commits at once).
-    #[arg(long, env = "RESONANT_COMMIT_INTERVAL_MS", default_value_t = 2.0, value_parser = non_negative_secs)]
-    pub commit_interval_ms: f64,
+    /// meanwhile share one transaction (an idle server commits at once). Default 10 on one
+    /// node, where only save acknowledgements wait for a commit; 2 with --redis-url, where
+    /// other nodes' editors wait for it too.
+    #[arg(long, env = "RESONANT_COMMIT_INTERVAL_MS", value_parser = non_negative_secs)]
+    pub commit_interval_ms: Option<f64>,
     /// Shared secret for HS256 tokens. With neither this nor --jwks-url the server runs in
     /// development mode (everyone is the owner of one default workspace), allowed on
     /// loopback only.

@@ -12,6 +12,7 @@ mod journal;
 mod memory;
 mod postgres;
 mod sqlite;
+mod sqlite_writer;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -31,7 +31,8 @@ async fn stored_seqs(dir: &std::path::Path, room: &str) -> Vec<i64> {
 
 async fn run(faults: Vec<Fault>) {
     let dir = tempfile::tempdir().unwrap();
-    // One connection: whatever state a failure leaves it in meets the next batch.
+    // Writes go through the writer thread's one connection, so whatever state a failure
+    // leaves it in meets the next batch; one pooled connection for reads as well.
     let sqlite: Arc<dyn Store> = Arc::new(
         SqliteStore::open_dir_with_pool(dir.path(), SqliteSync::Full, 1)
             .await

@@ -438,3 +438,76 @@ async fn sqlite_numbering_resumes_after_a_reopen_and_a_compaction() {
         assert_eq!(store.load(room).await.unwrap().head_seq, next);
     }
 }
+
+#[tokio::test]
+async fn an_in_memory_sqlite_url_is_refused_with_a_pointer_to_memory() {
+    // The writer thread opens the database file a second time: an in-memory database would
+    // be a second, empty one, and every write would go where no read looks.
+    for url in ["sqlite::memory:", "sqlite://:memory:"] {
+        let err = match SqliteStore::open_url(url, SqliteSync::Full).await {
+            Ok(_) => panic!("{url} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("memory:"), "{url}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_writes_and_reads_agree_while_the_pool_writes_the_same_file() {
+    // The log is written by the writer thread's own connection while the pool (the
+    // application's tables) writes the same file: both take SQLite's write lock in turn,
+    // neither sees "database is locked", and each batch is numbered from the last.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open_dir(dir.path(), SqliteSync::Normal)
+            .await
+            .unwrap(),
+    );
+    let Some(resonant_store::Db::Sqlite(pool)) = store.db() else {
+        unreachable!()
+    };
+    sqlx::query("CREATE TABLE side (n INTEGER)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = room("shared-file");
+    let writes = {
+        let store = store.clone();
+        let r = r.clone();
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..200u32 {
+                let got = store
+                    .write_batch(
+                        batch(),
+                        &[WriteOp::Append {
+                            room: r.clone(),
+                            data: Bytes::copy_from_slice(&i.to_le_bytes()),
+                        }],
+                    )
+                    .await
+                    .unwrap();
+                seqs.extend(got.into_iter().flatten());
+            }
+            seqs
+        })
+    };
+    for n in 0..200 {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("INSERT INTO side (n) VALUES (?)")
+            .bind(n)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let seqs = writes.await.unwrap();
+    assert_eq!(seqs, (1..=200).collect::<Vec<i64>>());
+    let doc = store.load(&r).await.unwrap();
+    assert_eq!(doc.head_seq, 200);
+    assert_eq!(doc.updates.len(), 200);
+    for (i, (seq, data)) in doc.updates.iter().enumerate() {
+        assert_eq!(*seq, i as i64 + 1);
+        assert_eq!(data[..], (i as u32).to_le_bytes());
+    }
+}
