@@ -43,39 +43,7 @@ pub enum FullAt {
 
 /// An SQLITE_FULL error (extended code 13), as the SQLite driver reports it.
 pub fn full_disk_error() -> StoreError {
-    StoreError::Database(sqlx::Error::Database(Box::new(InjectedFull)))
-}
-
-#[derive(Debug)]
-struct InjectedFull;
-
-impl std::fmt::Display for InjectedFull {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("(code: 13) database or disk is full (injected)")
-    }
-}
-
-impl std::error::Error for InjectedFull {}
-
-impl sqlx::error::DatabaseError for InjectedFull {
-    fn message(&self) -> &str {
-        "database or disk is full (injected)"
-    }
-    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some("13".into())
-    }
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
-    fn kind(&self) -> sqlx::error::ErrorKind {
-        sqlx::error::ErrorKind::Other
-    }
+    crate::sqlite_writer::SqliteError::store_error("database or disk is full (injected)", Some(13))
 }
 
 /// Wraps a store and injects [`Fault`]s into its writes.

@@ -353,20 +353,28 @@ fn db_error(e: rusqlite::Error) -> StoreError {
         rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code),
         _ => None,
     };
-    StoreError::Database(sqlx::Error::Database(Box::new(WriterError {
-        message: e.to_string(),
-        code,
-    })))
+    SqliteError::store_error(&e.to_string(), code)
 }
 
-/// An error of the writer's connection, in sqlx's shape.
+/// An SQLite error that did not come through sqlx (the writer thread's, or an injected one),
+/// in sqlx's shape.
 #[derive(Debug)]
-struct WriterError {
+pub(crate) struct SqliteError {
     message: String,
     code: Option<i32>,
 }
 
-impl std::fmt::Display for WriterError {
+impl SqliteError {
+    /// `message` with SQLite's (extended) result `code`, as a [`StoreError::Database`].
+    pub(crate) fn store_error(message: &str, code: Option<i32>) -> StoreError {
+        StoreError::Database(sqlx::Error::Database(Box::new(SqliteError {
+            message: message.to_string(),
+            code,
+        })))
+    }
+}
+
+impl std::fmt::Display for SqliteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.code {
             Some(code) => write!(f, "(code: {code}) {}", self.message),
@@ -375,9 +383,9 @@ impl std::fmt::Display for WriterError {
     }
 }
 
-impl std::error::Error for WriterError {}
+impl std::error::Error for SqliteError {}
 
-impl sqlx::error::DatabaseError for WriterError {
+impl sqlx::error::DatabaseError for SqliteError {
     fn message(&self) -> &str {
         &self.message
     }
