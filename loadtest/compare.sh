@@ -13,6 +13,9 @@
 #                        checkpointed every 10 s)
 #   y-sweet-memory       y-sweet serve without a store (memory only; not in the default list,
 #                        add it for a like-for-like row against resonant-memory)
+#   resonant-before-sqlite, resonant-before-memory
+#                        the same two modes of another build of resonant: RESONANT_BEFORE=path
+#                        to its binary (for a before/after table in one run)
 #   floor                resonant-floor (loadtest/src/bin/floor.rs): relays each frame to the
 #                        room's other sockets from one blocking thread and does nothing else,
 #                        the least work any server can do per delivery. No document, so
@@ -23,7 +26,9 @@
 # own fan-in cost), fanout-1x100 fanout-1x1000 fanout-250x2 (many rooms at a load the
 # one-core driver keeps up with) fanout-1000x2 connections-5000, and
 # awareness, coldload, churn when this build of resonant-loadtest has them (EXTRA_RUNS runs
-# each, default 1). Each server runs pinned to core SERVER_CPU (0), the driver to DRIVER_CPU
+# each, default 1). The performance pass's table (issue 19) uses fanout-1x50 fanout-10x10
+# awareness-20x20 connections-1000 coldload-5mb churn-joins (the last five also EXTRA_RUNS).
+# Each server runs pinned to core SERVER_CPU (0), the driver to DRIVER_CPU
 # (1); every run gets a fresh server process and data dir, and a bounded time.
 #
 # Peers are installed once under PEERS_DIR (default ~/.cache/resonant-peers) from npm and
@@ -107,6 +112,15 @@ if [[ "$BUILD" == 1 ]]; then
   (cd "$ROOT" && cargo build --release -p resonant -p resonant-loadtest)
 fi
 [[ -x "$LT" && -x "$RESONANT" ]] || { echo "missing $LT or $RESONANT" >&2; exit 1; }
+if wants resonant-before-sqlite || wants resonant-before-memory; then
+  [[ -x "${RESONANT_BEFORE:-}" ]] || {
+    echo "resonant-before-* needs RESONANT_BEFORE=path to another resonant binary" >&2
+    exit 1
+  }
+  mkdir -p "$OUT/bin"
+  cp -f "$RESONANT_BEFORE" "$OUT/bin/resonant-before"
+  RESONANT_BEFORE="$OUT/bin/resonant-before"
+fi
 if wants floor; then [[ -x "$FLOOR" ]] || { echo "missing $FLOOR" >&2; exit 1; }; fi
 # Run copies, so that a rebuild in the shared target dir during the run changes nothing.
 mkdir -p "$OUT/bin"
@@ -131,6 +145,14 @@ scenario_args() {
   fanout-1x1000) echo "fanout --rooms 1 --clients 1000 --rate 50 --duration 10" ;;
   fanout-250x2) echo "fanout --rooms 250 --clients 2 --rate 25 --duration 10" ;;
   fanout-1000x2) echo "fanout --rooms 1000 --clients 2 --rate 25 --duration 10" ;;
+  fanout-1x50) echo "fanout --rooms 1 --clients 50 --rate 50 --duration 10" ;;
+  fanout-10x10) echo "fanout --rooms 10 --clients 10 --rate 50 --duration 10" ;;
+  awareness-20x20) echo "awareness --rooms 1 --clients 20 --rate 20 --doc-rate 20 --duration 10" ;;
+  connections-1000) echo "connections --rooms 10 --clients 100 --connect-rate 1000 --duration 3" ;;
+  # Past the servers' room grace (Resonant: 5 s), so the document is loaded from the store.
+  coldload-5mb) echo "coldload --clients 1 --doc-bytes 5000000 --wait-unload 7 --duration 10" ;;
+  # Joins per second beside 50 stable readers of a 20/s writer (their p99 is the figure).
+  churn-joins) echo "churn --rooms 1 --clients 50 --rate 20 --churn-rate ${JOIN_RATE:-200} --duration 10" ;;
   connections-5000) echo "connections --rooms 10 --clients 500 --connect-rate 2000 --duration 3 --source-addrs 4" ;;
   awareness) echo "awareness ${ARGS_awareness:---rooms 1 --clients 50 --rate 10 --doc-rate 20 --duration 10}" ;;
   coldload) echo "coldload ${ARGS_coldload:---clients 20 --doc-bytes 1000000 --duration 10}" ;;
@@ -145,7 +167,10 @@ scenario_limit() {
   esac
 }
 scenario_runs() {
-  case "$1" in awareness | coldload | churn) echo "$EXTRA_RUNS" ;; *) echo "$RUNS" ;; esac
+  case "$1" in
+  awareness* | coldload* | churn* | fanout-10x10 | connections-1000) echo "$EXTRA_RUNS" ;;
+  *) echo "$RUNS" ;;
+  esac
 }
 # Rooms to create up front (y-sweet's HTTP API) for a scenario id.
 scenario_rooms() {
@@ -163,8 +188,8 @@ PORT="$BASE_PORT"
 
 server_mode() {
   case "$1" in
-  resonant-sqlite) echo "durable: SQLite, fsync per commit (--sqlite-sync full)" ;;
-  resonant-memory) echo "not durable: --database-url memory:" ;;
+  resonant-sqlite | resonant-before-sqlite) echo "durable: SQLite, fsync per commit (--sqlite-sync full)" ;;
+  resonant-memory | resonant-before-memory) echo "not durable: --database-url memory:" ;;
   y-websocket-server) echo "not durable: in-memory documents (no YPERSISTENCE)" ;;
   y-sweet) echo "durable-ish: local dir store, checkpoint every 10 s (dev mode)" ;;
   y-sweet-memory) echo "not durable: no store" ;;
@@ -175,13 +200,14 @@ server_mode() {
 # Why server $1 cannot serve scenario $2 (exit 1 when it can).
 server_cannot() {
   case "$1:$2" in
-  floor:coldload) echo "the floor keeps no document, and a cold load has no peer left to sync from" ;;
+  floor:coldload*) echo "the floor keeps no document, and a cold load has no peer left to sync from" ;;
   *) return 1 ;;
   esac
 }
 
 server_version() {
   case "$1" in
+  resonant-before-*) echo "$("$RESONANT_BEFORE" --version 2>/dev/null | head -n1) (RESONANT_BEFORE)" ;;
   resonant-*) "$RESONANT" --version 2>/dev/null | head -n1 ;;
   y-websocket-server)
     echo "@y/websocket-server $(node -p "require('$YWS_DIR/node_modules/@y/websocket-server/package.json').version") (yjs $(node -p "require('$YWS_DIR/node_modules/yjs/package.json').version"), ws $(node -p "require('$YWS_DIR/node_modules/ws/package.json').version"), node $(node --version))"
@@ -195,15 +221,19 @@ start_server() { # name dir log
   local name="$1" dir="$2" logf="$3"
   PORT=$((PORT + 1))
   case "$name" in
-  resonant-sqlite)
+  resonant-sqlite | resonant-before-sqlite)
+    bin="$RESONANT"
+    [[ "$name" == resonant-before-* ]] && bin="$RESONANT_BEFORE"
     # shellcheck disable=SC2086
-    taskset -c "$SERVER_CPU" "$RESONANT" serve --port "$PORT" --data-dir "$dir" --log warn \
+    taskset -c "$SERVER_CPU" "$bin" serve --port "$PORT" --data-dir "$dir" --log warn \
       $RESONANT_ARGS >"$logf" 2>&1 &
     URL="ws://127.0.0.1:$PORT/sync/{room}"
     ;;
-  resonant-memory)
+  resonant-memory | resonant-before-memory)
+    bin="$RESONANT"
+    [[ "$name" == resonant-before-* ]] && bin="$RESONANT_BEFORE"
     # shellcheck disable=SC2086
-    taskset -c "$SERVER_CPU" "$RESONANT" serve --port "$PORT" --database-url memory: \
+    taskset -c "$SERVER_CPU" "$bin" serve --port "$PORT" --database-url memory: \
       --log warn $RESONANT_ARGS >"$logf" 2>&1 &
     URL="ws://127.0.0.1:$PORT/sync/{room}"
     ;;

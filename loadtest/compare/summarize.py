@@ -24,12 +24,20 @@ SCENARIO_ORDER = [
     "awareness",
     "coldload",
     "churn",
+    "fanout-1x50",
+    "fanout-10x10",
+    "awareness-20x20",
+    "connections-1000",
+    "coldload-5mb",
+    "churn-joins",
 ]
 FLOOR = "floor"
 SERVER_ORDER = [
     FLOOR,
     "resonant-sqlite",
     "resonant-memory",
+    "resonant-before-sqlite",
+    "resonant-before-memory",
     "y-websocket-server",
     "y-sweet",
     "y-sweet-memory",
@@ -39,6 +47,8 @@ MODE = {
     FLOOR: "no document: relay only",
     "resonant-sqlite": "durable (SQLite, fsync/commit)",
     "resonant-memory": "memory only",
+    "resonant-before-sqlite": "another build (RESONANT_BEFORE), durable",
+    "resonant-before-memory": "another build (RESONANT_BEFORE), memory only",
     "y-websocket-server": "memory only",
     "y-sweet": "dir store, 10 s checkpoints",
     "y-sweet-memory": "memory only",
@@ -50,6 +60,12 @@ SIZES = {
     "fanout-250x2": "250 rooms × (1 writer @ 25 edits/s + 2 readers), 10 s (a load the driver's one core keeps up with)",
     "fanout-1000x2": "1000 rooms × (1 writer @ 25 edits/s + 2 readers), 10 s",
     "connections-5000": "10 rooms × 500 idle synced connections, held 3 s",
+    "fanout-1x50": "1 room × 50 readers, 1 writer @ 50 edits/s, 10 s",
+    "fanout-10x10": "10 rooms × (1 writer @ 50 edits/s + 10 readers), 10 s",
+    "awareness-20x20": "1 room, 20 clients moving cursors @ 20 Hz + a writer @ 20 edits/s, 10 s",
+    "connections-1000": "10 rooms × 100 idle synced connections, held 3 s",
+    "coldload-5mb": "a 5 MB document loaded by 1 client after the room left memory",
+    "churn-joins": "50 stable readers of a 20/s writer while clients join at JOIN_RATE/s (default 200) and leave after 0.5-3 s",
 }
 
 
