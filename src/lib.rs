@@ -291,7 +291,7 @@ pub async fn start_with_store(
     if resumed > 0 {
         tracing::info!(resumed, "executions resumed");
     }
-    let state = AppState {
+    let state = AppState::new(state::AppInner {
         proxies: client_ip::TrustedProxies::parse(&config.trusted_proxies)
             .map_err(anyhow::Error::msg)?,
         engine: engine.clone(),
@@ -307,7 +307,7 @@ pub async fn start_with_store(
         connections: Arc::new(Semaphore::new(max_connections)),
         admission: Arc::new(admission::Admission::new(config.max_joins_per_sec)),
         config: Arc::new(config),
-    };
+    });
     let http_limits = serve::Limits {
         max_http: max_connections,
         max_http_per_ip: state.config.max_http_connections_per_ip,

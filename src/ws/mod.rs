@@ -756,16 +756,31 @@ async fn reader(
                     match msg {
                         Ok(None) => {}
                         Ok(Some(ClientMsg::Connection(msg))) => {
-                            match connection_message(app, &session, &mut auth, &broadcasts, msg)
-                                .await
-                            {
+                            // Boxed, as is the execution handler below: both are rare and
+                            // their futures large (database calls); inline, they sized every
+                            // connection's task (13.1 -> 10.4 KB, docs/benchmarks.md).
+                            let handled = Box::pin(connection_message(
+                                app,
+                                &session,
+                                &mut auth,
+                                &broadcasts,
+                                msg,
+                            ))
+                            .await;
+                            match handled {
                                 Handled::Yes => {}
                                 Handled::Refreshed => expiry.as_mut().reset(auth.deadline()),
                             }
                             continue;
                         }
                         Ok(Some(ClientMsg::Execution(request))) => {
-                            crate::ws::exec::handle(app, &session, &auth.exec(), request).await;
+                            Box::pin(crate::ws::exec::handle(
+                                app,
+                                &session,
+                                &auth.exec(),
+                                request,
+                            ))
+                            .await;
                             continue;
                         }
                         Err(bad) => {
