@@ -1006,7 +1006,12 @@ async fn a_big_allowed_loop_does_not_hold_up_another_users_run() {
         worst.as_millis(),
         big_done["status"]
     );
-    assert!(worst < Duration::from_secs(2), "{worst:?}");
+    // 0.06 s when idle, 14 s behind a 100k-iteration loop before the fix. On a machine
+    // half as fast as the one this bound was set on, the same build gives 0.1-2.7 s (the
+    // loop's event commits and the canary's contend for SQLite's write lock, whose busy
+    // handler retries with sleeps of up to 100 ms: see the open risk in docs/benchmarks.md),
+    // so the bound leaves room for that and still catches the old starvation.
+    assert!(worst < Duration::from_secs(5), "{worst:?}");
     let (s, _) = p
         .call(
             Method::POST,
