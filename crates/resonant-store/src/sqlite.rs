@@ -14,7 +14,7 @@ use sqlx::{Connection, Row};
 
 use crate::fault::FullAt;
 use crate::sqlite_writer::Writer;
-use crate::{BatchId, LastCommit, Store, StoreError, StoredDoc, WriteOp};
+use crate::{BatchId, Store, StoreError, StoredDoc, WriteOp};
 
 /// How hard SQLite syncs a commit to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,7 +40,6 @@ pub struct SqliteStore {
     lock: Arc<Mutex<Option<std::fs::File>>>,
     /// A simulated full disk for the next write transaction (see [`Store::inject_full_disk`]).
     full_disk: Arc<Mutex<Option<FullAt>>>,
-    last: Arc<LastCommit>,
     /// The thread that runs every write transaction (see `sqlite_writer`).
     writer: Arc<Writer>,
 }
@@ -115,14 +114,12 @@ impl SqliteStore {
         migrator.set_ignore_missing(true);
         migrator.run(&pool).await?;
         let full_disk: Arc<Mutex<Option<FullAt>>> = Arc::default();
-        let last: Arc<LastCommit> = Arc::default();
-        let writer = Writer::start(path.clone(), sync, full_disk.clone(), last.clone())?;
+        let writer = Writer::start(path.clone(), sync, full_disk.clone())?;
         Ok(SqliteStore {
             pool,
             path,
             lock: Arc::default(),
             full_disk,
-            last,
             writer: Arc::new(writer),
         })
     }
@@ -171,9 +168,6 @@ impl Store for SqliteStore {
         batch: BatchId,
         ops: &[WriteOp],
     ) -> Result<Vec<Option<i64>>, StoreError> {
-        if let Some(seqs) = self.last.get(batch) {
-            return Ok(seqs);
-        }
         self.writer.write_batch(batch, ops.to_vec()).await
     }
 

@@ -60,7 +60,6 @@ impl Writer {
         path: PathBuf,
         sync: SqliteSync,
         full_disk: Arc<Mutex<Option<FullAt>>>,
-        last: Arc<LastCommit>,
     ) -> Result<Writer, StoreError> {
         let mut state = State {
             path,
@@ -68,7 +67,7 @@ impl Writer {
             conn: None,
             heads: HashMap::new(),
             full_disk,
-            last,
+            last: LastCommit::default(),
         };
         // Open now, so that a database the writer cannot open fails at start, not at the
         // first edit.
@@ -124,7 +123,8 @@ struct State {
     /// in it only by this thread, so numbering from memory is exact.
     heads: HashMap<String, Head>,
     full_disk: Arc<Mutex<Option<FullAt>>>,
-    last: Arc<LastCommit>,
+    /// The last committed batch's seqs, for a retry whose first reply was lost.
+    last: LastCommit,
 }
 
 impl State {
