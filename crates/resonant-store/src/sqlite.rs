@@ -26,14 +26,22 @@ pub enum SqliteSync {
     Normal,
 }
 
-/// Connections per pool (reads, and the application's tables): the log's writes go through
-/// the writer thread's own connection, so a few are enough for concurrent room loads.
+/// Connections for the log's reads: its writes go through the writer thread's own
+/// connection, so a few are enough for concurrent room loads.
 const DEFAULT_POOL_SIZE: u32 = 8;
 
 /// SQLite-backed [`Store`].
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// Reads of the document log.
     pool: SqlitePool,
+    /// The application's tables (workspaces, executions, events...): one connection, so
+    /// their write transactions take SQLite's write lock in the order they asked for it.
+    /// With several, the losers wait in SQLite's busy handler, which retries by sleeping up
+    /// to 100 ms a try and lets a writer that commits and begins again at once go first: a
+    /// run's event commits behind a 10,000-iteration loop took up to 2.7 s. sqlx's pool
+    /// hands its connection out first come, first served.
+    app: SqlitePool,
     /// The database file.
     path: PathBuf,
     /// The open lock file while this process holds the database (see `lock_exclusive`).
@@ -97,17 +105,10 @@ impl SqliteStore {
                 SqliteSync::Normal => SqliteSynchronous::Normal,
             })
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(max_connections)
-            // Every connection coming back (also from the relational tables' code, which
-            // uses sqlx transactions) is checked: one still inside a transaction, as SQLite
-            // or sqlx sees it, is closed rather than reused. After a COMMIT that failed and
-            // rolled back by itself (a full disk), sqlx-sqlite 0.8 still counts the
-            // transaction as open, and the connection's next `begin` would send `SAVEPOINT`,
-            // nesting every later transaction in one that never commits (docs/upstream/).
-            .after_release(|conn, _| Box::pin(async move { Ok(!in_transaction(conn).await?) }))
-            .connect_with(opts)
+        let pool = checked_pool(max_connections)
+            .connect_with(opts.clone())
             .await?;
+        let app = checked_pool(1).connect_with(opts).await?;
         // The application's tables share this database and its migration history but are
         // migrated by resonant-db (0003 onwards): their versions are not missing, just not ours.
         let mut migrator = sqlx::migrate!("./migrations/sqlite");
@@ -117,6 +118,7 @@ impl SqliteStore {
         let writer = Writer::start(path.clone(), sync, full_disk.clone())?;
         Ok(SqliteStore {
             pool,
+            app,
             path,
             lock: Arc::default(),
             full_disk,
@@ -231,7 +233,7 @@ impl Store for SqliteStore {
     }
 
     fn db(&self) -> Option<crate::Db> {
-        Some(crate::Db::Sqlite(self.pool.clone()))
+        Some(crate::Db::Sqlite(self.app.clone()))
     }
 
     async fn delete_room(&self, room: &str) -> Result<(), StoreError> {
@@ -241,6 +243,17 @@ impl Store for SqliteStore {
 
 /// Whether SQLite (autocommit off) or sqlx (its transaction depth) thinks `conn` is inside a
 /// transaction. Either means the connection must not be reused.
+/// A pool whose connections are checked as they come back: one still inside a transaction,
+/// as SQLite or sqlx sees it, is closed rather than reused. After a COMMIT that failed and
+/// rolled back by itself (a full disk), sqlx-sqlite 0.8 still counts the transaction as open,
+/// and the connection's next `begin` would send `SAVEPOINT`, nesting every later transaction
+/// in one that never commits (docs/upstream/).
+fn checked_pool(max_connections: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max_connections)
+        .after_release(|conn, _| Box::pin(async move { Ok(!in_transaction(conn).await?) }))
+}
+
 async fn in_transaction(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
     let autocommit = {
         let mut handle = conn.lock_handle().await?;
