@@ -1,7 +1,7 @@
 //! One connection's outbound side: a byte-bounded queue and a way to close it from anywhere.
 //!
 //! Fan-out runs inside a room's update observer, which must not block, so each peer has an
-//! unbounded channel whose *bytes* are counted: a peer whose backlog passes the limit is
+//! unbounded queue whose *bytes* are counted: a peer whose backlog passes the limit is
 //! closed (close code 4000, the client reconnects and resyncs) instead of being skipped or
 //! allowed to grow server memory. A message is never dropped silently.
 //!
@@ -12,11 +12,14 @@
 //! asking without reading is still closed.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::task::Poll;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
 
 /// A WebSocket close code and reason the transport should send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +54,7 @@ static SLOW_CONSUMER_CLOSES: LazyLock<metrics::Counter> =
 /// The room's handle on one connection.
 pub struct Peer {
     id: u64,
-    tx: mpsc::UnboundedSender<Queued>,
+    queue: Arc<Queue>,
     /// Broadcast bytes queued and not yet written.
     queued_bytes: AtomicUsize,
     /// Reply bytes queued and not yet written.
@@ -69,10 +72,10 @@ pub struct Peer {
 impl Peer {
     /// Creates a peer and the receiving end its transport drains.
     pub fn new(id: u64, max_queued_bytes: usize, can_write: bool) -> (Peer, Outbox) {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue::default());
         let peer = Peer {
             id,
-            tx,
+            queue: queue.clone(),
             queued_bytes: AtomicUsize::new(0),
             reply_bytes: AtomicUsize::new(0),
             max_queued_bytes,
@@ -82,7 +85,7 @@ impl Peer {
             can_write: AtomicBool::new(can_write),
             extensions: AtomicBool::new(false),
         };
-        (peer, Outbox { rx })
+        (peer, Outbox { queue })
     }
 
     /// The connection id (unique within this process).
@@ -142,7 +145,7 @@ impl Peer {
             ));
             return false;
         }
-        self.tx.send(Queued::Message(msg.clone(), kind)).is_ok()
+        self.queue.push(msg.clone(), kind)
     }
 
     fn cost(&self, len: usize) -> usize {
@@ -161,7 +164,7 @@ impl Peer {
         if self.close.set(close).is_ok() {
             self.close_signal.notify_waiters();
             // Wakes the transport if it is waiting for a message (it then finds the close).
-            let _ = self.tx.send(Queued::Closing);
+            self.queue.waker.wake();
         }
     }
 
@@ -213,18 +216,53 @@ enum Kind {
     Reply,
 }
 
-/// What a peer's queue carries.
-enum Queued {
-    Message(Bytes, Kind),
-    /// Sent once by [`Peer::close`]. The transport's wait for the next message is then its
-    /// wait for a close too, with no close waiter registered per message (a `Notify` waiter
-    /// takes a lock to register and another to drop, on every delivery).
-    Closing,
+/// A peer's messages on their way to its transport.
+///
+/// Not a tokio channel: an unbounded `mpsc` allocates its first block of 32 slots and its
+/// shared state up front, ~2 KB for every connection, most of them idle. This deque holds
+/// nothing until a message comes and gives a burst's room back once it is written.
+#[derive(Default)]
+struct Queue {
+    messages: parking_lot::Mutex<VecDeque<(Bytes, Kind)>>,
+    /// The transport waiting for a message or a close.
+    waker: AtomicWaker,
+    /// The transport is gone: nothing more will be written.
+    dropped: AtomicBool,
+}
+
+/// Capacity a drained queue may keep (a burst's is given back).
+const KEEP_CAPACITY: usize = 16;
+
+impl Queue {
+    fn push(&self, msg: Bytes, kind: Kind) -> bool {
+        if self.dropped.load(Ordering::Acquire) {
+            return false;
+        }
+        self.messages.lock().push_back((msg, kind));
+        self.waker.wake();
+        true
+    }
+
+    fn pop(&self) -> Option<(Bytes, Kind)> {
+        let mut messages = self.messages.lock();
+        let next = messages.pop_front();
+        if messages.is_empty() && messages.capacity() > KEEP_CAPACITY {
+            *messages = VecDeque::new();
+        }
+        next
+    }
 }
 
 /// The transport's end of a peer's queue.
 pub struct Outbox {
-    rx: mpsc::UnboundedReceiver<Queued>,
+    queue: Arc<Queue>,
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.queue.dropped.store(true, Ordering::Release);
+        self.queue.messages.lock().clear();
+    }
 }
 
 /// What the transport should do next.
@@ -244,27 +282,31 @@ pub enum Outgoing {
 impl Outbox {
     /// Waits for the next message, or for a close request (which takes priority).
     pub async fn recv(&mut self, peer: &Peer) -> Outgoing {
-        loop {
-            if let Some(close) = peer.close.get() {
-                return Outgoing::Close {
-                    close: close.clone(),
-                    last: peer.last_words.get().cloned(),
-                };
+        std::future::poll_fn(|cx| {
+            if let Some(out) = self.ready(peer) {
+                return Poll::Ready(out);
             }
-            match self.rx.recv().await {
-                Some(Queued::Message(msg, kind)) => {
-                    peer.written(msg.len(), kind);
-                    return Outgoing::Message(msg);
-                }
-                Some(Queued::Closing) => continue,
-                None => {
-                    return Outgoing::Close {
-                        close: Close::new(1000, ""),
-                        last: None,
-                    }
-                }
+            self.queue.waker.register(cx.waker());
+            // Checked again once registered: a message or close that came in between would
+            // otherwise wait for the next one.
+            match self.ready(peer) {
+                Some(out) => Poll::Ready(out),
+                None => Poll::Pending,
             }
+        })
+        .await
+    }
+
+    fn ready(&self, peer: &Peer) -> Option<Outgoing> {
+        if let Some(close) = peer.close.get() {
+            return Some(Outgoing::Close {
+                close: close.clone(),
+                last: peer.last_words.get().cloned(),
+            });
         }
+        let (msg, kind) = self.queue.pop()?;
+        peer.written(msg.len(), kind);
+        Some(Outgoing::Message(msg))
     }
 
     /// Takes a message that is already queued, without waiting (to batch writes).
@@ -272,13 +314,9 @@ impl Outbox {
         if peer.is_closing() {
             return None;
         }
-        match self.rx.try_recv().ok()? {
-            Queued::Message(msg, kind) => {
-                peer.written(msg.len(), kind);
-                Some(msg)
-            }
-            Queued::Closing => None,
-        }
+        let (msg, kind) = self.queue.pop()?;
+        peer.written(msg.len(), kind);
+        Some(msg)
     }
 }
 
@@ -382,6 +420,33 @@ mod tests {
             }
             other => panic!("expected close, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_gives_a_bursts_room_back() {
+        let (peer, mut outbox) = Peer::new(1, 1 << 20, true);
+        assert_eq!(
+            peer.queue.messages.lock().capacity(),
+            0,
+            "idle: nothing held"
+        );
+        for _ in 0..100 {
+            assert!(peer.send(&Bytes::from_static(&[1])));
+        }
+        assert!(peer.queue.messages.lock().capacity() >= 100);
+        assert!(matches!(outbox.recv(&peer).await, Outgoing::Message(_)));
+        while outbox.try_recv(&peer).is_some() {}
+        assert!(peer.queue.messages.lock().capacity() <= KEEP_CAPACITY);
+        assert_eq!(peer.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn nothing_is_queued_for_a_transport_that_is_gone() {
+        let (peer, outbox) = Peer::new(1, 1 << 20, true);
+        assert!(peer.send(&Bytes::from_static(&[1])));
+        drop(outbox);
+        assert!(!peer.send(&Bytes::from_static(&[1])));
+        assert!(peer.queue.messages.lock().is_empty());
     }
 
     #[test]
