@@ -357,9 +357,9 @@ async fn connection(
     principal: Principal,
     grant: Grant,
     app: AppState,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    let _guard = ConnectionGuard::new();
+    let guard = ConnectionGuard::new();
     let (mut sink, mut stream) = socket.split();
     let (session, outbox) = match app.rooms.join(&room, grant.role.allows(Action::Edit)).await {
         Ok(joined) => joined,
@@ -371,53 +371,93 @@ async fn connection(
         }
     };
     let span = tracing::info_span!("conn", room = %room, conn = session.peer().id(), user = %principal.user.id);
-    async move {
-        tracing::debug!("connected");
-        let peer = session.peer().clone();
-        let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
-        let write_timeout = crate::config::secs(app.config.write_timeout_secs);
-        let writer = app.tracker.spawn(
-            writer(
-                sink,
-                outbox,
-                peer.clone(),
-                ack_rx,
-                app.rooms.journal().subscribe(),
-                crate::config::secs(app.config.ping_interval_secs),
-                write_timeout,
-            )
-            .in_current_span(),
-        );
-        let abort = writer.abort_handle();
-        // Editors of a workflow get its execution events (once they opt in to extensions).
-        let workflow = db::workflow_of_room(&room).map(str::to_owned);
-        let _events = workflow
-            .as_deref()
-            .map(|wf| app.engine.events().subscribe(wf, peer.clone()));
-        let auth = SocketAuth {
-            role: grant.role,
-            workflow,
-            user: principal.user.id.clone(),
-            external_id: principal.user.external_id.clone(),
-            expires_at: principal.expires_at,
-            watch: grant.watch,
-            presence: app.access.connect(&principal.user.external_id),
-        };
-        reader(stream, session, ack_tx, &app, auth).await;
-        // The session is gone (left the room); the writer sends the close frame, bounded by
-        // the write timeout, and is aborted if it cannot.
-        peer.close(Close::new(1000, ""));
-        if tokio::time::timeout(write_timeout + Duration::from_secs(1), writer)
-            .await
-            .is_err()
-        {
-            abort.abort();
-            tracing::warn!("writer did not finish in time; aborted");
-        }
-        tracing::debug!("disconnected");
+    let _entered = span.enter();
+    tracing::debug!("connected");
+    let peer = session.peer().clone();
+    let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
+    let write_timeout = crate::config::secs(app.config.write_timeout_secs);
+    let writer = app.tracker.spawn(
+        writer(
+            sink,
+            outbox,
+            peer.clone(),
+            ack_rx,
+            app.rooms.journal().subscribe(),
+            crate::config::secs(app.config.ping_interval_secs),
+            write_timeout,
+        )
+        .in_current_span(),
+    );
+    // Editors of a workflow get its execution events (once they opt in to extensions).
+    let workflow = db::workflow_of_room(&room).map(str::to_owned);
+    let events = workflow
+        .as_deref()
+        .map(|wf| app.engine.events().subscribe(wf, peer.clone()));
+    let auth = SocketAuth {
+        role: grant.role,
+        workflow,
+        user: principal.user.id.clone(),
+        external_id: principal.user.external_id.clone(),
+        expires_at: principal.expires_at,
+        watch: grant.watch,
+        presence: app.access.connect(&principal.user.external_id),
+    };
+    let held = Held {
+        _guard: guard,
+        _permit: permit,
+        _events: events,
+    };
+    // The connection's life runs as a task of its own, so this one ends here: its future
+    // keeps the upgrade, the handshake, the principal and the unsplit socket's slots (3.7 of
+    // the 4.3 KB its task took for as long as the connection lived, docs/benchmarks.md).
+    let live = live(
+        stream,
+        session,
+        ack_tx,
+        app.clone(),
+        auth,
+        writer,
+        write_timeout,
+        held,
+    );
+    app.tracker.spawn(live.in_current_span());
+}
+
+/// What a connection holds for its whole life without using it: dropped when it ends.
+struct Held {
+    _guard: ConnectionGuard,
+    _permit: OwnedSemaphorePermit,
+    _events: Option<resonant_engine::events::Subscription>,
+}
+
+/// A joined connection from its first frame to its end: reads until the session is over,
+/// then lets the writer send the close frame (bounded by the write timeout).
+#[allow(clippy::too_many_arguments)]
+async fn live(
+    stream: SplitStream<WebSocket>,
+    session: Session,
+    acks: mpsc::Sender<Ticket>,
+    app: AppState,
+    auth: SocketAuth,
+    writer: tokio::task::JoinHandle<()>,
+    write_timeout: Duration,
+    held: Held,
+) {
+    let peer = session.peer().clone();
+    let abort = writer.abort_handle();
+    reader(stream, session, acks, &app, auth).await;
+    // The session is gone (left the room); the writer sends the close frame, bounded by
+    // the write timeout, and is aborted if it cannot.
+    peer.close(Close::new(1000, ""));
+    if tokio::time::timeout(write_timeout + Duration::from_secs(1), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+        tracing::warn!("writer did not finish in time; aborted");
     }
-    .instrument(span)
-    .await
+    drop(held);
+    tracing::debug!("disconnected");
 }
 
 /// A connection's identity while it lives: whose token, until when, and its role's updates.
@@ -863,7 +903,10 @@ async fn writer(
     loop {
         let result = tokio::select! {
             out = outbox.recv(&peer) => match out {
-                Outgoing::Message(first) => write_batch(&mut sink, &mut outbox, &peer, first, write_timeout).await,
+                // Boxed: its 656 bytes (the timed feeds and flush) would otherwise size the
+                // writer's task for the connection's whole life, idle or not (one allocation
+                // per batch, against ~10 us of socket write per message).
+                Outgoing::Message(first) => Box::pin(write_batch(&mut sink, &mut outbox, &peer, first, write_timeout)).await,
                 Outgoing::Close { close, last } => {
                     if close.code != 1000 {
                         tracing::debug!(code = close.code, reason = %close.reason, "sending close");
