@@ -92,8 +92,6 @@ static WRITE_TIMEOUTS: LazyLock<metrics::Counter> =
 
 /// Most queued messages written before one flush.
 const WRITE_BATCH: usize = 64;
-/// Most save acknowledgements waiting for a commit before the reader waits too.
-const ACK_QUEUE: usize = 1024;
 /// Largest message read from a connection that is being refused: enough for a close frame.
 const REFUSAL_MAX_MESSAGE: usize = 1 << 10;
 /// Messages larger than this go out as several frames of this size.
@@ -374,14 +372,12 @@ async fn connection(
     let _entered = span.enter();
     tracing::debug!("connected");
     let peer = session.peer().clone();
-    let (ack_tx, ack_rx) = mpsc::channel(ACK_QUEUE);
     let write_timeout = crate::config::secs(app.config.write_timeout_secs);
     let writer = app.tracker.spawn(
         writer(
             sink,
             outbox,
             peer.clone(),
-            ack_rx,
             app.rooms.journal().subscribe(),
             crate::config::secs(app.config.ping_interval_secs),
             write_timeout,
@@ -413,7 +409,6 @@ async fn connection(
     let live = live(
         stream,
         session,
-        ack_tx,
         app.clone(),
         auth,
         writer,
@@ -432,32 +427,37 @@ struct Held {
 
 /// A joined connection from its first frame to its end: reads until the session is over,
 /// then lets the writer send the close frame (bounded by the write timeout).
+///
+/// `live`, `reader` and `writer` return an `async move` block instead of being `async fn`s:
+/// an `async fn` moves its arguments into locals of its future, which keeps a slot for each
+/// argument twice for the connection's whole life (the block uses its captures in place).
 #[allow(clippy::too_many_arguments)]
-async fn live(
+fn live(
     stream: SplitStream<WebSocket>,
     session: Session,
-    acks: mpsc::Sender<Ticket>,
     app: AppState,
     auth: SocketAuth,
     writer: tokio::task::JoinHandle<()>,
     write_timeout: Duration,
     held: Held,
-) {
-    let peer = session.peer().clone();
-    let abort = writer.abort_handle();
-    reader(stream, session, acks, &app, auth).await;
-    // The session is gone (left the room); the writer sends the close frame, bounded by
-    // the write timeout, and is aborted if it cannot.
-    peer.close(Close::new(1000, ""));
-    if tokio::time::timeout(write_timeout + Duration::from_secs(1), writer)
-        .await
-        .is_err()
-    {
-        abort.abort();
-        tracing::warn!("writer did not finish in time; aborted");
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let peer = session.peer().clone();
+        let abort = writer.abort_handle();
+        reader(stream, session, &app, auth).await;
+        // The session is gone (left the room); the writer sends the close frame, bounded by
+        // the write timeout, and is aborted if it cannot.
+        peer.close(Close::new(1000, ""));
+        if tokio::time::timeout(write_timeout + Duration::from_secs(1), writer)
+            .await
+            .is_err()
+        {
+            abort.abort();
+            tracing::warn!("writer did not finish in time; aborted");
+        }
+        drop(held);
+        tracing::debug!("disconnected");
     }
-    drop(held);
-    tracing::debug!("disconnected");
 }
 
 /// A connection's identity while it lives: whose token, until when, and its role's updates.
@@ -639,222 +639,223 @@ fn byte_budget(per_sec: usize, max_message: usize) -> Option<DefaultDirectRateLi
     ))
 }
 
-async fn reader(
+fn reader(
     mut stream: SplitStream<WebSocket>,
     mut session: Session,
-    acks: mpsc::Sender<Ticket>,
     app: &AppState,
     mut auth: SocketAuth,
-) {
-    let idle_timeout = crate::config::secs(app.config.idle_timeout_secs);
-    let peer = session.peer().clone();
-    let journal = app.rooms.journal().clone();
-    // One timer for the connection's life, moved forward lazily when it fires: re-arming a
-    // timer on every frame would put timer-wheel work on the hot path.
-    let mut last_frame = Instant::now();
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
-    let expiry = tokio::time::sleep_until(auth.deadline());
-    tokio::pin!(expiry);
-    let mut watch = auth.watch.take();
-    let budget = byte_budget(
-        app.config.socket_bytes_per_sec,
-        app.config.max_message_bytes,
-    );
-    let broadcasts = BroadcastBudget::new();
-    let mut access_told = false;
-    loop {
-        let next = tokio::select! {
-            next = stream.next() => next,
-            _ = auth.presence.kicked() => {
-                tracing::info!("user deleted; closing");
-                peer.close(Close::new(close_code::UNAUTHORIZED, "user deleted"));
-                return;
-            }
-            _ = &mut expiry => {
-                tracing::info!("token expired; closing");
-                peer.close(Close::new(close_code::UNAUTHORIZED, "token expired: reconnect with a fresh token"));
-                return;
-            }
-            changed = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => {
-                if changed.is_err() {
-                    watch = None;
+) -> impl std::future::Future<Output = ()> + Send + '_ {
+    async move {
+        let idle_timeout = crate::config::secs(app.config.idle_timeout_secs);
+        let peer = session.peer().clone();
+        let journal = app.rooms.journal().clone();
+        // One timer for the connection's life, moved forward lazily when it fires: re-arming a
+        // timer on every frame would put timer-wheel work on the hot path.
+        let mut last_frame = Instant::now();
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        let expiry = tokio::time::sleep_until(auth.deadline());
+        tokio::pin!(expiry);
+        let mut watch = auth.watch.take();
+        let budget = byte_budget(
+            app.config.socket_bytes_per_sec,
+            app.config.max_message_bytes,
+        );
+        let broadcasts = BroadcastBudget::new();
+        let mut access_told = false;
+        loop {
+            let next = tokio::select! {
+                next = stream.next() => next,
+                _ = auth.presence.kicked() => {
+                    tracing::info!("user deleted; closing");
+                    peer.close(Close::new(close_code::UNAUTHORIZED, "user deleted"));
+                    return;
+                }
+                _ = &mut expiry => {
+                    tracing::info!("token expired; closing");
+                    peer.close(Close::new(close_code::UNAUTHORIZED, "token expired: reconnect with a fresh token"));
+                    return;
+                }
+                changed = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => {
+                    if changed.is_err() {
+                        watch = None;
+                        continue;
+                    }
+                    let role = *watch.as_mut().expect("guarded").borrow_and_update();
+                    match role {
+                        None => {
+                            tracing::info!("access revoked; closing");
+                            peer.close(Close::new(close_code::FORBIDDEN, "access revoked"));
+                            return;
+                        }
+                        Some(role) => {
+                            auth.role = role;
+                            let can_write = role.allows(Action::Edit);
+                            tracing::info!(role = role.as_str(), can_write, "role changed");
+                            let was_writer = peer.can_write();
+                            peer.set_can_write(can_write);
+                            if can_write && !was_writer {
+                                // Edits refused while read-only are still in the client's
+                                // document, and its next edits depend on them: a step 1 makes
+                                // it send what we lack, as a reconnect would.
+                                let sv = session.room().with_doc(|doc| {
+                                    use yrs::{ReadTxn, Transact};
+                                    doc.transact().state_vector()
+                                });
+                                peer.reply(&protocol::encode_sync_step1(&sv));
+                            }
+                            if peer.extensions() {
+                                let notice = ServerMsg::Access {
+                                    role: role.as_str().into(),
+                                    read_only: !can_write,
+                                };
+                                peer.reply(&notice.encode());
+                            }
+                        }
+                    }
                     continue;
                 }
-                let role = *watch.as_mut().expect("guarded").borrow_and_update();
-                match role {
-                    None => {
-                        tracing::info!("access revoked; closing");
-                        peer.close(Close::new(close_code::FORBIDDEN, "access revoked"));
+                _ = &mut idle => {
+                    let deadline = last_frame + idle_timeout;
+                    if deadline > Instant::now() {
+                        idle.as_mut().reset(deadline);
+                        continue;
+                    }
+                    tracing::info!("no frame for {:?}; closing", idle_timeout);
+                    peer.close(Close::new(close_code::TIMEOUT, "idle timeout: no frames or pongs"));
+                    return;
+                }
+                // The writer is closing the connection (slow consumer, shutdown, room error).
+                _ = peer.closed() => return,
+            };
+            last_frame = Instant::now();
+            let msg = match next {
+                None => return,
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    if let Some(close) = classify_read_error(e) {
+                        CLOSES.increment(1);
+                        tracing::warn!(code = close.code, reason = %close.reason, "closing connection");
+                        peer.close(close);
+                    }
+                    return;
+                }
+            };
+            match msg {
+                Message::Binary(frame) => {
+                    MESSAGES_IN.increment(1);
+                    BYTES_IN.increment(frame.len() as u64);
+                    if let Some(retry) = app.limit(Bucket::SocketUser, &auth.external_id).await {
+                        let reason = format!(
+                            "rate limited: too many messages, retry in {} ms",
+                            retry.as_millis().max(1)
+                        );
+                        tracing::info!("socket message budget spent; closing");
+                        peer.close(Close::new(close_code::RATE_LIMITED, reason));
                         return;
                     }
-                    Some(role) => {
-                        auth.role = role;
-                        let can_write = role.allows(Action::Edit);
-                        tracing::info!(role = role.as_str(), can_write, "role changed");
-                        let was_writer = peer.can_write();
-                        peer.set_can_write(can_write);
-                        if can_write && !was_writer {
-                            // Edits refused while read-only are still in the client's
-                            // document, and its next edits depend on them: a step 1 makes
-                            // it send what we lack, as a reconnect would.
-                            let sv = session.room().with_doc(|doc| {
-                                use yrs::{ReadTxn, Transact};
-                                doc.transact().state_vector()
-                            });
-                            peer.reply(&protocol::encode_sync_step1(&sv));
+                    if let Some(budget) = &budget {
+                        let kib = (frame.len().div_ceil(1024) as u32).max(1);
+                        let kib = NonZeroU32::new(kib).expect("at least 1");
+                        if budget.check_n(kib) != Ok(Ok(())) {
+                            SOCKET_THROTTLED.increment(1);
+                            tokio::select! {
+                                _ = budget.until_n_ready(kib) => {}
+                                _ = peer.closed() => return,
+                            }
                         }
-                        if peer.extensions() {
+                    }
+                    // Checked first: building the close waiter for every frame would put a lock
+                    // on the per-message path for the rare case of a store that falls behind.
+                    if journal.is_throttling() {
+                        tokio::select! {
+                            _ = journal.throttle() => {}
+                            _ = peer.closed() => return,
+                        }
+                    }
+                    // Decoded before the session sees the frame: a replay request must pause live
+                    // events before the frame opts the connection in to extensions.
+                    let msg = stateless_message(&frame);
+                    if let Ok(Some(ClientMsg::Execution(request))) = &msg {
+                        crate::ws::exec::before_handle(app, &session, &auth.exec(), request);
+                    }
+                    let result = handle_frame(&mut session, &frame);
+                    if !access_told && peer.extensions() {
+                        access_told = true;
+                        // A viewer's editor learns it is read-only before it edits: otherwise its
+                        // first repair or offline edit is refused and its save status turns unknown.
+                        if !peer.can_write() {
                             let notice = ServerMsg::Access {
-                                role: role.as_str().into(),
-                                read_only: !can_write,
+                                role: auth.role.as_str().into(),
+                                read_only: true,
                             };
                             peer.reply(&notice.encode());
                         }
                     }
-                }
-                continue;
-            }
-            _ = &mut idle => {
-                let deadline = last_frame + idle_timeout;
-                if deadline > Instant::now() {
-                    idle.as_mut().reset(deadline);
-                    continue;
-                }
-                tracing::info!("no frame for {:?}; closing", idle_timeout);
-                peer.close(Close::new(close_code::TIMEOUT, "idle timeout: no frames or pongs"));
-                return;
-            }
-            // The writer is closing the connection (slow consumer, shutdown, room error).
-            _ = peer.closed() => return,
-        };
-        last_frame = Instant::now();
-        let msg = match next {
-            None => return,
-            Some(Ok(msg)) => msg,
-            Some(Err(e)) => {
-                if let Some(close) = classify_read_error(e) {
-                    CLOSES.increment(1);
-                    tracing::warn!(code = close.code, reason = %close.reason, "closing connection");
-                    peer.close(close);
-                }
-                return;
-            }
-        };
-        match msg {
-            Message::Binary(frame) => {
-                MESSAGES_IN.increment(1);
-                BYTES_IN.increment(frame.len() as u64);
-                if let Some(retry) = app.limit(Bucket::SocketUser, &auth.external_id).await {
-                    let reason = format!(
-                        "rate limited: too many messages, retry in {} ms",
-                        retry.as_millis().max(1)
-                    );
-                    tracing::info!("socket message budget spent; closing");
-                    peer.close(Close::new(close_code::RATE_LIMITED, reason));
-                    return;
-                }
-                if let Some(budget) = &budget {
-                    let kib = (frame.len().div_ceil(1024) as u32).max(1);
-                    let kib = NonZeroU32::new(kib).expect("at least 1");
-                    if budget.check_n(kib) != Ok(Ok(())) {
-                        SOCKET_THROTTLED.increment(1);
-                        tokio::select! {
-                            _ = budget.until_n_ready(kib) => {}
-                            _ = peer.closed() => return,
-                        }
-                    }
-                }
-                // Checked first: building the close waiter for every frame would put a lock
-                // on the per-message path for the rare case of a store that falls behind.
-                if journal.is_throttling() {
-                    tokio::select! {
-                        _ = journal.throttle() => {}
-                        _ = peer.closed() => return,
-                    }
-                }
-                // Decoded before the session sees the frame: a replay request must pause live
-                // events before the frame opts the connection in to extensions.
-                let msg = stateless_message(&frame);
-                if let Ok(Some(ClientMsg::Execution(request))) = &msg {
-                    crate::ws::exec::before_handle(app, &session, &auth.exec(), request);
-                }
-                let result = handle_frame(&mut session, &frame);
-                if !access_told && peer.extensions() {
-                    access_told = true;
-                    // A viewer's editor learns it is read-only before it edits: otherwise its
-                    // first repair or offline edit is refused and its save status turns unknown.
-                    if !peer.can_write() {
-                        let notice = ServerMsg::Access {
-                            role: auth.role.as_str().into(),
-                            read_only: true,
-                        };
-                        peer.reply(&notice.encode());
-                    }
-                }
-                if result.is_ok() {
-                    match msg {
-                        Ok(None) => {}
-                        Ok(Some(ClientMsg::Connection(msg))) => {
-                            // Boxed, as is the execution handler below: both are rare and
-                            // their futures large (database calls); inline, they sized every
-                            // connection's task (13.1 -> 10.4 KB, docs/benchmarks.md).
-                            let handled = Box::pin(connection_message(
-                                app,
-                                &session,
-                                &mut auth,
-                                &broadcasts,
-                                msg,
-                            ))
-                            .await;
-                            match handled {
-                                Handled::Yes => {}
-                                Handled::Refreshed => expiry.as_mut().reset(auth.deadline()),
+                    if result.is_ok() {
+                        match msg {
+                            Ok(None) => {}
+                            Ok(Some(ClientMsg::Connection(msg))) => {
+                                // Boxed, as is the execution handler below: both are rare and
+                                // their futures large (database calls); inline, they sized every
+                                // connection's task (13.1 -> 10.4 KB, docs/benchmarks.md).
+                                let handled = Box::pin(connection_message(
+                                    app,
+                                    &session,
+                                    &mut auth,
+                                    &broadcasts,
+                                    msg,
+                                ))
+                                .await;
+                                match handled {
+                                    Handled::Yes => {}
+                                    Handled::Refreshed => expiry.as_mut().reset(auth.deadline()),
+                                }
+                                continue;
                             }
-                            continue;
-                        }
-                        Ok(Some(ClientMsg::Execution(request))) => {
-                            Box::pin(crate::ws::exec::handle(
-                                app,
-                                &session,
-                                &auth.exec(),
-                                request,
-                            ))
-                            .await;
-                            continue;
-                        }
-                        Err(bad) => {
-                            crate::ws::exec::refuse_bad(&session, &auth.exec(), &bad);
-                            continue;
+                            Ok(Some(ClientMsg::Execution(request))) => {
+                                Box::pin(crate::ws::exec::handle(
+                                    app,
+                                    &session,
+                                    &auth.exec(),
+                                    request,
+                                ))
+                                .await;
+                                continue;
+                            }
+                            Err(bad) => {
+                                crate::ws::exec::refuse_bad(&session, &auth.exec(), &bad);
+                                continue;
+                            }
                         }
                     }
-                }
-                match result {
-                    Ok(Some(ticket)) => {
-                        if acks.send(ticket).await.is_err() {
+                    match result {
+                        Ok(Some(ticket)) => {
+                            if !peer.acknowledge(ticket) {
+                                return;
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            CLOSES.increment(1);
+                            tracing::warn!(code = e.close().code, error = %e, "bad message; closing connection");
+                            session.fail(&e);
                             return;
                         }
                     }
-                    Ok(None) => {}
-                    Err(e) => {
-                        CLOSES.increment(1);
-                        tracing::warn!(code = e.close().code, error = %e, "bad message; closing connection");
-                        session.fail(&e);
-                        return;
-                    }
                 }
+                Message::Text(_) => {
+                    CLOSES.increment(1);
+                    tracing::warn!("text frame; closing connection");
+                    peer.close(Close::new(
+                        close_code::UNSUPPORTED_DATA,
+                        "text frames are not supported: send binary y-websocket messages",
+                    ));
+                    return;
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Message::Close(_) => return,
             }
-            Message::Text(_) => {
-                CLOSES.increment(1);
-                tracing::warn!("text frame; closing connection");
-                peer.close(Close::new(
-                    close_code::UNSUPPORTED_DATA,
-                    "text frames are not supported: send binary y-websocket messages",
-                ));
-                return;
-            }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            Message::Close(_) => return,
         }
     }
 }
@@ -887,82 +888,83 @@ fn classify_read_error(e: tungstenite::Error) -> Option<Close> {
     }
 }
 
-async fn writer(
+fn writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut outbox: Outbox,
     peer: Arc<Peer>,
-    mut acks: mpsc::Receiver<Ticket>,
     mut committed: watch::Receiver<Ticket>,
     ping_interval: Duration,
     write_timeout: Duration,
-) {
-    let mut pending: VecDeque<Ticket> = VecDeque::new();
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    // Not biased: under sustained fan-out the outbox is always ready, and acknowledgements
-    // and pings must still get their turn.
-    loop {
-        let result = tokio::select! {
-            out = outbox.recv(&peer) => match out {
-                // Boxed: its 656 bytes (the timed feeds and flush) would otherwise size the
-                // writer's task for the connection's whole life, idle or not (one allocation
-                // per batch, against ~10 us of socket write per message).
-                Outgoing::Message(first) => Box::pin(write_batch(&mut sink, &mut outbox, &peer, first, write_timeout)).await,
-                Outgoing::Close { close, last } => {
-                    if close.code != 1000 {
-                        tracing::debug!(code = close.code, reason = %close.reason, "sending close");
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let mut pending: VecDeque<Ticket> = VecDeque::new();
+        let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+        // Not biased: under sustained fan-out the outbox is always ready, and acknowledgements
+        // and pings must still get their turn.
+        loop {
+            let result = tokio::select! {
+                out = outbox.recv(&peer) => match out {
+                    // Boxed: its 656 bytes (the timed feeds and flush) would otherwise size the
+                    // writer's task for the connection's whole life, idle or not (one allocation
+                    // per batch, against ~10 us of socket write per message).
+                    Outgoing::Message(first) => Box::pin(write_batch(&mut sink, &mut outbox, &peer, first, write_timeout)).await,
+                    Outgoing::Acks(mut acks) => {
+                        pending.append(&mut acks);
+                        Ok(())
                     }
-                    let goodbye = async {
-                        if let Some(last) = last {
-                            sink.feed(Message::Binary(last)).await?;
+                    Outgoing::Close { close, last } => {
+                        if close.code != 1000 {
+                            tracing::debug!(code = close.code, reason = %close.reason, "sending close");
                         }
-                        sink.send(close_message(&close)).await
-                    };
-                    let _ = tokio::time::timeout(write_timeout.min(Duration::from_secs(2)), goodbye).await;
-                    return;
+                        let goodbye = async {
+                            if let Some(last) = last {
+                                sink.feed(Message::Binary(last)).await?;
+                            }
+                            sink.send(close_message(&close)).await
+                        };
+                        let _ = tokio::time::timeout(write_timeout.min(Duration::from_secs(2)), goodbye).await;
+                        return;
+                    }
+                },
+                changed = committed.changed(), if !pending.is_empty() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    Ok(())
                 }
-            },
-            Some(ticket) = acks.recv() => {
-                pending.push_back(ticket);
-                Ok(())
-            }
-            changed = committed.changed(), if !pending.is_empty() => {
-                if changed.is_err() {
-                    return;
-                }
-                Ok(())
-            }
-            _ = ping.tick() => timed(write_timeout, sink.send(Message::Ping(Bytes::new()))).await,
-        };
-        if let Err(e) = result {
-            // The socket is gone or stuck; make the reader stop too.
-            tracing::debug!(error = %e, "write failed");
-            peer.close(Close::new(1006, "write failed"));
-            return;
-        }
-        // A room reset after a storage failure closes its peers before the journal reports
-        // the batch committed: a closing peer gets no acknowledgement it might not deserve.
-        if peer.is_closing() {
-            continue;
-        }
-        let done = *committed.borrow();
-        let mut acked = false;
-        while pending.front().is_some_and(|t| *t <= done) {
-            pending.pop_front();
-            if timed(
-                write_timeout,
-                sink.feed(Message::Binary(protocol::encode_saved())),
-            )
-            .await
-            .is_err()
-            {
+                _ = ping.tick() => timed(write_timeout, sink.send(Message::Ping(Bytes::new()))).await,
+            };
+            if let Err(e) = result {
+                // The socket is gone or stuck; make the reader stop too.
+                tracing::debug!(error = %e, "write failed");
                 peer.close(Close::new(1006, "write failed"));
                 return;
             }
-            acked = true;
-        }
-        if acked && timed(write_timeout, sink.flush()).await.is_err() {
-            peer.close(Close::new(1006, "write failed"));
-            return;
+            // A room reset after a storage failure closes its peers before the journal reports
+            // the batch committed: a closing peer gets no acknowledgement it might not deserve.
+            if peer.is_closing() {
+                continue;
+            }
+            let done = *committed.borrow();
+            let mut acked = false;
+            while pending.front().is_some_and(|t| *t <= done) {
+                pending.pop_front();
+                if timed(
+                    write_timeout,
+                    sink.feed(Message::Binary(protocol::encode_saved())),
+                )
+                .await
+                .is_err()
+                {
+                    peer.close(Close::new(1006, "write failed"));
+                    return;
+                }
+                acked = true;
+            }
+            if acked && timed(write_timeout, sink.flush()).await.is_err() {
+                peer.close(Close::new(1006, "write failed"));
+                return;
+            }
         }
     }
 }

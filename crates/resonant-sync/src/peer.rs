@@ -19,6 +19,7 @@ use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use resonant_store::Ticket;
 use tokio::sync::Notify;
 
 /// A WebSocket close code and reason the transport should send.
@@ -124,6 +125,25 @@ impl Peer {
         self.enqueue(msg, Kind::Reply)
     }
 
+    /// Asks the transport to acknowledge the save of `ticket` once the journal has committed
+    /// it. Past [`MAX_WAITING_ACKS`] not yet taken by the transport (it is stuck writing to a
+    /// client that sends and does not read) the peer is closed as a slow consumer. Returns
+    /// false if the peer is closing.
+    pub fn acknowledge(&self, ticket: Ticket) -> bool {
+        if self.close.get().is_some() {
+            return false;
+        }
+        if !self.queue.push_ack(ticket) {
+            SLOW_CONSUMER_CLOSES.increment(1);
+            self.close(Close::new(
+                close_code::SLOW_CONSUMER,
+                "slow consumer: too many save acknowledgements waiting, reconnect to resync",
+            ));
+            return false;
+        }
+        true
+    }
+
     fn enqueue(&self, msg: &Bytes, kind: Kind) -> bool {
         if self.close.get().is_some() {
             return false;
@@ -223,33 +243,65 @@ enum Kind {
 /// nothing until a message comes and gives a burst's room back once it is written.
 #[derive(Default)]
 struct Queue {
-    messages: parking_lot::Mutex<VecDeque<(Bytes, Kind)>>,
+    waiting: parking_lot::Mutex<Waiting>,
     /// The transport waiting for a message or a close.
     waker: AtomicWaker,
     /// The transport is gone: nothing more will be written.
     dropped: AtomicBool,
 }
 
+/// What the transport has not taken yet.
+#[derive(Default)]
+struct Waiting {
+    messages: VecDeque<(Bytes, Kind)>,
+    /// Save acknowledgements to send once their tickets commit.
+    acks: VecDeque<Ticket>,
+}
+
 /// Capacity a drained queue may keep (a burst's is given back).
 const KEEP_CAPACITY: usize = 16;
+
+/// Most save acknowledgements waiting for the transport to take them.
+pub const MAX_WAITING_ACKS: usize = 1024;
 
 impl Queue {
     fn push(&self, msg: Bytes, kind: Kind) -> bool {
         if self.dropped.load(Ordering::Acquire) {
             return false;
         }
-        self.messages.lock().push_back((msg, kind));
+        self.waiting.lock().messages.push_back((msg, kind));
+        self.waker.wake();
+        true
+    }
+
+    /// False when too many acknowledgements are waiting already.
+    fn push_ack(&self, ticket: Ticket) -> bool {
+        if self.dropped.load(Ordering::Acquire) {
+            return true;
+        }
+        {
+            let mut waiting = self.waiting.lock();
+            if waiting.acks.len() >= MAX_WAITING_ACKS {
+                return false;
+            }
+            waiting.acks.push_back(ticket);
+        }
         self.waker.wake();
         true
     }
 
     fn pop(&self) -> Option<(Bytes, Kind)> {
-        let mut messages = self.messages.lock();
-        let next = messages.pop_front();
-        if messages.is_empty() && messages.capacity() > KEEP_CAPACITY {
-            *messages = VecDeque::new();
+        let mut waiting = self.waiting.lock();
+        let next = waiting.messages.pop_front();
+        if waiting.messages.is_empty() && waiting.messages.capacity() > KEEP_CAPACITY {
+            waiting.messages = VecDeque::new();
         }
         next
+    }
+
+    fn take_acks(&self) -> Option<VecDeque<Ticket>> {
+        let mut waiting = self.waiting.lock();
+        (!waiting.acks.is_empty()).then(|| std::mem::take(&mut waiting.acks))
     }
 }
 
@@ -261,7 +313,7 @@ pub struct Outbox {
 impl Drop for Outbox {
     fn drop(&mut self) {
         self.queue.dropped.store(true, Ordering::Release);
-        self.queue.messages.lock().clear();
+        *self.queue.waiting.lock() = Waiting::default();
     }
 }
 
@@ -270,6 +322,8 @@ impl Drop for Outbox {
 pub enum Outgoing {
     /// Write this binary frame.
     Message(Bytes),
+    /// Acknowledge these tickets' saves, each once the journal has committed it (in order).
+    Acks(VecDeque<Ticket>),
     /// Write `last` (if any), send this close frame and stop.
     Close {
         /// The close frame.
@@ -303,6 +357,9 @@ impl Outbox {
                 close: close.clone(),
                 last: peer.last_words.get().cloned(),
             });
+        }
+        if let Some(acks) = self.queue.take_acks() {
+            return Some(Outgoing::Acks(acks));
         }
         let (msg, kind) = self.queue.pop()?;
         peer.written(msg.len(), kind);
@@ -426,17 +483,17 @@ mod tests {
     async fn a_drained_queue_gives_a_bursts_room_back() {
         let (peer, mut outbox) = Peer::new(1, 1 << 20, true);
         assert_eq!(
-            peer.queue.messages.lock().capacity(),
+            peer.queue.waiting.lock().messages.capacity(),
             0,
             "idle: nothing held"
         );
         for _ in 0..100 {
             assert!(peer.send(&Bytes::from_static(&[1])));
         }
-        assert!(peer.queue.messages.lock().capacity() >= 100);
+        assert!(peer.queue.waiting.lock().messages.capacity() >= 100);
         assert!(matches!(outbox.recv(&peer).await, Outgoing::Message(_)));
         while outbox.try_recv(&peer).is_some() {}
-        assert!(peer.queue.messages.lock().capacity() <= KEEP_CAPACITY);
+        assert!(peer.queue.waiting.lock().messages.capacity() <= KEEP_CAPACITY);
         assert_eq!(peer.queued_bytes(), 0);
     }
 
@@ -446,7 +503,28 @@ mod tests {
         assert!(peer.send(&Bytes::from_static(&[1])));
         drop(outbox);
         assert!(!peer.send(&Bytes::from_static(&[1])));
-        assert!(peer.queue.messages.lock().is_empty());
+        assert!(peer.queue.waiting.lock().messages.is_empty());
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_go_first_and_a_transport_that_takes_none_is_closed() {
+        let (peer, mut outbox) = Peer::new(1, 1 << 20, true);
+        assert!(peer.send(&Bytes::from_static(&[1])));
+        assert!(peer.acknowledge(7));
+        assert!(peer.acknowledge(8));
+        match outbox.recv(&peer).await {
+            Outgoing::Acks(t) => assert_eq!(Vec::from(t), vec![7, 8]),
+            other => panic!("expected acks, got {other:?}"),
+        }
+        assert!(matches!(outbox.recv(&peer).await, Outgoing::Message(_)));
+        for t in 0..MAX_WAITING_ACKS as u64 {
+            assert!(peer.acknowledge(t));
+        }
+        assert!(!peer.acknowledge(0), "the transport took none of them");
+        match outbox.recv(&peer).await {
+            Outgoing::Close { close, .. } => assert_eq!(close.code, close_code::SLOW_CONSUMER),
+            other => panic!("expected close, got {other:?}"),
+        }
     }
 
     #[test]
