@@ -42,7 +42,7 @@ use resonant_protocol::{
 };
 use resonant_store::Ticket;
 use resonant_sync::{close_code, protocol, Close, Outbox, Outgoing, Peer, Session};
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
@@ -428,15 +428,15 @@ struct Held {
 /// A joined connection from its first frame to its end: reads until the session is over,
 /// then lets the writer send the close frame (bounded by the write timeout).
 ///
-/// `live`, `reader` and `writer` return an `async move` block instead of being `async fn`s:
-/// an `async fn` moves its arguments into locals of its future, which keeps a slot for each
-/// argument twice for the connection's whole life (the block uses its captures in place).
-#[allow(clippy::too_many_arguments)]
+/// `live` and `writer` return an `async move` block instead of being `async fn`s: an `async
+/// fn` moves its arguments into locals of its future, which keeps a slot for each argument
+/// twice for the connection's whole life (the block uses its captures in place).
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
 fn live(
-    stream: SplitStream<WebSocket>,
-    session: Session,
+    mut stream: SplitStream<WebSocket>,
+    mut session: Session,
     app: AppState,
-    auth: SocketAuth,
+    mut auth: SocketAuth,
     writer: tokio::task::JoinHandle<()>,
     write_timeout: Duration,
     held: Held,
@@ -444,9 +444,12 @@ fn live(
     async move {
         let peer = session.peer().clone();
         let abort = writer.abort_handle();
-        reader(stream, session, &app, auth).await;
-        // The session is gone (left the room); the writer sends the close frame, bounded by
-        // the write timeout, and is aborted if it cannot.
+        // By reference: moved in, each would keep a slot here and another in the reader's
+        // future for the connection's life.
+        reader(&mut stream, &mut session, &app, &mut auth).await;
+        // Leaving the room now tells the others at once; the writer then sends the close
+        // frame, bounded by the write timeout, and is aborted if it cannot.
+        drop(session);
         peer.close(Close::new(1000, ""));
         if tokio::time::timeout(write_timeout + Duration::from_secs(1), writer)
             .await
@@ -639,223 +642,216 @@ fn byte_budget(per_sec: usize, max_message: usize) -> Option<DefaultDirectRateLi
     ))
 }
 
-fn reader(
-    mut stream: SplitStream<WebSocket>,
-    mut session: Session,
+async fn reader(
+    stream: &mut SplitStream<WebSocket>,
+    session: &mut Session,
     app: &AppState,
-    mut auth: SocketAuth,
-) -> impl std::future::Future<Output = ()> + Send + '_ {
-    async move {
-        let idle_timeout = crate::config::secs(app.config.idle_timeout_secs);
-        let peer = session.peer().clone();
-        let journal = app.rooms.journal().clone();
-        // One timer for the connection's life, moved forward lazily when it fires: re-arming a
-        // timer on every frame would put timer-wheel work on the hot path.
-        let mut last_frame = Instant::now();
-        let idle = tokio::time::sleep(idle_timeout);
-        tokio::pin!(idle);
-        let expiry = tokio::time::sleep_until(auth.deadline());
-        tokio::pin!(expiry);
-        let mut watch = auth.watch.take();
-        let budget = byte_budget(
-            app.config.socket_bytes_per_sec,
-            app.config.max_message_bytes,
-        );
-        let broadcasts = BroadcastBudget::new();
-        let mut access_told = false;
-        loop {
-            let next = tokio::select! {
-                next = stream.next() => next,
-                _ = auth.presence.kicked() => {
-                    tracing::info!("user deleted; closing");
-                    peer.close(Close::new(close_code::UNAUTHORIZED, "user deleted"));
-                    return;
-                }
-                _ = &mut expiry => {
-                    tracing::info!("token expired; closing");
-                    peer.close(Close::new(close_code::UNAUTHORIZED, "token expired: reconnect with a fresh token"));
-                    return;
-                }
-                changed = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => {
-                    if changed.is_err() {
-                        watch = None;
-                        continue;
-                    }
-                    let role = *watch.as_mut().expect("guarded").borrow_and_update();
-                    match role {
-                        None => {
-                            tracing::info!("access revoked; closing");
-                            peer.close(Close::new(close_code::FORBIDDEN, "access revoked"));
-                            return;
-                        }
-                        Some(role) => {
-                            auth.role = role;
-                            let can_write = role.allows(Action::Edit);
-                            tracing::info!(role = role.as_str(), can_write, "role changed");
-                            let was_writer = peer.can_write();
-                            peer.set_can_write(can_write);
-                            if can_write && !was_writer {
-                                // Edits refused while read-only are still in the client's
-                                // document, and its next edits depend on them: a step 1 makes
-                                // it send what we lack, as a reconnect would.
-                                let sv = session.room().with_doc(|doc| {
-                                    use yrs::{ReadTxn, Transact};
-                                    doc.transact().state_vector()
-                                });
-                                peer.reply(&protocol::encode_sync_step1(&sv));
-                            }
-                            if peer.extensions() {
-                                let notice = ServerMsg::Access {
-                                    role: role.as_str().into(),
-                                    read_only: !can_write,
-                                };
-                                peer.reply(&notice.encode());
-                            }
-                        }
-                    }
+    auth: &mut SocketAuth,
+) {
+    let idle_timeout = crate::config::secs(app.config.idle_timeout_secs);
+    let peer = session.peer().clone();
+    let journal = app.rooms.journal().clone();
+    // One timer for the connection's life, moved forward lazily when it fires: re-arming a
+    // timer on every frame would put timer-wheel work on the hot path.
+    let mut last_frame = Instant::now();
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    let expiry = tokio::time::sleep_until(auth.deadline());
+    tokio::pin!(expiry);
+    let mut watch = auth.watch.take();
+    let budget = byte_budget(
+        app.config.socket_bytes_per_sec,
+        app.config.max_message_bytes,
+    );
+    let broadcasts = BroadcastBudget::new();
+    let mut access_told = false;
+    loop {
+        let next = tokio::select! {
+            next = stream.next() => next,
+            _ = auth.presence.kicked() => {
+                tracing::info!("user deleted; closing");
+                peer.close(Close::new(close_code::UNAUTHORIZED, "user deleted"));
+                return;
+            }
+            _ = &mut expiry => {
+                tracing::info!("token expired; closing");
+                peer.close(Close::new(close_code::UNAUTHORIZED, "token expired: reconnect with a fresh token"));
+                return;
+            }
+            changed = async { watch.as_mut().expect("guarded").changed().await }, if watch.is_some() => {
+                if changed.is_err() {
+                    watch = None;
                     continue;
                 }
-                _ = &mut idle => {
-                    let deadline = last_frame + idle_timeout;
-                    if deadline > Instant::now() {
-                        idle.as_mut().reset(deadline);
-                        continue;
-                    }
-                    tracing::info!("no frame for {:?}; closing", idle_timeout);
-                    peer.close(Close::new(close_code::TIMEOUT, "idle timeout: no frames or pongs"));
-                    return;
-                }
-                // The writer is closing the connection (slow consumer, shutdown, room error).
-                _ = peer.closed() => return,
-            };
-            last_frame = Instant::now();
-            let msg = match next {
-                None => return,
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) => {
-                    if let Some(close) = classify_read_error(e) {
-                        CLOSES.increment(1);
-                        tracing::warn!(code = close.code, reason = %close.reason, "closing connection");
-                        peer.close(close);
-                    }
-                    return;
-                }
-            };
-            match msg {
-                Message::Binary(frame) => {
-                    MESSAGES_IN.increment(1);
-                    BYTES_IN.increment(frame.len() as u64);
-                    if let Some(retry) = app.limit(Bucket::SocketUser, &auth.external_id).await {
-                        let reason = format!(
-                            "rate limited: too many messages, retry in {} ms",
-                            retry.as_millis().max(1)
-                        );
-                        tracing::info!("socket message budget spent; closing");
-                        peer.close(Close::new(close_code::RATE_LIMITED, reason));
+                let role = *watch.as_mut().expect("guarded").borrow_and_update();
+                match role {
+                    None => {
+                        tracing::info!("access revoked; closing");
+                        peer.close(Close::new(close_code::FORBIDDEN, "access revoked"));
                         return;
                     }
-                    if let Some(budget) = &budget {
-                        let kib = (frame.len().div_ceil(1024) as u32).max(1);
-                        let kib = NonZeroU32::new(kib).expect("at least 1");
-                        if budget.check_n(kib) != Ok(Ok(())) {
-                            SOCKET_THROTTLED.increment(1);
-                            tokio::select! {
-                                _ = budget.until_n_ready(kib) => {}
-                                _ = peer.closed() => return,
-                            }
+                    Some(role) => {
+                        auth.role = role;
+                        let can_write = role.allows(Action::Edit);
+                        tracing::info!(role = role.as_str(), can_write, "role changed");
+                        let was_writer = peer.can_write();
+                        peer.set_can_write(can_write);
+                        if can_write && !was_writer {
+                            // Edits refused while read-only are still in the client's
+                            // document, and its next edits depend on them: a step 1 makes
+                            // it send what we lack, as a reconnect would.
+                            let sv = session.room().with_doc(|doc| {
+                                use yrs::{ReadTxn, Transact};
+                                doc.transact().state_vector()
+                            });
+                            peer.reply(&protocol::encode_sync_step1(&sv));
                         }
-                    }
-                    // Checked first: building the close waiter for every frame would put a lock
-                    // on the per-message path for the rare case of a store that falls behind.
-                    if journal.is_throttling() {
-                        tokio::select! {
-                            _ = journal.throttle() => {}
-                            _ = peer.closed() => return,
-                        }
-                    }
-                    // Decoded before the session sees the frame: a replay request must pause live
-                    // events before the frame opts the connection in to extensions.
-                    let msg = stateless_message(&frame);
-                    if let Ok(Some(ClientMsg::Execution(request))) = &msg {
-                        crate::ws::exec::before_handle(app, &session, &auth.exec(), request);
-                    }
-                    let result = handle_frame(&mut session, &frame);
-                    if !access_told && peer.extensions() {
-                        access_told = true;
-                        // A viewer's editor learns it is read-only before it edits: otherwise its
-                        // first repair or offline edit is refused and its save status turns unknown.
-                        if !peer.can_write() {
+                        if peer.extensions() {
                             let notice = ServerMsg::Access {
-                                role: auth.role.as_str().into(),
-                                read_only: true,
+                                role: role.as_str().into(),
+                                read_only: !can_write,
                             };
                             peer.reply(&notice.encode());
                         }
                     }
-                    if result.is_ok() {
-                        match msg {
-                            Ok(None) => {}
-                            Ok(Some(ClientMsg::Connection(msg))) => {
-                                // Boxed, as is the execution handler below: both are rare and
-                                // their futures large (database calls); inline, they sized every
-                                // connection's task (13.1 -> 10.4 KB, docs/benchmarks.md).
-                                let handled = Box::pin(connection_message(
-                                    app,
-                                    &session,
-                                    &mut auth,
-                                    &broadcasts,
-                                    msg,
-                                ))
-                                .await;
-                                match handled {
-                                    Handled::Yes => {}
-                                    Handled::Refreshed => expiry.as_mut().reset(auth.deadline()),
-                                }
-                                continue;
-                            }
-                            Ok(Some(ClientMsg::Execution(request))) => {
-                                Box::pin(crate::ws::exec::handle(
-                                    app,
-                                    &session,
-                                    &auth.exec(),
-                                    request,
-                                ))
-                                .await;
-                                continue;
-                            }
-                            Err(bad) => {
-                                crate::ws::exec::refuse_bad(&session, &auth.exec(), &bad);
-                                continue;
-                            }
+                }
+                continue;
+            }
+            _ = &mut idle => {
+                let deadline = last_frame + idle_timeout;
+                if deadline > Instant::now() {
+                    idle.as_mut().reset(deadline);
+                    continue;
+                }
+                tracing::info!("no frame for {:?}; closing", idle_timeout);
+                peer.close(Close::new(close_code::TIMEOUT, "idle timeout: no frames or pongs"));
+                return;
+            }
+            // The writer is closing the connection (slow consumer, shutdown, room error).
+            _ = peer.closed() => return,
+        };
+        last_frame = Instant::now();
+        let msg = match next {
+            None => return,
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => {
+                if let Some(close) = classify_read_error(e) {
+                    CLOSES.increment(1);
+                    tracing::warn!(code = close.code, reason = %close.reason, "closing connection");
+                    peer.close(close);
+                }
+                return;
+            }
+        };
+        match msg {
+            Message::Binary(frame) => {
+                MESSAGES_IN.increment(1);
+                BYTES_IN.increment(frame.len() as u64);
+                if let Some(retry) = app.limit(Bucket::SocketUser, &auth.external_id).await {
+                    let reason = format!(
+                        "rate limited: too many messages, retry in {} ms",
+                        retry.as_millis().max(1)
+                    );
+                    tracing::info!("socket message budget spent; closing");
+                    peer.close(Close::new(close_code::RATE_LIMITED, reason));
+                    return;
+                }
+                if let Some(budget) = &budget {
+                    let kib = (frame.len().div_ceil(1024) as u32).max(1);
+                    let kib = NonZeroU32::new(kib).expect("at least 1");
+                    if budget.check_n(kib) != Ok(Ok(())) {
+                        SOCKET_THROTTLED.increment(1);
+                        tokio::select! {
+                            _ = budget.until_n_ready(kib) => {}
+                            _ = peer.closed() => return,
                         }
                     }
-                    match result {
-                        Ok(Some(ticket)) => {
-                            if !peer.acknowledge(ticket) {
-                                return;
-                            }
-                        }
+                }
+                // Checked first: building the close waiter for every frame would put a lock
+                // on the per-message path for the rare case of a store that falls behind.
+                if journal.is_throttling() {
+                    tokio::select! {
+                        _ = journal.throttle() => {}
+                        _ = peer.closed() => return,
+                    }
+                }
+                // Decoded before the session sees the frame: a replay request must pause live
+                // events before the frame opts the connection in to extensions.
+                let msg = stateless_message(&frame);
+                if let Ok(Some(ClientMsg::Execution(request))) = &msg {
+                    crate::ws::exec::before_handle(app, session, &auth.exec(), request);
+                }
+                let result = handle_frame(session, &frame);
+                if !access_told && peer.extensions() {
+                    access_told = true;
+                    // A viewer's editor learns it is read-only before it edits: otherwise its
+                    // first repair or offline edit is refused and its save status turns unknown.
+                    if !peer.can_write() {
+                        let notice = ServerMsg::Access {
+                            role: auth.role.as_str().into(),
+                            read_only: true,
+                        };
+                        peer.reply(&notice.encode());
+                    }
+                }
+                if result.is_ok() {
+                    match msg {
                         Ok(None) => {}
-                        Err(e) => {
-                            CLOSES.increment(1);
-                            tracing::warn!(code = e.close().code, error = %e, "bad message; closing connection");
-                            session.fail(&e);
+                        Ok(Some(ClientMsg::Connection(msg))) => {
+                            // Boxed, as is the execution handler below: both are rare and
+                            // their futures large (database calls); inline, they sized every
+                            // connection's task (13.1 -> 10.4 KB, docs/benchmarks.md).
+                            let handled =
+                                Box::pin(connection_message(app, session, auth, &broadcasts, msg))
+                                    .await;
+                            match handled {
+                                Handled::Yes => {}
+                                Handled::Refreshed => expiry.as_mut().reset(auth.deadline()),
+                            }
+                            continue;
+                        }
+                        Ok(Some(ClientMsg::Execution(request))) => {
+                            Box::pin(crate::ws::exec::handle(
+                                app,
+                                session,
+                                &auth.exec(),
+                                request,
+                            ))
+                            .await;
+                            continue;
+                        }
+                        Err(bad) => {
+                            crate::ws::exec::refuse_bad(session, &auth.exec(), &bad);
+                            continue;
+                        }
+                    }
+                }
+                match result {
+                    Ok(Some(ticket)) => {
+                        if !peer.acknowledge(ticket) {
                             return;
                         }
                     }
+                    Ok(None) => {}
+                    Err(e) => {
+                        CLOSES.increment(1);
+                        tracing::warn!(code = e.close().code, error = %e, "bad message; closing connection");
+                        session.fail(&e);
+                        return;
+                    }
                 }
-                Message::Text(_) => {
-                    CLOSES.increment(1);
-                    tracing::warn!("text frame; closing connection");
-                    peer.close(Close::new(
-                        close_code::UNSUPPORTED_DATA,
-                        "text frames are not supported: send binary y-websocket messages",
-                    ));
-                    return;
-                }
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-                Message::Close(_) => return,
             }
+            Message::Text(_) => {
+                CLOSES.increment(1);
+                tracing::warn!("text frame; closing connection");
+                peer.close(Close::new(
+                    close_code::UNSUPPORTED_DATA,
+                    "text frames are not supported: send binary y-websocket messages",
+                ));
+                return;
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            Message::Close(_) => return,
         }
     }
 }
@@ -888,6 +884,7 @@ fn classify_read_error(e: tungstenite::Error) -> Option<Close> {
     }
 }
 
+#[allow(clippy::manual_async_fn)] // see `live`
 fn writer(
     mut sink: SplitSink<WebSocket, Message>,
     mut outbox: Outbox,
