@@ -1,8 +1,8 @@
 //! A read-ahead wrapper for a connection's socket.
 //!
 //! tungstenite reads at most its read-buffer size per syscall, and we keep that buffer at
-//! 1 KiB so an idle connection costs little memory. That would also make a 16 MiB message
-//! cost 16,000 syscalls. This wrapper reads up to 64 KiB per syscall into a stack buffer,
+//! 256 bytes so an idle connection costs little memory. That would also make a 16 MiB
+//! message cost 65,536 syscalls. This wrapper reads up to 64 KiB per syscall into a stack buffer,
 //! hands the caller what fits, and keeps the rest on the heap only until it is consumed, so
 //! an idle connection still holds no extra buffer.
 
