@@ -809,9 +809,14 @@ async fn parallel_ai_calls_cannot_overshoot_the_token_allowance() {
     let calls = mock.requests().len();
     eprintln!("token allowance 1000: {used} tokens used in {calls} calls");
     // Before: 4,000 tokens in 40 calls. Calls cut short when their execution failed (a
-    // sibling block was refused) are made but not paid for.
+    // sibling block was refused) are made but not paid for, and give their reservation back,
+    // which lets another run's block start a call: how many are made depends on scheduling.
+    // 8-17 calls over 6 runs while the application's SQLite tables had a pool of 8
+    // connections, 18-24 over 12 runs since they have one (each reservation's read of the
+    // usage then queues behind the runs' writes). What is paid stays within one call of the
+    // allowance.
     assert!(used <= 1_100, "{used} tokens of 1,000");
-    assert!(calls <= 20, "{calls} calls");
+    assert!(calls <= 30, "{calls} calls");
     // Later runs use at most what is left.
     let (s, e) = p.start_run(&wf).await;
     assert_eq!(s, StatusCode::CREATED, "{e}");
