@@ -276,6 +276,20 @@ pub struct ServeConfig {
     /// Burst of socket messages per user.
     #[arg(long, env = "RESONANT_RATE_SOCKET_BURST", default_value_t = 1000)]
     pub rate_socket_burst: u32,
+    /// Calls per second to one webhook trigger (`POST /hooks/{id}`; 0: unlimited), counted
+    /// on each node; over it 429 with Retry-After. Applies in development mode too.
+    #[arg(long, env = "RESONANT_RATE_HOOK_PER_SEC", default_value_t = 10.0)]
+    pub rate_hook_per_sec: f64,
+    /// Burst of calls to one webhook trigger.
+    #[arg(long, env = "RESONANT_RATE_HOOK_BURST", default_value_t = 50)]
+    pub rate_hook_burst: u32,
+    /// Largest body a webhook trigger accepts, in bytes; larger is 413.
+    #[arg(long, env = "RESONANT_HOOK_BODY_BYTES", default_value_t = 1 << 20)]
+    pub hook_body_bytes: usize,
+    /// Longest a webhook caller may wait for the run's result (`?wait=true&timeout=`), in
+    /// seconds.
+    #[arg(long, env = "RESONANT_HOOK_WAIT_MAX_SECS", default_value_t = 30)]
+    pub hook_wait_max_secs: u64,
     /// Destinations webhook blocks may reach although they are private, loopback or
     /// link-local: IP networks (`10.0.0.0/8`, `127.0.0.1`) or host names, comma-separated.
     #[arg(long, env = "RESONANT_WEBHOOK_ALLOW", value_delimiter = ',')]

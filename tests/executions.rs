@@ -532,6 +532,19 @@ async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
         assert_eq!(seen, events, "viewers watch runs too");
         let e = env.execution(&id).await;
         assert_eq!(e["status"], "cancelled");
+        // The block that was waiting when the run was cancelled does not say it still waits.
+        let nap = e["blockResults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["blockId"] == "nap")
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            (nap["status"].as_str(), nap["error"].as_str()),
+            (Some("failed"), Some("cancelled")),
+            "{nap}"
+        );
         let (s, _) = env
             .post(&format!("/api/v1/executions/{id}/cancel"), None)
             .await;

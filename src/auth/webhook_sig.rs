@@ -196,6 +196,17 @@ pub fn verify_stripe(
     }
 }
 
+/// Whether a presented bearer secret equals the stored one, compared in constant time (as
+/// MACs under a fixed key, so neither the length nor the first differing byte shows in the
+/// timing).
+pub fn same_secret(given: &str, stored: &str) -> bool {
+    const KEY: &[u8] = b"resonant bearer comparison";
+    let tag = mac_over(KEY, &[stored.as_bytes()]).finalize().into_bytes();
+    mac_over(KEY, &[given.as_bytes()])
+        .verify_slice(&tag)
+        .is_ok()
+}
+
 /// Signs like Svix does and returns the `svix-signature` value `v1,<base64>` (tests and tools).
 ///
 /// # Panics

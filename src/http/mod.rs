@@ -2,6 +2,7 @@
 
 pub mod api;
 mod demo;
+mod hooks;
 pub(crate) mod serve;
 mod webhooks;
 
@@ -42,6 +43,7 @@ pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .merge(api)
         .merge(webhooks::router())
+        .merge(hooks::router())
         .route("/sync/{room}", get(ws::sync_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

@@ -57,6 +57,7 @@ fn refuse_engine(session: &Session, request_id: &Option<Value>, e: EngineError) 
         EngineError::TokenLimit { .. } => "token-limit",
         EngineError::TooMany(_) => "too-many-executions",
         EngineError::Conflict(_) => "conflict",
+        EngineError::KeyReused => "idempotency-key-reused",
         EngineError::Forbidden(_) => "forbidden",
         EngineError::Document(_) | EngineError::Db(_) => "unavailable",
     };

@@ -11,7 +11,7 @@ type Result<T> = std::result::Result<T, DbError>;
 
 const EXEC_COLS: &str = "id, workflow_id, workspace_id, user_id, status, input, options, output, graph, \
     state_vector, current_block_id, tokens_used, cost_usd, started_at, completed_at, duration_ms, error, \
-    idempotency_key, rerun_of, created_at";
+    idempotency_key, rerun_of, created_at, trigger_id, version_id";
 
 const BLOCK_COLS: &str =
     "execution_id, block_id, status, attempt, output, error, provider, model, \
@@ -60,6 +60,10 @@ pub struct ExecutionRow {
     pub rerun_of: Option<String>,
     /// Unix ms.
     pub created_at: i64,
+    /// The trigger that started it (`None`: a user did).
+    pub trigger_id: Option<String>,
+    /// The published version it ran (`None`: the live document).
+    pub version_id: Option<String>,
 }
 
 /// An `execution_blocks` row: one block's (or one loop iteration's block's) state.
@@ -309,6 +313,10 @@ pub struct NewExecution<'a> {
     pub idempotency_key: Option<&'a str>,
     /// The execution re-run.
     pub rerun_of: Option<&'a str>,
+    /// The trigger that starts it.
+    pub trigger_id: Option<&'a str>,
+    /// The published version it runs.
+    pub version_id: Option<&'a str>,
     /// Its lease, written in the same transaction (cluster mode): no other node's takeover
     /// sweep can see the execution without it.
     pub lease: Option<crate::leases::NewLease<'a>>,
@@ -388,10 +396,10 @@ pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result
             }
         }
         let inserted = sqlx::query(&format!("INSERT INTO executions ({EXEC_COLS}) VALUES \
-            ($1, $2, $3, $4, 'pending', $5, $6, NULL, $7, $8, NULL, 0, 0, $9, NULL, NULL, NULL, $10, $11, $9)"))
+            ($1, $2, $3, $4, 'pending', $5, $6, NULL, $7, $8, NULL, 0, 0, $9, NULL, NULL, NULL, $10, $11, $9, $12, $13)"))
             .bind(e.id).bind(e.workflow_id).bind(e.workspace_id).bind(e.user_id).bind(e.input)
             .bind(e.options).bind(e.graph).bind(e.state_vector).bind(now).bind(e.idempotency_key)
-            .bind(e.rerun_of)
+            .bind(e.rerun_of).bind(e.trigger_id).bind(e.version_id)
             .execute(&mut *tx).await;
         if let Err(err) = inserted {
             // Two requests with the same key raced: the other one's row is the answer.

@@ -18,7 +18,9 @@ pub mod leases;
 pub mod models;
 pub mod providers;
 mod queries;
+pub mod secrets;
 pub mod templates;
+pub mod triggers;
 pub mod usage;
 pub mod versions;
 pub mod webhooks;
@@ -88,6 +90,9 @@ pub enum DbError {
     /// A storage quota refused the write; the message says which and by how much.
     #[error("{0}")]
     Quota(String),
+    /// A concurrent change kept the write from landing; retrying may succeed.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl DbError {

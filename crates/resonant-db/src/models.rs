@@ -181,6 +181,9 @@ pub struct Workflow {
     pub version: i64,
     /// The version the document was last restored from.
     pub parent_version_id: Option<String>,
+    /// The version its triggers run (`None`: none is published; triggers set to `draft`
+    /// run the live document).
+    pub published_version_id: Option<String>,
     /// How many times it ran.
     pub execution_count: i64,
     /// When it last ran (Unix ms).

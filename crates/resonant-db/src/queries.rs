@@ -13,8 +13,8 @@ const USER_COLS: &str = "id, external_id, email, name, image_url, subscription_s
     subscription_plan, tokens_used, tokens_limit, created_at, updated_at";
 
 const WORKFLOW_COLS: &str = "id, workspace_id, created_by, name, description, is_template, \
-    is_public, status, version, parent_version_id, execution_count, last_executed_at, \
-    created_at, updated_at";
+    is_public, status, version, parent_version_id, published_version_id, execution_count, \
+    last_executed_at, created_at, updated_at";
 
 /// What the identity provider told us about a user.
 #[derive(Debug, Clone, Default)]

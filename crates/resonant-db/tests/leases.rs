@@ -82,6 +82,8 @@ impl Schema {
                 state_vector: &[],
                 idempotency_key: None,
                 rerun_of: None,
+                trigger_id: None,
+                version_id: None,
                 lease: owner.map(|owner| NewLease { owner, ttl: TTL }),
                 caps: None,
             },
@@ -386,6 +388,8 @@ async fn sqlite_takes_the_lease_with_the_execution_and_refuses_the_cluster_state
             state_vector: &[],
             idempotency_key: None,
             rerun_of: None,
+            trigger_id: None,
+            version_id: None,
             lease: Some(NewLease {
                 owner: "solo",
                 ttl: TTL,

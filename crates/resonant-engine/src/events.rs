@@ -475,6 +475,7 @@ fn transient(e: &crate::db::DbError) -> bool {
         | crate::db::DbError::Sqlx(sqlx::Error::Encode(_))
         | crate::db::DbError::Duplicate(_)
         | crate::db::DbError::Quota(_) => false,
+        crate::db::DbError::Conflict(_) => true,
         crate::db::DbError::Sqlx(_) => true,
     }
 }

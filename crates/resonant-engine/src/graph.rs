@@ -101,6 +101,8 @@ pub(crate) trait TypeRules {
     fn check(&self, kind: BlockKind, config: &Value) -> Vec<(String, String)>;
     /// The handles a condition leaves through.
     fn condition_handles(&self, config: &Value) -> Vec<String>;
+    /// What each of a block's templates and expressions reads, by field.
+    fn reads(&self, kind: BlockKind, config: &Value) -> Vec<(String, crate::template::Reads)>;
 }
 
 /// A validated workflow: blocks, connections and an order in which to start them.
@@ -128,6 +130,9 @@ impl Workflow {
             parse_connections(content.get("connections"), &ids, &handles, &mut problems);
         if problems.is_empty() {
             check_graph(&blocks, &connections, &mut problems);
+        }
+        if problems.is_empty() {
+            check_reads(&blocks, &connections, rules, &mut problems);
         }
         if problems.is_empty() {
             Ok(Workflow {
@@ -325,6 +330,59 @@ fn check_graph(blocks: &[Block], connections: &[Connection], problems: &mut Vec<
         problems.push(Problem::UnreachableOutput {
             block: blocks[i].id.clone(),
         });
+    }
+}
+
+/// Every `blocks.<id>` a template names must be a block that has finished when the template
+/// runs: one upstream of it. Anything else reads nothing (a parallel branch's block may or
+/// may not have run; a loop body's blocks have no output outside their iteration).
+fn check_reads(
+    blocks: &[Block],
+    connections: &[Connection],
+    rules: &dyn TypeRules,
+    problems: &mut Vec<Problem>,
+) {
+    let index: HashMap<&str, usize> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.id.as_str(), i))
+        .collect();
+    let mut prev: Vec<Vec<usize>> = vec![Vec::new(); blocks.len()];
+    for c in connections.iter().filter(|c| !is_back_edge(blocks, c)) {
+        prev[index[c.target.as_str()]].push(index[c.source.as_str()]);
+    }
+    for (i, b) in blocks.iter().enumerate() {
+        let reads = rules.reads(b.kind, &b.config);
+        if reads.iter().all(|(_, r)| r.blocks.is_empty()) {
+            continue;
+        }
+        // This block's ancestors, found once for all its fields.
+        let mut upstream = vec![false; blocks.len()];
+        let mut stack = prev[i].clone();
+        while let Some(j) = stack.pop() {
+            if !std::mem::replace(&mut upstream[j], true) {
+                stack.extend(&prev[j]);
+            }
+        }
+        for (field, r) in &reads {
+            for id in &r.blocks {
+                let message = match index.get(id.as_str()) {
+                    None => format!("blocks.{id}: no block has this id"),
+                    Some(&j) if j == i => format!("blocks.{id} is this block itself"),
+                    Some(&j) if !upstream[j] => format!(
+                        "blocks.{id} is not upstream of this block, so it may not have run \
+                         when this block does: connect it to this block (directly or \
+                         through others)"
+                    ),
+                    Some(_) => continue,
+                };
+                problems.push(Problem::BadConfig {
+                    block: b.id.clone(),
+                    field: field.clone(),
+                    message,
+                });
+            }
+        }
     }
 }
 

@@ -29,6 +29,7 @@ pub mod retry;
 mod run;
 mod scheduler;
 pub mod template;
+pub mod triggers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -167,9 +168,25 @@ pub enum EngineError {
     /// The document could not be read.
     #[error("reading the workflow's document: {0}")]
     Document(String),
+    /// The idempotency key was used before with another input.
+    #[error("this idempotency key was used before with a different input; use a new key")]
+    KeyReused,
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+/// Where a new execution's graph comes from.
+enum Source {
+    /// The workflow's document as it stands now.
+    Live,
+    /// A published version's pinned graph.
+    Version {
+        /// The version's id.
+        id: String,
+        /// Its blocks and connections.
+        graph: Value,
+    },
 }
 
 /// A place among the running executions of a user and of a workspace, given back when the
@@ -223,6 +240,8 @@ pub(crate) struct Inner {
     template_pool: Arc<std::sync::atomic::AtomicUsize>,
     /// Executions, the event writer and replays: shutdown waits for them.
     tasks: TaskTracker,
+    /// Stops the schedule ticker.
+    ticker: CancellationToken,
     pub(crate) config: EngineConfig,
     pub(crate) io: io::Io,
 }
@@ -255,10 +274,15 @@ impl Engine {
                 ledger: Arc::new(Mutex::new(block::Ledger::default())),
                 emails_today: Mutex::new(HashMap::new()),
                 template_pool: Arc::new(config.template_server_bytes.into()),
+                ticker: CancellationToken::new(),
                 config,
                 io,
             }),
         };
+        engine.inner.tasks.spawn(triggers::run(
+            Arc::downgrade(&engine.inner),
+            engine.inner.ticker.clone(),
+        ));
         if let Some(l) = leases {
             let weak = Arc::downgrade(&engine.inner);
             engine.inner.tasks.spawn(lease::run(weak, l));
@@ -288,6 +312,98 @@ impl Engine {
         workflow: &crate::db::Workflow,
         user: &str,
         req: StartRequest,
+    ) -> Result<(String, bool), EngineError> {
+        self.start_from(workflow, user, req, Source::Live, None)
+            .await
+    }
+
+    /// Starts an execution for a trigger: of the workflow's published version (or, for a
+    /// trigger set to `draft`, of the live document), as the trigger's user, recording the
+    /// trigger on it. Returns its id, and false when the idempotency key (a schedule's tick,
+    /// a webhook caller's key) already started one.
+    pub async fn start_triggered(
+        &self,
+        workflow: &crate::db::Workflow,
+        trigger: &crate::db::triggers::TriggerRow,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<(String, bool), EngineError> {
+        // The trigger's user must still be allowed to run the workflow: a member who left
+        // takes their triggers' right to spend with them.
+        let allowed = crate::db::workflow_with_role(&self.inner.db, &workflow.id, &trigger.run_as)
+            .await?
+            .and_then(|(_, role)| role)
+            .is_some_and(|r| r.allows(crate::db::Action::Execute));
+        if !allowed {
+            return Err(EngineError::Forbidden(
+                "the trigger's user may no longer run this workflow: recreate the trigger".into(),
+            ));
+        }
+        let source = if trigger.target == "draft" {
+            Source::Live
+        } else {
+            let (version, graph) = crate::db::triggers::published(&self.inner.db, &workflow.id)
+                .await?
+                .ok_or_else(|| {
+                    EngineError::Conflict(
+                        "the workflow has no published version: publish one, or set the \
+                         trigger's target to draft"
+                            .into(),
+                    )
+                })?;
+            let graph = serde_json::from_str(&graph)
+                .map_err(|e| EngineError::Document(format!("the published version: {e}")))?;
+            Source::Version { id: version, graph }
+        };
+        let req = StartRequest {
+            input: Some(input),
+            idempotency_key,
+            ..Default::default()
+        };
+        self.start_from(workflow, &trigger.run_as, req, source, Some(&trigger.id))
+            .await
+    }
+
+    /// Waits until `execution` has finished (or `timeout` passed) and returns its row as it
+    /// then stands. Its end is seen at once when it runs on this node, and by reading the
+    /// database every 200 ms when it runs elsewhere.
+    pub async fn wait_finished(
+        &self,
+        execution: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<ExecutionRow>, EngineError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ended = self
+                .inner
+                .running
+                .lock()
+                .get(execution)
+                .map(|(c, _)| c.ended.clone());
+            if let Some(ended) = ended {
+                let _ = tokio::time::timeout_at(deadline, ended.cancelled()).await;
+                // The event writer records the final state after the run has ended.
+                self.inner.events.flush().await;
+            }
+            let row = store::execution(&self.inner.db, execution).await?;
+            let done = row
+                .as_ref()
+                .is_none_or(|r| !matches!(r.status.as_str(), "pending" | "running"));
+            if done || tokio::time::Instant::now() >= deadline {
+                return Ok(row);
+            }
+            let nap = tokio::time::Instant::now() + std::time::Duration::from_millis(200);
+            tokio::time::sleep_until(nap.min(deadline)).await;
+        }
+    }
+
+    async fn start_from(
+        &self,
+        workflow: &crate::db::Workflow,
+        user: &str,
+        req: StartRequest,
+        source: Source,
+        trigger: Option<&str>,
     ) -> Result<(String, bool), EngineError> {
         let input = match req.input {
             None | Some(Value::Null) => json!({}),
@@ -325,21 +441,13 @@ impl Engine {
         }
         self.check_tokens(user).await?;
         let admission = self.admit(user, &workflow.workspace_id, false)?;
-        let room = crate::db::room_of(&workflow.id);
-        let state = self
-            .inner
-            .rooms
-            .document_state(&room)
-            .await
-            .map_err(|e| EngineError::Document(e.to_string()))?;
-        let (content, sv) = crate::content::snapshot(&state).map_err(|e| match e {
-            // The caller's content, not a server fault.
-            crate::content::ContentError::TooDeep | crate::content::ContentError::TextInList => {
-                EngineError::Conflict(e.to_string())
+        let (graph, sv, version) = match source {
+            Source::Live => {
+                let (graph, sv) = self.live_graph(&workflow.id).await?;
+                (graph, sv, None)
             }
-            crate::content::ContentError::Decode(_) => EngineError::Document(e.to_string()),
-        })?;
-        let graph = json!({"blocks": content["blocks"], "connections": content["connections"]});
+            Source::Version { id, graph } => (graph, Vec::new(), Some(id)),
+        };
         let parsed = prepare(&graph).map_err(EngineError::Invalid)?;
         let options = Options {
             priority: req.priority,
@@ -361,6 +469,8 @@ impl Engine {
                 state_vector: &sv,
                 idempotency_key: req.idempotency_key.as_deref(),
                 rerun_of: None,
+                trigger_id: trigger,
+                version_id: version.as_deref(),
                 lease,
                 caps: self.cluster_caps(),
             },
@@ -368,7 +478,18 @@ impl Engine {
         .await?;
         match inserted {
             Ok(()) => {}
-            Err(store::NotInserted::Existing(existing)) => return Ok((existing, false)),
+            Err(store::NotInserted::Existing(existing)) => {
+                // A key names one request: the same key with another input is a mistake
+                // (two callers sharing a key, or a key reused), not a retry.
+                let row = store::execution(&self.inner.db, &existing).await?;
+                let same = row.is_some_and(|r| {
+                    serde_json::from_str::<Value>(&r.input).ok().as_ref() == Some(&input)
+                });
+                if !same {
+                    return Err(EngineError::KeyReused);
+                }
+                return Ok((existing, false));
+            }
             Err(store::NotInserted::OverCap { workspace, cap }) => {
                 return Err(too_many(workspace, cap))
             }
@@ -392,6 +513,27 @@ impl Engine {
         )
         .await;
         Ok((id, true))
+    }
+
+    /// The workflow's blocks and connections as its live document holds them now, and the
+    /// document's state vector.
+    async fn live_graph(&self, workflow: &str) -> Result<(Value, Vec<u8>), EngineError> {
+        let room = crate::db::room_of(workflow);
+        let state = self
+            .inner
+            .rooms
+            .document_state(&room)
+            .await
+            .map_err(|e| EngineError::Document(e.to_string()))?;
+        let (content, sv) = crate::content::snapshot(&state).map_err(|e| match e {
+            // The caller's content, not a server fault.
+            crate::content::ContentError::TooDeep | crate::content::ContentError::TextInList => {
+                EngineError::Conflict(e.to_string())
+            }
+            crate::content::ContentError::Decode(_) => EngineError::Document(e.to_string()),
+        })?;
+        let graph = json!({"blocks": content["blocks"], "connections": content["connections"]});
+        Ok((graph, sv))
     }
 
     /// Takes a place for a new execution of `user` in `workspace`, checking and counting
@@ -462,6 +604,7 @@ impl Engine {
             cancel: CancellationToken::new(),
             waiting: Mutex::new(HashMap::new()),
             workflow: workflow.clone(),
+            ended: CancellationToken::new(),
         });
         let run = Arc::new(Run {
             engine: self.inner.clone(),
@@ -506,6 +649,7 @@ impl Engine {
         let task = self.inner.tasks.spawn(async move {
             let _admission = admission;
             scheduler::execute(run).await;
+            mine.ended.cancel();
             let mut running = inner.running.lock();
             // Only this run's entry: a run stopped by a takeover has left already.
             if running
@@ -578,6 +722,7 @@ impl Engine {
     /// every run is aborted, and nothing is released, flushed or recorded.
     #[doc(hidden)]
     pub fn crash(&self) {
+        self.inner.ticker.cancel();
         if let Some(l) = &self.inner.lease {
             l.stop.cancel();
         }
@@ -837,6 +982,8 @@ impl Engine {
                 state_vector: &old.state_vector,
                 idempotency_key: None,
                 rerun_of: Some(&old.id),
+                trigger_id: None,
+                version_id: None,
                 lease,
                 caps: self.cluster_caps(),
             },
@@ -1020,6 +1167,24 @@ impl Engine {
     /// Stops every execution without recording an end (they resume at the next start),
     /// then waits until `deadline` for the log to be written and the engine's tasks to end.
     pub async fn shutdown(&self, deadline: tokio::time::Instant) {
+        self.inner.ticker.cancel();
+        self.inner.closing.store(true, Ordering::SeqCst);
+        // Drain: blocks doing work (an AI call, a webhook request) get until two seconds
+        // before the deadline to finish, so a deploy does not cut a paid call or a delivered
+        // request short and repeat it after the restart. Holding every slot of the server's
+        // block semaphore means none is in flight, and no new block starts meanwhile.
+        let slots =
+            u32::try_from(self.inner.config.max_concurrent_blocks.max(1)).unwrap_or(u32::MAX);
+        let drain_until = deadline
+            .checked_sub(std::time::Duration::from_secs(2))
+            .unwrap_or(deadline);
+        let drained =
+            tokio::time::timeout_at(drain_until, self.inner.global.acquire_many(slots)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                "blocks still in flight at the end of the drain; they run again after the restart"
+            );
+        }
         if let Some(l) = &self.inner.lease {
             l.stop.cancel();
         }

@@ -41,6 +41,8 @@ pub struct Control {
     pub waiting: Mutex<HashMap<String, oneshot::Sender<Decision>>>,
     /// Its workflow.
     pub workflow: String,
+    /// Cancelled when its run on this node has ended (finished, or stopped by shutdown).
+    pub ended: CancellationToken,
 }
 
 /// An execution's shared state while it runs.

@@ -457,6 +457,12 @@ async fn run_block(
     };
     let duration_ms = started.elapsed().as_millis() as i64;
     if cancel.is_cancelled() {
+        // Its row says so: left `running` or `waiting`, it would say so for ever (the
+        // execution has ended, nothing resumes it).
+        row.status = "failed".into();
+        row.error = Some("cancelled".into());
+        row.completed_at = Some(now_ms());
+        run.engine.events.write(Write::Block(row));
         return Outcome::Failed("cancelled".into());
     }
     match result {
@@ -465,7 +471,9 @@ async fn run_block(
                 output,
                 route,
                 usage,
+                attempt: finished_on,
             } = done;
+            let attempt = finished_on.unwrap_or(attempt);
             if let Some(out) = &output {
                 run.outputs.lock().insert(key.clone(), out.clone());
             }

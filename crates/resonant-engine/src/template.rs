@@ -12,7 +12,7 @@
 //! expressions, which minijinja folds while compiling, are sized from the syntax tree first.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
@@ -327,8 +327,10 @@ fn env() -> &'static Environment<'static> {
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_fuel(Some(FUEL));
-        // A typo in a field name is an error the user sees, not an empty string.
-        env.set_undefined_behavior(UndefinedBehavior::Chainable);
+        // A typo in a field name is an error the user sees, not an empty string: printing,
+        // iterating or computing with an undefined value fails; testing it (`{% if x %}`,
+        // `x is defined`, `x | default(…)`) does not.
+        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.set_recursion_limit(64);
         env.add_filter(
             "json",
@@ -855,6 +857,66 @@ pub async fn truthy_async(expr: &str, ctx: &minijinja::Value) -> Result<bool, Te
     offload(expr, ctx, truthy).await
 }
 
+/// What a template or expression reads of the execution's `blocks` and the workspace's
+/// `secrets`: the names it spells out (`blocks.a`, `blocks['a-b']`, `secrets.TOKEN`), and
+/// whether it also reaches them another way (`blocks[name]`, `{% set b = blocks %}`), which
+/// validation cannot follow.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reads {
+    /// Block ids read by name.
+    pub blocks: BTreeSet<String>,
+    /// Whether `blocks` is read other than by a constant name.
+    pub any_block: bool,
+    /// Secret names read.
+    pub secrets: BTreeSet<String>,
+    /// Whether `secrets` is read other than by a constant name.
+    pub any_secret: bool,
+}
+
+impl Reads {
+    fn scan(&mut self, code: &Instructions<'_>) {
+        let n = code.len() as u32;
+        for i in 0..n {
+            let Some(Instruction::Lookup(var)) = code.get(i) else {
+                continue;
+            };
+            let (names, any) = match *var {
+                "blocks" => (&mut self.blocks, &mut self.any_block),
+                "secrets" => (&mut self.secrets, &mut self.any_secret),
+                _ => continue,
+            };
+            match (code.get(i + 1), code.get(i + 2)) {
+                (Some(Instruction::GetAttr(name)), _) => {
+                    names.insert((*name).to_owned());
+                }
+                (Some(Instruction::LoadConst(v)), Some(Instruction::GetItem))
+                    if v.as_str().is_some() =>
+                {
+                    names.insert(v.as_str().unwrap_or_default().to_owned());
+                }
+                _ => *any = true,
+            }
+        }
+    }
+}
+
+/// What template `source` reads (see [`Reads`]).
+pub fn template_reads(source: &str) -> Result<Reads, TemplateError> {
+    let (code, blocks) = compile_template(source)?;
+    let mut reads = Reads::default();
+    reads.scan(&code);
+    blocks.values().for_each(|b| reads.scan(b));
+    Ok(reads)
+}
+
+/// What expression `expr` reads (see [`Reads`]).
+pub fn expression_reads(expr: &str) -> Result<Reads, TemplateError> {
+    let code = compile_expr(expr)?;
+    let mut reads = Reads::default();
+    reads.scan(&code);
+    Ok(reads)
+}
+
 /// Checks that `source` compiles (and folds no oversized constant), for validation before a
 /// run.
 pub fn check_template(source: &str) -> Result<(), TemplateError> {
@@ -883,7 +945,10 @@ mod tests {
             let err = check_expression(expr).unwrap_err();
             assert!(err.0.contains("syntax error"), "{expr}: {}", err.0);
         }
-        assert!(render("{{ a }} }} {{ b }}", &context_of(&json!({}))).is_ok());
+        assert_eq!(
+            render("{{ a }} }} {{ b }}", &context_of(&json!({"a": 1, "b": 2}))).unwrap(),
+            "1 }} 2"
+        );
     }
 
     #[test]
@@ -921,9 +986,16 @@ mod tests {
         assert!(e.0.contains("bytes"), "{e}");
         let e = render("{{ 'x' * 2000000 }}", &ctx).unwrap_err();
         assert!(e.0.contains("rendered text"), "{e}");
-        assert!(
-            render("{{ input.a.b.c }}", &ctx).is_ok(),
-            "chainable undefined"
+        // A value that is not there is an error when printed (a typo must not print ""),
+        // and not when tested or given a default.
+        let e = render("{{ input.a.b.c }}", &ctx).unwrap_err();
+        assert!(e.0.contains("undefined"), "{e}");
+        let ctx = context_of(&json!({"input": {}}));
+        let e = render("{{ input.nmae }}", &ctx).unwrap_err();
+        assert!(e.0.contains("undefined"), "{e}");
+        assert_eq!(
+            render("{% if input.a %}a{% endif %}{{ input.a | default('none') }}{{ input.a is defined }}", &ctx).unwrap(),
+            "noneFalse"
         );
         assert!(check_template("{% for %}").is_err());
         assert!(check_expression("a >").is_err());

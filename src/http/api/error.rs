@@ -65,6 +65,9 @@ pub enum ApiError {
     /// The user or workspace already has as many executions running as it may.
     #[error("{0}")]
     TooManyExecutions(String),
+    /// An idempotency key was used before with a different request.
+    #[error("{0}")]
+    KeyReused(String),
     /// A failure on our side; the details are in the log, not the response.
     #[error("internal error")]
     Internal,
@@ -82,7 +85,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable machine-readable code: bad_request, unauthorized, forbidden, not_found,
     /// conflict, quota_exceeded, unsupported_media_type, payload_too_large, rate_limited, unavailable,
-    /// invalid_workflow, token_limit, too_many_executions, internal.
+    /// invalid_workflow, token_limit, too_many_executions, idempotency_key_reused, internal.
     pub code: String,
     /// Human-readable explanation.
     pub message: String,
@@ -183,6 +186,7 @@ impl ApiError {
             ApiError::TooManyExecutions(_) => {
                 (StatusCode::TOO_MANY_REQUESTS, "too_many_executions")
             }
+            ApiError::KeyReused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -202,6 +206,7 @@ impl From<DbError> for ApiError {
         match e {
             DbError::Duplicate(what) => ApiError::Conflict(format!("{what} already exists")),
             DbError::Quota(message) => ApiError::QuotaExceeded(message),
+            DbError::Conflict(message) => ApiError::Conflict(message),
             DbError::Sqlx(e) => {
                 tracing::error!(error = %e, "database error");
                 if matches!(

@@ -66,6 +66,10 @@ pub struct Execution {
     pub error: Option<String>,
     /// The execution it re-runs.
     pub rerun_of: Option<String>,
+    /// The trigger that started it (`null`: a user did).
+    pub trigger_id: Option<String>,
+    /// The published version it ran (`null`: the live document).
+    pub version_id: Option<String>,
     /// The blocks and connections that ran (pinned at the start).
     #[schema(value_type = Object)]
     pub graph: Value,
@@ -121,6 +125,8 @@ impl Execution {
             duration_ms: r.duration_ms,
             error: r.error,
             rerun_of: r.rerun_of,
+            trigger_id: r.trigger_id,
+            version_id: r.version_id,
             block_results: blocks.map(|bs| bs.into_iter().map(BlockResult::from).collect()),
             next_blocks_cursor: None,
             events: None,
@@ -145,6 +151,7 @@ impl From<EngineError> for ApiError {
             EngineError::TokenLimit { .. } => ApiError::TokenLimit(e.to_string()),
             EngineError::TooMany(m) => ApiError::TooManyExecutions(m),
             EngineError::Conflict(m) => ApiError::Conflict(m),
+            EngineError::KeyReused => ApiError::KeyReused(e.to_string()),
             EngineError::Forbidden(m) => ApiError::Forbidden(m),
             EngineError::Document(m) => {
                 tracing::error!(error = m, "reading a workflow document for an execution");

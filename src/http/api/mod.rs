@@ -5,7 +5,9 @@ mod comments;
 mod error;
 mod executions;
 pub mod providers;
+mod secrets;
 mod templates;
+mod triggers;
 pub mod usage;
 pub(crate) mod version_state;
 pub(crate) mod workflows;
@@ -33,6 +35,8 @@ pub fn router() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(comments::router())
         .merge(templates::router())
         .merge(providers::router())
+        .merge(secrets::router())
+        .merge(triggers::router())
         .merge(usage::router())
         .merge(executions::router())
         .split_for_parts();

@@ -242,7 +242,7 @@ async fn live_state(app: &AppState, id: &str) -> Result<Vec<u8>, ApiError> {
 
 /// The answer to a document that cannot be read as JSON: a stored document too deep to walk
 /// is the caller's (or an attacker's) content, not a server fault.
-fn content_error(e: crate::content::ContentError, workflow: &str) -> ApiError {
+pub(super) fn content_error(e: crate::content::ContentError, workflow: &str) -> ApiError {
     use crate::content::ContentError;
     match e {
         ContentError::TooDeep | ContentError::TextInList => ApiError::Conflict(e.to_string()),
@@ -404,7 +404,7 @@ async fn list_versions(
 }
 
 /// A version and its document state, rebuilt from its stored chain.
-async fn find_version(
+pub(super) async fn find_version(
     app: &AppState,
     id: &str,
     version: i64,

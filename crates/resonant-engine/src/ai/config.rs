@@ -242,7 +242,9 @@ impl Default for RouterConfig {
             breaker: BreakerConfig::default(),
             retry: RetryPolicy::default(),
             request_timeout: Duration::from_secs(300),
-            first_token_timeout: Duration::from_secs(60),
+            // A provider that has sent nothing for 12 s is hung or overloaded: the next one
+            // in the chain is likelier to answer than the same one again.
+            first_token_timeout: Duration::from_secs(12),
         }
     }
 }

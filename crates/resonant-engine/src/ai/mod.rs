@@ -43,6 +43,9 @@ pub use config::{default_fallback, default_providers, BreakerConfig, ProviderSpe
 pub use providers::{key_families, ProviderKind, ServerKey, DEMO_ID};
 pub use wire::parse_retry_after;
 
+/// The fewest output tokens a provider's `maxTokensPerRequest` must leave for it to be tried.
+const MIN_OUTPUT_TOKENS: u64 = 16;
+
 /// The `max_tokens` sent when a block gives none.
 pub(crate) fn wire_default_max_tokens() -> u32 {
     wire::DEFAULT_MAX_TOKENS
@@ -184,6 +187,9 @@ pub(crate) struct PlannedCall {
     pub spec: ProviderSpec,
     pub model: String,
     pub key: Option<ProviderKey>,
+    /// The `max_tokens` to send: the block's, lowered to fit the workspace's
+    /// `maxTokensPerRequest` for this provider.
+    pub max_tokens: Option<u32>,
 }
 
 impl PlannedCall {
@@ -247,13 +253,36 @@ impl Router {
         let providers = &self.config.providers;
         let mut sent = req.system.clone().unwrap_or_default();
         sent.push_str(&req.prompt);
-        let needed =
-            estimate_tokens(&sent) + u64::from(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
+        let input = estimate_tokens(&sent);
+        let needed = input + u64::from(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
         let demo = providers.iter().find(|p| p.kind == ProviderKind::Demo);
         let demo_call = |spec: &ProviderSpec| PlannedCall {
             spec: spec.clone(),
             model: spec.model.clone(),
             key: None,
+            max_tokens: req.max_tokens,
+        };
+        // The workspace's cap on one request's tokens (input and output): the output is
+        // lowered to fit, and a provider whose cap the input alone would reach is no
+        // candidate.
+        let room_for_output = |k: &ProviderKey| -> Option<u64> {
+            match k.max_tokens_per_request {
+                None => Some(u64::MAX),
+                Some(cap) => u64::try_from(cap)
+                    .ok()
+                    .and_then(|cap| cap.checked_sub(input))
+                    .filter(|left| *left >= MIN_OUTPUT_TOKENS),
+            }
+        };
+        let max_tokens_for = |k: Option<&ProviderKey>| -> Option<u32> {
+            let Some(room) = k.and_then(room_for_output) else {
+                return req.max_tokens;
+            };
+            if room == u64::MAX {
+                return req.max_tokens;
+            }
+            let wanted = u64::from(req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS));
+            Some(u32::try_from(wanted.min(room)).unwrap_or(u32::MAX))
         };
 
         // The block's override, resolved to a provider and the model to send.
@@ -342,6 +371,20 @@ impl Router {
                 format!("about {needed} tokens fit no available provider's context window"),
             ));
         }
+        let capped = fits.len();
+        let fits: Vec<(&ProviderSpec, &ProviderKey)> = fits
+            .into_iter()
+            .filter(|(_, k)| room_for_output(k).is_some())
+            .collect();
+        if fits.is_empty() {
+            return Err(BlockError::new(
+                ErrorClass::Refused,
+                format!(
+                    "the prompt's about {input} tokens leave no room for an answer within the \
+                     workspace's maxTokensPerRequest of any of its {capped} providers"
+                ),
+            ));
+        }
         let strengths = &req.required_strengths;
         let matched = |p: &ProviderSpec| {
             strengths
@@ -374,6 +417,22 @@ impl Router {
             }
             Priority::Quality => ranked.sort_by(|(a, _), (b, _)| quality(b).total_cmp(&quality(a))),
         }
+        // Once a workspace has ordered its providers (given them different priorities),
+        // its order comes first, and is the fallback chain too: its own providers by
+        // priority, then the server's. The sort is stable, so the block's ranking still
+        // orders providers of equal priority.
+        let own = |k: &ProviderKey| keys.iter().any(|w| w == k);
+        let mut priorities: Vec<i64> = ranked
+            .iter()
+            .filter(|(_, k)| own(k))
+            .map(|(_, k)| k.priority)
+            .collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        let ordered = priorities.len() > 1;
+        if ordered {
+            ranked.sort_by_key(|(_, k)| if own(k) { k.priority } else { i64::MAX });
+        }
 
         let (primary, primary_model) = match preferred {
             Some((spec, model)) if fits.iter().any(|(p, _)| p.id == spec.id) => (spec, model),
@@ -384,12 +443,15 @@ impl Router {
                 .find(|(p, _)| p.id == spec.id)
                 .map(|(_, k)| (*k).clone())
         };
+        let primary_key = key_of(primary);
         let mut chain = vec![PlannedCall {
             spec: primary.clone(),
             model: primary_model,
-            key: key_of(primary),
+            max_tokens: max_tokens_for(primary_key.as_ref()),
+            key: primary_key,
         }];
         let rest: Vec<&ProviderSpec> = match self.config.fallback.get(&primary.id) {
+            Some(_) if ordered => ranked.iter().map(|(p, _)| *p).collect(),
             Some(ids) => ids
                 .iter()
                 .filter_map(|id| providers.iter().find(|p| &p.id == id))
@@ -405,6 +467,7 @@ impl Router {
                 chain.push(PlannedCall {
                     spec: spec.clone(),
                     model: spec.model.clone(),
+                    max_tokens: max_tokens_for(Some(&key)),
                     key: Some(key),
                 });
             }
@@ -432,10 +495,20 @@ impl Router {
         let mut failures: Vec<String> = Vec::new();
         let mut last: Option<BlockError> = None;
 
-        for call in &chain {
+        for (i, call) in chain.iter().enumerate() {
             let breaker_key = call.breaker_key();
             let demo = call.spec.kind == ProviderKind::Demo;
             let mut attempt = 1u32;
+            if i > 0 {
+                // The editor hears of every change of provider, not only of those after
+                // text was streamed (which it must also discard).
+                let reason = last
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_else(|| "falling back".into());
+                events.restarted(&reason, &call.spec.id);
+                emitted = false;
+            }
             loop {
                 if cancel.is_cancelled() {
                     return Err(wire::cancelled());
@@ -465,7 +538,7 @@ impl Router {
                     system: req.system.as_deref(),
                     prompt: &req.prompt,
                     temperature: req.temperature,
-                    max_tokens: req.max_tokens,
+                    max_tokens: call.max_tokens,
                     json,
                     model: &call.model,
                 };
@@ -502,7 +575,11 @@ impl Router {
                         if matches!(e.class, ErrorClass::Refused | ErrorClass::Invalid) {
                             return Err(e);
                         }
-                        let retry = policy.should_retry(&e, attempt);
+                        // A provider that sent nothing before the first-token timeout is
+                        // not tried again: the next one is.
+                        let hung = e.class == ErrorClass::Timeout
+                            && e.message.ends_with(wire::FIRST_TOKEN_TIMEOUT);
+                        let retry = !hung && policy.should_retry(&e, attempt);
                         if retry {
                             let wait = policy.delay(attempt, e.retry_after);
                             let past_deadline =
@@ -678,7 +755,7 @@ impl Router {
             system: Some(REPAIR_SYSTEM),
             prompt: &prompt,
             temperature: Some(0.0),
-            max_tokens: req.max_tokens,
+            max_tokens: call.max_tokens,
             json: true,
             model: &call.model,
         };

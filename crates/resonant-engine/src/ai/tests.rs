@@ -513,3 +513,60 @@ fn keys_are_not_printed() {
     let k = key("claude");
     assert!(!format!("{k:?}").contains("key-claude"));
 }
+
+#[test]
+fn a_workspaces_provider_priorities_order_the_chain() {
+    let r = router();
+    let with = |family: &str, priority: i64, cap: Option<i64>| ProviderKey {
+        priority,
+        max_tokens_per_request: cap,
+        ..key(family)
+    };
+    let req = AiRequest {
+        prompt: "hi".into(),
+        ..AiRequest::default()
+    };
+    // Unordered (all 0): the block's ranking and the seed's chain, as before.
+    assert_eq!(r.plan(&req, &all_keys()).unwrap()[0].spec.id, "llama-3-70b");
+    // Ordered: lowest number first, and the chain follows the order.
+    let keys = [
+        with("llama", 3, None),
+        with("claude", 1, None),
+        with("openai", 2, None),
+    ];
+    assert_eq!(
+        ids(&r.plan(&req, &keys).unwrap()),
+        ["claude-3-5-sonnet", "gpt-4-turbo", "llama-3-70b"]
+    );
+}
+
+#[test]
+fn max_tokens_per_request_lowers_the_answer_or_skips_the_provider() {
+    let r = router();
+    let capped = |family: &str, cap: i64| ProviderKey {
+        max_tokens_per_request: Some(cap),
+        ..key(family)
+    };
+    // ~250 tokens of prompt: a 1000-token cap leaves ~750 for the answer.
+    let req = AiRequest {
+        prompt: "x".repeat(1000),
+        max_tokens: Some(4000),
+        ..AiRequest::default()
+    };
+    let chain = r.plan(&req, &[capped("claude", 1000)]).unwrap();
+    assert_eq!(ids(&chain), ["claude-3-5-sonnet"]);
+    let sent = chain[0].max_tokens.unwrap();
+    assert!((700..=760).contains(&sent), "{sent}");
+    // Uncapped providers send the block's own.
+    let chain = r.plan(&req, &[key("openai")]).unwrap();
+    assert_eq!(chain[0].max_tokens, Some(4000));
+    // A cap the prompt alone fills: that provider is no candidate; none left is a refusal
+    // that names the setting.
+    let chain = r
+        .plan(&req, &[capped("claude", 200), key("openai")])
+        .unwrap();
+    assert_eq!(ids(&chain), ["gpt-4-turbo"]);
+    let e = r.plan(&req, &[capped("claude", 200)]).unwrap_err();
+    assert_eq!(e.class, ErrorClass::Refused);
+    assert!(e.message.contains("maxTokensPerRequest"), "{}", e.message);
+}

@@ -59,6 +59,10 @@ pub(crate) struct Deadlines {
     pub first_token: Instant,
 }
 
+/// How a call that sent nothing before the first-token timeout ends its message: the router
+/// moves to the next provider at once on it rather than retrying a hung one.
+pub(crate) const FIRST_TOKEN_TIMEOUT: &str = "no response before the first-token timeout";
+
 pub(crate) fn cancelled() -> BlockError {
     BlockError::new(ErrorClass::Refused, "cancelled")
 }
@@ -131,7 +135,7 @@ pub(crate) async fn stream_call(
         BlockError::new(
             ErrorClass::Timeout,
             if first {
-                format!("{who}: no response before the first-token timeout")
+                format!("{who}: {FIRST_TOKEN_TIMEOUT}")
             } else {
                 format!("{who}: the call ran past its timeout")
             },

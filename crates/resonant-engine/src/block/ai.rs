@@ -233,6 +233,7 @@ async fn ai_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
             cost: out.cost_usd,
             estimated: out.estimated,
         }),
+        attempt: Some(stream.attempt),
     })
 }
 

@@ -104,6 +104,7 @@ impl Behaviour for Condition {
                 output: Some(ctx.upstream.clone()),
                 route: Some(route),
                 usage: None,
+                attempt: None,
             })
         })
     }

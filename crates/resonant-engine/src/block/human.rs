@@ -147,6 +147,7 @@ impl Behaviour for Human {
                     .into()
                 }),
                 usage: None,
+                attempt: None,
             })
         })
     }

@@ -147,6 +147,10 @@ impl<'a> Check<'a> {
 /// The longest delay or approval timeout (ten years): deadlines stay far from overflow.
 pub(crate) const MAX_WAIT_SECS: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
 
+/// The shortest secret value the API stores: shorter values are not redacted from what a
+/// run stores and shows (a two-letter value would blank every word it occurs in).
+pub const MIN_SECRET_CHARS: usize = 4;
+
 /// The block types' rules, as validation asks for them.
 pub(crate) struct Rules;
 
@@ -158,6 +162,73 @@ impl TypeRules for Rules {
     fn condition_handles(&self, config: &Value) -> Vec<String> {
         condition::handles(config)
     }
+
+    fn reads(&self, kind: BlockKind, config: &Value) -> Vec<(String, template::Reads)> {
+        reads(kind, config)
+    }
+}
+
+/// Where a block's configuration holds templates and expressions, as `(field, source,
+/// is_expression)`: its template and expression fields, a webhook's header values and a
+/// switch's cases.
+fn sources(kind: BlockKind, c: &Map<String, Value>) -> Vec<(String, &str, bool)> {
+    let behaviour = kind.behaviour();
+    let mut out = Vec::new();
+    for field in behaviour.templates() {
+        if let Some(Value::String(t)) = c.get(*field) {
+            out.push(((*field).to_owned(), t.as_str(), false));
+        }
+    }
+    for field in behaviour.expressions(c) {
+        if let Some(Value::String(e)) = c.get(*field) {
+            out.push(((*field).to_owned(), e.as_str(), true));
+        }
+    }
+    if kind == BlockKind::Webhook {
+        if let Some(Value::Object(h)) = c.get("headers") {
+            for (name, v) in h {
+                if let Value::String(t) = v {
+                    out.push((format!("headers.{name}"), t.as_str(), false));
+                }
+            }
+        }
+    }
+    if kind == BlockKind::Condition {
+        if let Some(Value::Array(cases)) = c.get("cases") {
+            for case in cases {
+                if let Some(e) = case.get("expression").and_then(Value::as_str) {
+                    out.push(("cases".to_owned(), e, true));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What each template or expression of a block reads of `blocks` and `secrets`, by field
+/// (those that do not compile are reported by [`check`]).
+fn reads(kind: BlockKind, config: &Value) -> Vec<(String, template::Reads)> {
+    let Some(c) = config.as_object() else {
+        return Vec::new();
+    };
+    sources(kind, c)
+        .into_iter()
+        .filter_map(|(field, source, expression)| {
+            let reads = if expression {
+                template::expression_reads(source)
+            } else {
+                template::template_reads(source)
+            };
+            reads.ok().map(|r| (field, r))
+        })
+        .collect()
+}
+
+/// The fields whose templates may read `secrets`: a webhook's request, which is where a
+/// credential goes and whose text is never stored or shown.
+fn may_read_secrets(kind: BlockKind, field: &str) -> bool {
+    kind == BlockKind::Webhook
+        && (field == "url" || field == "body" || field.starts_with("headers."))
 }
 
 /// Checks a block's configuration for its type; every problem found, as `(field, message)`.
@@ -207,6 +278,20 @@ fn check(kind: BlockKind, config: &Value) -> Vec<(String, String)> {
     if let Err(e) = retry {
         check.bad("retry", &e);
     }
+    for (field, r) in reads(kind, config) {
+        if (r.any_secret || !r.secrets.is_empty()) && !may_read_secrets(kind, &field) {
+            check.bad(
+                &field,
+                "secrets can be used only in a webhook block's url, headers and body \
+                 (anywhere else their value could be stored or shown)",
+            );
+        } else if r.any_secret {
+            check.bad(
+                &field,
+                "name secrets one by one (`secrets.NAME`), not through a variable",
+            );
+        }
+    }
     check.problems
 }
 
@@ -225,6 +310,9 @@ pub(crate) struct BlockDone {
     pub output: Option<Value>,
     pub route: Option<String>,
     pub usage: Option<Usage>,
+    /// The attempt it finished on, when the block retried by itself (a webhook's retries,
+    /// an AI call's restarts): its last `block.retrying` event's attempt.
+    pub attempt: Option<i64>,
 }
 
 impl BlockDone {
@@ -234,6 +322,7 @@ impl BlockDone {
             output: Some(output),
             route: None,
             usage: None,
+            attempt: None,
         }
     }
 }

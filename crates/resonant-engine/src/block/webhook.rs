@@ -51,20 +51,186 @@ impl Behaviour for Webhook {
     }
 }
 
+/// The methods a webhook block may send (a templated method too): CONNECT opens a tunnel
+/// through the guarded client's checks and TRACE echoes the request's credentials back.
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
 /// Runs a webhook block: method, URL, headers and body are templates; the response
-/// (status, headers, parsed body) is the output.
+/// (status, headers, parsed body) is the output. Secrets the request names are read and
+/// decrypted now, at call time, and every trace of their values is removed from what the
+/// block returns (its output, its error and its retry reasons), since those are stored and
+/// sent to every editor.
 async fn webhook_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
+    let secrets = Secrets::load(ctx).await?;
+    let redact = |text: String| secrets.redact(text);
+    match send(ctx, &secrets).await {
+        Ok((mut output, attempts)) => {
+            secrets.redact_json(&mut output);
+            Ok(BlockDone {
+                output: Some(output),
+                route: None,
+                usage: None,
+                attempt: Some(ctx.attempt - 1 + i64::from(attempts.max(1))),
+            })
+        }
+        Err(e) => Err(redact(e)),
+    }
+}
+
+/// The workspace's secrets as one webhook request uses them.
+#[derive(Default)]
+struct Secrets {
+    /// Name → value, for the templates (`None`: the request names no secret).
+    values: Option<minijinja::Value>,
+    /// `(value, replacement)`, longest value first, for [`Secrets::redact`].
+    redactions: Vec<(String, String)>,
+}
+
+impl Secrets {
+    async fn load(ctx: &BlockCtx<'_>) -> Result<Secrets, String> {
+        let mut named = std::collections::BTreeSet::new();
+        for field in ["url", "body"] {
+            if let Some(t) = ctx.config_str(field) {
+                if let Ok(r) = crate::template::template_reads(t) {
+                    named.extend(r.secrets);
+                }
+            }
+        }
+        if let Some(h) = ctx.block.config.get("headers").and_then(Value::as_object) {
+            for t in h.values().filter_map(Value::as_str) {
+                if let Ok(r) = crate::template::template_reads(t) {
+                    named.extend(r.secrets);
+                }
+            }
+        }
+        if named.is_empty() {
+            return Ok(Secrets::default());
+        }
+        let engine = &ctx.run.engine;
+        let Some(cipher) = &engine.io.cipher else {
+            return Err("secrets cannot be read: this server has no encryption key \
+                        (--encryption-key / RESONANT_ENCRYPTION_KEY)"
+                .into());
+        };
+        let all = crate::db::secrets::secret_values(&engine.db, cipher, &ctx.run.workspace)
+            .await
+            .map_err(|e| format!("reading the workspace's secrets: {e}"))?;
+        let mut values = std::collections::BTreeMap::new();
+        let mut redactions = Vec::new();
+        for (name, value) in all {
+            if !named.contains(&name) {
+                continue;
+            }
+            if value.chars().count() >= super::MIN_SECRET_CHARS {
+                let mark = format!("[secret:{name}]");
+                // As a URL or a client's error message may carry it: percent-encoded.
+                use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+                const COMPONENT: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+                    .remove(b'-')
+                    .remove(b'.')
+                    .remove(b'_')
+                    .remove(b'~');
+                for set in [NON_ALPHANUMERIC, COMPONENT] {
+                    let encoded = utf8_percent_encode(&value, set).to_string();
+                    if encoded != value {
+                        redactions.push((encoded, mark.clone()));
+                    }
+                }
+                redactions.push((value.clone(), mark));
+            }
+            values.insert(name, value);
+        }
+        if let Some(missing) = named.iter().find(|n| !values.contains_key(*n)) {
+            return Err(format!(
+                "secrets.{missing}: this workspace has no secret of that name"
+            ));
+        }
+        redactions.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
+        Ok(Secrets {
+            values: Some(minijinja::Value::from_serialize(&values)),
+            redactions,
+        })
+    }
+
+    /// `text` without any secret value in it.
+    fn redact(&self, mut text: String) -> String {
+        for (value, mark) in &self.redactions {
+            if text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), mark);
+            }
+        }
+        text
+    }
+
+    /// Redacts every string (and key) of a JSON value in place.
+    fn redact_json(&self, v: &mut Value) {
+        if self.redactions.is_empty() {
+            return;
+        }
+        match v {
+            Value::String(s) => *s = self.redact(std::mem::take(s)),
+            Value::Array(items) => items.iter_mut().for_each(|i| self.redact_json(i)),
+            Value::Object(map) => {
+                let old = std::mem::take(map);
+                for (k, mut item) in old {
+                    self.redact_json(&mut item);
+                    map.insert(self.redact(k), item);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The block's template context, with `secrets` when the request names any.
+    fn context(&self, ctx: &BlockCtx<'_>) -> minijinja::Value {
+        let base = ctx.context();
+        match &self.values {
+            Some(secrets) => minijinja::context! { secrets => secrets.clone(), ..base },
+            None => base,
+        }
+    }
+}
+
+/// Renders one template field of the request, charged to the template allowances.
+async fn render(
+    ctx: &BlockCtx<'_>,
+    tctx: &minijinja::Value,
+    field: &str,
+) -> Result<Option<String>, String> {
+    match ctx.config_str(field) {
+        None => Ok(None),
+        Some(t) => {
+            let text = crate::template::render_async(t, tctx)
+                .await
+                .map_err(|e| format!("{field}: {e}"))?;
+            ctx.run
+                .spend_template(text.len())
+                .map_err(|e| format!("{field}: {e}"))?;
+            Ok(Some(text))
+        }
+    }
+}
+
+/// Builds and sends the request; its output and the attempts it took, or why it failed
+/// (not yet redacted).
+async fn send(ctx: &BlockCtx<'_>, secrets: &Secrets) -> Result<(Value, u32), String> {
     let config = &ctx.block.config;
-    let url = ctx.render("url").await?.unwrap_or_default();
-    let method = match ctx.render("method").await? {
+    let tctx = secrets.context(ctx);
+    let url = render(ctx, &tctx, "url").await?.unwrap_or_default();
+    let method = match render(ctx, &tctx, "method").await? {
         Some(m) => m.trim().to_ascii_uppercase(),
         None => "POST".into(),
     };
+    if !METHODS.contains(&method.as_str()) {
+        return Err(format!(
+            "method: {method} is not one of {}",
+            METHODS.join(", ")
+        ));
+    }
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|_| format!("method: {method} is not an HTTP method"))?;
     let mut headers = Vec::new();
     if let Some(h) = config.get("headers").and_then(|v| v.as_object()) {
-        let tctx = ctx.context();
         for (name, value) in h {
             let value = match value {
                 Value::String(t) => crate::template::render_async(t, &tctx)
@@ -75,7 +241,18 @@ async fn webhook_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
             headers.push((name.clone(), value));
         }
     }
-    let body = match ctx.render("body").await? {
+    // The receiver can tell a retried or re-sent request (after a restart, or a deploy that
+    // cut the block short) from a new one: the key is the same on every attempt.
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("idempotency-key"))
+    {
+        headers.push((
+            "idempotency-key".into(),
+            format!("{}/{}", ctx.run.id, ctx.key),
+        ));
+    }
+    let body = match render(ctx, &tctx, "body").await? {
         Some(b) => Some(b),
         // Without a body template, a request that has a body sends the upstream value.
         None if method != reqwest::Method::GET && method != reqwest::Method::HEAD => {
@@ -99,15 +276,18 @@ async fn webhook_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
     let run = ctx.run.clone();
     let block = ctx.block.id.clone();
     let scope = ctx.prefix.trim_end_matches('/').to_owned();
+    // Attempts count on from the block's own (a re-run or resumed block starts past 1).
+    let base = ctx.attempt - 1;
     let mut on_retry = move |attempt: u32, err: &BlockError, wait: Duration| {
-        let mut fields = json!({"blockId": block, "attempt": attempt + 1, "reason": err.message,
+        let mut fields = json!({"blockId": block, "attempt": base + i64::from(attempt) + 1,
+                                "reason": secrets.redact(err.message.clone()),
                                 "waitMs": wait.as_millis() as u64});
         if !scope.is_empty() {
             fields["scope"] = scope.clone().into();
         }
         run.emit("block.retrying", fields);
     };
-    let (response, _attempts) = send_with_retry(
+    let (response, attempts) = send_with_retry(
         &ctx.run.engine.io.webhooks,
         &req,
         &policy,
@@ -116,14 +296,13 @@ async fn webhook_block(ctx: &BlockCtx<'_>) -> Result<BlockDone, String> {
     )
     .await
     .map_err(|e| e.message)?;
-    Ok(BlockDone {
-        output: Some(json!({
+    Ok((
+        json!({
             "status": response.status,
             "headers": Value::Object(response.headers),
             "body": response.body,
             "durationMs": response.duration_ms,
-        })),
-        route: None,
-        usage: None,
-    })
+        }),
+        attempts,
+    ))
 }

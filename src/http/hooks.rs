@@ -1,0 +1,281 @@
+//! Webhook triggers: `POST /hooks/{triggerId}` starts the trigger's workflow with the
+//! request as its input.
+//!
+//! No bearer token of a user: the trigger's own secret is the authentication, as a bearer
+//! (`Authorization: Bearer <secret>`) or as an HMAC-SHA256 signature over the timestamp and
+//! the raw body (`X-Resonant-Signature: t=<unix seconds>,v1=<hex>`, the scheme Stripe
+//! uses), which must be within 5 minutes and is accepted once: a captured request replayed
+//! is refused (409), even with another `Idempotency-Key`. A trigger that does not exist, is
+//! disabled or is a schedule answers 404, and so does a malformed id: the URL tells nothing.
+//!
+//! The input is `{body, headers, query, trigger}`: the body parsed as JSON when it is JSON
+//! (else as text), the request headers the trigger passes on, the query string without
+//! `wait`/`timeout`. The answer is 202 with the execution's id, or with `?wait=true` the
+//! execution's result once it finishes (200), or 202 again when `timeout` seconds pass first.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::{json, Value};
+
+use crate::auth::webhook_sig::{self, SignatureError};
+use crate::db::triggers::{self as store, TriggerRow};
+use crate::db::{self, now_ms};
+use crate::http::api::ApiError;
+use crate::AppState;
+
+/// How far a signature's timestamp may be from now, in seconds.
+const TOLERANCE_SECS: i64 = 5 * 60;
+/// The wait when `?wait=true` gives no `timeout`.
+const DEFAULT_WAIT_SECS: u64 = 10;
+
+/// The hook route. Its body limit is `--hook-body-bytes`, checked by the handler (which
+/// answers 413 in the API's error shape).
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/hooks/{id}", post(hook))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+/// Calls per trigger, on this node.
+fn limiter(app: &AppState) -> Option<&'static DefaultKeyedRateLimiter<String>> {
+    static LIMITER: OnceLock<Option<DefaultKeyedRateLimiter<String>>> = OnceLock::new();
+    LIMITER
+        .get_or_init(|| {
+            let per_sec = app.config.rate_hook_per_sec;
+            if per_sec.is_nan() || per_sec <= 0.0 {
+                return None;
+            }
+            let period = Duration::from_secs_f64(1.0 / per_sec).max(Duration::from_nanos(1));
+            let burst =
+                NonZeroU32::new(app.config.rate_hook_burst.max(1)).unwrap_or(NonZeroU32::MIN);
+            Quota::with_period(period).map(|q| RateLimiter::keyed(q.allow_burst(burst)))
+        })
+        .as_ref()
+}
+
+async fn hook(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    if !db::valid_id(&id) {
+        return Err(ApiError::NotFound);
+    }
+    if let Some(l) = limiter(&app) {
+        if let Err(not_until) = l.check_key(&id) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            return Err(ApiError::TooManyRequests(
+                wait.max(Duration::from_millis(1)),
+            ));
+        }
+        // Forget quiet triggers now and then, so the table does not grow with every id seen.
+        if l.len() > 10_000 {
+            l.retain_recent();
+        }
+    }
+    let limit = app.config.hook_body_bytes;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("the body is larger than {limit} bytes")))?;
+    let trigger = store::trigger(&app.db, &id)
+        .await?
+        .filter(|t| t.kind == "webhook" && t.enabled)
+        .ok_or(ApiError::NotFound)?;
+    let claimed = authenticate(&app, &trigger, &headers, &body).await?;
+    let workflow = db::workflow(&app.db, &trigger.workflow_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let (wait, timeout) = wait_of(&app, &query)?;
+    let input = input_of(&trigger, &headers, &query, &body);
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 200)
+                .ok_or_else(|| {
+                    ApiError::field(
+                        "Idempotency-Key",
+                        "must be 1 to 200 visible ASCII characters",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
+    let started = app
+        .engine
+        .start_triggered(&workflow, &trigger, input, key)
+        .await;
+    let (execution, created) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            // Nothing started: the sender may send the same signed request again.
+            if let Some(signature) = claimed {
+                store::forget_signature(&app.db, &trigger.id, &signature).await?;
+            }
+            return Err(e.into());
+        }
+    };
+    if !wait {
+        let status = if created {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        return Ok((status, axum::Json(json!({"executionId": execution}))).into_response());
+    }
+    let row = app.engine.wait_finished(&execution, timeout).await?;
+    let Some(row) = row.filter(|r| !matches!(r.status.as_str(), "pending" | "running")) else {
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(json!({"executionId": execution, "status": "running"})),
+        )
+            .into_response());
+    };
+    let output = row
+        .output
+        .as_deref()
+        .and_then(|o| serde_json::from_str::<Value>(o).ok());
+    Ok(axum::Json(json!({
+        "executionId": execution,
+        "status": row.status,
+        "output": output,
+        "error": row.error,
+    }))
+    .into_response())
+}
+
+/// Checks the caller knows the trigger's secret (and has not sent this signature before);
+/// the signature it claimed, to give back if nothing starts.
+async fn authenticate(
+    app: &AppState,
+    t: &TriggerRow,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Option<String>, ApiError> {
+    let secret = match (&t.secret, &app.cipher) {
+        (Some(sealed), Some(cipher)) => cipher.decrypt(&t.id, sealed).map_err(|e| {
+            tracing::error!(trigger = %t.id, error = %e, "a trigger's secret does not decrypt");
+            ApiError::Unavailable("this trigger's secret cannot be read".into())
+        })?,
+        _ => {
+            return Err(ApiError::Unavailable(
+                "this server has no encryption key to check the trigger's secret".into(),
+            ))
+        }
+    };
+    let refused = |why: &str| ApiError::Unauthorized(format!("webhook refused: {why}"));
+    if t.auth.as_deref() == Some("bearer") {
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| refused("missing Authorization: Bearer <secret>"))?;
+        // Compared as MACs, in constant time.
+        let matches = webhook_sig::same_secret(given.trim(), &secret);
+        return if matches {
+            Ok(None)
+        } else {
+            Err(refused("the secret does not match"))
+        };
+    }
+    let header = headers
+        .get("x-resonant-signature")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            refused("missing X-Resonant-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>")
+        })?;
+    let now = now_ms();
+    webhook_sig::verify_stripe(&secret, header, body, now.div_euclid(1000), TOLERANCE_SECS)
+        .map_err(|e| match e {
+            SignatureError::Stale => {
+                refused("the signature's timestamp is more than 5 minutes from now")
+            }
+            SignatureError::NoMatch => refused("the signature does not match the body"),
+            _ => refused("X-Resonant-Signature must be t=<unix seconds>,v1=<hex HMAC-SHA256>"),
+        })?;
+    let fresh = store::remember_signature(
+        &app.db,
+        &t.id,
+        header.trim(),
+        now - 2 * TOLERANCE_SECS * 1000,
+    )
+    .await?;
+    if !fresh {
+        return Err(ApiError::Conflict(
+            "webhook refused: this signature was used before (a replayed request)".into(),
+        ));
+    }
+    Ok(Some(header.trim().to_owned()))
+}
+
+/// `?wait=true&timeout=<seconds>`; the other query parameters go to the input.
+fn wait_of(app: &AppState, q: &BTreeMap<String, String>) -> Result<(bool, Duration), ApiError> {
+    let wait = match q.get("wait").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(_) => return Err(ApiError::field("wait", "must be true or false")),
+    };
+    let max = app.config.hook_wait_max_secs;
+    let secs = match q.get("timeout") {
+        None => DEFAULT_WAIT_SECS.min(max),
+        Some(t) => t
+            .parse::<u64>()
+            .ok()
+            .filter(|s| (1..=max).contains(s))
+            .ok_or_else(|| ApiError::field("timeout", format!("must be 1 to {max} seconds")))?,
+    };
+    Ok((wait, Duration::from_secs(secs)))
+}
+
+/// The execution's input: `{body, headers, query, trigger}`.
+fn input_of(
+    t: &TriggerRow,
+    headers: &HeaderMap,
+    q: &BTreeMap<String, String>,
+    body: &Bytes,
+) -> Value {
+    let body = if body.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice::<Value>(body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+    };
+    let names: Vec<String> = t
+        .pass_headers
+        .as_deref()
+        .and_then(|h| serde_json::from_str(h).ok())
+        .unwrap_or_default();
+    let passed: serde_json::Map<String, Value> = names
+        .into_iter()
+        .filter_map(|n| {
+            let v = headers.get(n.as_str())?.to_str().ok()?.to_owned();
+            Some((n, Value::String(v)))
+        })
+        .collect();
+    let query: serde_json::Map<String, Value> = q
+        .iter()
+        .filter(|(k, _)| k.as_str() != "wait" && k.as_str() != "timeout")
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    json!({
+        "body": body,
+        "headers": passed,
+        "query": query,
+        "trigger": {"id": t.id, "kind": "webhook", "name": t.name},
+    })
+}
