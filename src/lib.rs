@@ -327,7 +327,10 @@ pub async fn start_with_store(
         // use what the ones before it left, up to its own share.
         let begun = tokio::time::Instant::now();
         let end = begun + SHUTDOWN_BUDGET;
-        engine.shutdown(begun + Duration::from_secs(3)).await;
+        // The engine's share includes the drain of blocks in flight (up to 5 s: an AI call
+        // or a webhook request cut short would be paid for, or delivered, again after the
+        // restart); it is over at once when no block is working.
+        engine.shutdown(begun + Duration::from_secs(7)).await;
         let drain = async {
             serve_rooms.shutdown().await;
             tracker.close();

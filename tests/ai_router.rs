@@ -140,7 +140,7 @@ async fn run(
 }
 
 #[tokio::test]
-async fn falls_back_in_chain_order_invisibly_before_the_first_token() {
+async fn falls_back_in_chain_order_telling_the_engine_of_each_new_provider() {
     let (_, mock) = MockAi::start(vec![
         ("claude", MockReply::status(500, "boom")),
         ("claude", MockReply::status(529, "overloaded")),
@@ -160,10 +160,9 @@ async fn falls_back_in_chain_order_invisibly_before_the_first_token() {
         mock.lanes(),
         ["claude", "claude", "openai", "openai", "gemini"]
     );
-    assert!(
-        rec.restarts().is_empty(),
-        "no text was streamed before gemini"
-    );
+    // No text was streamed before gemini, but the editor hears of each change of provider.
+    let next: Vec<String> = rec.restarts().into_iter().map(|(_, n)| n).collect();
+    assert_eq!(next, [GPT, GEMINI], "{:?}", rec.log);
     let calls = rec.calls();
     assert_eq!(
         calls.len(),
@@ -446,12 +445,19 @@ async fn a_slow_first_token_times_out_and_falls_back() {
     .await;
     let mut c = config(&mock);
     c.first_token_timeout = Duration::from_millis(200);
+    // Retries are allowed, but a provider that sent nothing is not tried again: the next
+    // one is, at once.
+    c.retry.attempts = 3;
     let router = Router::new(c);
     let started = Instant::now();
     let (out, rec) = run(&router, &req(CLAUDE), &[]).await;
     assert_eq!(out.unwrap().provider, GPT);
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(rec.restarts().is_empty());
+    assert_eq!(mock.lanes(), ["claude", "openai"]);
+    let restarts = rec.restarts();
+    assert_eq!(restarts.len(), 1, "{:?}", rec.log);
+    assert_eq!(restarts[0].1, GPT);
+    assert!(restarts[0].0.contains("first-token"), "{}", restarts[0].0);
     assert!(rec.calls()[0]
         .error
         .as_deref()

@@ -1293,3 +1293,44 @@ async fn text_fields_held_as_y_text_run_read_as_strings_and_restore_as_y_text() 
         env.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn a_retried_webhooks_completion_names_the_attempt_its_retries_counted_to() {
+    let (mock, hits) = scripted_http(vec![500, 503, 200]).await;
+    let env = Env::with(Backend::Sqlite, |c| {
+        c.webhook_allow = vec!["127.0.0.1/32".into()]
+    })
+    .await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("hook", "webhook", json!({"url": format!("http://{mock}/x"), "method": "POST",
+                    "retry": {"attempts": 3, "initialIntervalMs": 1, "jitter": 0.0}})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("in", "hook"), edge("hook", "out")],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let retries: Vec<i64> = events
+        .iter()
+        .filter(|e| e["type"] == "block.retrying")
+        .map(|e| e["attempt"].as_i64().unwrap())
+        .collect();
+    assert_eq!(retries, [2, 3], "{events:?}");
+    assert_eq!(completed(&events, "hook")["attempt"], 3);
+    let e = env.execution(&id).await;
+    let row = e["blockResults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["blockId"] == "hook")
+        .cloned()
+        .unwrap();
+    assert_eq!(row["attempt"], 3, "{row}");
+    env.cleanup().await;
+}

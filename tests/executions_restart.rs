@@ -209,3 +209,116 @@ async fn kill_9_mid_execution_resumes_on_postgres() {
         .execute(&pool)
         .await;
 }
+
+/// A deploy (SIGTERM) while a webhook block waits for its answer: the server lets the request
+/// finish before it stops, so the receiver gets it once, not again after the restart.
+#[tokio::test]
+async fn sigterm_lets_a_webhook_in_flight_finish_instead_of_sending_it_twice() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (h, a) = (hits.clone(), arrived.clone());
+    let app = axum::Router::new().fallback(move || {
+        let (h, a) = (h.clone(), a.clone());
+        async move {
+            h.fetch_add(1, Ordering::SeqCst);
+            a.notify_one();
+            // Slow, but well inside the shutdown budget.
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            axum::Json(json!({"ok": true}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = vec![
+        "--data-dir".to_string(),
+        dir.path().to_str().unwrap().into(),
+        "--webhook-allow".into(),
+        "127.0.0.1/32".into(),
+    ];
+    let http = reqwest::Client::new();
+    let server = start(&store);
+    let addr = server.addr;
+    let owner = sign_in(&http, addr, SECRET, "owner").await;
+    let (_, ws) = call(
+        &http,
+        addr,
+        Some(&owner.token),
+        Method::POST,
+        "/api/v1/workspaces",
+        Some(json!({"name": "w"})),
+    )
+    .await;
+    let (_, wf) = call(
+        &http,
+        addr,
+        Some(&owner.token),
+        Method::POST,
+        &format!(
+            "/api/v1/workspaces/{}/workflows",
+            ws["id"].as_str().unwrap()
+        ),
+        Some(json!({"name": "f"})),
+    )
+    .await;
+    let wf = wf["id"].as_str().unwrap().to_string();
+    let url = |addr| {
+        format!(
+            "{}?token={}",
+            room_url(addr, &format!("workflow-{wf}")),
+            owner.token
+        )
+    };
+    let mut w = Client::connect_synced(&url(addr)).await;
+    w.opt_in().await;
+    put_graph(&mut w, &json!({
+        "blocks": [
+            block("in", "input", json!({})),
+            block("hook", "webhook", json!({"url": format!("http://{mock}/deliver"), "method": "POST",
+                "retry": {"attempts": 1}})),
+            block("out", "output", json!({})),
+        ],
+        "connections": [edge("in", "hook"), edge("hook", "out")],
+    })).await;
+    drop(w);
+    let (s, e) = call(
+        &http,
+        addr,
+        Some(&owner.token),
+        Method::POST,
+        &format!("/api/v1/workflows/{wf}/executions"),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let id = e["id"].as_str().unwrap().to_string();
+    arrived.notified().await;
+    // Waited for off the runtime, which must keep serving the slow receiver meanwhile.
+    let (took, status) = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(took < std::time::Duration::from_secs(9), "{took:?}");
+    // Back up: the execution finished before the stop, and nothing was sent again.
+    let server = start(&store);
+    let addr = server.addr;
+    let (_, e) = call(
+        &http,
+        addr,
+        Some(&owner.token),
+        Method::GET,
+        &format!("/api/v1/executions/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(e["status"], "completed", "{e}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the webhook was delivered once"
+    );
+}

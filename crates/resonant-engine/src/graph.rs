@@ -452,6 +452,49 @@ mod tests {
     }
 
     #[test]
+    fn templates_may_read_only_blocks_upstream_of_them() {
+        // in -> a -> out, and b in parallel (in -> b -> out).
+        let with = |template: &str| {
+            json!({
+                "blocks": [
+                    block("in", "input", json!({})),
+                    block("a", "transform", json!({ "template": template })),
+                    block("b", "transform", json!({ "template": "b" })),
+                    block("b-2", "transform", json!({ "template": "{{ blocks['a'].output }}" })),
+                    block("out", "output", json!({ "template": "{{ blocks.a.output }} {{ blocks['b-2'].output }}" })),
+                ],
+                "connections": [
+                    edge("e1", "in", "a"), edge("e2", "in", "b"), edge("e3", "a", "b-2"),
+                    edge("e4", "a", "out"), edge("e5", "b", "out"), edge("e6", "b-2", "out"),
+                ],
+            })
+        };
+        assert!(parse(&with("{{ blocks.in.output }} {{ input.x }}")).is_ok());
+        let problems = |t: &str| match parse(&with(t)) {
+            Ok(_) => panic!("{t} parsed"),
+            Err(p) => p,
+        };
+        // A parallel branch's block: it may not have run yet.
+        match &problems("{{ blocks.b.output }}")[..] {
+            [Problem::BadConfig {
+                block,
+                field,
+                message,
+            }] => {
+                assert_eq!((block.as_str(), field.as_str()), ("a", "template"));
+                assert!(message.contains("not upstream"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Downstream, itself, unknown; in the subscript form too.
+        assert!(format!("{:?}", problems("{{ blocks['out'].output }}")).contains("not upstream"));
+        assert!(format!("{:?}", problems("{{ blocks.a.output }}")).contains("this block itself"));
+        assert!(
+            format!("{:?}", problems("{{ blocks.gone.output }}")).contains("no block has this id")
+        );
+    }
+
+    #[test]
     fn a_valid_workflow_parses() {
         let content = json!({
             "blocks": [

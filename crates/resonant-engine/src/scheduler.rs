@@ -474,6 +474,7 @@ async fn run_block(
                 attempt: finished_on,
             } = done;
             let attempt = finished_on.unwrap_or(attempt);
+            row.attempt = attempt;
             if let Some(out) = &output {
                 run.outputs.lock().insert(key.clone(), out.clone());
             }
