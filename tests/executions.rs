@@ -1334,3 +1334,82 @@ async fn a_retried_webhooks_completion_names_the_attempt_its_retries_counted_to(
     assert_eq!(row["attempt"], 3, "{row}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_failing_block_can_continue_or_route_its_error_instead_of_failing_the_run() {
+    let (mock, hits) = scripted_http(vec![500, 500, 500, 500]).await;
+    let env = Env::with(Backend::Sqlite, |c| {
+        c.webhook_allow = vec!["127.0.0.1/32".into()]
+    })
+    .await;
+    let hook = |mode: &str| {
+        block(
+            "hook",
+            "webhook",
+            json!({"url": format!("http://{mock}/x"), "method": "POST",
+            "retry": {"attempts": 1}, "onError": mode}),
+        )
+    };
+    // continue: the failure is the block's output, and the run goes on.
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                hook("continue"),
+                block("after", "transform", json!({"template": "{{ upstream.error.blockId }}: {{ '500' in upstream.error.message }}"})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("in", "hook"), edge("hook", "after"), edge("after", "out")],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "execution.completed", "{events:?}");
+    assert_eq!(last["outputs"]["out"], "hook: True");
+    let failed = events.iter().find(|e| e["type"] == "block.failed").unwrap();
+    assert_eq!(
+        (failed["blockId"].as_str(), failed["handled"].as_str()),
+        (Some("hook"), Some("continue"))
+    );
+
+    // route: only the error handle's branch runs; the normal one is skipped.
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                hook("route"),
+                block("ok", "output", json!({"template": "fine"})),
+                block("recover", "transform", json!({"template": "recovered from {{ upstream.error.blockId }}"})),
+                block("fallback", "output", json!({})),
+            ],
+            "connections": [edge("in", "hook"), edge("hook", "ok"),
+                edge_h("hook", "error", "recover"), edge("recover", "fallback")],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "execution.completed", "{events:?}");
+    assert_eq!(last["outputs"], json!({"fallback": "recovered from hook"}));
+    assert!(
+        kinds(&events).contains(&"block.skipped:ok".to_string()),
+        "{:?}",
+        kinds(&events)
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // An error handle on a block that does not route its errors is refused up front.
+    let bad = env
+        .workflow(json!({
+            "blocks": [block("in", "input", json!({})), hook("fail"), block("out", "output", json!({}))],
+            "connections": [edge("in", "hook"), edge_h("hook", "error", "out")],
+        }))
+        .await;
+    let (s, e) = env.start(&bad, json!({})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e.to_string().contains("onError is not `route`"), "{e}");
+    env.cleanup().await;
+}

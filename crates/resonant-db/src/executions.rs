@@ -434,20 +434,38 @@ pub async fn execution(db: &Db, id: &str) -> Result<Option<ExecutionRow>> {
     with_pool!(db, p => Ok(sqlx::query_as(&sql).bind(id).fetch_optional(p).await?))
 }
 
+/// Which trigger started the executions a list shows.
+#[derive(Debug, Clone, Copy)]
+pub enum TriggerFilter<'a> {
+    /// Any, or none.
+    Any,
+    /// Only those a user started.
+    Manual,
+    /// Only those this trigger started.
+    Trigger(&'a str),
+}
+
 /// A workflow's executions, newest first, after the cursor (an execution id).
 pub async fn executions(
     db: &Db,
     workflow: &str,
     status: Option<&str>,
+    trigger: TriggerFilter<'_>,
     before: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ExecutionRow>> {
+    let (manual, trigger) = match trigger {
+        TriggerFilter::Any => (false, None),
+        TriggerFilter::Manual => (true, None),
+        TriggerFilter::Trigger(t) => (false, Some(t)),
+    };
     let sql = format!(
         "SELECT {EXEC_COLS} FROM executions WHERE workflow_id = $1 AND ($2 IS NULL OR status = $2) \
-         AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+         AND ($3 IS NULL OR id < $3) AND ($5 IS NULL OR trigger_id = $5) \
+         AND (NOT $6 OR trigger_id IS NULL) ORDER BY id DESC LIMIT $4"
     );
     with_pool!(db, p => Ok(sqlx::query_as(&sql)
-        .bind(workflow).bind(status).bind(before).bind(limit)
+        .bind(workflow).bind(status).bind(before).bind(limit).bind(trigger).bind(manual)
         .fetch_all(p).await?))
 }
 

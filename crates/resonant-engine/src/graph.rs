@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use crate::block::kind::{Block, BlockKind};
 
+/// The source handle a block's failure leaves through when its `onError` is `route`.
+pub const ERROR_HANDLE: &str = "error";
+
 /// A connection between two blocks.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -126,8 +129,19 @@ impl Workflow {
             .filter(|b| b.kind == BlockKind::Condition)
             .map(|b| (b.id.as_str(), rules.condition_handles(&b.config)))
             .collect();
-        let connections =
-            parse_connections(content.get("connections"), &ids, &handles, &mut problems);
+        // Blocks whose failures leave through their `error` handle.
+        let route_errors: HashSet<&str> = blocks
+            .iter()
+            .filter(|b| b.config.get("onError").and_then(Value::as_str) == Some("route"))
+            .map(|b| b.id.as_str())
+            .collect();
+        let connections = parse_connections(
+            content.get("connections"),
+            &ids,
+            &handles,
+            &route_errors,
+            &mut problems,
+        );
         if problems.is_empty() {
             check_graph(&blocks, &connections, &mut problems);
         }
@@ -230,6 +244,7 @@ fn parse_connections(
     value: Option<&Value>,
     blocks: &HashMap<&str, BlockKind>,
     handles: &HashMap<&str, Vec<String>>,
+    route_errors: &HashSet<&str>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Connection> {
     let Some(items) = value.and_then(Value::as_array) else {
@@ -259,7 +274,14 @@ fn parse_connections(
             continue;
         }
         let source_handle = text("sourceHandle");
-        if source_kind == BlockKind::Condition {
+        if source_handle.as_deref() == Some(ERROR_HANDLE) {
+            if !route_errors.contains(source.as_str()) {
+                dangling(format!(
+                    "leaves `{source}` through its error handle, but its onError is not `route`"
+                ));
+                continue;
+            }
+        } else if source_kind == BlockKind::Condition {
             let allowed = &handles[source.as_str()];
             if !source_handle.as_ref().is_some_and(|h| allowed.contains(h)) {
                 dangling(format!(

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::block::{Block, BlockCtx, BlockDone, BlockKind};
 use crate::db::executions::{BlockRow, StatusUpdate, Write};
 use crate::db::now_ms;
+use crate::graph::ERROR_HANDLE;
 use crate::run::{scoped, Decision, LoopCtx, Run};
 
 /// Outputs larger than this travel by reference in events (fetched over REST).
@@ -249,15 +250,24 @@ fn run_scope(
             match outcome {
                 Outcome::Done { output, route } => {
                     let behaviour = wf.blocks[b].kind.behaviour();
+                    let failed = route.as_deref() == Some(ERROR_HANDLE);
                     for e in outgoing.get(&b).into_iter().flatten() {
                         let c = &wf.connections[*e];
                         let handle = c.source_handle.as_deref();
+                        // A failure routed to the error handle takes only that handle; a
+                        // success never takes it.
                         let taken = match (&route, handle) {
+                            (_, Some(ERROR_HANDLE)) => failed,
+                            _ if failed => false,
                             (Some(r), Some(h)) => r == h,
                             (Some(_), None) => !behaviour.routes_only(),
                             (None, _) => true,
                         };
-                        let value = behaviour.branch(&output, handle);
+                        let value = if failed {
+                            output.clone()
+                        } else {
+                            behaviour.branch(&output, handle)
+                        };
                         edges.insert(
                             *e,
                             if taken {
@@ -371,8 +381,9 @@ async fn run_block(
                 return Outcome::Done { output, route };
             }
             "skipped" => return Outcome::Skipped,
-            // Its failure ended the run before the crash: it is not tried again.
-            "failed" => return Outcome::Failed(p.error.clone().unwrap_or_default()),
+            // Its failure ended the run (or was handled) before the crash: it is not tried
+            // again.
+            "failed" => return failure(run, block, &key, p.error.clone().unwrap_or_default()),
             _ => {}
         }
     }
@@ -389,7 +400,7 @@ async fn run_block(
             ),
         );
         run.engine.events.flush().await;
-        return Outcome::Failed(err);
+        return failure(run, block, &key, err);
     }
     // A block interrupted while running starts again as its next attempt; a waiting one
     // keeps its deadline.
@@ -534,15 +545,42 @@ async fn run_block(
             row.error = Some(err.replace('\0', "\u{FFFD}"));
             row.completed_at = Some(now_ms());
             run.engine.events.write(Write::Block(row));
-            run.emit(
-                "block.failed",
-                scoped(
-                    json!({"blockId": block.id, "attempt": attempt, "error": err}),
-                    prefix,
-                ),
-            );
-            Outcome::Failed(err)
+            let mut fields = json!({"blockId": block.id, "attempt": attempt, "error": err});
+            if let Some(mode) = on_error(block) {
+                fields["handled"] = mode.into();
+            }
+            run.emit("block.failed", scoped(fields, prefix));
+            failure(run, block, &key, err)
         }
+    }
+}
+
+/// How a block's failure is handled: `continue` or `route` (its `onError`); `None` fails
+/// the run.
+fn on_error(block: &Block) -> Option<&'static str> {
+    match block.config.get("onError").and_then(Value::as_str) {
+        Some("continue") => Some("continue"),
+        Some("route") => Some("route"),
+        _ => None,
+    }
+}
+
+/// What a block's failure means for the run: the run fails, unless the block's `onError`
+/// handles it, in which case the block counts as done with `{error: {message, blockId}}` as
+/// its output, passed on through every connection (`continue`) or only through its `error`
+/// handle (`route`).
+fn failure(run: &Run, block: &Block, key: &str, err: String) -> Outcome {
+    let Some(mode) = on_error(block) else {
+        return Outcome::Failed(err);
+    };
+    if err == "cancelled" {
+        return Outcome::Failed(err);
+    }
+    let output = json!({"error": {"message": err, "blockId": block.id}});
+    run.outputs.lock().insert(key.to_owned(), output.clone());
+    Outcome::Done {
+        output,
+        route: (mode == "route").then(|| ERROR_HANDLE.to_owned()),
     }
 }
 

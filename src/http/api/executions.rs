@@ -211,6 +211,10 @@ async fn start_execution(
 pub struct ListExecutions {
     /// Only executions with this status.
     pub status: Option<String>,
+    /// Only executions this trigger started; `manual` for those a user started.
+    #[serde(rename = "triggerId")]
+    #[param(rename = "triggerId")]
+    pub trigger_id: Option<String>,
     /// Items per page, 1–100 (default 50).
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
@@ -218,6 +222,8 @@ pub struct ListExecutions {
     pub cursor: Option<String>,
 }
 
+/// A workflow's executions, newest first (its run history), with their trigger, status,
+/// duration, tokens and cost.
 #[utoipa::path(get, path = "/api/v1/workflows/{id}/executions", tag = "executions",
     params(("id" = String, Path, description = "Workflow id"), ListExecutions),
     responses((status = 200, body = Page<Execution>)))]
@@ -244,8 +250,26 @@ async fn list_executions(
         cursor: q.cursor,
     };
     let limit = page.limit()?;
-    let rows =
-        store::executions(&app.db, &id, q.status.as_deref(), page.id_cursor()?, limit).await?;
+    let trigger = match q.trigger_id.as_deref() {
+        None => store::TriggerFilter::Any,
+        Some("manual") => store::TriggerFilter::Manual,
+        Some(t) if crate::db::valid_id(t) => store::TriggerFilter::Trigger(t),
+        Some(_) => {
+            return Err(ApiError::field(
+                "triggerId",
+                "must be a trigger id or manual",
+            ))
+        }
+    };
+    let rows = store::executions(
+        &app.db,
+        &id,
+        q.status.as_deref(),
+        trigger,
+        page.id_cursor()?,
+        limit,
+    )
+    .await?;
     let items: Vec<Execution> = rows
         .into_iter()
         .map(|r| Execution::from_row(r, None))

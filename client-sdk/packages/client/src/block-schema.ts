@@ -3,7 +3,7 @@
 // it is a module rather than a .json file so the built package has no JSON import attribute,
 // which older bundlers and Node before 20.10 cannot load.
 export default {
-  "$comment": "Block types and their config fields as the server validates them (crates/resonant-engine/src/block/, one file per type); checked against that validation by tests/block_schema.rs. Handle \"\" is a block's default handle (no sourceHandle/targetHandle). A condition with cases leaves through each case's handle and casesOutputs instead of outputs. commonFields apply to every type. min/max are inclusive, exclusiveMin is not.",
+  "$comment": "Block types and their config fields as the server validates them (crates/resonant-engine/src/block/, one file per type); checked against that validation by tests/block_schema.rs. Handle \"\" is a block's default handle (no sourceHandle/targetHandle). A condition with cases leaves through each case's handle and casesOutputs instead of outputs. commonFields apply to every type; a block whose onError is route also leaves through handle \"error\". min/max are inclusive, exclusiveMin is not.",
   "version": 1,
   "commonFields": {
     "retry": {
@@ -103,6 +103,18 @@ export default {
       "min": 1,
       "label": "Attempt timeout (ms)",
       "help": "One attempt's limit (the same as retry.attemptTimeoutMs)."
+    },
+    "onError": {
+      "kind": "enum",
+      "required": false,
+      "enum": [
+        "fail",
+        "continue",
+        "route"
+      ],
+      "default": "fail",
+      "label": "On error",
+      "help": "fail: the run fails; continue: the block's output becomes {error: {message, blockId}} and the run goes on; route: that output leaves only through the block's error handle."
     }
   },
   "types": {

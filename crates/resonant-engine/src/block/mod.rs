@@ -278,6 +278,11 @@ fn check(kind: BlockKind, config: &Value) -> Vec<(String, String)> {
     if let Err(e) = retry {
         check.bad("retry", &e);
     }
+    if let Some(v) = c.get("onError").filter(|v| !v.is_null()) {
+        if !matches!(v.as_str(), Some("fail" | "continue" | "route")) {
+            check.bad("onError", "must be fail, continue or route");
+        }
+    }
     for (field, r) in reads(kind, config) {
         if (r.any_secret || !r.secrets.is_empty()) && !may_read_secrets(kind, &field) {
             check.bad(
