@@ -1413,3 +1413,73 @@ async fn a_failing_block_can_continue_or_route_its_error_instead_of_failing_the_
     assert!(e.to_string().contains("onError is not `route`"), "{e}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn the_workflows_error_handler_runs_with_what_failed_and_the_run_still_fails() {
+    let (mock, hits) = scripted_http(vec![500, 200, 200]).await;
+    let env = Env::with(Backend::Sqlite, |c| {
+        c.webhook_allow = vec!["127.0.0.1/32".into()]
+    })
+    .await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("hook", "webhook", json!({"url": format!("http://{mock}/work"), "method": "POST",
+                    "retry": {"attempts": 1}})),
+                block("out", "output", json!({})),
+                block("oops", "errorHandler", json!({})),
+                block("tell", "webhook", json!({"url": format!("http://{mock}/alert"), "method": "POST",
+                    "body": "{{ upstream.error.blockId }} failed"})),
+            ],
+            "connections": [edge("in", "hook"), edge("hook", "out"), edge("oops", "tell")],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "execution.failed", "{events:?}");
+    assert!(
+        last["error"].as_str().unwrap().contains("block hook"),
+        "{last}"
+    );
+    let handled = completed(&events, "oops");
+    assert_eq!(handled["output"]["error"]["blockId"], "hook");
+    let told = completed(&events, "tell");
+    assert_eq!(told["output"]["body"]["echo"], "hook failed", "{told}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // A run that succeeds does not run it.
+    let ok = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("out", "output", json!({})),
+                block("oops", "errorHandler", json!({})),
+                block("tell", "output", json!({"template": "never"})),
+            ],
+            "connections": [edge("in", "out"), edge("oops", "tell")],
+        }))
+        .await;
+    let mut w = env.watcher(&ok).await;
+    let id = env.run(&ok, json!({"x": 1})).await;
+    let events = until_finished(&mut w, &id).await;
+    assert_eq!(events.last().unwrap()["type"], "execution.completed");
+    assert!(
+        !kinds(&events).iter().any(|k| k.contains("oops")),
+        "{:?}",
+        kinds(&events)
+    );
+    // It has no inputs.
+    let bad = env
+        .workflow(json!({
+            "blocks": [block("in", "input", json!({})), block("oops", "errorHandler", json!({})),
+                block("out", "output", json!({}))],
+            "connections": [edge("in", "oops"), edge("oops", "out")],
+        }))
+        .await;
+    let (s, e) = env.start(&bad, json!({})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert!(e.to_string().contains("has no inputs"), "{e}");
+    env.cleanup().await;
+}

@@ -122,6 +122,17 @@ impl Workflow {
     pub(crate) fn parse(content: &Value, rules: &dyn TypeRules) -> Result<Workflow, Vec<Problem>> {
         let mut problems = Vec::new();
         let blocks = parse_blocks(content.get("blocks"), rules, &mut problems);
+        for b in blocks
+            .iter()
+            .filter(|b| b.kind == BlockKind::ErrorHandler)
+            .skip(1)
+        {
+            problems.push(Problem::BadConfig {
+                block: b.id.clone(),
+                field: "type".into(),
+                message: "a workflow has at most one error handler".into(),
+            });
+        }
         let ids: HashMap<&str, BlockKind> =
             blocks.iter().map(|b| (b.id.as_str(), b.kind)).collect();
         let handles: HashMap<&str, Vec<String>> = blocks
@@ -269,8 +280,15 @@ fn parse_connections(
             dangling(format!("source block `{source}` does not exist"));
             continue;
         };
-        if !blocks.contains_key(target.as_str()) {
+        let Some(&target_kind) = blocks.get(target.as_str()) else {
             dangling(format!("target block `{target}` does not exist"));
+            continue;
+        };
+        if target_kind == BlockKind::ErrorHandler {
+            dangling(format!(
+                "enters the error handler `{target}`, which has no inputs: it runs when the \
+                 execution fails"
+            ));
             continue;
         }
         let source_handle = text("sourceHandle");
@@ -341,6 +359,8 @@ fn check_graph(blocks: &[Block], connections: &[Connection], problems: &mut Vec<
         next.iter().flatten().for_each(|&t| fed[t] = true);
         starts = (0..blocks.len()).filter(|&i| !fed[i]).collect();
     }
+    // The error handler starts a flow of its own.
+    starts.extend((0..blocks.len()).filter(|&i| blocks[i].kind == BlockKind::ErrorHandler));
     let mut seen = vec![false; blocks.len()];
     let mut stack = starts;
     while let Some(i) = stack.pop() {

@@ -631,6 +631,7 @@ impl Engine {
             template_pool: run::TemplatePool::new(self.inner.template_pool.clone()),
             iterations_left: self.inner.config.max_iterations_per_execution.into(),
             notified: Mutex::new(HashSet::new()),
+            failure: Mutex::new(None),
         });
         // Registered before the task starts, so a cancel right after the start finds it.
         let mut running = self.inner.running.lock();

@@ -33,6 +33,8 @@ pub struct Plan {
     pub body_of: HashMap<usize, usize>,
     /// Block index → the scope it runs in.
     pub scope_of: Vec<usize>,
+    /// The scope of the error handler and what it leads to, run when the execution fails.
+    pub handler: Option<usize>,
 }
 
 impl Plan {
@@ -94,34 +96,71 @@ impl Plan {
             }
         }
         let mut problems = Vec::new();
-        // What the run covers: everything an input reaches (through loops into their
-        // bodies), or everything when there is no input block.
-        let has_input = workflow.blocks.iter().any(|b| b.kind == BlockKind::Input);
-        let mut reached = vec![!has_input; n];
-        let mut queue: VecDeque<usize> = workflow
-            .blocks
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.kind == BlockKind::Input)
-            .map(|(i, _)| i)
-            .collect();
-        for &b in &queue {
-            reached[b] = true;
-        }
-        while let Some(b) = queue.pop_front() {
-            for &ci in &out[b] {
-                let t = index[&workflow.connections[ci].target];
-                if !reached[t] {
-                    reached[t] = true;
-                    queue.push_back(t);
+        let reach = |starts: Vec<usize>| {
+            let mut seen = vec![false; n];
+            let mut queue: VecDeque<usize> = starts.into();
+            for &b in &queue {
+                seen[b] = true;
+            }
+            while let Some(b) = queue.pop_front() {
+                for &ci in &out[b] {
+                    let t = index[&workflow.connections[ci].target];
+                    if !seen[t] {
+                        seen[t] = true;
+                        queue.push_back(t);
+                    }
                 }
+            }
+            seen
+        };
+        // What the run covers: everything an input reaches (through loops into their
+        // bodies), or, when there is no input block, everything but the error handler's
+        // flow.
+        let kind_is = |k: BlockKind| -> Vec<usize> {
+            (0..n).filter(|&i| workflow.blocks[i].kind == k).collect()
+        };
+        let has_input = workflow.blocks.iter().any(|b| b.kind == BlockKind::Input);
+        let handlers = kind_is(BlockKind::ErrorHandler);
+        let handled = reach(handlers.clone());
+        let mut reached = if has_input {
+            reach(kind_is(BlockKind::Input))
+        } else {
+            let mut fed = vec![false; n];
+            for c in &workflow.connections {
+                if !workflow.is_back_edge(c) {
+                    fed[index[&c.target]] = true;
+                }
+            }
+            reach((0..n).filter(|&i| !fed[i] && !handled[i]).collect())
+        };
+        // The error handler's flow is a scope of its own, apart from the run's.
+        let handler = (!handlers.is_empty()).then(|| {
+            scopes.push(Scope::default());
+            scopes.len() - 1
+        });
+        for b in 0..n {
+            if !handled[b] {
+                continue;
+            }
+            if reached[b] {
+                problems.push(Problem::BadConfig {
+                    block: workflow.blocks[b].id.clone(),
+                    field: "type".into(),
+                    message: "follows both the error handler and the run's start: a block \
+                              belongs to one of them"
+                        .into(),
+                });
+            }
+            reached[b] = true;
+            if scope_of[b] == 0 {
+                scope_of[b] = handler.unwrap_or(0);
             }
         }
         for (b, &s) in scope_of.iter().enumerate() {
             if reached[b] {
                 scopes[s].blocks.push(b);
             }
-            if s != 0 && workflow.blocks[b].kind == BlockKind::Output {
+            if s != 0 && Some(s) != handler && workflow.blocks[b].kind == BlockKind::Output {
                 problems.push(Problem::OutputInLoop {
                     block: workflow.blocks[b].id.clone(),
                 });
@@ -166,6 +205,7 @@ impl Plan {
             scopes,
             body_of,
             scope_of,
+            handler,
         })
     }
 }

@@ -80,6 +80,8 @@ pub struct Run {
     pub(super) iterations_left: std::sync::atomic::AtomicUsize,
     /// Human blocks (by id) that have sent their approval emails: once per execution.
     pub(super) notified: Mutex<std::collections::HashSet<String>>,
+    /// What failed the execution (`{error: {message, blockId}}`), for its error handler.
+    pub(crate) failure: Mutex<Option<Value>>,
 }
 
 /// An execution's share of the server-wide template allowance: what it took goes back to

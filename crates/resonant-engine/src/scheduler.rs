@@ -72,6 +72,23 @@ pub(crate) async fn execute(run: Arc<Run>) {
         run.control.cancel.clone(),
     )
     .await;
+    // A block's failure failed the run: the workflow's error handler runs now, with what
+    // failed (not after a cancel or an abort: those stopped the run on purpose).
+    if let (Err(_), Some(h)) = (&result, run.plan.handler) {
+        if !run.control.cancel.is_cancelled() && run.failure.lock().is_some() {
+            if let Err(e) = run_scope(
+                run.clone(),
+                h,
+                String::new(),
+                None,
+                run.control.cancel.clone(),
+            )
+            .await
+            {
+                tracing::warn!(execution = %run.id, error = %e, "the error handler failed");
+            }
+        }
+    }
     let (tokens, cost) = *run.totals.lock();
     // From the first start, across restarts.
     let duration = (now_ms() - run.started_at).max(run.started.elapsed().as_millis() as i64);
@@ -290,7 +307,11 @@ fn run_scope(
                 Outcome::Failed(err) => {
                     cancel.cancel();
                     wind_down(&mut tasks).await;
-                    return Err(format!("block {}: {err}", wf.blocks[b].id));
+                    let id = &wf.blocks[b].id;
+                    run.failure.lock().get_or_insert_with(|| {
+                        json!({"error": {"message": err, "blockId": id, "scope": prefix.trim_end_matches('/')}})
+                    });
+                    return Err(format!("block {id}: {err}"));
                 }
             }
         }

@@ -384,6 +384,18 @@ export default {
         "join": "any"
       }
     },
+    "errorHandler": {
+      "label": "Error handler",
+      "description": "Runs when the execution fails, with {error: {message, blockId}}; the execution still fails.",
+      "handles": {
+        "inputs": [],
+        "outputs": [
+          ""
+        ]
+      },
+      "fields": {},
+      "example": {}
+    },
     "split": {
       "label": "Split",
       "description": "Fans out; a handle named after a field of the upstream object gets that field.",

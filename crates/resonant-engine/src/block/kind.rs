@@ -32,12 +32,15 @@ pub enum BlockKind {
     Webhook,
     /// Waits.
     Delay,
+    /// The workflow's error handler: runs, with what failed, when the execution fails.
+    #[serde(rename = "errorHandler")]
+    ErrorHandler,
 }
 
 impl BlockKind {
     /// Every type, in the docs' order. `parse` reads this list, so a type missing here is
     /// refused everywhere rather than half-supported.
-    pub const ALL: [BlockKind; 11] = [
+    pub const ALL: [BlockKind; 12] = [
         BlockKind::Input,
         BlockKind::Ai,
         BlockKind::Output,
@@ -49,6 +52,7 @@ impl BlockKind {
         BlockKind::Human,
         BlockKind::Webhook,
         BlockKind::Delay,
+        BlockKind::ErrorHandler,
     ];
 
     /// The name a document uses (`"ai"`, `"loop"`, …).
@@ -65,6 +69,7 @@ impl BlockKind {
             BlockKind::Human => "human",
             BlockKind::Webhook => "webhook",
             BlockKind::Delay => "delay",
+            BlockKind::ErrorHandler => "errorHandler",
         }
     }
 

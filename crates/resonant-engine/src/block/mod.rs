@@ -6,6 +6,7 @@
 mod ai;
 mod condition;
 mod delay;
+mod error_handler;
 mod human;
 mod input;
 pub(crate) mod kind;
@@ -46,6 +47,7 @@ impl BlockKind {
             BlockKind::Human => &human::Human,
             BlockKind::Webhook => &webhook::Webhook,
             BlockKind::Delay => &delay::Delay,
+            BlockKind::ErrorHandler => &error_handler::ErrorHandler,
         }
     }
 }
