@@ -883,3 +883,86 @@ async fn two_nodes_of_a_cluster_run_each_tick_of_a_schedule_once() {
         .execute(&pool)
         .await;
 }
+
+/// Reads a Server-Sent Events body into `(id, event, data)` triples.
+fn sse_events(body: &str) -> Vec<(i64, String, Value)> {
+    body.split("\n\n")
+        .filter_map(|chunk| {
+            let (mut id, mut event, mut data) = (None, None, None);
+            for line in chunk.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = serde_json::from_str::<Value>(v.trim()).ok();
+                }
+            }
+            Some((id?, event?, data?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_api_caller_follows_a_run_over_server_sent_events_and_resumes_with_last_event_id() {
+    let env = env(Backend::Sqlite, |_| {}).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("wait", "delay", json!({"seconds": 1})),
+                block("out", "output", json!({"template": "done {{ input.n }}"})),
+            ],
+            "connections": [edge("in", "wait"), edge("wait", "out")],
+        }))
+        .await;
+    let id = env.run(&wf, json!({"n": 3})).await;
+    let url = format!("http://{}/api/v1/executions/{id}/events", env.addr());
+    // Opened while the run waits: the stream follows it live and ends with its last event.
+    let body = env
+        .http
+        .get(&url)
+        .bearer_auth(&env.owner.token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.status(), StatusCode::OK);
+    assert!(body.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse_events(&body.text().await.unwrap());
+    let seqs: Vec<i64> = events.iter().map(|e| e.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "{events:?}"
+    );
+    let (_, kind, data) = events.last().unwrap();
+    assert_eq!(kind, "execution.completed");
+    assert_eq!(data["outputs"]["out"], "done 3");
+    assert!(events
+        .iter()
+        .all(|(seq, kind, data)| data["seq"] == *seq && data["type"] == *kind));
+    // A reconnect with Last-Event-ID gets what came after it, then the stream ends.
+    let resumed = env
+        .http
+        .get(&url)
+        .bearer_auth(&env.owner.token)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rest: Vec<i64> = sse_events(&resumed).iter().map(|e| e.0).collect();
+    assert_eq!(rest, seqs[2..].to_vec());
+    // Without the header it is the JSON page, as before.
+    let (s, page) = env.get(&format!("/api/v1/executions/{id}/events")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(page["events"].as_array().unwrap().len(), seqs.len());
+    env.cleanup().await;
+}

@@ -93,6 +93,9 @@ struct Hub {
     probe: std::sync::OnceLock<Duration>,
     /// Where the probe reads.
     db: Db,
+    /// Woken whenever events were stored here: readers of the log that are not sockets
+    /// (Server-Sent Events) read again instead of polling.
+    stored: tokio::sync::Notify,
 }
 
 /// The handle runners and sockets use; cheap to clone.
@@ -144,6 +147,7 @@ impl Events {
             remote: Mutex::default(),
             probe: std::sync::OnceLock::new(),
             db: db.clone(),
+            stored: tokio::sync::Notify::new(),
         });
         let backlog = Arc::new(Backlog::default());
         let w = Writer { db, leases };
@@ -209,6 +213,13 @@ impl Events {
     pub fn set_bus(&self, bus: Arc<dyn resonant_bus::Bus>, probe: Duration) {
         let _ = self.hub.probe.set(probe);
         let _ = self.hub.bus.set(bus);
+    }
+
+    /// Completes once events were stored on this node after the call (create it, then read
+    /// the log, then await it: nothing stored in between is missed). Other nodes' events
+    /// are not signalled: a reader that may follow them also reads on a timer.
+    pub fn stored(&self) -> tokio::sync::futures::Notified<'_> {
+        self.hub.stored.notified()
     }
 
     /// Registers an editor's socket for `workflow`'s events (delivered once it opts in to
@@ -421,7 +432,9 @@ async fn settle(w: &Writer, hub: &Arc<Hub>, msgs: Vec<Msg>) {
         Vec::new()
     } else {
         metrics::counter!("resonant_execution_writes_total").increment(writes.len() as u64);
-        commit(w, &writes).await
+        let kept = commit(w, &writes).await;
+        hub.stored.notify_waiters();
+        kept
     };
     let mut kept = kept.into_iter();
     for m in msgs {

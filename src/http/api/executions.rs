@@ -378,17 +378,29 @@ pub struct Events {
     pub last_seq: Option<i64>,
 }
 
+/// An execution's events, in seq order: a page of JSON, or, when the request accepts
+/// `text/event-stream`, a Server-Sent Events stream for API callers without a socket. The
+/// stream sends each event as `id: <seq>`, `event: <type>`, `data: <the event's JSON>`,
+/// starting after `Last-Event-ID` (a reconnecting client's) or `after`, and ends after the
+/// execution's last event.
 #[utoipa::path(get, path = "/api/v1/executions/{id}/events", tag = "executions",
-    params(("id" = String, Path, description = "Execution id"), EventsQuery),
-    responses((status = 200, body = Events)))]
+    params(("id" = String, Path, description = "Execution id"), EventsQuery,
+           ("Last-Event-ID" = Option<i64>, Header, description = "Server-Sent Events: the seq to resume after")),
+    responses((status = 200, body = Events, description = "A page of events (JSON), or with `Accept: text/event-stream` a stream of them",
+        content(
+            (Events = "application/json"),
+            (String = "text/event-stream")
+        ))))]
 async fn get_events(
     State(app): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
-) -> Result<axum::Json<Events>, ApiError> {
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     let (row, _) = visible_execution(&app, &caller, &id).await?;
-    let after = q.after.unwrap_or(0);
+    let mut after = q.after.unwrap_or(0);
     if after < 0 {
         return Err(ApiError::field("after", "must not be negative"));
     }
@@ -396,12 +408,97 @@ async fn get_events(
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::field("limit", "must be from 1 to 1000"));
     }
+    let wants_stream = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    if wants_stream {
+        if let Some(last) = headers.get("last-event-id") {
+            after = last
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|v| *v >= 0)
+                .ok_or_else(|| {
+                    ApiError::field("Last-Event-ID", "must be a seq this stream sent")
+                })?;
+        }
+        return Ok(event_stream(app, row, after).into_response());
+    }
     let rows = store::events(&app.db, &row.workflow_id, &row.id, after, limit).await?;
     let last_seq = rows.last().map(|(s, _)| *s);
     Ok(axum::Json(Events {
         events: rows.into_iter().map(|(_, e)| json_of(&e)).collect(),
         last_seq,
-    }))
+    })
+    .into_response())
+}
+
+/// How often a stream reads the log when nothing was stored on this node (another node may
+/// run the execution).
+const STREAM_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The Server-Sent Events stream of an execution's events after `after`.
+fn event_stream(
+    app: AppState,
+    row: ExecutionRow,
+    mut after: i64,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        loop {
+            let stored = app.engine.events().stored();
+            tokio::pin!(stored);
+            stored.as_mut().enable();
+            let rows = match store::events(&app.db, &row.workflow_id, &row.id, after, 500).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(execution = %row.id, error = %e, "an event stream could not read the log");
+                    return;
+                }
+            };
+            let mut ended = false;
+            if rows.is_empty() {
+                // Caught up with an execution that has ended: nothing more will come.
+                match store::execution(&app.db, &row.id).await {
+                    Ok(Some(r)) if matches!(r.status.as_str(), "pending" | "running") => {}
+                    _ => return,
+                }
+            }
+            for (seq, json) in rows {
+                after = seq;
+                let kind = serde_json::from_str::<Value>(&json)
+                    .ok()
+                    .and_then(|v| v["type"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "message".into());
+                ended |= matches!(
+                    kind.as_str(),
+                    "execution.completed" | "execution.failed" | "execution.cancelled"
+                );
+                let event = Event::default().id(seq.to_string()).event(kind).data(json);
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            if ended {
+                return;
+            }
+            tokio::select! {
+                _ = stored => {}
+                _ = tokio::time::sleep(STREAM_POLL) => {}
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        );
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 #[utoipa::path(get, path = "/api/v1/executions/{id}/blocks/{block}", tag = "executions",
