@@ -211,6 +211,48 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/triggers/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One trigger. */
+        get: operations["get_trigger"];
+        put?: never;
+        post?: never;
+        /** Removes a trigger (owner, admin or member). Its executions stay in the history. */
+        delete: operations["delete_trigger"];
+        options?: never;
+        head?: never;
+        /**
+         * Changes a trigger (owner, admin or member). A changed schedule starts from its next
+         *     tick after now.
+         */
+        patch: operations["update_trigger"];
+        trace?: never;
+    };
+    "/api/v1/triggers/{id}/rotate-secret": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Gives a webhook trigger a new secret (owner, admin or member); the old one stops
+         *     working at once. Returns the trigger with its new secret.
+         */
+        post: operations["rotate_secret"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/workflows/{id}": {
         parameters: {
             query?: never;
@@ -278,9 +320,55 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
+        /**
+         * A workflow's executions, newest first (its run history), with their trigger, status,
+         *     duration, tokens and cost.
+         */
         get: operations["list_executions"];
         put?: never;
         post: operations["start_execution"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/published": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Unpublishes (editors): triggers set to `published` start nothing until a version is
+         *     published again.
+         */
+        delete: operations["unpublish"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/triggers": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A workflow's triggers (anyone who can see it; the secrets only to editors). */
+        get: operations["list_triggers"];
+        put?: never;
+        /**
+         * Adds a trigger (owner, admin or member: its executions run as the caller). A webhook
+         *     trigger gets a fresh secret, shown in the response; it needs the server's encryption key
+         *     (409 without).
+         */
+        post: operations["create_trigger"];
         delete?: never;
         options?: never;
         head?: never;
@@ -316,6 +404,26 @@ export interface paths {
         get: operations["get_version"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workflows/{id}/versions/{version}/publish": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Publishes a saved version (editors): the workflow's triggers run it from now on (those
+         *     set to `published`). The version must be a valid workflow (422 with its problems).
+         */
+        post: operations["publish_version"];
         delete?: never;
         options?: never;
         head?: never;
@@ -515,6 +623,44 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/workspaces/{id}/secrets": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A workspace's secrets by name (any member; never their values). */
+        get: operations["list_secrets"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/workspaces/{id}/secrets/{name}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Adds a secret or replaces its value (owner or admin). 201 when added, 200 when replaced.
+         *     Storing one needs the server's encryption key (`--encryption-key`): without it, 409.
+         */
+        put: operations["set_secret"];
+        post?: never;
+        /** Removes a secret (owner or admin). Webhook blocks naming it fail from then on. */
+        delete: operations["delete_secret"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/workspaces/{id}/usage": {
         parameters: {
             query?: never;
@@ -701,7 +847,7 @@ export interface components {
          * @description A block's type, as documents and templates name it (the seed's block types).
          * @enum {string}
          */
-        BlockType: "input" | "ai" | "output" | "condition" | "transform" | "loop" | "merge" | "split" | "human" | "webhook" | "delay";
+        BlockType: "input" | "ai" | "output" | "condition" | "transform" | "loop" | "merge" | "split" | "human" | "webhook" | "delay" | "errorHandler";
         /** @description `PATCH /workspaces/{id}/members/{userId}` body. */
         ChangeMember: {
             /** @description The new role. */
@@ -742,6 +888,24 @@ export interface components {
             content: string;
             /** @description The comment this one replies to (same workflow). */
             parentId?: string | null;
+        };
+        /** @description `POST /workflows/{id}/triggers` body. */
+        CreateTrigger: {
+            auth?: null | components["schemas"]["HookAuth"];
+            /** @description Schedule (required): a cron expression, 5 fields or 6 with seconds first. */
+            cron?: string | null;
+            /** @description Whether it fires (default true). */
+            enabled?: boolean | null;
+            /** @description `webhook` or `schedule`. */
+            kind: components["schemas"]["TriggerKind"];
+            missed?: null | components["schemas"]["Missed"];
+            /** @description A label (up to 200 characters). */
+            name?: string | null;
+            /** @description Webhook: request headers passed to the input as `input.headers` (up to 20 names). */
+            passHeaders?: string[] | null;
+            target?: null | components["schemas"]["Target"];
+            /** @description Schedule: an IANA time zone (default `UTC`). */
+            timezone?: string | null;
         };
         /** @description `POST /workflows/{id}/versions` body. */
         CreateVersion: {
@@ -784,7 +948,7 @@ export interface components {
             /**
              * @description Stable machine-readable code: bad_request, unauthorized, forbidden, not_found,
              *     conflict, quota_exceeded, unsupported_media_type, payload_too_large, rate_limited, unavailable,
-             *     invalid_workflow, token_limit, too_many_executions, internal.
+             *     invalid_workflow, token_limit, too_many_executions, idempotency_key_reused, internal.
              */
             code: string;
             /** @description The request field at fault, for validation errors. */
@@ -860,13 +1024,22 @@ export interface components {
              * @description Tokens its AI calls used.
              */
             tokensUsed: number;
+            /** @description The trigger that started it (`null`: a user did). */
+            triggerId?: string | null;
             /** @description Who started it. */
             userId: string;
+            /** @description The published version it ran (`null`: the live document). */
+            versionId?: string | null;
             /** @description The workflow. */
             workflowId: string;
             /** @description Its workspace. */
             workspaceId: string;
         };
+        /**
+         * @description How a webhook call proves it knows the trigger's secret.
+         * @enum {string}
+         */
+        HookAuth: "hmac" | "bearer";
         /**
          * @description An invitation to join a workspace, sent to an email address: only a user signed in with
          *     that address may accept it.
@@ -909,6 +1082,11 @@ export interface components {
             /** @description The user's id. */
             userId: string;
         };
+        /**
+         * @description What a schedule does with ticks it missed while the server was down.
+         * @enum {string}
+         */
+        Missed: "skip" | "run-once";
         /** @description One provider and model's share of a workspace's usage. */
         ModelUsage: {
             /** @description The model. */
@@ -1049,8 +1227,12 @@ export interface components {
                  * @description Tokens its AI calls used.
                  */
                 tokensUsed: number;
+                /** @description The trigger that started it (`null`: a user did). */
+                triggerId?: string | null;
                 /** @description Who started it. */
                 userId: string;
+                /** @description The published version it ran (`null`: the live document). */
+                versionId?: string | null;
                 /** @description The workflow. */
                 workflowId: string;
                 /** @description Its workspace. */
@@ -1150,6 +1332,83 @@ export interface components {
             nextCursor?: string | null;
         };
         /** @description One page of a list. */
+        Page_SecretInfo: {
+            /** @description The items. */
+            items: {
+                /**
+                 * Format: int64
+                 * @description Creation time (Unix ms).
+                 */
+                createdAt: number;
+                /** @description Who set it first. */
+                createdBy: string;
+                /** @description The name templates use (`secrets.NAME`). */
+                name: string;
+                /**
+                 * Format: int64
+                 * @description Last time its value was set (Unix ms).
+                 */
+                updatedAt: number;
+            }[];
+            /** @description Pass as `cursor` to get the next page; absent on the last page. */
+            nextCursor?: string | null;
+        };
+        /** @description One page of a list. */
+        Page_Trigger: {
+            /** @description The items. */
+            items: {
+                auth?: null | components["schemas"]["HookAuth"];
+                /**
+                 * Format: int64
+                 * @description Creation time (Unix ms).
+                 */
+                createdAt: number;
+                /** @description Schedule: the cron expression (5 fields, or 6 with seconds first). */
+                cron?: string | null;
+                /** @description Whether it fires. */
+                enabled: boolean;
+                /** @description Id. */
+                id: string;
+                /** @description `webhook` or `schedule`. */
+                kind: components["schemas"]["TriggerKind"];
+                /** @description Why its last firing started nothing. */
+                lastError?: string | null;
+                /**
+                 * Format: int64
+                 * @description The last tick fired (Unix ms).
+                 */
+                lastFiredAt?: number | null;
+                missed?: null | components["schemas"]["Missed"];
+                /** @description A label. */
+                name?: string | null;
+                /** @description Schedule: the next three fire times (Unix ms). */
+                nextFireTimes: number[];
+                /** @description Webhook: request headers passed to the input (lower-case names). */
+                passHeaders: string[];
+                /** @description The user its executions run as (and whose token allowance they use). */
+                runAs: string;
+                /** @description Webhook: the secret, for the workflow's editors (absent for viewers). */
+                secret?: string | null;
+                /** @description Webhook: the secret's last four characters. */
+                secretLast4?: string | null;
+                /** @description `published` or `draft`. */
+                target: components["schemas"]["Target"];
+                /** @description Schedule: the IANA time zone. */
+                timezone?: string | null;
+                /**
+                 * Format: int64
+                 * @description Last change (Unix ms).
+                 */
+                updatedAt: number;
+                /** @description Webhook: the URL to call (`POST`). */
+                url?: string | null;
+                /** @description The workflow it starts. */
+                workflowId: string;
+            }[];
+            /** @description Pass as `cursor` to get the next page; absent on the last page. */
+            nextCursor?: string | null;
+        };
+        /** @description One page of a list. */
         Page_VersionInfo: {
             /** @description The items. */
             items: {
@@ -1210,6 +1469,11 @@ export interface components {
                 name: string;
                 /** @description The version the document was last restored from. */
                 parentVersionId?: string | null;
+                /**
+                 * @description The version its triggers run (`None`: none is published; triggers set to `draft`
+                 *     run the live document).
+                 */
+                publishedVersionId?: string | null;
                 /** @description draft, active or archived. */
                 status: string;
                 /**
@@ -1297,6 +1561,18 @@ export interface components {
             /** @description The workspace. */
             workspaceId: string;
         };
+        /** @description The published version of a workflow. */
+        Published: {
+            /** @description The version its triggers run (`null`: none). */
+            publishedVersionId?: string | null;
+            /**
+             * Format: int64
+             * @description Its number.
+             */
+            version?: number | null;
+            /** @description The workflow. */
+            workflowId: string;
+        };
         /** @description `POST /templates` body. */
         PublishTemplate: {
             /** @description Marketplace category (1–50 characters), e.g. `writing`. */
@@ -1330,6 +1606,23 @@ export interface components {
          * @enum {string}
          */
         Role: "viewer" | "member" | "admin" | "owner";
+        /** @description A secret as the API shows it: its name and dates, never its value. */
+        SecretInfo: {
+            /**
+             * Format: int64
+             * @description Creation time (Unix ms).
+             */
+            createdAt: number;
+            /** @description Who set it first. */
+            createdBy: string;
+            /** @description The name templates use (`secrets.NAME`). */
+            name: string;
+            /**
+             * Format: int64
+             * @description Last time its value was set (Unix ms).
+             */
+            updatedAt: number;
+        };
         /** @description `PUT /workspaces/{id}/providers/{provider}` body. Absent fields keep their value. */
         SetProvider: {
             /**
@@ -1350,6 +1643,11 @@ export interface components {
              */
             priority?: number | null;
         };
+        /** @description `PUT /workspaces/{id}/secrets/{name}` body. */
+        SetSecret: {
+            /** @description The value (4 characters to 16 KiB). It is never shown again. */
+            value: string;
+        };
         /** @description A request to start an execution. */
         StartRequest: {
             /** @description A retried request with the same key starts nothing and returns the first execution. */
@@ -1366,12 +1664,87 @@ export interface components {
          * @enum {string}
          */
         Status: "draft" | "active" | "archived";
+        /**
+         * @description What a trigger runs.
+         * @enum {string}
+         */
+        Target: "published" | "draft";
+        /** @description A trigger as the API shows it. */
+        Trigger: {
+            auth?: null | components["schemas"]["HookAuth"];
+            /**
+             * Format: int64
+             * @description Creation time (Unix ms).
+             */
+            createdAt: number;
+            /** @description Schedule: the cron expression (5 fields, or 6 with seconds first). */
+            cron?: string | null;
+            /** @description Whether it fires. */
+            enabled: boolean;
+            /** @description Id. */
+            id: string;
+            /** @description `webhook` or `schedule`. */
+            kind: components["schemas"]["TriggerKind"];
+            /** @description Why its last firing started nothing. */
+            lastError?: string | null;
+            /**
+             * Format: int64
+             * @description The last tick fired (Unix ms).
+             */
+            lastFiredAt?: number | null;
+            missed?: null | components["schemas"]["Missed"];
+            /** @description A label. */
+            name?: string | null;
+            /** @description Schedule: the next three fire times (Unix ms). */
+            nextFireTimes: number[];
+            /** @description Webhook: request headers passed to the input (lower-case names). */
+            passHeaders: string[];
+            /** @description The user its executions run as (and whose token allowance they use). */
+            runAs: string;
+            /** @description Webhook: the secret, for the workflow's editors (absent for viewers). */
+            secret?: string | null;
+            /** @description Webhook: the secret's last four characters. */
+            secretLast4?: string | null;
+            /** @description `published` or `draft`. */
+            target: components["schemas"]["Target"];
+            /** @description Schedule: the IANA time zone. */
+            timezone?: string | null;
+            /**
+             * Format: int64
+             * @description Last change (Unix ms).
+             */
+            updatedAt: number;
+            /** @description Webhook: the URL to call (`POST`). */
+            url?: string | null;
+            /** @description The workflow it starts. */
+            workflowId: string;
+        };
+        /**
+         * @description What starts the workflow.
+         * @enum {string}
+         */
+        TriggerKind: "webhook" | "schedule";
         /** @description `PATCH /comments/{id}` body. */
         UpdateComment: {
             /** @description New text (author only). */
             content?: string | null;
             /** @description Resolve or reopen the thread (the author, or anyone who can edit the workflow). */
             resolved?: boolean | null;
+        };
+        /** @description `PATCH /triggers/{id}` body; absent fields keep their value. */
+        UpdateTrigger: {
+            /** @description Schedule: the cron expression. */
+            cron?: string | null;
+            /** @description Whether it fires. */
+            enabled?: boolean | null;
+            missed?: null | components["schemas"]["Missed"];
+            /** @description A label (up to 200 characters). */
+            name?: string | null;
+            /** @description Webhook: request headers passed to the input. */
+            passHeaders?: string[] | null;
+            target?: null | components["schemas"]["Target"];
+            /** @description Schedule: the IANA time zone. */
+            timezone?: string | null;
         };
         /** @description `PATCH /workflows/{id}` body: the fields to change. */
         UpdateWorkflow: {
@@ -1540,6 +1913,11 @@ export interface components {
             name: string;
             /** @description The version the document was last restored from. */
             parentVersionId?: string | null;
+            /**
+             * @description The version its triggers run (`None`: none is published; triggers set to `draft`
+             *     run the live document).
+             */
+            publishedVersionId?: string | null;
             /** @description draft, active or archived. */
             status: string;
             /**
@@ -3068,6 +3446,421 @@ export interface operations {
             };
         };
     };
+    get_trigger: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Trigger id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Trigger"];
+                };
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_trigger: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Trigger id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    update_trigger: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Trigger id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UpdateTrigger"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Trigger"];
+                };
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    rotate_secret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Trigger id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Trigger"];
+                };
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     get_workflow: {
         parameters: {
             query?: never;
@@ -3710,6 +4503,8 @@ export interface operations {
                 limit?: number;
                 /** @description Only executions with this status. */
                 status?: string;
+                /** @description Only executions this trigger started; `manual` for those a user started. */
+                triggerId?: string;
             };
             header?: never;
             path: {
@@ -3927,6 +4722,319 @@ export interface operations {
                 };
             };
             /** @description The caller or the workspace has as many executions running as it may (`too_many_executions`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    unpublish: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Workflow id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Published"];
+                };
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_triggers: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Workflow id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_Trigger"];
+                };
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_trigger: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Workflow id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CreateTrigger"];
+            };
+        };
+        responses: {
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Trigger"];
+                };
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
             429: {
                 headers: {
                     [name: string]: unknown;
@@ -4181,6 +5289,111 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["VersionDetail"];
+                };
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    publish_version: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Workflow id */
+                id: string;
+                /** @description Version number */
+                version: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Published"];
                 };
             };
             /** @description Invalid request: the error names the field */
@@ -5775,6 +6988,332 @@ export interface operations {
                 id: string;
                 /** @description claude, openai, gemini or llama */
                 provider: "claude" | "openai" | "gemini" | "llama";
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_secrets: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Workspace id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Page_SecretInfo"];
+                };
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    set_secret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Workspace id */
+                id: string;
+                /** @description The name templates use: `secrets.NAME` */
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SetSecret"];
+            };
+        };
+        responses: {
+            /** @description Replaced */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecretInfo"];
+                };
+            };
+            /** @description Added */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SecretInfo"];
+                };
+            };
+            /** @description Invalid request: the error names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The caller's role does not allow this */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or not visible to the caller */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request body is not JSON */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Rate limited: see Retry-After */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A dependency (database, signing keys) is unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_secret: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Workspace id */
+                id: string;
+                /** @description The secret's name */
+                name: string;
             };
             cookie?: never;
         };

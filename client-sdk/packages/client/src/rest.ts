@@ -1,6 +1,6 @@
 /**
  * A typed client for the server's REST API (`/api/v1`): workspaces, workflows, their content,
- * versions, comments and executions. Request and response types are generated from the
+ * versions (and the published one), comments, executions, triggers and workspace secrets. Request and response types are generated from the
  * server's own OpenAPI document (`api-types.ts`, `npm run gen:api`), so they cannot drift from
  * what the server accepts.
  */
@@ -84,6 +84,37 @@ export class RestClient {
     create: (body: Body<'create_workspace'>): Promise<Ok<'create_workspace'>> => this.call('POST', '/workspaces', body),
   }
 
+  /**
+   * A workspace's secrets, which webhook blocks read as `{{ secrets.NAME }}`. Write-only: the
+   * list has names, never values. Setting or deleting one takes an owner or admin; storing one
+   * needs the server's encryption key (409 without).
+   */
+  readonly secrets = {
+    list: (workspaceId: string): Promise<Ok<'list_secrets'>> => this.call('GET', `/workspaces/${enc(workspaceId)}/secrets`),
+    /** Adds the secret or replaces its value. */
+    set: (workspaceId: string, name: string, value: string): Promise<Ok<'set_secret'>> =>
+      this.call('PUT', `/workspaces/${enc(workspaceId)}/secrets/${enc(name)}`, { value } satisfies Body<'set_secret'>),
+    delete: (workspaceId: string, name: string): Promise<void> =>
+      this.call('DELETE', `/workspaces/${enc(workspaceId)}/secrets/${enc(name)}`),
+  }
+
+  /**
+   * What starts a workflow without an editor: webhook URLs (`POST /hooks/{id}`, signed with the
+   * trigger's secret) and cron schedules. They run the published version unless their target
+   * is `draft`. The secret is shown to the workflow's editors only.
+   */
+  readonly triggers = {
+    list: (workflowId: string): Promise<Ok<'list_triggers'>> => this.call('GET', `/workflows/${enc(workflowId)}/triggers`),
+    create: (workflowId: string, body: Body<'create_trigger'>): Promise<Ok<'create_trigger'>> =>
+      this.call('POST', `/workflows/${enc(workflowId)}/triggers`, body),
+    get: (id: string): Promise<Ok<'get_trigger'>> => this.call('GET', `/triggers/${enc(id)}`),
+    update: (id: string, body: Body<'update_trigger'>): Promise<Ok<'update_trigger'>> =>
+      this.call('PATCH', `/triggers/${enc(id)}`, body),
+    delete: (id: string): Promise<void> => this.call('DELETE', `/triggers/${enc(id)}`),
+    /** A new secret for a webhook trigger; the old one stops working at once. */
+    rotateSecret: (id: string): Promise<Ok<'rotate_secret'>> => this.call('POST', `/triggers/${enc(id)}/rotate-secret`),
+  }
+
   /** Workflows and their live content. */
   readonly workflows = {
     list: (workspaceId: string, query?: Query<'list_workflows'>): Promise<Ok<'list_workflows'>> =>
@@ -109,6 +140,11 @@ export class RestClient {
     /** Makes the live document equal to the version (editors see it as one remote change). */
     restore: (workflowId: string, version: number): Promise<Ok<'restore_version'>> =>
       this.call('POST', `/workflows/${enc(workflowId)}/versions/${version}/restore`),
+    /** Makes the version the one the workflow's triggers run (422 when it is not a valid workflow). */
+    publish: (workflowId: string, version: number): Promise<Ok<'publish_version'>> =>
+      this.call('POST', `/workflows/${enc(workflowId)}/versions/${version}/publish`),
+    /** Triggers targeting the published version start nothing until one is published again. */
+    unpublish: (workflowId: string): Promise<Ok<'unpublish'>> => this.call('DELETE', `/workflows/${enc(workflowId)}/published`),
   }
 
   /** Comments on a workflow or one of its blocks. */
@@ -124,6 +160,7 @@ export class RestClient {
 
   /** Executions (runs) of a workflow. */
   readonly executions = {
+    /** The run history, newest first; `status` and `triggerId` (a trigger's id, or `manual`) filter it. */
     list: (workflowId: string, query?: Query<'list_executions'>): Promise<Ok<'list_executions'>> =>
       this.call('GET', `/workflows/${enc(workflowId)}/executions`, undefined, query),
     start: (workflowId: string, body: Body<'start_execution'> = {}): Promise<Ok<'start_execution'>> =>

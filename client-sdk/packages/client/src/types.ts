@@ -137,7 +137,7 @@ export interface Viewport {
   zoom: number
 }
 
-/** The seed's block types. */
+/** The block types (block-schema.ts has each one's handles and fields). */
 export type BlockType =
   | 'input'
   | 'ai'
@@ -150,6 +150,7 @@ export type BlockType =
   | 'human'
   | 'webhook'
   | 'delay'
+  | 'errorHandler'
 
 /** What a new block needs; `id` is generated when missing, `config` defaults from the schema. */
 export interface NewBlock {
