@@ -1,7 +1,7 @@
 /** `@resonant/client`: rooms, save status, workflow helpers, presence, undo and executions. */
 export { ResonantClient } from './client.js'
 export { Room, type RoomEvent } from './room.js'
-export { WorkflowDoc, conditionHandles, type WorkflowChange, type BlockPatch, type RepairReport } from './workflow.js'
+export { WorkflowDoc, conditionHandles, connectionProblem, routesErrors, ERROR_HANDLE, type WorkflowChange, type BlockPatch, type RepairReport } from './workflow.js'
 export { UndoController, type UndoOptions } from './undo.js'
 export {
   isTextField,

@@ -396,20 +396,12 @@ export class WorkflowDoc {
   }
 
   /**
-   * Why the engine would refuse this connection (a missing block, or a condition left without
-   * one of its handles), or null. Editors show such connections so they can be deleted.
+   * Why the engine would refuse this connection (a missing block, a condition left without one
+   * of its handles, an error handle on a block that does not route its errors, an edge into the
+   * error handler), or null. Editors show such connections so they can be deleted.
    */
   connectionProblem(c: Connection): string | null {
-    const source = this.block(c.source)
-    if (!source) return `source block \`${c.source}\` does not exist`
-    if (!this.block(c.target)) return `target block \`${c.target}\` does not exist`
-    if (source.type === 'condition') {
-      const allowed = conditionHandles(source.config)
-      if (!c.sourceHandle || !allowed.includes(c.sourceHandle)) {
-        return `leaves condition \`${c.source}\` without one of its handles (${allowed.join(', ')})`
-      }
-    }
-    return null
+    return connectionProblem(c, this.block(c.source), this.block(c.target))
   }
 
   /** The shared viewport. */
@@ -711,6 +703,32 @@ class ListView<T> {
     this.list = list
     this.maps = maps
   }
+}
+
+/** The source handle a block's failure leaves through when its `config.onError` is `route`. */
+export const ERROR_HANDLE = 'error'
+
+/** Whether a block's failures leave through its {@link ERROR_HANDLE} (`onError: "route"`). */
+export function routesErrors(block: Block): boolean {
+  return block.config.onError === 'route'
+}
+
+/** {@link WorkflowDoc.connectionProblem} for a connection and its blocks (undefined: missing). */
+export function connectionProblem(c: Connection, source: Block | undefined, target: Block | undefined): string | null {
+  if (!source) return `source block \`${c.source}\` does not exist`
+  if (!target) return `target block \`${c.target}\` does not exist`
+  if (target.type === 'errorHandler') {
+    return `enters the error handler \`${c.target}\`, which has no inputs: it runs when the execution fails`
+  }
+  if (c.sourceHandle === ERROR_HANDLE) {
+    if (!routesErrors(source)) return `leaves \`${c.source}\` through its error handle, but its onError is not \`route\``
+  } else if (source.type === 'condition') {
+    const allowed = conditionHandles(source.config)
+    if (!c.sourceHandle || !allowed.includes(c.sourceHandle)) {
+      return `leaves condition \`${c.source}\` without one of its handles (${allowed.join(', ')})`
+    }
+  }
+  return null
 }
 
 /**

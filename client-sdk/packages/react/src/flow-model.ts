@@ -1,5 +1,5 @@
 import type { Edge, EdgeChange, Node, NodeChange, XYPosition } from '@xyflow/react'
-import { conditionHandles, type Block, type BlockType, type Connection, type Peer, type PresenceUser } from '@resonant/client'
+import { conditionHandles, connectionProblem, ERROR_HANDLE, routesErrors, type Block, type BlockType, type Connection, type Peer, type PresenceUser } from '@resonant/client'
 
 /** `node.data` of a block's node. */
 export interface BlockNodeData extends Record<string, unknown> {
@@ -61,6 +61,8 @@ export interface NodeChangeResult {
 
 const NO_USERS: PresenceUser[] = []
 const INVALID_EDGE_STYLE = { stroke: '#e03131', strokeDasharray: '6 4', strokeWidth: 2 }
+/** A block's error route (its `error` handle): red, so failures' paths stand apart. */
+const ERROR_EDGE_STYLE = { stroke: '#e03131', strokeWidth: 2 }
 
 interface NodeEntry {
   block: Block
@@ -125,7 +127,7 @@ export class FlowModel {
       if (b === p) continue
       if (b.id !== p.id) return this.markStructural()
       this.changedIdx.push(i)
-      if (b.type === 'condition' || p.type === 'condition') this.edgeRelevant = true
+      if (b.type === 'condition' || p.type === 'condition' || b.config.onError !== p.config.onError) this.edgeRelevant = true
     }
   }
 
@@ -316,7 +318,8 @@ export class FlowModel {
         prev &&
         prev.conn === conn &&
         prev.selected === selected &&
-        !!prev.target === !!target &&
+        prev.target?.type === target?.type &&
+        prev.source?.config.onError === source?.config.onError &&
         (prev.source === source || (prev.source?.type !== 'condition' && source?.type !== 'condition' && !!prev.source === !!source))
       const e: EdgeEntry = hit ? prev : { conn, selected, source, target, edge: makeEdge(conn, selected, source, target) }
       cache.set(conn.id, e)
@@ -352,16 +355,16 @@ export class FlowModel {
 }
 
 function makeEdge(conn: Connection, selected: boolean, source: Block | undefined, target: Block | undefined): ConnectionEdge {
-  let problem: string | null = null
+  const problem = connectionProblem(conn, source, target)
   let sourceHandle = conn.sourceHandle ?? null
-  if (!source) problem = `source block \`${conn.source}\` does not exist`
-  else if (!target) problem = `target block \`${conn.target}\` does not exist`
-  else if (source.type === 'condition') {
-    const allowed = conditionHandles(source.config)
-    if (!sourceHandle || !allowed.includes(sourceHandle)) {
-      problem = `leaves condition \`${conn.source}\` without one of its handles (${allowed.join(', ')})`
-      sourceHandle = null
-    }
+  // The edge's own handle is gone (a case removed, errors no longer routed): drawn from the
+  // block's first handle instead, so it stays visible.
+  if (source && sourceHandle !== null) {
+    const exists =
+      sourceHandle === ERROR_HANDLE
+        ? routesErrors(source)
+        : source.type !== 'condition' || conditionHandles(source.config).includes(sourceHandle)
+    if (!exists) sourceHandle = null
   }
   const edge: ConnectionEdge = {
     id: conn.id,
@@ -377,6 +380,10 @@ function makeEdge(conn: Connection, selected: boolean, source: Block | undefined
     edge.style = INVALID_EDGE_STYLE
     edge.label = '⚠ refused by Run: delete'
     edge.ariaLabel = problem
+  } else if (sourceHandle === ERROR_HANDLE) {
+    edge.className = 'resonant-error-route'
+    edge.style = ERROR_EDGE_STYLE
+    edge.ariaLabel = `error route from ${conn.source}`
   }
   return edge
 }

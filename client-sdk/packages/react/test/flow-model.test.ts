@@ -88,4 +88,31 @@ describe('FlowModel', () => {
     wf.updateBlock('b2', { data: { label: 'x' } })
     expect(sync().edges).toBe(after)
   })
+
+  it('error routes: red from the error handle while the block routes its errors, refused otherwise', () => {
+    const { wf, sync } = setup(3)
+    const route = wf.connect({ source: 'b0', target: 'b1', sourceHandle: 'error' })!
+    const plain = wf.connect({ source: 'b0', target: 'b2' })!
+    let byId = new Map(sync().edges.map((e) => [e.id, e]))
+    // b0 does not route its errors: the engine refuses the edge; it is drawn from b0's handle.
+    expect(byId.get(route)).toMatchObject({ sourceHandle: null, className: 'resonant-invalid' })
+    expect(byId.get(route)!.data!.problem).toMatch(/error handle, but its onError is not `route`/)
+    expect(wf.connectionProblem(wf.connections().find((c) => c.id === route)!)).toBe(byId.get(route)!.data!.problem)
+
+    // onError: route makes it an error route (and revalidates at once).
+    wf.updateBlock('b0', { config: { onError: 'route' } })
+    byId = new Map(sync().edges.map((e) => [e.id, e]))
+    expect(byId.get(route)).toMatchObject({ sourceHandle: 'error', className: 'resonant-error-route' })
+    expect(byId.get(route)!.data!.problem).toBeNull()
+    expect(byId.get(plain)!.data!.problem).toBeNull()
+    expect(byId.get(plain)!.className).toBeUndefined()
+
+    // Nothing enters the workflow's error handler.
+    wf.addBlock({ id: 'eh', type: 'errorHandler', position: { x: 0, y: 200 } })
+    const into = wf.connect({ source: 'b2', target: 'eh' })!
+    const out = wf.connect({ source: 'eh', target: 'b1' })!
+    byId = new Map(sync().edges.map((e) => [e.id, e]))
+    expect(byId.get(into)!.data!.problem).toMatch(/enters the error handler `eh`/)
+    expect(byId.get(out)!.data!.problem).toBeNull()
+  })
 })
