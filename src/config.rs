@@ -276,6 +276,13 @@ pub struct ServeConfig {
     /// Burst of socket messages per user.
     #[arg(long, env = "RESONANT_RATE_SOCKET_BURST", default_value_t = 1000)]
     pub rate_socket_burst: u32,
+    /// Days finished executions keep their events, block rows and large values; then only
+    /// their row stays (status, trigger, times, tokens, cost). 0: keep everything.
+    #[arg(long, env = "RESONANT_EXECUTION_RETENTION_DAYS", default_value_t = 30)]
+    pub execution_retention_days: u32,
+    /// Seconds between retention passes.
+    #[arg(long, env = "RESONANT_RETENTION_SWEEP_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_sweep_secs: u64,
     /// Calls per second to one webhook trigger (`POST /hooks/{id}`; 0: unlimited), counted
     /// on each node; over it 429 with Retry-After. Applies in development mode too.
     #[arg(long, env = "RESONANT_RATE_HOOK_PER_SEC", default_value_t = 10.0)]

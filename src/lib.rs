@@ -261,6 +261,9 @@ pub async fn start_with_store(
             max_running_per_workspace: config.max_running_per_workspace,
             max_notify_per_block: config.max_notify_per_block,
             max_approval_emails_per_day: config.max_approval_emails_per_day,
+            retention: (config.execution_retention_days > 0)
+                .then(|| Duration::from_secs(u64::from(config.execution_retention_days) * 86_400)),
+            retention_every: Duration::from_secs(config.retention_sweep_secs),
             cluster: clustered.then(|| {
                 let ttl = Duration::from_secs(config.execution_lease_secs);
                 engine::ClusterConfig {

@@ -966,3 +966,85 @@ async fn an_api_caller_follows_a_run_over_server_sent_events_and_resumes_with_la
     assert_eq!(page["events"].as_array().unwrap().len(), seqs.len());
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn retention_prunes_only_executions_older_than_it_and_keeps_their_history_row() {
+    for backend in backends() {
+        let data = tempfile::tempdir().unwrap();
+        let data_dir = data.path().to_path_buf();
+        let env = env(backend, |c| {
+            c.data_dir = data_dir.clone();
+            c.execution_retention_days = 30;
+            c.retention_sweep_secs = 1;
+        })
+        .await;
+        let wf = env.workflow(doubling("r")).await;
+        let mut w = env.watcher(&wf).await;
+        let old = env.run(&wf, json!({"body": {"n": 1}})).await;
+        until_finished(&mut w, &old).await;
+        let recent = env.run(&wf, json!({"body": {"n": 2}})).await;
+        let recent_events = until_finished(&mut w, &recent).await;
+        // Make one of them finish 40 days ago.
+        let forty_days = 40 * 86_400_000i64;
+        let sql = "UPDATE executions SET completed_at = completed_at - $1 WHERE id = $2";
+        match env.database_url() {
+            Some(url) => {
+                let pool = sqlx::PgPool::connect(&url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(forty_days)
+                    .bind(&old)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            None => {
+                let url = format!("sqlite://{}", data_dir.join("resonant.db").display());
+                let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+                sqlx::query(sql)
+                    .bind(forty_days)
+                    .bind(&old)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+        }
+        // The next pass (every second here) prunes it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let pruned = loop {
+            let e = env.execution(&old).await;
+            if e["prunedAt"].is_i64() {
+                break e;
+            }
+            assert!(std::time::Instant::now() < deadline, "not pruned: {e}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // Its row stays for the history (status, trigger, tokens, cost); its details are gone.
+        assert_eq!(pruned["status"], "completed");
+        assert_eq!(
+            pruned["blockResults"].as_array().unwrap().len(),
+            0,
+            "{pruned}"
+        );
+        assert_eq!(pruned["graph"], json!({}));
+        let (_, events) = env.get(&format!("/api/v1/executions/{old}/events")).await;
+        assert_eq!(events["events"], json!([]));
+        let (_, list) = env.get(&format!("/api/v1/workflows/{wf}/executions")).await;
+        assert_eq!(list["items"].as_array().unwrap().len(), 2);
+        let (s, e) = env
+            .post(&format!("/api/v1/executions/{old}/rerun"), Some(json!({})))
+            .await;
+        assert_eq!(s, StatusCode::CONFLICT, "{e}");
+        // The recent one is untouched.
+        let kept = env.execution(&recent).await;
+        assert!(kept["prunedAt"].is_null(), "{kept}");
+        assert_eq!(kept["blockResults"].as_array().unwrap().len(), 3);
+        let (_, events) = env
+            .get(&format!("/api/v1/executions/{recent}/events"))
+            .await;
+        assert_eq!(
+            events["events"].as_array().unwrap().len(),
+            recent_events.len()
+        );
+        env.cleanup().await;
+    }
+}

@@ -11,7 +11,7 @@ type Result<T> = std::result::Result<T, DbError>;
 
 const EXEC_COLS: &str = "id, workflow_id, workspace_id, user_id, status, input, options, output, graph, \
     state_vector, current_block_id, tokens_used, cost_usd, started_at, completed_at, duration_ms, error, \
-    idempotency_key, rerun_of, created_at, trigger_id, version_id";
+    idempotency_key, rerun_of, created_at, trigger_id, version_id, pruned_at";
 
 const BLOCK_COLS: &str =
     "execution_id, block_id, status, attempt, output, error, provider, model, \
@@ -64,6 +64,8 @@ pub struct ExecutionRow {
     pub trigger_id: Option<String>,
     /// The published version it ran (`None`: the live document).
     pub version_id: Option<String>,
+    /// When retention removed its events, block rows and large values (Unix ms).
+    pub pruned_at: Option<i64>,
 }
 
 /// An `execution_blocks` row: one block's (or one loop iteration's block's) state.
@@ -396,7 +398,7 @@ pub async fn insert(db: &Db, e: &NewExecution<'_>) -> Result<std::result::Result
             }
         }
         let inserted = sqlx::query(&format!("INSERT INTO executions ({EXEC_COLS}) VALUES \
-            ($1, $2, $3, $4, 'pending', $5, $6, NULL, $7, $8, NULL, 0, 0, $9, NULL, NULL, NULL, $10, $11, $9, $12, $13)"))
+            ($1, $2, $3, $4, 'pending', $5, $6, NULL, $7, $8, NULL, 0, 0, $9, NULL, NULL, NULL, $10, $11, $9, $12, $13, NULL)"))
             .bind(e.id).bind(e.workflow_id).bind(e.workspace_id).bind(e.user_id).bind(e.input)
             .bind(e.options).bind(e.graph).bind(e.state_vector).bind(now).bind(e.idempotency_key)
             .bind(e.rerun_of).bind(e.trigger_id).bind(e.version_id)
@@ -576,4 +578,67 @@ pub async fn block(db: &Db, execution: &str, block: &str) -> Result<Option<Block
         "SELECT {BLOCK_COLS} FROM execution_blocks WHERE execution_id = $1 AND block_id = $2"
     );
     with_pool!(db, p => Ok(sqlx::query_as(&sql).bind(execution).bind(block).fetch_optional(p).await?))
+}
+
+/// Values larger than this are dropped from a pruned execution's row (its input, output).
+pub const PRUNED_VALUE_BYTES: i64 = 16 << 10;
+
+/// What one pass of [`prune`] removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Executions pruned.
+    pub executions: u64,
+    /// Their events deleted.
+    pub events: u64,
+    /// Their block rows deleted.
+    pub blocks: u64,
+}
+
+/// Prunes up to `batch` executions that finished before `cutoff` (Unix ms) and are not
+/// pruned yet: deletes their events and block rows, and drops their graph, state vector and
+/// any input or output over [`PRUNED_VALUE_BYTES`]; the row stays with its status, trigger,
+/// times, tokens and cost. One transaction per batch, so a batch is pruned whole or not at
+/// all, and other writers wait for one batch at most.
+pub async fn prune(db: &Db, cutoff: i64, batch: i64) -> Result<Pruned> {
+    let now = now_ms();
+    with_pool!(db, p => {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "SELECT id FROM executions WHERE pruned_at IS NULL AND completed_at < $1 \
+             AND status IN ('completed', 'failed', 'cancelled') ORDER BY completed_at LIMIT $2")
+            .bind(cutoff).bind(batch).fetch_all(p).await?;
+        if ids.is_empty() {
+            return Ok(Pruned::default());
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let list = marks.join(", ");
+        let n = ids.len();
+        let del_events = format!("DELETE FROM execution_events WHERE execution_id IN ({list})");
+        let del_blocks = format!("DELETE FROM execution_blocks WHERE execution_id IN ({list})");
+        let shrink = format!(
+            "UPDATE executions SET graph = '{{}}', state_vector = ${a}, \
+             output = CASE WHEN length(output) > ${b} THEN NULL ELSE output END, \
+             input = CASE WHEN length(input) > ${b} THEN '{{}}' ELSE input END, \
+             pruned_at = ${c} WHERE id IN ({list})",
+            a = n + 1, b = n + 2, c = n + 3);
+        let mut tx = p.begin().await?;
+        let mut q = sqlx::query(&del_events);
+        for (id,) in &ids {
+            q = q.bind(id);
+        }
+        let events = q.execute(&mut *tx).await?.rows_affected();
+        let mut q = sqlx::query(&del_blocks);
+        for (id,) in &ids {
+            q = q.bind(id);
+        }
+        let blocks = q.execute(&mut *tx).await?.rows_affected();
+        let mut q = sqlx::query(&shrink);
+        for (id,) in &ids {
+            q = q.bind(id);
+        }
+        let executions = q
+            .bind(Vec::<u8>::new()).bind(PRUNED_VALUE_BYTES).bind(now)
+            .execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(Pruned { executions, events, blocks })
+    })
 }

@@ -25,6 +25,7 @@ pub use io::Io;
 mod lease;
 pub use lease::{ClusterConfig, LeaseStats};
 mod plan;
+mod retention;
 pub mod retry;
 mod run;
 mod scheduler;
@@ -77,6 +78,11 @@ pub struct EngineConfig {
     pub max_notify_per_block: usize,
     /// Approval emails one workspace may send per day.
     pub max_approval_emails_per_day: usize,
+    /// How long finished executions keep their events, block rows and large values
+    /// (`None`: for ever).
+    pub retention: Option<std::time::Duration>,
+    /// How often retention looks for executions to prune.
+    pub retention_every: std::time::Duration,
     /// Cluster mode (several nodes over one Postgres): executions run under leases, and a
     /// dead node's executions are taken over. `None`: this process runs every execution of
     /// its database (single node, today's `recover`). Ignored on SQLite.
@@ -96,6 +102,8 @@ impl Default for EngineConfig {
             max_running_per_workspace: 25,
             max_notify_per_block: 10,
             max_approval_emails_per_day: 100,
+            retention: Some(std::time::Duration::from_secs(30 * 86_400)),
+            retention_every: std::time::Duration::from_secs(3600),
             cluster: None,
         }
     }
@@ -283,6 +291,14 @@ impl Engine {
             Arc::downgrade(&engine.inner),
             engine.inner.ticker.clone(),
         ));
+        if let Some(keep) = engine.inner.config.retention {
+            engine.inner.tasks.spawn(retention::run(
+                Arc::downgrade(&engine.inner),
+                keep,
+                engine.inner.config.retention_every,
+                engine.inner.ticker.clone(),
+            ));
+        }
         if let Some(l) = leases {
             let weak = Arc::downgrade(&engine.inner);
             engine.inner.tasks.spawn(lease::run(weak, l));
@@ -892,6 +908,13 @@ impl Engine {
         if matches!(old.status.as_str(), "pending" | "running") {
             return Err(EngineError::Conflict(
                 "the execution is still running".into(),
+            ));
+        }
+        if old.pruned_at.is_some() {
+            return Err(EngineError::Conflict(
+                "this execution's details were pruned (--execution-retention-days): it cannot \
+                 be re-run; start a new one"
+                    .into(),
             ));
         }
         self.check_tokens(user).await?;

@@ -70,6 +70,8 @@ pub struct Execution {
     pub trigger_id: Option<String>,
     /// The published version it ran (`null`: the live document).
     pub version_id: Option<String>,
+    /// When retention removed its events, block results, graph and large values (Unix ms).
+    pub pruned_at: Option<i64>,
     /// The blocks and connections that ran (pinned at the start).
     #[schema(value_type = Object)]
     pub graph: Value,
@@ -127,6 +129,7 @@ impl Execution {
             rerun_of: r.rerun_of,
             trigger_id: r.trigger_id,
             version_id: r.version_id,
+            pruned_at: r.pruned_at,
             block_results: blocks.map(|bs| bs.into_iter().map(BlockResult::from).collect()),
             next_blocks_cursor: None,
             events: None,

@@ -62,4 +62,8 @@ ALTER TABLE workflows ADD COLUMN published_graph TEXT;
 -- What started an execution and which version it ran (NULL: the live document).
 ALTER TABLE executions ADD COLUMN trigger_id TEXT;
 ALTER TABLE executions ADD COLUMN version_id TEXT;
+-- When retention pruned its events, block rows and large values (--execution-retention-days):
+-- the row stays, for the history and the usage it records.
+ALTER TABLE executions ADD COLUMN pruned_at BIGINT;
+CREATE INDEX IF NOT EXISTS executions_to_prune ON executions (completed_at) WHERE pruned_at IS NULL;
 CREATE INDEX IF NOT EXISTS executions_by_trigger ON executions (trigger_id) WHERE trigger_id IS NOT NULL;
