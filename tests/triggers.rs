@@ -1048,3 +1048,110 @@ async fn retention_prunes_only_executions_older_than_it_and_keeps_their_history_
         env.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn run_from_here_uses_the_live_document_and_pinned_data_skips_the_call() {
+    let env = env(Backend::Sqlite, |_| {}).await;
+    let graph = |suffix: &str, pinned: Option<&str>| {
+        let mut gen = json!({"userPromptTemplate": "Say {{ input | json }}", "provider": "demo"});
+        if let Some(p) = pinned {
+            gen["pinnedOutput"] = json!(p);
+        }
+        json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("gen", "ai", gen),
+                block("shout", "transform", json!({"template": format!("{{{{ upstream }}}}{suffix}")})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("in", "gen"), edge("gen", "shout"), edge("shout", "out")],
+        })
+    };
+    let wf = env.workflow(graph("!", None)).await;
+    let mut w = env.watcher(&wf).await;
+    let first = env.run(&wf, json!({"topic": "rivers"})).await;
+    let events = until_finished(&mut w, &first).await;
+    let generated = completed(&events, "gen")["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        events.last().unwrap()["outputs"]["out"],
+        format!("{generated}!")
+    );
+
+    // The editors change the block after the AI call; run from it with the live document:
+    // the call's result is reused, the changed block runs as it is now.
+    replace_graph(&env, &wf, &graph("?", None)).await;
+    let path = format!("/api/v1/executions/{first}/rerun");
+    let env_ref = &env;
+    let rerun = |body: Value| {
+        let path = path.clone();
+        async move { env_ref.post(&path, Some(body)).await }
+    };
+    let (s, re) =
+        rerun(json!({"fromBlock": "shout", "document": "live", "idempotencyKey": "try-1"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{re}");
+    let re_id = re["id"].as_str().unwrap().to_string();
+    let events = until_finished(&mut w, &re_id).await;
+    assert_eq!(
+        events.last().unwrap()["outputs"]["out"],
+        format!("{generated}?")
+    );
+    let k = kinds(&events);
+    assert!(
+        !k.contains(&"block.started:gen".to_string()),
+        "the AI call is reused: {k:?}"
+    );
+    assert_eq!(completed(&events, "gen")["reused"], true);
+    // The same key again: the same re-run, nothing new started.
+    let (s, again) =
+        rerun(json!({"fromBlock": "shout", "document": "live", "idempotencyKey": "try-1"})).await;
+    assert_eq!((s, &again["id"]), (StatusCode::OK, &re["id"]));
+    // The same key for another execution's re-run is a mistake.
+    let (s, e) = env
+        .post(
+            &format!("/api/v1/executions/{re_id}/rerun"),
+            Some(json!({"idempotencyKey": "try-1", "fromBlock": "shout"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    // A block no longer in the document cannot be run from.
+    let (s, e) = rerun(json!({"fromBlock": "gone", "document": "live"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+
+    // Pinned sample data: the block does not call anything; its pinned value goes on.
+    replace_graph(&env, &wf, &graph("?", Some("PINNED"))).await;
+    let pinned = env.run(&wf, json!({"topic": "rivers"})).await;
+    let events = until_finished(&mut w, &pinned).await;
+    assert_eq!(events.last().unwrap()["outputs"]["out"], "PINNED?");
+    assert_eq!(completed(&events, "gen")["pinned"], true);
+    assert!(!kinds(&events).contains(&"block.started:gen".to_string()));
+    let e = env.execution(&pinned).await;
+    assert_eq!(e["tokensUsed"], 0);
+    // A trigger's run ignores it: production runs call for real.
+    let (_, t) = env
+        .post(
+            &format!("/api/v1/workflows/{wf}/triggers"),
+            Some(json!({"kind": "webhook", "auth": "bearer", "target": "draft"})),
+        )
+        .await;
+    let r: Value = env
+        .http
+        .post(format!(
+            "http://{}/hooks/{}?wait=true",
+            env.addr(),
+            t["id"].as_str().unwrap()
+        ))
+        .bearer_auth(t["secret"].as_str().unwrap())
+        .json(&json!({"topic": "rivers"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "completed", "{r}");
+    assert_ne!(r["output"]["out"], "PINNED?", "{r}");
+    env.cleanup().await;
+}

@@ -122,6 +122,10 @@ pub struct Options {
     /// The execution this one re-runs, reusing its results.
     #[serde(default)]
     pub rerun_of: Option<String>,
+    /// The trigger that started it: blocks' pinned sample outputs are for runs from the
+    /// editor, not for these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 /// A request to start an execution.
@@ -182,6 +186,17 @@ pub enum EngineError {
     /// The database failed.
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+/// How a re-run starts ([`Engine::rerun_with`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rerun<'a> {
+    /// The block to run again (default: the one that failed).
+    pub from: Option<&'a str>,
+    /// Run the workflow's live document rather than the old execution's pinned graph.
+    pub live: bool,
+    /// A retried request with the same key starts nothing and returns the first re-run.
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// Where a new execution's graph comes from.
@@ -469,6 +484,7 @@ impl Engine {
             priority: req.priority,
             max_concurrency: req.max_concurrency,
             rerun_of: None,
+            trigger: trigger.map(str::to_owned),
         };
         let id = new_id();
         let (lease, sent) = self.new_lease();
@@ -905,6 +921,30 @@ impl Engine {
         from: Option<&str>,
         user: &str,
     ) -> Result<String, EngineError> {
+        self.rerun_with(
+            old,
+            &Rerun {
+                from,
+                ..Rerun::default()
+            },
+            user,
+        )
+        .await
+        .map(|(id, _)| id)
+    }
+
+    /// [`Engine::rerun`] with its options: from the live document instead of `old`'s pinned
+    /// graph ("run from here": the chosen block and what depends on it run as the editors
+    /// have them now, everything upstream reuses `old`'s results where the block is still
+    /// there), and an idempotency key. Returns the new execution's id, and false when the
+    /// key started it before.
+    pub async fn rerun_with(
+        &self,
+        old: &ExecutionRow,
+        opts: &Rerun<'_>,
+        user: &str,
+    ) -> Result<(String, bool), EngineError> {
+        let from = opts.from;
         if matches!(old.status.as_str(), "pending" | "running") {
             return Err(EngineError::Conflict(
                 "the execution is still running".into(),
@@ -918,8 +958,24 @@ impl Engine {
             ));
         }
         self.check_tokens(user).await?;
+        if let Some(k) = opts.idempotency_key {
+            if k.is_empty() || k.len() > 200 {
+                return Err(EngineError::BadRequest {
+                    field: "idempotencyKey",
+                    message: "must be 1 to 200 characters".into(),
+                });
+            }
+        }
         let admission = self.admit(user, &old.workspace_id, false)?;
-        let graph: Value = serde_json::from_str(&old.graph).unwrap_or(Value::Null);
+        let (graph, state_vector) = if opts.live {
+            self.live_graph(&old.workflow_id).await?
+        } else {
+            (
+                serde_json::from_str(&old.graph).unwrap_or(Value::Null),
+                old.state_vector.clone(),
+            )
+        };
+        let graph_text = graph.to_string();
         let parsed = prepare(&graph).map_err(EngineError::Invalid)?;
         let blocks = store::blocks(&self.inner.db, &old.id).await?;
         let wf = &parsed.workflow;
@@ -929,9 +985,14 @@ impl Engine {
         let from = match from {
             Some(f) => {
                 if !parsed.index.contains_key(f) {
+                    let whose = if opts.live {
+                        "the workflow"
+                    } else {
+                        "that execution"
+                    };
                     return Err(EngineError::BadRequest {
                         field: "fromBlock",
-                        message: format!("no block {f} in that execution"),
+                        message: format!("no block {f} in {whose}"),
                     });
                 }
                 f.to_owned()
@@ -984,6 +1045,15 @@ impl Engine {
             if again || !matches!(b.status.as_str(), "completed" | "skipped") {
                 continue;
             }
+            // From the live document, a result is reused only where its block (and every
+            // loop around it) is still there.
+            let present = b.block_id.split('/').all(|part| {
+                let id = part.split_once('[').map_or(part, |(id, _)| id);
+                parsed.index.contains_key(id)
+            });
+            if !present {
+                continue;
+            }
             let row = BlockRow {
                 execution_id: id.clone(),
                 tokens_used: 0,
@@ -1002,9 +1072,9 @@ impl Engine {
                 user_id: user,
                 input: &old.input,
                 options: &serde_json::to_string(&options).unwrap_or_default(),
-                graph: &old.graph,
-                state_vector: &old.state_vector,
-                idempotency_key: None,
+                graph: &graph_text,
+                state_vector: &state_vector,
+                idempotency_key: opts.idempotency_key,
                 rerun_of: Some(&old.id),
                 trigger_id: None,
                 version_id: None,
@@ -1018,8 +1088,13 @@ impl Engine {
             Err(store::NotInserted::OverCap { workspace, cap }) => {
                 return Err(too_many(workspace, cap))
             }
-            Err(store::NotInserted::Existing(_)) => {
-                return Err(EngineError::Conflict("could not create the re-run".into()))
+            Err(store::NotInserted::Existing(existing)) => {
+                // The key names one request: a re-run of this execution.
+                let row = store::execution(&self.inner.db, &existing).await?;
+                if row.is_some_and(|r| r.rerun_of.as_deref() == Some(old.id.as_str())) {
+                    return Ok((existing, false));
+                }
+                return Err(EngineError::KeyReused);
             }
         }
         if let Some(l) = &self.inner.lease {
@@ -1044,7 +1119,7 @@ impl Engine {
             (0, 0.0),
         )
         .await;
-        Ok(id)
+        Ok((id, true))
     }
 
     /// Resumes the executions that were running when the server stopped: finished blocks

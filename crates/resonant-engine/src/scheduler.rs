@@ -408,6 +408,29 @@ async fn run_block(
             _ => {}
         }
     }
+    // Pinned sample data: in a run from the editor, a block with `pinnedOutput` does not
+    // run (no call, no tokens) and passes that value on, so iterating on what follows it
+    // costs nothing upstream. Runs started by triggers ignore it.
+    if let Some(pinned) = block.config.get("pinnedOutput").filter(|v| !v.is_null()) {
+        if run.options.trigger.is_none() {
+            let mut row = run.block_row(&key, "completed", 1);
+            row.output = Some(pinned.to_string());
+            row.completed_at = Some(row.started_at);
+            run.engine.events.write(Write::Block(row));
+            run.outputs.lock().insert(key.clone(), pinned.clone());
+            run.emit(
+                "block.completed",
+                scoped(
+                    json!({"blockId": block.id, "attempt": 1, "output": pinned, "pinned": true}),
+                    prefix,
+                ),
+            );
+            return Outcome::Done {
+                output: pinned.clone(),
+                route: None,
+            };
+        }
+    }
     if let Some(err) = interrupted(run, block, &key, prior.as_ref()) {
         let mut row = run.block_row(&key, "failed", prior.as_ref().map_or(1, |p| p.attempt));
         row.error = Some(err.clone());

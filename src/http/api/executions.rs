@@ -581,11 +581,28 @@ pub struct RerunBody {
     /// The block to re-run from (default: the one that failed). Blocks that do not depend on
     /// it keep their stored results, and their tokens are not paid again.
     pub from_block: Option<String>,
+    /// `pinned` (default): the graph the execution ran. `live`: the workflow's document as
+    /// its editors have it now ("run from here"); results are reused for blocks still in it.
+    pub document: Option<RerunDocument>,
+    /// A retried request with the same key starts nothing and returns the first re-run
+    /// (200); the same key for another execution's re-run is 422.
+    pub idempotency_key: Option<String>,
+}
+
+/// Which graph a re-run runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RerunDocument {
+    /// The graph the execution ran.
+    Pinned,
+    /// The workflow's live document.
+    Live,
 }
 
 #[utoipa::path(post, path = "/api/v1/executions/{id}/rerun", tag = "executions",
     params(("id" = String, Path, description = "Execution id")), request_body = RerunBody,
-    responses((status = 201, description = "The new execution", body = Execution)))]
+    responses((status = 201, description = "The new execution", body = Execution),
+              (status = 200, description = "An earlier request with this idempotency key started it", body = Execution)))]
 async fn rerun(
     State(app): State<AppState>,
     caller: Caller,
@@ -594,15 +611,19 @@ async fn rerun(
 ) -> Result<(StatusCode, axum::Json<Execution>), ApiError> {
     let (row, role) = visible_execution(&app, &caller, &id).await?;
     require(role, Action::Execute)?;
-    let new = app
-        .engine
-        .rerun(&row, body.from_block.as_deref(), caller.id())
-        .await?;
+    let opts = crate::engine::Rerun {
+        from: body.from_block.as_deref(),
+        live: body.document == Some(RerunDocument::Live),
+        idempotency_key: body.idempotency_key.as_deref(),
+    };
+    let (new, created) = app.engine.rerun_with(&row, &opts, caller.id()).await?;
     let row = store::execution(&app.db, &new)
         .await?
         .ok_or(ApiError::Internal)?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(Execution::from_row(row, None)),
-    ))
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(Execution::from_row(row, None))))
 }

@@ -280,6 +280,17 @@ fn check(kind: BlockKind, config: &Value) -> Vec<(String, String)> {
     if let Err(e) = retry {
         check.bad("retry", &e);
     }
+    if c.get("pinnedOutput").is_some_and(|v| !v.is_null())
+        && !matches!(
+            kind,
+            BlockKind::Ai | BlockKind::Webhook | BlockKind::Transform
+        )
+    {
+        check.bad(
+            "pinnedOutput",
+            "sample data can be pinned on ai, webhook and transform blocks only",
+        );
+    }
     if let Some(v) = c.get("onError").filter(|v| !v.is_null()) {
         if !matches!(v.as_str(), Some("fail" | "continue" | "route")) {
             check.bad("onError", "must be fail, continue or route");
