@@ -1483,3 +1483,48 @@ async fn the_workflows_error_handler_runs_with_what_failed_and_the_run_still_fai
     assert!(e.to_string().contains("has no inputs"), "{e}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn large_inputs_and_outputs_travel_by_reference_and_socket_starts_refuse_unknown_fields() {
+    let env = Env::new(Backend::Sqlite).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [block("in", "input", json!({})), block("out", "output", json!({"template": "{{ input.big }}"}))],
+            "connections": [edge("in", "out")],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let big = "x".repeat(20_000);
+    let id = env.run(&wf, json!({"big": big})).await;
+    let events = until_finished(&mut w, &id).await;
+    let started = &events[0];
+    assert_eq!(started["type"], "execution.started");
+    assert!(started["input"].is_null(), "{}", started.to_string().len());
+    assert_eq!(started["inputRef"], format!("/api/v1/executions/{id}"));
+    let done = events.last().unwrap();
+    assert!(done["outputs"].is_null());
+    assert!(done["outputsBytes"].as_u64().unwrap() > 20_000);
+    let e = env.execution(&id).await;
+    assert_eq!(e["output"]["out"].as_str().unwrap().len(), 20_000);
+    // A misspelt option over the socket is refused as REST refuses it, naming the request.
+    w.send(resonant_client::protocol::encode_stateless(
+        &json!({"type": "execution.start", "requestId": "r7", "prority": "speed"}).to_string(),
+    ))
+    .await;
+    w.until("refused", |s| {
+        s.stateless.iter().any(|m| m.contains("prority"))
+    })
+    .await;
+    let refusal: Value = w
+        .stateless
+        .iter()
+        .filter_map(|m| serde_json::from_str::<Value>(m).ok())
+        .find(|v| v["message"].as_str().is_some_and(|m| m.contains("prority")))
+        .unwrap();
+    assert_eq!(
+        (refusal["code"].as_str(), refusal["requestId"].as_str()),
+        (Some("bad-request"), Some("r7")),
+        "{refusal}"
+    );
+    env.cleanup().await;
+}

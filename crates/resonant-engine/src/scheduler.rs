@@ -40,10 +40,10 @@ enum Edge {
 pub(crate) async fn execute(run: Arc<Run>) {
     let fresh = *run.seq.lock() == 0;
     if fresh {
-        run.emit(
-            "execution.started",
-            json!({"input": run.input, "blocks": run.plan.workflow.blocks.len(), "rerunOf": run.options.rerun_of}),
-        );
+        let mut started =
+            json!({"blocks": run.plan.workflow.blocks.len(), "rerunOf": run.options.rerun_of});
+        inline_or_ref(&mut started, "input", &run.input, &run.id);
+        run.emit("execution.started", started);
         // A re-run shows the results it reuses, so its editors see the whole run.
         let mut reused: Vec<&BlockRow> = run
             .prior
@@ -112,10 +112,16 @@ pub(crate) async fn execute(run: Arc<Run>) {
     metrics::counter!("resonant_executions_total", "status" => status).increment(1);
     metrics::histogram!("resonant_execution_duration_seconds").record(duration as f64 / 1000.0);
     match status {
-        "completed" => run.emit(
-            "execution.completed",
-            json!({"outputs": output, "tokens": tokens, "costUsd": cost, "durationMs": duration}),
-        ),
+        "completed" => {
+            let mut fields = json!({"tokens": tokens, "costUsd": cost, "durationMs": duration});
+            inline_or_ref(
+                &mut fields,
+                "outputs",
+                output.as_ref().unwrap_or(&Value::Null),
+                &run.id,
+            );
+            run.emit("execution.completed", fields)
+        }
         "cancelled" => run.emit(
             "execution.cancelled",
             json!({"tokens": tokens, "costUsd": cost, "durationMs": duration}),
@@ -137,6 +143,20 @@ pub(crate) async fn execute(run: Arc<Run>) {
         duration_ms: Some(duration),
     }));
     run.engine.events.flush().await;
+}
+
+/// Sets `fields[name]` to `value`, or, when `value` is larger than [`INLINE_OUTPUT_BYTES`],
+/// to `null` with `<name>Ref` (the execution, over REST) and `<name>Bytes`: an event goes to
+/// every editor and into the log, a 10 MB input or output should not go with it.
+fn inline_or_ref(fields: &mut Value, name: &str, value: &Value, execution: &str) {
+    let bytes = value.to_string().len();
+    if bytes > INLINE_OUTPUT_BYTES {
+        fields[name] = Value::Null;
+        fields[format!("{name}Ref")] = format!("/api/v1/executions/{execution}").into();
+        fields[format!("{name}Bytes")] = bytes.into();
+    } else {
+        fields[name] = value.clone();
+    }
 }
 
 /// Runs one scope (the top level, or one loop iteration's body) to completion; returns the

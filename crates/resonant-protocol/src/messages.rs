@@ -52,8 +52,10 @@ pub enum ConnectionMsg {
 }
 
 /// A client's execution request (its `type` starts with `execution.` or `executions.`).
+/// Unknown fields are refused, as the REST API refuses them: a misspelt option must not be
+/// silently ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all_fields = "camelCase")]
+#[serde(tag = "type", rename_all_fields = "camelCase", deny_unknown_fields)]
 pub enum ExecutionRequest {
     /// Starts an execution of the socket's workflow.
     #[serde(rename = "execution.start")]
