@@ -1,6 +1,6 @@
 import { memo, useEffect, useRef, useState } from 'react'
 import { Handle, Position, useUpdateNodeInternals, type NodeProps, type NodeTypes } from '@xyflow/react'
-import { specOf, type BlockRunState } from '@resonant/client'
+import { ERROR_HANDLE, specOf, type BlockRunState } from '@resonant/client'
 import { useBlockExecution, type BlockNode } from '@resonant/react'
 import { BLOCK_TYPES, renderStats, useCurrentExecution } from './shared'
 import { useCommentCount } from './commentCounts'
@@ -10,19 +10,23 @@ function handles(names: string[] | undefined): (string | null)[] {
   return (names ?? []).map((n) => (n === '' ? null : n))
 }
 
-/** A switch (a condition with `cases`) leaves through its cases' handles and `casesOutputs` (default). */
+/**
+ * A switch (a condition with `cases`) leaves through its cases' handles and `casesOutputs`
+ * (default); a block whose `onError` is `route` also through its error handle, last.
+ */
 function outputHandles(
   type: string,
   config: Record<string, unknown>,
   spec: { outputs: string[]; casesOutputs?: string[] } | undefined,
-): string[] | undefined {
+): string[] {
+  let out = spec?.outputs ?? []
   if (type === 'condition' && Array.isArray(config.cases)) {
     const names = (config.cases as { handle?: unknown }[])
       .map((c) => (typeof c?.handle === 'string' ? c.handle : null))
       .filter((h): h is string => !!h)
-    return [...names, ...(spec?.casesOutputs ?? ['default'])]
+    out = [...names, ...(spec?.casesOutputs ?? ['default'])]
   }
-  return spec?.outputs
+  return config.onError === 'route' ? [...out, ERROR_HANDLE] : out
 }
 
 function preview(value: unknown): string {
@@ -44,10 +48,11 @@ function HandleColumn({ ids, type }: { ids: (string | null)[]; type: 'source' | 
               position={position}
               id={id ?? undefined}
               style={{ top }}
+              className={id === ERROR_HANDLE && type === 'source' ? 'error-handle' : undefined}
               data-testid={id ? `handle-${type}-${id}` : undefined}
             />
             {id && (
-              <span className={`handle-label ${type}`} style={{ top }}>
+              <span className={`handle-label ${type}${id === ERROR_HANDLE ? ' error' : ''}`} style={{ top }}>
                 {id}
               </span>
             )}
@@ -146,6 +151,9 @@ export const BlockNodeView = memo(function BlockNodeView({ id, data, selected }:
       title={data.draggedBy ? `${data.draggedBy.name} is moving this block` : undefined}
     >
       <HandleColumn ids={inputs} type="target" />
+      {/* The error handler has no inputs; an edge drawn into it (which Run refuses) still needs
+          an anchor to be seen and deleted. */}
+      {type === 'errorHandler' && <Handle type="target" position={Position.Left} isConnectable={false} className="anchor-only" />}
       <div className="block-head">
         <span className="block-label">{data.label}</span>
         <span className="block-type">
@@ -160,6 +168,7 @@ export const BlockNodeView = memo(function BlockNodeView({ id, data, selected }:
           {spec?.label ?? type}
         </span>
       </div>
+      {type === 'errorHandler' && <div className="block-note">Runs when the execution fails, with {'{error: {message, blockId}}'}</div>}
       {data.selectedBy.length > 0 && (
         <div className="selected-by">{data.selectedBy.map((u) => u.name).join(', ')}</div>
       )}
