@@ -21,11 +21,20 @@ import { BLOCK_TYPES, ExecutionContext } from './shared'
 import { WorkflowHeader } from './WorkflowHeader'
 import { VersionsPanel } from './VersionsPanel'
 import { CommentsPanel } from './CommentsPanel'
+import { TriggersPanel } from './TriggersPanel'
+import { RunsPanel } from './RunsPanel'
 import { placeNewBlock } from './placement'
 import { CommentCounts, CommentCountsContext } from './commentCounts'
 import { isPanelEvent, useDemo } from './nav'
 
-type SideTab = 'block' | 'comments' | 'versions'
+type SideTab = 'block' | 'comments' | 'versions' | 'triggers' | 'history'
+const TABS: [SideTab, string][] = [
+  ['block', 'Block & run'],
+  ['comments', 'Comments'],
+  ['versions', 'Versions'],
+  ['triggers', 'Triggers'],
+  ['history', 'History'],
+]
 
 export function App({ client, workflowId, seed }: { client: ResonantClient; workflowId: string; seed: boolean }) {
   const { rest } = useDemo()
@@ -172,7 +181,7 @@ function Editor({ seed, workflowId }: { seed: boolean; workflowId: string }) {
           </div>
           <aside className="side">
             <nav className="tabs" role="tablist">
-              {(['block', 'comments', 'versions'] as const).map((t) => (
+              {TABS.map(([t, label]) => (
                 <button
                   key={t}
                   role="tab"
@@ -181,7 +190,7 @@ function Editor({ seed, workflowId }: { seed: boolean; workflowId: string }) {
                   data-testid={`tab-${t}`}
                   onClick={() => setTab(t)}
                 >
-                  {t === 'block' ? 'Block & run' : t === 'comments' ? 'Comments' : 'History'}
+                  {label}
                 </button>
               ))}
             </nav>
@@ -201,6 +210,8 @@ function Editor({ seed, workflowId }: { seed: boolean; workflowId: string }) {
                 />
               )}
               {tab === 'versions' && <VersionsPanel workflowId={workflowId} />}
+              {tab === 'triggers' && <TriggersPanel workflowId={workflowId} />}
+              {tab === 'history' && <RunsPanel workflowId={workflowId} />}
             </Guard>
           </aside>
         </div>

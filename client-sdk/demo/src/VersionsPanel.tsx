@@ -6,9 +6,10 @@ import { errorText, isPanelEvent, timeAgo, useDemo } from './nav'
 type Version = Schemas['VersionInfo']
 
 /**
- * Version history: save the document as a named version, restore an older one. Both wait until
- * my edits are stored on the server first, so a version holds what I see. A restore reaches
- * every editor (mine too) as one remote change.
+ * Version history: save the document as a named version, restore an older one, publish one
+ * (the version the workflow's triggers run). Saving and restoring wait until my edits are
+ * stored on the server first, so a version holds what I see. A restore reaches every editor
+ * (mine too) as one remote change.
  */
 export function VersionsPanel({ workflowId }: { workflowId: string }) {
   const { rest } = useDemo()
@@ -19,11 +20,13 @@ export function VersionsPanel({ workflowId }: { workflowId: string }) {
   const [confirm, setConfirm] = useState<number | null>(null)
   const [error, setError] = useState<string | null>(null)
   const [restored, setRestored] = useState<number | null>(null)
+  const [published, setPublished] = useState<string | null>(null)
 
   const refresh = useCallback(async () => {
     try {
-      const page = await rest.versions.list(workflowId, { limit: 100 })
+      const [page, wf] = await Promise.all([rest.versions.list(workflowId, { limit: 100 }), rest.workflows.get(workflowId)])
       setVersions(page.items)
+      setPublished(wf.publishedVersionId ?? null)
     } catch (e) {
       setError(errorText(e))
     }
@@ -68,9 +71,13 @@ export function VersionsPanel({ workflowId }: { workflowId: string }) {
       setRestored(v)
     })
 
+  const publish = (v: number) => act(`publish-${v}`, () => rest.versions.publish(workflowId, v))
+  const unpublish = () => act('unpublish', () => rest.versions.unpublish(workflowId))
+
   return (
     <section className="panel versions" data-testid="versions-panel">
       <h2>Version history</h2>
+      <p className="muted small">Triggers set to “published” run the published version; the others run the live draft.</p>
       <form
         className="inline-form"
         onSubmit={(e) => {
@@ -102,6 +109,11 @@ export function VersionsPanel({ workflowId }: { workflowId: string }) {
             <div className="version-head">
               <span className="version-no">v{v.version}</span>
               <span className="version-name">{v.name || <span className="muted">Unnamed</span>}</span>
+              {published === v.id && (
+                <span className="badge status-completed" data-testid="published-badge">
+                  published
+                </span>
+              )}
             </div>
             <div className="version-meta muted small" title={new Date(v.createdAt).toLocaleString()}>
               {timeAgo(v.createdAt)}
@@ -116,9 +128,20 @@ export function VersionsPanel({ workflowId }: { workflowId: string }) {
                 <button onClick={() => setConfirm(null)}>Cancel</button>
               </div>
             ) : (
-              <button data-testid={`restore-${v.version}`} disabled={busy !== null} onClick={() => setConfirm(v.version)}>
-                {busy === `restore-${v.version}` ? 'Restoring…' : 'Restore…'}
-              </button>
+              <div className="comment-actions">
+                <button data-testid={`restore-${v.version}`} disabled={busy !== null} onClick={() => setConfirm(v.version)}>
+                  {busy === `restore-${v.version}` ? 'Restoring…' : 'Restore…'}
+                </button>
+                {published === v.id ? (
+                  <button data-testid="unpublish" disabled={busy !== null} onClick={() => void unpublish()}>
+                    {busy === 'unpublish' ? 'Unpublishing…' : 'Unpublish'}
+                  </button>
+                ) : (
+                  <button data-testid={`publish-${v.version}`} disabled={busy !== null} onClick={() => void publish(v.version)}>
+                    {busy === `publish-${v.version}` ? 'Publishing…' : 'Publish'}
+                  </button>
+                )}
+              </div>
             )}
           </li>
         ))}

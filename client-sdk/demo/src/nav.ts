@@ -60,8 +60,8 @@ export function timeAgo(ms: number, now = Date.now()): string {
   return new Date(ms).toLocaleDateString()
 }
 
-/** Broadcast to the room's other editors when comments or versions change, so their panels reload at once. */
-export type PanelEvent = { kind: 'comments-changed' } | { kind: 'versions-changed' }
+/** Broadcast to the room's other editors when comments, versions or triggers change, so their panels reload at once. */
+export type PanelEvent = { kind: 'comments-changed' } | { kind: 'versions-changed' } | { kind: 'triggers-changed' }
 
 /** Whether a broadcast event is a {@link PanelEvent} of `kind`. */
 export function isPanelEvent(e: unknown, kind: PanelEvent['kind']): boolean {
