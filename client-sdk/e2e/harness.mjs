@@ -1,6 +1,7 @@
 // Starts the real server (a fresh data dir, a free port) and Debian's Chromium for a browser test.
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync } from 'node:fs'
+import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import readline from 'node:readline'
@@ -23,10 +24,28 @@ export function chromiumPath() {
   return found
 }
 
-/** `{ base, browser, stop }`: the server at `base` and a launched browser; `stop()` ends both. */
-export async function startServerAndBrowser({ serverArgs = [] } = {}) {
+/** A port free right now (the OS's pick), for a server that must know its own URL before it listens. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address()
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+/**
+ * `{ base, browser, stop }`: the server at `base` and a launched browser; `stop()` ends both.
+ * `publicUrl`: the server is told its address (`--public-url`), so the links it makes (webhook
+ * triggers' URLs) reach it; it then listens on a port picked beforehand instead of its own pick.
+ */
+export async function startServerAndBrowser({ serverArgs = [], publicUrl = false } = {}) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'resonant-e2e-'))
-  const server = spawn(resonantBin(), ['serve', '--port', '0', '--data-dir', dir, ...serverArgs], {
+  const fixed = publicUrl ? await freePort() : 0
+  const portArgs = ['--port', String(fixed), ...(publicUrl ? ['--public-url', `http://127.0.0.1:${fixed}`] : [])]
+  const server = spawn(resonantBin(), ['serve', ...portArgs, '--data-dir', dir, ...serverArgs], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, RESONANT_LOG: 'warn' },
   })
