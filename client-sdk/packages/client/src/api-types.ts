@@ -90,6 +90,13 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
+        /**
+         * An execution's events, in seq order: a page of JSON, or, when the request accepts
+         *     `text/event-stream`, a Server-Sent Events stream for API callers without a socket. The
+         *     stream sends each event as `id: <seq>`, `event: <type>`, `data: <the event's JSON>`,
+         *     starting after `Last-Event-ID` (a reconnecting client's) or `after`, and ends after the
+         *     execution's last event.
+         */
         get: operations["get_events"];
         put?: never;
         post?: never;
@@ -1008,6 +1015,11 @@ export interface components {
             options: Record<string, never>;
             /** @description Output block id → its output, once completed. */
             output?: Record<string, never> | null;
+            /**
+             * Format: int64
+             * @description When retention removed its events, block results, graph and large values (Unix ms).
+             */
+            prunedAt?: number | null;
             /** @description The execution it re-runs. */
             rerunOf?: string | null;
             /**
@@ -1211,6 +1223,11 @@ export interface components {
                 options: Record<string, never>;
                 /** @description Output block id → its output, once completed. */
                 output?: Record<string, never> | null;
+                /**
+                 * Format: int64
+                 * @description When retention removed its events, block results, graph and large values (Unix ms).
+                 */
+                prunedAt?: number | null;
                 /** @description The execution it re-runs. */
                 rerunOf?: string | null;
                 /**
@@ -1595,12 +1612,23 @@ export interface components {
         };
         /** @description Where a re-run starts. */
         RerunBody: {
+            document?: null | components["schemas"]["RerunDocument"];
             /**
              * @description The block to re-run from (default: the one that failed). Blocks that do not depend on
              *     it keep their stored results, and their tokens are not paid again.
              */
             fromBlock?: string | null;
+            /**
+             * @description A retried request with the same key starts nothing and returns the first re-run
+             *     (200); the same key for another execution's re-run is 422.
+             */
+            idempotencyKey?: string | null;
         };
+        /**
+         * @description Which graph a re-run runs.
+         * @enum {string}
+         */
+        RerunDocument: "pinned" | "live";
         /**
          * @description A member's role in a workspace: the seed's authorization matrix.
          * @enum {string}
@@ -2615,7 +2643,10 @@ export interface operations {
                 /** @description At most this many, 1–1000 (default 1000). */
                 limit?: number;
             };
-            header?: never;
+            header?: {
+                /** @description Server-Sent Events: the seq to resume after */
+                "Last-Event-ID"?: number | null;
+            };
             path: {
                 /** @description Execution id */
                 id: string;
@@ -2624,12 +2655,14 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
+            /** @description A page of events (JSON), or with `Accept: text/event-stream` a stream of them */
             200: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Events"];
+                    "text/event-stream": string;
                 };
             };
             /** @description Invalid request: the error names the field */
@@ -2731,6 +2764,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description An earlier request with this idempotency key started it */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Execution"];
+                };
+            };
             /** @description The new execution */
             201: {
                 headers: {
