@@ -261,3 +261,55 @@ async fn a_blocks_own_retry_policy_governs_its_provider_calls() {
     assert_eq!(done("hasty")["provider"], "gpt-4-turbo");
     assert_eq!(mock.pending("claude"), 0);
 }
+
+#[tokio::test]
+async fn a_failed_iteration_winds_the_others_down_and_their_calls_are_still_paid_for() {
+    let (_, mock) = MockAi::start(vec![]).await;
+    // One iteration's call is refused at once; the other's streams slowly.
+    mock.push("openai", MockReply::status(400, "bad request"));
+    mock.push(
+        "openai",
+        MockReply::text(&"word ".repeat(200)).token_delay(Duration::from_millis(30)),
+    );
+    let env = Env::with(Backend::Sqlite, |c| keyed(c, &mock, &["openai"])).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("each", "loop", json!({"items": "input.items", "concurrency": 2})),
+                block("gen", "ai", json!({"userPromptTemplate": "item {{ loop.item }}", "provider": "gpt-4-turbo",
+                    "retry": {"attempts": 1}})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [edge("in", "each"), edge_h("each", "body", "gen"),
+                json!({"id": "back", "source": "gen", "target": "each", "targetHandle": "next"}),
+                edge("each", "out")],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let id = env.run(&wf, json!({"items": [1, 2]})).await;
+    let events = until_finished(&mut w, &id).await;
+    assert_eq!(
+        events.last().unwrap()["type"],
+        "execution.failed",
+        "{events:?}"
+    );
+    // The slow call was cut short, and what it streamed is accounted.
+    assert!(
+        events.last().unwrap()["tokens"].as_i64().unwrap() > 0,
+        "{:?}",
+        events.last()
+    );
+    let e = env.execution(&id).await;
+    let rows = e["blockResults"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r["status"] != "running" && r["status"] != "waiting"),
+        "{rows:?}"
+    );
+    let (_, usage) = env
+        .get(&format!("/api/v1/workspaces/{}/usage", env.ws))
+        .await;
+    assert!(usage.to_string().contains("gpt-4-turbo"), "{usage}");
+    env.cleanup().await;
+}

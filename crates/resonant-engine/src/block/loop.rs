@@ -97,12 +97,15 @@ impl Behaviour for Loop {
             };
             let returns = ctx.run.plan.scopes[scope].returns.clone();
             let gate = Arc::new(Semaphore::new(concurrency));
+            // Cancelled when one iteration fails: the others wind down (an AI call records
+            // what it used, a block row says it was cancelled) before they are dropped.
+            let stop = ctx.cancel.child_token();
             let mut iterations = JoinSet::new();
             for (i, item) in items.into_iter().enumerate() {
                 let run = ctx.run.clone();
                 let gate = gate.clone();
                 let prefix = format!("{}{}[{i}]/", ctx.prefix, ctx.block.id);
-                let parent = ctx.cancel.clone();
+                let parent = stop.clone();
                 let run_scope = ctx.scope;
                 iterations.spawn(async move {
                     let _slot = gate.acquire_owned().await;
@@ -126,7 +129,15 @@ impl Behaviour for Loop {
                 let outs = match r {
                     Ok(o) => o,
                     Err(e) => {
-                        iterations.shutdown().await;
+                        stop.cancel();
+                        let wound_down =
+                            tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                                while iterations.join_next().await.is_some() {}
+                            })
+                            .await;
+                        if wound_down.is_err() {
+                            iterations.shutdown().await;
+                        }
                         return Err(format!("iteration {i}: {e}"));
                     }
                 };
