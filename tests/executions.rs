@@ -1528,3 +1528,54 @@ async fn large_inputs_and_outputs_travel_by_reference_and_socket_starts_refuse_u
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_merge_that_takes_any_input_stops_the_branches_that_lost() {
+    let env = Env::new(Backend::Sqlite).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [
+                block("in", "input", json!({})),
+                block("fast", "transform", json!({"template": "fast"})),
+                block("slow", "delay", json!({"seconds": 600})),
+                block("after_slow", "transform", json!({"template": "late"})),
+                block("first", "merge", json!({"join": "any"})),
+                block("out", "output", json!({})),
+            ],
+            "connections": [
+                edge("in", "fast"), edge("in", "slow"), edge("slow", "after_slow"),
+                edge("fast", "first"), edge("after_slow", "first"), edge("first", "out"),
+            ],
+        }))
+        .await;
+    let mut w = env.watcher(&wf).await;
+    let started = std::time::Instant::now();
+    let id = env.run(&wf, json!({})).await;
+    let events = until_finished(&mut w, &id).await;
+    // It ends at once: the ten-minute branch no longer matters, so it is stopped and skipped.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let done = events.last().unwrap();
+    assert_eq!(done["type"], "execution.completed", "{events:?}");
+    assert_eq!(done["outputs"]["out"], "fast");
+    let k = kinds(&events);
+    for skipped in ["slow", "after_slow"] {
+        assert!(
+            k.contains(&format!("block.skipped:{skipped}")),
+            "{skipped}: {k:?}"
+        );
+    }
+    let e = env.execution(&id).await;
+    let slow = e["blockResults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["blockId"] == "slow")
+        .cloned()
+        .unwrap();
+    assert_eq!(slow["status"], "skipped", "{slow}");
+    env.cleanup().await;
+}

@@ -122,25 +122,111 @@ impl AllowRule {
 /// Which destinations webhook blocks may reach besides public addresses.
 #[derive(Clone, Debug, Default)]
 pub struct EgressPolicy {
-    /// Networks and host names allowed even though they are not public.
-    pub allow: Vec<AllowRule>,
+    /// Networks and host names allowed even though they are not public, each on one port
+    /// or on any.
+    pub allow: Vec<(AllowRule, Option<u16>)>,
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6) into the rule and its port; a bare IPv6 address
+/// or network has no port.
+fn split_port(entry: &str) -> Result<(&str, Option<u16>), String> {
+    let entry = entry.trim();
+    let (rule, port) = if let Some(rest) = entry.strip_prefix('[') {
+        match rest.split_once("]:") {
+            Some((inner, port)) => (inner, Some(port)),
+            None => (entry, None),
+        }
+    } else if entry.matches(':').count() == 1 {
+        let (rule, port) = entry.split_once(':').unwrap_or((entry, ""));
+        (rule, Some(port))
+    } else {
+        (entry, None)
+    };
+    match port {
+        None => Ok((rule, None)),
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .map(|p| (rule, Some(p)))
+            .ok_or_else(|| format!("{p:?} is not a port")),
+    }
 }
 
 impl EgressPolicy {
-    /// Reads allow-list entries (see [`AllowRule::parse`]); an error names the entry.
+    /// Reads allow-list entries: [`AllowRule::parse`]'s, each optionally with `:port`
+    /// (`10.0.0.0/8:8080`, `hooks.internal:8443`, `[fd00::1]:80`); an error names the entry.
     pub fn parse(entries: &[String]) -> Result<EgressPolicy, String> {
         let allow = entries
             .iter()
-            .map(|e| AllowRule::parse(e).map_err(|m| format!("egress allow-list entry {e:?}: {m}")))
-            .collect::<Result<_, _>>()?;
+            .map(|e| {
+                let (rule, port) =
+                    split_port(e).map_err(|m| format!("egress allow-list entry {e:?}: {m}"))?;
+                let rule = AllowRule::parse(rule)
+                    .map_err(|m| format!("egress allow-list entry {e:?}: {m}"))?;
+                Ok((rule, port))
+            })
+            .collect::<Result<_, String>>()?;
         Ok(EgressPolicy { allow })
     }
 
+    /// Whether a URL naming `host` on `port` may be called as far as the allow-list's ports
+    /// go: a name that only port-bound host rules allow must use one of their ports. (An
+    /// address literal is checked with its port by [`EgressPolicy::check_port`].)
+    pub fn name_port_allowed(&self, host: &str, port: u16) -> Result<(), String> {
+        let mut ports = self.allow.iter().filter_map(|(r, p)| match r {
+            AllowRule::Host(_) if r.allows(Some(host), IpAddr::from([0, 0, 0, 0])) => Some(*p),
+            _ => None,
+        });
+        let mut listed = Vec::new();
+        for p in ports.by_ref() {
+            match p {
+                None => return Ok(()),
+                Some(p) if p == port => return Ok(()),
+                Some(p) => listed.push(p.to_string()),
+            }
+        }
+        if listed.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "refused: {host} is in the server's egress allow-list on port {} only, not {port}",
+            listed.join(", ")
+        ))
+    }
+
+    /// [`EgressPolicy::check`] for a connection whose port is known (an address literal in
+    /// a URL): rules bound to another port do not apply.
+    pub fn check_port(&self, ip: IpAddr, port: u16) -> Result<(), String> {
+        self.check_with(None, ip, |p| p.is_none_or(|p| p == port))
+    }
+
     /// Whether a connection to `ip` (reached through the name `host`, if any) is allowed;
-    /// the error says why not, naming the address.
+    /// the error says why not, naming the address. The port is not known here (the
+    /// resolver sees names only), so network rules bound to a port do not apply: they allow
+    /// URLs that name their addresses; host rules bound to a port do, their port having been
+    /// checked on the URL ([`EgressPolicy::name_port_allowed`]).
     pub fn check(&self, host: Option<&str>, ip: IpAddr) -> Result<(), String> {
+        self.check_with(host, ip, |_| false)
+    }
+
+    fn check_with(
+        &self,
+        host: Option<&str>,
+        ip: IpAddr,
+        port_ok: impl Fn(Option<u16>) -> bool,
+    ) -> Result<(), String> {
         let canonical = ip.to_canonical();
-        if self.allow.iter().any(|r| r.allows(host, canonical)) {
+        let applies = |(r, p): &(AllowRule, Option<u16>)| match r {
+            AllowRule::Host(_) => true,
+            AllowRule::Network { .. } => p.is_none() || port_ok(*p),
+        };
+        if self
+            .allow
+            .iter()
+            .filter(|e| applies(e))
+            .any(|(r, _)| r.allows(host, canonical))
+        {
             return Ok(());
         }
         let Some(reason) = forbidden_reason(canonical) else {
@@ -530,6 +616,7 @@ impl WebhookClient {
                 "invalid webhook URL: no host",
             ));
         };
+        let port = url.port_or_known_default().unwrap_or(80);
         // The URL parser has already turned every IPv4 spelling (0x7f.1, 2130706433) into
         // dotted form; IPv6 comes bracketed.
         let Ok(ip) = host
@@ -537,10 +624,13 @@ impl WebhookClient {
             .trim_end_matches(']')
             .parse::<IpAddr>()
         else {
-            return Ok(());
+            return self
+                .policy
+                .name_port_allowed(host, port)
+                .map_err(|m| BlockError::new(ErrorClass::Refused, m));
         };
         self.policy
-            .check(None, ip)
+            .check_port(ip, port)
             .map_err(|m| BlockError::new(ErrorClass::Refused, m))
     }
 }
@@ -976,6 +1066,54 @@ mod tests {
         let err = client.send(&get(url), T).await.unwrap_err();
         assert_eq!(err.class, ErrorClass::Refused, "{url}: {err:?}");
         assert!(err.message.contains(naming), "{url}: {}", err.message);
+    }
+
+    #[test]
+    fn allow_list_entries_may_be_bound_to_a_port() {
+        let p = policy(&[
+            "127.0.0.1:8080",
+            "10.0.0.0/8",
+            "hooks.test:8443",
+            "[::1]:80",
+            "fd00::/8",
+        ]);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(p.check_port(ip("127.0.0.1"), 8080).is_ok());
+        assert!(p.check_port(ip("127.0.0.1"), 8081).is_err());
+        assert!(p.check_port(ip("::1"), 80).is_ok());
+        assert!(p.check_port(ip("::1"), 81).is_err());
+        assert!(p.check_port(ip("fd00::5"), 1234).is_ok());
+        assert!(p.check_port(ip("10.1.2.3"), 9).is_ok());
+        // Through a name the port is unknown: a port-bound network rule does not apply.
+        assert!(p.check(Some("x.test"), ip("127.0.0.1")).is_err());
+        assert!(p.check(Some("x.test"), ip("10.1.2.3")).is_ok());
+        // A port-bound name: its port is checked on the URL, its addresses by name.
+        assert!(p.name_port_allowed("hooks.test", 8443).is_ok());
+        let e = p.name_port_allowed("hooks.test", 443).unwrap_err();
+        assert!(e.contains("8443"), "{e}");
+        assert!(p.name_port_allowed("other.test", 1).is_ok());
+        assert!(p.check(Some("hooks.test"), ip("192.168.1.1")).is_ok());
+        for bad in ["127.0.0.1:0", "127.0.0.1:x", "host:70000", "[::1]:"] {
+            assert!(EgressPolicy::parse(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_bound_entry_allows_its_port_only() {
+        let m = mock().await;
+        let other = if m.port() == 1 { 2 } else { m.port() - 1 };
+        let client = WebhookClient::new(policy(&[&format!("127.0.0.1:{}", m.port())]));
+        let resp = client.send(&get(m.url("/echo")), T).await.unwrap();
+        assert_eq!(resp.status, 200);
+        let elsewhere = WebhookClient::new(policy(&[&format!("127.0.0.1:{other}")]));
+        refused(&elsewhere, &m.url("/echo"), "127.0.0.1").await;
+        // Named (localhost), the port is not known when the address is checked: refused.
+        refused(
+            &client,
+            &format!("http://localhost:{}/echo", m.port()),
+            "127.0.0.1",
+        )
+        .await;
     }
 
     fn quick(attempts: u32) -> RetryPolicy {

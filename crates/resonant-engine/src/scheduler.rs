@@ -42,6 +42,9 @@ pub(crate) async fn execute(run: Arc<Run>) {
     if fresh {
         let mut started =
             json!({"blocks": run.plan.workflow.blocks.len(), "rerunOf": run.options.rerun_of});
+        if let Some(t) = &run.options.trigger {
+            started["triggerId"] = t.clone().into();
+        }
         inline_or_ref(&mut started, "input", &run.input, &run.id);
         run.emit("execution.started", started);
         // A re-run shows the results it reuses, so its editors see the whole run.
@@ -204,6 +207,10 @@ fn run_scope(
         let mut outputs: HashMap<usize, Value> = HashMap::new();
         let cancel = parent.child_token();
         let mut tasks: JoinSet<(usize, Outcome)> = JoinSet::new();
+        // Each running block's own token (a child of the scope's), and the blocks stopped
+        // because a `merge` with `join: any` no longer needs them: those end skipped.
+        let mut tokens: HashMap<usize, CancellationToken> = HashMap::new();
+        let mut losers: std::collections::HashSet<usize> = std::collections::HashSet::new();
         let mut worklist: Vec<usize> = sc.blocks.clone();
         loop {
             if cancel.is_cancelled() {
@@ -250,10 +257,42 @@ fn run_scope(
                     Some(true) => {
                         let upstream = upstream_of(&run, block, &active, &edges, join == "any");
                         state.insert(b, St::Running);
+                        if join == "any" && pending > 0 {
+                            // The first input won: the branches still on their way feed only
+                            // this merge (or nothing else), so they stop instead of running
+                            // (and paying) for a result nobody reads.
+                            let beaten: Vec<usize> = ins
+                                .iter()
+                                .filter(|e| matches!(edges[e], Edge::Pending))
+                                .copied()
+                                .collect();
+                            for x in losing(&run, b, &beaten, &outgoing, &state) {
+                                losers.insert(x);
+                                match state[&x] {
+                                    St::Running => {
+                                        if let Some(t) = tokens.get(&x) {
+                                            t.cancel();
+                                        }
+                                    }
+                                    St::Waiting => {
+                                        state.insert(x, St::Finished);
+                                        skip(&run, &prefix, &wf.blocks[x]);
+                                        for e in outgoing.get(&x).into_iter().flatten() {
+                                            edges.insert(*e, Edge::Dead);
+                                        }
+                                    }
+                                    St::Finished => {}
+                                }
+                            }
+                            for e in beaten {
+                                edges.insert(e, Edge::Dead);
+                            }
+                        }
                         let run2 = run.clone();
                         let prefix2 = prefix.clone();
                         let lp2 = lp.clone();
-                        let cancel2 = cancel.clone();
+                        let cancel2 = cancel.child_token();
+                        tokens.insert(b, cancel2.clone());
                         tasks.spawn(async move {
                             let out =
                                 run_block(&run2, b, &prefix2, upstream, lp2.as_ref(), &cancel2)
@@ -284,6 +323,12 @@ fn run_scope(
                 }
             };
             state.insert(b, St::Finished);
+            tokens.remove(&b);
+            // A losing branch's block, stopped on purpose: skipped, not failed.
+            let outcome = match outcome {
+                Outcome::Failed(_) if losers.contains(&b) => Outcome::Skipped,
+                other => other,
+            };
             match outcome {
                 Outcome::Done { output, route } => {
                     let behaviour = wf.blocks[b].kind.behaviour();
@@ -337,6 +382,56 @@ fn run_scope(
         }
         Ok(outputs)
     })
+}
+
+/// The blocks a `merge` (`b`, `join: any`) that has started makes useless: those upstream of
+/// its still-pending inputs `beaten`, not finished, all of whose connections lead only to the
+/// merge or to other such blocks. A block that also feeds something else keeps running.
+fn losing<S>(
+    run: &Run,
+    b: usize,
+    beaten: &[usize],
+    outgoing: &HashMap<usize, Vec<usize>>,
+    state: &HashMap<usize, S>,
+) -> Vec<usize> {
+    let wf = &run.plan.workflow;
+    let target = |e: usize| run.plan.index[&wf.connections[e].target];
+    let source = |e: usize| run.plan.index[&wf.connections[e].source];
+    // Candidates: everything upstream of the beaten inputs within the scope.
+    let incoming: HashMap<usize, Vec<usize>> =
+        outgoing.iter().fold(HashMap::new(), |mut m, (s, es)| {
+            for &e in es {
+                m.entry(target(e)).or_insert_with(Vec::new).push(*s);
+            }
+            m
+        });
+    let mut cand: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    let mut stack: Vec<usize> = beaten.iter().map(|&e| source(e)).collect();
+    while let Some(x) = stack.pop() {
+        if x == b || !state.contains_key(&x) || !cand.insert(x) {
+            continue;
+        }
+        stack.extend(incoming.get(&x).into_iter().flatten().copied());
+    }
+    // Drop any that lead somewhere else, until nothing changes.
+    loop {
+        let keep: Vec<usize> = cand
+            .iter()
+            .copied()
+            .filter(|x| {
+                outgoing
+                    .get(x)
+                    .into_iter()
+                    .flatten()
+                    .all(|&e| target(e) == b || cand.contains(&target(e)))
+            })
+            .collect();
+        if keep.len() == cand.len() {
+            break;
+        }
+        cand = keep.into_iter().collect();
+    }
+    cand.into_iter().collect()
 }
 
 /// Lets cancelled blocks finish on their own for a moment (an AI call records what it used,
