@@ -283,6 +283,11 @@ pub struct ServeConfig {
     /// Seconds between retention passes.
     #[arg(long, env = "RESONANT_RETENTION_SWEEP_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     pub retention_sweep_secs: u64,
+    /// Base URL of webhook triggers' URLs (`<base>/hooks/{id}`), as callers outside reach
+    /// this server. Default: the scheme and `Host` of the request that asks for the
+    /// trigger (`X-Forwarded-Proto` names the scheme behind a proxy).
+    #[arg(long, env = "RESONANT_HOOK_BASE_URL")]
+    pub hook_base_url: Option<String>,
     /// Calls per second to one webhook trigger (`POST /hooks/{id}`; 0: unlimited), counted
     /// on each node; over it 429 with Retry-After. Applies in development mode too.
     #[arg(long, env = "RESONANT_RATE_HOOK_PER_SEC", default_value_t = 10.0)]

@@ -6,7 +6,7 @@
 //! that calls the hook, and can be rotated. The hook itself is `src/http/hooks.rs`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -129,8 +129,29 @@ pub struct Trigger {
     pub updated_at: i64,
 }
 
+/// Where callers reach this server's hooks: `--hook-base-url`, else the scheme and host
+/// the API request came to.
+fn hook_base(app: &AppState, headers: &HeaderMap) -> String {
+    if let Some(base) = &app.config.hook_base_url {
+        return base.trim_end_matches('/').to_owned();
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let host = header("host").unwrap_or("localhost");
+    let scheme = match header("x-forwarded-proto") {
+        Some("https") => "https",
+        _ => "http",
+    };
+    format!("{scheme}://{host}")
+}
+
 impl Trigger {
-    fn from_row(app: &AppState, t: TriggerRow, show_secret: bool) -> Trigger {
+    fn from_row(app: &AppState, base: &str, t: TriggerRow, show_secret: bool) -> Trigger {
         let webhook = t.kind == "webhook";
         let secret = match (&t.secret, &app.cipher, show_secret) {
             (Some(sealed), Some(c), true) => c.decrypt(&t.id, sealed).ok(),
@@ -149,13 +170,7 @@ impl Trigger {
             _ => Vec::new(),
         };
         Trigger {
-            url: webhook.then(|| {
-                format!(
-                    "{}/hooks/{}",
-                    app.config.public_url.trim_end_matches('/'),
-                    t.id
-                )
-            }),
+            url: webhook.then(|| format!("{base}/hooks/{}", t.id)),
             kind: if webhook {
                 TriggerKind::Webhook
             } else {
@@ -350,14 +365,16 @@ async fn visible_trigger(
 async fn list_triggers(
     State(app): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Page<Trigger>>, ApiError> {
+    let base = hook_base(&app, &headers);
     let (_, role) = visible(&app, &caller, &id).await?;
     let show = role.allows(Action::Edit);
     let items = store::triggers(&app.db, &id)
         .await?
         .into_iter()
-        .map(|t| Trigger::from_row(&app, t, show))
+        .map(|t| Trigger::from_row(&app, &base, t, show))
         .collect();
     // At most MAX_TRIGGERS: one page holds them all.
     Ok(axum::Json(Page {
@@ -376,6 +393,7 @@ async fn list_triggers(
 async fn create_trigger(
     State(app): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
     Json(body): Json<CreateTrigger>,
 ) -> Result<(StatusCode, axum::Json<Trigger>), ApiError> {
@@ -454,7 +472,12 @@ async fn create_trigger(
     let row = store::insert_trigger(&app.db, &row).await?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(Trigger::from_row(&app, row, true)),
+        axum::Json(Trigger::from_row(
+            &app,
+            &hook_base(&app, &headers),
+            row,
+            true,
+        )),
     ))
 }
 
@@ -465,11 +488,13 @@ async fn create_trigger(
 async fn get_trigger(
     State(app): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Trigger>, ApiError> {
     let (t, _, role) = visible_trigger(&app, &caller, &id).await?;
     Ok(axum::Json(Trigger::from_row(
         &app,
+        &hook_base(&app, &headers),
         t,
         role.allows(Action::Edit),
     )))
@@ -484,6 +509,7 @@ async fn get_trigger(
 async fn update_trigger(
     State(app): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
     Json(body): Json<UpdateTrigger>,
 ) -> Result<axum::Json<Trigger>, ApiError> {
@@ -538,6 +564,7 @@ async fn update_trigger(
         .ok_or(ApiError::NotFound)?;
     Ok(axum::Json(Trigger::from_row(
         &app,
+        &hook_base(&app, &headers),
         row,
         role.allows(Action::Edit),
     )))
@@ -568,6 +595,7 @@ async fn delete_trigger(
 async fn rotate_secret(
     State(app): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Trigger>, ApiError> {
     let (mut t, _, role) = visible_trigger(&app, &caller, &id).await?;
@@ -583,7 +611,12 @@ async fn rotate_secret(
     let row = store::update_trigger(&app.db, &t)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(axum::Json(Trigger::from_row(&app, row, true)))
+    Ok(axum::Json(Trigger::from_row(
+        &app,
+        &hook_base(&app, &headers),
+        row,
+        true,
+    )))
 }
 
 /// The published version of a workflow.
@@ -603,7 +636,8 @@ pub struct Published {
 #[utoipa::path(post, path = "/api/v1/workflows/{id}/versions/{version}/publish", tag = "versions",
     params(("id" = String, Path, description = "Workflow id"),
            ("version" = i64, Path, description = "Version number")),
-    responses((status = 200, body = Published)))]
+    responses((status = 200, body = Published),
+              (status = 422, body = super::ErrorBody, description = "The version is not a valid workflow; `problems` names each block at fault")))]
 async fn publish_version(
     State(app): State<AppState>,
     caller: Caller,
