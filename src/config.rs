@@ -288,8 +288,9 @@ pub struct ServeConfig {
     /// trigger (`X-Forwarded-Proto` names the scheme behind a proxy).
     #[arg(long, env = "RESONANT_HOOK_BASE_URL")]
     pub hook_base_url: Option<String>,
-    /// Calls per second to one webhook trigger (`POST /hooks/{id}`; 0: unlimited), counted
-    /// on each node; over it 429 with Retry-After. Applies in development mode too.
+    /// Calls per second to one webhook trigger (`POST /hooks/{id}`; 0: unlimited); over it
+    /// 429 with Retry-After. Shared by every node through Redis like the other limits
+    /// (`--redis-url`); counted per node in development mode, which has no other limits.
     #[arg(long, env = "RESONANT_RATE_HOOK_PER_SEC", default_value_t = 10.0)]
     pub rate_hook_per_sec: f64,
     /// Burst of calls to one webhook trigger.
@@ -442,6 +443,7 @@ impl ServeConfig {
             connect_ip: Quota::new(self.rate_connect_per_sec, self.rate_connect_burst),
             api_user: Quota::new(self.rate_api_per_sec, self.rate_api_burst),
             socket_user: Quota::new(self.rate_socket_per_sec, self.rate_socket_burst),
+            hook_trigger: Quota::new(self.rate_hook_per_sec, self.rate_hook_burst),
         }
     }
 

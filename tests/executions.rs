@@ -533,13 +533,7 @@ async fn cancel_stops_a_run_and_control_needs_the_execute_role() {
         let e = env.execution(&id).await;
         assert_eq!(e["status"], "cancelled");
         // The block that was waiting when the run was cancelled does not say it still waits.
-        let nap = e["blockResults"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["blockId"] == "nap")
-            .cloned()
-            .unwrap();
+        let nap = block_result(&e, "nap");
         assert_eq!(
             (nap["status"].as_str(), nap["error"].as_str()),
             (Some("failed"), Some("cancelled")),
@@ -1324,13 +1318,7 @@ async fn a_retried_webhooks_completion_names_the_attempt_its_retries_counted_to(
     assert_eq!(retries, [2, 3], "{events:?}");
     assert_eq!(completed(&events, "hook")["attempt"], 3);
     let e = env.execution(&id).await;
-    let row = e["blockResults"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["blockId"] == "hook")
-        .cloned()
-        .unwrap();
+    let row = block_result(&e, "hook");
     assert_eq!(row["attempt"], 3, "{row}");
     env.cleanup().await;
 }
@@ -1569,13 +1557,7 @@ async fn a_merge_that_takes_any_input_stops_the_branches_that_lost() {
         );
     }
     let e = env.execution(&id).await;
-    let slow = e["blockResults"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["blockId"] == "slow")
-        .cloned()
-        .unwrap();
+    let slow = block_result(&e, "slow");
     assert_eq!(slow["status"], "skipped", "{slow}");
     env.cleanup().await;
 }

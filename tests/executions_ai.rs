@@ -265,11 +265,17 @@ async fn a_blocks_own_retry_policy_governs_its_provider_calls() {
 #[tokio::test]
 async fn a_failed_iteration_winds_the_others_down_and_their_calls_are_still_paid_for() {
     let (_, mock) = MockAi::start(vec![]).await;
-    // One iteration's call is refused at once; the other's streams slowly.
-    mock.push("openai", MockReply::status(400, "bad request"));
+    // One iteration's call streams slowly; the other's breaks off after 300 ms, by when the
+    // first has streamed for a while (whichever iteration gets which reply).
     mock.push(
         "openai",
         MockReply::text(&"word ".repeat(200)).token_delay(Duration::from_millis(30)),
+    );
+    mock.push(
+        "openai",
+        MockReply::text("one two three")
+            .first_token_delay(Duration::from_millis(300))
+            .cut_after(1),
     );
     let env = Env::with(Backend::Sqlite, |c| keyed(c, &mock, &["openai"])).await;
     let wf = env

@@ -26,13 +26,14 @@ fn start(store: &[String]) -> ServerProcess {
     ServerProcess::start(&args)
 }
 
-async fn restart_resumes(store: Vec<String>) {
-    let http = reqwest::Client::new();
-    let server = start(&store);
-    let addr = server.addr;
-    let owner = sign_in(&http, addr, SECRET, "owner").await;
+/// Signs in an owner on the server at `addr` and makes a workspace and a workflow.
+async fn owner_and_workflow(
+    http: &reqwest::Client,
+    addr: std::net::SocketAddr,
+) -> (common::api::User, String) {
+    let owner = sign_in(http, addr, SECRET, "owner").await;
     let (_, ws) = call(
-        &http,
+        http,
         addr,
         Some(&owner.token),
         Method::POST,
@@ -42,7 +43,7 @@ async fn restart_resumes(store: Vec<String>) {
     .await;
     let ws = ws["id"].as_str().unwrap().to_string();
     let (_, wf) = call(
-        &http,
+        http,
         addr,
         Some(&owner.token),
         Method::POST,
@@ -51,6 +52,14 @@ async fn restart_resumes(store: Vec<String>) {
     )
     .await;
     let wf = wf["id"].as_str().unwrap().to_string();
+    (owner, wf)
+}
+
+async fn restart_resumes(store: Vec<String>) {
+    let http = reqwest::Client::new();
+    let server = start(&store);
+    let addr = server.addr;
+    let (owner, wf) = owner_and_workflow(&http, addr).await;
     let graph = json!({
         "blocks": [
             block("in", "input", json!({})),
@@ -243,29 +252,7 @@ async fn sigterm_lets_a_webhook_in_flight_finish_instead_of_sending_it_twice() {
     let http = reqwest::Client::new();
     let server = start(&store);
     let addr = server.addr;
-    let owner = sign_in(&http, addr, SECRET, "owner").await;
-    let (_, ws) = call(
-        &http,
-        addr,
-        Some(&owner.token),
-        Method::POST,
-        "/api/v1/workspaces",
-        Some(json!({"name": "w"})),
-    )
-    .await;
-    let (_, wf) = call(
-        &http,
-        addr,
-        Some(&owner.token),
-        Method::POST,
-        &format!(
-            "/api/v1/workspaces/{}/workflows",
-            ws["id"].as_str().unwrap()
-        ),
-        Some(json!({"name": "f"})),
-    )
-    .await;
-    let wf = wf["id"].as_str().unwrap().to_string();
+    let (owner, wf) = owner_and_workflow(&http, addr).await;
     let url = |addr| {
         format!(
             "{}?token={}",

@@ -258,6 +258,8 @@ fn client_messages() -> Vec<ClientMsg> {
         ClientMsg::Execution(ExecutionRequest::Rerun {
             execution_id: "e".into(),
             from_block: Some("b".into()),
+            document: Some("live".into()),
+            idempotency_key: Some("k".into()),
             request_id: id.clone(),
         }),
         ClientMsg::Execution(ExecutionRequest::Resume {

@@ -44,6 +44,7 @@ fn all(q: Quota) -> Quotas {
         connect_ip: q,
         api_user: q,
         socket_user: q,
+        hook_trigger: q,
     }
 }
 
@@ -209,6 +210,7 @@ async fn unlimited_quota_makes_no_redis_call() {
         connect_ip: Quota::unlimited(),
         api_user: Quota::new(0.0, 100),
         socket_user: Quota::new(1.0, 1),
+        hook_trigger: Quota::unlimited(),
     };
     let limiter = Limiter::redis_with(&proxy.url(), quotas, options())
         .await

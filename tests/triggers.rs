@@ -1196,3 +1196,50 @@ async fn run_from_here_uses_the_live_document_and_pinned_data_skips_the_call() {
     assert_ne!(r["output"]["out"], "PINNED?", "{r}");
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_webhook_trigger_is_rate_limited_per_trigger() {
+    let env = env(Backend::Sqlite, |c| {
+        c.rate_hook_per_sec = 0.5;
+        c.rate_hook_burst = 2;
+    })
+    .await;
+    let wf = env.workflow(doubling("rl")).await;
+    let mut hooks = Vec::new();
+    for _ in 0..2 {
+        let (_, t) = env
+            .post(
+                &format!("/api/v1/workflows/{wf}/triggers"),
+                Some(json!({"kind": "webhook", "auth": "bearer", "target": "draft"})),
+            )
+            .await;
+        hooks.push((
+            t["url"].as_str().unwrap().to_string(),
+            t["secret"].as_str().unwrap().to_string(),
+        ));
+    }
+    let call = |(url, secret): &(String, String)| {
+        env.http
+            .post(url)
+            .bearer_auth(secret)
+            .json(&json!({"n": 1}))
+            .send()
+    };
+    assert_eq!(
+        call(&hooks[0]).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        call(&hooks[0]).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    let limited = call(&hooks[0]).await.unwrap();
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    // Another trigger has its own budget.
+    assert_eq!(
+        call(&hooks[1]).await.unwrap().status(),
+        StatusCode::ACCEPTED
+    );
+    env.cleanup().await;
+}

@@ -46,7 +46,8 @@ pub(crate) fn router() -> Router<AppState> {
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
-/// Calls per trigger, on this node.
+/// Calls per trigger on this node, in development mode (where the server has no limiter:
+/// one user and one address would share every budget, but a hook is called from outside).
 fn limiter(app: &AppState) -> Option<&'static DefaultKeyedRateLimiter<String>> {
     static LIMITER: OnceLock<Option<DefaultKeyedRateLimiter<String>>> = OnceLock::new();
     LIMITER
@@ -73,7 +74,15 @@ async fn hook(
     if !db::valid_id(&id) {
         return Err(ApiError::NotFound);
     }
-    if let Some(l) = limiter(&app) {
+    if app.limiter.is_some() {
+        // The server's limiter: in Redis with --redis-url, so a cluster shares one budget.
+        if let Some(wait) = app
+            .limit(crate::limits::ratelimit::Bucket::HookTrigger, &id)
+            .await
+        {
+            return Err(ApiError::TooManyRequests(wait));
+        }
+    } else if let Some(l) = limiter(&app) {
         if let Err(not_until) = l.check_key(&id) {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),

@@ -28,6 +28,7 @@
 //! limiter.check(Bucket::ConnectIp, &ip_key(peer.ip())).await    // before the upgrade
 //! limiter.check(Bucket::ApiUser, &user_id).await                // per REST call
 //! limiter.check(Bucket::SocketUser, &user_id).await             // per socket message
+//! limiter.check(Bucket::HookTrigger, &trigger_id).await         // per webhook trigger call
 //! ```
 
 use resonant_bus::redact;
@@ -80,11 +81,18 @@ pub enum Bucket {
     ApiUser,
     /// Socket messages, keyed by user (across all of the user's connections).
     SocketUser,
+    /// Calls to a workflow's webhook trigger, keyed by trigger id.
+    HookTrigger,
 }
 
 impl Bucket {
     /// Every bucket, in a fixed order.
-    pub const ALL: [Bucket; 3] = [Bucket::ConnectIp, Bucket::ApiUser, Bucket::SocketUser];
+    pub const ALL: [Bucket; 4] = [
+        Bucket::ConnectIp,
+        Bucket::ApiUser,
+        Bucket::SocketUser,
+        Bucket::HookTrigger,
+    ];
 
     /// The stable name used in Redis keys and metric labels (never change it: renaming resets
     /// every budget in Redis and breaks dashboards).
@@ -93,6 +101,7 @@ impl Bucket {
             Bucket::ConnectIp => "connect_ip",
             Bucket::ApiUser => "api_user",
             Bucket::SocketUser => "socket_user",
+            Bucket::HookTrigger => "hook_trigger",
         }
     }
 
@@ -101,6 +110,7 @@ impl Bucket {
             Bucket::ConnectIp => 0,
             Bucket::ApiUser => 1,
             Bucket::SocketUser => 2,
+            Bucket::HookTrigger => 3,
         }
     }
 }
@@ -114,6 +124,8 @@ pub struct Quotas {
     pub api_user: Quota,
     /// Socket messages per user.
     pub socket_user: Quota,
+    /// Calls per webhook trigger.
+    pub hook_trigger: Quota,
 }
 
 impl Default for Quotas {
@@ -133,6 +145,8 @@ impl Default for Quotas {
             // 200/s sustained is about twice that. The burst of 1000 absorbs a reconnect
             // that flushes the updates made offline and a large paste split into many updates.
             socket_user: Quota::new(200.0, 1000),
+            // A sender's retries and bursts (a batch of events) fit; a flood does not.
+            hook_trigger: Quota::new(10.0, 50),
         }
     }
 }
@@ -144,6 +158,7 @@ impl Quotas {
             Bucket::ConnectIp => self.connect_ip,
             Bucket::ApiUser => self.api_user,
             Bucket::SocketUser => self.socket_user,
+            Bucket::HookTrigger => self.hook_trigger,
         }
     }
 
@@ -153,6 +168,7 @@ impl Quotas {
             connect_ip: Quota::unlimited(),
             api_user: Quota::unlimited(),
             socket_user: Quota::unlimited(),
+            hook_trigger: Quota::unlimited(),
         }
     }
 }
@@ -273,7 +289,7 @@ struct Inner {
     /// Zero of every timestamp kept in process (see `Limiter::now_nanos`).
     epoch: Instant,
     /// The in-process tables, one per bucket (the fallback when Redis is in use).
-    local: [Table; 3],
+    local: [Table; 4],
     redis: Option<RedisBackend>,
 }
 
@@ -285,7 +301,7 @@ impl std::fmt::Debug for Limiter {
     }
 }
 
-static DENIED: LazyLock<[metrics::Counter; 3]> = LazyLock::new(|| {
+static DENIED: LazyLock<[metrics::Counter; 4]> = LazyLock::new(|| {
     Bucket::ALL.map(|b| metrics::counter!("resonant_ratelimit_denied_total", "bucket" => b.name()))
 });
 static REDIS_ERRORS: LazyLock<metrics::Counter> =
@@ -718,6 +734,7 @@ mod tests {
             connect_ip: q,
             api_user: q,
             socket_user: q,
+            hook_trigger: q,
         }
     }
 
@@ -795,6 +812,7 @@ mod tests {
             connect_ip: Quota::unlimited(),
             api_user: Quota::new(-1.0, 10),
             socket_user: Quota::new(f64::NAN, 0),
+            hook_trigger: Quota::unlimited(),
         });
         for bucket in Bucket::ALL {
             for i in 0..10_000 {
@@ -927,7 +945,10 @@ mod tests {
     #[test]
     fn bucket_names_are_stable() {
         let names: Vec<_> = Bucket::ALL.iter().map(|b| b.name()).collect();
-        assert_eq!(names, ["connect_ip", "api_user", "socket_user"]);
+        assert_eq!(
+            names,
+            ["connect_ip", "api_user", "socket_user", "hook_trigger"]
+        );
         for (i, b) in Bucket::ALL.iter().enumerate() {
             assert_eq!(b.index(), i);
         }

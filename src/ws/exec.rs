@@ -265,8 +265,24 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, req
         Request::Rerun {
             execution_id,
             from_block,
+            document,
+            idempotency_key,
             request_id,
         } => {
+            let live = match document.as_deref() {
+                None | Some("pinned") => false,
+                Some("live") => true,
+                Some(_) => {
+                    return refuse_engine(
+                        session,
+                        &request_id,
+                        EngineError::BadRequest {
+                            field: "document",
+                            message: "must be pinned or live".into(),
+                        },
+                    )
+                }
+            };
             let Some(row) = controlled(
                 app,
                 session,
@@ -279,16 +295,17 @@ pub(crate) async fn handle(app: &AppState, session: &Session, who: &Who<'_>, req
             else {
                 return;
             };
-            match app
-                .engine
-                .rerun(&row, from_block.as_deref(), who.user)
-                .await
-            {
-                Ok(id) => reply(
+            let opts = crate::engine::Rerun {
+                from: from_block.as_deref(),
+                live,
+                idempotency_key: idempotency_key.as_deref(),
+            };
+            match app.engine.rerun_with(&row, &opts, who.user).await {
+                Ok((id, created)) => reply(
                     session,
                     ServerMsg::ExecutionAccepted {
                         execution_id: id,
-                        created: true,
+                        created,
                         rerun_of: Some(execution_id),
                         request_id,
                     },

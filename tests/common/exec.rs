@@ -225,6 +225,18 @@ pub async fn until_finished(c: &mut Client, execution: &str) -> Vec<Value> {
     events_of(c, execution)
 }
 
+/// The stored result of `block` in an execution as `GET /executions/{id}` shows it (panics
+/// if it has none).
+pub fn block_result(execution: &Value, block: &str) -> Value {
+    execution["blockResults"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["blockId"] == block)
+        .cloned()
+        .unwrap_or_else(|| panic!("no result for {block}: {execution}"))
+}
+
 /// The `block.completed` event of `block` (panics, listing the events, if there is none).
 pub fn completed(events: &[Value], block: &str) -> Value {
     events

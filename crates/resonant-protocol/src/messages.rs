@@ -109,6 +109,13 @@ pub enum ExecutionRequest {
         /// Where to start (default: the failed block).
         #[serde(default)]
         from_block: Option<String>,
+        /// `pinned` (default: the graph the execution ran) or `live` (the workflow's document
+        /// as its editors have it now).
+        #[serde(default)]
+        document: Option<String>,
+        /// A retried request with the same key starts nothing.
+        #[serde(default)]
+        idempotency_key: Option<String>,
         /// Echoed in the reply.
         #[serde(default)]
         request_id: Option<Value>,

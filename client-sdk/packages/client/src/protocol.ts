@@ -98,6 +98,9 @@ export interface ExecutionRerunRequest {
   type: 'execution.rerun'
   executionId: string
   fromBlock?: string | null
+  /** `pinned` (default): the graph the execution ran; `live`: the document as it is now. */
+  document?: string | null
+  idempotencyKey?: string | null
   requestId?: unknown
 }
 
