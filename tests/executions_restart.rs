@@ -6,7 +6,7 @@
 mod common;
 
 use common::api::{call, fresh_schema, sign_in};
-use common::exec::{block, edge, events_of, put_graph, SECRET};
+use common::exec::{block, block_result, edge, events_of, put_graph, SECRET};
 use common::{room_url, Client, ServerProcess};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -293,16 +293,32 @@ async fn sigterm_lets_a_webhook_in_flight_finish_instead_of_sending_it_twice() {
     // Back up: the execution finished before the stop, and nothing was sent again.
     let server = start(&store);
     let addr = server.addr;
-    let (_, e) = call(
-        &http,
-        addr,
-        Some(&owner.token),
-        Method::GET,
-        &format!("/api/v1/executions/{id}"),
-        None,
-    )
-    .await;
+    // The webhook's result was stored before the stop; what followed it may finish after
+    // the restart (the execution resumes), without the request being sent again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let e = loop {
+        let (_, e) = call(
+            &http,
+            addr,
+            Some(&owner.token),
+            Method::GET,
+            &format!("/api/v1/executions/{id}"),
+            None,
+        )
+        .await;
+        if e["status"] != "running" && e["status"] != "pending" {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "{e}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(e["status"], "completed", "{e}");
+    let hook = block_result(&e, "hook");
+    assert_eq!(
+        (hook["status"].as_str(), hook["attempt"].as_i64()),
+        (Some("completed"), Some(1)),
+        "{hook}"
+    );
     assert_eq!(
         hits.load(Ordering::SeqCst),
         1,

@@ -96,14 +96,15 @@ async fn hook(
             l.retain_recent();
         }
     }
-    let limit = app.config.hook_body_bytes;
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::TooLarge(format!("the body is larger than {limit} bytes")))?;
+    // Looked up before the body is read: a made-up id costs one indexed read, not a body.
     let trigger = store::trigger(&app.db, &id)
         .await?
         .filter(|t| t.kind == "webhook" && t.enabled)
         .ok_or(ApiError::NotFound)?;
+    let limit = app.config.hook_body_bytes;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::TooLarge(format!("the body is larger than {limit} bytes")))?;
     let claimed = authenticate(&app, &trigger, &headers, &body).await?;
     let workflow = db::workflow(&app.db, &trigger.workflow_id)
         .await?

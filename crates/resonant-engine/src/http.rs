@@ -174,8 +174,9 @@ impl EgressPolicy {
     /// go: a name that only port-bound host rules allow must use one of their ports. (An
     /// address literal is checked with its port by [`EgressPolicy::check_port`].)
     pub fn name_port_allowed(&self, host: &str, port: u16) -> Result<(), String> {
+        let host = normalise_host(host);
         let mut ports = self.allow.iter().filter_map(|(r, p)| match r {
-            AllowRule::Host(_) if r.allows(Some(host), IpAddr::from([0, 0, 0, 0])) => Some(*p),
+            AllowRule::Host(name) if *name == host => Some(*p),
             _ => None,
         });
         let mut listed = Vec::new();

@@ -245,8 +245,9 @@ pub(crate) struct Inner {
     pub(crate) events: Events,
     pub(crate) global: Arc<Semaphore>,
     running: Mutex<HashMap<String, (Arc<Control>, tokio::task::AbortHandle)>>,
-    /// Set by `shutdown` under the `running` lock: nothing is launched after it.
-    closing: AtomicBool,
+    /// Set by `shutdown` under the `running` lock: nothing is launched after it, and no
+    /// block starts work after it.
+    pub(crate) closing: AtomicBool,
     /// The leases this node holds, in cluster mode.
     lease: Option<Arc<lease::Leases>>,
     /// In cluster mode: wakes an execution's owner when a cancel or decision for it is

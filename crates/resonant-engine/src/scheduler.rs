@@ -614,6 +614,14 @@ async fn run_block(
         } else {
             let local = run.slots.clone().acquire_owned().await.ok();
             let global = run.engine.global.clone().acquire_owned().await.ok();
+            if run.engine.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                // The server is draining: what was queued for a slot does not start now
+                // (it would be cut short, and paid or sent again after the restart). The
+                // block resumes at the next start.
+                drop((local, global));
+                let never: std::convert::Infallible = std::future::pending().await;
+                match never {}
+            }
             Some((local, global))
         };
         let fut = behaviour.run(&ctx);
