@@ -299,6 +299,10 @@ pub struct ServeConfig {
     /// Largest body a webhook trigger accepts, in bytes; larger is 413.
     #[arg(long, env = "RESONANT_HOOK_BODY_BYTES", default_value_t = 1 << 20)]
     pub hook_body_bytes: usize,
+    /// Bytes of webhook-trigger bodies all calls together may hold while they arrive; a call
+    /// that would take the total past it gets 503 with `Retry-After` before its body is read.
+    #[arg(long, env = "RESONANT_HOOK_INFLIGHT_BYTES", default_value_t = 64 << 20)]
+    pub hook_inflight_bytes: usize,
     /// Longest a webhook caller may wait for the run's result (`?wait=true&timeout=`), in
     /// seconds.
     #[arg(long, env = "RESONANT_HOOK_WAIT_MAX_SECS", default_value_t = 30)]

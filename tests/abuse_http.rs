@@ -509,3 +509,143 @@ async fn a_large_documents_memory_is_returned_when_its_room_unloads() {
 }
 
 use yrs::{ReadTxn, Transact};
+
+/// 640 connections from 16 addresses each start a 1 MiB body to a webhook trigger (an HMAC
+/// one: its URL is all an attacker needs, the signature is checked once the body is in) and
+/// never finish it. The bodies arriving at once share one budget (`--hook-inflight-bytes`,
+/// 64 MiB): the rest are refused with 503 before their bodies are read, the server's memory
+/// stays bounded, a canary room keeps syncing, and the budget is back once they give up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unfinished_hook_bodies_is_bounded_and_refused_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = resonant::crypto::KeyCipher::generate().1;
+    let server = sqlite_server(
+        dir.path(),
+        &["--encryption-key", &key, "--rate-hook-per-sec", "0"],
+    );
+    let pid = server.pid();
+    let addr = server.addr;
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
+        let http = http.clone();
+        async move { common::api::call(&http, addr, None, method, &path, body).await }
+    };
+    let (_, list) = call(reqwest::Method::GET, "/api/v1/workspaces".into(), None).await;
+    let ws = list["items"][0]["id"].as_str().unwrap().to_string();
+    let (_, wf) = call(
+        reqwest::Method::POST,
+        format!("/api/v1/workspaces/{ws}/workflows"),
+        Some(serde_json::json!({"name": "hooked"})),
+    )
+    .await;
+    let wf = wf["id"].as_str().unwrap().to_string();
+    let mut editor = Client::connect_synced(&room_url(addr, &format!("workflow-{wf}"))).await;
+    editor.opt_in().await;
+    common::exec::put_graph(
+        &mut editor,
+        &serde_json::json!({
+            "blocks": [common::exec::block("in", "input", serde_json::json!({})),
+                       common::exec::block("out", "output", serde_json::json!({}))],
+            "connections": [common::exec::edge("in", "out")],
+        }),
+    )
+    .await;
+    editor.close().await;
+    let (s, t) = call(
+        reqwest::Method::POST,
+        format!("/api/v1/workflows/{wf}/triggers"),
+        Some(serde_json::json!({"kind": "webhook", "target": "draft"})),
+    )
+    .await;
+    assert_eq!(s, reqwest::StatusCode::CREATED, "{t}");
+    let (id, secret) = (
+        t["id"].as_str().unwrap().to_string(),
+        t["secret"].as_str().unwrap().to_string(),
+    );
+
+    let mut canary = Canary::start(addr).await;
+    canary.beat().await;
+    let rss_before = rss_kib(pid);
+    let head = format!(
+        "POST /hooks/{id} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         X-Resonant-Signature: t=1,v1=00\r\nContent-Length: {}\r\n\r\n",
+        1 << 20
+    );
+    let mut senders = Vec::new();
+    for a in 0..16u8 {
+        for _ in 0..40 {
+            let from = Ipv4Addr::new(127, 0, 0, 2 + a);
+            let head = head.clone();
+            senders.push(tokio::spawn(async move {
+                let tcp = connect_from(from, addr).await;
+                let (mut rd, mut wr) = tcp.into_split();
+                let _ = wr.write_all(head.as_bytes()).await;
+                // Most of the body, then nothing more.
+                let _ = wr.write_all(&vec![b'x'; 900_000]).await;
+                let mut answer = vec![0u8; 64];
+                let status = match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    rd.read(&mut answer),
+                )
+                .await
+                {
+                    Ok(Ok(n)) if n > 0 => String::from_utf8_lossy(&answer[..n]).into_owned(),
+                    _ => String::new(),
+                };
+                (status, wr, rd)
+            }));
+        }
+    }
+    let mut held = Vec::new();
+    let (mut refused, mut waiting) = (0, 0);
+    for s in senders {
+        let (status, wr, rd) = s.await.unwrap();
+        if status.starts_with("HTTP/1.1 503") {
+            refused += 1;
+        } else if status.is_empty() {
+            waiting += 1;
+        }
+        held.push((wr, rd));
+    }
+    canary.beat().await;
+    let peak = peak_rss_kib(pid);
+    let (p99, beats) = canary.p99();
+    eprintln!(
+        "refused {refused}, still sending {waiting} of 640; RSS before {rss_before} KiB, peak \
+         {peak} KiB (+{} KiB); canary {beats} beats, p99 {p99:?}",
+        peak.saturating_sub(rss_before)
+    );
+    assert!(refused >= 560, "refused {refused}, waiting {waiting}");
+    assert!(waiting <= 64, "admitted {waiting}");
+    assert!(
+        peak < rss_before + 200 * 1024,
+        "peak RSS {rss_before} → {peak} KiB"
+    );
+    assert!(p99 < Duration::from_secs(1), "canary p99 {p99:?}");
+    // They give up: the budget is back, and a real call gets through.
+    drop(held);
+    let body = r#"{"ok":true}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let r = http
+            .post(format!("http://{addr}/hooks/{id}"))
+            .header(
+                "x-resonant-signature",
+                resonant::auth::webhook_sig::sign_stripe(&secret, now, body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == reqwest::StatusCode::ACCEPTED {
+            break;
+        }
+        assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(Instant::now() < deadline, "the budget did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

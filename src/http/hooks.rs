@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -101,11 +101,33 @@ async fn hook(
         .await?
         .filter(|t| t.kind == "webhook" && t.enabled)
         .ok_or(ApiError::NotFound)?;
+    let secret = trigger_secret(&app, &trigger)?;
+    // A bearer is checked before anything is read: a caller without it costs nothing more.
+    if trigger.auth.as_deref() == Some("bearer") {
+        check_bearer(&headers, &secret)?;
+    }
     let limit = app.config.hook_body_bytes;
-    let body = axum::body::to_bytes(body, limit)
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge(format!(
+            "the body is larger than {limit} bytes"
+        )));
+    }
+    // The bodies arriving at once share one budget (`--hook-inflight-bytes`): many slow
+    // senders cannot hold the server's memory, and a body that does not arrive within the
+    // header timeout gives its share back.
+    let _share = body_share(&app, declared.unwrap_or(limit))?;
+    let deadline = crate::config::secs(app.config.header_read_timeout_secs);
+    let body = tokio::time::timeout(deadline, axum::body::to_bytes(body, limit))
         .await
+        .map_err(|_| {
+            ApiError::bad_request(None, format!("the body did not arrive within {deadline:?}"))
+        })?
         .map_err(|_| ApiError::TooLarge(format!("the body is larger than {limit} bytes")))?;
-    let claimed = authenticate(&app, &trigger, &headers, &body).await?;
+    let claimed = authenticate(&app, &trigger, &secret, &headers, &body).await?;
     let workflow = db::workflow(&app.db, &trigger.workflow_id)
         .await?
         .ok_or(ApiError::NotFound)?;
@@ -169,39 +191,71 @@ async fn hook(
     .into_response())
 }
 
+/// The trigger's secret, decrypted.
+fn trigger_secret(app: &AppState, t: &TriggerRow) -> Result<String, ApiError> {
+    match (&t.secret, &app.cipher) {
+        (Some(sealed), Some(cipher)) => cipher.decrypt(&t.id, sealed).map_err(|e| {
+            tracing::error!(trigger = %t.id, error = %e, "a trigger's secret does not decrypt");
+            ApiError::Unavailable("this trigger's secret cannot be read".into())
+        }),
+        _ => Err(ApiError::Unavailable(
+            "this server has no encryption key to check the trigger's secret".into(),
+        )),
+    }
+}
+
+fn refused(why: &str) -> ApiError {
+    ApiError::Unauthorized(format!("webhook refused: {why}"))
+}
+
+/// `Authorization: Bearer <secret>`, compared in constant time.
+fn check_bearer(headers: &HeaderMap, secret: &str) -> Result<(), ApiError> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| refused("missing Authorization: Bearer <secret>"))?;
+    if webhook_sig::same_secret(given.trim(), secret) {
+        Ok(())
+    } else {
+        Err(refused("the secret does not match"))
+    }
+}
+
+/// A share of the bodies' budget for `bytes`, given back on drop; 503 when it is spent.
+fn body_share(app: &AppState, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    static BUDGET: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
+    // In KiB, so a 4 GiB budget still fits a permit count.
+    let kib = |b: usize| u32::try_from(b.div_ceil(1024)).unwrap_or(u32::MAX);
+    let budget = BUDGET.get_or_init(|| {
+        Arc::new(tokio::sync::Semaphore::new(
+            kib(app.config.hook_inflight_bytes).max(1) as usize,
+        ))
+    });
+    budget
+        .clone()
+        .try_acquire_many_owned(kib(bytes.max(1)))
+        .map_err(|_| {
+            metrics::counter!("resonant_hook_bodies_refused_total").increment(1);
+            ApiError::Busy(
+                "too many webhook bodies are arriving at once; retry shortly".into(),
+                Duration::from_secs(1),
+            )
+        })
+}
+
 /// Checks the caller knows the trigger's secret (and has not sent this signature before);
 /// the signature it claimed, to give back if nothing starts.
 async fn authenticate(
     app: &AppState,
     t: &TriggerRow,
+    secret: &str,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<Option<String>, ApiError> {
-    let secret = match (&t.secret, &app.cipher) {
-        (Some(sealed), Some(cipher)) => cipher.decrypt(&t.id, sealed).map_err(|e| {
-            tracing::error!(trigger = %t.id, error = %e, "a trigger's secret does not decrypt");
-            ApiError::Unavailable("this trigger's secret cannot be read".into())
-        })?,
-        _ => {
-            return Err(ApiError::Unavailable(
-                "this server has no encryption key to check the trigger's secret".into(),
-            ))
-        }
-    };
-    let refused = |why: &str| ApiError::Unauthorized(format!("webhook refused: {why}"));
     if t.auth.as_deref() == Some("bearer") {
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| refused("missing Authorization: Bearer <secret>"))?;
-        // Compared as MACs, in constant time.
-        let matches = webhook_sig::same_secret(given.trim(), &secret);
-        return if matches {
-            Ok(None)
-        } else {
-            Err(refused("the secret does not match"))
-        };
+        // Checked before the body was read.
+        return Ok(None);
     }
     let header = headers
         .get("x-resonant-signature")
@@ -210,7 +264,7 @@ async fn authenticate(
             refused("missing X-Resonant-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256>")
         })?;
     let now = now_ms();
-    webhook_sig::verify_stripe(&secret, header, body, now.div_euclid(1000), TOLERANCE_SECS)
+    webhook_sig::verify_stripe(secret, header, body, now.div_euclid(1000), TOLERANCE_SECS)
         .map_err(|e| match e {
             SignatureError::Stale => {
                 refused("the signature's timestamp is more than 5 minutes from now")

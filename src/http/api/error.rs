@@ -56,6 +56,9 @@ pub enum ApiError {
     /// A dependency is unavailable.
     #[error("{0}")]
     Unavailable(String),
+    /// The server is busy with others' requests; retry after the given time (503).
+    #[error("{0}")]
+    Busy(String, Duration),
     /// A workflow did not validate: every problem names its block or connection.
     #[error("the workflow is not valid: {} problem(s)", .0.len())]
     InvalidWorkflow(Vec<crate::engine::graph::Problem>),
@@ -180,7 +183,9 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unavailable(_) | ApiError::Busy(..) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
             ApiError::InvalidWorkflow(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_workflow"),
             ApiError::TokenLimit(_) => (StatusCode::PAYMENT_REQUIRED, "token_limit"),
             ApiError::TooManyExecutions(_) => {
@@ -243,6 +248,12 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         match &self {
             ApiError::TooManyRequests(retry) => {
+                let secs = retry.as_secs_f64().ceil().max(1.0) as u64;
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ApiError::Busy(_, retry) => {
                 let secs = retry.as_secs_f64().ceil().max(1.0) as u64;
                 response
                     .headers_mut()
