@@ -128,14 +128,55 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Server> {
     start_with_store(config, store).await
 }
 
+/// The development mode's encryption key: `<data dir>/encryption.key`, made (readable by its
+/// owner only) on the first start. Production sets `--encryption-key` and keeps it elsewhere:
+/// a key beside the data it seals protects nothing from whoever copies the directory.
+fn dev_encryption_key(dir: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("encryption.key");
+    match std::fs::read_to_string(&path) {
+        Ok(k) => return Ok(k.trim().to_owned()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("reading {}", path.display()))
+        }
+        Err(_) => {}
+    }
+    let (_, key) = crypto::KeyCipher::generate();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(key.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "DEVELOPMENT MODE: provider keys, secrets and webhook triggers are sealed with a key \
+         made in the data directory; set --encryption-key in production"
+    );
+    Ok(key)
+}
+
 /// Starts serving over a store that is already open (tests wrap stores to inject faults).
 pub async fn start_with_store(
     config: ServeConfig,
     store: Arc<dyn resonant_store::Store>,
 ) -> anyhow::Result<Server> {
     config.validate().map_err(anyhow::Error::msg)?;
-    let cipher = config
-        .encryption_key
+    // Development mode on the embedded store seals with a key kept beside the database, so the
+    // quick start can store provider keys, secrets and webhook triggers without a flag.
+    let dev = config.jwt_secret.is_none() && config.jwks_url.is_none();
+    let key = match &config.encryption_key {
+        Some(k) => Some(k.clone()),
+        None if dev && config.database_url.is_none() && store.backend() == "sqlite" => {
+            Some(dev_encryption_key(&config.data_dir)?)
+        }
+        None => None,
+    };
+    let cipher = key
         .as_deref()
         .map(crypto::KeyCipher::from_config)
         .transpose()

@@ -1243,3 +1243,54 @@ async fn a_webhook_trigger_is_rate_limited_per_trigger() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn development_mode_seals_with_a_key_it_keeps_in_the_data_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--data-dir", dir.path().to_str().unwrap()];
+    let http = reqwest::Client::new();
+    let server = common::ServerProcess::start(&args);
+    let addr = server.addr;
+    let api = |addr, method, path: String, body| {
+        let http = http.clone();
+        async move { common::api::call(&http, addr, None, method, &path, body).await }
+    };
+    let (_, list) = api(addr, Method::GET, "/api/v1/workspaces".into(), None).await;
+    let ws = list["items"][0]["id"].as_str().unwrap().to_string();
+    let (_, wf) = api(
+        addr,
+        Method::POST,
+        format!("/api/v1/workspaces/{ws}/workflows"),
+        Some(json!({"name": "dev"})),
+    )
+    .await;
+    let wf = wf["id"].as_str().unwrap().to_string();
+    let (s, t) = api(
+        addr,
+        Method::POST,
+        format!("/api/v1/workflows/{wf}/triggers"),
+        Some(json!({"kind": "webhook"})),
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::CREATED,
+        "no flag needed in development mode: {t}"
+    );
+    let key = dir.path().join("encryption.key");
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // A restart reads the same key: what it sealed still opens.
+    drop(server);
+    let server = common::ServerProcess::start(&args);
+    let (s, again) = api(
+        server.addr,
+        Method::GET,
+        format!("/api/v1/triggers/{}", t["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again["secret"], t["secret"]);
+}
