@@ -303,6 +303,10 @@ pub struct ServeConfig {
     /// that would take the total past it gets 503 with `Retry-After` before its body is read.
     #[arg(long, env = "RESONANT_HOOK_INFLIGHT_BYTES", default_value_t = 64 << 20)]
     pub hook_inflight_bytes: usize,
+    /// Server-Sent Events streams of execution events open at once on this node; more get
+    /// 503 with `Retry-After` (each stream reads the event log after every commit here).
+    #[arg(long, env = "RESONANT_MAX_EVENT_STREAMS", default_value_t = 1000)]
+    pub max_event_streams: usize,
     /// Longest a webhook caller may wait for the run's result (`?wait=true&timeout=`), in
     /// seconds.
     #[arg(long, env = "RESONANT_HOOK_WAIT_MAX_SECS", default_value_t = 30)]

@@ -350,6 +350,14 @@ pub async fn start_with_store(
         metrics,
         connections: Arc::new(Semaphore::new(max_connections)),
         admission: Arc::new(admission::Admission::new(config.max_joins_per_sec)),
+        event_streams: Arc::new(Semaphore::new(config.max_event_streams)),
+        hook_bodies: Arc::new(Semaphore::new(
+            config
+                .hook_inflight_bytes
+                .div_ceil(1024)
+                .clamp(1, Semaphore::MAX_PERMITS),
+        )),
+        dev_hook_limiter: http::hooks::dev_limiter(&config),
         config: Arc::new(config),
     });
     let http_limits = serve::Limits {

@@ -62,6 +62,12 @@ pub struct AppInner {
     pub(crate) engine: engine::Engine,
     /// Whose `X-Forwarded-For` names the client (`--trusted-proxies`).
     pub(crate) proxies: client_ip::TrustedProxies,
+    /// Server-Sent Events streams open now (`--max-event-streams` permits).
+    pub(crate) event_streams: Arc<Semaphore>,
+    /// Webhook-trigger bodies arriving now, in KiB (`--hook-inflight-bytes`).
+    pub(crate) hook_bodies: Arc<Semaphore>,
+    /// Calls per webhook trigger in development mode, where there is no `limiter`.
+    pub(crate) dev_hook_limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 impl AppState {

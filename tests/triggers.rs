@@ -1294,3 +1294,49 @@ async fn development_mode_seals_with_a_key_it_keeps_in_the_data_directory() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(again["secret"], t["secret"]);
 }
+
+#[tokio::test]
+async fn event_streams_are_capped_and_a_closed_one_gives_its_place_back() {
+    let env = env(Backend::Sqlite, |c| c.max_event_streams = 1).await;
+    let wf = env
+        .workflow(json!({
+            "blocks": [block("in", "input", json!({})), block("wait", "delay", json!({"seconds": 30})),
+                       block("out", "output", json!({}))],
+            "connections": [edge("in", "wait"), edge("wait", "out")],
+        }))
+        .await;
+    let id = env.run(&wf, json!({})).await;
+    let url = format!("http://{}/api/v1/executions/{id}/events", env.addr());
+    let open = || {
+        env.http
+            .get(&url)
+            .bearer_auth(&env.owner.token)
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let first = open().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let second = open().await.unwrap();
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(second.headers().contains_key("retry-after"));
+    // The JSON page is not a stream: it is not capped.
+    let (s, _) = env.get(&format!("/api/v1/executions/{id}/events")).await;
+    assert_eq!(s, StatusCode::OK);
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let again = open().await.unwrap();
+        if again.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = env
+        .post(&format!("/api/v1/executions/{id}/cancel"), None)
+        .await;
+    env.cleanup().await;
+}

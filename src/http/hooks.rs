@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -46,22 +45,17 @@ pub(crate) fn router() -> Router<AppState> {
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
-/// Calls per trigger on this node, in development mode (where the server has no limiter:
-/// one user and one address would share every budget, but a hook is called from outside).
-fn limiter(app: &AppState) -> Option<&'static DefaultKeyedRateLimiter<String>> {
-    static LIMITER: OnceLock<Option<DefaultKeyedRateLimiter<String>>> = OnceLock::new();
-    LIMITER
-        .get_or_init(|| {
-            let per_sec = app.config.rate_hook_per_sec;
-            if per_sec.is_nan() || per_sec <= 0.0 {
-                return None;
-            }
-            let period = Duration::from_secs_f64(1.0 / per_sec).max(Duration::from_nanos(1));
-            let burst =
-                NonZeroU32::new(app.config.rate_hook_burst.max(1)).unwrap_or(NonZeroU32::MIN);
-            Quota::with_period(period).map(|q| RateLimiter::keyed(q.allow_burst(burst)))
-        })
-        .as_ref()
+/// The per-trigger limiter of development mode (the server has no limiter there: one user
+/// and one address would share every budget, but a hook is called from outside); `None` when
+/// `--rate-hook-per-sec` is 0.
+pub(crate) fn dev_limiter(config: &crate::ServeConfig) -> Option<DefaultKeyedRateLimiter<String>> {
+    let per_sec = config.rate_hook_per_sec;
+    if per_sec.is_nan() || per_sec <= 0.0 {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / per_sec).max(Duration::from_nanos(1));
+    let burst = NonZeroU32::new(config.rate_hook_burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(period).map(|q| RateLimiter::keyed(q.allow_burst(burst)))
 }
 
 async fn hook(
@@ -82,7 +76,7 @@ async fn hook(
         {
             return Err(ApiError::TooManyRequests(wait));
         }
-    } else if let Some(l) = limiter(&app) {
+    } else if let Some(l) = &app.dev_hook_limiter {
         if let Err(not_until) = l.check_key(&id) {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
@@ -224,17 +218,11 @@ fn check_bearer(headers: &HeaderMap, secret: &str) -> Result<(), ApiError> {
 
 /// A share of the bodies' budget for `bytes`, given back on drop; 503 when it is spent.
 fn body_share(app: &AppState, bytes: usize) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-    static BUDGET: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
     // In KiB, so a 4 GiB budget still fits a permit count.
-    let kib = |b: usize| u32::try_from(b.div_ceil(1024)).unwrap_or(u32::MAX);
-    let budget = BUDGET.get_or_init(|| {
-        Arc::new(tokio::sync::Semaphore::new(
-            kib(app.config.hook_inflight_bytes).max(1) as usize,
-        ))
-    });
-    budget
+    let kib = u32::try_from(bytes.max(1).div_ceil(1024)).unwrap_or(u32::MAX);
+    app.hook_bodies
         .clone()
-        .try_acquire_many_owned(kib(bytes.max(1)))
+        .try_acquire_many_owned(kib)
         .map_err(|_| {
             metrics::counter!("resonant_hook_bodies_refused_total").increment(1);
             ApiError::Busy(

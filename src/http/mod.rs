@@ -2,7 +2,7 @@
 
 pub mod api;
 mod demo;
-mod hooks;
+pub(crate) mod hooks;
 pub(crate) mod serve;
 mod webhooks;
 

@@ -426,7 +426,8 @@ async fn get_events(
                     ApiError::field("Last-Event-ID", "must be a seq this stream sent")
                 })?;
         }
-        return Ok(event_stream(app, row, after).into_response());
+        let slot = stream_slot(&app)?;
+        return Ok(event_stream(app, row, after, slot).into_response());
     }
     let rows = store::events(&app.db, &row.workflow_id, &row.id, after, limit).await?;
     let last_seq = rows.last().map(|(s, _)| *s);
@@ -441,17 +442,33 @@ async fn get_events(
 /// run the execution).
 const STREAM_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The Server-Sent Events stream of an execution's events after `after`.
+/// A place among the event streams open on this node (`--max-event-streams`); 503 when
+/// they are all taken.
+fn stream_slot(app: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    app.event_streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::Busy(
+            "too many event streams are open on this server; retry shortly, or follow the run \
+             with `GET …/events?after=`"
+                .into(),
+            std::time::Duration::from_secs(5),
+        )
+    })
+}
+
+/// The Server-Sent Events stream of an execution's events after `after`, holding `slot`
+/// while it is open.
 fn event_stream(
     app: AppState,
     row: ExecutionRow,
     mut after: i64,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> axum::response::sse::Sse<
     impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
+        let _slot = slot;
         loop {
             let stored = app.engine.events().stored();
             tokio::pin!(stored);
