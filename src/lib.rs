@@ -238,7 +238,12 @@ pub async fn start_with_store(
         );
     }
     let limiter = if auth.is_dev() {
-        None
+        // One user and one address would share every budget, so development mode limits
+        // only what outsiders call: webhook triggers, on this node.
+        Some(ratelimit::Limiter::in_process(ratelimit::Quotas {
+            hook_trigger: config.quotas().hook_trigger,
+            ..ratelimit::Quotas::unlimited()
+        }))
     } else {
         let limiter = ratelimit::Limiter::new(config.redis_url.as_deref(), config.quotas())
             .await
@@ -357,7 +362,6 @@ pub async fn start_with_store(
                 .div_ceil(1024)
                 .clamp(1, Semaphore::MAX_PERMITS),
         )),
-        dev_hook_limiter: http::hooks::dev_limiter(&config),
         config: Arc::new(config),
     });
     let http_limits = serve::Limits {

@@ -56,7 +56,8 @@ pub struct AppInner {
     pub(crate) access: access::Access,
     /// Invitation emails.
     pub(crate) mailer: email::Mailer,
-    /// Rate limits (off in development mode: one user and one IP would share every budget).
+    /// Rate limits (in development mode only webhook triggers': one user and one IP would
+    /// share every other budget).
     pub(crate) limiter: Option<ratelimit::Limiter>,
     /// Runs workflows.
     pub(crate) engine: engine::Engine,
@@ -66,8 +67,6 @@ pub struct AppInner {
     pub(crate) event_streams: Arc<Semaphore>,
     /// Webhook-trigger bodies arriving now, in KiB (`--hook-inflight-bytes`).
     pub(crate) hook_bodies: Arc<Semaphore>,
-    /// Calls per webhook trigger in development mode, where there is no `limiter`.
-    pub(crate) dev_hook_limiter: Option<governor::DefaultKeyedRateLimiter<String>>,
 }
 
 impl AppState {

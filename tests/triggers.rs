@@ -669,29 +669,9 @@ async fn scheduled_runs(
 }
 
 fn chrono_ms(rfc3339: &str) -> i64 {
-    let t = time_of(rfc3339);
-    assert!(t > 0, "{rfc3339}");
-    t
-}
-
-/// Unix ms of an RFC 3339 UTC time as the server writes it (`2026-12-07T19:22:12.000Z`).
-fn time_of(s: &str) -> i64 {
-    let (date, time) = s.trim_end_matches('Z').split_once('T').unwrap();
-    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
-    let (hms, ms) = time.split_once('.').unwrap_or((time, "0"));
-    let t: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y, m) = if d[1] <= 2 {
-        (d[0] - 1, d[1] + 9)
-    } else {
-        (d[0], d[1] - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000 + ms.parse::<i64>().unwrap()
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339}: {e}"))
+        .timestamp_millis()
 }
 
 fn now_ms() -> i64 {

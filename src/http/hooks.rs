@@ -14,16 +14,15 @@
 //! execution's result once it finishes (200), or 202 again when `timeout` seconds pass first.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::time::Duration;
 
+use crate::limits::ratelimit::Bucket;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
 use crate::auth::webhook_sig::{self, SignatureError};
@@ -45,19 +44,6 @@ pub(crate) fn router() -> Router<AppState> {
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
-/// The per-trigger limiter of development mode (the server has no limiter there: one user
-/// and one address would share every budget, but a hook is called from outside); `None` when
-/// `--rate-hook-per-sec` is 0.
-pub(crate) fn dev_limiter(config: &crate::ServeConfig) -> Option<DefaultKeyedRateLimiter<String>> {
-    let per_sec = config.rate_hook_per_sec;
-    if per_sec.is_nan() || per_sec <= 0.0 {
-        return None;
-    }
-    let period = Duration::from_secs_f64(1.0 / per_sec).max(Duration::from_nanos(1));
-    let burst = NonZeroU32::new(config.rate_hook_burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    Quota::with_period(period).map(|q| RateLimiter::keyed(q.allow_burst(burst)))
-}
-
 async fn hook(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -68,27 +54,9 @@ async fn hook(
     if !db::valid_id(&id) {
         return Err(ApiError::NotFound);
     }
-    if app.limiter.is_some() {
-        // The server's limiter: in Redis with --redis-url, so a cluster shares one budget.
-        if let Some(wait) = app
-            .limit(crate::limits::ratelimit::Bucket::HookTrigger, &id)
-            .await
-        {
-            return Err(ApiError::TooManyRequests(wait));
-        }
-    } else if let Some(l) = &app.dev_hook_limiter {
-        if let Err(not_until) = l.check_key(&id) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
-            return Err(ApiError::TooManyRequests(
-                wait.max(Duration::from_millis(1)),
-            ));
-        }
-        // Forget quiet triggers now and then, so the table does not grow with every id seen.
-        if l.len() > 10_000 {
-            l.retain_recent();
-        }
+    // In Redis with --redis-url, so a cluster shares one budget per trigger.
+    if let Some(wait) = app.limit(Bucket::HookTrigger, &id).await {
+        return Err(ApiError::TooManyRequests(wait));
     }
     // Looked up before the body is read: a made-up id costs one indexed read, not a body.
     let trigger = store::trigger(&app.db, &id)

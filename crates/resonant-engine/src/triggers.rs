@@ -60,31 +60,31 @@ impl Schedule {
             .map(|t| t.with_timezone(&self.tz))
     }
 
+    /// The tick nearest `ms` in one direction (`forward`), `ms` itself counting when
+    /// `inclusive`.
+    fn tick(&self, ms: i64, forward: bool, inclusive: bool) -> Option<i64> {
+        let t = self.at(ms)?;
+        let found = if forward {
+            self.cron.find_next_occurrence(&t, inclusive)
+        } else {
+            self.cron.find_previous_occurrence(&t, inclusive)
+        };
+        found.ok().map(|t| t.timestamp_millis())
+    }
+
     /// The first tick strictly after `ms` (Unix ms).
     pub fn next_after(&self, ms: i64) -> Option<i64> {
-        let t = self.at(ms)?;
-        self.cron
-            .find_next_occurrence(&t, false)
-            .ok()
-            .map(|t| t.timestamp_millis())
+        self.tick(ms, true, false)
     }
 
     /// The last tick at or before `ms`.
     pub fn last_at_or_before(&self, ms: i64) -> Option<i64> {
-        let t = self.at(ms)?;
-        self.cron
-            .find_previous_occurrence(&t, true)
-            .ok()
-            .map(|t| t.timestamp_millis())
+        self.tick(ms, false, true)
     }
 
     /// The last tick strictly before `ms`.
     fn last_before(&self, ms: i64) -> Option<i64> {
-        let t = self.at(ms)?;
-        self.cron
-            .find_previous_occurrence(&t, false)
-            .ok()
-            .map(|t| t.timestamp_millis())
+        self.tick(ms, false, false)
     }
 
     /// The next `n` ticks after `ms`.

@@ -262,6 +262,21 @@ pub struct UpdateTrigger {
     pub missed: Option<Missed>,
 }
 
+/// Refuses a schedule's fields on a webhook trigger.
+fn no_schedule_fields(
+    cron: &Option<String>,
+    timezone: &Option<String>,
+    missed: &Option<Missed>,
+) -> Result<(), ApiError> {
+    if cron.is_some() || timezone.is_some() || missed.is_some() {
+        return Err(ApiError::bad_request(
+            None,
+            "cron, timezone and missed are for schedule triggers",
+        ));
+    }
+    Ok(())
+}
+
 fn name_field(name: Option<String>) -> Result<Option<String>, ApiError> {
     match name {
         Some(n) if n.chars().count() > 200 => {
@@ -430,12 +445,7 @@ async fn create_trigger(
     };
     match body.kind {
         TriggerKind::Webhook => {
-            if body.cron.is_some() || body.timezone.is_some() || body.missed.is_some() {
-                return Err(ApiError::bad_request(
-                    None,
-                    "cron, timezone and missed are for schedule triggers",
-                ));
-            }
+            no_schedule_fields(&body.cron, &body.timezone, &body.missed)?;
             let (sealed, last4) = seal(&app, &trigger_id, &new_secret())?;
             row.kind = "webhook".into();
             row.auth = Some(match body.auth.unwrap_or(HookAuth::Hmac) {
@@ -519,11 +529,8 @@ async fn update_trigger(
     if schedule && body.pass_headers.is_some() {
         return Err(ApiError::field("passHeaders", "is for webhook triggers"));
     }
-    if !schedule && (body.cron.is_some() || body.timezone.is_some() || body.missed.is_some()) {
-        return Err(ApiError::bad_request(
-            None,
-            "cron, timezone and missed are for schedule triggers",
-        ));
+    if !schedule {
+        no_schedule_fields(&body.cron, &body.timezone, &body.missed)?;
     }
     if body.name.is_some() {
         t.name = name_field(body.name)?;

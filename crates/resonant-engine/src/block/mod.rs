@@ -376,10 +376,20 @@ impl BlockCtx<'_> {
 
     /// Renders a template field, charged to the template allowances; `None` when unset.
     pub(crate) async fn render(&self, field: &str) -> Result<Option<String>, String> {
+        self.render_in(field, &self.context()).await
+    }
+
+    /// [`BlockCtx::render`] against a context of the caller's (a webhook's, with its
+    /// secrets).
+    pub(crate) async fn render_in(
+        &self,
+        field: &str,
+        context: &minijinja::Value,
+    ) -> Result<Option<String>, String> {
         match self.config_str(field) {
             None => Ok(None),
             Some(t) => {
-                let text = template::render_async(t, &self.context())
+                let text = template::render_async(t, context)
                     .await
                     .map_err(|e| format!("{field}: {e}"))?;
                 self.run

@@ -88,21 +88,12 @@ struct Secrets {
 
 impl Secrets {
     async fn load(ctx: &BlockCtx<'_>) -> Result<Secrets, String> {
-        let mut named = std::collections::BTreeSet::new();
-        for field in ["url", "body"] {
-            if let Some(t) = ctx.config_str(field) {
-                if let Ok(r) = crate::template::template_reads(t) {
-                    named.extend(r.secrets);
-                }
-            }
-        }
-        if let Some(h) = ctx.block.config.get("headers").and_then(Value::as_object) {
-            for t in h.values().filter_map(Value::as_str) {
-                if let Ok(r) = crate::template::template_reads(t) {
-                    named.extend(r.secrets);
-                }
-            }
-        }
+        // What the request's templates name, as validation read them.
+        let named: std::collections::BTreeSet<String> =
+            super::reads(super::BlockKind::Webhook, &ctx.block.config)
+                .into_iter()
+                .flat_map(|(_, r)| r.secrets)
+                .collect();
         if named.is_empty() {
             return Ok(Secrets::default());
         }
@@ -191,33 +182,13 @@ impl Secrets {
     }
 }
 
-/// Renders one template field of the request, charged to the template allowances.
-async fn render(
-    ctx: &BlockCtx<'_>,
-    tctx: &minijinja::Value,
-    field: &str,
-) -> Result<Option<String>, String> {
-    match ctx.config_str(field) {
-        None => Ok(None),
-        Some(t) => {
-            let text = crate::template::render_async(t, tctx)
-                .await
-                .map_err(|e| format!("{field}: {e}"))?;
-            ctx.run
-                .spend_template(text.len())
-                .map_err(|e| format!("{field}: {e}"))?;
-            Ok(Some(text))
-        }
-    }
-}
-
 /// Builds and sends the request; its output and the attempts it took, or why it failed
 /// (not yet redacted).
 async fn send(ctx: &BlockCtx<'_>, secrets: &Secrets) -> Result<(Value, u32), String> {
     let config = &ctx.block.config;
     let tctx = secrets.context(ctx);
-    let url = render(ctx, &tctx, "url").await?.unwrap_or_default();
-    let method = match render(ctx, &tctx, "method").await? {
+    let url = ctx.render_in("url", &tctx).await?.unwrap_or_default();
+    let method = match ctx.render_in("method", &tctx).await? {
         Some(m) => m.trim().to_ascii_uppercase(),
         None => "POST".into(),
     };
@@ -252,7 +223,7 @@ async fn send(ctx: &BlockCtx<'_>, secrets: &Secrets) -> Result<(Value, u32), Str
             format!("{}/{}", ctx.run.id, ctx.key),
         ));
     }
-    let body = match render(ctx, &tctx, "body").await? {
+    let body = match ctx.render_in("body", &tctx).await? {
         Some(b) => Some(b),
         // Without a body template, a request that has a body sends the upstream value.
         None if method != reqwest::Method::GET && method != reqwest::Method::HEAD => {
